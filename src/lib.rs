@@ -1,0 +1,11 @@
+//! nbdcrypt: LUKS2 volume images served as NBD block devices, in userspace.
+//!
+//! Layers, each importing only the ones before it:
+//! [`format`] (bytes ↔ types) → [`crypto`] (secrets, KDFs, keyslots, XTS) → [`volume`] (the image
+//! file) → [`nbd`] (protocol codec, session, listener) → [`cli`].
+
+pub mod crypto;
+pub mod format;
+pub mod volume;
+pub mod nbd;
+pub mod cli;

@@ -1,0 +1,1 @@
+//! nbd layer (work in progress).

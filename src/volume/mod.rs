@@ -1,0 +1,1 @@
+//! volume layer (work in progress).
