@@ -74,9 +74,10 @@ write)
     step "mkfs.ext4"
     mkfs.ext4 -F -q -L nbdtest /dev/nbd0 || fail "mkfs.ext4"
     mount -t ext4 /dev/nbd0 /mnt || fail "mount"
+    step "mounted; writing files"
     mkdir -p /mnt/data /mnt/small || fail "mkdir"
     n=0
-    for size in 1 511 4096 65537 1048576 3000000 8388608 16777216; do
+    for size in 1 511 4096 65537 1048576 3000000 8388608; do
         n=$((n + 1))
         head -c $size /dev/urandom >/mnt/data/random$n || fail "write random$n"
     done
@@ -89,6 +90,7 @@ write)
     while [ $i -lt 2000 ]; do
         i=$((i + 1)); echo "$P_marker line $i"
     done >/mnt/data/marker || fail "write marker"
+    step "written; sha256sum"
     (cd /mnt && sha256sum data/* small/* >SHA256SUMS) || fail "sha256sum"
     step "wrote $(wc -l </mnt/SHA256SUMS) files, $(du -sk /mnt | cut -f1) KiB"
     sync
@@ -103,7 +105,7 @@ verify)
     mount -t ext4 -o ro /dev/nbd0 /mnt || fail "mount ro"
     [ -s /mnt/SHA256SUMS ] || fail "no SHA256SUMS"
     count=$(wc -l </mnt/SHA256SUMS)
-    [ "$count" -eq 109 ] || fail "SHA256SUMS lists $count files, expected 109"
+    [ "$count" -eq 108 ] || fail "SHA256SUMS lists $count files, expected 108"
     (cd /mnt && sha256sum -c SHA256SUMS >/tmp/check.log 2>&1) || {
         grep -v ': OK$' /tmp/check.log; fail "checksum mismatch"
     }
