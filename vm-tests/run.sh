@@ -24,9 +24,13 @@ T0=$(date +%s)
 
 say() { echo "vm-tests: [$(($(date +%s) - T0))s] $*"; }
 SERVER_PID=
-FAILED=
+QEMU_PID=
 
 cleanup() {
+    if [ -n "$QEMU_PID" ] && kill -0 "$QEMU_PID" 2>/dev/null; then
+        kill -TERM "$QEMU_PID" 2>/dev/null # timeout(1) passes it on to qemu
+        wait "$QEMU_PID" 2>/dev/null
+    fi
     if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
         kill -KILL "$SERVER_PID" 2>/dev/null
         wait "$SERVER_PID" 2>/dev/null
@@ -174,8 +178,11 @@ boot() { # $1 = mode (write|verify)
         -kernel "$CACHE/guest/vmlinuz" -initrd "$CACHE/guest/initramfs.cpio.gz" \
         -append "console=ttyS0 panic=-1 loglevel=4 edd=off nbdtest.mode=$mode nbdtest.port=$PORT nbdtest.export=$EXPORT nbdtest.marker=$MARKER" \
         -netdev user,id=n0 -device virtio-net-pci,netdev=n0,romfile= \
-        </dev/null >"$log" 2>&1
+        </dev/null >"$log" 2>&1 &
+    QEMU_PID=$!
+    wait "$QEMU_PID" # in the background so that a trapped signal interrupts the wait
     rc=$?
+    QEMU_PID=
     result=$(grep -a -o 'NBDTEST-RESULT: .*' "$log" | tail -1 | tr -d '\r')
     [ "$rc" -eq 124 ] && fail "boot ($mode): qemu timed out after $VM_TIMEOUT s (${result:-no result line})"
     [ "$rc" -eq 0 ] || fail "boot ($mode): qemu exited with status $rc (${result:-no result line})"
@@ -189,6 +196,7 @@ nbdcrypt)
     say "format $IMG (256M, pbkdf2 1000 iterations)"
     "$NBDCRYPT" format "$IMG" --size 256M --key-file "$KEY" --pbkdf pbkdf2 --pbkdf-force-iterations 1000 \
         </dev/null >"$RUN/format.log" 2>&1 || fail "nbdcrypt format exited with status $?"
+    [ -s "$IMG" ] || fail "nbdcrypt format exited 0 but left no image"
     ;;
 nbdkit)
     truncate -s 256M "$IMG" || fail "truncate"
