@@ -15,6 +15,7 @@
 pub mod proto;
 pub mod server;
 pub mod session;
+mod volume_export;
 
 pub use server::{serve, Listen, NbdError};
 pub use session::{run_session, SessionEnd, SessionError};
