@@ -183,8 +183,9 @@ fn check_iter_time(iter_time_ms: u32) -> Result<Duration, CryptoError> {
     Ok(Duration::from_millis(u64::from(iter_time_ms)))
 }
 
-/// Next probe size: scale `cur` towards the probe budget using the last measurement, at least
-/// doubling and at most x16, capped at `max`.
+/// Next probe size: scale `cur` so the next run should take `probe_budget` (a third of the
+/// target), at least doubling and at most x16, capped at `max`. Probing stops once a run takes
+/// half the budget, so the benchmark costs about half the target time in total.
 fn next_probe(cur: u64, elapsed: Duration, probe_budget: Duration, max: u64) -> u64 {
     let e = elapsed.as_nanos().max(1);
     let factor = (probe_budget.as_nanos() / e).clamp(2, 16) as u64;
@@ -198,9 +199,10 @@ fn next_probe(cur: u64, elapsed: Duration, probe_budget: Duration, max: u64) -> 
 /// memory take longer than the target, memory is lowered (never below 32 KiB) until they fit,
 /// otherwise the time cost is raised. Returns `(time, memory_kib)`.
 ///
-/// Method: single-pass runs with growing memory (at most up to `max_memory_kib`) until one takes
-/// about a quarter of the target, then linear extrapolation in `time * memory`. The whole benchmark
-/// costs well under the target time (about a third of it) plus one small warm-up run.
+/// Method: runs at time cost 4 with growing memory (at most up to `max_memory_kib`) until one
+/// takes about a third of the target, then linear extrapolation in `time * memory`. The whole
+/// benchmark costs about half the target time plus one small warm-up run. Timing is wall-clock
+/// (a loaded machine yields lower costs) and the result is typically within ±30 % of the target.
 ///
 /// # Errors
 /// [`CryptoError::InvalidKdfParams`] for `iter_time_ms == 0` or out-of-range memory/parallel;
@@ -225,28 +227,32 @@ pub fn benchmark_argon2(
     }
     let min_mem = ARGON2_MIN_MEMORY_KIB.max(8 * parallel);
     let max_mem = u64::from(max_memory_kib);
-    let probe_budget = target / 4;
+    let probe_budget = target / 3;
 
     // Warm-up (page faults, CPU feature detection), not measured.
     time_argon2(variant, 1, min_mem, parallel)?;
 
+    // Probe at the minimum time cost, which is what the result will use unless memory is at its
+    // maximum: the first pass also pays for faulting in fresh memory, so single-pass probes
+    // would overestimate the cost of later passes.
     let mut mem = u64::from(min_mem.max(1024)).min(max_mem);
-    let mut elapsed = time_argon2(variant, 1, mem as u32, parallel)?;
-    while elapsed < probe_budget && mem < max_mem {
+    let mut elapsed = time_argon2(variant, ARGON2_MIN_TIME, mem as u32, parallel)?;
+    while elapsed < probe_budget / 2 && mem < max_mem {
         mem = next_probe(mem, elapsed, probe_budget, max_mem);
-        elapsed = time_argon2(variant, 1, mem as u32, parallel)?;
+        elapsed = time_argon2(variant, ARGON2_MIN_TIME, mem as u32, parallel)?;
     }
-    // Cost of one pass over one KiB, in nanoseconds.
-    let ns_per_kib_pass = (elapsed.as_nanos() as f64 / mem as f64).max(1e-3);
+    // Linear model: cost(t, m) = elapsed * (t / 4) * (m / mem).
+    let ns_per_kib = (elapsed.as_nanos() as f64 / mem as f64).max(1e-3);
     let target_ns = target.as_nanos() as f64;
+    let min_time = f64::from(ARGON2_MIN_TIME);
 
-    let passes_at_max = target_ns / (ns_per_kib_pass * max_mem as f64);
-    if passes_at_max >= f64::from(ARGON2_MIN_TIME) {
-        let time = passes_at_max.floor().min(f64::from(u32::MAX)) as u32;
+    let time_at_max = min_time * target_ns / (ns_per_kib * max_mem as f64);
+    if time_at_max >= min_time {
+        let time = time_at_max.floor().min(f64::from(u32::MAX)) as u32;
         Ok((time.max(ARGON2_MIN_TIME), max_memory_kib))
     } else {
-        let mem_fit = target_ns / (ns_per_kib_pass * f64::from(ARGON2_MIN_TIME));
-        let mem_fit = (mem_fit.floor() as u64).clamp(u64::from(min_mem), max_mem) as u32;
+        let mem_fit = (target_ns / ns_per_kib).floor() as u64;
+        let mem_fit = mem_fit.clamp(u64::from(min_mem), max_mem) as u32;
         Ok((ARGON2_MIN_TIME, mem_fit))
     }
 }
@@ -255,8 +261,8 @@ pub fn benchmark_argon2(
 /// matters: each `hash.output_len()` block costs one full run of iterations) takes about
 /// `iter_time_ms` milliseconds here. Result >= 1000 (cryptsetup's minimum).
 ///
-/// Method: runs with growing iteration counts until one takes about a quarter of the target,
-/// then linear extrapolation; the benchmark costs about a third of the target time.
+/// Method: runs with growing iteration counts until one takes about a third of the target,
+/// then linear extrapolation; the benchmark costs about half the target time.
 ///
 /// # Errors
 /// [`CryptoError::InvalidKdfParams`] for `iter_time_ms == 0` or `out_len == 0`.
@@ -271,7 +277,7 @@ pub fn benchmark_pbkdf2(
             "PBKDF2 output length must be >= 1 byte".into(),
         ));
     }
-    let probe_budget = target / 4;
+    let probe_budget = target / 3;
     let mut out = Zeroizing::new(vec![0u8; out_len]);
     let mut run = |iterations: u32| -> Result<Duration, CryptoError> {
         let start = Instant::now();
@@ -280,7 +286,7 @@ pub fn benchmark_pbkdf2(
     };
     let mut iterations: u64 = 1000;
     let mut elapsed = run(iterations as u32)?;
-    while elapsed < probe_budget && iterations < u64::from(u32::MAX) {
+    while elapsed < probe_budget / 2 && iterations < u64::from(u32::MAX) {
         iterations = next_probe(iterations, elapsed, probe_budget, u64::from(u32::MAX));
         elapsed = run(iterations as u32)?;
     }

@@ -41,9 +41,13 @@ pub struct KeyslotParams {
 
 /// Length in bytes of the encrypted AF material: `key_size * stripes` rounded up to 512.
 ///
-/// For `key_size` 64 and 4000 stripes: 256000 (already a multiple of 512).
+/// For `key_size` 64 and 4000 stripes: 256000 (already a multiple of 512). Saturates instead of
+/// overflowing for absurd (hostile header) values, so callers get [`CryptoError::AreaTooShort`].
 pub fn keyslot_material_len(key_size: usize, stripes: u32) -> usize {
-    (key_size * stripes as usize).div_ceil(KEYSLOT_SECTOR_SIZE) * KEYSLOT_SECTOR_SIZE
+    key_size
+        .saturating_mul(stripes as usize)
+        .div_ceil(KEYSLOT_SECTOR_SIZE)
+        .saturating_mul(KEYSLOT_SECTOR_SIZE)
 }
 
 fn area_cipher(params: &KeyslotParams, passphrase: &[u8]) -> Result<SectorCipher, CryptoError> {
@@ -126,6 +130,7 @@ mod tests {
         assert_eq!(keyslot_material_len(32, 4000), 128000);
         assert_eq!(keyslot_material_len(20, 4), 512);
         assert_eq!(keyslot_material_len(33, 4000), 132096);
+        assert!(keyslot_material_len(usize::MAX / 2, 4000) >= usize::MAX - 511);
     }
 
     #[test]
