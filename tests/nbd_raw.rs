@@ -10,6 +10,7 @@ mod common {
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use common::nbd::*;
 
@@ -494,4 +495,24 @@ fn shutdown_with_client_attached_returns_ok() {
     assert!(idle.closed());
     assert!(export.flushes.load(Ordering::SeqCst) > flushes);
     assert_eq!(export.snapshot(0, 15), b"before shutdown");
+}
+
+#[test]
+fn shutdown_does_not_hang_on_a_client_that_never_reads_replies() {
+    let srv = server(32 * MIB);
+    let (mut r, _, _) = Raw::go(&srv.sock);
+    // 128 READs of 32 MiB, never reading a reply: the writer stalls on a full socket buffer
+    // and the reader on its buffer budget.
+    for i in 0..128 {
+        r.request(0, CMD_READ, i, 0, 32 << 20);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        srv.stop(); // asserts serve() returned Ok
+        let _ = tx.send(());
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("shutdown blocked by a client that does not read its replies");
+    assert_no_huge_allocation();
 }

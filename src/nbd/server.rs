@@ -175,12 +175,24 @@ async fn accept_loop(
         let _ = std::fs::remove_file(p);
     }
     drop(bound); // stop accepting before draining
-    while let Some(r) = sessions.join_next().await {
-        if let Err(e) = r {
-            warn!(error = %e, "session task failed");
+    let drain = async {
+        while let Some(r) = sessions.join_next().await {
+            if let Err(e) = r {
+                warn!(error = %e, "session task failed");
+            }
         }
+    };
+    if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+        warn!("sessions still busy after the shutdown grace period; dropping them");
+        sessions.abort_all();
+        while sessions.join_next().await.is_some() {}
     }
 }
+
+/// How long shutdown waits for sessions to finish their in-flight requests and send the
+/// replies. A client that stops reading its replies would otherwise block shutdown forever;
+/// after this its connection is dropped (its unreplied requests may still complete).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 enum Conn {
     Tcp(tokio::net::TcpStream),
@@ -195,7 +207,8 @@ enum Conn {
 /// ([`run_session`]); a misbehaving client loses only its own connection.
 ///
 /// When `shutdown` completes: stop accepting, let in-flight requests finish (their replies are
-/// sent), close every connection (sessions still negotiating are dropped), flush the export,
+/// sent; connections still busy after [`SHUTDOWN_GRACE`] are dropped), close every connection
+/// (sessions still negotiating are dropped), flush the export,
 /// remove the Unix socket files, then return `Ok(())`. Errors after startup:
 /// [`NbdError::Flush`].
 pub async fn serve(
