@@ -276,10 +276,12 @@ pub fn format(path: &Path, opts: &FormatOptions, passphrase: &[u8]) -> Result<St
     }
     let min_len = DEFAULT_DATA_OFFSET + opts.sector_size as u64;
     let len = match opts.size {
-        Some(size) if size < meta.len() => return Err(VolumeError::InvalidArgument(format!(
+        Some(size) if size < meta.len() => {
+            return Err(VolumeError::InvalidArgument(format!(
             "--size {size} is smaller than the existing image ({} bytes); refusing to shrink it",
             meta.len()
-        ))),
+        )))
+        }
         Some(size) => size,
         None => meta.len(),
     };

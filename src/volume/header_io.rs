@@ -47,6 +47,9 @@ fn read_copy(
 ) -> Result<Option<(BinaryHeader, Metadata)>, FormatError> {
     // A file too short for a binary header is "no header" unless it starts with a magic.
     let avail = image_len.saturating_sub(at).min(BINARY_HEADER_SIZE as u64);
+    if avail < 6 {
+        return Ok(None);
+    }
     let first = read_exact(file, avail, at, image_len)?;
     let magic = match want {
         Copy::Primary => &MAGIC_PRIMARY,
