@@ -139,9 +139,9 @@ pub fn cryptsetup_volume_key(image: &Path, key: &Path) -> String {
     let mut hex = String::new();
     let mut in_key = false;
     for line in out.lines() {
-        if line.starts_with("MK dump:") {
+        if let Some(rest) = line.strip_prefix("MK dump:") {
             in_key = true;
-            hex.push_str(&line["MK dump:".len()..]);
+            hex.push_str(rest);
         } else if in_key && line.starts_with('\t') {
             hex.push_str(line);
         } else {
