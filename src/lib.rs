@@ -4,8 +4,8 @@
 //! [`format`] (bytes ↔ types) → [`crypto`] (secrets, KDFs, keyslots, XTS) → [`volume`] (the image
 //! file) → [`nbd`] (protocol codec, session, listener) → [`cli`].
 
+pub mod cli;
 pub mod crypto;
 pub mod format;
-pub mod volume;
 pub mod nbd;
-pub mod cli;
+pub mod volume;

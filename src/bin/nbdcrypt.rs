@@ -1,1 +1,3 @@
-fn main() { std::process::exit(nbdcrypt::cli::main()) }
+fn main() {
+    std::process::exit(nbdcrypt::cli::main())
+}

@@ -1,6 +1,395 @@
-//! The `nbdcrypt` command line (work in progress).
+//! The `nbdcrypt` command line: format, dump, test-passphrase, open (serve over NBD), demo.
+//!
+//! Exit codes (as cryptsetup's, `cryptsetup(8)` "RETURN CODES"): 0 success; 1 wrong parameters
+//! or an invalid volume; 2 no key available with this passphrase; 3 out of memory; 4 wrong
+//! device (image missing or unreadable); 5 device busy. Errors are one line on stderr, with a
+//! hint line where one helps.
+
+mod dump;
+mod passphrase;
+mod serve;
+
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::volume::{self, Access, FormatOptions, KdfChoice, KdfKind, VolumeError};
+use passphrase::{read_passphrase, Prompt};
+
+/// Exit code: success.
+pub const EXIT_OK: i32 = 0;
+/// Exit code: wrong parameters, or not a valid (or supported) LUKS volume.
+pub const EXIT_INVALID: i32 = 1;
+/// Exit code: no keyslot opens with this passphrase.
+pub const EXIT_NO_KEY: i32 = 2;
+/// Exit code: out of memory.
+pub const EXIT_NO_MEMORY: i32 = 3;
+/// Exit code: wrong device (the image is missing or unreadable).
+pub const EXIT_WRONG_DEVICE: i32 = 4;
+/// Exit code: the image is in use by another process.
+pub const EXIT_BUSY: i32 = 5;
+
+/// A failure of a command, already classified for its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Bad flags or arguments (exit 1).
+    #[error("{0}")]
+    Usage(String),
+    /// From the volume layer.
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
+    /// From the NBD server.
+    #[error(transparent)]
+    Nbd(#[from] crate::nbd::NbdError),
+}
+
+impl CliError {
+    /// The documented exit code of this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CliError::Usage(_) | CliError::Nbd(_) => EXIT_INVALID,
+            CliError::Volume(v) => match v {
+                VolumeError::WrongPassphrase => EXIT_NO_KEY,
+                VolumeError::OutOfMemory { .. } => EXIT_NO_MEMORY,
+                VolumeError::Device { .. } => EXIT_WRONG_DEVICE,
+                VolumeError::Busy { .. } => EXIT_BUSY,
+                _ => EXIT_INVALID,
+            },
+        }
+    }
+
+    fn hint(&self) -> Option<&'static str> {
+        match self {
+            CliError::Volume(v) => match v {
+                VolumeError::WrongPassphrase => {
+                    Some("check the passphrase or key file (a key file is used byte for byte, newline included)")
+                }
+                VolumeError::NotLuks { .. } => Some("create a volume with `nbdcrypt format IMAGE`"),
+                VolumeError::Corrupt { .. } => Some("restore a header backup, or run `cryptsetup repair` on a copy of the image"),
+                VolumeError::Busy { .. } => Some("another nbdcrypt (or cryptsetup) has the image open; stop it first"),
+                VolumeError::OutOfMemory { .. } => Some("free memory, or add a keyslot with a smaller --pbkdf-memory"),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
+#[derive(Parser)]
+#[command(
+    name = "nbdcrypt",
+    version,
+    about = "LUKS2 volume images served as NBD block devices, in userspace"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PbkdfArg {
+    Argon2id,
+    Argon2i,
+    Pbkdf2,
+}
+
+#[derive(clap::Args)]
+struct KeyArgs {
+    /// Read the passphrase from FILE byte for byte (`-` = all of stdin). Without it: a terminal
+    /// prompt, or one line of stdin.
+    #[arg(long, short = 'd', value_name = "FILE")]
+    key_file: Option<PathBuf>,
+    /// Try only this keyslot.
+    #[arg(long, short = 'S', value_name = "N")]
+    key_slot: Option<u32>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a LUKS2 volume (keyslot 0) in IMAGE, creating or extending the file with --size.
+    Format {
+        /// Image file.
+        image: PathBuf,
+        /// Create or extend the image to this size (bytes, or with K/M/G/T suffix, binary units).
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        size: Option<u64>,
+        /// Passphrase file, used byte for byte (`-` = all of stdin).
+        #[arg(long, short = 'd', value_name = "FILE")]
+        key_file: Option<PathBuf>,
+        /// Encryption sector size in bytes.
+        #[arg(long, default_value_t = 512, value_parser = parse_sector_size)]
+        sector_size: u32,
+        /// Password-based KDF of keyslot 0.
+        #[arg(long, value_enum, default_value = "argon2id")]
+        pbkdf: PbkdfArg,
+        /// Benchmark the KDF to take this long to unlock, milliseconds.
+        #[arg(long, short = 'i', value_name = "MS", default_value_t = 2000)]
+        iter_time: u32,
+        /// Argon2 memory cost in KiB (capped at half of RAM).
+        #[arg(long, value_name = "KIB", default_value_t = 1 << 20)]
+        pbkdf_memory: u32,
+        /// Argon2 parallel lanes (1-4, at most the CPU count).
+        #[arg(long, value_name = "N", default_value_t = 4)]
+        pbkdf_parallel: u32,
+        /// PBKDF2 iterations or Argon2 time cost; skips the benchmark.
+        #[arg(long, value_name = "N")]
+        pbkdf_force_iterations: Option<u32>,
+        /// Volume label (at most 47 bytes).
+        #[arg(long)]
+        label: Option<String>,
+        /// Do not ask before overwriting an existing LUKS header.
+        #[arg(long, short = 'q')]
+        batch_mode: bool,
+    },
+    /// Print the header like `cryptsetup luksDump`.
+    Dump {
+        /// Image file.
+        image: PathBuf,
+        /// Print the JSON metadata instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a passphrase: exit 0 if a keyslot opens, 2 if none does.
+    TestPassphrase {
+        /// Image file.
+        image: PathBuf,
+        #[command(flatten)]
+        key: KeyArgs,
+    },
+    /// Unlock IMAGE and serve its plaintext over NBD until SIGINT/SIGTERM.
+    Open {
+        /// Image file.
+        image: PathBuf,
+        #[command(flatten)]
+        key: KeyArgs,
+        /// TCP address to listen on (repeatable); default 127.0.0.1:10809 unless --socket is given.
+        #[arg(long, value_name = "ADDR")]
+        listen: Vec<std::net::SocketAddr>,
+        /// Unix socket to listen on (repeatable).
+        #[arg(long, value_name = "PATH")]
+        socket: Vec<PathBuf>,
+        /// Export name (default: the image file's stem); the default export "" works too.
+        #[arg(long, value_name = "NAME")]
+        export_name: Option<String>,
+        /// Serve read-only: writes fail with EPERM.
+        #[arg(long)]
+        read_only: bool,
+    },
+    /// Quick start: create (once) a small demo volume with a generated key file in DIR, and
+    /// serve it on 127.0.0.1:10809.
+    Demo {
+        /// Where the demo image and key live.
+        #[arg(long, default_value = "demo")]
+        dir: PathBuf,
+        /// TCP address to listen on.
+        #[arg(long, default_value = "127.0.0.1:10809")]
+        listen: std::net::SocketAddr,
+    },
+}
+
+/// Parse `--sector-size`: 512 or 4096.
+fn parse_sector_size(s: &str) -> Result<u32, String> {
+    match s {
+        "512" => Ok(512),
+        "4096" => Ok(4096),
+        _ => Err(format!("sector size {s} is not supported (512 or 4096)")),
+    }
+}
+
+/// Parse a size: bytes, or a number with a K/M/G/T suffix (powers of 1024; `KiB`, `M`, `MB`
+/// all accepted as binary units, as `truncate -s` and cryptsetup do).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(digits);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 1G, 64M, 1048576)"))?;
+    let shift = match unit.to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => return Err(format!("unknown size unit {unit:?} in {s:?}")),
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("size {s:?} overflows"))
+}
 
 /// Entry point of the `nbdcrypt` binary; returns the process exit code.
 pub fn main() -> i32 {
-    0
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() {
+                EXIT_INVALID
+            } else {
+                EXIT_OK
+            };
+            let _ = e.print();
+            return code;
+        }
+    };
+    init_logging();
+    match run(cli.command) {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            eprintln!("nbdcrypt: {e}");
+            if let Some(h) = e.hint() {
+                eprintln!("hint: {h}");
+            }
+            e.exit_code()
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NBDCRYPT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
+}
+
+fn warn_all(warnings: &[String]) {
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
+}
+
+fn run(cmd: Command) -> Result<(), CliError> {
+    match cmd {
+        Command::Format {
+            image,
+            size,
+            key_file,
+            sector_size,
+            pbkdf,
+            iter_time,
+            pbkdf_memory,
+            pbkdf_parallel,
+            pbkdf_force_iterations,
+            label,
+            batch_mode,
+        } => {
+            confirm_overwrite(&image, batch_mode)?;
+            let pass = read_passphrase(key_file.as_deref(), Prompt::New(&image))?;
+            let opts = FormatOptions {
+                size,
+                sector_size,
+                kdf: KdfChoice {
+                    kind: match pbkdf {
+                        PbkdfArg::Argon2id => KdfKind::Argon2id,
+                        PbkdfArg::Argon2i => KdfKind::Argon2i,
+                        PbkdfArg::Pbkdf2 => KdfKind::Pbkdf2,
+                    },
+                    iter_time_ms: iter_time,
+                    memory_kib: pbkdf_memory,
+                    parallel: pbkdf_parallel,
+                    force_iterations: pbkdf_force_iterations,
+                },
+                label,
+            };
+            let uuid = volume::format(&image, &opts, pass.expose())?;
+            eprintln!("formatted {} as LUKS2 (UUID {uuid})", image.display());
+            Ok(())
+        }
+        Command::Dump { image, json } => {
+            let file = volume::open_image(&image, Access::Inspect)?;
+            let lh = volume::load_header(&file, &image)?;
+            warn_all(&lh.warnings);
+            if json {
+                let text = serde_json::to_string_pretty(&lh.metadata)
+                    .map_err(|e| CliError::Usage(e.to_string()))?;
+                println!("{text}");
+            } else {
+                print!("{}", dump::render(&lh));
+            }
+            Ok(())
+        }
+        Command::TestPassphrase { image, key } => {
+            let file = volume::open_image(&image, Access::Inspect)?;
+            let lh = volume::load_header(&file, &image)?;
+            warn_all(&lh.warnings);
+            let pass = read_passphrase(key.key_file.as_deref(), Prompt::Unlock(&image))?;
+            let k = volume::unlock(&file, &image, &lh, pass.expose(), key.key_slot)?;
+            eprintln!("Key slot {} unlocked.", k.keyslot);
+            Ok(())
+        }
+        Command::Open {
+            image,
+            key,
+            listen,
+            socket,
+            export_name,
+            read_only,
+        } => {
+            let pass = read_passphrase(key.key_file.as_deref(), Prompt::Unlock(&image))?;
+            serve::serve(serve::ServeArgs {
+                image,
+                passphrase: pass,
+                key_slot: key.key_slot,
+                listen,
+                socket,
+                export_name,
+                read_only,
+            })
+        }
+        Command::Demo { dir, listen } => serve::demo(&dir, listen),
+    }
+}
+
+/// Ask before `format` overwrites an existing LUKS header (cryptsetup always asks; we ask only
+/// when there is something to lose). `--batch-mode` skips the question.
+fn confirm_overwrite(image: &Path, batch: bool) -> Result<(), CliError> {
+    use std::io::IsTerminal;
+    if batch {
+        return Ok(());
+    }
+    let Ok(file) = volume::open_image(image, Access::Inspect) else {
+        return Ok(());
+    };
+    let has_header = matches!(
+        volume::load_header(&file, image),
+        Ok(_) | Err(VolumeError::Corrupt { .. }) | Err(VolumeError::Unsupported { .. })
+    );
+    if !has_header {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(CliError::Usage(format!(
+            "{} already holds a LUKS header; add --batch-mode to overwrite it",
+            image.display()
+        )));
+    }
+    eprint!(
+        "WARNING: {} already holds a LUKS header; formatting destroys it and every keyslot.\nAre you sure? (Type 'yes' in capital letters): ",
+        image.display()
+    );
+    let mut answer = String::new();
+    let _ = std::io::stdin().read_line(&mut answer);
+    if answer.trim() != "YES" {
+        return Err(CliError::Usage("operation aborted".into()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("1Q").is_err());
+        assert!(parse_size("G").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
 }

@@ -1,1 +1,444 @@
-//! format layer (work in progress).
+//! LUKS2 on-disk format: bytes ↔ types, no I/O and no keys (`format-spec.md`).
+//!
+//! [`header`] decodes and encodes the binary header, [`metadata`] the JSON objects; this module
+//! validates a metadata copy against the profile nbdcrypt supports and yields the typed views the
+//! upper layers use ([`DataSegment`], [`KeyslotProfile`], [`DigestProfile`]).
+
+pub mod header;
+pub mod metadata;
+
+use header::{BinaryHeader, BINARY_HEADER_SIZE};
+use metadata::{Metadata, SegmentSize};
+
+/// The only cipher of our profile, for the data segment and for keyslot areas.
+pub const CIPHER: &str = "aes-xts-plain64";
+/// The only AF stripe count of our profile.
+pub const AF_STRIPES: u32 = 4000;
+/// Size of the volume key we create, in bytes (AES-256-XTS).
+pub const VOLUME_KEY_SIZE: usize = 64;
+/// Default metadata copy size (binary header + JSON area), bytes.
+pub const DEFAULT_HDR_SIZE: u64 = 16 << 10;
+/// Default offset of the data segment, bytes (the whole LUKS2 header with keyslots area).
+pub const DEFAULT_DATA_OFFSET: u64 = 16 << 20;
+
+/// Why metadata bytes were refused. One kind per failure class.
+#[derive(Debug, thiserror::Error)]
+pub enum FormatError {
+    /// No LUKS magic where a header must be.
+    #[error("not a LUKS device (no LUKS2 header magic)")]
+    NotLuks,
+    /// Structurally damaged or inconsistent metadata.
+    #[error("{0}")]
+    Corrupt(String),
+    /// Valid LUKS2, but outside the profile nbdcrypt supports; the message names the field.
+    #[error("{0}")]
+    Unsupported(String),
+    /// A value we were asked to encode does not fit the format.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Decode the JSON area of a metadata copy (`hdr_size` − 4096 bytes). The JSON text must end
+/// with a NUL inside the area (`format-spec.md` §3). Errors: [`FormatError::Corrupt`].
+pub fn decode_json_area(area: &[u8]) -> Result<Metadata, FormatError> {
+    let end = area.iter().position(|&c| c == 0).ok_or_else(|| {
+        FormatError::Corrupt("JSON metadata is not terminated within its area".into())
+    })?;
+    serde_json::from_slice(&area[..end])
+        .map_err(|e| FormatError::Corrupt(format!("JSON metadata is not valid LUKS2 JSON: {e}")))
+}
+
+/// Encode metadata as compact JSON padded with NULs to `json_size` bytes. Errors:
+/// [`FormatError::Invalid`] when the JSON (plus its NUL) does not fit.
+pub fn encode_json_area(md: &Metadata, json_size: u64) -> Result<Vec<u8>, FormatError> {
+    let mut v = serde_json::to_vec(md).map_err(|e| FormatError::Invalid(e.to_string()))?;
+    if v.len() as u64 >= json_size {
+        return Err(FormatError::Invalid(format!(
+            "JSON metadata of {} bytes does not fit the {json_size}-byte JSON area",
+            v.len()
+        )));
+    }
+    v.resize(json_size as usize, 0);
+    Ok(v)
+}
+
+/// Decode and check one whole metadata copy (`hdr_size` bytes: binary header + JSON area) read
+/// at byte offset `at`: magic, checksum, `hdr_offset` = `at`, JSON within its area, `json_size`
+/// consistent. Errors: [`FormatError::NotLuks`], [`FormatError::Corrupt`],
+/// [`FormatError::Unsupported`].
+pub fn decode_copy(bytes: &[u8], at: u64) -> Result<(BinaryHeader, Metadata), FormatError> {
+    let hdr = BinaryHeader::decode(bytes)?;
+    if bytes.len() as u64 != hdr.hdr_size {
+        return Err(FormatError::Corrupt(format!(
+            "metadata copy is {} bytes, header says {}",
+            bytes.len(),
+            hdr.hdr_size
+        )));
+    }
+    header::verify_checksum(bytes)?;
+    if hdr.hdr_offset != at {
+        return Err(FormatError::Corrupt(format!(
+            "hdr_offset {} does not match the copy's position {at}",
+            hdr.hdr_offset
+        )));
+    }
+    let md = decode_json_area(&bytes[BINARY_HEADER_SIZE..])?;
+    let json_size = hdr.hdr_size - BINARY_HEADER_SIZE as u64;
+    if md.config.json_size != json_size {
+        return Err(FormatError::Corrupt(format!(
+            "config.json_size {} does not match the header's JSON area of {json_size} bytes",
+            md.config.json_size
+        )));
+    }
+    Ok((hdr, md))
+}
+
+/// Encode one whole metadata copy (`hdr.hdr_size` bytes) with its checksum filled in.
+/// Errors: [`FormatError::Invalid`] when a field or the JSON does not fit.
+pub fn encode_copy(hdr: &BinaryHeader, md: &Metadata) -> Result<Vec<u8>, FormatError> {
+    let mut out = hdr.encode()?;
+    out.extend(encode_json_area(
+        md,
+        hdr.hdr_size - BINARY_HEADER_SIZE as u64,
+    )?);
+    header::seal(&mut out);
+    Ok(out)
+}
+
+/// Bytes of anti-forensic material a keyslot holds: `key_size × stripes`, rounded up to whole
+/// 512-byte sectors (`format-spec.md` §4).
+pub fn af_material_len(key_size: u64, stripes: u64) -> u64 {
+    (key_size * stripes).div_ceil(512) * 512
+}
+
+/// The data segment as nbdcrypt uses it (`format-spec.md` §3.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataSegment {
+    /// Byte offset of the first data sector in the image.
+    pub offset: u64,
+    /// Length of the exported plaintext in bytes; a multiple of `sector_size`.
+    pub size: u64,
+    /// Encryption sector size in bytes (512, 1024, 2048 or 4096).
+    pub sector_size: u32,
+}
+
+/// A keyslot's KDF within our profile (hash is always sha256).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KdfProfile {
+    /// PBKDF2-HMAC-SHA256 (RFC 8018 §5.2).
+    Pbkdf2 {
+        /// Iteration count.
+        iterations: u32,
+        /// Salt bytes.
+        salt: Vec<u8>,
+    },
+    /// Argon2 version 0x13 (RFC 9106).
+    Argon2 {
+        /// `true` for Argon2id, `false` for Argon2i.
+        id: bool,
+        /// Time cost (passes).
+        time: u32,
+        /// Memory cost in KiB.
+        memory_kib: u32,
+        /// Parallelism (lanes).
+        parallel: u32,
+        /// Salt bytes.
+        salt: Vec<u8>,
+    },
+}
+
+/// A keyslot within our profile (`format-spec.md` §3.1, §4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyslotProfile {
+    /// Keyslot id.
+    pub id: u32,
+    /// Size of the stored key in bytes.
+    pub key_size: usize,
+    /// Byte offset of the keyslot area in the image.
+    pub area_offset: u64,
+    /// Byte length of the keyslot area.
+    pub area_size: u64,
+    /// Key size of the area cipher (aes-xts-plain64) in bytes: 32 or 64.
+    pub area_key_size: usize,
+    /// AF stripes (4000).
+    pub stripes: u32,
+    /// The KDF.
+    pub kdf: KdfProfile,
+    /// Priority: 0 ignore, 1 normal, 2 prefer.
+    pub priority: i64,
+}
+
+/// The `pbkdf2` digest that verifies a candidate volume key (`format-spec.md` §3.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DigestProfile {
+    /// Digest id.
+    pub id: u32,
+    /// PBKDF2-HMAC-SHA256 iterations.
+    pub iterations: u32,
+    /// Salt bytes.
+    pub salt: Vec<u8>,
+    /// Expected digest bytes (32).
+    pub digest: Vec<u8>,
+    /// Keyslot ids this digest covers.
+    pub keyslots: Vec<u32>,
+}
+
+fn unsupported(msg: String) -> FormatError {
+    FormatError::Unsupported(msg)
+}
+
+/// Check the layout of a decoded metadata copy against an image of `image_len` bytes and return
+/// the data segment (`format-spec.md` §3.4): keyslot areas inside the keyslots area and not
+/// overlapping, exactly one `crypt` segment with our cipher and a supported sector size, inside
+/// the image and after the keyslots area, no mandatory requirements.
+///
+/// Errors: [`FormatError::Corrupt`] for inconsistent layout, [`FormatError::Unsupported`] naming
+/// the field outside the profile (e.g. `cipher serpent-xts-plain64 is not supported`).
+pub fn validate(
+    hdr: &BinaryHeader,
+    md: &Metadata,
+    image_len: u64,
+) -> Result<DataSegment, FormatError> {
+    if let Some(req) = &md.config.requirements {
+        let mandatory = req
+            .get("mandatory")
+            .and_then(|m| m.as_array())
+            .map(|a| !a.is_empty())
+            .unwrap_or(false);
+        if mandatory {
+            return Err(unsupported(format!(
+                "config.requirements {req} is not supported"
+            )));
+        }
+    }
+    let ks_start = 2 * hdr.hdr_size;
+    let ks_end = ks_start
+        .checked_add(md.config.keyslots_size)
+        .ok_or_else(|| FormatError::Corrupt("config.keyslots_size overflows".into()))?;
+    let mut areas: Vec<(u64, u64, u32)> = Vec::new();
+    for (id, ks) in &md.keyslots {
+        let a = &ks.area;
+        let end = a.offset.checked_add(a.size).ok_or_else(|| {
+            FormatError::Corrupt(format!("keyslot {id} area offset + size overflows"))
+        })?;
+        if a.offset < ks_start || end > ks_end {
+            return Err(FormatError::Corrupt(format!(
+                "keyslot {id} area [{}, {end}) is outside the keyslots area [{ks_start}, {ks_end})",
+                a.offset
+            )));
+        }
+        areas.push((a.offset, end, id.0));
+    }
+    areas.sort();
+    for w in areas.windows(2) {
+        if w[1].0 < w[0].1 {
+            return Err(FormatError::Corrupt(format!(
+                "keyslot areas of keyslots {} and {} overlap",
+                w[0].2, w[1].2
+            )));
+        }
+    }
+    if md.segments.len() != 1 {
+        return Err(unsupported(format!(
+            "{} segments are not supported (only one crypt segment)",
+            md.segments.len()
+        )));
+    }
+    let (sid, seg) = md.segments.iter().next().expect("one segment");
+    if seg.kind != "crypt" {
+        return Err(unsupported(format!(
+            "segment {sid} type {} is not supported",
+            seg.kind
+        )));
+    }
+    if seg.encryption != CIPHER {
+        return Err(unsupported(format!(
+            "cipher {} is not supported",
+            seg.encryption
+        )));
+    }
+    if ![512, 1024, 2048, 4096].contains(&seg.sector_size) {
+        return Err(unsupported(format!(
+            "sector_size {} is not supported",
+            seg.sector_size
+        )));
+    }
+    if seg.iv_tweak != 0 {
+        return Err(unsupported(format!(
+            "segment iv_tweak {} is not supported",
+            seg.iv_tweak
+        )));
+    }
+    for key in ["integrity", "flags"] {
+        if let Some(v) = seg.extra.get(key) {
+            return Err(unsupported(format!("segment {key} {v} is not supported")));
+        }
+    }
+    let ss = seg.sector_size as u64;
+    if seg.offset < ks_end || seg.offset % ss != 0 {
+        return Err(FormatError::Corrupt(format!(
+            "data segment offset {} overlaps the header or is not sector-aligned",
+            seg.offset
+        )));
+    }
+    let size = match seg.size {
+        SegmentSize::Dynamic => {
+            if seg.offset > image_len {
+                return Err(FormatError::Corrupt(format!(
+                    "data segment offset {} is beyond the end of the image ({image_len} bytes)",
+                    seg.offset
+                )));
+            }
+            (image_len - seg.offset) / ss * ss
+        }
+        SegmentSize::Bytes(n) => {
+            if n % ss != 0 || seg.offset.checked_add(n).is_none_or(|e| e > image_len) {
+                return Err(FormatError::Corrupt(format!(
+                    "data segment [{}, +{n}) is not inside the image ({image_len} bytes)",
+                    seg.offset
+                )));
+            }
+            n
+        }
+    };
+    Ok(DataSegment {
+        offset: seg.offset,
+        size,
+        sector_size: seg.sector_size,
+    })
+}
+
+/// The digest bound to the data segment. Errors: [`FormatError::Corrupt`] when none exists,
+/// [`FormatError::Unsupported`] for a digest type or hash outside the profile.
+pub fn segment_digest(md: &Metadata) -> Result<DigestProfile, FormatError> {
+    let sid = md
+        .segments
+        .keys()
+        .next()
+        .map(|k| k.to_string())
+        .unwrap_or_default();
+    let (id, d) = md
+        .digests
+        .iter()
+        .find(|(_, d)| d.segments.contains(&sid))
+        .ok_or_else(|| FormatError::Corrupt(format!("no digest covers segment {sid}")))?;
+    if d.kind != "pbkdf2" {
+        return Err(unsupported(format!(
+            "digest {id} type {} is not supported",
+            d.kind
+        )));
+    }
+    if d.hash != "sha256" {
+        return Err(unsupported(format!(
+            "digest {id} hash {} is not supported",
+            d.hash
+        )));
+    }
+    let keyslots = d
+        .keyslots
+        .iter()
+        .map(|k| {
+            metadata::u64_string::parse(k)
+                .ok()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| FormatError::Corrupt(format!("digest {id} names keyslot {k:?}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(DigestProfile {
+        id: id.0,
+        iterations: d.iterations,
+        salt: d.salt.clone(),
+        digest: d.digest.clone(),
+        keyslots,
+    })
+}
+
+/// Check keyslot `id` against the profile (`format-spec.md` §3.1) and return its typed view.
+/// Errors: [`FormatError::Unsupported`] naming the field (keyslot type, area cipher, AF, KDF),
+/// [`FormatError::Corrupt`] for missing KDF members or an area too small for its material.
+pub fn keyslot_profile(md: &Metadata, id: u32) -> Result<KeyslotProfile, FormatError> {
+    let ks = md
+        .keyslots
+        .get(&metadata::Id(id))
+        .ok_or_else(|| FormatError::Invalid(format!("keyslot {id} is not in use")))?;
+    if ks.kind != "luks2" {
+        return Err(unsupported(format!(
+            "keyslot {id} type {} is not supported",
+            ks.kind
+        )));
+    }
+    if ks.area.kind != "raw" {
+        return Err(unsupported(format!(
+            "keyslot {id} area type {} is not supported",
+            ks.area.kind
+        )));
+    }
+    if ks.area.encryption != CIPHER {
+        return Err(unsupported(format!(
+            "keyslot {id} cipher {} is not supported",
+            ks.area.encryption
+        )));
+    }
+    if ks.area.key_size != 32 && ks.area.key_size != 64 {
+        return Err(unsupported(format!(
+            "keyslot {id} area key_size {} is not supported",
+            ks.area.key_size
+        )));
+    }
+    if ks.af.kind != "luks1" || ks.af.stripes != AF_STRIPES || ks.af.hash != "sha256" {
+        return Err(unsupported(format!(
+            "keyslot {id} AF {}/{} stripes/{} is not supported",
+            ks.af.kind, ks.af.stripes, ks.af.hash
+        )));
+    }
+    if ks.key_size == 0 || ks.key_size > 512 {
+        return Err(FormatError::Corrupt(format!(
+            "keyslot {id} key_size {} is not plausible",
+            ks.key_size
+        )));
+    }
+    let need = af_material_len(ks.key_size as u64, ks.af.stripes as u64);
+    if ks.area.size < need {
+        return Err(FormatError::Corrupt(format!(
+            "keyslot {id} area of {} bytes is smaller than its {need} bytes of key material",
+            ks.area.size
+        )));
+    }
+    let missing = |what: &str| FormatError::Corrupt(format!("keyslot {id} kdf has no {what}"));
+    let kdf = match ks.kdf.kind.as_str() {
+        "pbkdf2" => {
+            let hash = ks.kdf.hash.as_deref().ok_or_else(|| missing("hash"))?;
+            if hash != "sha256" {
+                return Err(unsupported(format!(
+                    "keyslot {id} pbkdf2 hash {hash} is not supported"
+                )));
+            }
+            KdfProfile::Pbkdf2 {
+                iterations: ks.kdf.iterations.ok_or_else(|| missing("iterations"))?,
+                salt: ks.kdf.salt.clone(),
+            }
+        }
+        "argon2i" | "argon2id" => KdfProfile::Argon2 {
+            id: ks.kdf.kind == "argon2id",
+            time: ks.kdf.time.ok_or_else(|| missing("time"))?,
+            memory_kib: ks.kdf.memory.ok_or_else(|| missing("memory"))?,
+            parallel: ks.kdf.cpus.ok_or_else(|| missing("cpus"))?,
+            salt: ks.kdf.salt.clone(),
+        },
+        other => {
+            return Err(unsupported(format!(
+                "keyslot {id} kdf {other} is not supported"
+            )))
+        }
+    };
+    Ok(KeyslotProfile {
+        id,
+        key_size: ks.key_size as usize,
+        area_offset: ks.area.offset,
+        area_size: ks.area.size,
+        area_key_size: ks.area.key_size as usize,
+        stripes: ks.af.stripes,
+        kdf,
+        priority: ks.priority.unwrap_or(1),
+    })
+}

@@ -1,0 +1,118 @@
+//! `nbdcrypt dump`: the header in the layout of `cryptsetup luksDump` (cryptsetup 2.6,
+//! `lib/luks2/luks2_json_metadata.c`), or the JSON metadata with `--json`.
+
+use std::fmt::Write;
+
+use crate::format::metadata::{Metadata, SegmentSize};
+use crate::volume::LoadedHeader;
+
+fn hex_block(out: &mut String, bytes: &[u8], indent: &str) {
+    for (i, chunk) in bytes.chunks(16).enumerate() {
+        if i > 0 {
+            out.push_str(indent);
+        }
+        for b in chunk {
+            let _ = write!(out, "{b:02x} ");
+        }
+        out.push('\n');
+    }
+}
+
+fn or_none(s: &str, what: &str) -> String {
+    if s.is_empty() {
+        format!("(no {what})")
+    } else {
+        s.to_string()
+    }
+}
+
+/// Render the luksDump-style text of a loaded header.
+pub fn render(lh: &LoadedHeader) -> String {
+    let h = &lh.header;
+    let md: &Metadata = &lh.metadata;
+    let mut o = String::new();
+    let _ = writeln!(o, "LUKS header information");
+    let _ = writeln!(o, "Version:       \t2");
+    let _ = writeln!(o, "Epoch:         \t{}", h.seqid);
+    let _ = writeln!(o, "Metadata area: \t{} [bytes]", h.hdr_size);
+    let _ = writeln!(o, "Keyslots area: \t{} [bytes]", md.config.keyslots_size);
+    let _ = writeln!(o, "UUID:          \t{}", h.uuid);
+    let _ = writeln!(o, "Label:         \t{}", or_none(&h.label, "label"));
+    let _ = writeln!(o, "Subsystem:     \t{}", or_none(&h.subsystem, "subsystem"));
+    let flags = md.config.flags.as_ref().filter(|f| !f.is_empty());
+    let _ = writeln!(
+        o,
+        "Flags:       \t{}",
+        flags.map_or("(no flags)".to_string(), |f| f.join(" "))
+    );
+    let _ = writeln!(o, "\nData segments:");
+    for (id, s) in &md.segments {
+        let _ = writeln!(o, "  {id}: {}", s.kind);
+        let _ = writeln!(o, "\toffset: {} [bytes]", s.offset);
+        match s.size {
+            SegmentSize::Dynamic => {
+                let _ = writeln!(o, "\tlength: (whole device)");
+            }
+            SegmentSize::Bytes(n) => {
+                let _ = writeln!(o, "\tlength: {n} [bytes]");
+            }
+        }
+        let _ = writeln!(o, "\tcipher: {}", s.encryption);
+        let _ = writeln!(o, "\tsector: {} [bytes]", s.sector_size);
+    }
+    let _ = writeln!(o, "\nKeyslots:");
+    for (id, k) in &md.keyslots {
+        let _ = writeln!(o, "  {id}: {}", k.kind);
+        let _ = writeln!(o, "\tKey:        {} bits", k.key_size * 8);
+        let prio = match k.priority.unwrap_or(1) {
+            0 => "ignored",
+            2 => "preferred",
+            _ => "normal",
+        };
+        let _ = writeln!(o, "\tPriority:   {prio}");
+        let _ = writeln!(o, "\tCipher:     {}", k.area.encryption);
+        let _ = writeln!(o, "\tCipher key: {} bits", k.area.key_size * 8);
+        let _ = writeln!(o, "\tPBKDF:      {}", k.kdf.kind);
+        if k.kdf.kind == "pbkdf2" {
+            let _ = writeln!(o, "\tHash:       {}", k.kdf.hash.as_deref().unwrap_or("?"));
+            let _ = writeln!(o, "\tIterations: {}", k.kdf.iterations.unwrap_or(0));
+        } else {
+            let _ = writeln!(o, "\tTime cost:  {}", k.kdf.time.unwrap_or(0));
+            let _ = writeln!(o, "\tMemory:     {}", k.kdf.memory.unwrap_or(0));
+            let _ = writeln!(o, "\tThreads:    {}", k.kdf.cpus.unwrap_or(0));
+        }
+        o.push_str("\tSalt:       ");
+        hex_block(&mut o, &k.kdf.salt, "\t            ");
+        let _ = writeln!(o, "\tAF stripes: {}", k.af.stripes);
+        let _ = writeln!(o, "\tAF hash:    {}", k.af.hash);
+        let _ = writeln!(o, "\tArea offset:{} [bytes]", k.area.offset);
+        let _ = writeln!(o, "\tArea length:{} [bytes]", k.area.size);
+        let ids = id.to_string();
+        if let Some((did, _)) = md.digests.iter().find(|(_, d)| d.keyslots.contains(&ids)) {
+            let _ = writeln!(o, "\tDigest ID:  {did}");
+        }
+    }
+    let _ = writeln!(o, "Tokens:");
+    for (id, t) in &md.tokens {
+        let kind = t.get("type").and_then(|v| v.as_str()).unwrap_or("?");
+        let _ = writeln!(o, "  {id}: {kind}");
+        if let Some(ks) = t.get("keyslots").and_then(|v| v.as_array()) {
+            let ks: Vec<String> = ks
+                .iter()
+                .map(|v| v.as_str().unwrap_or("?").to_string())
+                .collect();
+            let _ = writeln!(o, "\tKeyslot:    {}", ks.join(" "));
+        }
+    }
+    let _ = writeln!(o, "Digests:");
+    for (id, d) in &md.digests {
+        let _ = writeln!(o, "  {id}: {}", d.kind);
+        let _ = writeln!(o, "\tHash:       {}", d.hash);
+        let _ = writeln!(o, "\tIterations: {}", d.iterations);
+        o.push_str("\tSalt:       ");
+        hex_block(&mut o, &d.salt, "\t            ");
+        o.push_str("\tDigest:     ");
+        hex_block(&mut o, &d.digest, "\t            ");
+    }
+    o
+}

@@ -1,0 +1,626 @@
+//! Pure codec for the NBD wire protocol: constants, option and request parsing, reply encoding.
+//!
+//! No I/O happens here; [`super::session`] moves the bytes. All integers are big-endian
+//! ("network byte order", proto.md "Conventions"). Section names below refer to
+//! `doc/proto.md` of NetworkBlockDevice/nbd.
+
+use thiserror::Error;
+
+/// `NBDMAGIC`, first 8 bytes the server sends (proto.md "Newstyle negotiation").
+pub const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
+/// `IHAVEOPT`, second server magic and the magic opening every client option
+/// (proto.md "Newstyle negotiation").
+pub const IHAVEOPT: u64 = 0x4948_4156_454F_5054;
+/// Magic opening every option reply (proto.md "Fixed newstyle negotiation").
+pub const OPTION_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
+/// Magic of a 28-byte request (proto.md "Request message").
+pub const REQUEST_MAGIC: u32 = 0x2560_9513;
+/// Magic of a 16-byte simple reply (proto.md "Simple reply message").
+pub const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
+
+/// Handshake flag `NBD_FLAG_FIXED_NEWSTYLE` (proto.md "Handshake flags").
+pub const FLAG_FIXED_NEWSTYLE: u16 = 1 << 0;
+/// Handshake flag `NBD_FLAG_NO_ZEROES` (proto.md "Handshake flags").
+pub const FLAG_NO_ZEROES: u16 = 1 << 1;
+/// Client flag `NBD_FLAG_C_FIXED_NEWSTYLE` (proto.md "Client flags").
+pub const CLIENT_FIXED_NEWSTYLE: u32 = 1 << 0;
+/// Client flag `NBD_FLAG_C_NO_ZEROES` (proto.md "Client flags").
+pub const CLIENT_NO_ZEROES: u32 = 1 << 1;
+/// Every client flag this server understands; any other bit MUST close the connection
+/// (proto.md "Newstyle negotiation").
+pub const CLIENT_FLAGS_KNOWN: u32 = CLIENT_FIXED_NEWSTYLE | CLIENT_NO_ZEROES;
+
+/// Transmission flag `NBD_FLAG_HAS_FLAGS` (proto.md "Transmission flags").
+pub const TFLAG_HAS_FLAGS: u16 = 1 << 0;
+/// Transmission flag `NBD_FLAG_READ_ONLY`.
+pub const TFLAG_READ_ONLY: u16 = 1 << 1;
+/// Transmission flag `NBD_FLAG_SEND_FLUSH`.
+pub const TFLAG_SEND_FLUSH: u16 = 1 << 2;
+/// Transmission flag `NBD_FLAG_SEND_FUA`.
+pub const TFLAG_SEND_FUA: u16 = 1 << 3;
+/// Transmission flag `NBD_FLAG_SEND_WRITE_ZEROES`.
+pub const TFLAG_SEND_WRITE_ZEROES: u16 = 1 << 6;
+
+/// Option `NBD_OPT_EXPORT_NAME` (proto.md "Option types").
+pub const OPT_EXPORT_NAME: u32 = 1;
+/// Option `NBD_OPT_ABORT`.
+pub const OPT_ABORT: u32 = 2;
+/// Option `NBD_OPT_LIST`.
+pub const OPT_LIST: u32 = 3;
+/// Option `NBD_OPT_STARTTLS` (answered `ERR_UNSUP`: no TLS in this server).
+pub const OPT_STARTTLS: u32 = 5;
+/// Option `NBD_OPT_INFO`.
+pub const OPT_INFO: u32 = 6;
+/// Option `NBD_OPT_GO`.
+pub const OPT_GO: u32 = 7;
+/// Option `NBD_OPT_STRUCTURED_REPLY` (answered `ERR_UNSUP` for now).
+pub const OPT_STRUCTURED_REPLY: u32 = 8;
+/// Option `NBD_OPT_EXTENDED_HEADERS` (experimental branch; answered `ERR_UNSUP`).
+pub const OPT_EXTENDED_HEADERS: u32 = 11;
+
+/// Option reply `NBD_REP_ACK` (proto.md "Option reply types").
+pub const REP_ACK: u32 = 1;
+/// Option reply `NBD_REP_SERVER`.
+pub const REP_SERVER: u32 = 2;
+/// Option reply `NBD_REP_INFO`.
+pub const REP_INFO: u32 = 3;
+/// Error reply `NBD_REP_ERR_UNSUP`.
+pub const REP_ERR_UNSUP: u32 = (1 << 31) | 1;
+/// Error reply `NBD_REP_ERR_INVALID`.
+pub const REP_ERR_INVALID: u32 = (1 << 31) | 3;
+/// Error reply `NBD_REP_ERR_UNKNOWN`.
+pub const REP_ERR_UNKNOWN: u32 = (1 << 31) | 6;
+/// Error reply `NBD_REP_ERR_TOO_BIG`.
+pub const REP_ERR_TOO_BIG: u32 = (1 << 31) | 9;
+
+/// Information type `NBD_INFO_EXPORT` (proto.md "Option reply types", `NBD_REP_INFO`).
+pub const INFO_EXPORT: u16 = 0;
+/// Information type `NBD_INFO_NAME`.
+pub const INFO_NAME: u16 = 1;
+/// Information type `NBD_INFO_DESCRIPTION`.
+pub const INFO_DESCRIPTION: u16 = 2;
+/// Information type `NBD_INFO_BLOCK_SIZE`.
+pub const INFO_BLOCK_SIZE: u16 = 3;
+
+/// Command flag `NBD_CMD_FLAG_FUA` (proto.md "Command flags").
+pub const CMD_FLAG_FUA: u16 = 1 << 0;
+/// Command flag `NBD_CMD_FLAG_NO_HOLE` (valid on WRITE_ZEROES only).
+pub const CMD_FLAG_NO_HOLE: u16 = 1 << 1;
+
+/// Error value `EPERM` (proto.md "Error values").
+pub const EPERM: u32 = 1;
+/// Error value `EIO`.
+pub const EIO: u32 = 5;
+/// Error value `EINVAL`.
+pub const EINVAL: u32 = 22;
+/// Error value `ENOSPC`.
+pub const ENOSPC: u32 = 28;
+
+/// Longest string (export name, description) accepted or sent, in bytes (proto.md "Conventions":
+/// strings MUST be no longer than 4096 bytes).
+pub const MAX_STRING: usize = 4096;
+/// Largest READ/WRITE payload served, in bytes: 32 MiB, the default maximum payload
+/// (proto.md "Block size constraints"); advertised as the BLOCK_SIZE maximum.
+pub const MAX_PAYLOAD: u32 = 32 << 20;
+/// Preferred block size advertised in `NBD_INFO_BLOCK_SIZE`, in bytes (at least the minimum).
+pub const PREFERRED_BLOCK: u32 = 4096;
+/// Largest option payload read into memory, in bytes. Larger payloads are discarded (up to
+/// [`MAX_OPTION_DISCARD`]) and answered `ERR_TOO_BIG`.
+pub const MAX_OPTION_DATA: u32 = 64 << 10;
+/// Largest option payload the server bothers to discard; above it the connection is closed
+/// (a denial of service, proto.md "Termination of the session during option haggling").
+pub const MAX_OPTION_DISCARD: u32 = 1 << 20;
+/// Largest oversize WRITE payload (> [`MAX_PAYLOAD`]) the server reads and discards before
+/// answering `EINVAL`; above it the connection is closed.
+pub const MAX_WRITE_DISCARD: u32 = 64 << 20;
+
+/// Length of the server greeting (NBDMAGIC, IHAVEOPT, u16 handshake flags).
+pub const GREETING_LEN: usize = 18;
+/// Length of a client option header (IHAVEOPT, u32 option, u32 length).
+pub const OPTION_HEADER_LEN: usize = 16;
+/// Length of a request header (proto.md "Request message").
+pub const REQUEST_LEN: usize = 28;
+/// Length of a simple reply header (proto.md "Simple reply message").
+pub const SIMPLE_REPLY_LEN: usize = 16;
+
+/// A malformed message from the client. The session decides whether it costs an option error
+/// reply or the connection.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ProtoError {
+    /// An option header did not start with `IHAVEOPT`.
+    #[error("bad option magic {0:#x}")]
+    BadOptionMagic(u64),
+    /// A request header did not start with `NBD_REQUEST_MAGIC`.
+    #[error("bad request magic {0:#x}")]
+    BadRequestMagic(u32),
+    /// Option data shorter than its fixed fields, or a length field pointing past its end.
+    #[error("malformed option data: {0}")]
+    Malformed(&'static str),
+    /// A string longer than [`MAX_STRING`] bytes.
+    #[error("string of {0} bytes exceeds the 4096-byte limit")]
+    StringTooLong(usize),
+}
+
+/// The server greeting: `NBDMAGIC`, `IHAVEOPT`, handshake flags `FIXED_NEWSTYLE | NO_ZEROES`
+/// (proto.md "Newstyle negotiation", "Handshake flags").
+pub fn encode_greeting() -> [u8; GREETING_LEN] {
+    let mut b = [0u8; GREETING_LEN];
+    b[0..8].copy_from_slice(&NBDMAGIC.to_be_bytes());
+    b[8..16].copy_from_slice(&IHAVEOPT.to_be_bytes());
+    b[16..18].copy_from_slice(&(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes());
+    b
+}
+
+/// Client flags after the greeting. `Err(flags)` if any bit is unknown: the server MUST then
+/// close (proto.md "Newstyle negotiation").
+pub fn parse_client_flags(b: [u8; 4]) -> Result<u32, u32> {
+    let f = u32::from_be_bytes(b);
+    if f & !CLIENT_FLAGS_KNOWN != 0 {
+        Err(f)
+    } else {
+        Ok(f)
+    }
+}
+
+/// A client option header: option number and declared data length in bytes
+/// (proto.md "Newstyle negotiation").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptionHeader {
+    /// `NBD_OPT_*` value.
+    pub opt: u32,
+    /// Length of the option data that follows, in bytes (not yet validated).
+    pub len: u32,
+}
+
+/// Parse the 16-byte option header. Errors: [`ProtoError::BadOptionMagic`].
+pub fn parse_option_header(b: &[u8; OPTION_HEADER_LEN]) -> Result<OptionHeader, ProtoError> {
+    let magic = u64::from_be_bytes(b[0..8].try_into().unwrap());
+    if magic != IHAVEOPT {
+        return Err(ProtoError::BadOptionMagic(magic));
+    }
+    Ok(OptionHeader {
+        opt: u32::from_be_bytes(b[8..12].try_into().unwrap()),
+        len: u32::from_be_bytes(b[12..16].try_into().unwrap()),
+    })
+}
+
+/// Data of `NBD_OPT_INFO` / `NBD_OPT_GO`: export name and requested information types
+/// (proto.md "Option types", `NBD_OPT_INFO`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InfoRequest {
+    /// Export name as sent (bytes; `""` selects the default export).
+    pub name: Vec<u8>,
+    /// Requested `NBD_INFO_*` types, in order, possibly repeated or unknown.
+    pub requests: Vec<u16>,
+}
+
+/// Parse `NBD_OPT_INFO`/`NBD_OPT_GO` data: u32 name length, name, u16 count, count × u16.
+/// Errors: [`ProtoError::Malformed`] when a length does not match the data (the spec's
+/// `ERR_INVALID` case), [`ProtoError::StringTooLong`] for names over 4096 bytes.
+pub fn parse_info_request(data: &[u8]) -> Result<InfoRequest, ProtoError> {
+    if data.len() < 6 {
+        return Err(ProtoError::Malformed("INFO/GO data shorter than 6 bytes"));
+    }
+    let name_len = u32::from_be_bytes(data[0..4].try_into().unwrap()) as usize;
+    if name_len > data.len() - 6 {
+        return Err(ProtoError::Malformed("name length exceeds option data"));
+    }
+    if name_len > MAX_STRING {
+        return Err(ProtoError::StringTooLong(name_len));
+    }
+    let name = data[4..4 + name_len].to_vec();
+    let rest = &data[4 + name_len..];
+    let n = u16::from_be_bytes([rest[0], rest[1]]) as usize;
+    let reqs = &rest[2..];
+    if reqs.len() != n * 2 {
+        return Err(ProtoError::Malformed(
+            "information request count does not match data",
+        ));
+    }
+    let requests = reqs
+        .chunks_exact(2)
+        .map(|c| u16::from_be_bytes([c[0], c[1]]))
+        .collect();
+    Ok(InfoRequest { name, requests })
+}
+
+/// One option reply: magic, option, reply type, u32 length, data
+/// (proto.md "Fixed newstyle negotiation").
+pub fn encode_option_reply(opt: u32, reply_type: u32, data: &[u8]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(20 + data.len());
+    b.extend_from_slice(&OPTION_REPLY_MAGIC.to_be_bytes());
+    b.extend_from_slice(&opt.to_be_bytes());
+    b.extend_from_slice(&reply_type.to_be_bytes());
+    b.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    b.extend_from_slice(data);
+    b
+}
+
+/// `NBD_REP_SERVER` data: u32 name length, name, then the description if any
+/// (proto.md "Option reply types"; the trailing text is implementation-specific).
+pub fn encode_rep_server(name: &str, description: Option<&str>) -> Vec<u8> {
+    let mut b = Vec::with_capacity(4 + name.len());
+    b.extend_from_slice(&(name.len() as u32).to_be_bytes());
+    b.extend_from_slice(name.as_bytes());
+    if let Some(d) = description {
+        b.extend_from_slice(d.as_bytes());
+    }
+    b
+}
+
+/// `NBD_INFO_EXPORT` data (12 bytes): u16 type 0, u64 size in bytes, u16 transmission flags.
+pub fn encode_info_export(size: u64, tflags: u16) -> Vec<u8> {
+    let mut b = Vec::with_capacity(12);
+    b.extend_from_slice(&INFO_EXPORT.to_be_bytes());
+    b.extend_from_slice(&size.to_be_bytes());
+    b.extend_from_slice(&tflags.to_be_bytes());
+    b
+}
+
+/// `NBD_INFO_BLOCK_SIZE` data (14 bytes): u16 type 3, u32 minimum, preferred, maximum payload,
+/// all in bytes (proto.md "Block size constraints").
+pub fn encode_info_block_size(min: u32, preferred: u32, max: u32) -> Vec<u8> {
+    let mut b = Vec::with_capacity(14);
+    b.extend_from_slice(&INFO_BLOCK_SIZE.to_be_bytes());
+    for v in [min, preferred, max] {
+        b.extend_from_slice(&v.to_be_bytes());
+    }
+    b
+}
+
+/// `NBD_INFO_NAME` or `NBD_INFO_DESCRIPTION` data: u16 type, then the string.
+pub fn encode_info_string(info_type: u16, s: &str) -> Vec<u8> {
+    let mut b = Vec::with_capacity(2 + s.len());
+    b.extend_from_slice(&info_type.to_be_bytes());
+    b.extend_from_slice(s.as_bytes());
+    b
+}
+
+/// Reply to `NBD_OPT_EXPORT_NAME`: u64 size, u16 transmission flags, then 124 zero bytes unless
+/// the client set `NBD_FLAG_C_NO_ZEROES` (10 or 134 bytes; proto.md "Newstyle negotiation").
+pub fn encode_export_name_reply(size: u64, tflags: u16, no_zeroes: bool) -> Vec<u8> {
+    let mut b = Vec::with_capacity(134);
+    b.extend_from_slice(&size.to_be_bytes());
+    b.extend_from_slice(&tflags.to_be_bytes());
+    if !no_zeroes {
+        b.resize(134, 0);
+    }
+    b
+}
+
+/// Transmission flags for an export (proto.md "Transmission flags"): `HAS_FLAGS`, `SEND_FLUSH`,
+/// `SEND_FUA`, `SEND_WRITE_ZEROES`, plus `READ_ONLY` when `read_only`.
+pub fn transmission_flags(read_only: bool) -> u16 {
+    let mut f = TFLAG_HAS_FLAGS | TFLAG_SEND_FLUSH | TFLAG_SEND_FUA | TFLAG_SEND_WRITE_ZEROES;
+    if read_only {
+        f |= TFLAG_READ_ONLY;
+    }
+    f
+}
+
+/// Request types this server knows (proto.md "Request types").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// `NBD_CMD_READ` (0).
+    Read,
+    /// `NBD_CMD_WRITE` (1), followed by `length` bytes of payload.
+    Write,
+    /// `NBD_CMD_DISC` (2): soft disconnect, no reply.
+    Disc,
+    /// `NBD_CMD_FLUSH` (3).
+    Flush,
+    /// `NBD_CMD_WRITE_ZEROES` (6).
+    WriteZeroes,
+    /// Any other type: answered `EINVAL`.
+    Unknown(u16),
+}
+
+impl Command {
+    fn from_wire(t: u16) -> Command {
+        match t {
+            0 => Command::Read,
+            1 => Command::Write,
+            2 => Command::Disc,
+            3 => Command::Flush,
+            6 => Command::WriteZeroes,
+            other => Command::Unknown(other),
+        }
+    }
+
+    /// Command flags valid for this command (FUA is accepted on every command since
+    /// `SEND_FUA` is advertised; proto.md "Command flags").
+    fn allowed_flags(self) -> u16 {
+        match self {
+            Command::WriteZeroes => CMD_FLAG_FUA | CMD_FLAG_NO_HOLE,
+            _ => CMD_FLAG_FUA,
+        }
+    }
+}
+
+/// A parsed 28-byte request header (proto.md "Request message").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request {
+    /// Command flags (`NBD_CMD_FLAG_*`), not yet validated.
+    pub flags: u16,
+    /// Command type.
+    pub command: Command,
+    /// Opaque cookie (handle), echoed in the reply.
+    pub cookie: u64,
+    /// Offset into the export, in bytes.
+    pub offset: u64,
+    /// Length in bytes; for WRITE also the payload length that follows the header.
+    pub length: u32,
+}
+
+impl Request {
+    /// Bytes of payload that follow this header on the wire (WRITE only), whatever the
+    /// verdict: they must be consumed to keep the stream in sync.
+    pub fn payload_len(&self) -> u32 {
+        if self.command == Command::Write {
+            self.length
+        } else {
+            0
+        }
+    }
+
+    /// Whether `NBD_CMD_FLAG_FUA` is set.
+    pub fn fua(&self) -> bool {
+        self.flags & CMD_FLAG_FUA != 0
+    }
+}
+
+/// Parse a request header. Errors: [`ProtoError::BadRequestMagic`] (the stream is then out of
+/// sync and the connection must be closed).
+pub fn parse_request(b: &[u8; REQUEST_LEN]) -> Result<Request, ProtoError> {
+    let magic = u32::from_be_bytes(b[0..4].try_into().unwrap());
+    if magic != REQUEST_MAGIC {
+        return Err(ProtoError::BadRequestMagic(magic));
+    }
+    Ok(Request {
+        flags: u16::from_be_bytes([b[4], b[5]]),
+        command: Command::from_wire(u16::from_be_bytes([b[6], b[7]])),
+        cookie: u64::from_be_bytes(b[8..16].try_into().unwrap()),
+        offset: u64::from_be_bytes(b[16..24].try_into().unwrap()),
+        length: u32::from_be_bytes(b[24..28].try_into().unwrap()),
+    })
+}
+
+/// What to do with a request, decided from the header alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Serve it (for WRITE, read the payload first). Zero-length READ/WRITE/WRITE_ZEROES are
+    /// served as no-ops.
+    Serve,
+    /// Consume the payload, if any, then reply with this `NBD_E*` error value.
+    Error(u32),
+    /// Close the connection: a WRITE payload too large to even discard
+    /// (> [`MAX_WRITE_DISCARD`]), treated as a denial of service.
+    Close,
+    /// `NBD_CMD_DISC`: finish in-flight requests, flush, close; no reply.
+    Disconnect,
+}
+
+/// Validate a request against the export (proto.md "Error values", "Request types",
+/// "Block size constraints"):
+/// oversize WRITE payload → [`Verdict::Close`] above [`MAX_WRITE_DISCARD`], else `EINVAL`;
+/// unknown command, unknown or inapplicable flag, READ/WRITE over [`MAX_PAYLOAD`],
+/// offset + length overflowing u64, READ past the end → `EINVAL`; WRITE/WRITE_ZEROES on a
+/// read-only export → `EPERM`; WRITE/WRITE_ZEROES past the end → `ENOSPC`.
+/// FLUSH ignores offset and length. Unaligned ranges are served (the export does
+/// read-modify-write).
+pub fn check_request(req: &Request, export_size: u64, read_only: bool) -> Verdict {
+    if req.command == Command::Write && req.length > MAX_WRITE_DISCARD {
+        return Verdict::Close;
+    }
+    let cmd = req.command;
+    if let Command::Unknown(_) = cmd {
+        return Verdict::Error(EINVAL);
+    }
+    if cmd == Command::Disc {
+        return Verdict::Disconnect;
+    }
+    if req.flags & !cmd.allowed_flags() != 0 {
+        return Verdict::Error(EINVAL);
+    }
+    if cmd == Command::Flush {
+        return Verdict::Serve;
+    }
+    if matches!(cmd, Command::Read | Command::Write) && req.length > MAX_PAYLOAD {
+        return Verdict::Error(EINVAL);
+    }
+    let writes = matches!(cmd, Command::Write | Command::WriteZeroes);
+    if writes && read_only {
+        return Verdict::Error(EPERM);
+    }
+    let end = match req.offset.checked_add(u64::from(req.length)) {
+        Some(e) => e,
+        None => return Verdict::Error(EINVAL),
+    };
+    if end > export_size {
+        return Verdict::Error(if writes { ENOSPC } else { EINVAL });
+    }
+    Verdict::Serve
+}
+
+/// Simple reply header: magic, u32 error, u64 cookie (proto.md "Simple reply message").
+/// For a successful READ the data follows.
+pub fn encode_simple_reply(error: u32, cookie: u64) -> [u8; SIMPLE_REPLY_LEN] {
+    let mut b = [0u8; SIMPLE_REPLY_LEN];
+    b[0..4].copy_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
+    b[4..8].copy_from_slice(&error.to_be_bytes());
+    b[8..16].copy_from_slice(&cookie.to_be_bytes());
+    b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(command: Command, flags: u16, offset: u64, length: u32) -> Request {
+        Request {
+            flags,
+            command,
+            cookie: 1,
+            offset,
+            length,
+        }
+    }
+
+    #[test]
+    fn greeting_layout() {
+        let g = encode_greeting();
+        assert_eq!(&g[0..8], b"NBDMAGIC");
+        assert_eq!(&g[8..16], b"IHAVEOPT");
+        assert_eq!(&g[16..18], &[0, 3]);
+    }
+
+    #[test]
+    fn client_flags() {
+        assert_eq!(parse_client_flags([0, 0, 0, 3]), Ok(3));
+        assert_eq!(parse_client_flags([0, 0, 0, 0x81]), Err(0x81));
+    }
+
+    #[test]
+    fn info_request_parsing() {
+        let mut d = vec![0, 0, 0, 3];
+        d.extend_from_slice(b"vol");
+        d.extend_from_slice(&[0, 2, 0, 3, 0, 1]);
+        let r = parse_info_request(&d).unwrap();
+        assert_eq!(r.name, b"vol");
+        assert_eq!(r.requests, vec![3, 1]);
+        // name length larger than the data
+        let mut bad = vec![0xff, 0xff, 0xff, 0xff];
+        bad.extend_from_slice(&[0, 0]);
+        assert!(matches!(
+            parse_info_request(&bad),
+            Err(ProtoError::Malformed(_))
+        ));
+        // request count larger than the data
+        assert!(matches!(
+            parse_info_request(&[0, 0, 0, 0, 0, 5, 0, 1]),
+            Err(ProtoError::Malformed(_))
+        ));
+        assert!(parse_info_request(&[0, 0, 0]).is_err());
+        let mut long = (5000u32).to_be_bytes().to_vec();
+        long.resize(4 + 5000 + 2, b'a');
+        long[4 + 5000] = 0;
+        long[4 + 5001] = 0;
+        assert_eq!(
+            parse_info_request(&long),
+            Err(ProtoError::StringTooLong(5000))
+        );
+    }
+
+    #[test]
+    fn export_name_reply_lengths() {
+        assert_eq!(encode_export_name_reply(1, 1, true).len(), 10);
+        assert_eq!(encode_export_name_reply(1, 1, false).len(), 134);
+    }
+
+    #[test]
+    fn request_roundtrip_and_bad_magic() {
+        let mut b = [0u8; REQUEST_LEN];
+        b[0..4].copy_from_slice(&REQUEST_MAGIC.to_be_bytes());
+        b[4..6].copy_from_slice(&1u16.to_be_bytes());
+        b[6..8].copy_from_slice(&1u16.to_be_bytes());
+        b[8..16].copy_from_slice(&42u64.to_be_bytes());
+        b[16..24].copy_from_slice(&4096u64.to_be_bytes());
+        b[24..28].copy_from_slice(&512u32.to_be_bytes());
+        let r = parse_request(&b).unwrap();
+        assert_eq!(r, req(Command::Write, 1, 4096, 512).with_cookie(42));
+        b[0] = 0;
+        assert!(matches!(
+            parse_request(&b),
+            Err(ProtoError::BadRequestMagic(_))
+        ));
+    }
+
+    impl Request {
+        fn with_cookie(mut self, c: u64) -> Self {
+            self.cookie = c;
+            self
+        }
+    }
+
+    #[test]
+    fn request_verdicts() {
+        let size = 1 << 20;
+        let v = |r: Request, ro: bool| check_request(&r, size, ro);
+        assert_eq!(v(req(Command::Read, 0, 0, 512), false), Verdict::Serve);
+        assert_eq!(
+            v(req(Command::Read, 0, size - 512, 1024), false),
+            Verdict::Error(EINVAL)
+        );
+        assert_eq!(
+            v(req(Command::Write, 0, size - 512, 1024), false),
+            Verdict::Error(ENOSPC)
+        );
+        assert_eq!(
+            v(req(Command::WriteZeroes, 0, size, 1), false),
+            Verdict::Error(ENOSPC)
+        );
+        assert_eq!(
+            v(req(Command::Write, 0, 0, 512), true),
+            Verdict::Error(EPERM)
+        );
+        assert_eq!(
+            v(req(Command::WriteZeroes, 0, 0, 512), true),
+            Verdict::Error(EPERM)
+        );
+        assert_eq!(v(req(Command::Flush, 0, 0, 0), true), Verdict::Serve);
+        assert_eq!(v(req(Command::Read, 0, 0, 512), true), Verdict::Serve);
+        assert_eq!(
+            v(req(Command::Read, 0, u64::MAX, 2), false),
+            Verdict::Error(EINVAL)
+        );
+        assert_eq!(
+            v(req(Command::Write, 0, u64::MAX - 1, 4), false),
+            Verdict::Error(EINVAL)
+        );
+        assert_eq!(
+            v(req(Command::Unknown(0x42), 0, 0, 512), false),
+            Verdict::Error(EINVAL)
+        );
+        assert_eq!(
+            v(req(Command::Read, 0x8000, 0, 512), false),
+            Verdict::Error(EINVAL)
+        );
+        assert_eq!(
+            v(req(Command::Read, CMD_FLAG_NO_HOLE, 0, 512), false),
+            Verdict::Error(EINVAL)
+        );
+        assert_eq!(
+            v(req(Command::Read, CMD_FLAG_FUA, 0, 512), false),
+            Verdict::Serve
+        );
+        assert_eq!(
+            v(
+                req(
+                    Command::WriteZeroes,
+                    CMD_FLAG_NO_HOLE | CMD_FLAG_FUA,
+                    0,
+                    512
+                ),
+                false
+            ),
+            Verdict::Serve
+        );
+        assert_eq!(v(req(Command::Read, 0, 0, 0), false), Verdict::Serve);
+        assert_eq!(
+            v(req(Command::Read, 0, 0, MAX_PAYLOAD + 1), false),
+            Verdict::Error(EINVAL)
+        );
+        assert_eq!(
+            v(req(Command::Write, 0, 0, MAX_PAYLOAD + 1), false),
+            Verdict::Error(EINVAL)
+        );
+        assert_eq!(
+            v(req(Command::Write, 0, 0, u32::MAX), false),
+            Verdict::Close
+        );
+        assert_eq!(v(req(Command::Write, 0, 0, u32::MAX), true), Verdict::Close);
+        assert_eq!(v(req(Command::Disc, 0, 0, 0), false), Verdict::Disconnect);
+        let big_zero = req(Command::WriteZeroes, 0, 0, u32::MAX);
+        assert_eq!(check_request(&big_zero, 1 << 33, false), Verdict::Serve);
+    }
+}

@@ -1,0 +1,520 @@
+//! One NBD connection: fixed-newstyle handshake, then the transmission phase.
+//!
+//! Generic over any `AsyncRead + AsyncWrite + Unpin + Send` stream, so tests can drive it over
+//! `tokio::io::duplex`. Section names refer to `doc/proto.md` of NetworkBlockDevice/nbd.
+//!
+//! Transmission ("Transmission", "Ordering of messages and writes"): a reader parses requests
+//! and spawns one task per request (bounded by [`MAX_IN_FLIGHT`] requests and
+//! [`MAX_BUFFERED_BYTES`] of buffers); each task runs the export call on the blocking pool and
+//! queues its simple reply; a writer sends replies in completion order. A reply holds its
+//! permits until it has been written, so a client that stops reading replies stalls its own
+//! reader instead of growing memory.
+
+use std::io;
+use std::sync::Arc;
+
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tracing::{debug, warn};
+
+use super::proto::{self, Command, Request, Verdict};
+use super::{BlockExport, ExportConfig};
+
+/// Most requests handled concurrently on one connection.
+pub const MAX_IN_FLIGHT: usize = 64;
+/// Most bytes of READ/WRITE buffers held by one connection (requests plus unsent replies).
+pub const MAX_BUFFERED_BYTES: usize = 256 << 20;
+/// Unit of the byte budget semaphore.
+const BUDGET_UNIT: usize = 1024;
+
+/// How a session ended without a protocol violation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// The client sent `NBD_OPT_ABORT` (proto.md "Termination of the session during option
+    /// haggling").
+    Aborted,
+    /// The client sent `NBD_CMD_DISC`; in-flight requests were finished and the export flushed.
+    Disconnected,
+    /// The client closed the connection between messages.
+    ClientClosed,
+    /// The server is shutting down; in-flight requests were finished and the export flushed.
+    Shutdown,
+}
+
+/// Why a session ended abnormally. Only this connection is affected.
+#[derive(Debug, Error)]
+pub enum SessionError {
+    /// Socket error, including the client hanging up in the middle of a message.
+    #[error("connection I/O: {0}")]
+    Io(#[from] io::Error),
+    /// Client flags with bits this server does not know (MUST close; proto.md "Newstyle
+    /// negotiation").
+    #[error("unknown client flags {0:#x}")]
+    UnknownClientFlags(u32),
+    /// A malformed message that desynchronises the stream (bad option or request magic).
+    #[error("protocol violation: {0}")]
+    Protocol(#[from] proto::ProtoError),
+    /// `NBD_OPT_EXPORT_NAME` for an export that does not exist (MUST terminate the session).
+    #[error("EXPORT_NAME for unknown export {0:?}")]
+    UnknownExport(String),
+    /// An option whose declared data length is too large even to discard.
+    #[error("option {opt} declares {len} bytes of data")]
+    OptionTooLarge {
+        /// The option number.
+        opt: u32,
+        /// Declared data length in bytes.
+        len: u32,
+    },
+    /// A non-fixed-newstyle client sent an option other than `EXPORT_NAME`.
+    #[error("option {0} from a client without fixed newstyle")]
+    NotFixedNewstyle(u32),
+    /// A WRITE whose declared payload is too large even to discard.
+    #[error("WRITE declares a {0}-byte payload")]
+    WriteTooLarge(u32),
+}
+
+/// Serve one connection until the client disconnects, the protocol is violated or `shutdown`
+/// becomes `true` (a dropped sender means "never").
+///
+/// On the way out of the transmission phase (DISC, EOF, error or shutdown) the session stops
+/// reading, lets in-flight requests finish and their replies go out, flushes the export, then
+/// shuts the stream down. Errors: [`SessionError`]; none of them affects other connections.
+pub async fn run_session<S>(
+    mut stream: S,
+    export: Arc<dyn BlockExport>,
+    config: Arc<ExportConfig>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<SessionEnd, SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let outcome = tokio::select! {
+        r = handshake(&mut stream, &*export, &config) => r?,
+        _ = wait_shutdown(&mut shutdown) => {
+            debug!("shutdown during handshake");
+            return Ok(SessionEnd::Shutdown);
+        }
+    };
+    match outcome {
+        Handshake::Aborted => {
+            let _ = stream.shutdown().await;
+            Ok(SessionEnd::Aborted)
+        }
+        Handshake::HungUp => Ok(SessionEnd::ClientClosed),
+        Handshake::Transmission => transmission(stream, export, config.read_only, shutdown).await,
+    }
+}
+
+/// Resolves once the shutdown flag is true; never if the sender is gone.
+async fn wait_shutdown(rx: &mut watch::Receiver<bool>) {
+    if rx.wait_for(|v| *v).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+enum Handshake {
+    Transmission,
+    Aborted,
+    HungUp,
+}
+
+/// Does `name` select our export? The configured name and `""` (default export) do.
+fn selects_export(name: &[u8], config: &ExportConfig) -> bool {
+    name.is_empty() || name == config.name.as_bytes()
+}
+
+async fn send_opt_reply<S: AsyncWrite + Unpin>(
+    s: &mut S,
+    opt: u32,
+    rtype: u32,
+    data: &[u8],
+) -> io::Result<()> {
+    s.write_all(&proto::encode_option_reply(opt, rtype, data))
+        .await
+}
+
+async fn discard<R: AsyncRead + Unpin>(r: &mut R, len: u64) -> io::Result<()> {
+    let n = tokio::io::copy(&mut r.take(len), &mut tokio::io::sink()).await?;
+    if n < len {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(())
+}
+
+/// Fixed-newstyle handshake (proto.md "Newstyle negotiation", "Fixed newstyle negotiation",
+/// "Option types").
+async fn handshake<S>(
+    s: &mut S,
+    export: &dyn BlockExport,
+    config: &ExportConfig,
+) -> Result<Handshake, SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    s.write_all(&proto::encode_greeting()).await?;
+    s.flush().await?;
+    let mut cf = [0u8; 4];
+    match s.read_exact(&mut cf).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(Handshake::HungUp),
+        Err(e) => return Err(e.into()),
+    }
+    let cflags = proto::parse_client_flags(cf).map_err(SessionError::UnknownClientFlags)?;
+    let fixed = cflags & proto::CLIENT_FIXED_NEWSTYLE != 0;
+    let no_zeroes = cflags & proto::CLIENT_NO_ZEROES != 0;
+    let size = export.size();
+    let tflags = proto::transmission_flags(config.read_only);
+
+    loop {
+        s.flush().await?;
+        let mut hb = [0u8; proto::OPTION_HEADER_LEN];
+        match s.read_exact(&mut hb).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(Handshake::HungUp),
+            Err(e) => return Err(e.into()),
+        }
+        let hdr = proto::parse_option_header(&hb)?;
+        let opt = hdr.opt;
+        if !fixed && opt != proto::OPT_EXPORT_NAME {
+            return Err(SessionError::NotFixedNewstyle(opt));
+        }
+        if hdr.len > proto::MAX_OPTION_DATA {
+            if hdr.len > proto::MAX_OPTION_DISCARD || opt == proto::OPT_EXPORT_NAME {
+                return Err(SessionError::OptionTooLarge { opt, len: hdr.len });
+            }
+            warn!(opt, len = hdr.len, "oversize option data discarded");
+            discard(s, u64::from(hdr.len)).await?;
+            send_opt_reply(s, opt, proto::REP_ERR_TOO_BIG, b"option data too large").await?;
+            continue;
+        }
+        let mut data = vec![0u8; hdr.len as usize];
+        s.read_exact(&mut data).await?;
+        debug!(opt, len = hdr.len, "option");
+
+        match opt {
+            proto::OPT_EXPORT_NAME => {
+                if data.len() > proto::MAX_STRING || !selects_export(&data, config) {
+                    // Cannot return an error: MUST terminate the session.
+                    warn!("EXPORT_NAME for an unknown export");
+                    return Err(SessionError::UnknownExport(
+                        String::from_utf8_lossy(&data[..data.len().min(256)]).into_owned(),
+                    ));
+                }
+                s.write_all(&proto::encode_export_name_reply(size, tflags, no_zeroes))
+                    .await?;
+                s.flush().await?;
+                return Ok(Handshake::Transmission);
+            }
+            proto::OPT_ABORT => {
+                send_opt_reply(s, opt, proto::REP_ACK, &[]).await?;
+                s.flush().await?;
+                return Ok(Handshake::Aborted);
+            }
+            proto::OPT_LIST => {
+                if !data.is_empty() {
+                    send_opt_reply(s, opt, proto::REP_ERR_INVALID, b"LIST takes no data").await?;
+                    continue;
+                }
+                let server = proto::encode_rep_server(&config.name, config.description.as_deref());
+                send_opt_reply(s, opt, proto::REP_SERVER, &server).await?;
+                send_opt_reply(s, opt, proto::REP_ACK, &[]).await?;
+            }
+            proto::OPT_INFO | proto::OPT_GO => {
+                if info_or_go(s, opt, &data, size, tflags, export, config).await? {
+                    s.flush().await?;
+                    return Ok(Handshake::Transmission);
+                }
+            }
+            _ => {
+                debug!(opt, "unsupported option");
+                send_opt_reply(s, opt, proto::REP_ERR_UNSUP, b"option not supported").await?;
+            }
+        }
+    }
+}
+
+/// `NBD_OPT_INFO` and `NBD_OPT_GO` share this path, so both report the same information
+/// (proto.md "Option types"). Returns `true` when GO succeeded (transmission starts).
+async fn info_or_go<S: AsyncWrite + Unpin>(
+    s: &mut S,
+    opt: u32,
+    data: &[u8],
+    size: u64,
+    tflags: u16,
+    export: &dyn BlockExport,
+    config: &ExportConfig,
+) -> io::Result<bool> {
+    let req = match proto::parse_info_request(data) {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(opt, error = %e, "malformed INFO/GO");
+            send_opt_reply(s, opt, proto::REP_ERR_INVALID, e.to_string().as_bytes()).await?;
+            return Ok(false);
+        }
+    };
+    if !selects_export(&req.name, config) {
+        send_opt_reply(s, opt, proto::REP_ERR_UNKNOWN, b"no such export").await?;
+        return Ok(false);
+    }
+    send_opt_reply(
+        s,
+        opt,
+        proto::REP_INFO,
+        &proto::encode_info_export(size, tflags),
+    )
+    .await?;
+    let mut sent: Vec<u16> = Vec::new();
+    for &t in &req.requests {
+        if sent.contains(&t) {
+            continue;
+        }
+        sent.push(t);
+        let info = match t {
+            proto::INFO_BLOCK_SIZE => {
+                let min = export.min_block_size();
+                Some(proto::encode_info_block_size(
+                    min,
+                    proto::PREFERRED_BLOCK.max(min),
+                    proto::MAX_PAYLOAD,
+                ))
+            }
+            proto::INFO_NAME => Some(proto::encode_info_string(t, &config.name)),
+            proto::INFO_DESCRIPTION => config
+                .description
+                .as_deref()
+                .map(|d| proto::encode_info_string(t, d)),
+            _ => None, // unknown information types MUST be ignored
+        };
+        if let Some(info) = info {
+            send_opt_reply(s, opt, proto::REP_INFO, &info).await?;
+        }
+    }
+    send_opt_reply(s, opt, proto::REP_ACK, &[]).await?;
+    Ok(opt == proto::OPT_GO)
+}
+
+/// A queued simple reply; holds its request's permits until written.
+struct Reply {
+    header: [u8; proto::SIMPLE_REPLY_LEN],
+    data: Vec<u8>,
+    _permits: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
+}
+
+impl Reply {
+    fn error(err: u32, cookie: u64) -> Reply {
+        Reply {
+            header: proto::encode_simple_reply(err, cookie),
+            data: Vec::new(),
+            _permits: None,
+        }
+    }
+}
+
+/// Map an export I/O result to an NBD error value: any failure is `EIO` (only the values of
+/// proto.md "Error values" may go on the wire).
+fn errno_of<T>(r: &Result<io::Result<T>, tokio::task::JoinError>) -> u32 {
+    match r {
+        Ok(Ok(_)) => 0,
+        Ok(Err(e)) => {
+            warn!(error = %e, "export I/O error");
+            proto::EIO
+        }
+        Err(e) => {
+            warn!(error = %e, "export call panicked");
+            proto::EIO
+        }
+    }
+}
+
+/// Run one validated request against the export and build its reply.
+async fn handle(export: Arc<dyn BlockExport>, req: Request, payload: Vec<u8>) -> Reply {
+    let cookie = req.cookie;
+    let len = req.length as usize;
+    let (err, data) = match req.command {
+        Command::Read if len == 0 => (0, Vec::new()),
+        Command::Read => {
+            let off = req.offset;
+            let r = tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0u8; len];
+                export.read_at(&mut buf, off).map(|_| buf)
+            })
+            .await;
+            match errno_of(&r) {
+                0 => (0, r.unwrap().unwrap()),
+                e => (e, Vec::new()),
+            }
+        }
+        Command::Write if len == 0 => (0, Vec::new()),
+        Command::Write => {
+            let (off, fua) = (req.offset, req.fua());
+            let r = tokio::task::spawn_blocking(move || export.write_at(&payload, off, fua)).await;
+            (errno_of(&r), Vec::new())
+        }
+        Command::WriteZeroes if len == 0 => (0, Vec::new()),
+        Command::WriteZeroes => {
+            let (off, fua) = (req.offset, req.fua());
+            let r = tokio::task::spawn_blocking(move || export.write_zeroes(off, len as u64, fua))
+                .await;
+            (errno_of(&r), Vec::new())
+        }
+        Command::Flush => {
+            let r = tokio::task::spawn_blocking(move || export.flush()).await;
+            (errno_of(&r), Vec::new())
+        }
+        // check_request never lets these through
+        Command::Disc | Command::Unknown(_) => (proto::EINVAL, Vec::new()),
+    };
+    Reply {
+        header: proto::encode_simple_reply(err, cookie),
+        data,
+        _permits: None,
+    }
+}
+
+/// Why the reader stopped.
+enum ReaderEnd {
+    Disc,
+    Eof,
+    Shutdown,
+    WriterGone,
+    Error(SessionError),
+}
+
+/// Transmission phase (proto.md "Transmission").
+async fn transmission<S>(
+    stream: S,
+    export: Arc<dyn BlockExport>,
+    read_only: bool,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<SessionEnd, SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let (rd, wr) = tokio::io::split(stream);
+    let mut rd = BufReader::with_capacity(64 << 10, rd);
+    let wr = BufWriter::with_capacity(256 << 10, wr);
+    let (tx, mut rx) = mpsc::unbounded_channel::<Reply>();
+    let (dead_tx, mut dead_rx) = watch::channel(false);
+    let size = export.size();
+    let requests = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let bytes = Arc::new(Semaphore::new(MAX_BUFFERED_BYTES / BUDGET_UNIT));
+
+    let reader = async {
+        let tx = tx; // dropped when the reader ends, so the writer ends after the last reply
+        loop {
+            let mut hb = [0u8; proto::REQUEST_LEN];
+            let read = tokio::select! {
+                r = rd.read_exact(&mut hb) => r,
+                _ = wait_shutdown(&mut shutdown) => return ReaderEnd::Shutdown,
+                _ = wait_shutdown(&mut dead_rx) => return ReaderEnd::WriterGone,
+            };
+            if let Err(e) = read {
+                return if e.kind() == io::ErrorKind::UnexpectedEof {
+                    ReaderEnd::Eof
+                } else {
+                    ReaderEnd::Error(e.into())
+                };
+            }
+            let req = match proto::parse_request(&hb) {
+                Ok(r) => r,
+                Err(e) => return ReaderEnd::Error(e.into()),
+            };
+            let verdict = proto::check_request(&req, size, read_only);
+            match verdict {
+                Verdict::Disconnect => return ReaderEnd::Disc,
+                Verdict::Close => return ReaderEnd::Error(SessionError::WriteTooLarge(req.length)),
+                Verdict::Error(err) => {
+                    debug!(cookie = req.cookie, ?req.command, err, "request refused");
+                    if let Err(e) = discard(&mut rd, u64::from(req.payload_len())).await {
+                        return ReaderEnd::Error(e.into());
+                    }
+                    let _ = tx.send(Reply::error(err, req.cookie));
+                }
+                Verdict::Serve => {
+                    let buffered = match req.command {
+                        Command::Read | Command::Write => req.length as usize,
+                        _ => 0,
+                    };
+                    let units = buffered.div_ceil(BUDGET_UNIT).max(1) as u32;
+                    let (Ok(p1), Ok(p2)) = (
+                        requests.clone().acquire_owned().await,
+                        bytes.clone().acquire_many_owned(units).await,
+                    ) else {
+                        unreachable!("semaphores are never closed")
+                    };
+                    let mut payload = Vec::new();
+                    if req.command == Command::Write {
+                        payload = vec![0u8; req.length as usize];
+                        if let Err(e) = rd.read_exact(&mut payload).await {
+                            return ReaderEnd::Error(e.into());
+                        }
+                    }
+                    let tx = tx.clone();
+                    let export = export.clone();
+                    tokio::spawn(async move {
+                        let mut reply = handle(export, req, payload).await;
+                        reply._permits = Some((p1, p2));
+                        let _ = tx.send(reply);
+                    });
+                }
+            }
+        }
+    };
+
+    let writer = async move {
+        let mut wr = wr;
+        let mut ok = true;
+        while let Some(first) = rx.recv().await {
+            if !ok {
+                continue; // keep draining so in-flight requests can finish
+            }
+            let mut next = Some(first);
+            let mut res = Ok(());
+            while let Some(r) = next.take() {
+                res = async {
+                    wr.write_all(&r.header).await?;
+                    wr.write_all(&r.data).await
+                }
+                .await;
+                if res.is_err() {
+                    break;
+                }
+                next = rx.try_recv().ok();
+            }
+            if res.is_ok() {
+                res = wr.flush().await;
+            }
+            if let Err(e) = res {
+                debug!(error = %e, "cannot send replies");
+                ok = false;
+                let _ = dead_tx.send(true);
+            }
+        }
+        wr
+    };
+
+    let (end, mut wr) = tokio::join!(reader, writer);
+    // Every in-flight request has finished and its reply has been sent (or dropped).
+    let flush = tokio::task::spawn_blocking({
+        let export = export.clone();
+        move || export.flush()
+    })
+    .await;
+    if errno_of(&flush) != 0 {
+        warn!("flush at end of session failed");
+    }
+    let _ = wr.shutdown().await;
+    match end {
+        ReaderEnd::Disc => {
+            debug!("client disconnected (DISC)");
+            Ok(SessionEnd::Disconnected)
+        }
+        ReaderEnd::Eof | ReaderEnd::WriterGone => {
+            debug!("client closed the connection");
+            Ok(SessionEnd::ClientClosed)
+        }
+        ReaderEnd::Shutdown => Ok(SessionEnd::Shutdown),
+        ReaderEnd::Error(e) => Err(e),
+    }
+}

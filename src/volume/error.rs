@@ -1,0 +1,89 @@
+use std::path::PathBuf;
+
+use crate::crypto::CryptoError;
+use crate::format::FormatError;
+
+/// Errors of the volume layer, one kind per failure class; each carries the image path.
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    /// The image file is missing, unreadable or not a regular file.
+    #[error("cannot use {}: {source}", path.display())]
+    Device {
+        /// Image path.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// No LUKS2 header in either place.
+    #[error("{} is not a valid LUKS device", path.display())]
+    NotLuks {
+        /// Image path.
+        path: PathBuf,
+    },
+    /// Both metadata copies are damaged, or the metadata is inconsistent with the image.
+    #[error("{}: {reason}", path.display())]
+    Corrupt {
+        /// Image path.
+        path: PathBuf,
+        /// What is wrong (names the copy and the check that failed).
+        reason: String,
+    },
+    /// A valid LUKS2 volume outside our profile; the reason names the field.
+    #[error("{}: {reason}", path.display())]
+    Unsupported {
+        /// Image path.
+        path: PathBuf,
+        /// E.g. `cipher serpent-xts-plain64 is not supported`.
+        reason: String,
+    },
+    /// No keyslot opens with this passphrase (cryptsetup: "No key available with this passphrase.").
+    #[error("No key available with this passphrase.")]
+    WrongPassphrase,
+    /// The KDF needs more memory than the machine has available.
+    #[error("keyslot {keyslot} needs {need_kib} KiB of memory for its KDF, only {avail_kib} KiB available")]
+    OutOfMemory {
+        /// Keyslot id.
+        keyslot: u32,
+        /// Memory the KDF asks for, KiB.
+        need_kib: u64,
+        /// Memory available, KiB.
+        avail_kib: u64,
+    },
+    /// Another process holds the image (`flock`).
+    #[error("{} is in use by another process", path.display())]
+    Busy {
+        /// Image path.
+        path: PathBuf,
+    },
+    /// A read, write or sync failed.
+    #[error("{op} of {} at offset {offset} failed: {source}", path.display())]
+    Io {
+        /// What we were doing (`read`, `write`, `fdatasync`, …).
+        op: &'static str,
+        /// Image path.
+        path: PathBuf,
+        /// Byte offset in the image.
+        offset: u64,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// A parameter out of range (size, sector size, request outside the volume, …).
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// A cryptographic primitive refused its parameters.
+    #[error("crypto: {0}")]
+    Crypto(#[from] CryptoError),
+}
+
+impl VolumeError {
+    pub(crate) fn from_format(path: &std::path::Path, e: FormatError) -> VolumeError {
+        let path = path.to_owned();
+        match e {
+            FormatError::NotLuks => VolumeError::NotLuks { path },
+            FormatError::Unsupported(reason) => VolumeError::Unsupported { path, reason },
+            FormatError::Corrupt(reason) | FormatError::Invalid(reason) => {
+                VolumeError::Corrupt { path, reason }
+            }
+        }
+    }
+}

@@ -1,0 +1,425 @@
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use serde_json::Map;
+
+use crate::crypto::digest::compute_digest;
+use crate::crypto::kdf::{benchmark_argon2, benchmark_pbkdf2};
+use crate::crypto::keyslot::{keyslot_material_len, wrap_key, KeyslotParams};
+use crate::crypto::secret::random_bytes;
+use crate::crypto::{Argon2Variant, HashAlg, KdfParams, SecretBytes};
+use crate::format::header::{BinaryHeader, Copy};
+use crate::format::metadata::{
+    Af, Area, Config, DigestEntry, Id, Kdf, Keyslot, Metadata, Segment, SegmentSize,
+};
+use crate::format::{
+    self, AF_STRIPES, CIPHER, DEFAULT_DATA_OFFSET, DEFAULT_HDR_SIZE, VOLUME_KEY_SIZE,
+};
+
+use super::{Access, VolumeError};
+
+/// Which password-based KDF a new keyslot uses (`--pbkdf`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KdfKind {
+    /// PBKDF2-HMAC-SHA256 (RFC 8018).
+    Pbkdf2,
+    /// Argon2i (RFC 9106).
+    Argon2i,
+    /// Argon2id (RFC 9106), the default.
+    Argon2id,
+}
+
+/// KDF cost for a new keyslot, with cryptsetup's names and units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KdfChoice {
+    /// The KDF.
+    pub kind: KdfKind,
+    /// `--iter-time`: target unlock time in milliseconds for the benchmark (default 2000).
+    pub iter_time_ms: u32,
+    /// `--pbkdf-memory`: Argon2 memory in KiB (default 1 GiB, capped at half of RAM).
+    pub memory_kib: u32,
+    /// `--pbkdf-parallel`: Argon2 lanes (default 4, at most the number of CPUs).
+    pub parallel: u32,
+    /// `--pbkdf-force-iterations`: PBKDF2 iterations or Argon2 time cost; skips the benchmark.
+    pub force_iterations: Option<u32>,
+}
+
+impl Default for KdfChoice {
+    fn default() -> Self {
+        KdfChoice {
+            kind: KdfKind::Argon2id,
+            iter_time_ms: 2000,
+            memory_kib: 1 << 20,
+            parallel: 4,
+            force_iterations: None,
+        }
+    }
+}
+
+/// What `format` creates.
+#[derive(Debug, Clone, Default)]
+pub struct FormatOptions {
+    /// Create or extend the image file to this many bytes (sparse); `None` uses the existing size.
+    pub size: Option<u64>,
+    /// Encryption sector size in bytes: 512 (default) or 4096.
+    pub sector_size: u32,
+    /// KDF and its cost for keyslot 0.
+    pub kdf: KdfChoice,
+    /// Optional label (at most 47 bytes).
+    pub label: Option<String>,
+}
+
+/// Minimum PBKDF2 iterations (cryptsetup's minimum), used for the digest and keyslots.
+const PBKDF2_MIN_ITERATIONS: u32 = 1000;
+/// Time to spend on the volume key digest's PBKDF2, ms (cryptsetup: 125 ms at `--iter-time` 2000).
+const DIGEST_ITER_TIME_MS: u32 = 125;
+const SALT_LEN: usize = 32;
+
+fn total_ram_kib() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    s.lines()
+        .find(|l| l.starts_with("MemTotal:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Turn a [`KdfChoice`] into concrete KDF parameters for a new keyslot, benchmarking unless
+/// `force_iterations` is set (`format-spec.md` §5). Argon2 memory is capped at half of RAM.
+pub(crate) fn choose_kdf(choice: &KdfChoice) -> Result<KdfParams, VolumeError> {
+    let salt = random_bytes(SALT_LEN)?;
+    match choice.kind {
+        KdfKind::Pbkdf2 => {
+            let iterations = match choice.force_iterations {
+                Some(n) => n,
+                None => benchmark_pbkdf2(HashAlg::Sha256, choice.iter_time_ms, 64)?,
+            };
+            if iterations < PBKDF2_MIN_ITERATIONS {
+                return Err(VolumeError::InvalidArgument(format!(
+                    "--pbkdf-force-iterations {iterations} is below the PBKDF2 minimum of {PBKDF2_MIN_ITERATIONS}"
+                )));
+            }
+            Ok(KdfParams::Pbkdf2 {
+                hash: HashAlg::Sha256,
+                iterations,
+                salt,
+            })
+        }
+        KdfKind::Argon2i | KdfKind::Argon2id => {
+            let variant = if choice.kind == KdfKind::Argon2id {
+                Argon2Variant::Argon2id
+            } else {
+                Argon2Variant::Argon2i
+            };
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+            let parallel = choice.parallel.clamp(1, cpus.max(1));
+            if choice.parallel == 0 || choice.parallel > 4 {
+                return Err(VolumeError::InvalidArgument(format!(
+                    "--pbkdf-parallel {} is outside 1..4",
+                    choice.parallel
+                )));
+            }
+            let half_ram = total_ram_kib().map_or(u64::MAX, |t| t / 2);
+            let memory = (choice.memory_kib as u64).min(half_ram) as u32;
+            if !(32..=4 << 20).contains(&memory) {
+                return Err(VolumeError::InvalidArgument(format!(
+                    "--pbkdf-memory {memory} KiB is outside 32..4194304"
+                )));
+            }
+            let (time, memory_kib) = match choice.force_iterations {
+                Some(t) if t < 4 => {
+                    return Err(VolumeError::InvalidArgument(format!(
+                        "--pbkdf-force-iterations {t} is below the Argon2 minimum of 4"
+                    )))
+                }
+                Some(t) => (t, memory),
+                None => benchmark_argon2(variant, choice.iter_time_ms, memory, parallel)?,
+            };
+            Ok(KdfParams::Argon2 {
+                variant,
+                time,
+                memory_kib,
+                parallel,
+                salt,
+            })
+        }
+    }
+}
+
+/// The keyslot JSON for freshly wrapped key material.
+pub(crate) fn keyslot_json(params: &KdfParams, area_offset: u64, area_size: u64) -> Keyslot {
+    let kdf = match params {
+        KdfParams::Pbkdf2 {
+            iterations, salt, ..
+        } => Kdf {
+            kind: "pbkdf2".into(),
+            hash: Some("sha256".into()),
+            iterations: Some(*iterations),
+            time: None,
+            memory: None,
+            cpus: None,
+            salt: salt.clone(),
+        },
+        KdfParams::Argon2 {
+            variant,
+            time,
+            memory_kib,
+            parallel,
+            salt,
+        } => Kdf {
+            kind: match variant {
+                Argon2Variant::Argon2i => "argon2i",
+                Argon2Variant::Argon2id => "argon2id",
+            }
+            .into(),
+            hash: None,
+            iterations: None,
+            time: Some(*time),
+            memory: Some(*memory_kib),
+            cpus: Some(*parallel),
+            salt: salt.clone(),
+        },
+    };
+    Keyslot {
+        kind: "luks2".into(),
+        key_size: VOLUME_KEY_SIZE as u32,
+        af: Af {
+            kind: "luks1".into(),
+            stripes: AF_STRIPES,
+            hash: "sha256".into(),
+        },
+        area: Area {
+            kind: "raw".into(),
+            offset: area_offset,
+            size: area_size,
+            encryption: CIPHER.into(),
+            key_size: VOLUME_KEY_SIZE as u32,
+        },
+        kdf,
+        priority: None,
+        extra: Map::new(),
+    }
+}
+
+fn random_uuid() -> Result<String, VolumeError> {
+    let mut b = random_bytes(16)?;
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    ))
+}
+
+fn write_at(file: &File, path: &Path, data: &[u8], at: u64) -> Result<(), VolumeError> {
+    file.write_all_at(data, at).map_err(|e| VolumeError::Io {
+        op: "write",
+        path: path.to_owned(),
+        offset: at,
+        source: e,
+    })
+}
+
+pub(crate) fn sync(file: &File, path: &Path) -> Result<(), VolumeError> {
+    file.sync_data().map_err(|e| VolumeError::Io {
+        op: "fdatasync",
+        path: path.to_owned(),
+        offset: 0,
+        source: e,
+    })
+}
+
+/// Create a LUKS2 volume in the image at `path` (`format-spec.md` §5): a fresh 512-bit volume
+/// key, keyslot 0 holding it under `passphrase`, a `pbkdf2` digest, one `aes-xts-plain64` crypt
+/// segment at 16 MiB. The keyslots area is filled with random bytes and written first, then the
+/// secondary and the primary header copy, each followed by `fdatasync`. The data area is not
+/// touched. Returns the UUID.
+///
+/// Errors: [`VolumeError::InvalidArgument`] for a bad size, sector size or KDF cost;
+/// [`VolumeError::Busy`] when the image is locked by another process; [`VolumeError::Device`]
+/// when it cannot be created or opened; [`VolumeError::Io`] on write failures.
+pub fn format(path: &Path, opts: &FormatOptions, passphrase: &[u8]) -> Result<String, VolumeError> {
+    if ![512, 4096].contains(&opts.sector_size) {
+        return Err(VolumeError::InvalidArgument(format!(
+            "sector size {} is not supported (512 or 4096)",
+            opts.sector_size
+        )));
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(opts.size.is_some())
+        .truncate(false)
+        .open(path)
+        .map_err(|e| VolumeError::Device {
+            path: path.to_owned(),
+            source: e,
+        })?;
+    super::lock(&file, path, Access::WriteExclusive)?;
+    let meta = file.metadata().map_err(|e| VolumeError::Device {
+        path: path.to_owned(),
+        source: e,
+    })?;
+    if !meta.is_file() {
+        return Err(VolumeError::InvalidArgument(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
+    let min_len = DEFAULT_DATA_OFFSET + opts.sector_size as u64;
+    let len = match opts.size {
+        Some(size) if size < meta.len() => {
+            return Err(VolumeError::InvalidArgument(format!(
+            "--size {size} is smaller than the existing image ({} bytes); refusing to shrink it",
+            meta.len()
+        )))
+        }
+        Some(size) => size,
+        None => meta.len(),
+    };
+    if len < min_len {
+        return Err(VolumeError::InvalidArgument(format!(
+            "image of {len} bytes is too small: LUKS2 needs {DEFAULT_DATA_OFFSET} bytes of header plus at least one sector"
+        )));
+    }
+
+    let kdf = choose_kdf(&opts.kdf)?;
+    let vk = SecretBytes::random(VOLUME_KEY_SIZE)?;
+    let digest_iterations = match opts.kdf.force_iterations {
+        Some(_) => PBKDF2_MIN_ITERATIONS,
+        None => {
+            benchmark_pbkdf2(HashAlg::Sha256, DIGEST_ITER_TIME_MS, 32)?.max(PBKDF2_MIN_ITERATIONS)
+        }
+    };
+    let digest_salt = random_bytes(SALT_LEN)?;
+    let digest = compute_digest(
+        HashAlg::Sha256,
+        digest_iterations,
+        &digest_salt,
+        vk.expose(),
+        32,
+    )?;
+    let params = KeyslotParams {
+        kdf: kdf.clone(),
+        area_key_size: VOLUME_KEY_SIZE,
+        key_size: VOLUME_KEY_SIZE,
+        stripes: AF_STRIPES,
+        af_hash: HashAlg::Sha256,
+    };
+    let material = wrap_key(&params, passphrase, vk.expose())?;
+    debug_assert_eq!(
+        material.len(),
+        keyslot_material_len(VOLUME_KEY_SIZE, AF_STRIPES)
+    );
+    let hdr_size = DEFAULT_HDR_SIZE;
+    let ks_offset = 2 * hdr_size;
+    let keyslots_size = DEFAULT_DATA_OFFSET - ks_offset;
+    let area_size = (material.len() as u64).div_ceil(4096) * 4096;
+
+    let md = Metadata {
+        keyslots: BTreeMap::from([(Id(0), keyslot_json(&kdf, ks_offset, area_size))]),
+        tokens: BTreeMap::new(),
+        segments: BTreeMap::from([(
+            Id(0),
+            Segment {
+                kind: "crypt".into(),
+                offset: DEFAULT_DATA_OFFSET,
+                size: SegmentSize::Dynamic,
+                iv_tweak: 0,
+                encryption: CIPHER.into(),
+                sector_size: opts.sector_size,
+                extra: Map::new(),
+            },
+        )]),
+        digests: BTreeMap::from([(
+            Id(0),
+            DigestEntry {
+                kind: "pbkdf2".into(),
+                keyslots: vec!["0".into()],
+                segments: vec!["0".into()],
+                hash: "sha256".into(),
+                iterations: digest_iterations,
+                salt: digest_salt,
+                digest,
+            },
+        )]),
+        config: Config {
+            json_size: hdr_size - format::header::BINARY_HEADER_SIZE as u64,
+            keyslots_size,
+            flags: None,
+            requirements: None,
+            extra: Map::new(),
+        },
+        extra: Map::new(),
+    };
+    let uuid = random_uuid()?;
+    let mut copies = Vec::new();
+    for (copy, at) in [(Copy::Secondary, hdr_size), (Copy::Primary, 0)] {
+        let mut salt = [0u8; 64];
+        salt.copy_from_slice(&random_bytes(64)?);
+        let hdr = BinaryHeader {
+            copy,
+            hdr_size,
+            seqid: 1,
+            label: opts.label.clone().unwrap_or_default(),
+            checksum_alg: "sha256".into(),
+            salt,
+            uuid: uuid.clone(),
+            subsystem: String::new(),
+            hdr_offset: at,
+            csum: [0; 64],
+        };
+        let bytes = format::encode_copy(&hdr, &md).map_err(|e| match e {
+            format::FormatError::Invalid(m) => VolumeError::InvalidArgument(m),
+            other => VolumeError::from_format(path, other),
+        })?;
+        copies.push((bytes, at));
+    }
+
+    if len > meta.len() {
+        file.set_len(len).map_err(|e| VolumeError::Io {
+            op: "extend",
+            path: path.to_owned(),
+            offset: len,
+            source: e,
+        })?;
+    }
+    // Keyslots area: random fill (as cryptsetup), then the new slot's material.
+    let mut fill = vec![0u8; 1 << 20];
+    let mut at = ks_offset;
+    while at < DEFAULT_DATA_OFFSET {
+        let n = ((DEFAULT_DATA_OFFSET - at) as usize).min(fill.len());
+        getrandom::fill(&mut fill[..n])
+            .map_err(|e| VolumeError::Crypto(crate::crypto::CryptoError::Random(e.to_string())))?;
+        write_at(&file, path, &fill[..n], at)?;
+        at += n as u64;
+    }
+    write_at(&file, path, &material, ks_offset)?;
+    sync(&file, path)?;
+    for (bytes, at) in copies {
+        write_at(&file, path, &bytes, at)?;
+        sync(&file, path)?;
+    }
+    Ok(uuid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuid_is_v4_text() {
+        let u = random_uuid().unwrap();
+        assert_eq!(u.len(), 36);
+        assert_eq!(&u[14..15], "4");
+        assert!("89ab".contains(&u[19..20]));
+    }
+}

@@ -1,0 +1,194 @@
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use crate::format::header::{
+    BinaryHeader, Copy, ALLOWED_HDR_SIZES, BINARY_HEADER_SIZE, MAGIC_PRIMARY, MAGIC_SECONDARY,
+};
+use crate::format::metadata::Metadata;
+use crate::format::{self, DataSegment, FormatError};
+
+use super::VolumeError;
+
+/// A metadata copy chosen after reading both (`format-spec.md` §2.3), validated against the
+/// image, plus what the reader noticed on the way.
+#[derive(Debug, Clone)]
+pub struct LoadedHeader {
+    /// The binary header of the chosen copy.
+    pub header: BinaryHeader,
+    /// Its JSON metadata.
+    pub metadata: Metadata,
+    /// The data segment as exported.
+    pub segment: DataSegment,
+    /// Image length in bytes when read.
+    pub image_len: u64,
+    /// Human-readable warnings (a damaged copy, differing `seqid`s). Nothing is repaired.
+    pub warnings: Vec<String>,
+}
+
+fn read_exact(file: &File, len: u64, at: u64, image_len: u64) -> Result<Vec<u8>, FormatError> {
+    if at.checked_add(len).is_none_or(|end| end > image_len) {
+        return Err(FormatError::Corrupt(format!(
+            "image is truncated: {len} bytes of metadata at offset {at} do not fit in {image_len} bytes"
+        )));
+    }
+    let mut buf = vec![0u8; len as usize];
+    file.read_exact_at(&mut buf, at)
+        .map_err(|e| FormatError::Corrupt(format!("read of {len} bytes at {at} failed: {e}")))?;
+    Ok(buf)
+}
+
+/// Read and check the copy at `at`; `Ok(None)` when there is no magic of the expected kind there.
+fn read_copy(
+    file: &File,
+    at: u64,
+    image_len: u64,
+    want: Copy,
+) -> Result<Option<(BinaryHeader, Metadata)>, FormatError> {
+    // A file too short for a binary header is "no header" unless it starts with a magic.
+    let avail = image_len.saturating_sub(at).min(BINARY_HEADER_SIZE as u64);
+    if avail < 6 {
+        return Ok(None);
+    }
+    let first = read_exact(file, avail, at, image_len)?;
+    let magic = match want {
+        Copy::Primary => &MAGIC_PRIMARY,
+        Copy::Secondary => &MAGIC_SECONDARY,
+    };
+    if !first.starts_with(magic) {
+        return Ok(None);
+    }
+    if avail < BINARY_HEADER_SIZE as u64 {
+        return Err(FormatError::Corrupt(format!(
+            "image is truncated: {image_len} bytes end inside the {want} header at {at}"
+        )));
+    }
+    let bh = match BinaryHeader::decode(&first) {
+        Err(FormatError::NotLuks) => return Ok(None),
+        Err(e) => return Err(e),
+        Ok(h) if h.copy != want => return Ok(None),
+        Ok(h) => h,
+    };
+    if want == Copy::Secondary && bh.hdr_size != at {
+        return Err(FormatError::Corrupt(format!(
+            "secondary header at {at} declares hdr_size {}",
+            bh.hdr_size
+        )));
+    }
+    let all = read_exact(file, bh.hdr_size, at, image_len)?;
+    format::decode_copy(&all, at).map(Some)
+}
+
+/// Read both metadata copies of an open image, keep the valid one with the higher `seqid`
+/// (`format-spec.md` §2.3) and validate it against the image (`format::validate`). Never writes.
+///
+/// Errors: [`VolumeError::NotLuks`] when neither copy has a LUKS2 magic,
+/// [`VolumeError::Corrupt`] when both are damaged (the reason names both failures) or the layout
+/// is inconsistent, [`VolumeError::Unsupported`] outside the profile, [`VolumeError::Device`]
+/// when the file's size cannot be read.
+pub fn load_header(file: &File, path: &Path) -> Result<LoadedHeader, VolumeError> {
+    let image_len = file
+        .metadata()
+        .map_err(|e| VolumeError::Device {
+            path: path.to_owned(),
+            source: e,
+        })?
+        .len();
+    let primary = read_copy(file, 0, image_len, Copy::Primary);
+    // The secondary sits at the primary's hdr_size; if the primary is unreadable, scan every
+    // allowed size as cryptsetup does.
+    let mut offsets: Vec<u64> = Vec::new();
+    if let Ok(Some((h, _))) = &primary {
+        offsets.push(h.hdr_size);
+    } else if let Ok(b) = read_exact(file, BINARY_HEADER_SIZE as u64, 0, image_len) {
+        if let Ok(h) = BinaryHeader::decode(&b) {
+            offsets.push(h.hdr_size);
+        }
+    }
+    for s in ALLOWED_HDR_SIZES {
+        if !offsets.contains(&s) {
+            offsets.push(s);
+        }
+    }
+    let mut secondary: Result<Option<(BinaryHeader, Metadata)>, FormatError> = Ok(None);
+    for at in offsets {
+        match read_copy(file, at, image_len, Copy::Secondary) {
+            Ok(None) => continue,
+            other => {
+                secondary = other;
+                break;
+            }
+        }
+    }
+    let mut warnings = Vec::new();
+    let (header, metadata) = match (primary, secondary) {
+        (Ok(Some(p)), Ok(Some(s))) => {
+            if p.0.seqid != s.0.seqid {
+                warnings.push(format!(
+                    "header copies differ (primary seqid {}, secondary seqid {}); using the newer",
+                    p.0.seqid, s.0.seqid
+                ));
+            }
+            if s.0.seqid > p.0.seqid {
+                s
+            } else {
+                p
+            }
+        }
+        (Ok(Some(p)), s) => {
+            warnings.push(format!(
+                "secondary header is damaged ({}); using the primary",
+                describe(s)
+            ));
+            p
+        }
+        (p, Ok(Some(s))) => {
+            warnings.push(format!(
+                "primary header is damaged ({}); using the secondary",
+                describe(p)
+            ));
+            s
+        }
+        (Ok(None), Ok(None)) => {
+            return Err(VolumeError::NotLuks {
+                path: path.to_owned(),
+            })
+        }
+        (p, s) => {
+            // An unsupported LUKS version or checksum in a copy is more useful than "corrupt".
+            for r in [&p, &s] {
+                if let Err(FormatError::Unsupported(reason)) = r {
+                    return Err(VolumeError::Unsupported {
+                        path: path.to_owned(),
+                        reason: reason.clone(),
+                    });
+                }
+            }
+            return Err(VolumeError::Corrupt {
+                path: path.to_owned(),
+                reason: format!(
+                    "both header copies are damaged: primary: {}; secondary: {}",
+                    describe(p),
+                    describe(s)
+                ),
+            });
+        }
+    };
+    let segment = format::validate(&header, &metadata, image_len)
+        .map_err(|e| VolumeError::from_format(path, e))?;
+    Ok(LoadedHeader {
+        header,
+        metadata,
+        segment,
+        image_len,
+        warnings,
+    })
+}
+
+fn describe(r: Result<Option<(BinaryHeader, Metadata)>, FormatError>) -> String {
+    match r {
+        Ok(Some(_)) => "valid".into(),
+        Ok(None) => "no header magic".into(),
+        Err(e) => e.to_string(),
+    }
+}

@@ -1,0 +1,155 @@
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use crate::crypto::digest::verify_digest;
+use crate::crypto::keyslot::{keyslot_material_len, unwrap_key, KeyslotParams};
+use crate::crypto::{Argon2Variant, HashAlg, KdfParams, VolumeKey};
+use crate::format::{self, KdfProfile, KeyslotProfile};
+
+use super::{LoadedHeader, VolumeError};
+
+/// A volume key that passed the digest check, and the keyslot it came from.
+pub struct UnlockedKey {
+    /// The keyslot id that opened.
+    pub keyslot: u32,
+    /// The verified volume key (zeroized on drop).
+    pub key: VolumeKey,
+}
+
+/// Map a keyslot's KDF from the format's view to the crypto layer's parameters.
+pub(crate) fn kdf_params(kdf: &KdfProfile) -> KdfParams {
+    match kdf {
+        KdfProfile::Pbkdf2 { iterations, salt } => KdfParams::Pbkdf2 {
+            hash: HashAlg::Sha256,
+            iterations: *iterations,
+            salt: salt.clone(),
+        },
+        KdfProfile::Argon2 {
+            id,
+            time,
+            memory_kib,
+            parallel,
+            salt,
+        } => KdfParams::Argon2 {
+            variant: if *id {
+                Argon2Variant::Argon2id
+            } else {
+                Argon2Variant::Argon2i
+            },
+            time: *time,
+            memory_kib: *memory_kib,
+            parallel: *parallel,
+            salt: salt.clone(),
+        },
+    }
+}
+
+pub(crate) fn keyslot_params(ks: &KeyslotProfile) -> KeyslotParams {
+    KeyslotParams {
+        kdf: kdf_params(&ks.kdf),
+        area_key_size: ks.area_key_size,
+        key_size: ks.key_size,
+        stripes: ks.stripes,
+        af_hash: HashAlg::Sha256,
+    }
+}
+
+/// Memory available to a new allocation, KiB (`MemAvailable` of /proc/meminfo), if known.
+pub(crate) fn mem_available_kib() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    s.lines()
+        .find(|l| l.starts_with("MemAvailable:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Try `passphrase` on the keyslots bound to the data segment's digest (preferred ones first,
+/// priority-0 ones only when named by `only`), as `cryptsetup open` does (`format-spec.md` §4):
+/// KDF → decrypt the area → AF merge → digest check in constant time.
+///
+/// Errors: [`VolumeError::WrongPassphrase`] when no slot opens; [`VolumeError::Unsupported`]
+/// when every candidate slot is outside the profile (the reason names the field);
+/// [`VolumeError::OutOfMemory`] when an Argon2 slot needs more memory than is available;
+/// [`VolumeError::Io`] when a keyslot area cannot be read.
+pub fn unlock(
+    file: &File,
+    path: &Path,
+    lh: &LoadedHeader,
+    passphrase: &[u8],
+    only: Option<u32>,
+) -> Result<UnlockedKey, VolumeError> {
+    let digest =
+        format::segment_digest(&lh.metadata).map_err(|e| VolumeError::from_format(path, e))?;
+    let mut candidates: Vec<(i64, u32)> = Vec::new();
+    for id in &digest.keyslots {
+        if only.is_some_and(|o| o != *id) {
+            continue;
+        }
+        let prio = lh
+            .metadata
+            .keyslots
+            .get(&format::metadata::Id(*id))
+            .map(|k| k.priority.unwrap_or(1))
+            .unwrap_or(-1);
+        if prio < 0 || (prio == 0 && only.is_none()) {
+            continue;
+        }
+        candidates.push((-prio, *id));
+    }
+    candidates.sort();
+    let mut unsupported: Option<String> = None;
+    let mut tried = 0;
+    for (_, id) in candidates {
+        let ks = match format::keyslot_profile(&lh.metadata, id) {
+            Ok(ks) => ks,
+            Err(e) => {
+                unsupported.get_or_insert(e.to_string());
+                continue;
+            }
+        };
+        if let KdfProfile::Argon2 { memory_kib, .. } = ks.kdf {
+            if let Some(avail) = mem_available_kib() {
+                if memory_kib as u64 > avail {
+                    return Err(VolumeError::OutOfMemory {
+                        keyslot: id,
+                        need_kib: memory_kib as u64,
+                        avail_kib: avail,
+                    });
+                }
+            }
+        }
+        let len = keyslot_material_len(ks.key_size, ks.stripes);
+        let mut area = vec![0u8; len];
+        file.read_exact_at(&mut area, ks.area_offset)
+            .map_err(|e| VolumeError::Io {
+                op: "read keyslot area",
+                path: path.to_owned(),
+                offset: ks.area_offset,
+                source: e,
+            })?;
+        tried += 1;
+        let candidate = unwrap_key(&keyslot_params(&ks), passphrase, &area)?;
+        if verify_digest(
+            HashAlg::Sha256,
+            digest.iterations,
+            &digest.salt,
+            candidate.expose(),
+            &digest.digest,
+        )? {
+            return Ok(UnlockedKey {
+                keyslot: id,
+                key: candidate,
+            });
+        }
+    }
+    match unsupported {
+        Some(reason) if tried == 0 => Err(VolumeError::Unsupported {
+            path: path.to_owned(),
+            reason,
+        }),
+        _ => Err(VolumeError::WrongPassphrase),
+    }
+}

@@ -1,0 +1,284 @@
+//! Bad input gets a clear error, the documented exit code, and nothing is written.
+
+mod common;
+
+use common::*;
+use nbdcrypt::format::{self, header::BINARY_HEADER_SIZE};
+use sha2::{Digest, Sha256};
+use std::path::Path;
+
+fn file_hash(p: &Path) -> Vec<u8> {
+    Sha256::digest(std::fs::read(p).unwrap()).to_vec()
+}
+
+/// Run test-passphrase, dump and open on `img`; each must exit `code` with `needle` in its one
+/// error line, and leave the file byte-identical.
+fn refused(img: &Path, key: &Path, code: i32, needle: &str) {
+    let before = std::fs::metadata(img).ok().map(|_| file_hash(img));
+    for args in [
+        vec!["test-passphrase"],
+        vec!["dump"],
+        vec!["open", "--socket"],
+    ] {
+        let mut c = nbdcrypt();
+        c.arg(args[0]).arg(img);
+        if args[0] != "dump" {
+            c.arg("--key-file").arg(key);
+        }
+        if args.len() > 1 {
+            c.arg(args[1]).arg(img.with_extension("sock"));
+        }
+        let out = run(&mut c);
+        let err = stderr(&out);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{args:?} on {}: {err}",
+            img.display()
+        );
+        assert!(
+            err.contains(needle),
+            "{args:?}: expected {needle:?} in {err:?}"
+        );
+        assert!(
+            err.lines().filter(|l| !l.starts_with("hint:")).count() == 1,
+            "one error line expected: {err:?}"
+        );
+    }
+    let after = std::fs::metadata(img).ok().map(|_| file_hash(img));
+    assert_eq!(before, after, "{} was modified", img.display());
+}
+
+/// Rewrite both metadata copies of an image with `edit` applied to the JSON, checksums fixed.
+fn edit_metadata(img: &Path, edit: impl Fn(&mut serde_json::Value)) {
+    let mut bytes = std::fs::read(img).unwrap();
+    for at in [0usize, 16384] {
+        let (hdr, md) = format::decode_copy(&bytes[at..at + 16384], at as u64).unwrap();
+        let mut v = serde_json::to_value(&md).unwrap();
+        edit(&mut v);
+        let mut area = hdr.encode().unwrap();
+        let mut json = serde_json::to_vec(&v).unwrap();
+        json.resize(16384 - BINARY_HEADER_SIZE, 0);
+        area.extend(json);
+        format::header::seal(&mut area);
+        bytes[at..at + 16384].copy_from_slice(&area);
+    }
+    std::fs::write(img, bytes).unwrap();
+}
+
+fn fresh(dir: &Path, name: &str, key: &Path) -> std::path::PathBuf {
+    let img = dir.join(name);
+    format_cheap(&img, key, "17M", 512, "pbkdf2");
+    img
+}
+
+#[test]
+fn wrong_passphrase_is_exit_2() {
+    let dir = tempdir();
+    let key = key_file(dir.path());
+    let img = fresh(dir.path(), "v.img", &key);
+    let bad = dir.path().join("bad");
+    std::fs::write(&bad, b"wrong").unwrap();
+    let before = file_hash(&img);
+    for cmd in ["test-passphrase", "open"] {
+        let out = run(nbdcrypt().arg(cmd).arg(&img).arg("--key-file").arg(&bad));
+        assert_eq!(out.status.code(), Some(2), "{cmd}: {}", stderr(&out));
+        assert!(stderr(&out).contains("No key available with this passphrase"));
+    }
+    assert_eq!(before, file_hash(&img));
+}
+
+#[test]
+fn not_luks_missing_truncated() {
+    let dir = tempdir();
+    let key = key_file(dir.path());
+    let plain = dir.path().join("plain.img");
+    std::fs::write(&plain, pattern(1 << 20, 5)).unwrap();
+    refused(&plain, &key, 1, "is not a valid LUKS device");
+    let zero = dir.path().join("empty.img");
+    std::fs::write(&zero, b"").unwrap();
+    refused(&zero, &key, 1, "is not a valid LUKS device");
+
+    let missing = dir.path().join("missing.img");
+    refused(&missing, &key, 4, "missing.img");
+
+    // Truncated inside the header: both copies fail.
+    let img = fresh(dir.path(), "t.img", &key);
+    let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    f.set_len(8192).unwrap();
+    refused(&img, &key, 1, "truncated");
+    // Truncated before the data segment: the segment is outside the file.
+    let img = fresh(dir.path(), "t2.img", &key);
+    let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    f.set_len(1 << 20).unwrap();
+    refused(&img, &key, 1, "beyond the end of the image");
+}
+
+#[test]
+fn bad_checksums_in_both_copies() {
+    let dir = tempdir();
+    let key = key_file(dir.path());
+    let img = fresh(dir.path(), "c.img", &key);
+    let mut bytes = std::fs::read(&img).unwrap();
+    bytes[4096 + 10] ^= 0x20; // inside the primary JSON
+    bytes[16384 + 4096 + 10] ^= 0x20; // inside the secondary JSON
+    std::fs::write(&img, &bytes).unwrap();
+    refused(&img, &key, 1, "both header copies are damaged");
+    let out = run(nbdcrypt().arg("dump").arg(&img));
+    assert!(
+        stderr(&out).contains("checksum mismatch"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn json_area_that_is_not_json() {
+    let dir = tempdir();
+    let key = key_file(dir.path());
+    let img = fresh(dir.path(), "j.img", &key);
+    let mut bytes = std::fs::read(&img).unwrap();
+    for at in [0usize, 16384] {
+        let area = &mut bytes[at..at + 16384];
+        area[BINARY_HEADER_SIZE..BINARY_HEADER_SIZE + 12].copy_from_slice(b"{not json!!\0");
+        format::header::seal(area);
+    }
+    std::fs::write(&img, &bytes).unwrap();
+    refused(&img, &key, 1, "JSON metadata is not valid");
+}
+
+#[test]
+fn damaged_primary_opens_from_secondary_without_writing() {
+    let dir = tempdir();
+    let key = key_file(dir.path());
+    let img = fresh(dir.path(), "p.img", &key);
+    let mut bytes = std::fs::read(&img).unwrap();
+    bytes[100] ^= 1; // checksum_alg padding of the primary: checksum now fails
+    std::fs::write(&img, &bytes).unwrap();
+    let before = file_hash(&img);
+    let out = run(nbdcrypt()
+        .arg("test-passphrase")
+        .arg(&img)
+        .arg("--key-file")
+        .arg(&key));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("warning: primary header is damaged"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(nbdcrypt().arg("dump").arg(&img));
+    assert_eq!(out.status.code(), Some(0));
+    let mut srv = Server::start(&img, &key, &[]);
+    let (st, _) = srv.stop();
+    assert!(st.success());
+    assert_eq!(before, file_hash(&img), "nothing may repair silently");
+}
+
+#[test]
+fn unsupported_fields_are_named() {
+    let dir = tempdir();
+    let key = key_file(dir.path());
+    let img = fresh(dir.path(), "u.img", &key);
+    edit_metadata(&img, |v| {
+        v["segments"]["0"]["encryption"] = "serpent-xts-plain64".into();
+    });
+    refused(&img, &key, 1, "cipher serpent-xts-plain64 is not supported");
+
+    let img = fresh(dir.path(), "k.img", &key);
+    edit_metadata(&img, |v| {
+        v["keyslots"]["0"]["kdf"]["hash"] = "whirlpool".into();
+    });
+    let out = run(nbdcrypt()
+        .arg("test-passphrase")
+        .arg(&img)
+        .arg("--key-file")
+        .arg(&key));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("pbkdf2 hash whirlpool is not supported"));
+
+    let img = fresh(dir.path(), "o.img", &key);
+    edit_metadata(&img, |v| {
+        v["keyslots"]["0"]["area"]["offset"] = "16700000".into();
+    });
+    refused(&img, &key, 1, "outside the keyslots area");
+}
+
+#[test]
+fn busy_image_is_exit_5() {
+    let dir = tempdir();
+    let key = key_file(dir.path());
+    let img = fresh(dir.path(), "b.img", &key);
+    let mut srv = Server::start(&img, &key, &[]);
+    let out = run(nbdcrypt()
+        .arg("open")
+        .arg(&img)
+        .arg("--key-file")
+        .arg(&key)
+        .arg("--socket")
+        .arg(dir.path().join("other.sock")));
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(stderr(&out).contains("in use"));
+    let out = run(nbdcrypt()
+        .arg("format")
+        .arg(&img)
+        .arg("--batch-mode")
+        .arg("--key-file")
+        .arg(&key));
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    // Read-only inspection still works while served.
+    let out = run(nbdcrypt()
+        .arg("test-passphrase")
+        .arg(&img)
+        .arg("--key-file")
+        .arg(&key));
+    assert_eq!(out.status.code(), Some(0));
+    let (st, _) = srv.stop();
+    assert!(st.success());
+}
+
+#[test]
+fn format_refuses_to_clobber_without_batch_mode() {
+    let dir = tempdir();
+    let key = key_file(dir.path());
+    let img = fresh(dir.path(), "f.img", &key);
+    let before = file_hash(&img);
+    let out = run(nbdcrypt()
+        .arg("format")
+        .arg(&img)
+        .arg("--key-file")
+        .arg(&key));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("--batch-mode"), "{}", stderr(&out));
+    assert_eq!(before, file_hash(&img));
+}
+
+#[test]
+fn empty_key_file_and_bad_flags() {
+    let dir = tempdir();
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, b"").unwrap();
+    let img = dir.path().join("e.img");
+    let out = run(nbdcrypt()
+        .arg("format")
+        .arg(&img)
+        .args(["--size", "20M", "--key-file"])
+        .arg(&empty));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("empty"));
+    let out = run(nbdcrypt()
+        .arg("format")
+        .arg(&img)
+        .args(["--sector-size", "1000"]));
+    assert_eq!(out.status.code(), Some(1));
+    let out = run(nbdcrypt().arg("format").arg(&img).args(["--size", "1Q"]));
+    assert_eq!(out.status.code(), Some(1));
+    let key = key_file(dir.path());
+    let out = run(nbdcrypt()
+        .arg("format")
+        .arg(&img)
+        .args(["--size", "1M", "--key-file"])
+        .arg(&key));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("too small"), "{}", stderr(&out));
+}

@@ -1,0 +1,286 @@
+//! Shared helpers for integration tests that drive the real `nbdcrypt` binary and real peers
+//! (cryptsetup, libnbd tools, qemu). The README's test command installs those peers; a missing
+//! one fails the test with a message naming the package.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const PASS: &[u8] = b"correct horse battery staple";
+
+/// The binary under test.
+pub fn nbdcrypt() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_nbdcrypt"));
+    c.env("NBDCRYPT_LOG", "warn");
+    c
+}
+
+/// Fail loudly when a peer tool is missing.
+pub fn require(tool: &str, package: &str) -> PathBuf {
+    for dir in ["/usr/sbin", "/usr/bin", "/sbin", "/bin"] {
+        let p = Path::new(dir).join(tool);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{tool} is not installed: run the README's test command (apt-get install {package})");
+}
+
+/// Run a command, returning its output; panics if it cannot start.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// Run and require exit 0, returning stdout as text.
+pub fn ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("nbdcrypt-test-")
+        .tempdir()
+        .expect("tempdir")
+}
+
+/// Write the test passphrase to `dir/key` and return the path.
+pub fn key_file(dir: &Path) -> PathBuf {
+    let p = dir.join("key");
+    std::fs::write(&p, PASS).unwrap();
+    p
+}
+
+/// `nbdcrypt format` with cheap KDF costs.
+pub fn format_cheap(image: &Path, key: &Path, size: &str, sector: u32, pbkdf: &str) {
+    let mut c = nbdcrypt();
+    c.arg("format")
+        .arg(image)
+        .args(["--size", size, "--pbkdf", pbkdf, "--sector-size"])
+        .arg(sector.to_string())
+        .arg("--key-file")
+        .arg(key);
+    if pbkdf == "pbkdf2" {
+        c.args(["--pbkdf-force-iterations", "1000"]);
+    } else {
+        c.args([
+            "--pbkdf-force-iterations",
+            "4",
+            "--pbkdf-memory",
+            "32768",
+            "--pbkdf-parallel",
+            "1",
+        ]);
+    }
+    ok(&mut c);
+}
+
+/// `cryptsetup luksFormat --type luks2` with cheap KDF costs on a fresh sparse file.
+pub fn cryptsetup_format(image: &Path, key: &Path, size: u64, sector: u32, pbkdf: &str) {
+    let cs = require("cryptsetup", "cryptsetup-bin");
+    let f = std::fs::File::create(image).unwrap();
+    f.set_len(size).unwrap();
+    let mut c = Command::new(cs);
+    c.args([
+        "luksFormat",
+        "--type",
+        "luks2",
+        "--batch-mode",
+        "--pbkdf",
+        pbkdf,
+    ])
+    .args(["--sector-size", &sector.to_string()])
+    .arg("--key-file")
+    .arg(key);
+    if pbkdf == "pbkdf2" {
+        c.args(["--pbkdf-force-iterations", "1000"]);
+    } else {
+        c.args([
+            "--pbkdf-force-iterations",
+            "4",
+            "--pbkdf-memory",
+            "32768",
+            "--pbkdf-parallel",
+            "1",
+        ]);
+    }
+    c.arg(image);
+    ok(&mut c);
+}
+
+/// The volume key of an image, from `cryptsetup luksDump --dump-volume-key` (hex).
+pub fn cryptsetup_volume_key(image: &Path, key: &Path) -> String {
+    let cs = require("cryptsetup", "cryptsetup-bin");
+    let out = ok(Command::new(cs)
+        .args([
+            "luksDump",
+            "--dump-volume-key",
+            "--batch-mode",
+            "--key-file",
+        ])
+        .arg(key)
+        .arg(image));
+    let mut hex = String::new();
+    let mut in_key = false;
+    for line in out.lines() {
+        if let Some(rest) = line.strip_prefix("MK dump:") {
+            in_key = true;
+            hex.push_str(rest);
+        } else if in_key && line.starts_with('\t') {
+            hex.push_str(line);
+        } else {
+            in_key = false;
+        }
+    }
+    let hex: String = hex.split_whitespace().collect();
+    assert_eq!(hex.len(), 128, "512-bit key expected in:\n{out}");
+    hex
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `nbdcrypt open`, stopped with SIGTERM on drop.
+pub struct Server {
+    pub child: Option<Child>,
+    pub socket: PathBuf,
+    pub export: String,
+}
+
+impl Server {
+    /// Start `nbdcrypt open IMAGE --key-file KEY --socket DIR/nbd.sock [extra]` and wait until
+    /// the socket accepts.
+    pub fn start(image: &Path, key: &Path, extra: &[&str]) -> Server {
+        let socket = image.with_extension("sock");
+        let _ = std::fs::remove_file(&socket);
+        let mut child = nbdcrypt()
+            .arg("open")
+            .arg(image)
+            .arg("--key-file")
+            .arg(key)
+            .arg("--socket")
+            .arg(&socket)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn nbdcrypt open");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            if let Some(st) = child.try_wait().unwrap() {
+                let mut err = String::new();
+                child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut err)
+                    .unwrap();
+                panic!("nbdcrypt open exited early ({st}): {err}");
+            }
+            assert!(Instant::now() < deadline, "server did not start in 30 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let export = extra
+            .windows(2)
+            .find(|w| w[0] == "--export-name")
+            .map(|w| w[1].to_string())
+            .unwrap_or_else(|| image.file_stem().unwrap().to_string_lossy().into_owned());
+        Server {
+            child: Some(child),
+            socket,
+            export,
+        }
+    }
+
+    /// `nbd+unix:///EXPORT?socket=PATH`
+    pub fn uri(&self) -> String {
+        format!(
+            "nbd+unix:///{}?socket={}",
+            self.export,
+            self.socket.display()
+        )
+    }
+
+    /// SIGTERM, wait, and return (exit status, stderr).
+    pub fn stop(&mut self) -> (std::process::ExitStatus, String) {
+        let mut child = self.child.take().expect("running");
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                let mut err = String::new();
+                child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut err)
+                    .unwrap();
+                return (st, err);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("server did not stop within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), for test data.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+/// libnbd's Python tools need Debian's python (the pyenv one on PATH lacks the `nbd` module).
+pub fn nbd_tool(tool: &str) -> Command {
+    let p = require(tool, "libnbd-bin");
+    let mut c = Command::new(p);
+    c.env(
+        "PATH",
+        format!("/usr/bin:{}", std::env::var("PATH").unwrap_or_default()),
+    );
+    c
+}

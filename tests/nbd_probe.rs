@@ -1,0 +1,99 @@
+//! Runs the shared raw-socket conformance probe (`/work/shared/tools/nbd-probe.py`, or
+//! `$NBD_PROBE`) against the in-process server and checks each of its lines.
+
+mod common {
+    pub mod nbd;
+}
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::nbd::*;
+
+fn probe_path() -> PathBuf {
+    let p = std::env::var_os("NBD_PROBE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/work/shared/tools/nbd-probe.py"));
+    assert!(
+        p.is_file(),
+        "NBD probe script not found at {} (set NBD_PROBE to its path)",
+        p.display()
+    );
+    p
+}
+
+/// The probe line starting with `id ` (e.g. "H1 "), panicking with the whole output if absent.
+fn line<'a>(out: &'a str, id: &str) -> &'a str {
+    let prefix = format!("{id} ");
+    out.lines()
+        .find(|l| l.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("no {id} line in probe output:\n{out}"))
+}
+
+fn expect(out: &str, id: &str, needle: &str) {
+    let l = line(out, id);
+    assert!(
+        l.contains(needle),
+        "{id}: expected {needle:?} in {l:?}\nfull output:\n{out}"
+    );
+}
+
+#[test]
+fn probe_conformance() {
+    let probe = probe_path();
+    let srv = TestServer::start(MemExport::new(65 * MIB, 512), false);
+    let out = run_ok(
+        Command::new(python())
+            .arg(&probe)
+            .arg(&srv.sock)
+            .arg(EXPORT),
+    );
+    eprintln!("{out}");
+    expect(&out, "H0", "FIXED_NEWSTYLE=1 NO_ZEROES=1");
+    expect(&out, "H1", "-> ERR_UNSUP; option phase then alive");
+    expect(&out, "H2", "-> ERR_UNSUP; option phase then alive");
+    expect(&out, "H3", "-> ERR_INVALID; option phase then alive");
+    expect(&out, "H4", "-> ERR_UNKNOWN; option phase then alive");
+    expect(
+        &out,
+        "H5",
+        "EXPORT(size=68157440,flags=0x4d) BLOCK_SIZE(min=512,pref=4096,max=33554432) \
+         NAME('vol') DESCRIPTION('test volume') ACK",
+    );
+    expect(&out, "H6", "-> ERR_UNSUP; option phase then alive");
+    expect(&out, "H7", "-> ERR_UNSUP; option phase then alive");
+    expect(&out, "H8", "-> ERR_UNSUP; option phase then alive");
+    expect(&out, "H12", "-> ACK");
+    expect(&out, "H13", "option phase closed");
+    let h14: Vec<&str> = out.lines().filter(|l| l.starts_with("H14 ")).collect();
+    assert_eq!(
+        h14,
+        [
+            "H14 EXPORT_NAME cflags=3 -> 10 bytes (expect 10)",
+            "H14 EXPORT_NAME cflags=1 -> 134 bytes (expect 134)"
+        ],
+        "{out}"
+    );
+    expect(&out, "H15", "-> closed(");
+    expect(&out, "T0", "flags=0x4d");
+    expect(&out, "T1", "-> EINVAL");
+    expect(&out, "T2", "-> ENOSPC");
+    expect(&out, "T3", "-> EINVAL");
+    expect(&out, "T4", "-> OK");
+    expect(&out, "T5", "-> EINVAL");
+    expect(&out, "T6", "-> EINVAL");
+    expect(&out, "T7", "-> OK");
+    expect(&out, "T8", "-> OK");
+    expect(&out, "T9", "-> OK");
+    expect(&out, "T10", "-> ENOSPC");
+    expect(&out, "T11", "-> EINVAL"); // TRIM is not advertised: unknown command
+    let t12 = line(&out, "T12");
+    assert!(
+        t12.contains("-> EINVAL") || t12.contains("-> disconnect"),
+        "T12: {t12}"
+    );
+    expect(&out, "T13", "32/32 replies, cookies all matched");
+    expect(&out, "T14", "data persisted: True");
+    assert!(!out.contains("DESYNC"), "{out}");
+    srv.stop();
+}

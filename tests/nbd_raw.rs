@@ -1,0 +1,518 @@
+//! Raw-socket robustness tests against the in-process server: hang-ups at every handshake step,
+//! lying lengths, oversize payloads, read-only and overflow errors, DISC with writes in flight,
+//! many concurrent clients. A counting global allocator checks that no client-declared length
+//! is ever allocated blindly.
+
+mod common {
+    pub mod nbd;
+}
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::nbd::*;
+
+/// Largest single allocation made anywhere in this test binary (server included).
+static MAX_ALLOC: AtomicUsize = AtomicUsize::new(0);
+
+struct Counting;
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        MAX_ALLOC.fetch_max(l.size(), Ordering::Relaxed);
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+        MAX_ALLOC.fetch_max(l.size(), Ordering::Relaxed);
+        unsafe { System.alloc_zeroed(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        MAX_ALLOC.fetch_max(n, Ordering::Relaxed);
+        unsafe { System.realloc(p, l, n) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// No test here allocates more than 64 MiB legitimately; a blind allocation of a declared
+/// length would be ~4 GiB.
+fn assert_no_huge_allocation() {
+    let m = MAX_ALLOC.load(Ordering::Relaxed);
+    assert!(m <= 128 * MIB, "an allocation of {m} bytes happened");
+}
+
+fn server(size: usize) -> TestServer {
+    TestServer::start(MemExport::new(size, 512), false)
+}
+
+fn pattern(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+#[test]
+fn hang_up_at_every_handshake_step_leaves_server_serving() {
+    let srv = server(MIB);
+    let sock = &srv.sock;
+    // before sending client flags
+    {
+        let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
+        let mut g = [0u8; 18];
+        s.read_exact(&mut g).unwrap();
+    }
+    // after client flags
+    drop(Raw::connect(sock, 3));
+    // half an option header
+    {
+        let mut r = Raw::connect(sock, 3);
+        r.s.write_all(&IHAVEOPT.to_be_bytes()).unwrap();
+    }
+    // option header, half the data
+    {
+        let mut r = Raw::connect(sock, 3);
+        r.s.write_all(&IHAVEOPT.to_be_bytes()).unwrap();
+        r.s.write_all(&7u32.to_be_bytes()).unwrap();
+        r.s.write_all(&100u32.to_be_bytes()).unwrap();
+        r.s.write_all(&[0u8; 10]).unwrap();
+    }
+    // EXPORT_NAME (empty name) then close without reading the reply: crashed qemu-nbd 7.2
+    for name in ["", EXPORT] {
+        let mut r = Raw::connect(sock, 3);
+        r.send_opt(1, name.as_bytes());
+        drop(r);
+    }
+    // GO then close without reading
+    {
+        let mut r = Raw::connect(sock, 3);
+        let mut d = 0u32.to_be_bytes().to_vec();
+        d.extend_from_slice(&0u16.to_be_bytes());
+        r.send_opt(7, &d);
+    }
+    // half a request header in transmission
+    {
+        let (mut r, _, _) = Raw::go(sock);
+        r.s.write_all(&REQ_MAGIC.to_be_bytes()).unwrap();
+    }
+    assert_serving(sock);
+    srv.stop();
+}
+
+#[test]
+fn export_name_reply_sizes_and_unknown_name() {
+    let srv = server(MIB);
+    for (cflags, want) in [(3u32, 10usize), (1, 134)] {
+        let mut r = Raw::connect(&srv.sock, cflags);
+        r.send_opt(1, EXPORT.as_bytes());
+        let mut b = vec![0u8; want];
+        r.s.read_exact(&mut b).unwrap();
+        assert_eq!(u64::from_be_bytes(b[0..8].try_into().unwrap()), MIB as u64);
+        assert_eq!(u16::from_be_bytes([b[8], b[9]]), 0b100_1101);
+        // nothing more than `want` bytes: the next bytes are the reply to our READ
+        r.request(0, CMD_READ, 77, 0, 8);
+        assert_eq!(r.reply().unwrap(), (0, 77));
+    }
+    // non-fixed-newstyle client (flags 0) may still use EXPORT_NAME
+    let mut r = Raw::connect(&srv.sock, 0);
+    r.send_opt(1, b"");
+    let mut b = vec![0u8; 134];
+    r.s.read_exact(&mut b).unwrap();
+    // unknown export and 5000-byte name: hard close
+    for name in [b"nope".to_vec(), vec![b'a'; 5000]] {
+        let mut r = Raw::connect(&srv.sock, 3);
+        r.send_opt(1, &name);
+        assert!(r.closed(), "EXPORT_NAME unknown export must close");
+    }
+    assert_serving(&srv.sock);
+    srv.stop();
+}
+
+#[test]
+fn unknown_client_flags_close() {
+    let srv = server(MIB);
+    let mut r = Raw::connect(&srv.sock, 0x81);
+    assert!(r.closed(), "unknown client flag 0x80 must close");
+    assert_serving(&srv.sock);
+    srv.stop();
+}
+
+#[test]
+fn huge_declared_option_lengths() {
+    let srv = server(MIB);
+    // 0xFFFFFFFF declared: closed, nothing allocated
+    for opt in [1u32, 3, 7, 0x7654321] {
+        let mut r = Raw::connect(&srv.sock, 3);
+        let mut b = IHAVEOPT.to_be_bytes().to_vec();
+        b.extend_from_slice(&opt.to_be_bytes());
+        b.extend_from_slice(&u32::MAX.to_be_bytes());
+        r.s.write_all(&b).unwrap();
+        let _ = r.s.write_all(&[0u8; 4096]); // the server may already have closed
+        assert!(r.closed(), "option {opt} with 4 GiB of data must close");
+    }
+    // 100 KiB: discarded, ERR_TOO_BIG, stream in sync
+    let mut r = Raw::connect(&srv.sock, 3);
+    r.send_opt(7, &vec![0u8; 100 << 10]);
+    let (opt, rt, _) = r.opt_reply().unwrap();
+    assert_eq!((opt, rt), (7, (1 << 31) | 9));
+    r.send_opt(3, b"");
+    let (_, rt, data) = r.opt_reply().unwrap();
+    assert_eq!(rt, 2);
+    assert_eq!(&data[4..7], EXPORT.as_bytes());
+    assert_eq!(r.opt_reply().unwrap().1, 1);
+    assert_serving(&srv.sock);
+    assert_no_huge_allocation();
+    srv.stop();
+}
+
+#[test]
+fn malformed_info_and_go() {
+    let srv = server(MIB);
+    let mut r = Raw::connect(&srv.sock, 3);
+    let err_invalid = (1u32 << 31) | 3;
+    // name length larger than the payload
+    let mut d = 0xFFFF_FFF0u32.to_be_bytes().to_vec();
+    d.extend_from_slice(b"vol\0\0");
+    r.send_opt(6, &d);
+    assert_eq!(r.opt_reply().unwrap().1, err_invalid);
+    // request count larger than the payload
+    let mut d = 3u32.to_be_bytes().to_vec();
+    d.extend_from_slice(b"vol");
+    d.extend_from_slice(&10u16.to_be_bytes());
+    r.send_opt(7, &d);
+    assert_eq!(r.opt_reply().unwrap().1, err_invalid);
+    // too short
+    r.send_opt(7, &[0, 0]);
+    assert_eq!(r.opt_reply().unwrap().1, err_invalid);
+    // 5000-byte name
+    let mut d = 5000u32.to_be_bytes().to_vec();
+    d.extend_from_slice(&[b'a'; 5000]);
+    d.extend_from_slice(&0u16.to_be_bytes());
+    r.send_opt(7, &d);
+    assert_eq!(r.opt_reply().unwrap().1, err_invalid);
+    // unsupported options, then INFO with an unknown info type is still served
+    for opt in [5u32, 8, 9, 10, 11, 4] {
+        r.send_opt(opt, b"");
+        assert_eq!(
+            r.opt_reply().unwrap(),
+            (opt, (1 << 31) | 1, b"option not supported".to_vec())
+        );
+    }
+    let mut d = 0u32.to_be_bytes().to_vec();
+    d.extend_from_slice(&3u16.to_be_bytes());
+    for t in [0x7777u16, 3, 3] {
+        d.extend_from_slice(&t.to_be_bytes());
+    }
+    r.send_opt(6, &d);
+    let (_, rt, export) = r.opt_reply().unwrap();
+    assert_eq!((rt, &export[0..2]), (3, &[0u8, 0][..]));
+    let (_, rt, bs) = r.opt_reply().unwrap();
+    assert_eq!((rt, &bs[0..2]), (3, &[0u8, 3][..]));
+    assert_eq!(&bs[2..], &[0, 0, 2, 0, 0, 0, 16, 0, 2, 0, 0, 0]);
+    assert_eq!(
+        r.opt_reply().unwrap().1,
+        1,
+        "duplicate request answered once, then ACK"
+    );
+    // ABORT: ACK then close
+    r.send_opt(2, b"");
+    assert_eq!(r.opt_reply().unwrap().1, 1);
+    assert!(r.closed());
+    srv.stop();
+}
+
+#[test]
+fn write_header_with_4gib_length_closes_without_allocating() {
+    let srv = server(MIB);
+    let (mut r, _, _) = Raw::go(&srv.sock);
+    r.request(0, CMD_WRITE, 1, 0, u32::MAX);
+    let _ = r.s.write_all(&[0xEE; 65536]); // may hit a closed socket
+    assert!(r.closed(), "4 GiB WRITE must close the connection");
+    // also on a read-only-style refusal path: past-the-end 4 GiB write
+    let (mut r, _, _) = Raw::go(&srv.sock);
+    r.request(0, CMD_WRITE, 1, u64::MAX - 10, u32::MAX);
+    assert!(r.closed());
+    assert_serving(&srv.sock);
+    assert_eq!(
+        srv.export.snapshot(0, 16),
+        vec![0u8; 16],
+        "no partial write"
+    );
+    assert_no_huge_allocation();
+    srv.stop();
+}
+
+#[test]
+fn oversize_requests_error_and_stay_in_sync() {
+    let srv = server(64 * MIB);
+    let (mut r, _, _) = Raw::go(&srv.sock);
+    // 40 MiB WRITE (> 32 MiB max payload, < 64 MiB discard bound): payload consumed, EINVAL
+    r.request(0, CMD_WRITE, 1, 0, 40 << 20);
+    r.s.write_all(&vec![0xAB; 40 << 20]).unwrap();
+    assert_eq!(r.reply().unwrap(), (EINVAL, 1));
+    // 64 MiB READ: EINVAL, no payload
+    r.request(0, CMD_READ, 2, 0, 64 << 20);
+    assert_eq!(r.reply().unwrap(), (EINVAL, 2));
+    // 32 MiB exactly works both ways
+    let big = pattern(32 << 20, 9);
+    r.write(3, 0, &big);
+    assert_eq!(r.reply().unwrap(), (0, 3));
+    assert!(r.read(0, 32 << 20) == big);
+    // WRITE_ZEROES may exceed the max payload (no payload)
+    r.request(0, CMD_WRITE_ZEROES, 4, 0, 48 << 20);
+    assert_eq!(r.reply().unwrap(), (0, 4));
+    assert!(srv.export.snapshot(0, 48 << 20).iter().all(|&b| b == 0));
+    r.request(0, CMD_DISC, 0, 0, 0);
+    assert!(r.closed());
+    srv.stop();
+}
+
+#[test]
+fn errors_overflow_bounds_flags_and_zero_length() {
+    let srv = server(MIB);
+    let size = MIB as u64;
+    let (mut r, _, _) = Raw::go(&srv.sock);
+    let mut cookie = 10;
+    let mut check =
+        |r: &mut Raw, flags: u16, cmd: u16, off: u64, len: u32, payload: bool, want: u32| {
+            cookie += 1;
+            r.request(flags, cmd, cookie, off, len);
+            if payload {
+                r.s.write_all(&vec![0x11; len as usize]).unwrap();
+            }
+            assert_eq!(
+                r.reply().unwrap(),
+                (want, cookie),
+                "cmd {cmd} off {off} len {len}"
+            );
+            if want == 0 && cmd == CMD_READ {
+                let mut d = vec![0u8; len as usize];
+                r.s.read_exact(&mut d).unwrap();
+            }
+        };
+    check(&mut r, 0, CMD_READ, u64::MAX - 511, 1024, false, EINVAL);
+    check(&mut r, 0, CMD_WRITE, u64::MAX - 511, 1024, true, EINVAL);
+    check(
+        &mut r,
+        0,
+        CMD_WRITE_ZEROES,
+        u64::MAX - 511,
+        1024,
+        false,
+        EINVAL,
+    );
+    check(&mut r, 0, CMD_READ, size - 512, 1024, false, EINVAL);
+    check(&mut r, 0, CMD_WRITE, size - 512, 1024, true, ENOSPC);
+    check(&mut r, 0, CMD_WRITE_ZEROES, size, 1, false, ENOSPC);
+    check(&mut r, 0, 0x42, 0, 512, false, EINVAL);
+    check(&mut r, 0x8000, CMD_READ, 0, 512, false, EINVAL);
+    check(&mut r, 2, CMD_WRITE, 0, 512, true, EINVAL); // NO_HOLE on WRITE
+    check(&mut r, 2, CMD_READ, 0, 512, false, EINVAL);
+    check(&mut r, 0, CMD_READ, 0, 0, false, 0);
+    check(&mut r, 0, CMD_WRITE, 0, 0, false, 0);
+    check(&mut r, 0, CMD_WRITE_ZEROES, 0, 0, false, 0);
+    check(&mut r, 1, CMD_WRITE, 1, 511, true, 0); // FUA, unaligned
+    check(&mut r, 3, CMD_WRITE_ZEROES, 1, 10, false, 0); // FUA|NO_HOLE
+    check(&mut r, 1, CMD_FLUSH, 0, 0, false, 0);
+    check(&mut r, 0, CMD_READ, size - 1, 1, false, 0);
+    let mut want = vec![0x11u8; 512];
+    want[0] = 0;
+    want[1..11].fill(0);
+    assert_eq!(
+        srv.export.snapshot(0, 512),
+        want,
+        "only the accepted writes landed"
+    );
+    assert!(srv.export.fua_writes.load(Ordering::SeqCst) >= 2);
+    r.request(0, CMD_DISC, 0, 0, 0);
+    assert!(r.closed());
+    srv.stop();
+}
+
+#[test]
+fn read_only_export() {
+    let srv = TestServer::start(MemExport::new(MIB, 512), true);
+    srv.export.data.write().unwrap()[..4].copy_from_slice(b"RO!!");
+    let (mut r, _, flags) = Raw::go(&srv.sock);
+    assert_eq!(flags & 2, 2, "READ_ONLY flag");
+    assert_eq!(&r.read(0, 512)[..4], b"RO!!");
+    r.write(2, 0, &[0xFF; 512]);
+    assert_eq!(r.reply().unwrap(), (EPERM, 2));
+    r.request(0, CMD_WRITE_ZEROES, 3, 0, 512);
+    assert_eq!(r.reply().unwrap(), (EPERM, 3));
+    r.request(0, CMD_FLUSH, 4, 0, 0);
+    assert_eq!(r.reply().unwrap(), (0, 4));
+    assert_eq!(
+        &r.read(0, 4),
+        b"RO!!",
+        "stream in sync after refused write payload"
+    );
+    assert_eq!(srv.export.snapshot(0, 4), b"RO!!");
+    srv.stop();
+}
+
+#[test]
+fn write_half_payload_then_hang_up() {
+    let srv = server(MIB);
+    {
+        let (mut r, _, _) = Raw::go(&srv.sock);
+        r.request(0, CMD_WRITE, 1, 4096, 65536);
+        r.s.write_all(&[0xCC; 32768]).unwrap();
+    }
+    assert_serving(&srv.sock);
+    assert!(
+        srv.export.snapshot(4096, 65536).iter().all(|&b| b == 0),
+        "partial write applied"
+    );
+    srv.stop();
+}
+
+#[test]
+fn bad_request_magic_closes_only_that_connection() {
+    let srv = server(MIB);
+    let (mut good, _, _) = Raw::go(&srv.sock);
+    let (mut bad, _, _) = Raw::go(&srv.sock);
+    bad.s.write_all(&[0x5A; 28]).unwrap();
+    assert!(bad.closed());
+    good.write(1, 0, b"still here");
+    assert_eq!(good.reply().unwrap(), (0, 1));
+    assert_eq!(good.read(0, 10), b"still here");
+    srv.stop();
+}
+
+#[test]
+fn disc_with_writes_in_flight_persists_them() {
+    let srv = server(4 * MIB);
+    let flushes_before = srv.export.flushes.load(Ordering::SeqCst);
+    let data = pattern(32 * 65536, 5);
+    let (mut r, _, _) = Raw::go(&srv.sock);
+    let mut burst = Vec::new();
+    for i in 0..32u64 {
+        let mut h = REQ_MAGIC.to_be_bytes().to_vec();
+        h.extend_from_slice(&0u16.to_be_bytes());
+        h.extend_from_slice(&CMD_WRITE.to_be_bytes());
+        h.extend_from_slice(&(1000 + i).to_be_bytes());
+        h.extend_from_slice(&(i * 65536).to_be_bytes());
+        h.extend_from_slice(&65536u32.to_be_bytes());
+        burst.extend_from_slice(&h);
+        burst.extend_from_slice(&data[i as usize * 65536..(i as usize + 1) * 65536]);
+    }
+    let mut h = REQ_MAGIC.to_be_bytes().to_vec();
+    h.extend_from_slice(&[0, 0, 0, 2]);
+    h.extend_from_slice(&[0u8; 20]);
+    burst.extend_from_slice(&h);
+    r.s.write_all(&burst).unwrap();
+    let mut cookies = Vec::new();
+    while let Ok((err, c)) = r.reply() {
+        assert_eq!(err, 0);
+        cookies.push(c);
+    }
+    cookies.sort();
+    assert_eq!(
+        cookies,
+        (1000..1032).collect::<Vec<_>>(),
+        "every write replied, no DISC reply"
+    );
+    assert!(
+        srv.export.flushes.load(Ordering::SeqCst) > flushes_before,
+        "flushed on DISC"
+    );
+    let (mut r, _, _) = Raw::go(&srv.sock);
+    assert!(r.read(0, 32 * 65536) == data);
+    srv.stop();
+}
+
+#[test]
+fn many_concurrent_clients_and_a_vandal() {
+    let srv = server(32 * MIB);
+    let sock = srv.sock.clone();
+    let vandal = {
+        let sock = sock.clone();
+        std::thread::spawn(move || {
+            for _ in 0..20 {
+                let (mut r, _, _) = Raw::go(&sock);
+                let _ = r.s.write_all(b"garbage garbage garbage garbage");
+                assert!(r.closed());
+            }
+        })
+    };
+    let clients: Vec<_> = (0..16u64)
+        .map(|n| {
+            let sock = sock.clone();
+            std::thread::spawn(move || {
+                let (mut r, _, _) = Raw::go(&sock);
+                let base = n * 2 * MIB as u64;
+                let data = pattern(2 * MIB, n as u8);
+                // pipeline 32 writes of 64 KiB
+                for i in 0..32u64 {
+                    let o = (i * 65536) as usize;
+                    r.write(i, base + i * 65536, &data[o..o + 65536]);
+                }
+                let mut seen: Vec<u64> = (0..32)
+                    .map(|_| r.reply().unwrap())
+                    .map(|(e, c)| {
+                        assert_eq!(e, 0);
+                        c
+                    })
+                    .collect();
+                seen.sort();
+                assert_eq!(seen, (0..32).collect::<Vec<_>>());
+                r.request(0, CMD_FLUSH, 100, 0, 0);
+                assert_eq!(r.reply().unwrap(), (0, 100));
+                assert!(r.read(base, 2 * MIB as u32) == data);
+                r.request(0, CMD_DISC, 0, 0, 0);
+                assert!(r.closed());
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    vandal.join().unwrap();
+    for n in 0..16u64 {
+        let base = (n * 2) as usize * MIB;
+        assert!(srv.export.snapshot(base, 2 * MIB) == pattern(2 * MIB, n as u8));
+    }
+    srv.stop();
+}
+
+#[test]
+fn shutdown_with_client_attached_returns_ok() {
+    let srv = server(MIB);
+    let (mut r, _, _) = Raw::go(&srv.sock);
+    r.write(1, 0, b"before shutdown");
+    assert_eq!(r.reply().unwrap(), (0, 1));
+    let mut idle = Raw::connect(&srv.sock, 3); // still negotiating
+    let export = srv.export.clone();
+    let flushes = export.flushes.load(Ordering::SeqCst);
+    srv.stop(); // asserts serve() returned Ok and removed the socket
+    assert!(r.closed());
+    assert!(idle.closed());
+    assert!(export.flushes.load(Ordering::SeqCst) > flushes);
+    assert_eq!(export.snapshot(0, 15), b"before shutdown");
+}
+
+#[test]
+fn shutdown_does_not_hang_on_a_client_that_never_reads_replies() {
+    let srv = server(32 * MIB);
+    let (mut r, _, _) = Raw::go(&srv.sock);
+    // 128 READs of 32 MiB, never reading a reply: the writer stalls on a full socket buffer
+    // and the reader on its buffer budget.
+    for i in 0..128 {
+        r.request(0, CMD_READ, i, 0, 32 << 20);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        srv.stop(); // asserts serve() returned Ok
+        let _ = tx.send(());
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("shutdown blocked by a client that does not read its replies");
+    assert_no_huge_allocation();
+}
