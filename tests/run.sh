@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The project's test command (README "Tests"; `.ci/run` runs exactly this):
+# installs the system packages the tests need (idempotent), then runs every test, the VM test
+# included. Exit 0 only if everything passed.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$HOME/.cargo/bin:$PATH"
+
+# Real peers the tests drive: cryptsetup (interop), libnbd (nbdinfo, nbdcopy, Python nbd),
+# qemu-utils (qemu-io, qemu-img), nbd-client (list mode here, attach in the guest), Python
+# cryptography (independent AES-XTS), OpenSSL headers (the XTS differential test), and the VM
+# harness's guest packages. qemu-system-x86 comes only from bookworm and needs the bookworm
+# qemu-utils beside it (a plain install of it removes the preinstalled qemu-utils backport).
+pkgs=(cryptsetup-bin libnbd-bin python3-libnbd python3-cryptography nbd-client nbdkit
+      qemu-system-x86 busybox-static cpio e2fsprogs libssl-dev pkg-config)
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "tests/run.sh: installing ${missing[*]}"
+    install() {
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --allow-downgrades \
+            --no-install-recommends "${pkgs[@]}" qemu-utils/bookworm
+    }
+    install || { apt-get update -q && install; }
+fi
+
+echo "tests/run.sh: cargo fmt --check, clippy"
+cargo fmt --check
+cargo clippy --all-targets --locked -- -D warnings
+
+echo "tests/run.sh: cargo test"
+cargo test --locked
+
+echo "tests/run.sh: VM test (kernel nbd-client in a QEMU guest)"
+NBDCRYPT="$PWD/target/debug/nbdcrypt" bash vm-tests/run.sh </dev/null
