@@ -208,8 +208,7 @@ fn xts_4096_byte_sectors_match_openssl() {
     cipher.encrypt(&mut ct, 512, 77);
     for j in 0..8 {
         let tweak = (77 + j as u64) as u128;
-        let expect =
-            openssl_xts_encrypt(&key, &tweak.to_le_bytes(), &pt[j * 512..(j + 1) * 512]);
+        let expect = openssl_xts_encrypt(&key, &tweak.to_le_bytes(), &pt[j * 512..(j + 1) * 512]);
         assert_eq!(
             &ct[j * 512..(j + 1) * 512],
             &expect[..],

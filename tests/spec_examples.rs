@@ -16,7 +16,10 @@ fn hex(s: &str) -> Vec<u8> {
 /// `00..3f` → 0x00..=0x3f; `11*32` → 32 bytes of 0x11; `zeros(n)`; else hex.
 fn bytes(s: &str) -> Vec<u8> {
     if let Some((a, b)) = s.split_once("..") {
-        let (a, b) = (u8::from_str_radix(a, 16).unwrap(), u8::from_str_radix(b, 16).unwrap());
+        let (a, b) = (
+            u8::from_str_radix(a, 16).unwrap(),
+            u8::from_str_radix(b, 16).unwrap(),
+        );
         return (a..=b).collect();
     }
     if let Some((v, n)) = s.split_once('*') {

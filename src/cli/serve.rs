@@ -118,12 +118,15 @@ pub fn demo(dir: &Path, listen: SocketAddr) -> Result<(), CliError> {
     if !image.exists() {
         std::fs::create_dir_all(dir)
             .map_err(|e| CliError::Usage(format!("cannot create {}: {e}", dir.display())))?;
-        let pass: String = crate::crypto::random_bytes(24)
-            .map_err(crate::volume::VolumeError::from)?
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        write_private(&key, pass.as_bytes())?;
+        if !key.exists() {
+            let pass: String = crate::crypto::random_bytes(24)
+                .map_err(crate::volume::VolumeError::from)?
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            write_private(&key, pass.as_bytes())?;
+        }
+        let pass = read_key(&key)?;
         let opts = FormatOptions {
             size: Some(64 << 20),
             sector_size: 512,
@@ -141,10 +144,9 @@ pub fn demo(dir: &Path, listen: SocketAddr) -> Result<(), CliError> {
             image.display(),
             key.display()
         );
-        volume::format(&image, &opts, pass.as_bytes())?;
+        volume::format(&image, &opts, pass.expose())?;
     }
-    let pass = std::fs::read(&key)
-        .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", key.display())))?;
+    let pass = read_key(&key)?;
     let uri = format!("nbd://{listen}/demo");
     println!(
         "Serving {} as NBD export 'demo' on {listen}. Attach it with:",
@@ -161,13 +163,19 @@ pub fn demo(dir: &Path, listen: SocketAddr) -> Result<(), CliError> {
     println!("Stop with Ctrl-C.");
     serve(ServeArgs {
         image,
-        passphrase: Passphrase::new(pass),
+        passphrase: pass,
         key_slot: None,
         listen: vec![listen],
         socket: vec![],
         export_name: Some("demo".into()),
         read_only: false,
     })
+}
+
+fn read_key(path: &Path) -> Result<Passphrase, CliError> {
+    std::fs::read(path)
+        .map(Passphrase::new)
+        .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", path.display())))
 }
 
 fn write_private(path: &Path, data: &[u8]) -> Result<(), CliError> {
