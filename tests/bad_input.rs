@@ -282,3 +282,63 @@ fn empty_key_file_and_bad_flags() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("too small"), "{}", stderr(&out));
 }
+
+#[test]
+fn argon2_memory_beyond_the_machine_is_exit_3() {
+    let dir = tempdir();
+    let key = key_file(dir.path());
+    let img = dir.path().join("m.img");
+    format_cheap(&img, &key, "17M", 512, "argon2id");
+    edit_metadata(&img, |v| {
+        v["keyslots"]["0"]["kdf"]["memory"] = u32::MAX.into();
+    });
+    let before = file_hash(&img);
+    let out = run(nbdcrypt()
+        .arg("test-passphrase")
+        .arg(&img)
+        .arg("--key-file")
+        .arg(&key));
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("KiB of memory"), "{}", stderr(&out));
+    assert_eq!(before, file_hash(&img));
+}
+
+#[test]
+fn overlapping_keyslot_areas_are_refused() {
+    let dir = tempdir();
+    let key = key_file(dir.path());
+    let img = fresh(dir.path(), "ov.img", &key);
+    edit_metadata(&img, |v| {
+        let mut ks1 = v["keyslots"]["0"].clone();
+        ks1["area"]["offset"] = "36864".into();
+        v["keyslots"]["1"] = ks1;
+    });
+    refused(&img, &key, 1, "keyslot areas of keyslots 0 and 1 overlap");
+}
+
+/// The valid copy with the higher seqid wins, whichever copy it is; nothing is rewritten.
+#[test]
+fn higher_seqid_wins() {
+    let dir = tempdir();
+    let key = key_file(dir.path());
+    let img = fresh(dir.path(), "s.img", &key);
+    let mut bytes = std::fs::read(&img).unwrap();
+    let (mut hdr, md) = format::decode_copy(&bytes[16384..32768], 16384).unwrap();
+    hdr.seqid += 1;
+    hdr.label = "newer-secondary".into();
+    let copy = format::encode_copy(&hdr, &md).unwrap();
+    bytes[16384..32768].copy_from_slice(&copy);
+    std::fs::write(&img, &bytes).unwrap();
+    let before = file_hash(&img);
+    let out = run(nbdcrypt().arg("dump").arg(&img));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Label:         \tnewer-secondary"), "{text}");
+    assert!(text.contains("Epoch:         \t2"), "{text}");
+    assert!(
+        stderr(&out).contains("header copies differ"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(before, file_hash(&img));
+}

@@ -328,6 +328,10 @@ fn run(cmd: Command) -> Result<(), CliError> {
             export_name,
             read_only,
         } => {
+            // Refuse a missing, busy or invalid image before asking for a passphrase.
+            let file = volume::open_image(&image, Access::Inspect)?;
+            volume::load_header(&file, &image)?;
+            drop(file);
             let pass = read_passphrase(key.key_file.as_deref(), Prompt::Unlock(&image))?;
             serve::serve(serve::ServeArgs {
                 image,
