@@ -1,9 +1,8 @@
-//! Runs the shared raw-socket conformance probe (`/work/shared/tools/nbd-probe.py`, or
-//! `$NBD_PROBE`) against the in-process server and checks each of its lines.
+//! Runs the shared raw-socket conformance probe (`../shared/tools/nbd-probe.py` beside the
+//! checkout, or `$NBD_PROBE`) against the in-process server with a RAM export and against a
+//! real `nbdcrypt open`, and checks each of its lines.
 
-mod common {
-    pub mod nbd;
-}
+mod common;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -11,15 +10,23 @@ use std::process::Command;
 use common::nbd::*;
 
 fn probe_path() -> PathBuf {
-    let p = std::env::var_os("NBD_PROBE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/work/shared/tools/nbd-probe.py"));
-    assert!(
-        p.is_file(),
-        "NBD probe script not found at {} (set NBD_PROBE to its path)",
-        p.display()
-    );
-    p
+    let candidates: Vec<PathBuf> = match std::env::var_os("NBD_PROBE") {
+        Some(p) => vec![PathBuf::from(p)],
+        None => vec![
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../shared/tools/nbd-probe.py"
+            )),
+            PathBuf::from("/work/shared/tools/nbd-probe.py"),
+        ],
+    };
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!("NBD probe script not found at {candidates:?} (set NBD_PROBE to its path)")
+        })
 }
 
 /// The probe line starting with `id ` (e.g. "H1 "), panicking with the whole output if absent.
@@ -48,18 +55,52 @@ fn probe_conformance() {
             .arg(&srv.sock)
             .arg(EXPORT),
     );
+    check(
+        &out,
+        "EXPORT(size=68157440,flags=0x4d) BLOCK_SIZE(min=512,pref=4096,max=33554432) \
+         NAME('vol') DESCRIPTION('test volume') ACK",
+    );
+    srv.stop();
+}
+
+/// The same probe through the whole stack: `nbdcrypt open` of a LUKS2 volume (unaligned
+/// requests go through read-modify-write, T14's data goes through encryption and restart-free
+/// reconnection), and the server exits 0 afterwards.
+#[test]
+fn probe_against_nbdcrypt_open() {
+    let probe = probe_path();
+    let dir = common::tempdir();
+    let key = common::key_file(dir.path());
+    let img = dir.path().join("probe.img");
+    common::format_cheap(&img, &key, "96M", 512, "pbkdf2");
+    let mut srv = common::Server::start(&img, &key, &[]);
+    let out = run_ok(
+        Command::new(python())
+            .arg(&probe)
+            .arg(&srv.socket)
+            .arg(&srv.export),
+    );
+    check(
+        &out,
+        "EXPORT(size=83886080,flags=0x4d) BLOCK_SIZE(min=512,pref=4096,max=33554432) \
+         NAME('probe') DESCRIPTION('nbdcrypt LUKS2 volume",
+    );
+    let (st, err) = srv.stop();
+    assert!(
+        st.success(),
+        "server must survive the probe and exit 0: {err}"
+    );
+}
+
+fn check(out: &str, h5: &str) {
+    let out = out.to_string();
     eprintln!("{out}");
     expect(&out, "H0", "FIXED_NEWSTYLE=1 NO_ZEROES=1");
     expect(&out, "H1", "-> ERR_UNSUP; option phase then alive");
     expect(&out, "H2", "-> ERR_UNSUP; option phase then alive");
     expect(&out, "H3", "-> ERR_INVALID; option phase then alive");
     expect(&out, "H4", "-> ERR_UNKNOWN; option phase then alive");
-    expect(
-        &out,
-        "H5",
-        "EXPORT(size=68157440,flags=0x4d) BLOCK_SIZE(min=512,pref=4096,max=33554432) \
-         NAME('vol') DESCRIPTION('test volume') ACK",
-    );
+    expect(&out, "H5", h5);
     expect(&out, "H6", "-> ERR_UNSUP; option phase then alive");
     expect(&out, "H7", "-> ERR_UNSUP; option phase then alive");
     expect(&out, "H8", "-> ERR_UNSUP; option phase then alive");
@@ -95,5 +136,4 @@ fn probe_conformance() {
     expect(&out, "T13", "32/32 replies, cookies all matched");
     expect(&out, "T14", "data persisted: True");
     assert!(!out.contains("DESYNC"), "{out}");
-    srv.stop();
 }

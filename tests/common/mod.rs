@@ -3,6 +3,8 @@
 //! one fails the test with a message naming the package.
 #![allow(dead_code)]
 
+pub mod nbd;
+
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
