@@ -49,21 +49,26 @@ fn refused(img: &Path, key: &Path, code: i32, needle: &str) {
     assert_eq!(before, after, "{} was modified", img.display());
 }
 
+/// Rewrite the metadata copy at byte `at` (0 or 16384) with `edit` applied to its JSON,
+/// checksum fixed.
+fn edit_copy(img: &Path, at: usize, edit: &dyn Fn(&mut serde_json::Value)) {
+    let mut bytes = std::fs::read(img).unwrap();
+    let (hdr, md) = format::decode_copy(&bytes[at..at + 16384], at as u64).unwrap();
+    let mut v = serde_json::to_value(&md).unwrap();
+    edit(&mut v);
+    let mut area = hdr.encode().unwrap();
+    let mut json = serde_json::to_vec(&v).unwrap();
+    json.resize(16384 - BINARY_HEADER_SIZE, 0);
+    area.extend(json);
+    format::header::seal(&mut area);
+    bytes[at..at + 16384].copy_from_slice(&area);
+    std::fs::write(img, bytes).unwrap();
+}
+
 /// Rewrite both metadata copies of an image with `edit` applied to the JSON, checksums fixed.
 fn edit_metadata(img: &Path, edit: impl Fn(&mut serde_json::Value)) {
-    let mut bytes = std::fs::read(img).unwrap();
-    for at in [0usize, 16384] {
-        let (hdr, md) = format::decode_copy(&bytes[at..at + 16384], at as u64).unwrap();
-        let mut v = serde_json::to_value(&md).unwrap();
-        edit(&mut v);
-        let mut area = hdr.encode().unwrap();
-        let mut json = serde_json::to_vec(&v).unwrap();
-        json.resize(16384 - BINARY_HEADER_SIZE, 0);
-        area.extend(json);
-        format::header::seal(&mut area);
-        bytes[at..at + 16384].copy_from_slice(&area);
-    }
-    std::fs::write(img, bytes).unwrap();
+    edit_copy(img, 0, &edit);
+    edit_copy(img, 16384, &edit);
 }
 
 fn fresh(dir: &Path, name: &str, key: &Path) -> std::path::PathBuf {
@@ -226,13 +231,36 @@ fn busy_image_is_exit_5() {
         .arg("--key-file")
         .arg(&key));
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
-    // Read-only inspection still works while served.
+    // Read-only inspection still works while served, ours and cryptsetup's (it would wait
+    // forever on an exclusive lock).
     let out = run(nbdcrypt()
         .arg("test-passphrase")
         .arg(&img)
         .arg("--key-file")
         .arg(&key));
     assert_eq!(out.status.code(), Some(0));
+    let out = run(std::process::Command::new("timeout")
+        .arg("20")
+        .arg(require("cryptsetup", "cryptsetup-bin"))
+        .args(["open", "--test-passphrase", "--key-file"])
+        .arg(&key)
+        .arg(&img));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "cryptsetup on a served image: {}",
+        stderr(&out)
+    );
+    // A read-only server cannot join a read-write one either.
+    let out = run(nbdcrypt()
+        .arg("open")
+        .arg(&img)
+        .arg("--read-only")
+        .arg("--key-file")
+        .arg(&key)
+        .arg("--socket")
+        .arg(dir.path().join("ro.sock")));
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
     let (st, _) = srv.stop();
     assert!(st.success());
 }
@@ -283,24 +311,45 @@ fn empty_key_file_and_bad_flags() {
     assert!(stderr(&out).contains("too small"), "{}", stderr(&out));
 }
 
+/// An Argon2 keyslot whose memory cost cannot be allocated is exit 3 (out of memory), here
+/// forced with an address-space limit; a cost above cryptsetup's 4 GiB maximum is refused as
+/// unsupported before anything is allocated.
 #[test]
-fn argon2_memory_beyond_the_machine_is_exit_3() {
+fn argon2_memory_out_of_reach() {
     let dir = tempdir();
     let key = key_file(dir.path());
     let img = dir.path().join("m.img");
     format_cheap(&img, &key, "17M", 512, "argon2id");
+    let before = file_hash(&img);
+    edit_metadata(&img, |v| {
+        v["keyslots"]["0"]["kdf"]["memory"] = (2u32 << 20).into(); // 2 GiB
+    });
+    let out = run(std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -v 1048576 && exec \"$0\" test-passphrase \"$1\" --key-file \"$2\"")
+        .arg(env!("CARGO_BIN_EXE_nbdcrypt"))
+        .arg(&img)
+        .arg(&key));
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("KiB of memory"), "{}", stderr(&out));
+
     edit_metadata(&img, |v| {
         v["keyslots"]["0"]["kdf"]["memory"] = u32::MAX.into();
     });
-    let before = file_hash(&img);
+    let edited = file_hash(&img);
+    assert_ne!(before, edited);
     let out = run(nbdcrypt()
         .arg("test-passphrase")
         .arg(&img)
         .arg("--key-file")
         .arg(&key));
-    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(stderr(&out).contains("KiB of memory"), "{}", stderr(&out));
-    assert_eq!(before, file_hash(&img));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("above the maximum of 4194304 KiB"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(edited, file_hash(&img));
 }
 
 #[test]
@@ -337,6 +386,31 @@ fn higher_seqid_wins() {
     assert!(text.contains("Epoch:         \t2"), "{text}");
     assert!(
         stderr(&out).contains("header copies differ"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(before, file_hash(&img));
+}
+
+/// A copy whose checksum is fine but whose layout is not (a keyslot area outside the keyslots
+/// area) counts as damaged: the other copy is used, as cryptsetup does, and nothing is written.
+#[test]
+fn copy_with_bad_layout_falls_back_to_the_other() {
+    let dir = tempdir();
+    let key = key_file(dir.path());
+    let img = fresh(dir.path(), "l.img", &key);
+    edit_copy(&img, 0, &|v| {
+        v["keyslots"]["0"]["area"]["offset"] = "16700000".into();
+    });
+    let before = file_hash(&img);
+    let out = run(nbdcrypt()
+        .arg("test-passphrase")
+        .arg(&img)
+        .arg("--key-file")
+        .arg(&key));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("primary header is damaged (keyslot 0 area"),
         "{}",
         stderr(&out)
     );

@@ -50,9 +50,14 @@ fn our_format_is_cryptsetups() {
             .arg(&bad)
             .arg(&img));
         assert_eq!(wrong.status.code(), Some(2), "{}", stderr(&wrong));
-        // cryptsetup's own consistency checker agrees.
+        // cryptsetup's own consistency checker finds nothing to repair.
+        let before = std::fs::read(&img).unwrap();
         let repair = run(cryptsetup().args(["repair", "--batch-mode"]).arg(&img));
         assert_eq!(repair.status.code(), Some(0), "{}", stderr(&repair));
+        assert!(
+            std::fs::read(&img).unwrap() == before,
+            "cryptsetup repair changed {pbkdf}/{sector}"
+        );
     }
 }
 
@@ -111,6 +116,26 @@ fn dump_matches_luksdump() {
     ok(cryptsetup()
         .args(["config", "--label", "mylabel", "--subsystem", "mysub"])
         .arg(&a));
+    ok(cryptsetup()
+        .args([
+            "token",
+            "add",
+            "--key-description",
+            "mykey",
+            "--key-slot",
+            "0",
+        ])
+        .arg(&a));
+    let tok = dir.path().join("tok.json");
+    std::fs::write(
+        &tok,
+        r#"{"type":"nbd-escrow","keyslots":["0"],"url":"https://x"}"#,
+    )
+    .unwrap();
+    ok(cryptsetup()
+        .args(["token", "import", "--json-file"])
+        .arg(&tok)
+        .arg(&a));
     let b = dir.path().join("ours.img");
     format_cheap(&b, &key, "20M", 512, "pbkdf2");
     for img in [&a, &b] {
@@ -126,4 +151,147 @@ fn dump_matches_luksdump() {
     let ours: serde_json::Value =
         serde_json::from_str(&ok(nbdcrypt().args(["dump", "--json"]).arg(&a))).unwrap();
     assert_eq!(ours, theirs);
+}
+
+fn test_pass(img: &std::path::Path, key: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    run(nbdcrypt()
+        .arg("test-passphrase")
+        .arg(img)
+        .arg("--key-file")
+        .arg(key)
+        .args(extra))
+}
+
+/// `--key-slot` and keyslot priorities behave as cryptsetup's: a named slot is the only one
+/// tried, an inactive one is "No usable keyslot" (exit 1), `ignore` slots are skipped unless
+/// named.
+#[test]
+fn keyslot_selection_and_priority() {
+    let dir = tempdir();
+    let key = key_file(dir.path());
+    let key2 = dir.path().join("key2");
+    std::fs::write(&key2, b"second passphrase").unwrap();
+    let img = dir.path().join("two.img");
+    format_cheap(&img, &key, "20M", 512, "pbkdf2");
+    ok(cryptsetup()
+        .args([
+            "luksAddKey",
+            "--batch-mode",
+            "--pbkdf",
+            "pbkdf2",
+            "--pbkdf-force-iterations",
+            "1000",
+        ])
+        .arg("--key-file")
+        .arg(&key)
+        .arg(&img)
+        .arg(&key2));
+    let out = test_pass(&img, &key2, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Key slot 1 unlocked."),
+        "{}",
+        stderr(&out)
+    );
+    let out = test_pass(&img, &key2, &["--key-slot", "0"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let out = test_pass(&img, &key2, &["--key-slot", "1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    for slot in ["5", "40"] {
+        let out = test_pass(&img, &key2, &["--key-slot", slot]);
+        assert_eq!(out.status.code(), Some(1), "slot {slot}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("No usable keyslot"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    ok(cryptsetup()
+        .args(["config", "--priority", "ignore", "--key-slot", "1"])
+        .arg(&img));
+    let out = test_pass(&img, &key2, &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "ignored slot tried: {}",
+        stderr(&out)
+    );
+    let out = test_pass(&img, &key2, &["--key-slot", "1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = test_pass(&img, &key, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // The same answers from cryptsetup itself.
+    let cs = run(cryptsetup()
+        .args(["open", "--test-passphrase", "--key-file"])
+        .arg(&key2)
+        .arg(&img));
+    assert_eq!(cs.status.code(), Some(2), "{}", stderr(&cs));
+}
+
+/// Passphrase sources mean the same bytes as in cryptsetup: one line of a non-terminal stdin
+/// without its newline; `--key-file -` all of stdin, byte for byte.
+#[test]
+fn passphrase_sources_match_cryptsetup() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let dir = tempdir();
+    let pipe = |args: &[&str], img: &std::path::Path, input: &[u8]| {
+        let mut child = nbdcrypt()
+            .args(args)
+            .arg(img)
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    };
+    let cheap = [
+        "format",
+        "--size",
+        "20M",
+        "--pbkdf",
+        "pbkdf2",
+        "--pbkdf-force-iterations",
+        "1000",
+    ];
+    let a = dir.path().join("line.img");
+    pipe(&cheap, &a, b"line secret\nignored second line\n");
+    let b = dir.path().join("dash.img");
+    let mut args = cheap.to_vec();
+    args.extend(["--key-file", "-"]);
+    pipe(&args, &b, b"all\nof stdin\n");
+    for (img, bytes, wrong) in [
+        (&a, &b"line secret"[..], &b"line secret\n"[..]),
+        (&b, &b"all\nof stdin\n"[..], &b"all"[..]),
+    ] {
+        let k = dir.path().join("k");
+        std::fs::write(&k, bytes).unwrap();
+        let cs = run(cryptsetup()
+            .args(["open", "--test-passphrase", "--key-file"])
+            .arg(&k)
+            .arg(img));
+        assert_eq!(
+            cs.status.code(),
+            Some(0),
+            "{}: {}",
+            img.display(),
+            stderr(&cs)
+        );
+        std::fs::write(&k, wrong).unwrap();
+        let cs = run(cryptsetup()
+            .args(["open", "--test-passphrase", "--key-file"])
+            .arg(&k)
+            .arg(img));
+        assert_eq!(
+            cs.status.code(),
+            Some(2),
+            "{}: {}",
+            img.display(),
+            stderr(&cs)
+        );
+    }
+    // And unlocking with one stdin line works the same way.
+    pipe(&["test-passphrase"], &a, b"line secret\n");
 }

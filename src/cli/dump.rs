@@ -63,28 +63,36 @@ pub fn render(lh: &LoadedHeader) -> String {
     let _ = writeln!(o, "\nKeyslots:");
     for (id, k) in &md.keyslots {
         let _ = writeln!(o, "  {id}: {}", k.kind);
-        let _ = writeln!(o, "\tKey:        {} bits", k.key_size * 8);
+        let _ = writeln!(o, "\tKey:        {} bits", u64::from(k.key_size) * 8);
         let prio = match k.priority.unwrap_or(1) {
             0 => "ignored",
             2 => "preferred",
             _ => "normal",
         };
         let _ = writeln!(o, "\tPriority:   {prio}");
-        let _ = writeln!(o, "\tCipher:     {}", k.area.encryption);
-        let _ = writeln!(o, "\tCipher key: {} bits", k.area.key_size * 8);
-        let _ = writeln!(o, "\tPBKDF:      {}", k.kdf.kind);
-        if k.kdf.kind == "pbkdf2" {
-            let _ = writeln!(o, "\tHash:       {}", k.kdf.hash.as_deref().unwrap_or("?"));
-            let _ = writeln!(o, "\tIterations: {}", k.kdf.iterations.unwrap_or(0));
-        } else {
-            let _ = writeln!(o, "\tTime cost:  {}", k.kdf.time.unwrap_or(0));
-            let _ = writeln!(o, "\tMemory:     {}", k.kdf.memory.unwrap_or(0));
-            let _ = writeln!(o, "\tThreads:    {}", k.kdf.cpus.unwrap_or(0));
+        if let Some(enc) = &k.area.encryption {
+            let _ = writeln!(o, "\tCipher:     {enc}");
         }
-        o.push_str("\tSalt:       ");
-        hex_block(&mut o, &k.kdf.salt, "\t            ");
-        let _ = writeln!(o, "\tAF stripes: {}", k.af.stripes);
-        let _ = writeln!(o, "\tAF hash:    {}", k.af.hash);
+        if let Some(ks) = k.area.key_size {
+            let _ = writeln!(o, "\tCipher key: {} bits", u64::from(ks) * 8);
+        }
+        if let Some(kdf) = &k.kdf {
+            let _ = writeln!(o, "\tPBKDF:      {}", kdf.kind);
+            if kdf.kind == "pbkdf2" {
+                let _ = writeln!(o, "\tHash:       {}", kdf.hash.as_deref().unwrap_or("?"));
+                let _ = writeln!(o, "\tIterations: {}", kdf.iterations.unwrap_or(0));
+            } else {
+                let _ = writeln!(o, "\tTime cost:  {}", kdf.time.unwrap_or(0));
+                let _ = writeln!(o, "\tMemory:     {}", kdf.memory.unwrap_or(0));
+                let _ = writeln!(o, "\tThreads:    {}", kdf.cpus.unwrap_or(0));
+            }
+            o.push_str("\tSalt:       ");
+            hex_block(&mut o, &kdf.salt, "\t            ");
+        }
+        if let Some(af) = &k.af {
+            let _ = writeln!(o, "\tAF stripes: {}", af.stripes);
+            let _ = writeln!(o, "\tAF hash:    {}", af.hash);
+        }
         let _ = writeln!(o, "\tArea offset:{} [bytes]", k.area.offset);
         let _ = writeln!(o, "\tArea length:{} [bytes]", k.area.size);
         let ids = id.to_string();
@@ -96,12 +104,16 @@ pub fn render(lh: &LoadedHeader) -> String {
     for (id, t) in &md.tokens {
         let kind = t.get("type").and_then(|v| v.as_str()).unwrap_or("?");
         let _ = writeln!(o, "  {id}: {kind}");
-        if let Some(ks) = t.get("keyslots").and_then(|v| v.as_array()) {
-            let ks: Vec<String> = ks
-                .iter()
-                .map(|v| v.as_str().unwrap_or("?").to_string())
-                .collect();
-            let _ = writeln!(o, "\tKeyslot:    {}", ks.join(" "));
+        if let Some(desc) = t.get("key_description").and_then(|v| v.as_str()) {
+            let _ = writeln!(o, "\tKey description: {desc}");
+        }
+        for ks in t
+            .get("keyslots")
+            .and_then(|v| v.as_array())
+            .into_iter()
+            .flatten()
+        {
+            let _ = writeln!(o, "\tKeyslot:    {}", ks.as_str().unwrap_or("?"));
         }
     }
     let _ = writeln!(o, "Digests:");

@@ -62,7 +62,7 @@ impl CliError {
         match self {
             CliError::Volume(v) => match v {
                 VolumeError::WrongPassphrase => {
-                    Some("check the passphrase or key file (a key file is used byte for byte, newline included)")
+                    Some("check the passphrase; a --key-file is used byte for byte, a trailing newline included")
                 }
                 VolumeError::NotLuks { .. } => Some("create a volume with `nbdcrypt format IMAGE`"),
                 VolumeError::Corrupt { .. } => Some("restore a header backup, or run `cryptsetup repair` on a copy of the image"),
@@ -221,14 +221,17 @@ fn parse_size(s: &str) -> Result<u64, String> {
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
+        Err(e) if e.use_stderr() => {
+            // One line, as every other error: clap's first line, without its "error: ".
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("nbdcrypt: {}", first.trim_start_matches("error: "));
+            eprintln!("hint: see `nbdcrypt --help` or `nbdcrypt COMMAND --help`");
+            return EXIT_INVALID;
+        }
         Err(e) => {
-            let code = if e.use_stderr() {
-                EXIT_INVALID
-            } else {
-                EXIT_OK
-            };
-            let _ = e.print();
-            return code;
+            let _ = e.print(); // --help, --version
+            return EXIT_OK;
         }
     };
     init_logging();
@@ -315,8 +318,9 @@ fn run(cmd: Command) -> Result<(), CliError> {
             let file = volume::open_image(&image, Access::Inspect)?;
             let lh = volume::load_header(&file, &image)?;
             warn_all(&lh.warnings);
-            let pass = read_passphrase(key.key_file.as_deref(), Prompt::Unlock(&image))?;
-            let k = volume::unlock(&file, &image, &lh, pass.expose(), key.key_slot)?;
+            let k = passphrase::unlock_with_tries(key.key_file.as_deref(), &image, |pass| {
+                volume::unlock(&file, &image, &lh, pass, key.key_slot)
+            })?;
             eprintln!("Key slot {} unlocked.", k.keyslot);
             Ok(())
         }
@@ -327,22 +331,15 @@ fn run(cmd: Command) -> Result<(), CliError> {
             socket,
             export_name,
             read_only,
-        } => {
-            // Refuse a missing, busy or invalid image before asking for a passphrase.
-            let file = volume::open_image(&image, Access::Inspect)?;
-            volume::load_header(&file, &image)?;
-            drop(file);
-            let pass = read_passphrase(key.key_file.as_deref(), Prompt::Unlock(&image))?;
-            serve::serve(serve::ServeArgs {
-                image,
-                passphrase: pass,
-                key_slot: key.key_slot,
-                listen,
-                socket,
-                export_name,
-                read_only,
-            })
-        }
+        } => serve::serve(serve::ServeArgs {
+            image,
+            key_file: key.key_file,
+            key_slot: key.key_slot,
+            listen,
+            socket,
+            export_name,
+            read_only,
+        }),
         Command::Demo { dir, listen } => serve::demo(&dir, listen),
     }
 }

@@ -5,12 +5,45 @@
 use std::io::{IsTerminal, Read};
 use std::path::Path;
 
+use zeroize::Zeroizing;
+
 use crate::crypto::Passphrase;
+use crate::volume::VolumeError;
 
 use super::CliError;
 
 /// Largest key file we read, bytes (cryptsetup's default `--keyfile-size` limit, 8 MiB).
 const MAX_KEYFILE: u64 = 8 << 20;
+
+/// Passphrase attempts at a terminal prompt (cryptsetup's `--tries` default).
+const TRIES: u32 = 3;
+
+/// Read a passphrase (as [`read_passphrase`] with [`Prompt::Unlock`]) and try it with `unlock`;
+/// at a terminal prompt a wrong passphrase is asked again, up to three times in all.
+///
+/// Errors: as [`read_passphrase`], and the last error of `unlock`.
+pub fn unlock_with_tries<T>(
+    key_file: Option<&Path>,
+    image: &Path,
+    mut unlock: impl FnMut(&[u8]) -> Result<T, VolumeError>,
+) -> Result<T, CliError> {
+    let tries = if key_file.is_none() && std::io::stdin().is_terminal() {
+        TRIES
+    } else {
+        1
+    };
+    let mut attempt = 1;
+    loop {
+        let pass = read_passphrase(key_file, Prompt::Unlock(image))?;
+        match unlock(pass.expose()) {
+            Err(VolumeError::WrongPassphrase) if attempt < tries => {
+                eprintln!("{}", VolumeError::WrongPassphrase);
+                attempt += 1;
+            }
+            r => return Ok(r?),
+        }
+    }
+}
 
 /// How the passphrase is asked for.
 pub enum Prompt<'a> {
@@ -28,7 +61,8 @@ pub fn read_passphrase(
     key_file: Option<&Path>,
     prompt: Prompt<'_>,
 ) -> Result<Passphrase, CliError> {
-    let bytes = match key_file {
+    // Every buffer that holds the secret is zeroizing; `bytes` moves (no copy) into the result.
+    let mut bytes = match key_file {
         Some(p) if p == Path::new("-") => read_limited(std::io::stdin().lock(), "stdin")?,
         Some(p) => {
             let f = std::fs::File::open(p).map_err(|e| {
@@ -41,29 +75,26 @@ pub fn read_passphrase(
                 Prompt::Unlock(p) => (p, false),
                 Prompt::New(p) => (p, true),
             };
-            let first =
-                rpassword::prompt_password(format!("Enter passphrase for {}: ", path.display()))
-                    .map_err(|e| CliError::Usage(format!("cannot read passphrase: {e}")))?;
-            if twice {
-                let second = rpassword::prompt_password("Verify passphrase: ")
-                    .map_err(|e| CliError::Usage(format!("cannot read passphrase: {e}")))?;
-                if first != second {
-                    return Err(CliError::Usage("passphrases do not match".into()));
-                }
-                drop(zeroize::Zeroizing::new(second));
+            let ask = |text: String| {
+                rpassword::prompt_password(text)
+                    .map(Zeroizing::new)
+                    .map_err(|e| CliError::Usage(format!("cannot read passphrase: {e}")))
+            };
+            let first = ask(format!("Enter passphrase for {}: ", path.display()))?;
+            if twice && *ask("Verify passphrase: ".into())? != *first {
+                return Err(CliError::Usage("passphrases do not match".into()));
             }
-            zeroize::Zeroizing::new(first).as_bytes().to_vec()
+            Zeroizing::new(first.as_bytes().to_vec())
         }
         None => {
             let mut line = read_limited(std::io::stdin().lock(), "stdin")?;
             if let Some(nl) = line.iter().position(|&c| c == b'\n') {
-                zeroize::Zeroize::zeroize(&mut line[nl..]);
-                line.truncate(nl);
+                line.truncate(nl); // Zeroizing wipes the whole capacity on drop
             }
             line
         }
     };
-    let p = Passphrase::new(bytes);
+    let p = Passphrase::new(std::mem::take(&mut *bytes));
     if p.is_empty() {
         return Err(CliError::Usage(
             "the passphrase is empty (nothing to read on input)".into(),
@@ -72,15 +103,24 @@ pub fn read_passphrase(
     Ok(p)
 }
 
-fn read_limited(r: impl Read, what: &str) -> Result<Vec<u8>, CliError> {
-    let mut buf = zeroize::Zeroizing::new(Vec::new());
-    r.take(MAX_KEYFILE + 1)
-        .read_to_end(&mut buf)
-        .map_err(|e| CliError::Usage(format!("cannot read key from {what}: {e}")))?;
-    if buf.len() as u64 > MAX_KEYFILE {
+/// Read at most [`MAX_KEYFILE`] bytes into one buffer allocated up front, so no reallocation
+/// leaves an unwiped copy of the key behind.
+fn read_limited(mut r: impl Read, what: &str) -> Result<Zeroizing<Vec<u8>>, CliError> {
+    let mut buf = Zeroizing::new(vec![0u8; MAX_KEYFILE as usize + 1]);
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(CliError::Usage(format!("cannot read key from {what}: {e}"))),
+        }
+    }
+    if n as u64 > MAX_KEYFILE {
         return Err(CliError::Usage(format!(
             "key file {what} is larger than {MAX_KEYFILE} bytes"
         )));
     }
-    Ok(std::mem::take(&mut *buf))
+    buf.truncate(n);
+    Ok(buf)
 }

@@ -5,20 +5,29 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::crypto::Passphrase;
-use crate::nbd::{self, ExportConfig, Listen};
-use crate::volume::{self, FormatOptions, KdfChoice, KdfKind, Volume};
+use zeroize::Zeroizing;
 
+use crate::nbd::{self, ExportConfig, Listen};
+use crate::volume::{self, Access, FormatOptions, KdfChoice, KdfKind, Volume, VolumeError};
+
+use super::passphrase::{read_passphrase, unlock_with_tries, Prompt};
 use super::CliError;
 
 /// What `open` serves, where.
 pub struct ServeArgs {
+    /// Image file.
     pub image: PathBuf,
-    pub passphrase: Passphrase,
+    /// `--key-file`.
+    pub key_file: Option<PathBuf>,
+    /// `--key-slot`.
     pub key_slot: Option<u32>,
+    /// `--listen` addresses.
     pub listen: Vec<SocketAddr>,
+    /// `--socket` paths.
     pub socket: Vec<PathBuf>,
+    /// `--export-name`.
     pub export_name: Option<String>,
+    /// `--read-only`.
     pub read_only: bool,
 }
 
@@ -33,22 +42,35 @@ fn default_export_name(image: &Path) -> String {
         .unwrap_or_else(|| "vol".into())
 }
 
-/// Unlock and serve until a signal; see the module docs.
+/// Open the image (locks first, so a missing, busy or invalid image is refused before the
+/// passphrase is asked for), unlock it and serve it until a signal.
 pub fn serve(args: ServeArgs) -> Result<(), CliError> {
+    serve_with(args, None)
+}
+
+/// [`serve`], printing `banner` once the listeners are up.
+fn serve_with(args: ServeArgs, banner: Option<String>) -> Result<(), CliError> {
     let ServeArgs {
         image,
-        passphrase,
+        key_file,
         key_slot,
         mut listen,
         socket,
         export_name,
         read_only,
     } = args;
-    let (vol, lh) = Volume::open(&image, passphrase.expose(), key_slot, read_only)?;
-    drop(passphrase);
-    for w in &lh.warnings {
-        eprintln!("warning: {w}");
-    }
+    let access = if read_only {
+        Access::ReadShared
+    } else {
+        Access::WriteExclusive
+    };
+    let file = volume::open_image(&image, access)?;
+    let lh = volume::load_header(&file, &image)?;
+    super::warn_all(&lh.warnings);
+    let key = unlock_with_tries(key_file.as_deref(), &image, |pass| {
+        volume::unlock(&file, &image, &lh, pass, key_slot)
+    })?;
+    let vol = Volume::new(file, &image, &lh, key, read_only)?;
     if listen.is_empty() && socket.is_empty() {
         listen.push(DEFAULT_LISTEN.parse().expect("valid default address"));
     }
@@ -69,21 +91,26 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
         description: Some(format!("nbdcrypt LUKS2 volume {}", image.display())),
         read_only,
     };
-    run_server(listeners, Arc::new(vol), config)
+    run_server(listeners, Arc::new(vol), config, banner)
 }
 
 fn run_server(
     listeners: Vec<Listen>,
     vol: Arc<Volume>,
     config: ExportConfig,
+    banner: Option<String>,
 ) -> Result<(), CliError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| CliError::Usage(format!("cannot start the runtime: {e}")))?;
-    let result = rt.block_on(async move {
+    let result = rt.block_on(async {
+        // Polled first once every listener is bound (nbd::serve's contract).
         let shutdown = async {
             use tokio::signal::unix::{signal, SignalKind};
+            if let Some(b) = &banner {
+                println!("{b}");
+            }
             let (Ok(mut int), Ok(mut term)) = (
                 signal(SignalKind::interrupt()),
                 signal(SignalKind::terminate()),
@@ -97,21 +124,26 @@ fn run_server(
             }
             tracing::info!("signal received: finishing in-flight requests");
         };
-        nbd::serve(listeners, vol.clone(), config, shutdown).await?;
-        // All sessions have ended; flush once more ourselves and drop the last reference,
-        // which wipes the keys.
-        vol.flush()?;
-        drop(vol);
-        Ok::<(), CliError>(())
+        nbd::serve(listeners, vol.clone(), config, shutdown).await
     });
     rt.shutdown_background();
     result?;
-    tracing::info!("stopped; keys wiped");
+    // Every session has ended; the last reference wipes the keys (AES key schedules and the
+    // volume key are zeroized on drop).
+    match Arc::try_unwrap(vol) {
+        Ok(vol) => {
+            vol.flush()?;
+            drop(vol);
+            tracing::info!("stopped; keys wiped");
+        }
+        Err(_) => tracing::warn!("stopped; a stalled request still held the volume at exit"),
+    }
     Ok(())
 }
 
-/// Quick start: create `DIR/demo.img` (64 MiB, Argon2id with modest cost) and `DIR/demo.key`
-/// once, then serve it on `listen` as export `demo`, printing how to attach it.
+/// Quick start: create `DIR/demo.img` (64 MiB file, 48 MiB volume, Argon2id with modest cost)
+/// and `DIR/demo.key` once, then serve it on `listen` as export `demo`, printing how to attach
+/// it once it is listening.
 pub fn demo(dir: &Path, listen: SocketAddr) -> Result<(), CliError> {
     let image = dir.join("demo.img");
     let key = dir.join("demo.key");
@@ -119,14 +151,16 @@ pub fn demo(dir: &Path, listen: SocketAddr) -> Result<(), CliError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| CliError::Usage(format!("cannot create {}: {e}", dir.display())))?;
         if !key.exists() {
-            let pass: String = crate::crypto::random_bytes(24)
-                .map_err(crate::volume::VolumeError::from)?
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
+            let pass = Zeroizing::new(
+                crate::crypto::random_bytes(24)
+                    .map_err(VolumeError::from)?
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>(),
+            );
             write_private(&key, pass.as_bytes())?;
         }
-        let pass = read_key(&key)?;
+        let pass = read_passphrase(Some(&key), Prompt::Unlock(&image))?;
         let opts = FormatOptions {
             size: Some(64 << 20),
             sector_size: 512,
@@ -146,36 +180,30 @@ pub fn demo(dir: &Path, listen: SocketAddr) -> Result<(), CliError> {
         );
         volume::format(&image, &opts, pass.expose())?;
     }
-    let pass = read_key(&key)?;
     let uri = format!("nbd://{listen}/demo");
-    println!(
-        "Serving {} as NBD export 'demo' on {listen}. Attach it with:",
-        image.display()
+    let banner = format!(
+        "Serving {img} as NBD export 'demo' on {listen}. Attach it with:\n  \
+         nbdinfo {uri}\n  \
+         qemu-img info -f raw {uri}\n  \
+         sudo modprobe nbd && sudo nbd-client {ip} {port} /dev/nbd0 -N demo   # then mkfs.ext4 /dev/nbd0\n\
+         While it is served, cryptsetup can read the header too: cryptsetup luksDump {img}\n\
+         Stop with Ctrl-C.",
+        img = image.display(),
+        ip = listen.ip(),
+        port = listen.port(),
     );
-    println!("  nbdinfo {uri}");
-    println!("  qemu-img info -f raw {uri}");
-    println!(
-        "  sudo modprobe nbd && sudo nbd-client {} {} /dev/nbd0 -N demo   # then mkfs.ext4 /dev/nbd0",
-        listen.ip(),
-        listen.port()
-    );
-    println!("The LUKS2 image opens with cryptsetup too: cryptsetup open --test-passphrase --key-file {} {}", key.display(), image.display());
-    println!("Stop with Ctrl-C.");
-    serve(ServeArgs {
-        image,
-        passphrase: pass,
-        key_slot: None,
-        listen: vec![listen],
-        socket: vec![],
-        export_name: Some("demo".into()),
-        read_only: false,
-    })
-}
-
-fn read_key(path: &Path) -> Result<Passphrase, CliError> {
-    std::fs::read(path)
-        .map(Passphrase::new)
-        .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", path.display())))
+    serve_with(
+        ServeArgs {
+            image,
+            key_file: Some(key),
+            key_slot: None,
+            listen: vec![listen],
+            socket: vec![],
+            export_name: Some("demo".into()),
+            read_only: false,
+        },
+        Some(banner),
+    )
 }
 
 fn write_private(path: &Path, data: &[u8]) -> Result<(), CliError> {

@@ -22,14 +22,13 @@ pub const PBKDF2_MIN_ITERATIONS: u32 = 1000;
 ///
 /// - PBKDF2: PBKDF2-HMAC-`hash` (RFC 8018 §5.2), `iterations` >= 1, any salt length.
 /// - Argon2: Argon2i/Argon2id version 0x13 (RFC 9106) with empty secret and associated data, as
-///   LUKS2 uses it; lanes are computed sequentially (the `argon2` crate is built without
-///   `parallel`), so `parallel` changes the result but not the speed.
+///   LUKS2 uses it; lanes are computed on threads (the `argon2` crate's `parallel` feature).
 ///
 /// The output is secret (a keyslot area key or similar) and returned zeroizing.
 ///
 /// # Errors
 /// [`CryptoError::InvalidKdfParams`] for out-of-range costs, `out_len` (0, or < 4 for Argon2) or a
-/// salt shorter than 8 bytes (Argon2); [`CryptoError::Kdf`] if Argon2 cannot allocate memory.
+/// salt shorter than 8 bytes (Argon2); [`CryptoError::OutOfMemory`] if Argon2 cannot allocate memory.
 pub fn derive_key(
     params: &KdfParams,
     passphrase: &[u8],
@@ -106,7 +105,7 @@ fn pbkdf2_derive(
 ///
 /// # Errors
 /// [`CryptoError::InvalidKdfParams`] for parameters the `argon2` crate rejects;
-/// [`CryptoError::Kdf`] if the memory cannot be allocated.
+/// [`CryptoError::OutOfMemory`] if the memory cannot be allocated.
 #[allow(clippy::too_many_arguments)]
 pub fn argon2_derive(
     variant: Argon2Variant,
@@ -143,7 +142,7 @@ pub fn argon2_derive(
     let mut out = SecretBytes::new(vec![0u8; out_len]);
     ctx.hash_password_into(passphrase, salt, out.expose_mut())
         .map_err(|e| match e {
-            argon2::Error::OutOfMemory => CryptoError::Kdf(format!("Argon2: {e}")),
+            argon2::Error::OutOfMemory => CryptoError::OutOfMemory { memory_kib },
             other => invalid(other),
         })?;
     Ok(out)

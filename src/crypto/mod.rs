@@ -70,9 +70,15 @@ pub enum CryptoError {
     /// The operating system random number generator failed.
     #[error("random number generator failed: {0}")]
     Random(String),
-    /// The KDF implementation failed at run time (e.g. Argon2 could not allocate its memory).
+    /// The KDF implementation failed at run time.
     #[error("key derivation failed: {0}")]
     Kdf(String),
+    /// Argon2 could not allocate its memory cost (`memory_kib` KiB).
+    #[error("Argon2 could not allocate {memory_kib} KiB")]
+    OutOfMemory {
+        /// The memory cost asked for, KiB.
+        memory_kib: u32,
+    },
 }
 
 /// Hash algorithms usable for PBKDF2, the AF splitter and the LUKS2 digest.

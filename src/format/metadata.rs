@@ -60,12 +60,14 @@ pub struct Keyslot {
     pub kind: String,
     /// Size in bytes of the key this slot stores (64 for our volume key).
     pub key_size: u32,
-    /// Anti-forensic splitter parameters.
-    pub af: Af,
-    /// Where the encrypted split key lives.
+    /// Anti-forensic splitter parameters (absent in some keyslot types, e.g. `reencrypt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub af: Option<Af>,
+    /// Where the keyslot's bytes live.
     pub area: Area,
-    /// How the passphrase becomes the area key.
-    pub kdf: Kdf,
+    /// How the passphrase becomes the area key (absent in some keyslot types).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kdf: Option<Kdf>,
     /// Optional priority (0 ignore, 1 normal, 2 prefer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<i64>,
@@ -84,6 +86,9 @@ pub struct Af {
     pub stripes: u32,
     /// Diffusion hash; we support `sha256`.
     pub hash: String,
+    /// Members we do not interpret.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
 }
 
 /// The `area` object of a keyslot: a byte range of the keyslots area.
@@ -98,10 +103,15 @@ pub struct Area {
     /// Length in bytes.
     #[serde(with = "u64_string")]
     pub size: u64,
-    /// Cipher of the area; we support `aes-xts-plain64`.
-    pub encryption: String,
+    /// Cipher of the area; we support `aes-xts-plain64` (absent for non-`raw` areas).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<String>,
     /// Key size of that cipher in bytes (64 = AES-256-XTS, 32 = AES-128-XTS).
-    pub key_size: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_size: Option<u32>,
+    /// Members we do not interpret.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
 }
 
 /// The `kdf` object of a keyslot. Which members are present depends on `kind`: `pbkdf2` has
@@ -129,6 +139,9 @@ pub struct Kdf {
     /// Salt (base64 in JSON; 32 bytes as cryptsetup writes).
     #[serde(with = "b64")]
     pub salt: Vec<u8>,
+    /// Members we do not interpret.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
 }
 
 /// A segment object (`format-spec.md` §3.2).
@@ -204,6 +217,9 @@ pub struct DigestEntry {
     /// The digest value (32 bytes for sha256).
     #[serde(with = "b64")]
     pub digest: Vec<u8>,
+    /// Members we do not interpret.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
 }
 
 /// The `config` object.

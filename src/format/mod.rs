@@ -64,7 +64,8 @@ pub fn encode_json_area(md: &Metadata, json_size: u64) -> Result<Vec<u8>, Format
 
 /// Decode and check one whole metadata copy (`hdr_size` bytes: binary header + JSON area) read
 /// at byte offset `at`: magic, checksum, `hdr_offset` = `at`, JSON within its area, `json_size`
-/// consistent. Errors: [`FormatError::NotLuks`], [`FormatError::Corrupt`],
+/// consistent, and the layout and profile checks of [`check_layout`]; so a copy failing any of
+/// them counts as damaged and the other copy can be used. Errors: [`FormatError::NotLuks`], [`FormatError::Corrupt`],
 /// [`FormatError::Unsupported`].
 pub fn decode_copy(bytes: &[u8], at: u64) -> Result<(BinaryHeader, Metadata), FormatError> {
     let hdr = BinaryHeader::decode(bytes)?;
@@ -90,6 +91,7 @@ pub fn decode_copy(bytes: &[u8], at: u64) -> Result<(BinaryHeader, Metadata), Fo
             md.config.json_size
         )));
     }
+    check_layout(&hdr, &md)?;
     Ok((hdr, md))
 }
 
@@ -187,24 +189,19 @@ fn unsupported(msg: String) -> FormatError {
     FormatError::Unsupported(msg)
 }
 
-/// Check the layout of a decoded metadata copy against an image of `image_len` bytes and return
-/// the data segment (`format-spec.md` §3.4): keyslot areas inside the keyslots area and not
-/// overlapping, exactly one `crypt` segment with our cipher and a supported sector size, inside
-/// the image and after the keyslots area, no mandatory requirements.
+/// Check a decoded metadata copy on its own (`format-spec.md` §3.2, §3.4): no mandatory
+/// requirements, keyslot areas inside the keyslots area, not overlapping and large enough for
+/// their key material, exactly one `crypt` segment with our cipher, a supported sector size,
+/// `iv_tweak` 0, sector-aligned and after the keyslots area.
 ///
 /// Errors: [`FormatError::Corrupt`] for inconsistent layout, [`FormatError::Unsupported`] naming
 /// the field outside the profile (e.g. `cipher serpent-xts-plain64 is not supported`).
-pub fn validate(
-    hdr: &BinaryHeader,
-    md: &Metadata,
-    image_len: u64,
-) -> Result<DataSegment, FormatError> {
+pub fn check_layout(hdr: &BinaryHeader, md: &Metadata) -> Result<(), FormatError> {
     if let Some(req) = &md.config.requirements {
         let mandatory = req
             .get("mandatory")
             .and_then(|m| m.as_array())
-            .map(|a| !a.is_empty())
-            .unwrap_or(false);
+            .is_some_and(|a| !a.is_empty());
         if mandatory {
             return Err(unsupported(format!(
                 "config.requirements {req} is not supported"
@@ -226,6 +223,15 @@ pub fn validate(
                 "keyslot {id} area [{}, {end}) is outside the keyslots area [{ks_start}, {ks_end})",
                 a.offset
             )));
+        }
+        if let Some(af) = &ks.af {
+            let need = af_material_len(ks.key_size as u64, af.stripes as u64);
+            if a.size < need {
+                return Err(FormatError::Corrupt(format!(
+                    "keyslot {id} area of {} bytes is smaller than its {need} bytes of key material",
+                    a.size
+                )));
+            }
         }
         areas.push((a.offset, end, id.0));
     }
@@ -274,13 +280,26 @@ pub fn validate(
             return Err(unsupported(format!("segment {key} {v} is not supported")));
         }
     }
-    let ss = seg.sector_size as u64;
-    if seg.offset < ks_end || seg.offset % ss != 0 {
+    if seg.offset < ks_end || seg.offset % seg.sector_size as u64 != 0 {
         return Err(FormatError::Corrupt(format!(
             "data segment offset {} overlaps the header or is not sector-aligned",
             seg.offset
         )));
     }
+    Ok(())
+}
+
+/// The data segment of metadata that passed [`check_layout`], against an image of `image_len`
+/// bytes: a `dynamic` segment runs to the end of the image, rounded down to whole sectors.
+///
+/// Errors: [`FormatError::Corrupt`] when the segment does not lie inside the image.
+pub fn data_segment(md: &Metadata, image_len: u64) -> Result<DataSegment, FormatError> {
+    let seg = md
+        .segments
+        .values()
+        .next()
+        .ok_or_else(|| FormatError::Corrupt("no data segment".into()))?;
+    let ss = seg.sector_size as u64;
     let size = match seg.size {
         SegmentSize::Dynamic => {
             if seg.offset > image_len {
@@ -367,63 +386,56 @@ pub fn keyslot_profile(md: &Metadata, id: u32) -> Result<KeyslotProfile, FormatE
             ks.kind
         )));
     }
-    if ks.area.kind != "raw" {
+    let area_cipher = ks.area.encryption.as_deref().unwrap_or("(none)");
+    if ks.area.kind != "raw" || area_cipher != CIPHER {
         return Err(unsupported(format!(
-            "keyslot {id} area type {} is not supported",
+            "keyslot {id} area {} with cipher {area_cipher} is not supported",
             ks.area.kind
         )));
     }
-    if ks.area.encryption != CIPHER {
+    let area_key_size = ks.area.key_size.unwrap_or(0);
+    if area_key_size != 32 && area_key_size != 64 {
         return Err(unsupported(format!(
-            "keyslot {id} cipher {} is not supported",
-            ks.area.encryption
+            "keyslot {id} area key_size {area_key_size} is not supported"
         )));
     }
-    if ks.area.key_size != 32 && ks.area.key_size != 64 {
-        return Err(unsupported(format!(
-            "keyslot {id} area key_size {} is not supported",
-            ks.area.key_size
+    let (Some(af), Some(kdf)) = (&ks.af, &ks.kdf) else {
+        return Err(FormatError::Corrupt(format!(
+            "keyslot {id} has no af or kdf object"
         )));
-    }
-    if ks.af.kind != "luks1" || ks.af.stripes != AF_STRIPES || ks.af.hash != "sha256" {
+    };
+    if af.kind != "luks1" || af.stripes != AF_STRIPES || af.hash != "sha256" {
         return Err(unsupported(format!(
             "keyslot {id} AF {}/{} stripes/{} is not supported",
-            ks.af.kind, ks.af.stripes, ks.af.hash
+            af.kind, af.stripes, af.hash
         )));
     }
-    if ks.key_size == 0 || ks.key_size > 512 {
-        return Err(FormatError::Corrupt(format!(
-            "keyslot {id} key_size {} is not plausible",
+    if ks.key_size != 32 && ks.key_size != 64 {
+        return Err(unsupported(format!(
+            "keyslot {id} key_size {} is not supported",
             ks.key_size
         )));
     }
-    let need = af_material_len(ks.key_size as u64, ks.af.stripes as u64);
-    if ks.area.size < need {
-        return Err(FormatError::Corrupt(format!(
-            "keyslot {id} area of {} bytes is smaller than its {need} bytes of key material",
-            ks.area.size
-        )));
-    }
     let missing = |what: &str| FormatError::Corrupt(format!("keyslot {id} kdf has no {what}"));
-    let kdf = match ks.kdf.kind.as_str() {
+    let kdf = match kdf.kind.as_str() {
         "pbkdf2" => {
-            let hash = ks.kdf.hash.as_deref().ok_or_else(|| missing("hash"))?;
+            let hash = kdf.hash.as_deref().ok_or_else(|| missing("hash"))?;
             if hash != "sha256" {
                 return Err(unsupported(format!(
                     "keyslot {id} pbkdf2 hash {hash} is not supported"
                 )));
             }
             KdfProfile::Pbkdf2 {
-                iterations: ks.kdf.iterations.ok_or_else(|| missing("iterations"))?,
-                salt: ks.kdf.salt.clone(),
+                iterations: kdf.iterations.ok_or_else(|| missing("iterations"))?,
+                salt: kdf.salt.clone(),
             }
         }
         "argon2i" | "argon2id" => KdfProfile::Argon2 {
-            id: ks.kdf.kind == "argon2id",
-            time: ks.kdf.time.ok_or_else(|| missing("time"))?,
-            memory_kib: ks.kdf.memory.ok_or_else(|| missing("memory"))?,
-            parallel: ks.kdf.cpus.ok_or_else(|| missing("cpus"))?,
-            salt: ks.kdf.salt.clone(),
+            id: kdf.kind == "argon2id",
+            time: kdf.time.ok_or_else(|| missing("time"))?,
+            memory_kib: kdf.memory.ok_or_else(|| missing("memory"))?,
+            parallel: kdf.cpus.ok_or_else(|| missing("cpus"))?,
+            salt: kdf.salt.clone(),
         },
         other => {
             return Err(unsupported(format!(
@@ -436,8 +448,8 @@ pub fn keyslot_profile(md: &Metadata, id: u32) -> Result<KeyslotProfile, FormatE
         key_size: ks.key_size as usize,
         area_offset: ks.area.offset,
         area_size: ks.area.size,
-        area_key_size: ks.area.key_size as usize,
-        stripes: ks.af.stripes,
+        area_key_size: area_key_size as usize,
+        stripes: af.stripes,
         kdf,
         priority: ks.priority.unwrap_or(1),
     })

@@ -211,6 +211,9 @@ enum Conn {
 /// (sessions still negotiating are dropped), flush the export,
 /// remove the Unix socket files, then return `Ok(())`. Errors after startup:
 /// [`NbdError::Flush`].
+///
+/// `shutdown` is first polled once every listener is bound and accepting, so it may also
+/// announce readiness (the CLI prints its banner there).
 pub async fn serve(
     listeners: Vec<Listen>,
     export: Arc<dyn BlockExport>,

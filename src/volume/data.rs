@@ -6,7 +6,7 @@ use std::sync::{Mutex, MutexGuard};
 use crate::crypto::SectorCipher;
 use crate::format::DataSegment;
 
-use super::{load_header, open_image, unlock, Access, LoadedHeader, VolumeError};
+use super::{LoadedHeader, UnlockedKey, VolumeError};
 
 /// Number of lock stripes guarding read-modify-write of partial sectors.
 const LOCK_STRIPES: usize = 256;
@@ -38,27 +38,20 @@ impl std::fmt::Debug for Volume {
 }
 
 impl Volume {
-    /// Open the image at `path`, read its header (warnings go to the returned
-    /// [`LoadedHeader`]), and unlock it with `passphrase` (any keyslot, or only `keyslot`). Takes
-    /// an exclusive `flock` for read-write, a shared one for `read_only`. Never writes.
+    /// The plaintext view of an image opened with [`open_image`](super::open_image) (whose
+    /// locks the volume keeps holding) and read by [`load_header`](super::load_header), with a
+    /// key from [`unlock`](super::unlock). `read_only` must match how the file was opened.
     ///
-    /// Errors: as [`open_image`], [`load_header`] and [`unlock`].
-    pub fn open(
+    /// Errors: [`VolumeError::Crypto`] if the key does not fit the cipher.
+    pub fn new(
+        file: File,
         path: &Path,
-        passphrase: &[u8],
-        keyslot: Option<u32>,
+        lh: &LoadedHeader,
+        key: UnlockedKey,
         read_only: bool,
-    ) -> Result<(Volume, LoadedHeader), VolumeError> {
-        let access = if read_only {
-            Access::ReadShared
-        } else {
-            Access::WriteExclusive
-        };
-        let file = open_image(path, access)?;
-        let lh = load_header(&file, path)?;
-        let key = unlock(&file, path, &lh, passphrase, keyslot)?;
+    ) -> Result<Volume, VolumeError> {
         let cipher = SectorCipher::new(key.key.expose())?;
-        let vol = Volume {
+        Ok(Volume {
             file,
             path: path.to_owned(),
             segment: lh.segment,
@@ -66,8 +59,7 @@ impl Volume {
             read_only,
             keyslot: key.keyslot,
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
-        };
-        Ok((vol, lh))
+        })
     }
 
     /// Size of the plaintext view in bytes (the data segment's length).
@@ -173,8 +165,13 @@ impl Volume {
         if start == offset && end == offset + len {
             return self.read_sectors(buf, start);
         }
+        // A partial sector may be under read-modify-write by a request for its other bytes:
+        // take its lock so the read never sees a half-written sector.
         let mut tmp = vec![0u8; (end - start) as usize];
-        self.read_sectors(&mut tmp, start)?;
+        {
+            let _guards = self.lock_sectors(start, end);
+            self.read_sectors(&mut tmp, start)?;
+        }
         let skip = (offset - start) as usize;
         buf.copy_from_slice(&tmp[skip..skip + buf.len()]);
         Ok(())

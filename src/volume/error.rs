@@ -39,6 +39,14 @@ pub enum VolumeError {
     /// No keyslot opens with this passphrase (cryptsetup: "No key available with this passphrase.").
     #[error("No key available with this passphrase.")]
     WrongPassphrase,
+    /// No keyslot can be tried (cryptsetup: "No usable keyslot is available.").
+    #[error("{}: No usable keyslot is available{}.", path.display(), keyslot.map(|k| format!(" (keyslot {k} is not active or not bound to the data segment)")).unwrap_or_default())]
+    NoUsableKeyslot {
+        /// Image path.
+        path: PathBuf,
+        /// The keyslot that was asked for, if any.
+        keyslot: Option<u32>,
+    },
     /// The KDF needs more memory than the machine has available.
     #[error("keyslot {keyslot} needs {need_kib} KiB of memory for its KDF, only {avail_kib} KiB available")]
     OutOfMemory {

@@ -6,7 +6,10 @@ use std::path::Path;
 use serde_json::Map;
 
 use crate::crypto::digest::compute_digest;
-use crate::crypto::kdf::{benchmark_argon2, benchmark_pbkdf2};
+use crate::crypto::kdf::{
+    benchmark_argon2, benchmark_pbkdf2, ARGON2_MAX_MEMORY_KIB, ARGON2_MAX_PARALLEL,
+    ARGON2_MIN_MEMORY_KIB, ARGON2_MIN_TIME, PBKDF2_MIN_ITERATIONS,
+};
 use crate::crypto::keyslot::{keyslot_material_len, wrap_key, KeyslotParams};
 use crate::crypto::secret::random_bytes;
 use crate::crypto::{Argon2Variant, HashAlg, KdfParams, SecretBytes};
@@ -18,7 +21,7 @@ use crate::format::{
     self, AF_STRIPES, CIPHER, DEFAULT_DATA_OFFSET, DEFAULT_HDR_SIZE, VOLUME_KEY_SIZE,
 };
 
-use super::{Access, VolumeError};
+use super::{meminfo_kib, Access, VolumeError};
 
 /// Which password-based KDF a new keyslot uses (`--pbkdf`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,21 +74,9 @@ pub struct FormatOptions {
     pub label: Option<String>,
 }
 
-/// Minimum PBKDF2 iterations (cryptsetup's minimum), used for the digest and keyslots.
-const PBKDF2_MIN_ITERATIONS: u32 = 1000;
 /// Time to spend on the volume key digest's PBKDF2, ms (cryptsetup: 125 ms at `--iter-time` 2000).
 const DIGEST_ITER_TIME_MS: u32 = 125;
 const SALT_LEN: usize = 32;
-
-fn total_ram_kib() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
-    s.lines()
-        .find(|l| l.starts_with("MemTotal:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
 
 /// Turn a [`KdfChoice`] into concrete KDF parameters for a new keyslot, benchmarking unless
 /// `force_iterations` is set (`format-spec.md` §5). Argon2 memory is capped at half of RAM.
@@ -116,23 +107,23 @@ pub(crate) fn choose_kdf(choice: &KdfChoice) -> Result<KdfParams, VolumeError> {
             };
             let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
             let parallel = choice.parallel.clamp(1, cpus.max(1));
-            if choice.parallel == 0 || choice.parallel > 4 {
+            if choice.parallel == 0 || choice.parallel > ARGON2_MAX_PARALLEL {
                 return Err(VolumeError::InvalidArgument(format!(
-                    "--pbkdf-parallel {} is outside 1..4",
+                    "--pbkdf-parallel {} is outside 1..{ARGON2_MAX_PARALLEL}",
                     choice.parallel
                 )));
             }
-            let half_ram = total_ram_kib().map_or(u64::MAX, |t| t / 2);
+            let half_ram = meminfo_kib("MemTotal").map_or(u64::MAX, |t| t / 2);
             let memory = (choice.memory_kib as u64).min(half_ram) as u32;
-            if !(32..=4 << 20).contains(&memory) {
+            if !(ARGON2_MIN_MEMORY_KIB..=ARGON2_MAX_MEMORY_KIB).contains(&memory) {
                 return Err(VolumeError::InvalidArgument(format!(
-                    "--pbkdf-memory {memory} KiB is outside 32..4194304"
+                    "--pbkdf-memory {memory} KiB is outside {ARGON2_MIN_MEMORY_KIB}..{ARGON2_MAX_MEMORY_KIB}"
                 )));
             }
             let (time, memory_kib) = match choice.force_iterations {
-                Some(t) if t < 4 => {
+                Some(t) if t < ARGON2_MIN_TIME => {
                     return Err(VolumeError::InvalidArgument(format!(
-                        "--pbkdf-force-iterations {t} is below the Argon2 minimum of 4"
+                        "--pbkdf-force-iterations {t} is below the Argon2 minimum of {ARGON2_MIN_TIME}"
                     )))
                 }
                 Some(t) => (t, memory),
@@ -162,6 +153,7 @@ pub(crate) fn keyslot_json(params: &KdfParams, area_offset: u64, area_size: u64)
             memory: None,
             cpus: None,
             salt: salt.clone(),
+            extra: Map::new(),
         },
         KdfParams::Argon2 {
             variant,
@@ -181,24 +173,27 @@ pub(crate) fn keyslot_json(params: &KdfParams, area_offset: u64, area_size: u64)
             memory: Some(*memory_kib),
             cpus: Some(*parallel),
             salt: salt.clone(),
+            extra: Map::new(),
         },
     };
     Keyslot {
         kind: "luks2".into(),
         key_size: VOLUME_KEY_SIZE as u32,
-        af: Af {
+        af: Some(Af {
             kind: "luks1".into(),
             stripes: AF_STRIPES,
             hash: "sha256".into(),
-        },
+            extra: Map::new(),
+        }),
         area: Area {
             kind: "raw".into(),
             offset: area_offset,
             size: area_size,
-            encryption: CIPHER.into(),
-            key_size: VOLUME_KEY_SIZE as u32,
+            encryption: Some(CIPHER.into()),
+            key_size: Some(VOLUME_KEY_SIZE as u32),
+            extra: Map::new(),
         },
-        kdf,
+        kdf: Some(kdf),
         priority: None,
         extra: Map::new(),
     }
@@ -253,6 +248,52 @@ pub fn format(path: &Path, opts: &FormatOptions, passphrase: &[u8]) -> Result<St
             opts.sector_size
         )));
     }
+    if let Some(label) = &opts.label {
+        if label.len() > 47 || label.contains('\0') {
+            return Err(VolumeError::InvalidArgument(format!(
+                "label {label:?} is longer than 47 bytes"
+            )));
+        }
+    }
+    // Every argument is checked, and the KDF benchmarked, before the file is created or touched.
+    let existing = match std::fs::metadata(path) {
+        Ok(m) if !m.is_file() => {
+            return Err(VolumeError::InvalidArgument(format!(
+                "{} is not a regular file",
+                path.display()
+            )))
+        }
+        Ok(m) => Some(m.len()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && opts.size.is_some() => None,
+        Err(e) => {
+            return Err(VolumeError::Device {
+                path: path.to_owned(),
+                source: e,
+            })
+        }
+    };
+    let min_len = DEFAULT_DATA_OFFSET + opts.sector_size as u64;
+    let len = match (opts.size, existing) {
+        (Some(size), Some(old)) if size < old => {
+            return Err(VolumeError::InvalidArgument(format!(
+                "--size {size} is smaller than the existing image ({old} bytes); refusing to shrink it"
+            )))
+        }
+        (Some(size), _) => size,
+        (None, old) => old.unwrap_or(0),
+    };
+    if len < min_len {
+        let what = match opts.size {
+            Some(_) => "--size".to_string(),
+            None => format!("the existing image ({len} bytes)"),
+        };
+        return Err(VolumeError::InvalidArgument(format!(
+            "{what} is too small: LUKS2 needs {DEFAULT_DATA_OFFSET} bytes of header plus at least one {}-byte sector (e.g. --size 17M)",
+            opts.sector_size
+        )));
+    }
+    let kdf = choose_kdf(&opts.kdf)?;
+
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -263,35 +304,12 @@ pub fn format(path: &Path, opts: &FormatOptions, passphrase: &[u8]) -> Result<St
             path: path.to_owned(),
             source: e,
         })?;
-    super::lock(&file, path, Access::WriteExclusive)?;
+    super::lock(&file, path, Access::Format)?;
     let meta = file.metadata().map_err(|e| VolumeError::Device {
         path: path.to_owned(),
         source: e,
     })?;
-    if !meta.is_file() {
-        return Err(VolumeError::InvalidArgument(format!(
-            "{} is not a regular file",
-            path.display()
-        )));
-    }
-    let min_len = DEFAULT_DATA_OFFSET + opts.sector_size as u64;
-    let len = match opts.size {
-        Some(size) if size < meta.len() => {
-            return Err(VolumeError::InvalidArgument(format!(
-            "--size {size} is smaller than the existing image ({} bytes); refusing to shrink it",
-            meta.len()
-        )))
-        }
-        Some(size) => size,
-        None => meta.len(),
-    };
-    if len < min_len {
-        return Err(VolumeError::InvalidArgument(format!(
-            "image of {len} bytes is too small: LUKS2 needs {DEFAULT_DATA_OFFSET} bytes of header plus at least one sector"
-        )));
-    }
 
-    let kdf = choose_kdf(&opts.kdf)?;
     let vk = SecretBytes::random(VOLUME_KEY_SIZE)?;
     let digest_iterations = match opts.kdf.force_iterations {
         Some(_) => PBKDF2_MIN_ITERATIONS,
@@ -349,6 +367,7 @@ pub fn format(path: &Path, opts: &FormatOptions, passphrase: &[u8]) -> Result<St
                 iterations: digest_iterations,
                 salt: digest_salt,
                 digest,
+                extra: Map::new(),
             },
         )]),
         config: Config {

@@ -95,19 +95,22 @@ pub fn load_header(file: &File, path: &Path) -> Result<LoadedHeader, VolumeError
         })?
         .len();
     let primary = read_copy(file, 0, image_len, Copy::Primary);
-    // The secondary sits at the primary's hdr_size; if the primary is unreadable, scan every
-    // allowed size as cryptsetup does.
+    // The secondary sits at the primary's hdr_size. Only when the primary is unusable are the
+    // other allowed sizes scanned, as cryptsetup does (a copy planted elsewhere must not win
+    // over a valid primary).
     let mut offsets: Vec<u64> = Vec::new();
     if let Ok(Some((h, _))) = &primary {
         offsets.push(h.hdr_size);
-    } else if let Ok(b) = read_exact(file, BINARY_HEADER_SIZE as u64, 0, image_len) {
-        if let Ok(h) = BinaryHeader::decode(&b) {
-            offsets.push(h.hdr_size);
+    } else {
+        if let Ok(b) = read_exact(file, BINARY_HEADER_SIZE as u64, 0, image_len) {
+            if let Ok(h) = BinaryHeader::decode(&b) {
+                offsets.push(h.hdr_size);
+            }
         }
-    }
-    for s in ALLOWED_HDR_SIZES {
-        if !offsets.contains(&s) {
-            offsets.push(s);
+        for s in ALLOWED_HDR_SIZES {
+            if !offsets.contains(&s) {
+                offsets.push(s);
+            }
         }
     }
     let mut secondary: Result<Option<(BinaryHeader, Metadata)>, FormatError> = Ok(None);
@@ -174,7 +177,7 @@ pub fn load_header(file: &File, path: &Path) -> Result<LoadedHeader, VolumeError
             });
         }
     };
-    let segment = format::validate(&header, &metadata, image_len)
+    let segment = format::data_segment(&metadata, image_len)
         .map_err(|e| VolumeError::from_format(path, e))?;
     Ok(LoadedHeader {
         header,

@@ -17,64 +17,97 @@ pub use header_io::{load_header, LoadedHeader};
 pub use unlock::{unlock, UnlockedKey};
 
 use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::path::Path;
 
-/// How an image is opened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    /// Read only, no lock: `dump`, `test-passphrase`.
-    Inspect,
-    /// Read only, shared lock: serving with `--read-only`.
-    ReadShared,
-    /// Read-write, exclusive lock: serving, formatting.
-    WriteExclusive,
+/// A field of `/proc/meminfo` in KiB (e.g. `MemTotal`, `MemAvailable`), if readable.
+pub(crate) fn meminfo_kib(field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
-/// Open an existing image file. Errors: [`VolumeError::Device`] when it is missing or
-/// unreadable, [`VolumeError::Busy`] when another process holds a conflicting lock
-/// (`flock(2)`, as cryptsetup on image files).
+/// How an image is opened, and which locks are held while the `File` lives.
+///
+/// Two kinds of lock, as they serve two purposes (`format-spec.md` §5):
+/// - `flock(2)` is cryptsetup's lock on image files: readers take it shared, header writers
+///   exclusive. We hold it shared while inspecting or serving, so `cryptsetup luksDump` and
+///   `open --test-passphrase` work on a served image, and exclusive only while formatting.
+/// - An open-file-description `fcntl` lock on byte 0 keeps nbdcrypt processes apart: a
+///   read-write server excludes every other server; read-only servers share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Read only; `flock` shared: `dump`, `test-passphrase`.
+    Inspect,
+    /// Read only; `flock` shared, `fcntl` read lock: serving with `--read-only`.
+    ReadShared,
+    /// Read-write; `flock` shared, `fcntl` write lock: serving.
+    WriteExclusive,
+    /// Read-write; `flock` exclusive, `fcntl` write lock: `format`.
+    Format,
+}
+
+/// Open an existing image file with the locks of `access`. Errors: [`VolumeError::Device`]
+/// when it is missing, unreadable or not a regular file; [`VolumeError::Busy`] when another
+/// process holds a conflicting lock.
 pub fn open_image(path: &Path, access: Access) -> Result<File, VolumeError> {
+    let device = |e| VolumeError::Device {
+        path: path.to_owned(),
+        source: e,
+    };
     let file = std::fs::OpenOptions::new()
         .read(true)
-        .write(access == Access::WriteExclusive)
+        .write(matches!(access, Access::WriteExclusive | Access::Format))
         .open(path)
-        .map_err(|e| VolumeError::Device {
-            path: path.to_owned(),
-            source: e,
-        })?;
-    if !file
-        .metadata()
-        .map_err(|e| VolumeError::Device {
-            path: path.to_owned(),
-            source: e,
-        })?
-        .is_file()
-    {
-        return Err(VolumeError::Device {
-            path: path.to_owned(),
-            source: std::io::Error::other("not a regular file"),
-        });
+        .map_err(device)?;
+    if !file.metadata().map_err(device)?.is_file() {
+        return Err(device(std::io::Error::other("not a regular file")));
     }
     lock(&file, path, access)?;
     Ok(file)
 }
 
 pub(crate) fn lock(file: &File, path: &Path, access: Access) -> Result<(), VolumeError> {
+    let busy = || VolumeError::Busy {
+        path: path.to_owned(),
+    };
+    let io = |e| VolumeError::Io {
+        op: "lock",
+        path: path.to_owned(),
+        offset: 0,
+        source: e,
+    };
     let r = match access {
-        Access::Inspect => return Ok(()),
-        Access::ReadShared => file.try_lock_shared(),
-        Access::WriteExclusive => file.try_lock(),
+        Access::Format => file.try_lock(),
+        _ => file.try_lock_shared(),
     };
     match r {
-        Ok(()) => Ok(()),
-        Err(std::fs::TryLockError::WouldBlock) => Err(VolumeError::Busy {
-            path: path.to_owned(),
-        }),
-        Err(std::fs::TryLockError::Error(e)) => Err(VolumeError::Io {
-            op: "lock",
-            path: path.to_owned(),
-            offset: 0,
-            source: e,
-        }),
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => return Err(busy()),
+        Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+    }
+    let kind = match access {
+        Access::Inspect => return Ok(()),
+        Access::ReadShared => libc::F_RDLCK,
+        Access::WriteExclusive | Access::Format => libc::F_WRLCK,
+    };
+    // SAFETY: a zeroed `flock` is a valid value; the fd is open for the call's duration.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = 0;
+    fl.l_len = 1;
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EAGAIN) | Some(libc::EACCES) => Err(busy()),
+        _ => Err(io(e)),
     }
 }

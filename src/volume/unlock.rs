@@ -3,11 +3,12 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use crate::crypto::digest::verify_digest;
+use crate::crypto::kdf::ARGON2_MAX_MEMORY_KIB;
 use crate::crypto::keyslot::{keyslot_material_len, unwrap_key, KeyslotParams};
-use crate::crypto::{Argon2Variant, HashAlg, KdfParams, VolumeKey};
+use crate::crypto::{Argon2Variant, CryptoError, HashAlg, KdfParams, VolumeKey};
 use crate::format::{self, KdfProfile, KeyslotProfile};
 
-use super::{LoadedHeader, VolumeError};
+use super::{meminfo_kib, LoadedHeader, VolumeError};
 
 /// A volume key that passed the digest check, and the keyslot it came from.
 pub struct UnlockedKey {
@@ -55,22 +56,13 @@ pub(crate) fn keyslot_params(ks: &KeyslotProfile) -> KeyslotParams {
     }
 }
 
-/// Memory available to a new allocation, KiB (`MemAvailable` of /proc/meminfo), if known.
-pub(crate) fn mem_available_kib() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
-    s.lines()
-        .find(|l| l.starts_with("MemAvailable:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 /// Try `passphrase` on the keyslots bound to the data segment's digest (preferred ones first,
 /// priority-0 ones only when named by `only`), as `cryptsetup open` does (`format-spec.md` §4):
 /// KDF → decrypt the area → AF merge → digest check in constant time.
 ///
-/// Errors: [`VolumeError::WrongPassphrase`] when no slot opens; [`VolumeError::Unsupported`]
+/// Errors: [`VolumeError::WrongPassphrase`] when no slot opens;
+/// [`VolumeError::NoUsableKeyslot`] when there is no candidate slot (none bound to the data
+/// segment, all `priority` 0, or `only` names an inactive slot); [`VolumeError::Unsupported`]
 /// when every candidate slot is outside the profile (the reason names the field);
 /// [`VolumeError::OutOfMemory`] when an Argon2 slot needs more memory than is available;
 /// [`VolumeError::Io`] when a keyslot area cannot be read.
@@ -100,6 +92,12 @@ pub fn unlock(
         candidates.push((-prio, *id));
     }
     candidates.sort();
+    if candidates.is_empty() {
+        return Err(VolumeError::NoUsableKeyslot {
+            path: path.to_owned(),
+            keyslot: only,
+        });
+    }
     let mut unsupported: Option<String> = None;
     let mut tried = 0;
     for (_, id) in candidates {
@@ -111,7 +109,13 @@ pub fn unlock(
             }
         };
         if let KdfProfile::Argon2 { memory_kib, .. } = ks.kdf {
-            if let Some(avail) = mem_available_kib() {
+            if memory_kib > ARGON2_MAX_MEMORY_KIB {
+                unsupported.get_or_insert(format!(
+                    "keyslot {id} argon2 memory {memory_kib} KiB is above the maximum of {ARGON2_MAX_MEMORY_KIB} KiB"
+                ));
+                continue;
+            }
+            if let Some(avail) = meminfo_kib("MemAvailable") {
                 if memory_kib as u64 > avail {
                     return Err(VolumeError::OutOfMemory {
                         keyslot: id,
@@ -131,7 +135,18 @@ pub fn unlock(
                 source: e,
             })?;
         tried += 1;
-        let candidate = unwrap_key(&keyslot_params(&ks), passphrase, &area)?;
+        let candidate =
+            unwrap_key(&keyslot_params(&ks), passphrase, &area).map_err(|e| match e {
+                CryptoError::OutOfMemory { memory_kib } => VolumeError::OutOfMemory {
+                    keyslot: id,
+                    need_kib: memory_kib.into(),
+                    avail_kib: meminfo_kib("MemAvailable").unwrap_or(0),
+                },
+                e => VolumeError::Corrupt {
+                    path: path.to_owned(),
+                    reason: format!("keyslot {id}: {e}"),
+                },
+            })?;
         if verify_digest(
             HashAlg::Sha256,
             digest.iterations,
