@@ -69,6 +69,23 @@ pub fn key_file(dir: &Path) -> PathBuf {
     p
 }
 
+/// Cheap KDF cost flags, the same for `nbdcrypt format` and `cryptsetup luksFormat` (the flag
+/// names are shared): PBKDF2 at 1000 iterations, Argon2 at time 4, 32 MiB, one lane.
+pub fn cheap_kdf_args(pbkdf: &str) -> &'static [&'static str] {
+    if pbkdf == "pbkdf2" {
+        &["--pbkdf-force-iterations", "1000"]
+    } else {
+        &[
+            "--pbkdf-force-iterations",
+            "4",
+            "--pbkdf-memory",
+            "32768",
+            "--pbkdf-parallel",
+            "1",
+        ]
+    }
+}
+
 /// `nbdcrypt format` with cheap KDF costs.
 pub fn format_cheap(image: &Path, key: &Path, size: &str, sector: u32, pbkdf: &str) {
     let mut c = nbdcrypt();
@@ -78,18 +95,7 @@ pub fn format_cheap(image: &Path, key: &Path, size: &str, sector: u32, pbkdf: &s
         .arg(sector.to_string())
         .arg("--key-file")
         .arg(key);
-    if pbkdf == "pbkdf2" {
-        c.args(["--pbkdf-force-iterations", "1000"]);
-    } else {
-        c.args([
-            "--pbkdf-force-iterations",
-            "4",
-            "--pbkdf-memory",
-            "32768",
-            "--pbkdf-parallel",
-            "1",
-        ]);
-    }
+    c.args(cheap_kdf_args(pbkdf));
     ok(&mut c);
 }
 
@@ -110,18 +116,7 @@ pub fn cryptsetup_format(image: &Path, key: &Path, size: u64, sector: u32, pbkdf
     .args(["--sector-size", &sector.to_string()])
     .arg("--key-file")
     .arg(key);
-    if pbkdf == "pbkdf2" {
-        c.args(["--pbkdf-force-iterations", "1000"]);
-    } else {
-        c.args([
-            "--pbkdf-force-iterations",
-            "4",
-            "--pbkdf-memory",
-            "32768",
-            "--pbkdf-parallel",
-            "1",
-        ]);
-    }
+    c.args(cheap_kdf_args(pbkdf));
     c.arg(image);
     ok(&mut c);
 }
