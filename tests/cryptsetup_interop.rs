@@ -295,3 +295,69 @@ fn passphrase_sources_match_cryptsetup() {
     // And unlocking with one stdin line works the same way.
     pipe(&["test-passphrase"], &a, b"line secret\n");
 }
+
+/// Run `nbdcrypt ARGS` on a pseudo-terminal (util-linux `script`) typing `input`.
+fn on_terminal(args: &str, input: &str) -> std::process::Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let cmd = format!("{} {args}", env!("CARGO_BIN_EXE_nbdcrypt"));
+    let mut child = Command::new(require("script", "bsdutils"))
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("NBDCRYPT_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// At a terminal: `format` asks twice and refuses a mismatch (creating nothing); unlocking
+/// allows three tries; the typed passphrase is the one cryptsetup accepts.
+#[test]
+fn terminal_prompts() {
+    let dir = tempdir();
+    let img = dir.path().join("tty.img");
+    let fmt = format!(
+        "format {} --size 20M --pbkdf pbkdf2 --pbkdf-force-iterations 1000",
+        img.display()
+    );
+    let out = on_terminal(&fmt, "one\ntwo\n");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("Verify passphrase:") && text.contains("passphrases do not match"),
+        "{text}"
+    );
+    assert!(!img.exists(), "a refused format must not create the image");
+
+    let out = on_terminal(&fmt, "tty secret\ntty secret\n");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let k = dir.path().join("k");
+    std::fs::write(&k, b"tty secret").unwrap();
+    let cs = run(cryptsetup()
+        .args(["open", "--test-passphrase", "--key-file"])
+        .arg(&k)
+        .arg(&img));
+    assert_eq!(cs.status.code(), Some(0), "{}", stderr(&cs));
+
+    let test = format!("test-passphrase {}", img.display());
+    let out = on_terminal(&test, "bad\nworse\ntty secret\n");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert_eq!(text.matches("Enter passphrase for").count(), 3, "{text}");
+    let out = on_terminal(&test, "bad\nbad\nbad\ntty secret\n");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(2), "three tries only: {text}");
+}
