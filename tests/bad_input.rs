@@ -161,11 +161,7 @@ fn damaged_primary_opens_from_secondary_without_writing() {
     bytes[100] ^= 1; // checksum_alg padding of the primary: checksum now fails
     std::fs::write(&img, &bytes).unwrap();
     let before = file_hash(&img);
-    let out = run(nbdcrypt()
-        .arg("test-passphrase")
-        .arg(&img)
-        .arg("--key-file")
-        .arg(&key));
+    let out = test_passphrase(&img, &key, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("warning: primary header is damaged"),
@@ -194,11 +190,7 @@ fn unsupported_fields_are_named() {
     edit_metadata(&img, |v| {
         v["keyslots"]["0"]["kdf"]["hash"] = "whirlpool".into();
     });
-    let out = run(nbdcrypt()
-        .arg("test-passphrase")
-        .arg(&img)
-        .arg("--key-file")
-        .arg(&key));
+    let out = test_passphrase(&img, &key, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("pbkdf2 hash whirlpool is not supported"));
 
@@ -233,11 +225,7 @@ fn busy_image_is_exit_5() {
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
     // Read-only inspection still works while served, ours and cryptsetup's (it would wait
     // forever on an exclusive lock).
-    let out = run(nbdcrypt()
-        .arg("test-passphrase")
-        .arg(&img)
-        .arg("--key-file")
-        .arg(&key));
+    let out = test_passphrase(&img, &key, &[]);
     assert_eq!(out.status.code(), Some(0));
     let out = run(std::process::Command::new("timeout")
         .arg("20")
@@ -338,11 +326,7 @@ fn argon2_memory_out_of_reach() {
     });
     let edited = file_hash(&img);
     assert_ne!(before, edited);
-    let out = run(nbdcrypt()
-        .arg("test-passphrase")
-        .arg(&img)
-        .arg("--key-file")
-        .arg(&key));
+    let out = test_passphrase(&img, &key, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("above the maximum of 4194304 KiB"),
@@ -403,11 +387,7 @@ fn copy_with_bad_layout_falls_back_to_the_other() {
         v["keyslots"]["0"]["area"]["offset"] = "16700000".into();
     });
     let before = file_hash(&img);
-    let out = run(nbdcrypt()
-        .arg("test-passphrase")
-        .arg(&img)
-        .arg("--key-file")
-        .arg(&key));
+    let out = test_passphrase(&img, &key, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("primary header is damaged (keyslot 0 area"),

@@ -153,15 +153,6 @@ fn dump_matches_luksdump() {
     assert_eq!(ours, theirs);
 }
 
-fn test_pass(img: &std::path::Path, key: &std::path::Path, extra: &[&str]) -> std::process::Output {
-    run(nbdcrypt()
-        .arg("test-passphrase")
-        .arg(img)
-        .arg("--key-file")
-        .arg(key)
-        .args(extra))
-}
-
 /// `--key-slot` and keyslot priorities behave as cryptsetup's: a named slot is the only one
 /// tried, an inactive one is "No usable keyslot" (exit 1), `ignore` slots are skipped unless
 /// named.
@@ -186,19 +177,19 @@ fn keyslot_selection_and_priority() {
         .arg(&key)
         .arg(&img)
         .arg(&key2));
-    let out = test_pass(&img, &key2, &[]);
+    let out = test_passphrase(&img, &key2, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("Key slot 1 unlocked."),
         "{}",
         stderr(&out)
     );
-    let out = test_pass(&img, &key2, &["--key-slot", "0"]);
+    let out = test_passphrase(&img, &key2, &["--key-slot", "0"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    let out = test_pass(&img, &key2, &["--key-slot", "1"]);
+    let out = test_passphrase(&img, &key2, &["--key-slot", "1"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     for slot in ["5", "40"] {
-        let out = test_pass(&img, &key2, &["--key-slot", slot]);
+        let out = test_passphrase(&img, &key2, &["--key-slot", slot]);
         assert_eq!(out.status.code(), Some(1), "slot {slot}: {}", stderr(&out));
         assert!(
             stderr(&out).contains("No usable keyslot"),
@@ -209,16 +200,16 @@ fn keyslot_selection_and_priority() {
     ok(cryptsetup()
         .args(["config", "--priority", "ignore", "--key-slot", "1"])
         .arg(&img));
-    let out = test_pass(&img, &key2, &[]);
+    let out = test_passphrase(&img, &key2, &[]);
     assert_eq!(
         out.status.code(),
         Some(2),
         "ignored slot tried: {}",
         stderr(&out)
     );
-    let out = test_pass(&img, &key2, &["--key-slot", "1"]);
+    let out = test_passphrase(&img, &key2, &["--key-slot", "1"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let out = test_pass(&img, &key, &[]);
+    let out = test_passphrase(&img, &key, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     // The same answers from cryptsetup itself.
     let cs = run(cryptsetup()

@@ -150,6 +150,16 @@ pub fn cryptsetup_volume_key(image: &Path, key: &Path) -> String {
     hex
 }
 
+/// `nbdcrypt test-passphrase IMAGE --key-file KEY [extra]`.
+pub fn test_passphrase(img: &Path, key: &Path, extra: &[&str]) -> Output {
+    run(nbdcrypt()
+        .arg("test-passphrase")
+        .arg(img)
+        .arg("--key-file")
+        .arg(key)
+        .args(extra))
+}
+
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
