@@ -1,4 +1,4 @@
-//! The worked examples of `format-spec.md` §7 hold for our implementation: the test reads them
+//! The worked examples of `format-spec.md` §8 hold for our implementation: the test reads them
 //! from the document itself, so the document cannot drift from the code.
 
 use std::collections::HashMap;

@@ -6,6 +6,7 @@
 //! hint line where one helps.
 
 mod dump;
+mod keyslots;
 mod passphrase;
 mod serve;
 
@@ -104,6 +105,42 @@ struct KeyArgs {
     key_slot: Option<u32>,
 }
 
+/// KDF cost of a new keyslot, with cryptsetup's flag names, units and defaults.
+#[derive(clap::Args)]
+struct KdfArgs {
+    /// Password-based KDF of the new keyslot.
+    #[arg(long, value_enum, default_value = "argon2id")]
+    pbkdf: PbkdfArg,
+    /// Benchmark the KDF to take this long to unlock, milliseconds.
+    #[arg(long, short = 'i', value_name = "MS", default_value_t = 2000)]
+    iter_time: u32,
+    /// Argon2 memory cost in KiB (capped at half of RAM).
+    #[arg(long, value_name = "KIB", default_value_t = 1 << 20)]
+    pbkdf_memory: u32,
+    /// Argon2 parallel lanes (1-4, at most the CPU count).
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pbkdf_parallel: u32,
+    /// PBKDF2 iterations or Argon2 time cost; skips the benchmark.
+    #[arg(long, value_name = "N")]
+    pbkdf_force_iterations: Option<u32>,
+}
+
+impl KdfArgs {
+    fn choice(&self) -> KdfChoice {
+        KdfChoice {
+            kind: match self.pbkdf {
+                PbkdfArg::Argon2id => KdfKind::Argon2id,
+                PbkdfArg::Argon2i => KdfKind::Argon2i,
+                PbkdfArg::Pbkdf2 => KdfKind::Pbkdf2,
+            },
+            iter_time_ms: self.iter_time,
+            memory_kib: self.pbkdf_memory,
+            parallel: self.pbkdf_parallel,
+            force_iterations: self.pbkdf_force_iterations,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Create a LUKS2 volume (keyslot 0) in IMAGE, creating or extending the file with --size.
@@ -119,21 +156,8 @@ enum Command {
         /// Encryption sector size in bytes.
         #[arg(long, default_value_t = 512, value_parser = parse_sector_size)]
         sector_size: u32,
-        /// Password-based KDF of keyslot 0.
-        #[arg(long, value_enum, default_value = "argon2id")]
-        pbkdf: PbkdfArg,
-        /// Benchmark the KDF to take this long to unlock, milliseconds.
-        #[arg(long, short = 'i', value_name = "MS", default_value_t = 2000)]
-        iter_time: u32,
-        /// Argon2 memory cost in KiB (capped at half of RAM).
-        #[arg(long, value_name = "KIB", default_value_t = 1 << 20)]
-        pbkdf_memory: u32,
-        /// Argon2 parallel lanes (1-4, at most the CPU count).
-        #[arg(long, value_name = "N", default_value_t = 4)]
-        pbkdf_parallel: u32,
-        /// PBKDF2 iterations or Argon2 time cost; skips the benchmark.
-        #[arg(long, value_name = "N")]
-        pbkdf_force_iterations: Option<u32>,
+        #[command(flatten)]
+        kdf: KdfArgs,
         /// Volume label (at most 47 bytes).
         #[arg(long)]
         label: Option<String>,
@@ -174,6 +198,68 @@ enum Command {
         /// Serve read-only: writes fail with EPERM.
         #[arg(long)]
         read_only: bool,
+    },
+    /// Add a keyslot (as `cryptsetup luksAddKey`): unlock with an existing passphrase (or
+    /// --volume-key-file), store the volume key under a new one.
+    AddKey {
+        /// Image file.
+        image: PathBuf,
+        /// An existing passphrase, from FILE byte for byte.
+        #[arg(long, short = 'd', value_name = "FILE")]
+        key_file: Option<PathBuf>,
+        /// The new passphrase, from FILE byte for byte.
+        #[arg(long, value_name = "FILE")]
+        new_keyfile: Option<PathBuf>,
+        /// Use the raw volume key in FILE (64 bytes) instead of an existing passphrase.
+        #[arg(long, value_name = "FILE", conflicts_with = "key_file")]
+        volume_key_file: Option<PathBuf>,
+        /// The new keyslot's number (default: the lowest free one).
+        #[arg(long, short = 'S', value_name = "N")]
+        key_slot: Option<u32>,
+        #[command(flatten)]
+        kdf: KdfArgs,
+    },
+    /// Change a passphrase (as `cryptsetup luksChangeKey`): the slot the old passphrase opens
+    /// (or --key-slot) gets the new one.
+    ChangeKey {
+        /// Image file.
+        image: PathBuf,
+        /// The old passphrase, from FILE byte for byte.
+        #[arg(long, short = 'd', value_name = "FILE")]
+        key_file: Option<PathBuf>,
+        /// The new passphrase, from FILE byte for byte.
+        #[arg(long, value_name = "FILE")]
+        new_keyfile: Option<PathBuf>,
+        /// Only this keyslot.
+        #[arg(long, short = 'S', value_name = "N")]
+        key_slot: Option<u32>,
+        #[command(flatten)]
+        kdf: KdfArgs,
+    },
+    /// Remove the keyslot that the given passphrase opens (as `cryptsetup luksRemoveKey`).
+    RemoveKey {
+        /// Image file.
+        image: PathBuf,
+        /// The passphrase to remove, from FILE byte for byte.
+        #[arg(long, short = 'd', value_name = "FILE")]
+        key_file: Option<PathBuf>,
+        /// Allow removing the last keyslot (the volume becomes unusable).
+        #[arg(long, short = 'q')]
+        batch_mode: bool,
+    },
+    /// Wipe keyslot N (as `cryptsetup luksKillSlot`); asks for the passphrase of another slot
+    /// unless --batch-mode.
+    KillSlot {
+        /// Image file.
+        image: PathBuf,
+        /// Keyslot number.
+        slot: u32,
+        /// A passphrase of another keyslot, from FILE byte for byte.
+        #[arg(long, short = 'd', value_name = "FILE")]
+        key_file: Option<PathBuf>,
+        /// Do not ask for a passphrase of another slot.
+        #[arg(long, short = 'q')]
+        batch_mode: bool,
     },
     /// Quick start: create (once) a small demo volume with a generated key file in DIR, and
     /// serve it on 127.0.0.1:10809.
@@ -271,11 +357,7 @@ fn run(cmd: Command) -> Result<(), CliError> {
             size,
             key_file,
             sector_size,
-            pbkdf,
-            iter_time,
-            pbkdf_memory,
-            pbkdf_parallel,
-            pbkdf_force_iterations,
+            kdf,
             label,
             batch_mode,
         } => {
@@ -284,17 +366,7 @@ fn run(cmd: Command) -> Result<(), CliError> {
             let opts = FormatOptions {
                 size,
                 sector_size,
-                kdf: KdfChoice {
-                    kind: match pbkdf {
-                        PbkdfArg::Argon2id => KdfKind::Argon2id,
-                        PbkdfArg::Argon2i => KdfKind::Argon2i,
-                        PbkdfArg::Pbkdf2 => KdfKind::Pbkdf2,
-                    },
-                    iter_time_ms: iter_time,
-                    memory_kib: pbkdf_memory,
-                    parallel: pbkdf_parallel,
-                    force_iterations: pbkdf_force_iterations,
-                },
+                kdf: kdf.choice(),
                 label,
             };
             let uuid = volume::format(&image, &opts, pass.expose())?;
@@ -340,6 +412,45 @@ fn run(cmd: Command) -> Result<(), CliError> {
             export_name,
             read_only,
         }),
+        Command::AddKey {
+            image,
+            key_file,
+            new_keyfile,
+            volume_key_file,
+            key_slot,
+            kdf,
+        } => keyslots::add_key(
+            &image,
+            key_file.as_deref(),
+            new_keyfile.as_deref(),
+            volume_key_file.as_deref(),
+            key_slot,
+            &kdf.choice(),
+        ),
+        Command::ChangeKey {
+            image,
+            key_file,
+            new_keyfile,
+            key_slot,
+            kdf,
+        } => keyslots::change_key(
+            &image,
+            key_file.as_deref(),
+            new_keyfile.as_deref(),
+            key_slot,
+            &kdf.choice(),
+        ),
+        Command::RemoveKey {
+            image,
+            key_file,
+            batch_mode,
+        } => keyslots::remove_key(&image, key_file.as_deref(), batch_mode),
+        Command::KillSlot {
+            image,
+            slot,
+            key_file,
+            batch_mode,
+        } => keyslots::kill_slot(&image, slot, key_file.as_deref(), batch_mode),
         Command::Demo { dir, listen } => serve::demo(&dir, listen),
     }
 }

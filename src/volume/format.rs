@@ -1,6 +1,4 @@
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use serde_json::Map;
@@ -21,6 +19,7 @@ use crate::format::{
     self, AF_STRIPES, CIPHER, DEFAULT_DATA_OFFSET, DEFAULT_HDR_SIZE, VOLUME_KEY_SIZE,
 };
 
+use super::update::{encode_copies, sync_step, write_copies, write_step};
 use super::{meminfo_kib, Access, VolumeError};
 
 /// Which password-based KDF a new keyslot uses (`--pbkdf`).
@@ -214,24 +213,6 @@ fn random_uuid() -> Result<String, VolumeError> {
     ))
 }
 
-fn write_at(file: &File, path: &Path, data: &[u8], at: u64) -> Result<(), VolumeError> {
-    file.write_all_at(data, at).map_err(|e| VolumeError::Io {
-        op: "write",
-        path: path.to_owned(),
-        offset: at,
-        source: e,
-    })
-}
-
-pub(crate) fn sync(file: &File, path: &Path) -> Result<(), VolumeError> {
-    file.sync_data().map_err(|e| VolumeError::Io {
-        op: "fdatasync",
-        path: path.to_owned(),
-        offset: 0,
-        source: e,
-    })
-}
-
 /// Create a LUKS2 volume in the image at `path` (`format-spec.md` §5): a fresh 512-bit volume
 /// key, keyslot 0 holding it under `passphrase`, a `pbkdf2` digest, one `aes-xts-plain64` crypt
 /// segment at 16 MiB. The keyslots area is filled with random bytes and written first, then the
@@ -304,7 +285,7 @@ pub fn format(path: &Path, opts: &FormatOptions, passphrase: &[u8]) -> Result<St
             path: path.to_owned(),
             source: e,
         })?;
-    super::lock(&file, path, Access::Format)?;
+    super::lock(&file, path, Access::HeaderWrite)?;
     let meta = file.metadata().map_err(|e| VolumeError::Device {
         path: path.to_owned(),
         source: e,
@@ -379,29 +360,19 @@ pub fn format(path: &Path, opts: &FormatOptions, passphrase: &[u8]) -> Result<St
         },
         extra: Map::new(),
     };
-    let uuid = random_uuid()?;
-    let mut copies = Vec::new();
-    for (copy, at) in [(Copy::Secondary, hdr_size), (Copy::Primary, 0)] {
-        let mut salt = [0u8; 64];
-        salt.copy_from_slice(&random_bytes(64)?);
-        let hdr = BinaryHeader {
-            copy,
-            hdr_size,
-            seqid: 1,
-            label: opts.label.clone().unwrap_or_default(),
-            checksum_alg: "sha256".into(),
-            salt,
-            uuid: uuid.clone(),
-            subsystem: String::new(),
-            hdr_offset: at,
-            csum: [0; 64],
-        };
-        let bytes = format::encode_copy(&hdr, &md).map_err(|e| match e {
-            format::FormatError::Invalid(m) => VolumeError::InvalidArgument(m),
-            other => VolumeError::from_format(path, other),
-        })?;
-        copies.push((bytes, at));
-    }
+    let base = BinaryHeader {
+        copy: Copy::Primary,
+        hdr_size,
+        seqid: 1,
+        label: opts.label.clone().unwrap_or_default(),
+        checksum_alg: "sha256".into(),
+        salt: [0; 64],
+        uuid: random_uuid()?,
+        subsystem: String::new(),
+        hdr_offset: 0,
+        csum: [0; 64],
+    };
+    let copies = encode_copies(path, &base, &md, 1)?;
 
     if len > meta.len() {
         file.set_len(len).map_err(|e| VolumeError::Io {
@@ -418,16 +389,13 @@ pub fn format(path: &Path, opts: &FormatOptions, passphrase: &[u8]) -> Result<St
         let n = ((DEFAULT_DATA_OFFSET - at) as usize).min(fill.len());
         getrandom::fill(&mut fill[..n])
             .map_err(|e| VolumeError::Crypto(crate::crypto::CryptoError::Random(e.to_string())))?;
-        write_at(&file, path, &fill[..n], at)?;
+        write_step(&file, path, &fill[..n], at, "keyslots area fill")?;
         at += n as u64;
     }
-    write_at(&file, path, &material, ks_offset)?;
-    sync(&file, path)?;
-    for (bytes, at) in copies {
-        write_at(&file, path, &bytes, at)?;
-        sync(&file, path)?;
-    }
-    Ok(uuid)
+    write_step(&file, path, &material, ks_offset, "keyslot area")?;
+    sync_step(&file, path, "sync keyslots area")?;
+    write_copies(&file, path, &copies)?;
+    Ok(base.uuid)
 }
 
 #[cfg(test)]

@@ -9,12 +9,16 @@ mod error;
 mod format;
 mod header_io;
 mod unlock;
+mod update;
 
 pub use data::Volume;
 pub use error::VolumeError;
 pub use format::{format, FormatOptions, KdfChoice, KdfKind};
 pub use header_io::{load_header, LoadedHeader};
 pub use unlock::{unlock, UnlockedKey};
+pub use update::{
+    add_keyslot, change_keyslot, kill_keyslot, verify_volume_key, FAULT_STEP_ENV, MAX_KEYSLOTS,
+};
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -47,8 +51,8 @@ pub enum Access {
     ReadShared,
     /// Read-write; `flock` shared, `fcntl` write lock: serving.
     WriteExclusive,
-    /// Read-write; `flock` exclusive, `fcntl` write lock: `format`.
-    Format,
+    /// Read-write; `flock` exclusive, `fcntl` write lock: `format` and every header update.
+    HeaderWrite,
 }
 
 /// Open an existing image file with the locks of `access`. Errors: [`VolumeError::Device`]
@@ -61,7 +65,10 @@ pub fn open_image(path: &Path, access: Access) -> Result<File, VolumeError> {
     };
     let file = std::fs::OpenOptions::new()
         .read(true)
-        .write(matches!(access, Access::WriteExclusive | Access::Format))
+        .write(matches!(
+            access,
+            Access::WriteExclusive | Access::HeaderWrite
+        ))
         .open(path)
         .map_err(device)?;
     if !file.metadata().map_err(device)?.is_file() {
@@ -82,7 +89,7 @@ pub(crate) fn lock(file: &File, path: &Path, access: Access) -> Result<(), Volum
         source: e,
     };
     let r = match access {
-        Access::Format => file.try_lock(),
+        Access::HeaderWrite => file.try_lock(),
         _ => file.try_lock_shared(),
     };
     match r {
@@ -93,7 +100,7 @@ pub(crate) fn lock(file: &File, path: &Path, access: Access) -> Result<(), Volum
     let kind = match access {
         Access::Inspect => return Ok(()),
         Access::ReadShared => libc::F_RDLCK,
-        Access::WriteExclusive | Access::Format => libc::F_WRLCK,
+        Access::WriteExclusive | Access::HeaderWrite => libc::F_WRLCK,
     };
     // SAFETY: a zeroed `flock` is a valid value; the fd is open for the call's duration.
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };

@@ -1,0 +1,134 @@
+//! Keyslot commands with cryptsetup's names minus the `luks` prefix: `add-key`, `change-key`,
+//! `remove-key`, `kill-slot`. Each takes the image with the header-write locks (a served image
+//! is busy, exit 5), unlocks what it needs in memory, and changes the header through the
+//! crash-safe update of `volume` (`format-spec.md` §7).
+
+use std::path::Path;
+
+use crate::crypto::SecretBytes;
+use crate::volume::{self, Access, KdfChoice, LoadedHeader, VolumeError};
+
+use super::passphrase::{read_passphrase, unlock_with_tries, Prompt};
+use super::CliError;
+
+fn open_for_update(image: &Path) -> Result<(std::fs::File, LoadedHeader), CliError> {
+    let file = volume::open_image(image, Access::HeaderWrite)?;
+    let lh = volume::load_header(&file, image)?;
+    super::warn_all(&lh.warnings);
+    Ok((file, lh))
+}
+
+/// `add-key`: see the CLI help.
+pub fn add_key(
+    image: &Path,
+    key_file: Option<&Path>,
+    new_keyfile: Option<&Path>,
+    volume_key_file: Option<&Path>,
+    slot: Option<u32>,
+    kdf: &KdfChoice,
+) -> Result<(), CliError> {
+    let (file, lh) = open_for_update(image)?;
+    let vk = match volume_key_file {
+        Some(f) => {
+            let vk = SecretBytes::new(std::fs::read(f).map_err(|e| {
+                CliError::Usage(format!("cannot read volume key file {}: {e}", f.display()))
+            })?);
+            volume::verify_volume_key(image, &lh, vk.expose())?;
+            vk
+        }
+        None => {
+            unlock_with_tries(key_file, image, |p| {
+                volume::unlock(&file, image, &lh, p, None)
+            })?
+            .key
+        }
+    };
+    let new = read_passphrase(new_keyfile, Prompt::New(image))?;
+    let id = volume::add_keyslot(&file, image, &lh, &vk, new.expose(), slot, kdf)?;
+    eprintln!("Key slot {id} created.");
+    Ok(())
+}
+
+/// `change-key`: see the CLI help.
+pub fn change_key(
+    image: &Path,
+    key_file: Option<&Path>,
+    new_keyfile: Option<&Path>,
+    slot: Option<u32>,
+    kdf: &KdfChoice,
+) -> Result<(), CliError> {
+    let (file, lh) = open_for_update(image)?;
+    let old = unlock_with_tries(key_file, image, |p| {
+        volume::unlock(&file, image, &lh, p, slot)
+    })?;
+    let new = read_passphrase(new_keyfile, Prompt::New(image))?;
+    volume::change_keyslot(&file, image, &lh, old.keyslot, &old.key, new.expose(), kdf)?;
+    eprintln!("Key slot {} changed.", old.keyslot);
+    Ok(())
+}
+
+/// `remove-key`: see the CLI help.
+pub fn remove_key(image: &Path, key_file: Option<&Path>, batch: bool) -> Result<(), CliError> {
+    let (file, lh) = open_for_update(image)?;
+    let k = unlock_with_tries(key_file, image, |p| {
+        volume::unlock(&file, image, &lh, p, None)
+    })?;
+    if lh.metadata.keyslots.len() == 1 && !batch {
+        return Err(CliError::Usage(format!(
+            "keyslot {} is the last one: the volume would become unusable (add --batch-mode to remove it anyway)",
+            k.keyslot
+        )));
+    }
+    volume::kill_keyslot(&file, image, &lh, k.keyslot)?;
+    eprintln!("Key slot {} removed.", k.keyslot);
+    Ok(())
+}
+
+/// `kill-slot`: see the CLI help.
+pub fn kill_slot(
+    image: &Path,
+    slot: u32,
+    key_file: Option<&Path>,
+    batch: bool,
+) -> Result<(), CliError> {
+    let (file, lh) = open_for_update(image)?;
+    if !lh
+        .metadata
+        .keyslots
+        .contains_key(&crate::format::metadata::Id(slot))
+    {
+        return Err(VolumeError::InvalidArgument(format!("keyslot {slot} is not in use")).into());
+    }
+    if !batch {
+        // Proof of authority: a passphrase that opens some other keyslot.
+        let others: Vec<u32> = lh
+            .metadata
+            .keyslots
+            .keys()
+            .map(|k| k.0)
+            .filter(|k| *k != slot)
+            .collect();
+        if others.is_empty() {
+            return Err(CliError::Usage(format!(
+                "keyslot {slot} is the last one: the volume would become unusable (add --batch-mode to kill it anyway)"
+            )));
+        }
+        unlock_with_tries(key_file, image, |p| {
+            for o in &others {
+                match volume::unlock(&file, image, &lh, p, Some(*o)) {
+                    Ok(k) => return Ok(k),
+                    Err(
+                        VolumeError::WrongPassphrase
+                        | VolumeError::NoUsableKeyslot { .. }
+                        | VolumeError::Unsupported { .. },
+                    ) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(VolumeError::WrongPassphrase)
+        })?;
+    }
+    volume::kill_keyslot(&file, image, &lh, slot)?;
+    eprintln!("Key slot {slot} removed.");
+    Ok(())
+}

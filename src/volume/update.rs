@@ -1,0 +1,328 @@
+//! Header updates that never lose the last good state (`format-spec.md` §7): key material is
+//! written and synced before the header that points at it; a new metadata version (`seqid` + 1)
+//! goes to the secondary copy, is synced, then to the primary, synced. Every write and every
+//! sync here is a numbered *step*; a test hook stops the process right after a chosen step.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::crypto::digest::verify_digest;
+use crate::crypto::keyslot::{unwrap_key, wrap_key, KeyslotParams};
+use crate::crypto::{HashAlg, VolumeKey};
+use crate::format::header::{BinaryHeader, Copy};
+use crate::format::metadata::{Id, Metadata};
+use crate::format::{self, af_material_len, AF_STRIPES, VOLUME_KEY_SIZE};
+
+use super::format::{choose_kdf, keyslot_json, KdfChoice};
+use super::{LoadedHeader, VolumeError};
+
+/// Environment variable of the crash test hook: with `NBDCRYPT_FAULT_STEP=N` the process aborts
+/// right after the N-th write or sync step of a header update (counting from 1), as a power cut
+/// would stop it. Unset in normal use.
+pub const FAULT_STEP_ENV: &str = "NBDCRYPT_FAULT_STEP";
+
+/// The most keyslots a LUKS2 header holds here (cryptsetup's limit).
+pub const MAX_KEYSLOTS: u32 = 32;
+
+static STEPS: AtomicU32 = AtomicU32::new(0);
+
+fn step(what: &str) {
+    let n = STEPS.fetch_add(1, Ordering::SeqCst) + 1;
+    if let Some(stop) = std::env::var(FAULT_STEP_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+    {
+        if n == stop {
+            eprintln!("nbdcrypt: fault injection: stopping after step {n} ({what})");
+            std::process::abort();
+        }
+    }
+}
+
+/// Write `data` at byte `at` of the image: one step.
+pub(crate) fn write_step(
+    file: &File,
+    path: &Path,
+    data: &[u8],
+    at: u64,
+    what: &str,
+) -> Result<(), VolumeError> {
+    file.write_all_at(data, at).map_err(|e| VolumeError::Io {
+        op: "write",
+        path: path.to_owned(),
+        offset: at,
+        source: e,
+    })?;
+    step(what);
+    Ok(())
+}
+
+/// `fdatasync` the image: one step.
+pub(crate) fn sync_step(file: &File, path: &Path, what: &str) -> Result<(), VolumeError> {
+    file.sync_data().map_err(|e| VolumeError::Io {
+        op: "fdatasync",
+        path: path.to_owned(),
+        offset: 0,
+        source: e,
+    })?;
+    step(what);
+    Ok(())
+}
+
+/// Encode both metadata copies of `md` from `base` (its `hdr_size`, UUID, label, subsystem)
+/// with `seqid`, each with a fresh salt. Errors: [`VolumeError::InvalidArgument`] when the JSON
+/// does not fit the area.
+pub(crate) fn encode_copies(
+    path: &Path,
+    base: &BinaryHeader,
+    md: &Metadata,
+    seqid: u64,
+) -> Result<Vec<(Vec<u8>, u64)>, VolumeError> {
+    let mut copies = Vec::new();
+    for (copy, at) in [(Copy::Secondary, base.hdr_size), (Copy::Primary, 0)] {
+        let mut salt = [0u8; 64];
+        salt.copy_from_slice(&crate::crypto::random_bytes(64)?);
+        let hdr = BinaryHeader {
+            copy,
+            seqid,
+            salt,
+            hdr_offset: at,
+            csum: [0; 64],
+            ..base.clone()
+        };
+        let bytes = format::encode_copy(&hdr, md).map_err(|e| match e {
+            format::FormatError::Invalid(m) => VolumeError::InvalidArgument(m),
+            other => VolumeError::from_format(path, other),
+        })?;
+        copies.push((bytes, at));
+    }
+    Ok(copies)
+}
+
+/// Write `copies` (from [`encode_copies`]: secondary first) each followed by a sync.
+pub(crate) fn write_copies(
+    file: &File,
+    path: &Path,
+    copies: &[(Vec<u8>, u64)],
+) -> Result<(), VolumeError> {
+    for (bytes, at) in copies {
+        let which = if *at == 0 { "primary" } else { "secondary" };
+        write_step(file, path, bytes, *at, &format!("{which} header"))?;
+        sync_step(file, path, &format!("sync {which} header"))?;
+    }
+    Ok(())
+}
+
+/// Commit `md` as the next metadata version of the image loaded as `lh`.
+fn commit(file: &File, path: &Path, lh: &LoadedHeader, md: &Metadata) -> Result<(), VolumeError> {
+    let copies = encode_copies(path, &lh.header, md, lh.header.seqid + 1)?;
+    // The new version must itself pass every check a reader applies.
+    for (bytes, at) in &copies {
+        format::decode_copy(bytes, *at).map_err(|e| VolumeError::from_format(path, e))?;
+    }
+    write_copies(file, path, &copies)
+}
+
+/// A 4096-aligned free byte range of `size` bytes in the keyslots area, first fit.
+fn free_area(lh: &LoadedHeader, size: u64) -> Option<u64> {
+    let start = 2 * lh.header.hdr_size;
+    let end = start + lh.metadata.config.keyslots_size;
+    let mut used: Vec<(u64, u64)> = lh
+        .metadata
+        .keyslots
+        .values()
+        .map(|k| (k.area.offset, k.area.offset + k.area.size))
+        .collect();
+    used.sort();
+    let mut at = start;
+    for (a, b) in used {
+        if at + size <= a {
+            return Some(at);
+        }
+        at = at.max(b.div_ceil(4096) * 4096);
+    }
+    (at + size <= end).then_some(at)
+}
+
+/// The digest bound to the data segment, by id.
+fn segment_digest_id(path: &Path, md: &Metadata) -> Result<Id, VolumeError> {
+    let d = format::segment_digest(md).map_err(|e| VolumeError::from_format(path, e))?;
+    Ok(Id(d.id))
+}
+
+/// Check that `vk` is this volume's key (the segment digest, constant time).
+pub fn verify_volume_key(path: &Path, lh: &LoadedHeader, vk: &[u8]) -> Result<(), VolumeError> {
+    let d = format::segment_digest(&lh.metadata).map_err(|e| VolumeError::from_format(path, e))?;
+    if vk.len() != VOLUME_KEY_SIZE
+        || !verify_digest(HashAlg::Sha256, d.iterations, &d.salt, vk, &d.digest)?
+    {
+        return Err(VolumeError::InvalidArgument(
+            "the volume key does not match this volume's digest".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Add a `luks2` keyslot holding `vk` under `new_pass` (`format-spec.md` §7.1): the area is
+/// written, synced, read back and unlocked in memory with `new_pass` before the header that
+/// refers to it is committed. Returns the keyslot id (`slot`, or the lowest free one).
+///
+/// Errors: [`VolumeError::InvalidArgument`] for a slot in use or out of range, "All key slots
+/// full." at [`MAX_KEYSLOTS`], no room in the keyslots area, bad KDF costs;
+/// [`VolumeError::Io`] on write failures (the header is then unchanged).
+pub fn add_keyslot(
+    file: &File,
+    path: &Path,
+    lh: &LoadedHeader,
+    vk: &VolumeKey,
+    new_pass: &[u8],
+    slot: Option<u32>,
+    kdf: &KdfChoice,
+) -> Result<u32, VolumeError> {
+    let id = pick_slot(lh, slot)?;
+    let params = KeyslotParams {
+        kdf: choose_kdf(kdf)?,
+        area_key_size: VOLUME_KEY_SIZE,
+        key_size: VOLUME_KEY_SIZE,
+        stripes: AF_STRIPES,
+        af_hash: HashAlg::Sha256,
+    };
+    let size = af_material_len(VOLUME_KEY_SIZE as u64, AF_STRIPES as u64).div_ceil(4096) * 4096;
+    let at = free_area(lh, size).ok_or_else(|| {
+        VolumeError::InvalidArgument("no room left in the keyslots area for a new keyslot".into())
+    })?;
+    write_area(file, path, &params, new_pass, vk, at)?;
+    let mut md = lh.metadata.clone();
+    md.keyslots
+        .insert(Id(id), keyslot_json(&params.kdf, at, size));
+    let did = segment_digest_id(path, &md)?;
+    let digest = md.digests.get_mut(&did).expect("digest exists");
+    digest.keyslots.push(id.to_string());
+    digest
+        .keyslots
+        .sort_by_key(|k| k.parse::<u32>().unwrap_or(u32::MAX));
+    commit(file, path, lh, &md)?;
+    Ok(id)
+}
+
+fn pick_slot(lh: &LoadedHeader, slot: Option<u32>) -> Result<u32, VolumeError> {
+    match slot {
+        Some(s) if s >= MAX_KEYSLOTS => Err(VolumeError::InvalidArgument(format!(
+            "keyslot {s} is out of range (0..{})",
+            MAX_KEYSLOTS - 1
+        ))),
+        Some(s) if lh.metadata.keyslots.contains_key(&Id(s)) => Err(VolumeError::InvalidArgument(
+            format!("keyslot {s} is already in use"),
+        )),
+        Some(s) => Ok(s),
+        None => (0..MAX_KEYSLOTS)
+            .find(|s| !lh.metadata.keyslots.contains_key(&Id(*s)))
+            .ok_or_else(|| VolumeError::InvalidArgument("All key slots full.".into())),
+    }
+}
+
+/// Wrap `vk`, write the area at `at`, sync, and prove it unlocks with `pass` from the disk.
+fn write_area(
+    file: &File,
+    path: &Path,
+    params: &KeyslotParams,
+    pass: &[u8],
+    vk: &VolumeKey,
+    at: u64,
+) -> Result<(), VolumeError> {
+    let material = wrap_key(params, pass, vk.expose())?;
+    write_step(file, path, &material, at, "keyslot area")?;
+    sync_step(file, path, "sync keyslot area")?;
+    let mut back = vec![0u8; material.len()];
+    file.read_exact_at(&mut back, at)
+        .map_err(|e| VolumeError::Io {
+            op: "read back keyslot area",
+            path: path.to_owned(),
+            offset: at,
+            source: e,
+        })?;
+    let again = unwrap_key(params, pass, &back)?;
+    if !bool::from(subtle::ConstantTimeEq::ct_eq(again.expose(), vk.expose())) {
+        return Err(VolumeError::Io {
+            op: "verify keyslot area",
+            path: path.to_owned(),
+            offset: at,
+            source: std::io::Error::other("the keyslot area read back does not unlock"),
+        });
+    }
+    Ok(())
+}
+
+/// Overwrite a keyslot's area with random bytes and sync: one write, one sync step.
+fn wipe_area(file: &File, path: &Path, lh: &LoadedHeader, slot: u32) -> Result<(), VolumeError> {
+    let ks = &lh.metadata.keyslots[&Id(slot)];
+    let noise = crate::crypto::random_bytes(ks.area.size as usize)?;
+    write_step(file, path, &noise, ks.area.offset, "wipe keyslot area")?;
+    sync_step(file, path, "sync wiped keyslot area")
+}
+
+/// Remove keyslot `slot` (`format-spec.md` §7.2): its area is overwritten with random bytes and
+/// synced (revocation, LUKS2 spec §4.4), then the metadata without it is committed.
+///
+/// Errors: [`VolumeError::InvalidArgument`] when the slot is not in use.
+pub fn kill_keyslot(
+    file: &File,
+    path: &Path,
+    lh: &LoadedHeader,
+    slot: u32,
+) -> Result<(), VolumeError> {
+    if !lh.metadata.keyslots.contains_key(&Id(slot)) {
+        return Err(VolumeError::InvalidArgument(format!(
+            "keyslot {slot} is not in use"
+        )));
+    }
+    wipe_area(file, path, lh, slot)?;
+    let mut md = lh.metadata.clone();
+    md.keyslots.remove(&Id(slot));
+    let name = slot.to_string();
+    for d in md.digests.values_mut() {
+        d.keyslots.retain(|k| *k != name);
+    }
+    for t in md.tokens.values_mut() {
+        if let Some(ks) = t.get_mut("keyslots").and_then(|v| v.as_array_mut()) {
+            ks.retain(|k| k.as_str() != Some(name.as_str()));
+        }
+    }
+    commit(file, path, lh, &md)
+}
+
+/// Replace the passphrase of keyslot `slot` (`format-spec.md` §7.3), as `cryptsetup
+/// luksChangeKey`: the key goes to a new area (written, synced, verified), the metadata
+/// pointing the slot at it is committed, then the old area is wiped.
+///
+/// Errors: as [`add_keyslot`].
+pub fn change_keyslot(
+    file: &File,
+    path: &Path,
+    lh: &LoadedHeader,
+    slot: u32,
+    vk: &VolumeKey,
+    new_pass: &[u8],
+    kdf: &KdfChoice,
+) -> Result<(), VolumeError> {
+    let params = KeyslotParams {
+        kdf: choose_kdf(kdf)?,
+        area_key_size: VOLUME_KEY_SIZE,
+        key_size: VOLUME_KEY_SIZE,
+        stripes: AF_STRIPES,
+        af_hash: HashAlg::Sha256,
+    };
+    let size = af_material_len(VOLUME_KEY_SIZE as u64, AF_STRIPES as u64).div_ceil(4096) * 4096;
+    let at = free_area(lh, size).ok_or_else(|| {
+        VolumeError::InvalidArgument("no room left in the keyslots area to change the key".into())
+    })?;
+    write_area(file, path, &params, new_pass, vk, at)?;
+    let mut md = lh.metadata.clone();
+    let mut ks = keyslot_json(&params.kdf, at, size);
+    ks.priority = md.keyslots[&Id(slot)].priority;
+    md.keyslots.insert(Id(slot), ks);
+    commit(file, path, lh, &md)?;
+    wipe_area(file, path, lh, slot)
+}

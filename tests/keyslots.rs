@@ -1,0 +1,377 @@
+//! Keyslot lifecycle (`add-key`, `change-key`, `remove-key`, `kill-slot`): interop with real
+//! cryptsetup both ways, crash safety by stopping the process after every write and sync step,
+//! and refused operations that change no byte.
+
+mod common;
+
+use common::*;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const CHEAP: [&str; 4] = ["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"];
+
+fn cryptsetup() -> Command {
+    Command::new(require("cryptsetup", "cryptsetup-bin"))
+}
+
+fn key(dir: &Path, name: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, format!("passphrase {name}")).unwrap();
+    p
+}
+
+fn opens(img: &Path, key: &Path) -> bool {
+    let ours = test_passphrase(img, key, &[]).status.code();
+    let theirs = run(cryptsetup()
+        .args(["open", "--test-passphrase", "--key-file"])
+        .arg(key)
+        .arg(img))
+    .status
+    .code();
+    assert_eq!(
+        ours,
+        theirs,
+        "nbdcrypt and cryptsetup disagree on {}",
+        key.display()
+    );
+    assert!(matches!(ours, Some(0) | Some(2)), "{ours:?}");
+    ours == Some(0)
+}
+
+fn cmd(args: &[&str], img: &Path, files: &[(&str, &Path)]) -> std::process::Output {
+    let mut c = nbdcrypt();
+    c.arg(args[0]).arg(img).args(&args[1..]);
+    for (flag, f) in files {
+        c.arg(flag).arg(f);
+    }
+    run(&mut c)
+}
+
+fn hash(bytes: &[u8]) -> Vec<u8> {
+    Sha256::digest(bytes).to_vec()
+}
+
+#[test]
+fn our_changes_are_seen_by_cryptsetup() {
+    let dir = tempdir();
+    let (k0, k1, k2) = (
+        key(dir.path(), "k0"),
+        key(dir.path(), "k1"),
+        key(dir.path(), "k2"),
+    );
+    let img = dir.path().join("v.img");
+    format_cheap(&img, &k0, "20M", 512, "pbkdf2");
+    let mut add = vec!["add-key"];
+    add.extend(CHEAP);
+    let out = cmd(&add, &img, &[("--key-file", &k0), ("--new-keyfile", &k1)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("Key slot 1 created."));
+    assert!(opens(&img, &k0) && opens(&img, &k1));
+    let dump = ok(cryptsetup().arg("luksDump").arg(&img));
+    assert!(dump.contains("  1: luks2"), "{dump}");
+
+    let mut change = vec!["change-key"];
+    change.extend(CHEAP);
+    let out = cmd(
+        &change,
+        &img,
+        &[("--key-file", &k1), ("--new-keyfile", &k2)],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!opens(&img, &k1) && opens(&img, &k2) && opens(&img, &k0));
+
+    let out = cmd(&["kill-slot", "1"], &img, &[("--key-file", &k0)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!opens(&img, &k2) && opens(&img, &k0));
+    let dump = ok(cryptsetup().arg("luksDump").arg(&img));
+    assert!(!dump.contains("  1: luks2"), "{dump}");
+
+    // The last slot goes only with --batch-mode.
+    let out = cmd(&["remove-key"], &img, &[("--key-file", &k0)]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let out = cmd(
+        &["remove-key", "--batch-mode"],
+        &img,
+        &[("--key-file", &k0)],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Nothing left: "No usable keyslot", exit 1, for both tools.
+    let out = test_passphrase(&img, &k0, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let cs = run(cryptsetup()
+        .args(["open", "--test-passphrase", "--key-file"])
+        .arg(&k0)
+        .arg(&img));
+    assert_eq!(cs.status.code(), Some(1), "{}", stderr(&cs));
+}
+
+#[test]
+fn cryptsetups_changes_are_seen_by_us() {
+    let dir = tempdir();
+    let (k0, k1, k2) = (
+        key(dir.path(), "k0"),
+        key(dir.path(), "k1"),
+        key(dir.path(), "k2"),
+    );
+    let img = dir.path().join("cs.img");
+    cryptsetup_format(&img, &k0, 20 << 20, 4096, "pbkdf2");
+    ok(cryptsetup()
+        .args(["luksAddKey", "--batch-mode"])
+        .args(CHEAP)
+        .arg("--key-file")
+        .arg(&k0)
+        .arg(&img)
+        .arg(&k1));
+    assert!(opens(&img, &k1));
+    ok(cryptsetup()
+        .args(["luksChangeKey", "--batch-mode"])
+        .args(CHEAP)
+        .arg("--key-file")
+        .arg(&k1)
+        .arg(&img)
+        .arg(&k2));
+    assert!(opens(&img, &k2) && !opens(&img, &k1));
+    ok(cryptsetup()
+        .args(["luksKillSlot", "--batch-mode"])
+        .arg(&img)
+        .arg("1"));
+    assert!(!opens(&img, &k2) && opens(&img, &k0));
+    // And we can add to what cryptsetup made.
+    let mut add = vec!["add-key", "--key-slot", "7"];
+    add.extend(CHEAP);
+    let out = cmd(&add, &img, &[("--key-file", &k0), ("--new-keyfile", &k1)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(opens(&img, &k1));
+    assert!(ok(cryptsetup().arg("luksDump").arg(&img)).contains("  7: luks2"));
+}
+
+/// Stop the process right after each write and each sync of an update (the
+/// `NBDCRYPT_FAULT_STEP` hook); after every stop the volume opens with the old passphrase (or
+/// the new one where the update completed), cryptsetup still reads the header, and the data
+/// segment is byte-identical.
+#[test]
+fn every_stop_point_leaves_a_good_volume() {
+    let dir = tempdir();
+    let (k0, k1, k2) = (
+        key(dir.path(), "k0"),
+        key(dir.path(), "k1"),
+        key(dir.path(), "k2"),
+    );
+    let base = dir.path().join("base.img");
+    format_cheap(&base, &k0, "20M", 512, "pbkdf2");
+    let mut add = vec!["add-key"];
+    add.extend(CHEAP);
+    assert!(
+        cmd(&add, &base, &[("--key-file", &k0), ("--new-keyfile", &k1)])
+            .status
+            .success()
+    );
+    // Data the updates must not touch.
+    let mut bytes = std::fs::read(&base).unwrap();
+    bytes[16 << 20..].copy_from_slice(&pattern(4 << 20, 3));
+    std::fs::write(&base, &bytes).unwrap();
+    let data_hash = hash(&bytes[16 << 20..]);
+
+    let mut change = vec!["change-key"];
+    change.extend(CHEAP);
+    // Slot 1's area in the base image, which removing slot 1 must wipe before the header
+    // forgets it.
+    let area1 = 290816..290816 + 258048;
+    let base_area1 = bytes[area1.clone()].to_vec();
+    let slot = |img: &Path, n: u32| -> bool {
+        ok(cryptsetup().arg("luksDump").arg(img)).contains(&format!("  {n}: luks2"))
+    };
+    type Check<'a> = Box<dyn Fn(bool, &Path) -> bool + 'a>;
+    type Op<'a> = (&'a str, Vec<&'a str>, Vec<(&'a str, &'a Path)>, Check<'a>);
+    let ops: Vec<Op> = vec![
+        (
+            "add-key",
+            add.clone(),
+            vec![("--key-file", &k0), ("--new-keyfile", &k2)],
+            // The header names slot 2 only once its area unlocks.
+            Box::new(|done, img| {
+                opens(img, &k0)
+                    && opens(img, &k1)
+                    && slot(img, 2) == opens(img, &k2)
+                    && (!done || slot(img, 2))
+            }),
+        ),
+        (
+            "change-key",
+            change.clone(),
+            vec![("--key-file", &k1), ("--new-keyfile", &k2)],
+            Box::new(|done, img| {
+                opens(img, &k0)
+                    && (opens(img, &k1) != opens(img, &k2))
+                    && (!done || opens(img, &k2))
+            }),
+        ),
+        (
+            "remove-key",
+            vec!["remove-key"],
+            vec![("--key-file", &k1)],
+            Box::new(|done, img| {
+                let forgotten = !slot(img, 1);
+                let wiped = std::fs::read(img).unwrap()[area1.clone()] != base_area1[..];
+                opens(img, &k0)
+                    && (!forgotten || wiped)
+                    && (!done || (forgotten && !opens(img, &k1)))
+            }),
+        ),
+        (
+            "kill-slot",
+            vec!["kill-slot", "1"],
+            vec![("--key-file", &k0)],
+            Box::new(|done, img| {
+                let forgotten = !slot(img, 1);
+                let wiped = std::fs::read(img).unwrap()[area1.clone()] != base_area1[..];
+                opens(img, &k0)
+                    && (!forgotten || wiped)
+                    && (!done || (forgotten && !opens(img, &k1)))
+            }),
+        ),
+    ];
+    for (name, args, files, check) in ops {
+        let mut step = 1;
+        loop {
+            let img = dir.path().join(format!("{name}-{step}.img"));
+            std::fs::copy(&base, &img).unwrap();
+            let mut c = nbdcrypt();
+            c.arg(args[0]).arg(&img).args(&args[1..]);
+            for (flag, f) in &files {
+                c.arg(flag).arg(f);
+            }
+            c.env("NBDCRYPT_FAULT_STEP", step.to_string());
+            let out = run(&mut c);
+            let done = out.status.success();
+            if !done {
+                assert!(
+                    stderr(&out).contains(&format!("fault injection: stopping after step {step}")),
+                    "{name} step {step}: {}",
+                    stderr(&out)
+                );
+            }
+            assert!(
+                check(done, &img),
+                "{name}: after stop point {step} the volume does not open as it should"
+            );
+            ok(cryptsetup().arg("luksDump").arg(&img));
+            let after = std::fs::read(&img).unwrap();
+            assert_eq!(
+                hash(&after[16 << 20..]),
+                data_hash,
+                "{name} step {step}: data changed"
+            );
+            std::fs::remove_file(&img).unwrap();
+            if done {
+                assert!(step > 4, "{name} finished after only {step} steps");
+                break;
+            }
+            step += 1;
+        }
+    }
+}
+
+/// Refused operations change no byte of the image.
+#[test]
+fn refused_operations_change_nothing() {
+    let dir = tempdir();
+    let (k0, k1) = (key(dir.path(), "k0"), key(dir.path(), "k1"));
+    let bad = key(dir.path(), "bad");
+    let img = dir.path().join("r.img");
+    format_cheap(&img, &k0, "20M", 512, "pbkdf2");
+    let before = std::fs::read(&img).unwrap();
+    let mut add = vec!["add-key"];
+    add.extend(CHEAP);
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a Path)>, i32, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            add.clone(),
+            vec![("--key-file", &bad), ("--new-keyfile", &k1)],
+            2,
+            "No key available",
+        ),
+        (
+            [add.clone(), vec!["--key-slot", "32"]].concat(),
+            vec![("--key-file", &k0), ("--new-keyfile", &k1)],
+            1,
+            "out of range",
+        ),
+        (
+            [add.clone(), vec!["--key-slot", "0"]].concat(),
+            vec![("--key-file", &k0), ("--new-keyfile", &k1)],
+            1,
+            "already in use",
+        ),
+        (
+            vec!["remove-key"],
+            vec![("--key-file", &bad)],
+            2,
+            "No key available",
+        ),
+        (
+            vec!["kill-slot", "3"],
+            vec![("--key-file", &k0)],
+            1,
+            "not in use",
+        ),
+        (
+            vec!["kill-slot", "0"],
+            vec![("--key-file", &bad)],
+            1,
+            "last one",
+        ),
+        (
+            vec!["change-key"],
+            vec![("--key-file", &bad), ("--new-keyfile", &k1)],
+            2,
+            "No key",
+        ),
+    ];
+    for (args, files, code, needle) in cases {
+        let out = cmd(&args, &img, &files);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
+        assert!(
+            std::fs::read(&img).unwrap() == before,
+            "{args:?} modified the image"
+        );
+    }
+    // A served image is busy for header changes.
+    let mut srv = Server::start(&img, &k0, &[]);
+    let out = cmd(&add, &img, &[("--key-file", &k0), ("--new-keyfile", &k1)]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    let (st, _) = srv.stop();
+    assert!(st.success());
+    assert!(std::fs::read(&img).unwrap() == before);
+}
+
+/// 32 keyslots, as cryptsetup; the 33rd add fails clearly and changes nothing.
+#[test]
+fn thirty_two_slots_then_full() {
+    let dir = tempdir();
+    let k0 = key(dir.path(), "k0");
+    let img = dir.path().join("full.img");
+    format_cheap(&img, &k0, "20M", 512, "pbkdf2");
+    let mut add = vec!["add-key"];
+    add.extend(CHEAP);
+    for i in 1..32 {
+        let k = key(dir.path(), &format!("s{i}"));
+        let out = cmd(&add, &img, &[("--key-file", &k0), ("--new-keyfile", &k)]);
+        assert!(out.status.success(), "slot {i}: {}", stderr(&out));
+    }
+    let before = std::fs::read(&img).unwrap();
+    let k = key(dir.path(), "s32");
+    let out = cmd(&add, &img, &[("--key-file", &k0), ("--new-keyfile", &k)]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("All key slots full."),
+        "{}",
+        stderr(&out)
+    );
+    assert!(std::fs::read(&img).unwrap() == before);
+    let dump = ok(cryptsetup().arg("luksDump").arg(&img));
+    assert_eq!(dump.matches(": luks2").count(), 32, "{dump}");
+    assert!(opens(&img, &dir.path().join("s31")));
+}
