@@ -132,3 +132,86 @@ pub fn kill_slot(
     eprintln!("Key slot {slot} removed.");
     Ok(())
 }
+
+/// `erase`: see the CLI help.
+pub fn erase(image: &Path, batch: bool) -> Result<(), CliError> {
+    let (file, lh) = open_for_update(image)?;
+    super::confirm(
+        &format!(
+            "erasing {} wipes every keyslot: no passphrase will open it",
+            image.display()
+        ),
+        batch,
+    )?;
+    volume::erase(&file, image, &lh)?;
+    eprintln!("All keyslots of {} erased.", image.display());
+    Ok(())
+}
+
+/// `header-backup`: see the CLI help.
+pub fn header_backup(image: &Path, backup: &Path) -> Result<(), CliError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = volume::open_image(image, Access::Inspect)?;
+    let lh = volume::load_header(&file, image)?;
+    super::warn_all(&lh.warnings);
+    let bytes = volume::header_bytes(&file, image, &lh)?;
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o400)
+        .open(backup)
+        .map_err(|e| CliError::Usage(format!("cannot create {}: {e}", backup.display())))?;
+    out.write_all(&bytes)
+        .and_then(|()| out.sync_all())
+        .map_err(|e| CliError::Usage(format!("cannot write {}: {e}", backup.display())))?;
+    eprintln!(
+        "Header of {} saved to {}.",
+        image.display(),
+        backup.display()
+    );
+    Ok(())
+}
+
+/// `header-restore`: see the CLI help.
+pub fn header_restore(image: &Path, backup: &Path, batch: bool) -> Result<(), CliError> {
+    let bytes = std::fs::read(backup)
+        .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", backup.display())))?;
+    let (_, backup_md) = volume::check_backup(backup, &bytes)?;
+    let file = volume::open_image(image, Access::HeaderWrite)?;
+    // A valid header of another volume (another volume key) is not overwritten by accident.
+    if let Ok(lh) = volume::load_header(&file, image) {
+        let digest = |md| {
+            crate::format::segment_digest(md)
+                .map(|d| (d.salt, d.digest))
+                .ok()
+        };
+        if digest(&lh.metadata) != digest(&backup_md) && !batch {
+            return Err(CliError::Usage(format!(
+                "the backup's volume key digest does not match {}'s data segment: it belongs to another volume (add --batch-mode to restore it anyway)",
+                image.display()
+            )));
+        }
+    }
+    volume::restore_header(&file, image, &bytes)?;
+    eprintln!(
+        "Header of {} restored from {}.",
+        image.display(),
+        backup.display()
+    );
+    Ok(())
+}
+
+/// `repair`: see the CLI help.
+pub fn repair(image: &Path) -> Result<(), CliError> {
+    let (file, lh) = open_for_update(image)?;
+    if volume::repair(&file, image, &lh)? {
+        eprintln!("Both header copies of {} rewritten.", image.display());
+    } else {
+        eprintln!(
+            "Both header copies of {} are good; nothing to repair.",
+            image.display()
+        );
+    }
+    Ok(())
+}

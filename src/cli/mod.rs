@@ -261,6 +261,41 @@ enum Command {
         #[arg(long, short = 'q')]
         batch_mode: bool,
     },
+    /// Wipe every keyslot and the keyslots area (as `cryptsetup erase`): no passphrase opens
+    /// the volume afterwards, unless a header backup is restored.
+    Erase {
+        /// Image file.
+        image: PathBuf,
+        /// Do not ask for confirmation.
+        #[arg(long, short = 'q')]
+        batch_mode: bool,
+    },
+    /// Save the header area (both copies and the keyslots area) to a file, as
+    /// `cryptsetup luksHeaderBackup` does (same format).
+    HeaderBackup {
+        /// Image file.
+        image: PathBuf,
+        /// The backup file to create (must not exist).
+        #[arg(long, value_name = "FILE")]
+        header_backup_file: PathBuf,
+    },
+    /// Write a header backup (ours or cryptsetup's) back over the image's header area; refuses
+    /// a backup of another volume (different volume key digest) unless --batch-mode.
+    HeaderRestore {
+        /// Image file.
+        image: PathBuf,
+        /// The backup file.
+        #[arg(long, value_name = "FILE")]
+        header_backup_file: PathBuf,
+        /// Restore even if the backup belongs to another volume.
+        #[arg(long, short = 'q')]
+        batch_mode: bool,
+    },
+    /// Rewrite a damaged header copy from the good one (nothing else ever repairs).
+    Repair {
+        /// Image file.
+        image: PathBuf,
+    },
     /// Quick start: create (once) a small demo volume with a generated key file in DIR, and
     /// serve it on 127.0.0.1:10809.
     Demo {
@@ -451,6 +486,17 @@ fn run(cmd: Command) -> Result<(), CliError> {
             key_file,
             batch_mode,
         } => keyslots::kill_slot(&image, slot, key_file.as_deref(), batch_mode),
+        Command::Erase { image, batch_mode } => keyslots::erase(&image, batch_mode),
+        Command::HeaderBackup {
+            image,
+            header_backup_file,
+        } => keyslots::header_backup(&image, &header_backup_file),
+        Command::HeaderRestore {
+            image,
+            header_backup_file,
+            batch_mode,
+        } => keyslots::header_restore(&image, &header_backup_file, batch_mode),
+        Command::Repair { image } => keyslots::repair(&image),
         Command::Demo { dir, listen } => serve::demo(&dir, listen),
     }
 }
@@ -458,10 +504,6 @@ fn run(cmd: Command) -> Result<(), CliError> {
 /// Ask before `format` overwrites an existing LUKS header (cryptsetup always asks; we ask only
 /// when there is something to lose). `--batch-mode` skips the question.
 fn confirm_overwrite(image: &Path, batch: bool) -> Result<(), CliError> {
-    use std::io::IsTerminal;
-    if batch {
-        return Ok(());
-    }
     let Ok(file) = volume::open_image(image, Access::Inspect) else {
         return Ok(());
     };
@@ -472,16 +514,27 @@ fn confirm_overwrite(image: &Path, batch: bool) -> Result<(), CliError> {
     if !has_header {
         return Ok(());
     }
+    confirm(
+        &format!(
+            "{} already holds a LUKS header; formatting destroys it and every keyslot",
+            image.display()
+        ),
+        batch,
+    )
+}
+
+/// Ask for `YES` on a terminal (as cryptsetup); without a terminal, refuse unless `batch`.
+fn confirm(what: &str, batch: bool) -> Result<(), CliError> {
+    use std::io::IsTerminal;
+    if batch {
+        return Ok(());
+    }
     if !std::io::stdin().is_terminal() {
         return Err(CliError::Usage(format!(
-            "{} already holds a LUKS header; add --batch-mode to overwrite it",
-            image.display()
+            "{what}; add --batch-mode to go ahead"
         )));
     }
-    eprint!(
-        "WARNING: {} already holds a LUKS header; formatting destroys it and every keyslot.\nAre you sure? (Type 'yes' in capital letters): ",
-        image.display()
-    );
+    eprint!("WARNING: {what}.\nAre you sure? (Type 'yes' in capital letters): ");
     let mut answer = String::new();
     let _ = std::io::stdin().read_line(&mut answer);
     if answer.trim() != "YES" {

@@ -326,3 +326,147 @@ pub fn change_keyslot(
     commit(file, path, lh, &md)?;
     wipe_area(file, path, lh, slot)
 }
+
+/// Wipe every keyslot (as `cryptsetup erase`, `format-spec.md` §7.5): the whole keyslots area is
+/// overwritten with random bytes and synced, then metadata without keyslots is committed (the
+/// digest stays, bound to no keyslot). Afterwards no passphrase opens either header copy.
+pub fn erase(file: &File, path: &Path, lh: &LoadedHeader) -> Result<(), VolumeError> {
+    let start = 2 * lh.header.hdr_size;
+    let end = start + lh.metadata.config.keyslots_size;
+    let mut at = start;
+    while at < end {
+        let n = (end - at).min(1 << 20);
+        let noise = crate::crypto::random_bytes(n as usize)?;
+        write_step(file, path, &noise, at, "wipe keyslots area")?;
+        at += n;
+    }
+    sync_step(file, path, "sync wiped keyslots area")?;
+    let mut md = lh.metadata.clone();
+    md.keyslots.clear();
+    for d in md.digests.values_mut() {
+        d.keyslots.clear();
+    }
+    for t in md.tokens.values_mut() {
+        if let Some(ks) = t.get_mut("keyslots").and_then(|v| v.as_array_mut()) {
+            ks.clear();
+        }
+    }
+    commit(file, path, lh, &md)
+}
+
+/// Rewrite both metadata copies from the chosen good one as the next version (`repair`,
+/// `format-spec.md` §7.6). Returns `false` (and writes nothing) when both copies were already
+/// good and equal.
+pub fn repair(file: &File, path: &Path, lh: &LoadedHeader) -> Result<bool, VolumeError> {
+    if lh.warnings.is_empty() {
+        return Ok(false);
+    }
+    commit(file, path, lh, &lh.metadata)?;
+    Ok(true)
+}
+
+/// The header area of the image (`[0, data segment offset)`: both metadata copies and the
+/// keyslots area), which is what `cryptsetup luksHeaderBackup` saves.
+pub fn header_bytes(file: &File, path: &Path, lh: &LoadedHeader) -> Result<Vec<u8>, VolumeError> {
+    let mut buf = vec![0u8; lh.segment.offset as usize];
+    file.read_exact_at(&mut buf, 0)
+        .map_err(|e| VolumeError::Io {
+            op: "read header area",
+            path: path.to_owned(),
+            offset: 0,
+            source: e,
+        })?;
+    Ok(buf)
+}
+
+/// Check a header backup (the bytes of `cryptsetup luksHeaderBackup`): at least one valid
+/// metadata copy, and exactly as long as its data offset. Returns the valid copy with the
+/// higher `seqid`. Errors: [`VolumeError::Corrupt`] naming what is wrong, with `backup` as path.
+pub fn check_backup(backup: &Path, bytes: &[u8]) -> Result<(BinaryHeader, Metadata), VolumeError> {
+    let corrupt = |reason: String| VolumeError::Corrupt {
+        path: backup.to_owned(),
+        reason,
+    };
+    let copy_at = |at: u64| -> Result<(BinaryHeader, Metadata), String> {
+        let first = bytes
+            .get(at as usize..at as usize + format::header::BINARY_HEADER_SIZE)
+            .ok_or("too short")?;
+        let h = BinaryHeader::decode(first).map_err(|e| e.to_string())?;
+        let all = bytes
+            .get(at as usize..(at + h.hdr_size) as usize)
+            .ok_or("too short")?;
+        format::decode_copy(all, at).map_err(|e| e.to_string())
+    };
+    let primary = copy_at(0);
+    let secondary = match &primary {
+        Ok((h, _)) => copy_at(h.hdr_size),
+        Err(_) => format::header::ALLOWED_HDR_SIZES
+            .iter()
+            .map(|s| copy_at(*s))
+            .find(|r| r.is_ok())
+            .unwrap_or(Err("no valid copy".into())),
+    };
+    let (h, md) = match (primary, secondary) {
+        (Ok(p), Ok(s)) => {
+            if s.0.seqid > p.0.seqid {
+                s
+            } else {
+                p
+            }
+        }
+        (Ok(c), Err(_)) | (Err(_), Ok(c)) => c,
+        (Err(p), Err(s)) => {
+            return Err(corrupt(format!(
+                "not a LUKS2 header backup: primary: {p}; secondary: {s}"
+            )))
+        }
+    };
+    let seg = format::data_segment(&md, u64::MAX).map_err(|e| corrupt(e.to_string()))?;
+    if bytes.len() as u64 != seg.offset {
+        return Err(corrupt(format!(
+            "backup is {} bytes, its header says the data starts at {}",
+            bytes.len(),
+            seg.offset
+        )));
+    }
+    Ok((h, md))
+}
+
+/// Write a checked header backup over the image's header area (`header-restore`,
+/// `format-spec.md` §7.7): the keyslots area first, synced, then the secondary and the primary
+/// copy of the backup, each synced. The image must be longer than the backup.
+pub fn restore_header(file: &File, path: &Path, bytes: &[u8]) -> Result<(), VolumeError> {
+    let (h, _) = check_backup(path, bytes)?;
+    let len = file
+        .metadata()
+        .map_err(|e| VolumeError::Device {
+            path: path.to_owned(),
+            source: e,
+        })?
+        .len();
+    if len <= bytes.len() as u64 {
+        return Err(VolumeError::InvalidArgument(format!(
+            "the image ({len} bytes) is not larger than the header backup ({} bytes)",
+            bytes.len()
+        )));
+    }
+    let hs = h.hdr_size as usize;
+    write_step(
+        file,
+        path,
+        &bytes[2 * hs..],
+        2 * h.hdr_size,
+        "keyslots area",
+    )?;
+    sync_step(file, path, "sync keyslots area")?;
+    write_step(
+        file,
+        path,
+        &bytes[hs..2 * hs],
+        h.hdr_size,
+        "secondary header",
+    )?;
+    sync_step(file, path, "sync secondary header")?;
+    write_step(file, path, &bytes[..hs], 0, "primary header")?;
+    sync_step(file, path, "sync primary header")
+}
