@@ -375,3 +375,129 @@ fn thirty_two_slots_then_full() {
     assert_eq!(dump.matches(": luks2").count(), 32, "{dump}");
     assert!(opens(&img, &dir.path().join("s31")));
 }
+
+/// KDF cost limits at unlock: an Argon2 slot above `--pbkdf-memory-limit` is skipped before
+/// anything is allocated and the next slot is tried; alone it is exit 3 naming slot and cost.
+/// Absurd time costs and key sizes are refused naming the slot.
+#[test]
+fn unlock_cost_limits() {
+    let dir = tempdir();
+    let (k0, k1) = (key(dir.path(), "k0"), key(dir.path(), "k1"));
+    let img = dir.path().join("lim.img");
+    ok(nbdcrypt()
+        .arg("format")
+        .arg(&img)
+        .args([
+            "--size",
+            "20M",
+            "--pbkdf",
+            "argon2id",
+            "--pbkdf-memory",
+            "65536",
+        ])
+        .args([
+            "--pbkdf-force-iterations",
+            "4",
+            "--pbkdf-parallel",
+            "1",
+            "--key-file",
+        ])
+        .arg(&k0));
+    let limit = ["--pbkdf-memory-limit", "32768"];
+    let out = test_passphrase(&img, &k0, &limit);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out)
+            .contains("keyslot 0 needs 65536 KiB of memory for Argon2, above the 32768 KiB"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(test_passphrase(&img, &k0, &[]).status.code(), Some(0));
+    // A PBKDF2 slot beside it still opens under the limit (the Argon2 slot is skipped).
+    let mut add = vec!["add-key"];
+    add.extend(CHEAP);
+    assert!(
+        cmd(&add, &img, &[("--key-file", &k0), ("--new-keyfile", &k1)])
+            .status
+            .success()
+    );
+    let out = test_passphrase(&img, &k1, &limit);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("Key slot 1 unlocked."));
+
+    // Absurd costs in the header are refused naming the slot.
+    for (field, value, needle) in [
+        (
+            "time",
+            serde_json::json!(1u64 << 25),
+            "keyslot 0 argon2 time cost 33554432",
+        ),
+        (
+            "key_size",
+            serde_json::json!(32),
+            "keyslot 0 key_size 32 is not supported",
+        ),
+    ] {
+        let bad = dir.path().join(format!("{field}.img"));
+        std::fs::copy(&img, &bad).unwrap();
+        let mut bytes = std::fs::read(&bad).unwrap();
+        for at in [0usize, 16384] {
+            let (hdr, md) =
+                nbdcrypt::format::decode_copy(&bytes[at..at + 16384], at as u64).unwrap();
+            let mut v = serde_json::to_value(&md).unwrap();
+            if field == "time" {
+                v["keyslots"]["0"]["kdf"]["time"] = value.clone();
+            } else {
+                v["keyslots"]["0"]["key_size"] = value.clone();
+            }
+            let md = serde_json::from_value(v).unwrap();
+            bytes[at..at + 16384]
+                .copy_from_slice(&nbdcrypt::format::encode_copy(&hdr, &md).unwrap());
+        }
+        std::fs::write(&bad, &bytes).unwrap();
+        let out = test_passphrase(&bad, &k0, &["--key-slot", "0"]);
+        assert_eq!(out.status.code(), Some(1), "{field}: {}", stderr(&out));
+        assert!(stderr(&out).contains(needle), "{field}: {}", stderr(&out));
+    }
+}
+
+/// Passphrases are bytes: a UTF-8 passphrase works the same in every locale, and a key file
+/// that fails and ends in a newline says so.
+#[test]
+fn passphrases_are_bytes() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let dir = tempdir();
+    let k = dir.path().join("utf8");
+    std::fs::write(&k, "pässwörd ✓".as_bytes()).unwrap();
+    let img = dir.path().join("u.img");
+    format_cheap(&img, &k, "20M", 512, "pbkdf2");
+    for locale in ["C", "C.UTF-8", "POSIX"] {
+        let mut child = nbdcrypt()
+            .arg("test-passphrase")
+            .arg(&img)
+            .env("LC_ALL", locale)
+            .env("LANG", locale)
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all("pässwörd ✓\n".as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{locale}: {}", stderr(&out));
+    }
+    let nl = dir.path().join("with-newline");
+    std::fs::write(&nl, "pässwörd ✓\n".as_bytes()).unwrap();
+    let out = test_passphrase(&img, &nl, &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("ends with a newline"),
+        "{}",
+        stderr(&out)
+    );
+}

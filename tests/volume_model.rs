@@ -27,7 +27,7 @@ fn create(path: &Path, sector_size: u32) {
 fn open(path: &Path) -> Volume {
     let file = volume::open_image(path, Access::WriteExclusive).unwrap();
     let lh = volume::load_header(&file, path).unwrap();
-    let key = volume::unlock(&file, path, &lh, common::PASS, None).unwrap();
+    let key = volume::unlock(&file, path, &lh, common::PASS, None, None).unwrap();
     Volume::new(file, path, &lh, key, false).unwrap()
 }
 

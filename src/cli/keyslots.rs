@@ -38,7 +38,7 @@ pub fn add_key(
         }
         None => {
             unlock_with_tries(key_file, image, |p| {
-                volume::unlock(&file, image, &lh, p, None)
+                super::try_unlock(&file, image, &lh, p, None)
             })?
             .key
         }
@@ -59,7 +59,7 @@ pub fn change_key(
 ) -> Result<(), CliError> {
     let (file, lh) = open_for_update(image)?;
     let old = unlock_with_tries(key_file, image, |p| {
-        volume::unlock(&file, image, &lh, p, slot)
+        super::try_unlock(&file, image, &lh, p, slot)
     })?;
     let new = read_passphrase(new_keyfile, Prompt::New(image))?;
     volume::change_keyslot(&file, image, &lh, old.keyslot, &old.key, new.expose(), kdf)?;
@@ -71,7 +71,7 @@ pub fn change_key(
 pub fn remove_key(image: &Path, key_file: Option<&Path>, batch: bool) -> Result<(), CliError> {
     let (file, lh) = open_for_update(image)?;
     let k = unlock_with_tries(key_file, image, |p| {
-        volume::unlock(&file, image, &lh, p, None)
+        super::try_unlock(&file, image, &lh, p, None)
     })?;
     if lh.metadata.keyslots.len() == 1 && !batch {
         return Err(CliError::Usage(format!(
@@ -115,7 +115,7 @@ pub fn kill_slot(
         }
         unlock_with_tries(key_file, image, |p| {
             for o in &others {
-                match volume::unlock(&file, image, &lh, p, Some(*o)) {
+                match super::try_unlock(&file, image, &lh, p, Some(*o)) {
                     Ok(k) => return Ok(k),
                     Err(
                         VolumeError::WrongPassphrase

@@ -42,12 +42,16 @@ pub enum CliError {
     /// From the NBD server.
     #[error(transparent)]
     Nbd(#[from] crate::nbd::NbdError),
+    /// An error with a hint that depends on the input (shown instead of the generic one).
+    #[error("{0}")]
+    Hinted(Box<CliError>, String),
 }
 
 impl CliError {
     /// The documented exit code of this error.
     pub fn exit_code(&self) -> i32 {
         match self {
+            CliError::Hinted(inner, _) => inner.exit_code(),
             CliError::Usage(_) | CliError::Nbd(_) => EXIT_INVALID,
             CliError::Volume(v) => match v {
                 VolumeError::WrongPassphrase => EXIT_NO_KEY,
@@ -59,8 +63,9 @@ impl CliError {
         }
     }
 
-    fn hint(&self) -> Option<&'static str> {
+    fn hint(&self) -> Option<&str> {
         match self {
+            CliError::Hinted(_, h) => Some(h),
             CliError::Volume(v) => match v {
                 VolumeError::WrongPassphrase => {
                     Some("check the passphrase; a --key-file is used byte for byte, a trailing newline included")
@@ -85,6 +90,25 @@ impl CliError {
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Refuse to unlock keyslots whose Argon2 memory cost exceeds this many KiB (default: half
+    /// of RAM); such slots are skipped before anything is allocated.
+    #[arg(long, global = true, value_name = "KIB")]
+    pbkdf_memory_limit: Option<u64>,
+}
+
+/// `--pbkdf-memory-limit`, set once at start.
+static MEMORY_LIMIT: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+
+/// [`volume::unlock`] with the command line's memory limit.
+fn try_unlock(
+    file: &std::fs::File,
+    image: &Path,
+    lh: &volume::LoadedHeader,
+    passphrase: &[u8],
+    keyslot: Option<u32>,
+) -> Result<crate::volume::UnlockedKey, VolumeError> {
+    let limit = MEMORY_LIMIT.get().copied().flatten();
+    volume::unlock(file, image, lh, passphrase, keyslot, limit)
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -356,6 +380,7 @@ pub fn main() -> i32 {
         }
     };
     init_logging();
+    let _ = MEMORY_LIMIT.set(cli.pbkdf_memory_limit);
     match run(cli.command) {
         Ok(()) => EXIT_OK,
         Err(e) => {
@@ -426,7 +451,7 @@ fn run(cmd: Command) -> Result<(), CliError> {
             let lh = volume::load_header(&file, &image)?;
             warn_all(&lh.warnings);
             let k = passphrase::unlock_with_tries(key.key_file.as_deref(), &image, |pass| {
-                volume::unlock(&file, &image, &lh, pass, key.key_slot)
+                try_unlock(&file, &image, &lh, pass, key.key_slot)
             })?;
             eprintln!("Key slot {} unlocked.", k.keyslot);
             Ok(())

@@ -40,6 +40,13 @@ pub fn unlock_with_tries<T>(
                 eprintln!("{}", VolumeError::WrongPassphrase);
                 attempt += 1;
             }
+            Err(VolumeError::WrongPassphrase) if pass.expose().ends_with(b"\n") => {
+                let file = key_file.map_or("stdin".into(), |f| f.display().to_string());
+                return Err(CliError::Hinted(
+                    Box::new(VolumeError::WrongPassphrase.into()),
+                    format!("{file} ends with a newline, which is part of the passphrase; if it should not be, remove it (e.g. `truncate -s -1 {file}`)"),
+                ));
+            }
             r => return Ok(r?),
         }
     }

@@ -68,7 +68,7 @@ fn serve_with(args: ServeArgs, banner: Option<String>) -> Result<(), CliError> {
     let lh = volume::load_header(&file, &image)?;
     super::warn_all(&lh.warnings);
     let key = unlock_with_tries(key_file.as_deref(), &image, |pass| {
-        volume::unlock(&file, &image, &lh, pass, key_slot)
+        super::try_unlock(&file, &image, &lh, pass, key_slot)
     })?;
     let vol = Volume::new(file, &image, &lh, key, read_only)?;
     if listen.is_empty() && socket.is_empty() {

@@ -16,6 +16,8 @@ pub const CIPHER: &str = "aes-xts-plain64";
 pub const AF_STRIPES: u32 = 4000;
 /// Size of the volume key we create, in bytes (AES-256-XTS).
 pub const VOLUME_KEY_SIZE: usize = 64;
+/// Largest Argon2 time cost a keyslot may ask for (2^24 passes); above it the slot is refused.
+pub const ARGON2_MAX_TIME: u32 = 1 << 24;
 /// Default metadata copy size (binary header + JSON area), bytes.
 pub const DEFAULT_HDR_SIZE: u64 = 16 << 10;
 /// Default offset of the data segment, bytes (the whole LUKS2 header with keyslots area).
@@ -410,7 +412,7 @@ pub fn keyslot_profile(md: &Metadata, id: u32) -> Result<KeyslotProfile, FormatE
             af.kind, af.stripes, af.hash
         )));
     }
-    if ks.key_size != 32 && ks.key_size != 64 {
+    if ks.key_size as usize != VOLUME_KEY_SIZE {
         return Err(unsupported(format!(
             "keyslot {id} key_size {} is not supported",
             ks.key_size
@@ -432,7 +434,12 @@ pub fn keyslot_profile(md: &Metadata, id: u32) -> Result<KeyslotProfile, FormatE
         }
         "argon2i" | "argon2id" => KdfProfile::Argon2 {
             id: kdf.kind == "argon2id",
-            time: kdf.time.ok_or_else(|| missing("time"))?,
+            time: match kdf.time.ok_or_else(|| missing("time"))? {
+                t if t > ARGON2_MAX_TIME => return Err(unsupported(format!(
+                    "keyslot {id} argon2 time cost {t} is above the maximum of {ARGON2_MAX_TIME}"
+                ))),
+                t => t,
+            },
             memory_kib: kdf.memory.ok_or_else(|| missing("memory"))?,
             parallel: kdf.cpus.ok_or_else(|| missing("cpus"))?,
             salt: kdf.salt.clone(),

@@ -48,13 +48,13 @@ pub enum VolumeError {
         keyslot: Option<u32>,
     },
     /// The KDF needs more memory than the machine has available.
-    #[error("keyslot {keyslot} needs {need_kib} KiB of memory for its KDF, only {avail_kib} KiB available")]
+    #[error("keyslot {keyslot} needs {need_kib} KiB of memory for Argon2, above the {avail_kib} KiB available (--pbkdf-memory-limit)")]
     OutOfMemory {
         /// Keyslot id.
         keyslot: u32,
         /// Memory the KDF asks for, KiB.
         need_kib: u64,
-        /// Memory available, KiB.
+        /// Memory allowed or available, KiB.
         avail_kib: u64,
     },
     /// Another process holds the image (`flock`).

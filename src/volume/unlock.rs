@@ -64,7 +64,9 @@ pub(crate) fn keyslot_params(ks: &KeyslotProfile) -> KeyslotParams {
 /// [`VolumeError::NoUsableKeyslot`] when there is no candidate slot (none bound to the data
 /// segment, all `priority` 0, or `only` names an inactive slot); [`VolumeError::Unsupported`]
 /// when every candidate slot is outside the profile (the reason names the field);
-/// [`VolumeError::OutOfMemory`] when an Argon2 slot needs more memory than is available;
+/// [`VolumeError::OutOfMemory`] when the only candidate slots need more Argon2 memory than
+/// `memory_limit_kib` (default: half of RAM; such slots are skipped before anything is
+/// allocated) or the allocation fails;
 /// [`VolumeError::Io`] when a keyslot area cannot be read.
 pub fn unlock(
     file: &File,
@@ -72,7 +74,9 @@ pub fn unlock(
     lh: &LoadedHeader,
     passphrase: &[u8],
     only: Option<u32>,
+    memory_limit_kib: Option<u64>,
 ) -> Result<UnlockedKey, VolumeError> {
+    let limit = memory_limit_kib.or_else(|| meminfo_kib("MemTotal").map(|t| t / 2));
     let digest =
         format::segment_digest(&lh.metadata).map_err(|e| VolumeError::from_format(path, e))?;
     let mut candidates: Vec<(i64, u32)> = Vec::new();
@@ -99,6 +103,7 @@ pub fn unlock(
         });
     }
     let mut unsupported: Option<String> = None;
+    let mut over_limit: Option<VolumeError> = None;
     let mut tried = 0;
     for (_, id) in candidates {
         let ks = match format::keyslot_profile(&lh.metadata, id) {
@@ -109,20 +114,20 @@ pub fn unlock(
             }
         };
         if let KdfProfile::Argon2 { memory_kib, .. } = ks.kdf {
+            // Refused before anything is allocated; the next slot is tried.
             if memory_kib > ARGON2_MAX_MEMORY_KIB {
                 unsupported.get_or_insert(format!(
                     "keyslot {id} argon2 memory {memory_kib} KiB is above the maximum of {ARGON2_MAX_MEMORY_KIB} KiB"
                 ));
                 continue;
             }
-            if let Some(avail) = meminfo_kib("MemAvailable") {
-                if memory_kib as u64 > avail {
-                    return Err(VolumeError::OutOfMemory {
-                        keyslot: id,
-                        need_kib: memory_kib as u64,
-                        avail_kib: avail,
-                    });
-                }
+            if let Some(limit) = limit.filter(|l| u64::from(memory_kib) > *l) {
+                over_limit.get_or_insert(VolumeError::OutOfMemory {
+                    keyslot: id,
+                    need_kib: memory_kib.into(),
+                    avail_kib: limit,
+                });
+                continue;
             }
         }
         let len = keyslot_material_len(ks.key_size, ks.stripes);
@@ -160,8 +165,9 @@ pub fn unlock(
             });
         }
     }
-    match unsupported {
-        Some(reason) if tried == 0 => Err(VolumeError::Unsupported {
+    match (over_limit, unsupported) {
+        (Some(e), _) if tried == 0 => Err(e),
+        (_, Some(reason)) if tried == 0 => Err(VolumeError::Unsupported {
             path: path.to_owned(),
             reason,
         }),
