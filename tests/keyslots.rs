@@ -175,6 +175,8 @@ fn every_stop_point_leaves_a_good_volume() {
 
     let mut change = vec!["change-key"];
     change.extend(CHEAP);
+    let mut recovery = vec!["recovery-key", "add"];
+    recovery.extend(CHEAP);
     // Slot 1's area in the base image, which removing slot 1 must wipe before the header
     // forgets it.
     let area1 = 290816..290816 + 258048;
@@ -231,6 +233,16 @@ fn every_stop_point_leaves_a_good_volume() {
                     && (!done || (forgotten && !opens(img, &k1)))
             }),
         ),
+        (
+            "recovery-key",
+            recovery.clone(),
+            vec![("--key-file", &k0)],
+            // The header names slot 2 and its token together, or neither.
+            Box::new(|done, img| {
+                let token = ok(nbdcrypt().arg("dump").arg(img)).contains("nbdcrypt-recovery");
+                opens(img, &k0) && opens(img, &k1) && slot(img, 2) == token && (!done || token)
+            }),
+        ),
     ];
     for (name, args, files, check) in ops {
         let mut step = 1;
@@ -238,7 +250,9 @@ fn every_stop_point_leaves_a_good_volume() {
             let img = dir.path().join(format!("{name}-{step}.img"));
             std::fs::copy(&base, &img).unwrap();
             let mut c = nbdcrypt();
-            c.arg(args[0]).arg(&img).args(&args[1..]);
+            // The image follows the (sub)command name.
+            let at = if args[0] == "recovery-key" { 2 } else { 1 };
+            c.args(&args[..at]).arg(&img).args(&args[at..]);
             for (flag, f) in &files {
                 c.arg(flag).arg(f);
             }
@@ -500,4 +514,136 @@ fn passphrases_are_bytes() {
         "{}",
         stderr(&out)
     );
+}
+
+/// `recovery-key add`: a BitLocker-format key (8 groups of 6 digits, each divisible by 11 and
+/// below 720896) stored as a keyslot with an `nbdcrypt-recovery` token; it unlocks through
+/// `--recovery-key` (file or stdin), also typed with spaces; a mistyped group is named before
+/// any KDF runs; cryptsetup sees the slot and the token.
+#[test]
+fn recovery_keys() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let dir = tempdir();
+    let k0 = key(dir.path(), "k0");
+    let img = dir.path().join("rk.img");
+    format_cheap(&img, &k0, "20M", 512, "pbkdf2");
+    let mut c = nbdcrypt();
+    c.args(["recovery-key", "add"])
+        .arg(&img)
+        .arg("--key-file")
+        .arg(&k0)
+        .args(CHEAP);
+    let out = run(&mut c);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let printed = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let groups: Vec<&str> = printed.split('-').collect();
+    assert_eq!(groups.len(), 8, "{printed}");
+    for g in &groups {
+        let v: u32 = g.parse().unwrap();
+        assert!(
+            g.len() == 6 && v.is_multiple_of(11) && v < 720896,
+            "{printed}"
+        );
+    }
+    let id = stderr(&out)
+        .split("recovery id ")
+        .nth(1)
+        .and_then(|r| r.get(..8))
+        .unwrap()
+        .to_string();
+    assert!(id.chars().all(|c| c.is_ascii_hexdigit()), "{id}");
+
+    let rk = dir.path().join("rk.txt");
+    std::fs::write(&rk, format!("{printed}\n")).unwrap();
+    let out = run(nbdcrypt()
+        .arg("test-passphrase")
+        .arg(&img)
+        .arg("--recovery-key")
+        .arg(&rk));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("Key slot 1 unlocked."));
+    // Typed on stdin, with spaces instead of dashes.
+    let mut child = nbdcrypt()
+        .arg("test-passphrase")
+        .arg(&img)
+        .arg("--recovery-key")
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let spaced = printed.replace('-', " ") + "\n";
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(spaced.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    // One digit off in group 3: named by the divisibility check, exit 1.
+    let mut typo: Vec<u8> = printed.clone().into_bytes();
+    let pos = 2 * 7 + 5; // last digit of group 3
+    typo[pos] = if typo[pos] == b'9' {
+        b'0'
+    } else {
+        typo[pos] + 1
+    };
+    std::fs::write(&rk, &typo).unwrap();
+    let out = run(nbdcrypt()
+        .arg("test-passphrase")
+        .arg(&img)
+        .arg("--recovery-key")
+        .arg(&rk));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("recovery key group 3"),
+        "{}",
+        stderr(&out)
+    );
+
+    // cryptsetup: the slot opens with the canonical text as passphrase; the token is listed.
+    std::fs::write(&rk, printed.as_bytes()).unwrap();
+    assert!(opens(&img, &rk));
+    let dump = ok(cryptsetup().arg("luksDump").arg(&img));
+    assert!(dump.contains("nbdcrypt-recovery"), "{dump}");
+    let ours = ok(nbdcrypt().arg("dump").arg(&img));
+    assert!(ours.contains(&format!("Recovery ID: {id}")), "{ours}");
+    // Serving with the recovery key works too.
+    let mut srv = nbdcrypt()
+        .arg("open")
+        .arg(&img)
+        .arg("--recovery-key")
+        .arg(&rk)
+        .arg("--socket")
+        .arg(dir.path().join("rk.sock"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let sock = dir.path().join("rk.sock");
+    for _ in 0..500 {
+        if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let size = ok(nbd_tool("nbdinfo").args([
+        "--size",
+        &format!("nbd+unix:///rk?socket={}", sock.display()),
+    ]));
+    assert_eq!(size.trim(), (4u64 << 20).to_string());
+    unsafe { libc::kill(srv.id() as i32, libc::SIGTERM) };
+    assert!(srv.wait().unwrap().success());
+    // Removing the recovery slot drops its token (and only it).
+    let out = run(nbdcrypt()
+        .args(["kill-slot"])
+        .arg(&img)
+        .arg("1")
+        .arg("--key-file")
+        .arg(&k0));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let dump = ok(nbdcrypt().args(["dump", "--json"]).arg(&img));
+    let v: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    assert_eq!(v["tokens"], serde_json::json!({}), "{dump}");
 }

@@ -104,6 +104,9 @@ pub fn render(lh: &LoadedHeader) -> String {
     for (id, t) in &md.tokens {
         let kind = t.get("type").and_then(|v| v.as_str()).unwrap_or("?");
         let _ = writeln!(o, "  {id}: {kind}");
+        if let Some(id) = t.get("recovery_id").and_then(|v| v.as_str()) {
+            let _ = writeln!(o, "\tRecovery ID: {id}");
+        }
         if let Some(desc) = t.get("key_description").and_then(|v| v.as_str()) {
             let _ = writeln!(o, "\tKey description: {desc}");
         }

@@ -6,9 +6,9 @@
 use std::path::Path;
 
 use crate::crypto::SecretBytes;
-use crate::volume::{self, Access, KdfChoice, LoadedHeader, VolumeError};
+use crate::volume::{self, Access, KdfChoice, LoadedHeader, NewKeyslot, VolumeError};
 
-use super::passphrase::{read_passphrase, unlock_with_tries, Prompt};
+use super::passphrase::{read_passphrase, unlock_with_tries, Prompt, Source};
 use super::CliError;
 
 fn open_for_update(image: &Path) -> Result<(std::fs::File, LoadedHeader), CliError> {
@@ -21,7 +21,7 @@ fn open_for_update(image: &Path) -> Result<(std::fs::File, LoadedHeader), CliErr
 /// `add-key`: see the CLI help.
 pub fn add_key(
     image: &Path,
-    key_file: Option<&Path>,
+    source: Source<'_>,
     new_keyfile: Option<&Path>,
     volume_key_file: Option<&Path>,
     slot: Option<u32>,
@@ -37,14 +37,25 @@ pub fn add_key(
             vk
         }
         None => {
-            unlock_with_tries(key_file, image, |p| {
+            unlock_with_tries(source, image, |p| {
                 super::try_unlock(&file, image, &lh, p, None)
             })?
             .key
         }
     };
     let new = read_passphrase(new_keyfile, Prompt::New(image))?;
-    let id = volume::add_keyslot(&file, image, &lh, &vk, new.expose(), slot, kdf)?;
+    let id = volume::add_keyslot(
+        &file,
+        image,
+        &lh,
+        &vk,
+        NewKeyslot {
+            passphrase: new.expose(),
+            slot,
+            kdf,
+            token: None,
+        },
+    )?;
     eprintln!("Key slot {id} created.");
     Ok(())
 }
@@ -52,13 +63,13 @@ pub fn add_key(
 /// `change-key`: see the CLI help.
 pub fn change_key(
     image: &Path,
-    key_file: Option<&Path>,
+    source: Source<'_>,
     new_keyfile: Option<&Path>,
     slot: Option<u32>,
     kdf: &KdfChoice,
 ) -> Result<(), CliError> {
     let (file, lh) = open_for_update(image)?;
-    let old = unlock_with_tries(key_file, image, |p| {
+    let old = unlock_with_tries(source, image, |p| {
         super::try_unlock(&file, image, &lh, p, slot)
     })?;
     let new = read_passphrase(new_keyfile, Prompt::New(image))?;
@@ -68,9 +79,9 @@ pub fn change_key(
 }
 
 /// `remove-key`: see the CLI help.
-pub fn remove_key(image: &Path, key_file: Option<&Path>, batch: bool) -> Result<(), CliError> {
+pub fn remove_key(image: &Path, source: Source<'_>, batch: bool) -> Result<(), CliError> {
     let (file, lh) = open_for_update(image)?;
-    let k = unlock_with_tries(key_file, image, |p| {
+    let k = unlock_with_tries(source, image, |p| {
         super::try_unlock(&file, image, &lh, p, None)
     })?;
     if lh.metadata.keyslots.len() == 1 && !batch {
@@ -85,12 +96,7 @@ pub fn remove_key(image: &Path, key_file: Option<&Path>, batch: bool) -> Result<
 }
 
 /// `kill-slot`: see the CLI help.
-pub fn kill_slot(
-    image: &Path,
-    slot: u32,
-    key_file: Option<&Path>,
-    batch: bool,
-) -> Result<(), CliError> {
+pub fn kill_slot(image: &Path, slot: u32, source: Source<'_>, batch: bool) -> Result<(), CliError> {
     let (file, lh) = open_for_update(image)?;
     if !lh
         .metadata
@@ -113,7 +119,7 @@ pub fn kill_slot(
                 "keyslot {slot} is the last one: the volume would become unusable (add --batch-mode to kill it anyway)"
             )));
         }
-        unlock_with_tries(key_file, image, |p| {
+        unlock_with_tries(source, image, |p| {
             for o in &others {
                 match super::try_unlock(&file, image, &lh, p, Some(*o)) {
                     Ok(k) => return Ok(k),
@@ -213,5 +219,45 @@ pub fn repair(image: &Path) -> Result<(), CliError> {
             image.display()
         );
     }
+    Ok(())
+}
+
+/// `recovery-key add`: see the CLI help and `format-spec.md` §9.1.
+pub fn recovery_key_add(
+    image: &Path,
+    source: Source<'_>,
+    slot: Option<u32>,
+    kdf: &KdfChoice,
+) -> Result<(), CliError> {
+    let (file, lh) = open_for_update(image)?;
+    let vk = unlock_with_tries(source, image, |p| {
+        super::try_unlock(&file, image, &lh, p, None)
+    })?
+    .key;
+    let key = crate::crypto::recovery::generate().map_err(VolumeError::from)?;
+    let id: String = crate::crypto::random_bytes(4)
+        .map_err(VolumeError::from)?
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let token = serde_json::json!({
+        "type": crate::format::RECOVERY_TOKEN,
+        "keyslots": [],
+        "recovery_id": id,
+    });
+    let n = volume::add_keyslot(
+        &file,
+        image,
+        &lh,
+        &vk,
+        NewKeyslot {
+            passphrase: key.expose(),
+            slot,
+            kdf,
+            token: Some(token),
+        },
+    )?;
+    eprintln!("Recovery key stored in key slot {n} (recovery id {id}). Write it down now; it is not shown again:");
+    println!("{}", String::from_utf8_lossy(key.expose()));
     Ok(())
 }

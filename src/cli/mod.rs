@@ -118,12 +118,31 @@ enum PbkdfArg {
     Pbkdf2,
 }
 
+/// How an existing keyslot is opened: a passphrase, or a recovery key.
 #[derive(clap::Args)]
-struct KeyArgs {
+struct Unlocker {
     /// Read the passphrase from FILE byte for byte (`-` = all of stdin). Without it: a terminal
     /// prompt, or one line of stdin.
     #[arg(long, short = 'd', value_name = "FILE")]
     key_file: Option<PathBuf>,
+    /// Unlock with a recovery key instead of a passphrase: from FILE, or typed at the prompt.
+    #[arg(long, value_name = "FILE", num_args = 0..=1, conflicts_with = "key_file")]
+    recovery_key: Option<Option<PathBuf>>,
+}
+
+impl Unlocker {
+    fn source(&self) -> passphrase::Source<'_> {
+        match &self.recovery_key {
+            Some(f) => passphrase::Source::Recovery(f.as_deref()),
+            None => passphrase::Source::Passphrase(self.key_file.as_deref()),
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct KeyArgs {
+    #[command(flatten)]
+    unlock: Unlocker,
     /// Try only this keyslot.
     #[arg(long, short = 'S', value_name = "N")]
     key_slot: Option<u32>,
@@ -228,9 +247,8 @@ enum Command {
     AddKey {
         /// Image file.
         image: PathBuf,
-        /// An existing passphrase, from FILE byte for byte.
-        #[arg(long, short = 'd', value_name = "FILE")]
-        key_file: Option<PathBuf>,
+        #[command(flatten)]
+        unlock: Unlocker,
         /// The new passphrase, from FILE byte for byte.
         #[arg(long, value_name = "FILE")]
         new_keyfile: Option<PathBuf>,
@@ -248,9 +266,8 @@ enum Command {
     ChangeKey {
         /// Image file.
         image: PathBuf,
-        /// The old passphrase, from FILE byte for byte.
-        #[arg(long, short = 'd', value_name = "FILE")]
-        key_file: Option<PathBuf>,
+        #[command(flatten)]
+        unlock: Unlocker,
         /// The new passphrase, from FILE byte for byte.
         #[arg(long, value_name = "FILE")]
         new_keyfile: Option<PathBuf>,
@@ -264,9 +281,8 @@ enum Command {
     RemoveKey {
         /// Image file.
         image: PathBuf,
-        /// The passphrase to remove, from FILE byte for byte.
-        #[arg(long, short = 'd', value_name = "FILE")]
-        key_file: Option<PathBuf>,
+        #[command(flatten)]
+        unlock: Unlocker,
         /// Allow removing the last keyslot (the volume becomes unusable).
         #[arg(long, short = 'q')]
         batch_mode: bool,
@@ -278,13 +294,15 @@ enum Command {
         image: PathBuf,
         /// Keyslot number.
         slot: u32,
-        /// A passphrase of another keyslot, from FILE byte for byte.
-        #[arg(long, short = 'd', value_name = "FILE")]
-        key_file: Option<PathBuf>,
+        #[command(flatten)]
+        unlock: Unlocker,
         /// Do not ask for a passphrase of another slot.
         #[arg(long, short = 'q')]
         batch_mode: bool,
     },
+    /// Recovery keys (BitLocker's recovery-password format).
+    #[command(subcommand)]
+    RecoveryKey(RecoveryAction),
     /// Wipe every keyslot and the keyslots area (as `cryptsetup erase`): no passphrase opens
     /// the volume afterwards, unless a header backup is restored.
     Erase {
@@ -329,6 +347,23 @@ enum Command {
         /// TCP address to listen on.
         #[arg(long, default_value = "127.0.0.1:10809")]
         listen: std::net::SocketAddr,
+    },
+}
+
+#[derive(Subcommand)]
+enum RecoveryAction {
+    /// Generate a recovery key (48 digits, 8 groups of 6), store it as a new keyslot with an
+    /// `nbdcrypt-recovery` token, and print it once.
+    Add {
+        /// Image file.
+        image: PathBuf,
+        #[command(flatten)]
+        unlock: Unlocker,
+        /// The new keyslot's number (default: the lowest free one).
+        #[arg(long, short = 'S', value_name = "N")]
+        key_slot: Option<u32>,
+        #[command(flatten)]
+        kdf: KdfArgs,
     },
 }
 
@@ -450,7 +485,7 @@ fn run(cmd: Command) -> Result<(), CliError> {
             let file = volume::open_image(&image, Access::Inspect)?;
             let lh = volume::load_header(&file, &image)?;
             warn_all(&lh.warnings);
-            let k = passphrase::unlock_with_tries(key.key_file.as_deref(), &image, |pass| {
+            let k = passphrase::unlock_with_tries(key.unlock.source(), &image, |pass| {
                 try_unlock(&file, &image, &lh, pass, key.key_slot)
             })?;
             eprintln!("Key slot {} unlocked.", k.keyslot);
@@ -465,7 +500,8 @@ fn run(cmd: Command) -> Result<(), CliError> {
             read_only,
         } => serve::serve(serve::ServeArgs {
             image,
-            key_file: key.key_file,
+            key_file: key.unlock.key_file,
+            recovery: key.unlock.recovery_key,
             key_slot: key.key_slot,
             listen,
             socket,
@@ -474,14 +510,14 @@ fn run(cmd: Command) -> Result<(), CliError> {
         }),
         Command::AddKey {
             image,
-            key_file,
+            unlock,
             new_keyfile,
             volume_key_file,
             key_slot,
             kdf,
         } => keyslots::add_key(
             &image,
-            key_file.as_deref(),
+            unlock.source(),
             new_keyfile.as_deref(),
             volume_key_file.as_deref(),
             key_slot,
@@ -489,28 +525,34 @@ fn run(cmd: Command) -> Result<(), CliError> {
         ),
         Command::ChangeKey {
             image,
-            key_file,
+            unlock,
             new_keyfile,
             key_slot,
             kdf,
         } => keyslots::change_key(
             &image,
-            key_file.as_deref(),
+            unlock.source(),
             new_keyfile.as_deref(),
             key_slot,
             &kdf.choice(),
         ),
         Command::RemoveKey {
             image,
-            key_file,
+            unlock,
             batch_mode,
-        } => keyslots::remove_key(&image, key_file.as_deref(), batch_mode),
+        } => keyslots::remove_key(&image, unlock.source(), batch_mode),
         Command::KillSlot {
             image,
             slot,
-            key_file,
+            unlock,
             batch_mode,
-        } => keyslots::kill_slot(&image, slot, key_file.as_deref(), batch_mode),
+        } => keyslots::kill_slot(&image, slot, unlock.source(), batch_mode),
+        Command::RecoveryKey(RecoveryAction::Add {
+            image,
+            unlock,
+            key_slot,
+            kdf,
+        }) => keyslots::recovery_key_add(&image, unlock.source(), key_slot, &kdf.choice()),
         Command::Erase { image, batch_mode } => keyslots::erase(&image, batch_mode),
         Command::HeaderBackup {
             image,

@@ -18,30 +18,60 @@ const MAX_KEYFILE: u64 = 8 << 20;
 /// Passphrase attempts at a terminal prompt (cryptsetup's `--tries` default).
 const TRIES: u32 = 3;
 
-/// Read a passphrase (as [`read_passphrase`] with [`Prompt::Unlock`]) and try it with `unlock`;
-/// at a terminal prompt a wrong passphrase is asked again, up to three times in all.
+/// Where the secret that unlocks a keyslot comes from.
+#[derive(Clone, Copy)]
+pub enum Source<'a> {
+    /// A passphrase: from a key file, or (`None`) the terminal prompt / one stdin line.
+    Passphrase(Option<&'a Path>),
+    /// A recovery key (`format-spec.md` §9.1): from a file, or (`None`) prompted / one stdin
+    /// line; checked group by group before any KDF runs.
+    Recovery(Option<&'a Path>),
+}
+
+/// Read the secret from `source` and try it with `unlock`; at a terminal prompt a wrong
+/// passphrase (or a mistyped recovery key) is asked again, up to three times in all.
 ///
-/// Errors: as [`read_passphrase`], and the last error of `unlock`.
+/// Errors: as [`read_passphrase`]; [`CliError::Usage`] naming the mistyped group of a
+/// recovery key; the last error of `unlock`.
 pub fn unlock_with_tries<T>(
-    key_file: Option<&Path>,
+    source: Source<'_>,
     image: &Path,
     mut unlock: impl FnMut(&[u8]) -> Result<T, VolumeError>,
 ) -> Result<T, CliError> {
-    let tries = if key_file.is_none() && std::io::stdin().is_terminal() {
+    let file = match source {
+        Source::Passphrase(f) | Source::Recovery(f) => f,
+    };
+    let tries = if file.is_none() && std::io::stdin().is_terminal() {
         TRIES
     } else {
         1
     };
     let mut attempt = 1;
     loop {
-        let pass = read_passphrase(key_file, Prompt::Unlock(image))?;
+        let pass = match source {
+            Source::Passphrase(f) => read_passphrase(f, Prompt::Unlock(image))?,
+            Source::Recovery(f) => {
+                let typed = read_passphrase(f, Prompt::Recovery(image))?;
+                match crate::crypto::recovery::parse(typed.expose()) {
+                    Ok(k) => k,
+                    Err(e) if attempt < tries => {
+                        eprintln!("{e}");
+                        attempt += 1;
+                        continue;
+                    }
+                    Err(e) => return Err(CliError::Usage(e.to_string())),
+                }
+            }
+        };
         match unlock(pass.expose()) {
             Err(VolumeError::WrongPassphrase) if attempt < tries => {
                 eprintln!("{}", VolumeError::WrongPassphrase);
                 attempt += 1;
             }
-            Err(VolumeError::WrongPassphrase) if pass.expose().ends_with(b"\n") => {
-                let file = key_file.map_or("stdin".into(), |f| f.display().to_string());
+            Err(VolumeError::WrongPassphrase)
+                if matches!(source, Source::Passphrase(_)) && pass.expose().ends_with(b"\n") =>
+            {
+                let file = file.map_or("stdin".into(), |f| f.display().to_string());
                 return Err(CliError::Hinted(
                     Box::new(VolumeError::WrongPassphrase.into()),
                     format!("{file} ends with a newline, which is part of the passphrase; if it should not be, remove it (e.g. `truncate -s -1 {file}`)"),
@@ -58,6 +88,8 @@ pub enum Prompt<'a> {
     Unlock(&'a Path),
     /// Ask twice and compare: a new passphrase for `format`.
     New(&'a Path),
+    /// Ask once: "Enter recovery key for IMAGE: ".
+    Recovery(&'a Path),
 }
 
 /// Read a passphrase from `key_file` or, without one, from the terminal or stdin.
@@ -78,16 +110,17 @@ pub fn read_passphrase(
             read_limited(f, &p.display().to_string())?
         }
         None if std::io::stdin().is_terminal() => {
-            let (path, twice) = match prompt {
-                Prompt::Unlock(p) => (p, false),
-                Prompt::New(p) => (p, true),
+            let (what, path, twice) = match prompt {
+                Prompt::Unlock(p) => ("passphrase", p, false),
+                Prompt::New(p) => ("passphrase", p, true),
+                Prompt::Recovery(p) => ("recovery key", p, false),
             };
             let ask = |text: String| {
                 rpassword::prompt_password(text)
                     .map(Zeroizing::new)
                     .map_err(|e| CliError::Usage(format!("cannot read passphrase: {e}")))
             };
-            let first = ask(format!("Enter passphrase for {}: ", path.display()))?;
+            let first = ask(format!("Enter {what} for {}: ", path.display()))?;
             if twice && *ask("Verify passphrase: ".into())? != *first {
                 return Err(CliError::Usage("passphrases do not match".into()));
             }

@@ -10,15 +10,17 @@ use zeroize::Zeroizing;
 use crate::nbd::{self, ExportConfig, Listen};
 use crate::volume::{self, Access, FormatOptions, KdfChoice, KdfKind, Volume, VolumeError};
 
-use super::passphrase::{read_passphrase, unlock_with_tries, Prompt};
+use super::passphrase::{read_passphrase, unlock_with_tries, Prompt, Source};
 use super::CliError;
 
 /// What `open` serves, where.
 pub struct ServeArgs {
     /// Image file.
     pub image: PathBuf,
-    /// `--key-file`.
+    /// `--key-file`; ignored when `recovery` is set.
     pub key_file: Option<PathBuf>,
+    /// `--recovery-key [FILE]`.
+    pub recovery: Option<Option<PathBuf>>,
     /// `--key-slot`.
     pub key_slot: Option<u32>,
     /// `--listen` addresses.
@@ -53,6 +55,7 @@ fn serve_with(args: ServeArgs, banner: Option<String>) -> Result<(), CliError> {
     let ServeArgs {
         image,
         key_file,
+        recovery,
         key_slot,
         mut listen,
         socket,
@@ -67,7 +70,11 @@ fn serve_with(args: ServeArgs, banner: Option<String>) -> Result<(), CliError> {
     let file = volume::open_image(&image, access)?;
     let lh = volume::load_header(&file, &image)?;
     super::warn_all(&lh.warnings);
-    let key = unlock_with_tries(key_file.as_deref(), &image, |pass| {
+    let source = match &recovery {
+        Some(f) => Source::Recovery(f.as_deref()),
+        None => Source::Passphrase(key_file.as_deref()),
+    };
+    let key = unlock_with_tries(source, &image, |pass| {
         super::try_unlock(&file, &image, &lh, pass, key_slot)
     })?;
     let vol = Volume::new(file, &image, &lh, key, read_only)?;
@@ -196,6 +203,7 @@ pub fn demo(dir: &Path, listen: SocketAddr) -> Result<(), CliError> {
         ServeArgs {
             image,
             key_file: Some(key),
+            recovery: None,
             key_slot: None,
             listen: vec![listen],
             socket: vec![],

@@ -15,6 +15,7 @@ pub mod af;
 pub mod digest;
 pub mod kdf;
 pub mod keyslot;
+pub mod recovery;
 pub mod secret;
 pub mod xts;
 

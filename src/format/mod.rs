@@ -16,6 +16,9 @@ pub const CIPHER: &str = "aes-xts-plain64";
 pub const AF_STRIPES: u32 = 4000;
 /// Size of the volume key we create, in bytes (AES-256-XTS).
 pub const VOLUME_KEY_SIZE: usize = 64;
+/// Token type of a recovery-key keyslot (`format-spec.md` §9.1): `{"type":
+/// "nbdcrypt-recovery", "keyslots": ["N"], "recovery_id": "8 hex digits"}`.
+pub const RECOVERY_TOKEN: &str = "nbdcrypt-recovery";
 /// Largest Argon2 time cost a keyslot may ask for (2^24 passes); above it the slot is refused.
 pub const ARGON2_MAX_TIME: u32 = 1 << 24;
 /// Default metadata copy size (binary header + JSON area), bytes.
@@ -435,9 +438,11 @@ pub fn keyslot_profile(md: &Metadata, id: u32) -> Result<KeyslotProfile, FormatE
         "argon2i" | "argon2id" => KdfProfile::Argon2 {
             id: kdf.kind == "argon2id",
             time: match kdf.time.ok_or_else(|| missing("time"))? {
-                t if t > ARGON2_MAX_TIME => return Err(unsupported(format!(
+                t if t > ARGON2_MAX_TIME => {
+                    return Err(unsupported(format!(
                     "keyslot {id} argon2 time cost {t} is above the maximum of {ARGON2_MAX_TIME}"
-                ))),
+                )))
+                }
                 t => t,
             },
             memory_kib: kdf.memory.ok_or_else(|| missing("memory"))?,

@@ -18,7 +18,7 @@ pub use header_io::{load_header, LoadedHeader};
 pub use unlock::{unlock, UnlockedKey};
 pub use update::{
     add_keyslot, change_keyslot, check_backup, erase, header_bytes, kill_keyslot, repair,
-    restore_header, verify_volume_key, FAULT_STEP_ENV, MAX_KEYSLOTS,
+    restore_header, verify_volume_key, NewKeyslot, FAULT_STEP_ENV, MAX_KEYSLOTS,
 };
 
 use std::fs::File;

@@ -165,9 +165,23 @@ pub fn verify_volume_key(path: &Path, lh: &LoadedHeader, vk: &[u8]) -> Result<()
     Ok(())
 }
 
-/// Add a `luks2` keyslot holding `vk` under `new_pass` (`format-spec.md` §7.1): the area is
+/// What [`add_keyslot`] creates.
+pub struct NewKeyslot<'a> {
+    /// The new keyslot's passphrase.
+    pub passphrase: &'a [u8],
+    /// Its id, or `None` for the lowest free one.
+    pub slot: Option<u32>,
+    /// KDF and cost.
+    pub kdf: &'a KdfChoice,
+    /// A token to add in the same commit (its `keyslots` is set to the new slot).
+    pub token: Option<serde_json::Value>,
+}
+
+/// Add a `luks2` keyslot holding `vk` under `new.passphrase` (`format-spec.md` §7.1): the area is
 /// written, synced, read back and unlocked in memory with `new_pass` before the header that
-/// refers to it is committed. Returns the keyslot id (`slot`, or the lowest free one).
+/// refers to it is committed. With `token`, that JSON object is added as a new token in the same
+/// commit, its `keyslots` set to the new slot. Returns the keyslot id (`slot`, or the lowest
+/// free one).
 ///
 /// Errors: [`VolumeError::InvalidArgument`] for a slot in use or out of range, "All key slots
 /// full." at [`MAX_KEYSLOTS`], no room in the keyslots area, bad KDF costs;
@@ -177,10 +191,14 @@ pub fn add_keyslot(
     path: &Path,
     lh: &LoadedHeader,
     vk: &VolumeKey,
-    new_pass: &[u8],
-    slot: Option<u32>,
-    kdf: &KdfChoice,
+    new: NewKeyslot<'_>,
 ) -> Result<u32, VolumeError> {
+    let NewKeyslot {
+        passphrase: new_pass,
+        slot,
+        kdf,
+        token,
+    } = new;
     let id = pick_slot(lh, slot)?;
     let params = KeyslotParams {
         kdf: choose_kdf(kdf)?,
@@ -203,6 +221,13 @@ pub fn add_keyslot(
     digest
         .keyslots
         .sort_by_key(|k| k.parse::<u32>().unwrap_or(u32::MAX));
+    if let Some(mut t) = token {
+        t["keyslots"] = serde_json::json!([id.to_string()]);
+        let tid = (0..)
+            .find(|n| !md.tokens.contains_key(&Id(*n)))
+            .expect("a free token id");
+        md.tokens.insert(Id(tid), t);
+    }
     commit(file, path, lh, &md)?;
     Ok(id)
 }
@@ -290,6 +315,11 @@ pub fn kill_keyslot(
             ks.retain(|k| k.as_str() != Some(name.as_str()));
         }
     }
+    // A recovery token without its keyslot means nothing; other tokens are kept, as cryptsetup.
+    md.tokens.retain(|_, t| {
+        t["type"] != format::RECOVERY_TOKEN
+            || t["keyslots"].as_array().is_some_and(|a| !a.is_empty())
+    });
     commit(file, path, lh, &md)
 }
 
