@@ -35,7 +35,7 @@ fn nbdinfo_json_describes_the_export() {
     let srv = TestServer::start(MemExport::new(3 * MIB, 512), false);
     let v = json(&run_ok(Command::new(&nbdinfo).arg("--json").arg(srv.uri())));
     assert_eq!(v["protocol"], "newstyle-fixed");
-    assert_eq!(v["structured"], false);
+    assert_eq!(v["structured"], true);
     let e = &v["exports"][0];
     assert_eq!(e["export-name"], EXPORT);
     assert_eq!(e["export-size"], 3 * MIB as u64);
@@ -44,11 +44,11 @@ fn nbdinfo_json_describes_the_export() {
         ("can_flush", true),
         ("can_fua", true),
         ("can_zero", true),
-        ("can_trim", false),
-        ("can_multi_conn", false),
-        ("can_cache", false),
-        ("can_df", false),
-        ("can_fast_zero", false),
+        ("can_trim", true),
+        ("can_multi_conn", true),
+        ("can_cache", true),
+        ("can_df", true),
+        ("can_fast_zero", true),
     ] {
         assert_eq!(e[k], want, "{k} in {e}");
     }
