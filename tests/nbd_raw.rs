@@ -667,6 +667,8 @@ fn simple_replies_for_the_new_commands() {
         (0x8000, CMD_CACHE, 0, 512, EINVAL),
         (CMD_FLAG_FAST_ZERO, CMD_WRITE_ZEROES, 0, 512, ENOTSUP),
         (0, CMD_BLOCK_STATUS, 0, 512, EINVAL),
+        (0, 8, 0, 512, EINVAL), // NBD_CMD_RESIZE (experimental): unknown command
+        (1 << 5, CMD_READ, 0, 512, EINVAL), // NBD_CMD_FLAG_PAYLOAD_LEN: extended headers only
     ]
     .iter()
     .enumerate()
