@@ -35,7 +35,7 @@ fn nbdinfo_json_describes_the_export() {
     let srv = TestServer::start(MemExport::new(3 * MIB, 512), false);
     let v = json(&run_ok(Command::new(&nbdinfo).arg("--json").arg(srv.uri())));
     assert_eq!(v["protocol"], "newstyle-fixed");
-    assert_eq!(v["structured"], false);
+    assert_eq!(v["structured"], true);
     let e = &v["exports"][0];
     assert_eq!(e["export-name"], EXPORT);
     assert_eq!(e["export-size"], 3 * MIB as u64);
@@ -44,11 +44,11 @@ fn nbdinfo_json_describes_the_export() {
         ("can_flush", true),
         ("can_fua", true),
         ("can_zero", true),
-        ("can_trim", false),
-        ("can_multi_conn", false),
-        ("can_cache", false),
-        ("can_df", false),
-        ("can_fast_zero", false),
+        ("can_trim", true),
+        ("can_multi_conn", true),
+        ("can_cache", true),
+        ("can_df", true),
+        ("can_fast_zero", true),
     ] {
         assert_eq!(e[k], want, "{k} in {e}");
     }
@@ -313,4 +313,294 @@ h.shutdown()
     assert!(out.contains("zero errno 1\n"), "{out}");
     assert!(out.contains("flush ok"), "{out}");
     ro.stop();
+}
+
+/// TX3/TX18: libnbd negotiates structured replies; `pread_structured` sees OFFSET_DATA chunks
+/// that exactly cover the request; a DF read (1 MiB and 32 MiB) is one chunk; errors arrive
+/// per proto.md (strict mode off so the bad requests reach the server).
+#[test]
+fn libnbd_structured_reads_and_df() {
+    let srv = TestServer::start(MemExport::new(40 * MIB, 512), false);
+    let data = random_bytes(8 * MIB, 11);
+    srv.export.data.write().unwrap()[..8 * MIB].copy_from_slice(&data);
+    let out = libnbd(&format!(
+        r#"
+import nbd, errno
+h = nbd.NBD()
+h.connect_uri("{uri}")
+assert h.get_structured_replies_negotiated()
+assert h.can_df()
+size = h.get_size()
+
+def chunks_of(count, offset, flags=0):
+    seen = []
+    def cb(buf, off, status, err):
+        assert status == nbd.READ_DATA, status
+        seen.append((off, len(buf)))
+        return 0
+    buf = h.pread_structured(count, offset, cb, flags)
+    seen.sort()
+    pos = offset
+    for off, n in seen:
+        assert off == pos, (seen, offset, count)
+        pos += n
+    assert pos == offset + count, (seen, offset, count)
+    return buf, len(seen)
+
+expect = open("{src}", "rb").read()
+buf, n = chunks_of(4 << 20, 1 << 20)
+assert buf == expect[1 << 20:5 << 20]
+print("plain chunks", n)
+buf, n = chunks_of(1 << 20, 3 << 20, nbd.CMD_FLAG_DF)
+assert buf == expect[3 << 20:4 << 20] and n == 1, n
+print("df 1M chunks", n)
+buf, n = chunks_of(32 << 20, 0, nbd.CMD_FLAG_DF)
+assert buf[:8 << 20] == expect and n == 1, n
+print("df 32M chunks", n)
+h.set_strict_mode(0)  # libnbd refuses unaligned and invalid requests itself otherwise
+buf, n = chunks_of(511, 1)
+assert buf == expect[1:512]
+print("unaligned ok")
+for name, f in (
+    ("read past end", lambda: h.pread(1024, size - 512)),
+    ("read unknown flag", lambda: h.pread(512, 0, 1 << 15)),
+    ("structured read past end", lambda: h.pread_structured(1024, size - 512, lambda *a: 0)),
+):
+    try:
+        f()
+        print(name, "succeeded")
+    except nbd.Error as e:
+        print(name, "errno", e.errnum)
+assert h.pread(512, 0) == expect[:512]
+h.shutdown()
+print("ok")
+"#,
+        uri = srv.uri(),
+        src = {
+            let p = srv.dir.path().join("expect.bin");
+            std::fs::write(&p, &data).unwrap();
+            p.display().to_string()
+        }
+    ));
+    assert!(out.contains("df 1M chunks 1"), "{out}");
+    assert!(out.contains("df 32M chunks 1"), "{out}");
+    assert!(out.contains("read past end errno 22\n"), "{out}");
+    assert!(out.contains("read unknown flag errno 22\n"), "{out}");
+    assert!(out.contains("structured read past end errno 22\n"), "{out}");
+    assert!(out.contains("ok"), "{out}");
+    srv.stop();
+}
+
+/// HS13/TX16: base:allocation through libnbd, nbdinfo and qemu-img map. Everything is data
+/// (status 0) whether written or not, with and without REQ_ONE.
+#[test]
+fn block_status_reports_all_data_to_real_clients() {
+    let srv = TestServer::start(MemExport::new(8 * MIB, 4096), false);
+    srv.export.data.write().unwrap()[MIB..2 * MIB].fill(0xee);
+    let out = libnbd(&format!(
+        r#"
+import nbd, errno
+h = nbd.NBD()
+h.set_opt_mode(True)
+h.connect_uri("{uri}")
+listed = []
+h.opt_list_meta_context(lambda name: listed.append(name) or 0)
+print("listed", listed)
+h.add_meta_context("base:allocation")
+h.add_meta_context("x-unknown:thing")
+h.opt_go()
+assert h.can_meta_context("base:allocation")
+assert not h.can_meta_context("x-unknown:thing")
+size = h.get_size()
+
+def extents(count, offset, flags=0):
+    got = []
+    def cb(ctx, off, entries, err):
+        assert ctx == "base:allocation", ctx
+        got.append((off, list(entries)))
+        return 0
+    h.block_status(count, offset, cb, flags)
+    assert len(got) == 1, got
+    off, e = got[0]
+    assert off == offset
+    return e
+
+e = extents(size, 0)
+print("whole", e)
+assert e == [size, 0], e
+e = extents(size, 0, nbd.CMD_FLAG_REQ_ONE)
+assert len(e) == 2 and e[0] <= size and e[1] == 0, e
+print("req_one", e)
+e = extents(1 << 20, 1 << 20)
+assert e == [1 << 20, 0], e
+e = extents(4096, 1 << 20, nbd.CMD_FLAG_REQ_ONE)
+assert e == [4096, 0], e
+h.set_strict_mode(0)
+try:
+    extents(8192, size - 4096)
+    print("past end succeeded")
+except nbd.Error as ex:
+    print("past end errno", ex.errnum)
+h.shutdown()
+print("ok")
+"#,
+        uri = srv.uri()
+    ));
+    assert!(out.contains("listed ['base:allocation']"), "{out}");
+    assert!(out.contains("past end errno 22\n"), "{out}");
+    assert!(out.contains("ok"), "{out}");
+
+    let v = json(&run_ok(
+        Command::new(tool("nbdinfo")).arg("--json").arg(srv.uri()),
+    ));
+    let ctx = v["exports"][0]["contexts"].as_array().unwrap();
+    assert!(ctx.iter().any(|c| c == "base:allocation"), "{v}");
+    let map = run_ok(Command::new(tool("nbdinfo")).arg("--map").arg(srv.uri()));
+    let lines: Vec<&str> = map.lines().collect();
+    assert_eq!(lines.len(), 1, "one extent for the whole export: {map}");
+    assert!(
+        lines[0].contains("8388608") && lines[0].contains("data"),
+        "{map}"
+    );
+
+    let qmap = run_ok(
+        Command::new(tool("qemu-img"))
+            .args(["map", "-f", "raw", "--output=json"])
+            .arg(srv.uri()),
+    );
+    let qv = json(&qmap);
+    for e in qv.as_array().unwrap() {
+        assert_eq!(e["data"], true, "qemu-img map must see only data: {qmap}");
+        assert_eq!(e["zero"], false, "{qmap}");
+    }
+    srv.stop();
+}
+
+/// TX14/TX15/TX17: TRIM leaves the data, CACHE succeeds (unknown flag EINVAL), FAST_ZERO is
+/// ENOTSUP without touching data, NO_HOLE zeroing still works; bounds errors per proto.md.
+#[test]
+fn libnbd_trim_cache_and_fast_zero() {
+    let srv = TestServer::start(MemExport::new(4 * MIB, 512), false);
+    let out = libnbd(&format!(
+        r#"
+import nbd, errno
+h = nbd.NBD()
+h.connect_uri("{uri}")
+assert h.can_trim() and h.can_cache() and h.can_fast_zero() and h.can_zero()
+size = h.get_size()
+pat = bytes((i * 7) & 0xff for i in range(1 << 20))
+h.pwrite(pat, 0)
+h.trim(1 << 20, 0)
+assert h.pread(1 << 20, 0) == pat, "trim changed data"
+h.trim(512, 0, nbd.CMD_FLAG_FUA)
+h.cache(1 << 20, 0)
+try:
+    h.zero(1 << 20, 0, nbd.CMD_FLAG_FAST_ZERO)
+    print("fast zero succeeded")
+except nbd.Error as e:
+    print("fast zero errno", e.errnum)
+assert h.pread(1 << 20, 0) == pat, "fast zero changed data"
+h.zero(4096, 4096, nbd.CMD_FLAG_NO_HOLE)
+assert h.pread(4096, 4096) == b"\0" * 4096
+h.set_strict_mode(0)
+for name, f in (
+    ("trim past end", lambda: h.trim(1024, size - 512)),
+    ("cache past end", lambda: h.cache(1024, size - 512)),
+    ("cache unknown flag", lambda: h.cache(512, 0, 1 << 15)),
+    ("zero past end", lambda: h.zero(1024, size - 512)),
+):
+    try:
+        f()
+        print(name, "succeeded")
+    except nbd.Error as e:
+        print(name, "errno", e.errnum)
+h.flush()
+h.shutdown()
+print("ok")
+"#,
+        uri = srv.uri()
+    ));
+    for want in [
+        "fast zero errno 95\n",
+        "trim past end errno 22\n",
+        "cache past end errno 22\n",
+        "cache unknown flag errno 22\n",
+        "zero past end errno 28\n",
+        "ok",
+    ] {
+        assert!(out.contains(want), "missing {want:?}:\n{out}");
+    }
+    srv.stop();
+
+    let ro = TestServer::start(MemExport::new(MIB, 512), true);
+    let out = libnbd(&format!(
+        r#"
+import nbd
+h = nbd.NBD()
+h.set_strict_mode(0)
+h.connect_uri("{uri}")
+h.cache(4096, 0)
+print("cache ok")
+try:
+    h.trim(4096, 0)
+    print("trim succeeded")
+except nbd.Error as e:
+    print("trim errno", e.errnum)
+h.shutdown()
+"#,
+        uri = ro.uri()
+    ));
+    assert!(
+        out.contains("cache ok") && out.contains("trim errno 1\n"),
+        "{out}"
+    );
+    ro.stop();
+}
+
+/// MC1: a write on one connection, FLUSH on another, read back on the other; then nbdcopy
+/// with 4 connections (it uses multi-conn now) in and out, compared byte for byte.
+#[test]
+fn multi_conn_flush_and_nbdcopy_four_connections() {
+    let srv = TestServer::start(MemExport::new(72 * MIB, 512), false);
+    let out = libnbd(&format!(
+        r#"
+import nbd
+a = nbd.NBD(); a.connect_uri("{uri}")
+b = nbd.NBD(); b.connect_uri("{uri}")
+assert a.can_multi_conn() and b.can_multi_conn()
+a.pwrite(b"\xab" * 65536, 1 << 20)
+b.flush()
+assert b.pread(65536, 1 << 20) == b"\xab" * 65536
+a.shutdown(); b.shutdown()
+print("ok")
+"#,
+        uri = srv.uri()
+    ));
+    assert!(out.contains("ok"), "{out}");
+    let st = run(Command::new(tool("nbdinfo"))
+        .args(["--can", "multi-conn"])
+        .arg(srv.uri()));
+    assert!(st.status.success(), "nbdinfo --can multi-conn must exit 0");
+
+    let nbdcopy = tool("nbdcopy");
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src.img");
+    let dst = dir.path().join("dst.img");
+    let data = random_bytes(72 * MIB, 99);
+    std::fs::write(&src, &data).unwrap();
+    run_ok(
+        Command::new(&nbdcopy)
+            .args(["--connections", "4", "--flush"])
+            .arg(&src)
+            .arg(srv.uri()),
+    );
+    assert!(srv.export.snapshot(0, 72 * MIB) == data, "export differs");
+    run_ok(
+        Command::new(&nbdcopy)
+            .args(["--connections", "4"])
+            .arg(srv.uri())
+            .arg(&dst),
+    );
+    assert!(std::fs::read(&dst).unwrap() == data, "copy back differs");
+    srv.stop();
 }

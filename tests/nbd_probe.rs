@@ -57,7 +57,7 @@ fn probe_conformance() {
     );
     check(
         &out,
-        "EXPORT(size=68157440,flags=0x4d) BLOCK_SIZE(min=512,pref=4096,max=33554432) \
+        "EXPORT(size=68157440,flags=0xd6d) BLOCK_SIZE(min=512,pref=4096,max=33554432) \
          NAME('vol') DESCRIPTION('test volume') ACK",
     );
     srv.stop();
@@ -82,7 +82,7 @@ fn probe_against_nbdcrypt_open() {
     );
     check(
         &out,
-        "EXPORT(size=83886080,flags=0x4d) BLOCK_SIZE(min=512,pref=4096,max=33554432) \
+        "EXPORT(size=83886080,flags=0xd6d) BLOCK_SIZE(min=512,pref=4096,max=33554432) \
          NAME('probe') DESCRIPTION('nbdcrypt LUKS2 volume",
     );
     let (st, err) = srv.stop();
@@ -101,9 +101,15 @@ fn check(out: &str, h5: &str) {
     expect(&out, "H3", "-> ERR_INVALID; option phase then alive");
     expect(&out, "H4", "-> ERR_UNKNOWN; option phase then alive");
     expect(&out, "H5", h5);
-    expect(&out, "H6", "-> ERR_UNSUP; option phase then alive");
-    expect(&out, "H7", "-> ERR_UNSUP; option phase then alive");
+    expect(&out, "H6", "-> ERR_INVALID; option phase then alive");
+    expect(&out, "H7", "-> ERR_INVALID; option phase then alive");
     expect(&out, "H8", "-> ERR_UNSUP; option phase then alive");
+    expect(
+        &out,
+        "H9",
+        "-> SR=ACK, SR again=ERR_INVALID, LIST_META_CONTEXT=['base:allocation'] ACK, \
+         SET_META_CONTEXT=META_CONTEXT,ACK; option phase then alive",
+    );
     expect(&out, "H12", "-> ACK");
     expect(&out, "H13", "option phase closed");
     let h14: Vec<&str> = out.lines().filter(|l| l.starts_with("H14 ")).collect();
@@ -116,7 +122,7 @@ fn check(out: &str, h5: &str) {
         "{out}"
     );
     expect(&out, "H15", "-> closed(");
-    expect(&out, "T0", "flags=0x4d");
+    expect(&out, "T0", "flags=0xd6d");
     expect(&out, "T1", "-> EINVAL");
     expect(&out, "T2", "-> ENOSPC");
     expect(&out, "T3", "-> EINVAL");
@@ -127,7 +133,7 @@ fn check(out: &str, h5: &str) {
     expect(&out, "T8", "-> OK");
     expect(&out, "T9", "-> OK");
     expect(&out, "T10", "-> ENOSPC");
-    expect(&out, "T11", "-> EINVAL"); // TRIM is not advertised: unknown command
+    expect(&out, "T11", "-> EINVAL"); // TRIM is advertised now: EINVAL from the bounds check
     let t12 = line(&out, "T12");
     assert!(
         t12.contains("-> EINVAL") || t12.contains("-> disconnect"),

@@ -239,3 +239,68 @@ fn tcp_listener_and_nbd_client_list() {
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     assert!(child.wait().unwrap().success(), "SIGINT must exit 0");
 }
+
+/// Structured replies, block status, TRIM, FAST_ZERO and multi-conn through the whole stack:
+/// `nbdcopy --connections 4` in and out (it uses multi-conn when advertised), block status
+/// reports the whole volume as data, and TRIM / FAST_ZERO leave even the ciphertext alone.
+#[test]
+fn multi_conn_copy_block_status_and_no_op_trim_on_a_volume() {
+    let dir = tempdir();
+    let (img, key) = volume(dir.path(), "mc.img", "81M", 4096);
+    let src = dir.path().join("src.bin");
+    let data = pattern(65 << 20, 7);
+    std::fs::write(&src, &data).unwrap();
+    let mut srv = Server::start(&img, &key, &[]);
+    let can = run(nbd_tool("nbdinfo").args(["--can", "multi-conn", &srv.uri()]));
+    assert!(can.status.success(), "multi-conn must be advertised");
+    ok(nbd_tool("nbdcopy").args([
+        "--connections",
+        "4",
+        "--flush",
+        src.to_str().unwrap(),
+        &srv.uri(),
+    ]));
+    let out = dir.path().join("out.bin");
+    ok(nbd_tool("nbdcopy").args(["--connections", "4", &srv.uri(), out.to_str().unwrap()]));
+    assert!(
+        std::fs::read(&out).unwrap() == data,
+        "4-connection round trip differs"
+    );
+
+    let before = std::fs::read(&img).unwrap();
+    let script = r#"
+import nbd, sys
+h = nbd.NBD()
+h.add_meta_context("base:allocation")
+h.connect_uri(sys.argv[1])
+assert h.get_structured_replies_negotiated() and h.can_df() and h.can_multi_conn()
+size = h.get_size()
+got = []
+h.block_status(size, 0, lambda ctx, off, e, err: got.append(list(e)) or 0)
+print("extents", got)
+h.trim(1 << 20, 0)
+try:
+    h.zero(1 << 20, 1 << 20, nbd.CMD_FLAG_FAST_ZERO); print("fast zero succeeded")
+except nbd.Error as e:
+    print("fast zero errno", e.errno)
+h.cache(1 << 20, 0)
+n = []
+buf = h.pread_structured(1 << 20, 0, lambda b, o, s, e: n.append(len(b)) or 0, nbd.CMD_FLAG_DF)
+print("df chunks", len(n))
+h.flush()
+h.shutdown()
+"#;
+    let out = ok(Command::new("/usr/bin/python3").args(["-c", script, &srv.uri()]));
+    assert!(
+        out.contains(&format!("extents [[{}, 0]]", 65u64 << 20)),
+        "{out}"
+    );
+    assert!(out.contains("fast zero errno ENOTSUP"), "{out}");
+    assert!(out.contains("df chunks 1"), "{out}");
+    let (st, err) = srv.stop();
+    assert!(st.success(), "{err}");
+    assert!(
+        std::fs::read(&img).unwrap() == before,
+        "TRIM (discard ignore) and FAST_ZERO must not change the image"
+    );
+}

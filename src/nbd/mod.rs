@@ -4,13 +4,18 @@
 //! Three parts:
 //! - [`proto`]: pure codec (constants, option/request parsing, reply encoding; no I/O);
 //! - [`session`]: one connection, generic over `AsyncRead + AsyncWrite` (fixed-newstyle
-//!   handshake, then the transmission phase with pipelined requests and simple replies);
+//!   handshake, then the transmission phase with pipelined requests and simple or structured
+//!   replies);
 //! - [`server`]: TCP and Unix listeners, one task per client, graceful shutdown ([`serve`]).
 //!
-//! Scope of this version: fixed newstyle with `NO_ZEROES`; options `EXPORT_NAME`, `INFO`, `GO`,
-//! `LIST`, `ABORT` (everything else `ERR_UNSUP`, including `STARTTLS`, `STRUCTURED_REPLY` and
-//! `EXTENDED_HEADERS`); commands `READ`, `WRITE`, `FLUSH`, `WRITE_ZEROES`, `DISC` with simple
-//! replies. This layer does not depend on `volume`; the volume implements [`BlockExport`].
+//! Scope of this version (table: `docs/nbd-conformance.md`): fixed newstyle with `NO_ZEROES`;
+//! options `EXPORT_NAME`, `INFO`, `GO`, `LIST`, `ABORT`, `STRUCTURED_REPLY`,
+//! `LIST_META_CONTEXT`/`SET_META_CONTEXT` (`base:allocation`) (everything else `ERR_UNSUP`,
+//! including `STARTTLS` and `EXTENDED_HEADERS`); commands `READ` (with `DF` after structured
+//! replies), `WRITE`, `FLUSH`, `WRITE_ZEROES` (`NO_HOLE`; `FAST_ZERO` → `ENOTSUP`), `TRIM` and
+//! `CACHE` (no-ops), `BLOCK_STATUS` (everything reported as data, so usage does not leak),
+//! `DISC`; simple replies unless structured replies were negotiated; `CAN_MULTI_CONN`.
+//! This layer does not depend on `volume`; the volume implements [`BlockExport`].
 
 pub mod proto;
 pub mod server;
@@ -26,6 +31,11 @@ pub use session::{run_session, SessionEnd, SessionError};
 /// blocking pool, and many run concurrently (from one or several connections), so
 /// implementations do their own locking. The session validates every range against
 /// [`size`](BlockExport::size) before calling, so `offset + len <= size()` always holds.
+///
+/// The server advertises `NBD_FLAG_CAN_MULTI_CONN` (proto.md "Transmission flags"), so an
+/// implementation MUST NOT keep a per-connection cache: a write that has returned is visible to
+/// every later read from any connection, and [`flush`](BlockExport::flush) makes every
+/// returned write durable, whichever connection made it.
 pub trait BlockExport: Send + Sync + 'static {
     /// Size of the export in bytes (sent in `NBD_INFO_EXPORT` / the `EXPORT_NAME` reply).
     fn size(&self) -> u64;

@@ -17,6 +17,8 @@ pub const OPTION_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
 pub const REQUEST_MAGIC: u32 = 0x2560_9513;
 /// Magic of a 16-byte simple reply (proto.md "Simple reply message").
 pub const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
+/// Magic of a 20-byte structured reply chunk header (proto.md "Structured reply chunk message").
+pub const STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
 
 /// Handshake flag `NBD_FLAG_FIXED_NEWSTYLE` (proto.md "Handshake flags").
 pub const FLAG_FIXED_NEWSTYLE: u16 = 1 << 0;
@@ -38,8 +40,19 @@ pub const TFLAG_READ_ONLY: u16 = 1 << 1;
 pub const TFLAG_SEND_FLUSH: u16 = 1 << 2;
 /// Transmission flag `NBD_FLAG_SEND_FUA`.
 pub const TFLAG_SEND_FUA: u16 = 1 << 3;
+/// Transmission flag `NBD_FLAG_SEND_TRIM`.
+pub const TFLAG_SEND_TRIM: u16 = 1 << 5;
 /// Transmission flag `NBD_FLAG_SEND_WRITE_ZEROES`.
 pub const TFLAG_SEND_WRITE_ZEROES: u16 = 1 << 6;
+/// Transmission flag `NBD_FLAG_SEND_DF`: MUST be clear unless structured replies were
+/// negotiated (proto.md "Transmission flags").
+pub const TFLAG_SEND_DF: u16 = 1 << 7;
+/// Transmission flag `NBD_FLAG_CAN_MULTI_CONN`.
+pub const TFLAG_CAN_MULTI_CONN: u16 = 1 << 8;
+/// Transmission flag `NBD_FLAG_SEND_CACHE`.
+pub const TFLAG_SEND_CACHE: u16 = 1 << 10;
+/// Transmission flag `NBD_FLAG_SEND_FAST_ZERO`.
+pub const TFLAG_SEND_FAST_ZERO: u16 = 1 << 11;
 
 /// Option `NBD_OPT_EXPORT_NAME` (proto.md "Option types").
 pub const OPT_EXPORT_NAME: u32 = 1;
@@ -53,8 +66,12 @@ pub const OPT_STARTTLS: u32 = 5;
 pub const OPT_INFO: u32 = 6;
 /// Option `NBD_OPT_GO`.
 pub const OPT_GO: u32 = 7;
-/// Option `NBD_OPT_STRUCTURED_REPLY` (answered `ERR_UNSUP` for now).
+/// Option `NBD_OPT_STRUCTURED_REPLY`.
 pub const OPT_STRUCTURED_REPLY: u32 = 8;
+/// Option `NBD_OPT_LIST_META_CONTEXT`.
+pub const OPT_LIST_META_CONTEXT: u32 = 9;
+/// Option `NBD_OPT_SET_META_CONTEXT`.
+pub const OPT_SET_META_CONTEXT: u32 = 10;
 /// Option `NBD_OPT_EXTENDED_HEADERS` (experimental branch; answered `ERR_UNSUP`).
 pub const OPT_EXTENDED_HEADERS: u32 = 11;
 
@@ -64,6 +81,8 @@ pub const REP_ACK: u32 = 1;
 pub const REP_SERVER: u32 = 2;
 /// Option reply `NBD_REP_INFO`.
 pub const REP_INFO: u32 = 3;
+/// Option reply `NBD_REP_META_CONTEXT`.
+pub const REP_META_CONTEXT: u32 = 4;
 /// Error reply `NBD_REP_ERR_UNSUP`.
 pub const REP_ERR_UNSUP: u32 = (1 << 31) | 1;
 /// Error reply `NBD_REP_ERR_INVALID`.
@@ -86,6 +105,30 @@ pub const INFO_BLOCK_SIZE: u16 = 3;
 pub const CMD_FLAG_FUA: u16 = 1 << 0;
 /// Command flag `NBD_CMD_FLAG_NO_HOLE` (valid on WRITE_ZEROES only).
 pub const CMD_FLAG_NO_HOLE: u16 = 1 << 1;
+/// Command flag `NBD_CMD_FLAG_DF` (READ only, and only after structured replies).
+pub const CMD_FLAG_DF: u16 = 1 << 2;
+/// Command flag `NBD_CMD_FLAG_REQ_ONE` (BLOCK_STATUS only).
+pub const CMD_FLAG_REQ_ONE: u16 = 1 << 3;
+/// Command flag `NBD_CMD_FLAG_FAST_ZERO` (WRITE_ZEROES only).
+pub const CMD_FLAG_FAST_ZERO: u16 = 1 << 4;
+
+/// Structured reply flag `NBD_REPLY_FLAG_DONE` (proto.md "Structured reply flags").
+pub const REPLY_FLAG_DONE: u16 = 1 << 0;
+/// Structured reply type `NBD_REPLY_TYPE_NONE` (proto.md "Structured reply types").
+pub const REPLY_TYPE_NONE: u16 = 0;
+/// Structured reply type `NBD_REPLY_TYPE_OFFSET_DATA`.
+pub const REPLY_TYPE_OFFSET_DATA: u16 = 1;
+/// Structured reply type `NBD_REPLY_TYPE_BLOCK_STATUS`.
+pub const REPLY_TYPE_BLOCK_STATUS: u16 = 5;
+/// Structured reply type `NBD_REPLY_TYPE_ERROR`.
+pub const REPLY_TYPE_ERROR: u16 = (1 << 15) | 1;
+
+/// The one metadata context this server knows (proto.md "Metadata querying", "Metadata
+/// contexts").
+pub const BASE_ALLOCATION: &str = "base:allocation";
+/// Context id this server gives `base:allocation` in `NBD_REP_META_CONTEXT` replies to
+/// `NBD_OPT_SET_META_CONTEXT` (`NBD_OPT_LIST_META_CONTEXT` replies use 0, as the spec asks).
+pub const BASE_ALLOCATION_ID: u32 = 1;
 
 /// Error value `EPERM` (proto.md "Error values").
 pub const EPERM: u32 = 1;
@@ -95,6 +138,8 @@ pub const EIO: u32 = 5;
 pub const EINVAL: u32 = 22;
 /// Error value `ENOSPC`.
 pub const ENOSPC: u32 = 28;
+/// Error value `ENOTSUP` (only for `NBD_CMD_FLAG_FAST_ZERO`).
+pub const ENOTSUP: u32 = 95;
 
 /// Longest string (export name, description) accepted or sent, in bytes (proto.md "Conventions":
 /// strings MUST be no longer than 4096 bytes).
@@ -122,6 +167,8 @@ pub const OPTION_HEADER_LEN: usize = 16;
 pub const REQUEST_LEN: usize = 28;
 /// Length of a simple reply header (proto.md "Simple reply message").
 pub const SIMPLE_REPLY_LEN: usize = 16;
+/// Length of a structured reply chunk header (proto.md "Structured reply chunk message").
+pub const CHUNK_HEADER_LEN: usize = 20;
 
 /// A malformed message from the client. The session decides whether it costs an option error
 /// reply or the connection.
@@ -288,12 +335,37 @@ pub fn encode_export_name_reply(size: u64, tflags: u16, no_zeroes: bool) -> Vec<
     b
 }
 
-/// Transmission flags for an export (proto.md "Transmission flags"): `HAS_FLAGS`, `SEND_FLUSH`,
-/// `SEND_FUA`, `SEND_WRITE_ZEROES`, plus `READ_ONLY` when `read_only`.
-pub fn transmission_flags(read_only: bool) -> u16 {
-    let mut f = TFLAG_HAS_FLAGS | TFLAG_SEND_FLUSH | TFLAG_SEND_FUA | TFLAG_SEND_WRITE_ZEROES;
+/// What the client negotiated during option haggling that changes the transmission phase.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Negotiated {
+    /// `NBD_OPT_STRUCTURED_REPLY` was acknowledged: READ replies (and, in this server, every
+    /// reply) are structured (proto.md "Structured reply chunk message").
+    pub structured: bool,
+    /// `base:allocation` is selected by `NBD_OPT_SET_META_CONTEXT`, with id
+    /// [`BASE_ALLOCATION_ID`]; `NBD_CMD_BLOCK_STATUS` is allowed (proto.md "Metadata querying").
+    pub base_allocation: bool,
+}
+
+/// Transmission flags for an export (proto.md "Transmission flags"), computed per session:
+/// `HAS_FLAGS`, `SEND_FLUSH`, `SEND_FUA`, `SEND_TRIM` (a no-op: discard policy "ignore"),
+/// `SEND_WRITE_ZEROES`, `CAN_MULTI_CONN` (no per-connection cache: every connection writes the
+/// same file and FLUSH syncs all of it), `SEND_CACHE`, `SEND_FAST_ZERO` (always answered
+/// `ENOTSUP`), plus `READ_ONLY` when `read_only` and `SEND_DF` only when `structured` (the spec
+/// says it MUST be clear without structured replies).
+pub fn transmission_flags(read_only: bool, structured: bool) -> u16 {
+    let mut f = TFLAG_HAS_FLAGS
+        | TFLAG_SEND_FLUSH
+        | TFLAG_SEND_FUA
+        | TFLAG_SEND_TRIM
+        | TFLAG_SEND_WRITE_ZEROES
+        | TFLAG_CAN_MULTI_CONN
+        | TFLAG_SEND_CACHE
+        | TFLAG_SEND_FAST_ZERO;
     if read_only {
         f |= TFLAG_READ_ONLY;
+    }
+    if structured {
+        f |= TFLAG_SEND_DF;
     }
     f
 }
@@ -309,8 +381,14 @@ pub enum Command {
     Disc,
     /// `NBD_CMD_FLUSH` (3).
     Flush,
+    /// `NBD_CMD_TRIM` (4): a hint, served as a no-op (discard policy "ignore").
+    Trim,
+    /// `NBD_CMD_CACHE` (5): advisory prefetch, served as a no-op.
+    Cache,
     /// `NBD_CMD_WRITE_ZEROES` (6).
     WriteZeroes,
+    /// `NBD_CMD_BLOCK_STATUS` (7).
+    BlockStatus,
     /// Any other type: answered `EINVAL`.
     Unknown(u16),
 }
@@ -322,16 +400,22 @@ impl Command {
             1 => Command::Write,
             2 => Command::Disc,
             3 => Command::Flush,
+            4 => Command::Trim,
+            5 => Command::Cache,
             6 => Command::WriteZeroes,
+            7 => Command::BlockStatus,
             other => Command::Unknown(other),
         }
     }
 
-    /// Command flags valid for this command (FUA is accepted on every command since
-    /// `SEND_FUA` is advertised; proto.md "Command flags").
-    fn allowed_flags(self) -> u16 {
+    /// Command flags valid for this command in this session (FUA is accepted on every
+    /// command since `SEND_FUA` is advertised; `DF` only once `SEND_DF` was, i.e. after
+    /// structured replies; proto.md "Command flags").
+    fn allowed_flags(self, neg: &Negotiated) -> u16 {
         match self {
-            Command::WriteZeroes => CMD_FLAG_FUA | CMD_FLAG_NO_HOLE,
+            Command::Read if neg.structured => CMD_FLAG_FUA | CMD_FLAG_DF,
+            Command::WriteZeroes => CMD_FLAG_FUA | CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO,
+            Command::BlockStatus => CMD_FLAG_FUA | CMD_FLAG_REQ_ONE,
             _ => CMD_FLAG_FUA,
         }
     }
@@ -400,15 +484,25 @@ pub enum Verdict {
     Disconnect,
 }
 
-/// Validate a request against the export (proto.md "Error values", "Request types",
-/// "Block size constraints"):
+/// Validate a request against the export and what the session negotiated (proto.md "Error
+/// values", "Request types", "Block size constraints", "Metadata querying"):
 /// oversize WRITE payload → [`Verdict::Close`] above [`MAX_WRITE_DISCARD`], else `EINVAL`;
-/// unknown command, unknown or inapplicable flag, READ/WRITE over [`MAX_PAYLOAD`],
-/// offset + length overflowing u64, READ past the end → `EINVAL`; WRITE/WRITE_ZEROES on a
-/// read-only export → `EPERM`; WRITE/WRITE_ZEROES past the end → `ENOSPC`.
+/// unknown command, unknown or inapplicable flag (`DF` without structured replies),
+/// READ/WRITE over [`MAX_PAYLOAD`], offset + length overflowing u64 → `EINVAL`;
+/// BLOCK_STATUS without structured replies or without a selected context, or of length 0
+/// (a reply needs a non-empty extent) → `EINVAL`;
+/// WRITE/WRITE_ZEROES/TRIM on a read-only export → `EPERM`; WRITE/WRITE_ZEROES past the end →
+/// `ENOSPC`; READ/TRIM/CACHE/BLOCK_STATUS past the end → `EINVAL`; a valid WRITE_ZEROES with
+/// `FAST_ZERO` → `ENOTSUP` (our zeroing encrypts zeroes, which is no faster than a write).
 /// FLUSH ignores offset and length. Unaligned ranges are served (the export does
-/// read-modify-write).
-pub fn check_request(req: &Request, export_size: u64, read_only: bool) -> Verdict {
+/// read-modify-write). TRIM and CACHE have no payload, so they are not limited to
+/// [`MAX_PAYLOAD`].
+pub fn check_request(
+    req: &Request,
+    export_size: u64,
+    read_only: bool,
+    neg: &Negotiated,
+) -> Verdict {
     if req.command == Command::Write && req.length > MAX_WRITE_DISCARD {
         return Verdict::Close;
     }
@@ -419,16 +513,19 @@ pub fn check_request(req: &Request, export_size: u64, read_only: bool) -> Verdic
     if cmd == Command::Disc {
         return Verdict::Disconnect;
     }
-    if req.flags & !cmd.allowed_flags() != 0 {
+    if req.flags & !cmd.allowed_flags(neg) != 0 {
         return Verdict::Error(EINVAL);
     }
     if cmd == Command::Flush {
         return Verdict::Serve;
     }
+    if cmd == Command::BlockStatus && !(neg.structured && neg.base_allocation) {
+        return Verdict::Error(EINVAL);
+    }
     if matches!(cmd, Command::Read | Command::Write) && req.length > MAX_PAYLOAD {
         return Verdict::Error(EINVAL);
     }
-    let writes = matches!(cmd, Command::Write | Command::WriteZeroes);
+    let writes = matches!(cmd, Command::Write | Command::WriteZeroes | Command::Trim);
     if writes && read_only {
         return Verdict::Error(EPERM);
     }
@@ -437,9 +534,28 @@ pub fn check_request(req: &Request, export_size: u64, read_only: bool) -> Verdic
         None => return Verdict::Error(EINVAL),
     };
     if end > export_size {
-        return Verdict::Error(if writes { ENOSPC } else { EINVAL });
+        let enospc = matches!(cmd, Command::Write | Command::WriteZeroes);
+        return Verdict::Error(if enospc { ENOSPC } else { EINVAL });
+    }
+    if cmd == Command::BlockStatus && req.length == 0 {
+        return Verdict::Error(EINVAL);
+    }
+    if cmd == Command::WriteZeroes && req.flags & CMD_FLAG_FAST_ZERO != 0 {
+        return Verdict::Error(ENOTSUP);
     }
     Verdict::Serve
+}
+
+/// A short human-readable text for an error value, sent in `NBD_REPLY_TYPE_ERROR` chunks.
+pub fn error_message(err: u32) -> &'static str {
+    match err {
+        EPERM => "export is read-only",
+        EIO => "I/O error on the export",
+        EINVAL => "invalid request (bad command, flags, range or state)",
+        ENOSPC => "request extends past the end of the export",
+        ENOTSUP => "fast zeroing is not supported",
+        _ => "request failed",
+    }
 }
 
 /// Simple reply header: magic, u32 error, u64 cookie (proto.md "Simple reply message").
@@ -449,6 +565,188 @@ pub fn encode_simple_reply(error: u32, cookie: u64) -> [u8; SIMPLE_REPLY_LEN] {
     b[0..4].copy_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
     b[4..8].copy_from_slice(&error.to_be_bytes());
     b[8..16].copy_from_slice(&cookie.to_be_bytes());
+    b
+}
+
+/// Structured reply chunk header: magic, u16 flags, u16 type, u64 cookie, u32 payload length
+/// (proto.md "Structured reply chunk message").
+pub fn encode_chunk_header(
+    flags: u16,
+    rtype: u16,
+    cookie: u64,
+    len: u32,
+) -> [u8; CHUNK_HEADER_LEN] {
+    let mut b = [0u8; CHUNK_HEADER_LEN];
+    b[0..4].copy_from_slice(&STRUCTURED_REPLY_MAGIC.to_be_bytes());
+    b[4..6].copy_from_slice(&flags.to_be_bytes());
+    b[6..8].copy_from_slice(&rtype.to_be_bytes());
+    b[8..16].copy_from_slice(&cookie.to_be_bytes());
+    b[16..20].copy_from_slice(&len.to_be_bytes());
+    b
+}
+
+/// The final `NBD_REPLY_TYPE_NONE` chunk (DONE set, no payload): success of a request whose
+/// reply carries no data (proto.md "Structured reply types").
+pub fn encode_none_chunk(cookie: u64) -> [u8; CHUNK_HEADER_LEN] {
+    encode_chunk_header(REPLY_FLAG_DONE, REPLY_TYPE_NONE, cookie, 0)
+}
+
+/// Header and offset (28 bytes) of an `NBD_REPLY_TYPE_OFFSET_DATA` chunk whose `data_len`
+/// bytes of data follow; `done` sets `NBD_REPLY_FLAG_DONE` (only once the data is known good:
+/// proto.md "Structured replies" under `NBD_CMD_READ`). `data_len` must be 1..=2^32 − 9.
+pub fn encode_offset_data_header(cookie: u64, offset: u64, data_len: u32, done: bool) -> Vec<u8> {
+    let flags = if done { REPLY_FLAG_DONE } else { 0 };
+    let mut b = Vec::with_capacity(CHUNK_HEADER_LEN + 8);
+    b.extend_from_slice(&encode_chunk_header(
+        flags,
+        REPLY_TYPE_OFFSET_DATA,
+        cookie,
+        data_len + 8,
+    ));
+    b.extend_from_slice(&offset.to_be_bytes());
+    b
+}
+
+/// A final `NBD_REPLY_TYPE_ERROR` chunk (DONE set): u32 error, u16 message length, message.
+pub fn encode_error_chunk(err: u32, cookie: u64, msg: &str) -> Vec<u8> {
+    let msg = &msg.as_bytes()[..msg.len().min(MAX_STRING)];
+    let mut b = Vec::with_capacity(CHUNK_HEADER_LEN + 6 + msg.len());
+    b.extend_from_slice(&encode_chunk_header(
+        REPLY_FLAG_DONE,
+        REPLY_TYPE_ERROR,
+        cookie,
+        6 + msg.len() as u32,
+    ));
+    b.extend_from_slice(&err.to_be_bytes());
+    b.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+    b.extend_from_slice(msg);
+    b
+}
+
+/// A final `NBD_REPLY_TYPE_BLOCK_STATUS` chunk (DONE set): u32 context id, then
+/// `(u32 length, u32 status flags)` descriptors (proto.md "Structured reply types").
+pub fn encode_block_status_chunk(cookie: u64, context_id: u32, extents: &[(u32, u32)]) -> Vec<u8> {
+    let len = 4 + 8 * extents.len();
+    let mut b = Vec::with_capacity(CHUNK_HEADER_LEN + len);
+    b.extend_from_slice(&encode_chunk_header(
+        REPLY_FLAG_DONE,
+        REPLY_TYPE_BLOCK_STATUS,
+        cookie,
+        len as u32,
+    ));
+    b.extend_from_slice(&context_id.to_be_bytes());
+    for &(l, f) in extents {
+        b.extend_from_slice(&l.to_be_bytes());
+        b.extend_from_slice(&f.to_be_bytes());
+    }
+    b
+}
+
+/// Length in bytes of the single `base:allocation` extent (status 0, "data") answering a
+/// BLOCK_STATUS of `offset..offset + len` (validated: `0 < len`, end within `size`).
+///
+/// The whole range is reported as data whatever was written, so an encrypted volume does not
+/// leak its usage. Rules (proto.md `NBD_CMD_BLOCK_STATUS`, "Block size constraints"): the
+/// extent ends on a multiple of `min_block`; without `REQ_ONE` it may extend past the request
+/// (rounded up, never past `size`, and at most what a u32 holds); with `REQ_ONE` it MUST NOT
+/// exceed the request, so the end is rounded down, except for a request that does not even
+/// reach the next block boundary (an unaligned query), which gets exactly `len`.
+pub fn block_status_extent(offset: u64, len: u32, size: u64, min_block: u32, req_one: bool) -> u32 {
+    let min = u64::from(min_block.max(1));
+    let end = offset + u64::from(len);
+    let ext_end = if req_one {
+        let down = end / min * min;
+        if down > offset {
+            down
+        } else {
+            end
+        }
+    } else {
+        let up = end.div_ceil(min) * min;
+        let mut e = up.min(size).max(end);
+        if e - offset > u64::from(u32::MAX) {
+            e = (offset + u64::from(u32::MAX)) / min * min;
+        }
+        e
+    };
+    (ext_end - offset) as u32
+}
+
+/// Data of `NBD_OPT_LIST_META_CONTEXT` / `NBD_OPT_SET_META_CONTEXT` (proto.md "Option types"):
+/// export name and queries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetaContextRequest {
+    /// Export name as sent (`""` selects the default export).
+    pub name: Vec<u8>,
+    /// The queries (`namespace:leaf` strings), in order.
+    pub queries: Vec<String>,
+}
+
+/// Parse meta context option data: u32 name length, name, u32 query count, then per query
+/// u32 length and string. Errors: [`ProtoError::Malformed`] for lengths that do not match the
+/// data, a query that is not UTF-8 or has no `namespace:` part (syntactically invalid, the
+/// spec's `ERR_INVALID` case); [`ProtoError::StringTooLong`] for strings over 4096 bytes.
+pub fn parse_meta_context_request(data: &[u8]) -> Result<MetaContextRequest, ProtoError> {
+    fn take_u32(d: &mut &[u8]) -> Result<u32, ProtoError> {
+        if d.len() < 4 {
+            return Err(ProtoError::Malformed("meta context data truncated"));
+        }
+        let v = u32::from_be_bytes(d[0..4].try_into().unwrap());
+        *d = &d[4..];
+        Ok(v)
+    }
+    fn take_str<'a>(d: &mut &'a [u8]) -> Result<&'a [u8], ProtoError> {
+        let n = take_u32(d)? as usize;
+        if n > d.len() {
+            return Err(ProtoError::Malformed("string length exceeds option data"));
+        }
+        if n > MAX_STRING {
+            return Err(ProtoError::StringTooLong(n));
+        }
+        let (s, rest) = d.split_at(n);
+        *d = rest;
+        Ok(s)
+    }
+    let mut d = data;
+    let name = take_str(&mut d)?.to_vec();
+    let n = take_u32(&mut d)?;
+    // each query takes at least 4 bytes: a count beyond that cannot be honest
+    if u64::from(n) * 4 > d.len() as u64 {
+        return Err(ProtoError::Malformed("query count exceeds option data"));
+    }
+    let mut queries = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let q = take_str(&mut d)?;
+        let q = std::str::from_utf8(q).map_err(|_| ProtoError::Malformed("query is not UTF-8"))?;
+        if !q.contains(':') {
+            return Err(ProtoError::Malformed("query has no namespace"));
+        }
+        queries.push(q.to_string());
+    }
+    if !d.is_empty() {
+        return Err(ProtoError::Malformed("trailing bytes after the queries"));
+    }
+    Ok(MetaContextRequest { name, queries })
+}
+
+/// Does this query list select `base:allocation`? For LIST (`list == true`), zero queries
+/// list every context and `base:` is a wildcard for the namespace; for SET only the exact name
+/// selects it. Other namespaces and unknown `base:` leaves are ignored (proto.md "Metadata
+/// querying", `NBD_OPT_LIST_META_CONTEXT`, `NBD_OPT_SET_META_CONTEXT`).
+pub fn selects_base_allocation(queries: &[String], list: bool) -> bool {
+    if list && queries.is_empty() {
+        return true;
+    }
+    queries
+        .iter()
+        .any(|q| q == BASE_ALLOCATION || (list && q == "base:"))
+}
+
+/// `NBD_REP_META_CONTEXT` data: u32 context id, then the context name.
+pub fn encode_rep_meta_context(id: u32, name: &str) -> Vec<u8> {
+    let mut b = Vec::with_capacity(4 + name.len());
+    b.extend_from_slice(&id.to_be_bytes());
+    b.extend_from_slice(name.as_bytes());
     b
 }
 
@@ -545,7 +843,8 @@ mod tests {
     #[test]
     fn request_verdicts() {
         let size = 1 << 20;
-        let v = |r: Request, ro: bool| check_request(&r, size, ro);
+        let none = Negotiated::default();
+        let v = |r: Request, ro: bool| check_request(&r, size, ro, &none);
         assert_eq!(v(req(Command::Read, 0, 0, 512), false), Verdict::Serve);
         assert_eq!(
             v(req(Command::Read, 0, size - 512, 1024), false),
@@ -621,6 +920,199 @@ mod tests {
         assert_eq!(v(req(Command::Write, 0, 0, u32::MAX), true), Verdict::Close);
         assert_eq!(v(req(Command::Disc, 0, 0, 0), false), Verdict::Disconnect);
         let big_zero = req(Command::WriteZeroes, 0, 0, u32::MAX);
-        assert_eq!(check_request(&big_zero, 1 << 33, false), Verdict::Serve);
+        assert_eq!(
+            check_request(&big_zero, 1 << 33, false, &none),
+            Verdict::Serve
+        );
+    }
+
+    #[test]
+    fn flags_depend_on_structured_replies() {
+        let plain = transmission_flags(false, false);
+        assert_eq!(plain, 0xd6d);
+        assert_eq!(plain & TFLAG_SEND_DF, 0, "DF MUST be clear without SR");
+        assert_eq!(transmission_flags(false, true), 0xd6d | TFLAG_SEND_DF);
+        assert_eq!(
+            transmission_flags(true, true) & TFLAG_READ_ONLY,
+            TFLAG_READ_ONLY
+        );
+    }
+
+    #[test]
+    fn verdicts_of_new_commands() {
+        let size = 1 << 20;
+        let none = Negotiated::default();
+        let sr = Negotiated {
+            structured: true,
+            base_allocation: false,
+        };
+        let ctx = Negotiated {
+            structured: true,
+            base_allocation: true,
+        };
+        let v = |r: Request, ro: bool, n: &Negotiated| check_request(&r, size, ro, n);
+        // DF only after SR
+        assert_eq!(
+            v(req(Command::Read, CMD_FLAG_DF, 0, 512), false, &none),
+            Verdict::Error(EINVAL)
+        );
+        assert_eq!(
+            v(req(Command::Read, CMD_FLAG_DF, 0, 512), false, &sr),
+            Verdict::Serve
+        );
+        // TRIM: bounds EINVAL, read-only EPERM, no payload limit
+        assert_eq!(
+            v(req(Command::Trim, 0, 0, 512), false, &none),
+            Verdict::Serve
+        );
+        assert_eq!(
+            v(req(Command::Trim, 0, size - 512, 1024), false, &none),
+            Verdict::Error(EINVAL)
+        );
+        assert_eq!(
+            v(req(Command::Trim, 0, 0, 512), true, &none),
+            Verdict::Error(EPERM)
+        );
+        assert_eq!(
+            check_request(&req(Command::Trim, 0, 0, u32::MAX), 1 << 33, false, &none),
+            Verdict::Serve
+        );
+        // CACHE: read-only fine, bounds EINVAL, unknown flag EINVAL
+        assert_eq!(
+            v(req(Command::Cache, 0, 0, 512), true, &none),
+            Verdict::Serve
+        );
+        assert_eq!(
+            v(req(Command::Cache, 0, size, 1), false, &none),
+            Verdict::Error(EINVAL)
+        );
+        assert_eq!(
+            v(req(Command::Cache, CMD_FLAG_NO_HOLE, 0, 1), false, &none),
+            Verdict::Error(EINVAL)
+        );
+        // FAST_ZERO → ENOTSUP after the other checks
+        assert_eq!(
+            v(
+                req(Command::WriteZeroes, CMD_FLAG_FAST_ZERO, 0, 512),
+                false,
+                &none
+            ),
+            Verdict::Error(ENOTSUP)
+        );
+        assert_eq!(
+            v(
+                req(Command::WriteZeroes, CMD_FLAG_FAST_ZERO, 0, 512),
+                true,
+                &none
+            ),
+            Verdict::Error(EPERM)
+        );
+        assert_eq!(
+            v(
+                req(Command::WriteZeroes, CMD_FLAG_FAST_ZERO, size, 512),
+                false,
+                &none
+            ),
+            Verdict::Error(ENOSPC)
+        );
+        // BLOCK_STATUS needs SR and a context, stays in bounds, is not empty
+        let bs = |f, o, l| req(Command::BlockStatus, f, o, l);
+        assert_eq!(v(bs(0, 0, 512), false, &none), Verdict::Error(EINVAL));
+        assert_eq!(v(bs(0, 0, 512), false, &sr), Verdict::Error(EINVAL));
+        assert_eq!(v(bs(0, 0, 512), true, &ctx), Verdict::Serve);
+        assert_eq!(v(bs(CMD_FLAG_REQ_ONE, 0, 512), false, &ctx), Verdict::Serve);
+        assert_eq!(
+            v(bs(CMD_FLAG_DF, 0, 512), false, &ctx),
+            Verdict::Error(EINVAL)
+        );
+        assert_eq!(
+            v(bs(0, size - 512, 1024), false, &ctx),
+            Verdict::Error(EINVAL)
+        );
+        assert_eq!(v(bs(0, 0, 0), false, &ctx), Verdict::Error(EINVAL));
+        // REQ_ONE is for BLOCK_STATUS only
+        assert_eq!(
+            v(req(Command::Read, CMD_FLAG_REQ_ONE, 0, 512), false, &ctx),
+            Verdict::Error(EINVAL)
+        );
+    }
+
+    #[test]
+    fn block_status_extents() {
+        let size = 1 << 20;
+        // aligned: exactly the request
+        assert_eq!(block_status_extent(0, 4096, size, 512, false), 4096);
+        assert_eq!(block_status_extent(0, 4096, size, 512, true), 4096);
+        // unaligned end: rounded up without REQ_ONE, down with it
+        assert_eq!(block_status_extent(512, 1000, size, 512, false), 1024);
+        assert_eq!(block_status_extent(512, 1000, size, 512, true), 512);
+        // tiny unaligned request with REQ_ONE: exactly the request
+        assert_eq!(block_status_extent(1, 10, size, 512, true), 10);
+        // never past the end of the export
+        assert_eq!(block_status_extent(size - 512, 100, size, 4096, false), 512);
+        // huge request on a huge export: capped to a u32, still block-aligned at the end
+        let big = 1u64 << 40;
+        let e = block_status_extent(0, u32::MAX, big, 4096, false);
+        assert_eq!(u64::from(e) % 4096, 0);
+        assert!(e > u32::MAX - 4096);
+    }
+
+    #[test]
+    fn chunk_layouts() {
+        let h = encode_chunk_header(REPLY_FLAG_DONE, REPLY_TYPE_NONE, 7, 0);
+        assert_eq!(&h[0..4], &[0x66, 0x8e, 0x33, 0xef]);
+        assert_eq!(&h[4..8], &[0, 1, 0, 0]);
+        assert_eq!(&h[8..16], &7u64.to_be_bytes());
+        let e = encode_error_chunk(EINVAL, 9, "bad");
+        assert_eq!(e.len(), 20 + 6 + 3);
+        assert_eq!(&e[6..8], &REPLY_TYPE_ERROR.to_be_bytes());
+        assert_eq!(&e[16..20], &9u32.to_be_bytes());
+        assert_eq!(&e[20..24], &EINVAL.to_be_bytes());
+        assert_eq!(&e[24..26], &3u16.to_be_bytes());
+        let d = encode_offset_data_header(1, 4096, 512, true);
+        assert_eq!(d.len(), 28);
+        assert_eq!(&d[16..20], &520u32.to_be_bytes());
+        assert_eq!(&d[20..28], &4096u64.to_be_bytes());
+        let b = encode_block_status_chunk(1, BASE_ALLOCATION_ID, &[(4096, 0)]);
+        assert_eq!(b.len(), 20 + 12);
+        assert_eq!(&b[16..20], &12u32.to_be_bytes());
+    }
+
+    fn meta(name: &[u8], queries: &[&[u8]]) -> Vec<u8> {
+        let mut d = (name.len() as u32).to_be_bytes().to_vec();
+        d.extend_from_slice(name);
+        d.extend_from_slice(&(queries.len() as u32).to_be_bytes());
+        for q in queries {
+            d.extend_from_slice(&(q.len() as u32).to_be_bytes());
+            d.extend_from_slice(q);
+        }
+        d
+    }
+
+    #[test]
+    fn meta_context_parsing_and_matching() {
+        let r = parse_meta_context_request(&meta(b"vol", &[b"base:allocation", b"x-a:b"])).unwrap();
+        assert_eq!(r.name, b"vol");
+        assert_eq!(r.queries, vec!["base:allocation", "x-a:b"]);
+        assert!(selects_base_allocation(&r.queries, false));
+        assert!(selects_base_allocation(&[], true));
+        assert!(!selects_base_allocation(&[], false));
+        assert!(selects_base_allocation(&["base:".into()], true));
+        assert!(!selects_base_allocation(&["base:".into()], false));
+        assert!(!selects_base_allocation(
+            &["qemu:dirty-bitmap:x".into()],
+            true
+        ));
+        assert!(!selects_base_allocation(&["base:nope".into()], false));
+        // malformed
+        assert!(parse_meta_context_request(&meta(b"vol", &[b"nocolon"])).is_err());
+        assert!(parse_meta_context_request(&[0, 0, 0]).is_err());
+        let mut lying = meta(b"vol", &[]);
+        lying[7..11].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(parse_meta_context_request(&lying).is_err());
+        let mut trailing = meta(b"vol", &[b"base:allocation"]);
+        trailing.push(0);
+        assert!(parse_meta_context_request(&trailing).is_err());
+        assert!(parse_meta_context_request(&meta(b"vol", &[&[0xff, b':']])).is_err());
     }
 }

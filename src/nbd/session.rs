@@ -6,7 +6,14 @@
 //! Transmission ("Transmission", "Ordering of messages and writes"): a reader parses requests
 //! and spawns one task per request (bounded by [`MAX_IN_FLIGHT`] requests and
 //! [`MAX_BUFFERED_BYTES`] of buffers); each task runs the export call on the blocking pool and
-//! queues its simple reply; a writer sends replies in completion order. A reply holds its
+//! queues its reply; a writer sends replies in completion order.
+//!
+//! Reply style ("Simple reply message", "Structured reply chunk message"): without
+//! `NBD_OPT_STRUCTURED_REPLY` (the kernel client) every reply is simple. Once it is
+//! negotiated every reply is structured: a READ is one `OFFSET_DATA` chunk with `DONE` (so
+//! `NBD_CMD_FLAG_DF` is always honoured, up to the 32 MiB maximum), a BLOCK_STATUS one
+//! `BLOCK_STATUS` chunk with `DONE`, any other success a `NONE` chunk, and every error an
+//! `ERROR` chunk with `DONE` and a message. A reply holds its
 //! permits until it has been written, so a client that stops reading replies stalls its own
 //! reader instead of growing memory.
 
@@ -18,7 +25,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, B
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
-use super::proto::{self, Command, Request, Verdict};
+use super::proto::{self, Command, Negotiated, Request, Verdict};
 use super::{BlockExport, ExportConfig};
 
 /// Most requests handled concurrently on one connection.
@@ -102,7 +109,9 @@ where
             Ok(SessionEnd::Aborted)
         }
         Handshake::HungUp => Ok(SessionEnd::ClientClosed),
-        Handshake::Transmission => transmission(stream, export, config.read_only, shutdown).await,
+        Handshake::Transmission(neg) => {
+            transmission(stream, export, config.read_only, neg, shutdown).await
+        }
     }
 }
 
@@ -114,7 +123,7 @@ async fn wait_shutdown(rx: &mut watch::Receiver<bool>) {
 }
 
 enum Handshake {
-    Transmission,
+    Transmission(Negotiated),
     Aborted,
     HungUp,
 }
@@ -164,7 +173,7 @@ where
     let fixed = cflags & proto::CLIENT_FIXED_NEWSTYLE != 0;
     let no_zeroes = cflags & proto::CLIENT_NO_ZEROES != 0;
     let size = export.size();
-    let tflags = proto::transmission_flags(config.read_only);
+    let mut neg = Negotiated::default();
 
     loop {
         s.flush().await?;
@@ -201,10 +210,11 @@ where
                         String::from_utf8_lossy(&data[..data.len().min(256)]).into_owned(),
                     ));
                 }
+                let tflags = proto::transmission_flags(config.read_only, neg.structured);
                 s.write_all(&proto::encode_export_name_reply(size, tflags, no_zeroes))
                     .await?;
                 s.flush().await?;
-                return Ok(Handshake::Transmission);
+                return Ok(Handshake::Transmission(neg));
             }
             proto::OPT_ABORT => {
                 send_opt_reply(s, opt, proto::REP_ACK, &[]).await?;
@@ -221,10 +231,34 @@ where
                 send_opt_reply(s, opt, proto::REP_ACK, &[]).await?;
             }
             proto::OPT_INFO | proto::OPT_GO => {
+                // Flags depend on what was negotiated so far (SEND_DF needs structured
+                // replies); INFO and GO see the same state, so they report the same flags.
+                let tflags = proto::transmission_flags(config.read_only, neg.structured);
                 if info_or_go(s, opt, &data, size, tflags, export, config).await? {
                     s.flush().await?;
-                    return Ok(Handshake::Transmission);
+                    return Ok(Handshake::Transmission(neg));
                 }
+            }
+            proto::OPT_STRUCTURED_REPLY => {
+                // proto.md "Option types", NBD_OPT_STRUCTURED_REPLY: no data allowed
+                // (ERR_INVALID); a repeat MAY be ERR_INVALID.
+                if !data.is_empty() {
+                    send_opt_reply(s, opt, proto::REP_ERR_INVALID, b"option takes no data").await?;
+                } else if neg.structured {
+                    send_opt_reply(
+                        s,
+                        opt,
+                        proto::REP_ERR_INVALID,
+                        b"structured replies already negotiated",
+                    )
+                    .await?;
+                } else {
+                    neg.structured = true;
+                    send_opt_reply(s, opt, proto::REP_ACK, &[]).await?;
+                }
+            }
+            proto::OPT_LIST_META_CONTEXT | proto::OPT_SET_META_CONTEXT => {
+                meta_context(s, opt, &data, &mut neg, config).await?;
             }
             _ => {
                 debug!(opt, "unsupported option");
@@ -232,6 +266,53 @@ where
             }
         }
     }
+}
+
+/// `NBD_OPT_LIST_META_CONTEXT` and `NBD_OPT_SET_META_CONTEXT` (proto.md "Option types",
+/// "Metadata querying"). SET replaces the selection even when it fails, and before structured
+/// replies it is `ERR_INVALID`; LIST is answered at any time. Malformed data or a query
+/// without a namespace → `ERR_INVALID`; an export name other than ours or `""` →
+/// `ERR_UNKNOWN`. The only context is `base:allocation` (id [`proto::BASE_ALLOCATION_ID`] on
+/// SET, 0 on LIST); unknown namespaces and leaves are ignored.
+async fn meta_context<S: AsyncWrite + Unpin>(
+    s: &mut S,
+    opt: u32,
+    data: &[u8],
+    neg: &mut Negotiated,
+    config: &ExportConfig,
+) -> io::Result<()> {
+    let set = opt == proto::OPT_SET_META_CONTEXT;
+    if set {
+        neg.base_allocation = false;
+        if !neg.structured {
+            return send_opt_reply(
+                s,
+                opt,
+                proto::REP_ERR_INVALID,
+                b"SET_META_CONTEXT needs structured replies first",
+            )
+            .await;
+        }
+    }
+    let req = match proto::parse_meta_context_request(data) {
+        Ok(r) => r,
+        Err(e) => {
+            debug!(opt, error = %e, "malformed meta context option");
+            return send_opt_reply(s, opt, proto::REP_ERR_INVALID, e.to_string().as_bytes()).await;
+        }
+    };
+    if !selects_export(&req.name, config) {
+        return send_opt_reply(s, opt, proto::REP_ERR_UNKNOWN, b"no such export").await;
+    }
+    if proto::selects_base_allocation(&req.queries, !set) {
+        let id = if set { proto::BASE_ALLOCATION_ID } else { 0 };
+        let rep = proto::encode_rep_meta_context(id, proto::BASE_ALLOCATION);
+        send_opt_reply(s, opt, proto::REP_META_CONTEXT, &rep).await?;
+        if set {
+            neg.base_allocation = true;
+        }
+    }
+    send_opt_reply(s, opt, proto::REP_ACK, &[]).await
 }
 
 /// `NBD_OPT_INFO` and `NBD_OPT_GO` share this path, so both report the same information
@@ -294,19 +375,51 @@ async fn info_or_go<S: AsyncWrite + Unpin>(
     Ok(opt == proto::OPT_GO)
 }
 
-/// A queued simple reply; holds its request's permits until written.
+/// A queued reply (simple, or the chunks of a structured reply); holds its request's permits
+/// until written.
 struct Reply {
-    header: [u8; proto::SIMPLE_REPLY_LEN],
+    /// Simple reply header, or the chunk header(s) before `data`.
+    head: Vec<u8>,
+    /// READ data, sent after `head`.
     data: Vec<u8>,
     _permits: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
 }
 
 impl Reply {
-    fn error(err: u32, cookie: u64) -> Reply {
+    fn new(head: Vec<u8>, data: Vec<u8>) -> Reply {
         Reply {
-            header: proto::encode_simple_reply(err, cookie),
-            data: Vec::new(),
+            head,
+            data,
             _permits: None,
+        }
+    }
+
+    /// An error reply: simple, or an `NBD_REPLY_TYPE_ERROR` chunk with `DONE` and a message.
+    fn error(structured: bool, err: u32, cookie: u64) -> Reply {
+        let head = if structured {
+            proto::encode_error_chunk(err, cookie, proto::error_message(err))
+        } else {
+            proto::encode_simple_reply(err, cookie).to_vec()
+        };
+        Reply::new(head, Vec::new())
+    }
+
+    /// Success without data: simple, or a `NBD_REPLY_TYPE_NONE` chunk with `DONE`.
+    fn ok(structured: bool, cookie: u64) -> Reply {
+        let head = if structured {
+            proto::encode_none_chunk(cookie).to_vec()
+        } else {
+            proto::encode_simple_reply(0, cookie).to_vec()
+        };
+        Reply::new(head, Vec::new())
+    }
+
+    /// Success or error without data.
+    fn status(structured: bool, err: u32, cookie: u64) -> Reply {
+        if err == 0 {
+            Reply::ok(structured, cookie)
+        } else {
+            Reply::error(structured, err, cookie)
         }
     }
 }
@@ -328,11 +441,17 @@ fn errno_of<T>(r: &Result<io::Result<T>, tokio::task::JoinError>) -> u32 {
 }
 
 /// Run one validated request against the export and build its reply.
-async fn handle(export: Arc<dyn BlockExport>, req: Request, payload: Vec<u8>) -> Reply {
+async fn handle(
+    export: Arc<dyn BlockExport>,
+    req: Request,
+    payload: Vec<u8>,
+    neg: Negotiated,
+) -> Reply {
     let cookie = req.cookie;
     let len = req.length as usize;
-    let (err, data) = match req.command {
-        Command::Read if len == 0 => (0, Vec::new()),
+    let sr = neg.structured;
+    match req.command {
+        Command::Read if len == 0 => Reply::ok(sr, cookie),
         Command::Read => {
             let off = req.offset;
             let r = tokio::task::spawn_blocking(move || {
@@ -341,34 +460,61 @@ async fn handle(export: Arc<dyn BlockExport>, req: Request, payload: Vec<u8>) ->
             })
             .await;
             match errno_of(&r) {
-                0 => (0, r.unwrap().unwrap()),
-                e => (e, Vec::new()),
+                // The whole read is done before anything is sent, so one OFFSET_DATA chunk
+                // can carry DONE (and DF is honoured for any length up to MAX_PAYLOAD).
+                0 if sr => Reply::new(
+                    proto::encode_offset_data_header(cookie, off, len as u32, true),
+                    r.unwrap().unwrap(),
+                ),
+                0 => Reply::new(
+                    proto::encode_simple_reply(0, cookie).to_vec(),
+                    r.unwrap().unwrap(),
+                ),
+                e => Reply::error(sr, e, cookie),
             }
         }
-        Command::Write if len == 0 => (0, Vec::new()),
+        Command::Write if len == 0 => Reply::ok(sr, cookie),
         Command::Write => {
             let (off, fua) = (req.offset, req.fua());
             let r = tokio::task::spawn_blocking(move || export.write_at(&payload, off, fua)).await;
-            (errno_of(&r), Vec::new())
+            Reply::status(sr, errno_of(&r), cookie)
         }
-        Command::WriteZeroes if len == 0 => (0, Vec::new()),
+        Command::WriteZeroes if len == 0 => Reply::ok(sr, cookie),
         Command::WriteZeroes => {
             let (off, fua) = (req.offset, req.fua());
             let r = tokio::task::spawn_blocking(move || export.write_zeroes(off, len as u64, fua))
                 .await;
-            (errno_of(&r), Vec::new())
+            Reply::status(sr, errno_of(&r), cookie)
         }
         Command::Flush => {
             let r = tokio::task::spawn_blocking(move || export.flush()).await;
-            (errno_of(&r), Vec::new())
+            Reply::status(sr, errno_of(&r), cookie)
+        }
+        // Discard policy "ignore": TRIM is a hint the spec lets us drop (proto.md
+        // NBD_CMD_TRIM), so the data stays as it was and nothing about usage leaks. FUA on a
+        // command that writes nothing MAY be ignored.
+        Command::Trim => Reply::ok(sr, cookie),
+        // Advisory prefetch (proto.md NBD_CMD_CACHE); the range was bounds-checked.
+        Command::Cache => Reply::ok(sr, cookie),
+        // Only reached with structured replies and base:allocation selected (check_request).
+        // Everything is reported as data (status 0, always safe per proto.md): an encrypted
+        // volume must not reveal which ranges were ever written.
+        Command::BlockStatus => {
+            let req_one = req.flags & proto::CMD_FLAG_REQ_ONE != 0;
+            let ext = proto::block_status_extent(
+                req.offset,
+                req.length,
+                export.size(),
+                export.min_block_size(),
+                req_one,
+            );
+            Reply::new(
+                proto::encode_block_status_chunk(cookie, proto::BASE_ALLOCATION_ID, &[(ext, 0)]),
+                Vec::new(),
+            )
         }
         // check_request never lets these through
-        Command::Disc | Command::Unknown(_) => (proto::EINVAL, Vec::new()),
-    };
-    Reply {
-        header: proto::encode_simple_reply(err, cookie),
-        data,
-        _permits: None,
+        Command::Disc | Command::Unknown(_) => Reply::error(sr, proto::EINVAL, cookie),
     }
 }
 
@@ -386,6 +532,7 @@ async fn transmission<S>(
     stream: S,
     export: Arc<dyn BlockExport>,
     read_only: bool,
+    neg: Negotiated,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<SessionEnd, SessionError>
 where
@@ -420,7 +567,7 @@ where
                 Ok(r) => r,
                 Err(e) => return ReaderEnd::Error(e.into()),
             };
-            let verdict = proto::check_request(&req, size, read_only);
+            let verdict = proto::check_request(&req, size, read_only, &neg);
             match verdict {
                 Verdict::Disconnect => return ReaderEnd::Disc,
                 Verdict::Close => return ReaderEnd::Error(SessionError::WriteTooLarge(req.length)),
@@ -429,7 +576,7 @@ where
                     if let Err(e) = discard(&mut rd, u64::from(req.payload_len())).await {
                         return ReaderEnd::Error(e.into());
                     }
-                    let _ = tx.send(Reply::error(err, req.cookie));
+                    let _ = tx.send(Reply::error(neg.structured, err, req.cookie));
                 }
                 Verdict::Serve => {
                     let buffered = match req.command {
@@ -453,7 +600,7 @@ where
                     let tx = tx.clone();
                     let export = export.clone();
                     tokio::spawn(async move {
-                        let mut reply = handle(export, req, payload).await;
+                        let mut reply = handle(export, req, payload, neg).await;
                         reply._permits = Some((p1, p2));
                         let _ = tx.send(reply);
                     });
@@ -473,7 +620,7 @@ where
             let mut res = Ok(());
             while let Some(r) = next.take() {
                 res = async {
-                    wr.write_all(&r.header).await?;
+                    wr.write_all(&r.head).await?;
                     wr.write_all(&r.data).await
                 }
                 .await;

@@ -354,3 +354,156 @@ pub fn assert_serving(sock: &Path) {
     assert_eq!(r.read(size - 4096, 4096), pat);
     r.request(0, CMD_DISC, 0, 0, 0);
 }
+
+// ---- structured replies (proto.md "Structured reply chunk message") ----
+
+pub const STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
+pub const OPT_GO: u32 = 7;
+pub const OPT_INFO: u32 = 6;
+pub const OPT_STRUCTURED_REPLY: u32 = 8;
+pub const OPT_LIST_META_CONTEXT: u32 = 9;
+pub const OPT_SET_META_CONTEXT: u32 = 10;
+pub const REP_ACK: u32 = 1;
+pub const REP_INFO: u32 = 3;
+pub const REP_META_CONTEXT: u32 = 4;
+pub const REP_ERR_INVALID: u32 = (1 << 31) | 3;
+pub const REP_ERR_UNKNOWN: u32 = (1 << 31) | 6;
+pub const CMD_TRIM: u16 = 4;
+pub const CMD_CACHE: u16 = 5;
+pub const CMD_BLOCK_STATUS: u16 = 7;
+pub const CMD_FLAG_DF: u16 = 1 << 2;
+pub const CMD_FLAG_REQ_ONE: u16 = 1 << 3;
+pub const CMD_FLAG_FAST_ZERO: u16 = 1 << 4;
+pub const REPLY_FLAG_DONE: u16 = 1;
+pub const REPLY_TYPE_NONE: u16 = 0;
+pub const REPLY_TYPE_OFFSET_DATA: u16 = 1;
+pub const REPLY_TYPE_BLOCK_STATUS: u16 = 5;
+pub const REPLY_TYPE_ERROR: u16 = (1 << 15) | 1;
+pub const ENOTSUP: u32 = 95;
+pub const TFLAG_SEND_DF: u16 = 1 << 7;
+
+/// One structured reply chunk: flags, type, cookie, payload.
+#[derive(Debug)]
+pub struct Chunk {
+    pub flags: u16,
+    pub rtype: u16,
+    pub cookie: u64,
+    pub payload: Vec<u8>,
+}
+
+impl Chunk {
+    pub fn done(&self) -> bool {
+        self.flags & REPLY_FLAG_DONE != 0
+    }
+
+    /// For an ERROR chunk: (error, message), checking the message length fits the payload.
+    pub fn error(&self) -> (u32, String) {
+        assert_eq!(self.rtype, REPLY_TYPE_ERROR, "{self:?}");
+        assert!(self.payload.len() >= 6);
+        let err = u32::from_be_bytes(self.payload[0..4].try_into().unwrap());
+        let n = u16::from_be_bytes([self.payload[4], self.payload[5]]) as usize;
+        assert_eq!(6 + n, self.payload.len(), "message length vs chunk length");
+        (err, String::from_utf8(self.payload[6..].to_vec()).unwrap())
+    }
+}
+
+/// Option data for INFO/GO/LIST_META_CONTEXT-style requests.
+pub fn name_data(name: &str) -> Vec<u8> {
+    let mut d = (name.len() as u32).to_be_bytes().to_vec();
+    d.extend_from_slice(name.as_bytes());
+    d
+}
+
+/// Option data of LIST/SET_META_CONTEXT: name, then the queries.
+pub fn meta_data(name: &str, queries: &[&str]) -> Vec<u8> {
+    let mut d = name_data(name);
+    d.extend_from_slice(&(queries.len() as u32).to_be_bytes());
+    for q in queries {
+        d.extend_from_slice(&(q.len() as u32).to_be_bytes());
+        d.extend_from_slice(q.as_bytes());
+    }
+    d
+}
+
+impl Raw {
+    /// Send an option and collect its replies up to the final one (ACK or error).
+    pub fn opt_all(&mut self, opt: u32, data: &[u8]) -> Vec<(u32, Vec<u8>)> {
+        self.send_opt(opt, data);
+        let mut out = Vec::new();
+        loop {
+            let (o, rt, d) = self.opt_reply().unwrap();
+            assert_eq!(o, opt);
+            out.push((rt, d));
+            if rt == REP_ACK || rt & (1 << 31) != 0 {
+                return out;
+            }
+        }
+    }
+
+    /// INFO or GO on [`EXPORT`]; returns (final reply type, transmission flags if sent).
+    pub fn info_or_go(&mut self, opt: u32) -> (u32, Option<u16>) {
+        let mut d = name_data(EXPORT);
+        d.extend_from_slice(&0u16.to_be_bytes());
+        let replies = self.opt_all(opt, &d);
+        let flags = replies
+            .iter()
+            .find(|(rt, d)| *rt == REP_INFO && d[0..2] == [0, 0])
+            .map(|(_, d)| u16::from_be_bytes([d[10], d[11]]));
+        (replies.last().unwrap().0, flags)
+    }
+
+    /// Negotiate structured replies (and `base:allocation` if `meta`), then GO; returns the
+    /// connection and the transmission flags.
+    pub fn go_structured(sock: &Path, meta: bool) -> (Raw, u16) {
+        let mut r = Raw::connect(sock, 3);
+        assert_eq!(
+            r.opt_all(OPT_STRUCTURED_REPLY, &[]),
+            vec![(REP_ACK, vec![])]
+        );
+        if meta {
+            let rep = r.opt_all(
+                OPT_SET_META_CONTEXT,
+                &meta_data(EXPORT, &["base:allocation"]),
+            );
+            assert_eq!(rep.len(), 2, "{rep:?}");
+            assert_eq!(rep[0].0, REP_META_CONTEXT);
+            assert_eq!(&rep[0].1[4..], b"base:allocation");
+        }
+        let (rt, flags) = r.info_or_go(OPT_GO);
+        assert_eq!(rt, REP_ACK);
+        (r, flags.unwrap())
+    }
+
+    /// Read one structured reply chunk.
+    pub fn chunk(&mut self) -> std::io::Result<Chunk> {
+        let mut h = [0u8; 20];
+        self.s.read_exact(&mut h)?;
+        assert_eq!(
+            u32::from_be_bytes(h[0..4].try_into().unwrap()),
+            STRUCTURED_REPLY_MAGIC,
+            "expected a structured reply chunk"
+        );
+        let len = u32::from_be_bytes(h[16..20].try_into().unwrap()) as usize;
+        let mut payload = vec![0u8; len];
+        self.s.read_exact(&mut payload)?;
+        Ok(Chunk {
+            flags: u16::from_be_bytes([h[4], h[5]]),
+            rtype: u16::from_be_bytes([h[6], h[7]]),
+            cookie: u64::from_be_bytes(h[8..16].try_into().unwrap()),
+            payload,
+        })
+    }
+
+    /// Read chunks up to and including the one with DONE.
+    pub fn structured_reply(&mut self) -> Vec<Chunk> {
+        let mut v = Vec::new();
+        loop {
+            let c = self.chunk().unwrap();
+            let done = c.done();
+            v.push(c);
+            if done {
+                return v;
+            }
+        }
+    }
+}
