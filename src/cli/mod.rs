@@ -5,6 +5,7 @@
 //! device (image missing or unreadable); 5 device busy. Errors are one line on stderr, with a
 //! hint line where one helps.
 
+mod benchmark;
 mod dump;
 mod keyslots;
 mod passphrase;
@@ -338,6 +339,19 @@ enum Command {
         /// Image file.
         image: PathBuf,
     },
+    /// Print what the KDFs reach in --iter-time and the XTS throughput per sector size on this
+    /// machine, like `cryptsetup benchmark`.
+    Benchmark {
+        /// KDF target time, milliseconds.
+        #[arg(long, short = 'i', value_name = "MS", default_value_t = 2000)]
+        iter_time: u32,
+        /// Argon2 memory cost in KiB.
+        #[arg(long, value_name = "KIB", default_value_t = 1 << 20)]
+        pbkdf_memory: u32,
+        /// Argon2 parallel lanes.
+        #[arg(long, value_name = "N", default_value_t = 4)]
+        pbkdf_parallel: u32,
+    },
     /// Quick start: create (once) a small demo volume with a generated key file in DIR, and
     /// serve it on 127.0.0.1:10809.
     Demo {
@@ -564,6 +578,11 @@ fn run(cmd: Command) -> Result<(), CliError> {
             batch_mode,
         } => keyslots::header_restore(&image, &header_backup_file, batch_mode),
         Command::Repair { image } => keyslots::repair(&image),
+        Command::Benchmark {
+            iter_time,
+            pbkdf_memory,
+            pbkdf_parallel,
+        } => benchmark::run(iter_time, pbkdf_memory, pbkdf_parallel),
         Command::Demo { dir, listen } => serve::demo(&dir, listen),
     }
 }
