@@ -647,3 +647,82 @@ fn recovery_keys() {
     let v: serde_json::Value = serde_json::from_str(&dump).unwrap();
     assert_eq!(v["tokens"], serde_json::json!({}), "{dump}");
 }
+
+/// `add-key --volume-key-file` adds a slot from the raw volume key (checked against the digest;
+/// a wrong key changes nothing), and the KDF flags of `format` work on `add-key` and
+/// `change-key` (cryptsetup shows the costs asked for).
+#[test]
+fn add_key_from_volume_key_and_kdf_flags() {
+    let dir = tempdir();
+    let (k0, k1, k2) = (
+        key(dir.path(), "k0"),
+        key(dir.path(), "k1"),
+        key(dir.path(), "k2"),
+    );
+    let img = dir.path().join("vk.img");
+    format_cheap(&img, &k0, "20M", 512, "pbkdf2");
+    let hex = cryptsetup_volume_key(&img, &k0);
+    let vk: Vec<u8> = (0..64)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    let vk_file = dir.path().join("vk.bin");
+    let wrong = dir.path().join("wrong.bin");
+    std::fs::write(&vk_file, &vk).unwrap();
+    std::fs::write(&wrong, [7u8; 64]).unwrap();
+    let before = std::fs::read(&img).unwrap();
+    let argon = [
+        "--pbkdf",
+        "argon2i",
+        "--pbkdf-force-iterations",
+        "5",
+        "--pbkdf-memory",
+        "40000",
+        "--pbkdf-parallel",
+        "2",
+    ];
+    let mut add = vec!["add-key"];
+    add.extend(argon);
+    let out = cmd(
+        &add,
+        &img,
+        &[("--volume-key-file", &wrong), ("--new-keyfile", &k1)],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("does not match"), "{}", stderr(&out));
+    assert!(std::fs::read(&img).unwrap() == before);
+    let out = cmd(
+        &add,
+        &img,
+        &[("--volume-key-file", &vk_file), ("--new-keyfile", &k1)],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(opens(&img, &k1));
+    let dump = ok(cryptsetup().arg("luksDump").arg(&img));
+    assert!(
+        dump.contains("PBKDF:      argon2i")
+            && dump.contains("Time cost:  5")
+            && dump.contains("Memory:     40000")
+            && dump.contains("Threads:    2"),
+        "{dump}"
+    );
+    let mut change = vec![
+        "change-key",
+        "--pbkdf",
+        "argon2id",
+        "--pbkdf-force-iterations",
+        "6",
+    ];
+    change.extend(["--pbkdf-memory", "33000", "--pbkdf-parallel", "1"]);
+    let out = cmd(
+        &change,
+        &img,
+        &[("--key-file", &k1), ("--new-keyfile", &k2)],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let dump = ok(cryptsetup().arg("luksDump").arg(&img));
+    assert!(
+        dump.contains("PBKDF:      argon2id") && dump.contains("Time cost:  6"),
+        "{dump}"
+    );
+    assert!(opens(&img, &k2) && !opens(&img, &k1));
+}
