@@ -203,10 +203,12 @@ fn every_stop_point_leaves_a_good_volume() {
             "change-key",
             change.clone(),
             vec![("--key-file", &k1), ("--new-keyfile", &k2)],
+            // Once done, the old area is wiped too.
             Box::new(|done, img| {
+                let wiped = std::fs::read(img).unwrap()[area1.clone()] != base_area1[..];
                 opens(img, &k0)
                     && (opens(img, &k1) != opens(img, &k2))
-                    && (!done || opens(img, &k2))
+                    && (!done || (opens(img, &k2) && wiped))
             }),
         ),
         (
@@ -635,6 +637,12 @@ fn recovery_keys() {
     assert_eq!(size.trim(), (4u64 << 20).to_string());
     unsafe { libc::kill(srv.id() as i32, libc::SIGTERM) };
     assert!(srv.wait().unwrap().success());
+    // Erasing drops recovery tokens with the keyslots.
+    let erased = dir.path().join("erased.img");
+    std::fs::copy(&img, &erased).unwrap();
+    let out = run(nbdcrypt().arg("erase").arg(&erased).arg("--batch-mode"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!ok(nbdcrypt().arg("dump").arg(&erased)).contains("nbdcrypt-recovery"));
     // Removing the recovery slot drops its token (and only it).
     let out = run(nbdcrypt()
         .args(["kill-slot"])
@@ -725,4 +733,32 @@ fn add_key_from_volume_key_and_kdf_flags() {
         "{dump}"
     );
     assert!(opens(&img, &k2) && !opens(&img, &k1));
+}
+
+/// `kill-slot` asks for the passphrase of another slot: a wrong one is exit 2 and changes
+/// nothing; `--batch-mode` skips the question.
+#[test]
+fn kill_slot_needs_another_slots_passphrase() {
+    let dir = tempdir();
+    let (k0, k1) = (key(dir.path(), "k0"), key(dir.path(), "k1"));
+    let bad = key(dir.path(), "bad");
+    let img = dir.path().join("ks.img");
+    format_cheap(&img, &k0, "20M", 512, "pbkdf2");
+    let mut add = vec!["add-key"];
+    add.extend(CHEAP);
+    assert!(
+        cmd(&add, &img, &[("--key-file", &k0), ("--new-keyfile", &k1)])
+            .status
+            .success()
+    );
+    let before = std::fs::read(&img).unwrap();
+    for wrong in [&bad, &k1] {
+        // k1 opens only slot 1 itself, which is the one being killed: not proof enough.
+        let out = cmd(&["kill-slot", "1"], &img, &[("--key-file", wrong)]);
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        assert!(std::fs::read(&img).unwrap() == before);
+    }
+    let out = cmd(&["kill-slot", "1", "--batch-mode"], &img, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(opens(&img, &k0) && !opens(&img, &k1));
 }

@@ -126,7 +126,8 @@ pub fn kill_slot(image: &Path, slot: u32, source: Source<'_>, batch: bool) -> Re
                     Err(
                         VolumeError::WrongPassphrase
                         | VolumeError::NoUsableKeyslot { .. }
-                        | VolumeError::Unsupported { .. },
+                        | VolumeError::Unsupported { .. }
+                        | VolumeError::OutOfMemory { .. },
                     ) => {}
                     Err(e) => return Err(e),
                 }
@@ -185,21 +186,42 @@ pub fn header_restore(image: &Path, backup: &Path, batch: bool) -> Result<(), Cl
         .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", backup.display())))?;
     let (_, backup_md) = volume::check_backup(backup, &bytes)?;
     let file = volume::open_image(image, Access::HeaderWrite)?;
-    // A valid header of another volume (another volume key) is not overwritten by accident.
-    if let Ok(lh) = volume::load_header(&file, image) {
-        let digest = |md| {
-            crate::format::segment_digest(md)
-                .map(|d| (d.salt, d.digest))
-                .ok()
-        };
-        if digest(&lh.metadata) != digest(&backup_md) && !batch {
-            return Err(CliError::Usage(format!(
-                "the backup's volume key digest does not match {}'s data segment: it belongs to another volume (add --batch-mode to restore it anyway)",
-                image.display()
-            )));
+    // A valid header of another volume (another volume key) is not overwritten by accident,
+    // nor a file without a valid header (cryptsetup asks too).
+    let image_seqid = match volume::load_header(&file, image) {
+        Ok(lh) => {
+            let digest = |md| {
+                crate::format::segment_digest(md)
+                    .map(|d| (d.salt, d.digest))
+                    .ok()
+            };
+            if digest(&lh.metadata) != digest(&backup_md) && !batch {
+                return Err(CliError::Usage(format!(
+                    "the backup's volume key digest does not match {}'s data segment: it belongs to another volume (add --batch-mode to restore it anyway)",
+                    image.display()
+                )));
+            }
+            Some(lh.max_seqid)
         }
-    }
-    volume::restore_header(&file, image, &bytes)?;
+        Err(_) => {
+            super::confirm(
+                &format!(
+                    "{} holds no valid LUKS2 header; restoring overwrites its first {} bytes",
+                    image.display(),
+                    bytes.len()
+                ),
+                batch,
+            )?;
+            None
+        }
+    };
+    volume::restore_header(&file, image, &bytes, image_seqid).map_err(|e| match e {
+        e @ VolumeError::Io { .. } => CliError::Hinted(
+            Box::new(e.into()),
+            "the restore was interrupted: run header-restore again with the same backup".into(),
+        ),
+        e => e.into(),
+    })?;
     eprintln!(
         "Header of {} restored from {}.",
         image.display(),

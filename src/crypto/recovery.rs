@@ -21,13 +21,14 @@ pub enum RecoveryKeyError {
         /// Digits found.
         digits: usize,
     },
-    /// A group fails its check: mistyped.
-    #[error("recovery key group {group} ({value:06}) is mistyped: it must be divisible by 11 and below 720896")]
+    /// A character other than a digit or a separator (`-`, space).
+    #[error("a recovery key holds only digits, dashes and spaces (found {0:?})")]
+    Character(char),
+    /// A group fails its check: mistyped. (Its digits are not repeated: they are secret.)
+    #[error("recovery key group {group} is mistyped: each group must be divisible by 11 and below 720896")]
     Group {
         /// 1-based group number.
         group: usize,
-        /// The group as typed.
-        value: u32,
     },
 }
 
@@ -36,22 +37,28 @@ pub enum RecoveryKeyError {
 /// Errors: [`CryptoError::Random`] if the system RNG fails.
 pub fn generate() -> Result<SecretBytes, CryptoError> {
     let raw = Zeroizing::new(random_bytes(2 * GROUPS)?);
-    let groups: Vec<u32> = raw
-        .chunks(2)
-        .map(|c| u32::from(u16::from_le_bytes([c[0], c[1]])) * 11)
-        .collect();
+    let groups: Zeroizing<Vec<u32>> = Zeroizing::new(
+        raw.chunks(2)
+            .map(|c| u32::from(u16::from_le_bytes([c[0], c[1]])) * 11)
+            .collect(),
+    );
     Ok(canonical(&groups))
 }
 
+/// The groups as `dddddd-dddddd-…`, written straight into the secret buffer.
 fn canonical(groups: &[u32]) -> SecretBytes {
-    let text = Zeroizing::new(
-        groups
-            .iter()
-            .map(|g| format!("{g:06}"))
-            .collect::<Vec<_>>()
-            .join("-"),
-    );
-    SecretBytes::new(text.as_bytes().to_vec())
+    let mut text = Vec::with_capacity(7 * GROUPS - 1);
+    for (i, g) in groups.iter().enumerate() {
+        if i > 0 {
+            text.push(b'-');
+        }
+        let mut div = 100_000;
+        while div > 0 {
+            text.push(b'0' + (g / div % 10) as u8);
+            div /= 10;
+        }
+    }
+    SecretBytes::new(text)
 }
 
 /// Parse a typed recovery key: digits with any of `-`, spaces or tabs between them (trailing
@@ -65,7 +72,7 @@ pub fn parse(typed: &[u8]) -> Result<SecretBytes, RecoveryKeyError> {
         match c {
             b'0'..=b'9' => digits.push(c - b'0'),
             b'-' | b' ' | b'\t' | b'\n' | b'\r' => {}
-            _ => return Err(RecoveryKeyError::Shape { digits: 0 }),
+            _ => return Err(RecoveryKeyError::Character(char::from(c))),
         }
     }
     if digits.len() != 6 * GROUPS {
@@ -81,10 +88,7 @@ pub fn parse(typed: &[u8]) -> Result<SecretBytes, RecoveryKeyError> {
     );
     for (i, g) in groups.iter().enumerate() {
         if g % 11 != 0 || *g >= GROUP_BOUND {
-            return Err(RecoveryKeyError::Group {
-                group: i + 1,
-                value: *g,
-            });
+            return Err(RecoveryKeyError::Group { group: i + 1 });
         }
     }
     Ok(canonical(&groups))
@@ -120,26 +124,20 @@ mod tests {
         assert!(parse(good.as_bytes()).is_ok());
         assert_eq!(
             parse(b"000011-000022-720885-000000-123454-654324-000110-099000").unwrap_err(),
-            RecoveryKeyError::Group {
-                group: 5,
-                value: 123454
-            }
+            RecoveryKeyError::Group { group: 5 }
         );
         // Divisible by 11 but not below 65536 * 11.
         assert_eq!(
             parse(b"720896-000022-720885-000000-123453-654324-000110-099000").unwrap_err(),
-            RecoveryKeyError::Group {
-                group: 1,
-                value: 720896
-            }
+            RecoveryKeyError::Group { group: 1 }
         );
         assert!(matches!(
             parse(b"000011-000022"),
             Err(RecoveryKeyError::Shape { digits: 12 })
         ));
-        assert!(matches!(
-            parse(b"00001x-000022-720885-000000-123453-654324-000110-099000"),
-            Err(RecoveryKeyError::Shape { .. })
-        ));
+        assert_eq!(
+            parse(b"00001x-000022-720885-000000-123453-654324-000110-099000").unwrap_err(),
+            RecoveryKeyError::Character('x')
+        );
     }
 }

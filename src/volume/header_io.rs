@@ -22,6 +22,9 @@ pub struct LoadedHeader {
     pub segment: DataSegment,
     /// Image length in bytes when read.
     pub image_len: u64,
+    /// The highest `seqid` of any copy whose checksum holds, chosen or not: a new version is
+    /// numbered above it, so no stale copy can win after an interrupted update.
+    pub max_seqid: u64,
     /// Human-readable warnings (a damaged copy, differing `seqid`s). Nothing is repaired.
     pub warnings: Vec<String>,
 }
@@ -179,13 +182,27 @@ pub fn load_header(file: &File, path: &Path) -> Result<LoadedHeader, VolumeError
     };
     let segment = format::data_segment(&metadata, image_len)
         .map_err(|e| VolumeError::from_format(path, e))?;
+    let max_seqid = [0, header.hdr_size]
+        .into_iter()
+        .filter_map(|at| checksummed_seqid(file, at, image_len))
+        .fold(header.seqid, u64::max);
     Ok(LoadedHeader {
         header,
         metadata,
         segment,
         image_len,
+        max_seqid,
         warnings,
     })
+}
+
+/// The `seqid` of the copy at `at` if its binary header decodes and its checksum holds.
+fn checksummed_seqid(file: &File, at: u64, image_len: u64) -> Option<u64> {
+    let first = read_exact(file, BINARY_HEADER_SIZE as u64, at, image_len).ok()?;
+    let h = BinaryHeader::decode(&first).ok()?;
+    let all = read_exact(file, h.hdr_size, at, image_len).ok()?;
+    format::header::verify_checksum(&all).ok()?;
+    Some(h.seqid)
 }
 
 fn describe(r: Result<Option<(BinaryHeader, Metadata)>, FormatError>) -> String {

@@ -20,7 +20,7 @@ use super::{LoadedHeader, VolumeError};
 
 /// Environment variable of the crash test hook: with `NBDCRYPT_FAULT_STEP=N` the process aborts
 /// right after the N-th write or sync step of a header update (counting from 1), as a power cut
-/// would stop it. Unset in normal use.
+/// would stop it. Honoured only in debug builds (the tests' binary), never in a release build.
 pub const FAULT_STEP_ENV: &str = "NBDCRYPT_FAULT_STEP";
 
 /// The most keyslots a LUKS2 header holds here (cryptsetup's limit).
@@ -30,6 +30,9 @@ static STEPS: AtomicU32 = AtomicU32::new(0);
 
 fn step(what: &str) {
     let n = STEPS.fetch_add(1, Ordering::SeqCst) + 1;
+    if !cfg!(debug_assertions) {
+        return;
+    }
     if let Some(stop) = std::env::var(FAULT_STEP_ENV)
         .ok()
         .and_then(|v| v.parse::<u32>().ok())
@@ -101,7 +104,7 @@ pub(crate) fn encode_copies(
     Ok(copies)
 }
 
-/// Write `copies` (from [`encode_copies`]: secondary first) each followed by a sync.
+/// Write `copies` in the order given, each followed by a sync.
 pub(crate) fn write_copies(
     file: &File,
     path: &Path,
@@ -115,13 +118,29 @@ pub(crate) fn write_copies(
     Ok(())
 }
 
-/// Commit `md` as the next metadata version of the image loaded as `lh`.
-fn commit(file: &File, path: &Path, lh: &LoadedHeader, md: &Metadata) -> Result<(), VolumeError> {
-    let copies = encode_copies(path, &lh.header, md, lh.header.seqid + 1)?;
+/// Encode and check `md` as the next metadata version of the image loaded as `lh`: `seqid`
+/// above every copy whose checksum holds, and in write order — the copy that was *not* chosen
+/// (damaged, or equal) first, so a torn write never hits the only good copy.
+fn prepare(
+    path: &Path,
+    lh: &LoadedHeader,
+    md: &Metadata,
+) -> Result<Vec<(Vec<u8>, u64)>, VolumeError> {
+    let mut copies = encode_copies(path, &lh.header, md, lh.max_seqid + 1)?;
     // The new version must itself pass every check a reader applies.
     for (bytes, at) in &copies {
         format::decode_copy(bytes, *at).map_err(|e| VolumeError::from_format(path, e))?;
     }
+    if lh.header.copy == Copy::Secondary {
+        copies.reverse(); // the primary was the damaged one: rewrite it first
+    }
+    Ok(copies)
+}
+
+/// Commit `md` as the next metadata version of the image loaded as `lh` ([`prepare`], then
+/// [`write_copies`]).
+fn commit(file: &File, path: &Path, lh: &LoadedHeader, md: &Metadata) -> Result<(), VolumeError> {
+    let copies = prepare(path, lh, md)?;
     write_copies(file, path, &copies)
 }
 
@@ -211,7 +230,6 @@ pub fn add_keyslot(
     let at = free_area(lh, size).ok_or_else(|| {
         VolumeError::InvalidArgument("no room left in the keyslots area for a new keyslot".into())
     })?;
-    write_area(file, path, &params, new_pass, vk, at)?;
     let mut md = lh.metadata.clone();
     md.keyslots
         .insert(Id(id), keyslot_json(&params.kdf, at, size));
@@ -228,7 +246,10 @@ pub fn add_keyslot(
             .expect("a free token id");
         md.tokens.insert(Id(tid), t);
     }
-    commit(file, path, lh, &md)?;
+    // Everything that can be refused is checked before the first byte is written.
+    let copies = prepare(path, lh, &md)?;
+    write_area(file, path, &params, new_pass, vk, at)?;
+    write_copies(file, path, &copies)?;
     Ok(id)
 }
 
@@ -288,6 +309,18 @@ fn wipe_area(file: &File, path: &Path, lh: &LoadedHeader, slot: u32) -> Result<(
     sync_step(file, path, "sync wiped keyslot area")
 }
 
+/// Drop the `nbdcrypt-recovery` tokens of `slot` and those left naming no keyslot: a recovery
+/// token without its recovery keyslot means nothing. Other tokens are kept, as cryptsetup does.
+fn drop_recovery_tokens(md: &mut Metadata, slot: u32) {
+    let name = serde_json::Value::from(slot.to_string());
+    md.tokens.retain(|_, t| {
+        t["type"] != format::RECOVERY_TOKEN
+            || t["keyslots"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty() && !a.contains(&name))
+    });
+}
+
 /// Remove keyslot `slot` (`format-spec.md` §7.2): its area is overwritten with random bytes and
 /// synced (revocation, LUKS2 spec §4.4), then the metadata without it is committed.
 ///
@@ -315,11 +348,7 @@ pub fn kill_keyslot(
             ks.retain(|k| k.as_str() != Some(name.as_str()));
         }
     }
-    // A recovery token without its keyslot means nothing; other tokens are kept, as cryptsetup.
-    md.tokens.retain(|_, t| {
-        t["type"] != format::RECOVERY_TOKEN
-            || t["keyslots"].as_array().is_some_and(|a| !a.is_empty())
-    });
+    drop_recovery_tokens(&mut md, slot);
     commit(file, path, lh, &md)
 }
 
@@ -348,12 +377,15 @@ pub fn change_keyslot(
     let at = free_area(lh, size).ok_or_else(|| {
         VolumeError::InvalidArgument("no room left in the keyslots area to change the key".into())
     })?;
-    write_area(file, path, &params, new_pass, vk, at)?;
     let mut md = lh.metadata.clone();
     let mut ks = keyslot_json(&params.kdf, at, size);
     ks.priority = md.keyslots[&Id(slot)].priority;
     md.keyslots.insert(Id(slot), ks);
-    commit(file, path, lh, &md)?;
+    // The slot now holds a passphrase, not a recovery key.
+    drop_recovery_tokens(&mut md, slot);
+    let copies = prepare(path, lh, &md)?;
+    write_area(file, path, &params, new_pass, vk, at)?;
+    write_copies(file, path, &copies)?;
     wipe_area(file, path, lh, slot)
 }
 
@@ -381,6 +413,7 @@ pub fn erase(file: &File, path: &Path, lh: &LoadedHeader) -> Result<(), VolumeEr
             ks.clear();
         }
     }
+    md.tokens.retain(|_, t| t["type"] != format::RECOVERY_TOKEN);
     commit(file, path, lh, &md)
 }
 
@@ -463,10 +496,18 @@ pub fn check_backup(backup: &Path, bytes: &[u8]) -> Result<(BinaryHeader, Metada
 }
 
 /// Write a checked header backup over the image's header area (`header-restore`,
-/// `format-spec.md` §7.7): the keyslots area first, synced, then the secondary and the primary
-/// copy of the backup, each synced. The image must be longer than the backup.
-pub fn restore_header(file: &File, path: &Path, bytes: &[u8]) -> Result<(), VolumeError> {
-    let (h, _) = check_backup(path, bytes)?;
+/// `format-spec.md` §7.7): the backup's keyslots area first, synced; then the backup's chosen
+/// valid copy, re-encoded as the next version (`seqid` above the image's `image_seqid` and the
+/// backup's own) to the secondary and the primary place, each synced — a damaged copy in the
+/// backup is never written. The image must be longer than the backup. A restore stopped
+/// before its header writes leaves neither header able to open: run it again.
+pub fn restore_header(
+    file: &File,
+    path: &Path,
+    bytes: &[u8],
+    image_seqid: Option<u64>,
+) -> Result<(), VolumeError> {
+    let (h, md) = check_backup(path, bytes)?;
     let len = file
         .metadata()
         .map_err(|e| VolumeError::Device {
@@ -480,23 +521,19 @@ pub fn restore_header(file: &File, path: &Path, bytes: &[u8]) -> Result<(), Volu
             bytes.len()
         )));
     }
-    let hs = h.hdr_size as usize;
+    let seqid = image_seqid.unwrap_or(0).max(h.seqid) + 1;
+    let copies = encode_copies(path, &h, &md, seqid)?;
+    for (c, at) in &copies {
+        format::decode_copy(c, *at).map_err(|e| VolumeError::from_format(path, e))?;
+    }
+    let ks_start = 2 * h.hdr_size;
     write_step(
         file,
         path,
-        &bytes[2 * hs..],
-        2 * h.hdr_size,
+        &bytes[ks_start as usize..],
+        ks_start,
         "keyslots area",
     )?;
     sync_step(file, path, "sync keyslots area")?;
-    write_step(
-        file,
-        path,
-        &bytes[hs..2 * hs],
-        h.hdr_size,
-        "secondary header",
-    )?;
-    sync_step(file, path, "sync secondary header")?;
-    write_step(file, path, &bytes[..hs], 0, "primary header")?;
-    sync_step(file, path, "sync primary header")
+    write_copies(file, path, &copies)
 }
