@@ -762,3 +762,72 @@ fn kill_slot_needs_another_slots_passphrase() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(opens(&img, &k0) && !opens(&img, &k1));
 }
+
+/// An unwritable image (immutable, so even root cannot open it for writing) refuses every
+/// header change with exit 4 and no byte changes; reading it still works.
+#[test]
+fn unwritable_image_changes_nothing() {
+    struct Immutable<'a>(&'a Path);
+    impl Drop for Immutable<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("chattr").arg("-i").arg(self.0).status();
+        }
+    }
+    let dir = tempdir();
+    let (k0, k1) = (key(dir.path(), "k0"), key(dir.path(), "k1"));
+    let img = dir.path().join("ro.img");
+    format_cheap(&img, &k0, "20M", 512, "pbkdf2");
+    let before = std::fs::read(&img).unwrap();
+    let st = Command::new(require("chattr", "e2fsprogs"))
+        .arg("+i")
+        .arg(&img)
+        .status()
+        .unwrap();
+    assert!(
+        st.success(),
+        "chattr +i must work on the test directory's filesystem"
+    );
+    let _guard = Immutable(&img);
+    let mut add = vec!["add-key"];
+    add.extend(CHEAP);
+    let mut rec = vec!["recovery-key", "add"];
+    rec.extend(CHEAP);
+    type Files<'a> = &'a [(&'a str, &'a Path)];
+    let new: Files = &[("--key-file", &k0), ("--new-keyfile", &k1)];
+    let old: Files = &[("--key-file", &k0)];
+    let cases: Vec<(Vec<&str>, Files)> = vec![
+        (add, new),
+        (
+            vec![
+                "change-key",
+                "--pbkdf",
+                "pbkdf2",
+                "--pbkdf-force-iterations",
+                "1000",
+            ],
+            new,
+        ),
+        (vec!["remove-key", "--batch-mode"], old),
+        (vec!["kill-slot", "0", "--batch-mode"], &[]),
+        (vec!["erase", "--batch-mode"], &[]),
+        (vec!["repair"], &[]),
+    ];
+    for (args, files) in cases {
+        let out = cmd(&args, &img, files);
+        assert_eq!(out.status.code(), Some(4), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("Operation not permitted"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    let out = run(nbdcrypt()
+        .args(&rec[..2])
+        .arg(&img)
+        .args(&rec[2..])
+        .arg("--key-file")
+        .arg(&k0));
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(std::fs::read(&img).unwrap() == before);
+    assert!(opens(&img, &k0));
+}
