@@ -831,3 +831,36 @@ fn unwritable_image_changes_nothing() {
     assert!(std::fs::read(&img).unwrap() == before);
     assert!(opens(&img, &k0));
 }
+
+/// Two header changes at once: the second finds the image busy (exit 5), the first completes.
+#[test]
+fn concurrent_header_changes_are_busy() {
+    use std::process::Stdio;
+    let dir = tempdir();
+    let (k0, k1, k2) = (
+        key(dir.path(), "k0"),
+        key(dir.path(), "k1"),
+        key(dir.path(), "k2"),
+    );
+    let img = dir.path().join("cc.img");
+    format_cheap(&img, &k0, "20M", 512, "pbkdf2");
+    // A slow add-key: it holds the image while it benchmarks (1.5 s) and verifies.
+    let slow = nbdcrypt()
+        .arg("add-key")
+        .arg(&img)
+        .args(["--pbkdf", "pbkdf2", "--iter-time", "1500", "--key-file"])
+        .arg(&k0)
+        .arg("--new-keyfile")
+        .arg(&k1)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let mut add = vec!["add-key"];
+    add.extend(CHEAP);
+    let out = cmd(&add, &img, &[("--key-file", &k0), ("--new-keyfile", &k2)]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    let first = slow.wait_with_output().unwrap();
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert!(opens(&img, &k1) && !opens(&img, &k2));
+}
