@@ -144,6 +144,24 @@ fn commit(file: &File, path: &Path, lh: &LoadedHeader, md: &Metadata) -> Result<
     write_copies(file, path, &copies)
 }
 
+/// Parameters (KDF chosen or benchmarked) and place of a new 512-bit `luks2` keyslot area:
+/// `(params, offset, size)`, size rounded up to 4096 bytes. Errors: bad KDF costs; no room
+/// left in the keyslots area.
+fn new_area(lh: &LoadedHeader, kdf: &KdfChoice) -> Result<(KeyslotParams, u64, u64), VolumeError> {
+    let params = KeyslotParams {
+        kdf: choose_kdf(kdf)?,
+        area_key_size: VOLUME_KEY_SIZE,
+        key_size: VOLUME_KEY_SIZE,
+        stripes: AF_STRIPES,
+        af_hash: HashAlg::Sha256,
+    };
+    let size = af_material_len(VOLUME_KEY_SIZE as u64, AF_STRIPES as u64).div_ceil(4096) * 4096;
+    let at = free_area(lh, size).ok_or_else(|| {
+        VolumeError::InvalidArgument("no room left in the keyslots area for a new keyslot".into())
+    })?;
+    Ok((params, at, size))
+}
+
 /// A 4096-aligned free byte range of `size` bytes in the keyslots area, first fit.
 fn free_area(lh: &LoadedHeader, size: u64) -> Option<u64> {
     let start = 2 * lh.header.hdr_size;
@@ -219,17 +237,7 @@ pub fn add_keyslot(
         token,
     } = new;
     let id = pick_slot(lh, slot)?;
-    let params = KeyslotParams {
-        kdf: choose_kdf(kdf)?,
-        area_key_size: VOLUME_KEY_SIZE,
-        key_size: VOLUME_KEY_SIZE,
-        stripes: AF_STRIPES,
-        af_hash: HashAlg::Sha256,
-    };
-    let size = af_material_len(VOLUME_KEY_SIZE as u64, AF_STRIPES as u64).div_ceil(4096) * 4096;
-    let at = free_area(lh, size).ok_or_else(|| {
-        VolumeError::InvalidArgument("no room left in the keyslots area for a new keyslot".into())
-    })?;
+    let (params, at, size) = new_area(lh, kdf)?;
     let mut md = lh.metadata.clone();
     md.keyslots
         .insert(Id(id), keyslot_json(&params.kdf, at, size));
@@ -366,17 +374,7 @@ pub fn change_keyslot(
     new_pass: &[u8],
     kdf: &KdfChoice,
 ) -> Result<(), VolumeError> {
-    let params = KeyslotParams {
-        kdf: choose_kdf(kdf)?,
-        area_key_size: VOLUME_KEY_SIZE,
-        key_size: VOLUME_KEY_SIZE,
-        stripes: AF_STRIPES,
-        af_hash: HashAlg::Sha256,
-    };
-    let size = af_material_len(VOLUME_KEY_SIZE as u64, AF_STRIPES as u64).div_ceil(4096) * 4096;
-    let at = free_area(lh, size).ok_or_else(|| {
-        VolumeError::InvalidArgument("no room left in the keyslots area to change the key".into())
-    })?;
+    let (params, at, size) = new_area(lh, kdf)?;
     let mut md = lh.metadata.clone();
     let mut ks = keyslot_json(&params.kdf, at, size);
     ks.priority = md.keyslots[&Id(slot)].priority;
