@@ -6,10 +6,6 @@ mod common;
 use common::*;
 use std::process::Command;
 
-fn cryptsetup() -> Command {
-    Command::new(require("cryptsetup", "cryptsetup-bin"))
-}
-
 fn wrong_key(dir: &std::path::Path) -> std::path::PathBuf {
     let p = dir.join("wrong");
     std::fs::write(&p, b"not the passphrase").unwrap();
@@ -40,15 +36,9 @@ fn our_format_is_cryptsetups() {
         assert!(dump.contains(&format!("PBKDF:      {pbkdf}")), "{dump}");
         assert!(dump.contains("cipher: aes-xts-plain64"), "{dump}");
         assert!(dump.contains("AF stripes: 4000"), "{dump}");
-        let good = run(cryptsetup()
-            .args(["open", "--test-passphrase", "--key-file"])
-            .arg(&key)
-            .arg(&img));
+        let good = cryptsetup_test_passphrase(&img, &key);
         assert_eq!(good.status.code(), Some(0), "{}", stderr(&good));
-        let wrong = run(cryptsetup()
-            .args(["open", "--test-passphrase", "--key-file"])
-            .arg(&bad)
-            .arg(&img));
+        let wrong = cryptsetup_test_passphrase(&img, &bad);
         assert_eq!(wrong.status.code(), Some(2), "{}", stderr(&wrong));
         // cryptsetup's own consistency checker finds nothing to repair.
         let before = std::fs::read(&img).unwrap();
@@ -212,10 +202,7 @@ fn keyslot_selection_and_priority() {
     let out = test_passphrase(&img, &key, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     // The same answers from cryptsetup itself.
-    let cs = run(cryptsetup()
-        .args(["open", "--test-passphrase", "--key-file"])
-        .arg(&key2)
-        .arg(&img));
+    let cs = cryptsetup_test_passphrase(&img, &key2);
     assert_eq!(cs.status.code(), Some(2), "{}", stderr(&cs));
 }
 
@@ -259,10 +246,7 @@ fn passphrase_sources_match_cryptsetup() {
     ] {
         let k = dir.path().join("k");
         std::fs::write(&k, bytes).unwrap();
-        let cs = run(cryptsetup()
-            .args(["open", "--test-passphrase", "--key-file"])
-            .arg(&k)
-            .arg(img));
+        let cs = cryptsetup_test_passphrase(img, &k);
         assert_eq!(
             cs.status.code(),
             Some(0),
@@ -271,10 +255,7 @@ fn passphrase_sources_match_cryptsetup() {
             stderr(&cs)
         );
         std::fs::write(&k, wrong).unwrap();
-        let cs = run(cryptsetup()
-            .args(["open", "--test-passphrase", "--key-file"])
-            .arg(&k)
-            .arg(img));
+        let cs = cryptsetup_test_passphrase(img, &k);
         assert_eq!(
             cs.status.code(),
             Some(2),
@@ -337,10 +318,7 @@ fn terminal_prompts() {
     );
     let k = dir.path().join("k");
     std::fs::write(&k, b"tty secret").unwrap();
-    let cs = run(cryptsetup()
-        .args(["open", "--test-passphrase", "--key-file"])
-        .arg(&k)
-        .arg(&img));
+    let cs = cryptsetup_test_passphrase(&img, &k);
     assert_eq!(cs.status.code(), Some(0), "{}", stderr(&cs));
 
     let test = format!("test-passphrase {}", img.display());

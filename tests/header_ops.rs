@@ -4,20 +4,6 @@ mod common;
 
 use common::*;
 use std::path::Path;
-use std::process::Command;
-
-fn cryptsetup() -> Command {
-    Command::new(require("cryptsetup", "cryptsetup-bin"))
-}
-
-fn cs_opens(img: &Path, key: &Path) -> Option<i32> {
-    run(cryptsetup()
-        .args(["open", "--test-passphrase", "--key-file"])
-        .arg(key)
-        .arg(img))
-    .status
-    .code()
-}
 
 fn ours(args: &[&str], img: &Path) -> std::process::Output {
     run(nbdcrypt().arg(args[0]).arg(img).args(&args[1..]))
@@ -53,7 +39,10 @@ fn erase_leaves_nothing_that_opens() {
         "data segment changed"
     );
     assert_eq!(test_passphrase(&img, &key, &[]).status.code(), Some(1));
-    assert_eq!(cs_opens(&img, &key), Some(1));
+    assert_eq!(
+        cryptsetup_test_passphrase(&img, &key).status.code(),
+        Some(1)
+    );
     // Each copy alone: damage the other, still nothing opens.
     for (damage, keep) in [(100usize, "secondary"), (16384 + 100, "primary")] {
         let one = dir.path().join(format!("only-{keep}.img"));
@@ -95,7 +84,7 @@ fn backups_cross_restore_with_cryptsetup() {
         .arg(&a_bak));
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(test_passphrase(&a, &key, &[]).status.code(), Some(0));
-    assert_eq!(cs_opens(&a, &key), Some(0));
+    assert_eq!(cryptsetup_test_passphrase(&a, &key).status.code(), Some(0));
 
     // Our backup → cryptsetup's restore.
     let b = dir.path().join("b.img");
@@ -110,13 +99,13 @@ fn backups_cross_restore_with_cryptsetup() {
     assert_eq!(std::fs::metadata(&b_bak).unwrap().len(), 16 << 20);
     let out = ours(&["erase", "--batch-mode"], &b);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(cs_opens(&b, &key), Some(1));
+    assert_eq!(cryptsetup_test_passphrase(&b, &key).status.code(), Some(1));
     ok(cryptsetup()
         .args(["luksHeaderRestore", "--batch-mode"])
         .arg(&b)
         .arg("--header-backup-file")
         .arg(&b_bak));
-    assert_eq!(cs_opens(&b, &key), Some(0));
+    assert_eq!(cryptsetup_test_passphrase(&b, &key).status.code(), Some(0));
     assert_eq!(test_passphrase(&b, &key, &[]).status.code(), Some(0));
     // An existing backup file is never overwritten.
     let out = run(nbdcrypt()
@@ -216,7 +205,10 @@ fn repair_rewrites_a_zeroed_primary() {
         std::fs::read(&img).unwrap() == repaired,
         "cryptsetup still repaired something"
     );
-    assert_eq!(cs_opens(&img, &key), Some(0));
+    assert_eq!(
+        cryptsetup_test_passphrase(&img, &key).status.code(),
+        Some(0)
+    );
 }
 
 /// A backup whose secondary copy is damaged restores its good copy to both places; a restore
@@ -301,7 +293,7 @@ fn restore_is_safe_to_repeat_and_never_writes_a_damaged_copy() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(!stderr(&o).contains("warning"), "{}", stderr(&o));
     assert_eq!(test_passphrase(&img, &k1, &[]).status.code(), Some(2));
-    assert_eq!(cs_opens(&img, &k0), Some(0));
+    assert_eq!(cryptsetup_test_passphrase(&img, &k0).status.code(), Some(0));
 }
 
 /// Header changes of a served image are refused as busy (exit 5) and change nothing; a file

@@ -11,10 +11,6 @@ use std::process::Command;
 
 const CHEAP: [&str; 4] = ["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"];
 
-fn cryptsetup() -> Command {
-    Command::new(require("cryptsetup", "cryptsetup-bin"))
-}
-
 fn key(dir: &Path, name: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, format!("passphrase {name}")).unwrap();
@@ -23,12 +19,7 @@ fn key(dir: &Path, name: &str) -> PathBuf {
 
 fn opens(img: &Path, key: &Path) -> bool {
     let ours = test_passphrase(img, key, &[]).status.code();
-    let theirs = run(cryptsetup()
-        .args(["open", "--test-passphrase", "--key-file"])
-        .arg(key)
-        .arg(img))
-    .status
-    .code();
+    let theirs = cryptsetup_test_passphrase(img, key).status.code();
     assert_eq!(
         ours,
         theirs,
@@ -99,10 +90,7 @@ fn our_changes_are_seen_by_cryptsetup() {
     // Nothing left: "No usable keyslot", exit 1, for both tools.
     let out = test_passphrase(&img, &k0, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let cs = run(cryptsetup()
-        .args(["open", "--test-passphrase", "--key-file"])
-        .arg(&k0)
-        .arg(&img));
+    let cs = cryptsetup_test_passphrase(&img, &k0);
     assert_eq!(cs.status.code(), Some(1), "{}", stderr(&cs));
 }
 

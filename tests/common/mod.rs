@@ -150,6 +150,19 @@ pub fn cryptsetup_volume_key(image: &Path, key: &Path) -> String {
     hex
 }
 
+/// The real cryptsetup.
+pub fn cryptsetup() -> Command {
+    Command::new(require("cryptsetup", "cryptsetup-bin"))
+}
+
+/// `cryptsetup open --test-passphrase --key-file KEY IMAGE`.
+pub fn cryptsetup_test_passphrase(img: &Path, key: &Path) -> Output {
+    run(cryptsetup()
+        .args(["open", "--test-passphrase", "--key-file"])
+        .arg(key)
+        .arg(img))
+}
+
 /// `nbdcrypt test-passphrase IMAGE --key-file KEY [extra]`.
 pub fn test_passphrase(img: &Path, key: &Path, extra: &[&str]) -> Output {
     run(nbdcrypt()
@@ -167,6 +180,15 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// All a finished child wrote to its piped stderr.
+fn drain_stderr(child: &mut Child) -> String {
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        e.read_to_string(&mut err).unwrap();
+    }
+    err
 }
 
 /// A running `nbdcrypt open`, stopped with SIGTERM on drop.
@@ -198,14 +220,10 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::os::unix::net::UnixStream::connect(&socket).is_err() {
             if let Some(st) = child.try_wait().unwrap() {
-                let mut err = String::new();
-                child
-                    .stderr
-                    .take()
-                    .unwrap()
-                    .read_to_string(&mut err)
-                    .unwrap();
-                panic!("nbdcrypt open exited early ({st}): {err}");
+                panic!(
+                    "nbdcrypt open exited early ({st}): {}",
+                    drain_stderr(&mut child)
+                );
             }
             assert!(Instant::now() < deadline, "server did not start in 30 s");
             std::thread::sleep(Duration::from_millis(20));
@@ -240,14 +258,7 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(st) = child.try_wait().unwrap() {
-                let mut err = String::new();
-                child
-                    .stderr
-                    .take()
-                    .unwrap()
-                    .read_to_string(&mut err)
-                    .unwrap();
-                return (st, err);
+                return (st, drain_stderr(&mut child));
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
