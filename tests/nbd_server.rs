@@ -12,7 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::nbd::*;
-use nbdcrypt::nbd::{run_session, serve, BlockExport, ExportConfig, Listen, NbdError, SessionEnd};
+use nbdcrypt::nbd::{
+    run_session, serve, BlockExport, ExportConfig, Exports, Listen, NbdError, ServerOptions,
+    SessionEnd, SessionStats,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn config() -> ExportConfig {
@@ -21,6 +24,16 @@ fn config() -> ExportConfig {
         description: None,
         read_only: false,
     }
+}
+
+/// `export` as the only export, named [`EXPORT`].
+fn one(export: Arc<dyn BlockExport>) -> Vec<(ExportConfig, Arc<dyn BlockExport>)> {
+    vec![(config(), export)]
+}
+
+/// [`one`] as an [`Exports`] for `run_session`.
+fn exports(export: Arc<dyn BlockExport>) -> Arc<Exports> {
+    Arc::new(Exports::new(one(export)).unwrap())
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -36,7 +49,12 @@ fn serve_err(listen: Vec<Listen>) -> NbdError {
     rt().block_on(async {
         tokio::time::timeout(
             Duration::from_secs(5),
-            serve(listen, export, config(), std::future::pending()),
+            serve(
+                listen,
+                one(export),
+                ServerOptions::default(),
+                std::future::pending(),
+            ),
         )
         .await
         .expect("serve did not fail")
@@ -62,7 +80,7 @@ fn tcp_and_unix_together() {
         Listen::Unix(sock.clone()),
     ];
     let t = std::thread::spawn(move || {
-        rt().block_on(serve(listen, exp, config(), async {
+        rt().block_on(serve(listen, one(exp), ServerOptions::default(), async {
             let _ = rx.await;
         }))
     });
@@ -148,8 +166,8 @@ fn unix_path_errors_and_stale_socket() {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(serve(
             vec![Listen::Unix(stale2.clone())],
-            export,
-            config(),
+            one(export),
+            ServerOptions::default(),
             async {
                 let _ = rx.await;
             },
@@ -216,7 +234,8 @@ async fn session_over_duplex() {
     let exp: Arc<dyn BlockExport> = export.clone();
     let (client, server) = tokio::io::duplex(64 << 10);
     let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let session = tokio::spawn(run_session(server, exp, Arc::new(config()), stop_rx));
+    let stats = Arc::new(SessionStats::default());
+    let session = tokio::spawn(run_session(server, exports(exp), stats.clone(), stop_rx));
     let (mut rd, mut wr) = tokio::io::split(client);
     let mut g = [0u8; 18];
     rd.read_exact(&mut g).await.unwrap();
@@ -256,6 +275,14 @@ async fn session_over_duplex() {
         "FLUSH and the DISC flush"
     );
     assert_eq!(export.fua_writes.load(Ordering::SeqCst), 1);
+    // the counters of the per-connection log line
+    assert_eq!(stats.export.get().map(String::as_str), Some(EXPORT));
+    assert_eq!(stats.requests.load(Ordering::SeqCst), 6, "DISC included");
+    assert_eq!(stats.bytes_written.load(Ordering::SeqCst), 1004);
+    assert_eq!(stats.bytes_read.load(Ordering::SeqCst), 1000);
+    assert!(!stats.structured.load(Ordering::SeqCst));
+    assert!(!stats.meta_context.load(Ordering::SeqCst));
+    assert!(!stats.tls.load(Ordering::SeqCst));
 }
 
 #[tokio::test]
@@ -266,8 +293,8 @@ async fn session_shutdown_and_abort() {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let session = tokio::spawn(run_session(
         server,
-        export.clone(),
-        Arc::new(config()),
+        exports(export.clone()),
+        Arc::default(),
         stop_rx,
     ));
     let (mut rd, mut wr) = tokio::io::split(client);
@@ -284,8 +311,8 @@ async fn session_shutdown_and_abort() {
     let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let session = tokio::spawn(run_session(
         server,
-        export.clone(),
-        Arc::new(config()),
+        exports(export.clone()),
+        Arc::default(),
         stop_rx,
     ));
     let (mut rd, mut wr) = tokio::io::split(client);

@@ -11,7 +11,7 @@ use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use nbdcrypt::nbd::{serve, BlockExport, ExportConfig, Listen, NbdError};
+use nbdcrypt::nbd::{serve, BlockExport, ExportConfig, Listen, NbdError, ServerOptions};
 
 /// A RAM export: bytes behind a RwLock, counting calls so tests can see what reached it.
 pub struct MemExport {
@@ -77,6 +77,7 @@ pub const EXPORT: &str = "vol";
 pub const MIB: usize = 1 << 20;
 
 /// An in-process server on `DIR/nbd.sock`, running on its own tokio runtime thread.
+/// `export` is the first (default) export.
 pub struct TestServer {
     pub dir: tempfile::TempDir,
     pub sock: PathBuf,
@@ -88,15 +89,28 @@ pub struct TestServer {
 impl TestServer {
     /// Start serving `export` as [`EXPORT`]; returns once the socket accepts connections.
     pub fn start(export: Arc<MemExport>, read_only: bool) -> TestServer {
-        let dir = tempfile::tempdir().unwrap();
-        let sock = dir.path().join("nbd.sock");
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let config = ExportConfig {
             name: EXPORT.to_string(),
             description: Some("test volume".to_string()),
             read_only,
         };
-        let exp: Arc<dyn BlockExport> = export.clone();
+        TestServer::start_many(vec![(config, export)], ServerOptions::default())
+    }
+
+    /// Start serving several exports (the first is the default export and [`TestServer::export`]);
+    /// returns once the socket accepts connections.
+    pub fn start_many(
+        exports: Vec<(ExportConfig, Arc<MemExport>)>,
+        options: ServerOptions,
+    ) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("nbd.sock");
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let export = exports[0].1.clone();
+        let exps: Vec<(ExportConfig, Arc<dyn BlockExport>)> = exports
+            .into_iter()
+            .map(|(c, e)| (c, e as Arc<dyn BlockExport>))
+            .collect();
         let listen = vec![Listen::Unix(sock.clone())];
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -104,7 +118,7 @@ impl TestServer {
                 .enable_all()
                 .build()
                 .unwrap();
-            rt.block_on(serve(listen, exp, config, async {
+            rt.block_on(serve(listen, exps, options, async {
                 let _ = stop_rx.await;
             }))
         });
