@@ -324,3 +324,150 @@ async fn session_shutdown_and_abort() {
     assert_eq!(u32::from_be_bytes(ack[12..16].try_into().unwrap()), 1);
     assert_eq!(session.await.unwrap().unwrap(), SessionEnd::Aborted);
 }
+
+/// Run `serve` with one RAM export on its own thread until the returned sender fires.
+fn spawn_serve(
+    listen: Vec<Listen>,
+    options: ServerOptions,
+) -> (
+    std::thread::JoinHandle<Result<(), NbdError>>,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let exp: Arc<dyn BlockExport> = MemExport::new(2 * MIB, 512);
+    let t = std::thread::spawn(move || {
+        rt().block_on(serve(listen, one(exp), options, async {
+            let _ = rx.await;
+        }))
+    });
+    (t, tx)
+}
+
+/// `nbdinfo --size URI`, retried until the server answers (it binds asynchronously).
+fn size_when_up(uri: &str) -> String {
+    let nbdinfo = tool("nbdinfo");
+    for _ in 0..500 {
+        let o = run(std::process::Command::new(&nbdinfo).arg("--size").arg(uri));
+        if o.status.success() {
+            return String::from_utf8_lossy(&o.stdout).trim().to_string();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{uri} never answered");
+}
+
+/// Listening sockets this process already holds (as systemd passes them) are served, TCP and
+/// Unix told apart by the socket itself; the server owns and closes them, and leaves an
+/// inherited Unix socket's file alone.
+#[test]
+fn inherited_listening_sockets_are_served() {
+    use std::os::fd::IntoRawFd;
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = tcp.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("inherited.sock");
+    let unix = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let listen = vec![
+        Listen::Fd {
+            fd: tcp.into_raw_fd(),
+            name: Some("nbd-tcp".into()),
+        },
+        Listen::Fd {
+            fd: unix.into_raw_fd(),
+            name: None,
+        },
+    ];
+    let (t, stop) = spawn_serve(listen, ServerOptions::default());
+    let two = (2 * MIB).to_string();
+    assert_eq!(
+        size_when_up(&format!("nbd://127.0.0.1:{port}/{EXPORT}")),
+        two
+    );
+    let unix_uri = format!("nbd+unix:///{EXPORT}?socket={}", path.display());
+    assert_eq!(size_when_up(&unix_uri), two);
+    stop.send(()).unwrap();
+    t.join().unwrap().unwrap();
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the inherited TCP socket is closed at shutdown"
+    );
+    assert!(
+        path.exists(),
+        "an inherited socket's file is not ours to remove"
+    );
+}
+
+#[test]
+fn inherited_descriptors_that_are_not_listening_stream_sockets_are_refused() {
+    use std::os::fd::AsRawFd;
+    let dir = tempfile::tempdir().unwrap();
+    let file = std::fs::File::create(dir.path().join("f")).unwrap();
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    // SAFETY: a plain socket(2) call; the descriptor is closed below.
+    let unlistened = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+    assert!(unlistened >= 0);
+    for (fd, why) in [
+        (file.as_raw_fd(), "not a socket"),
+        (udp.as_raw_fd(), "not SOCK_STREAM"),
+        (unlistened, "not listening"),
+    ] {
+        let e = serve_err(vec![Listen::Fd { fd, name: None }]);
+        assert!(
+            matches!(e, NbdError::NotAListener { fd: f, .. } if f == fd),
+            "{e:?}"
+        );
+        let text = e.to_string();
+        assert!(
+            text.contains(&format!("fd:{fd}")) && text.contains(why),
+            "{text}"
+        );
+    }
+    // SAFETY: closes the descriptor made above (serve did not take it).
+    unsafe { libc::close(unlistened) };
+}
+
+#[test]
+fn pid_file_written_once_listening_and_removed_at_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("s");
+    let pid = dir.path().join("nbd.pid");
+    let options = ServerOptions {
+        pid_file: Some(pid.clone()),
+        ..ServerOptions::default()
+    };
+    let (t, stop) = spawn_serve(vec![Listen::Unix(sock.clone())], options);
+    let mut waited = 0;
+    while !pid.exists() {
+        assert!(!t.is_finished(), "serve ended during start-up");
+        assert!(waited < 500, "pid file never written");
+        waited += 1;
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // once the pid file exists the socket accepts, first try
+    assert!(Raw::greeted(&sock));
+    assert_eq!(
+        std::fs::read_to_string(&pid).unwrap(),
+        format!("{}\n", std::process::id())
+    );
+    stop.send(()).unwrap();
+    t.join().unwrap().unwrap();
+    assert!(!pid.exists(), "pid file removed at shutdown");
+    assert!(!sock.exists());
+    // an unwritable pid file: typed error naming it, nothing left listening
+    let bad = dir.path().join("missing/dir/nbd.pid");
+    let options = ServerOptions {
+        pid_file: Some(bad.clone()),
+        ..ServerOptions::default()
+    };
+    let (t, _stop) = spawn_serve(vec![Listen::Unix(sock.clone())], options);
+    let e = t.join().unwrap().expect_err("pid file cannot be written");
+    assert!(
+        matches!(e, NbdError::PidFile { ref path, .. } if *path == bad),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("missing/dir/nbd.pid"), "{e}");
+    assert!(
+        !sock.exists(),
+        "the socket is removed when the pid file fails"
+    );
+}

@@ -259,6 +259,45 @@ impl Raw {
         Raw { s }
     }
 
+    /// Like [`Raw::connect`], but a connection the server closes before the greeting (as it
+    /// does over `--max-connections`) is retried until one is greeted, for up to 10 s: the
+    /// server frees a closed connection's slot asynchronously.
+    pub fn connect_when_admitted(sock: &Path, cflags: u32) -> Raw {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut s = UnixStream::connect(sock).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut g = [0u8; 18];
+            if s.read_exact(&mut g).is_ok() {
+                assert_eq!(&g[0..16], b"NBDMAGICIHAVEOPT");
+                s.write_all(&cflags.to_be_bytes()).unwrap();
+                return Raw { s };
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no connection admitted within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Connect and read the greeting: `true` if greeted, `false` if the server closed the
+    /// connection instead (EOF or reset).
+    pub fn greeted(sock: &Path) -> bool {
+        let mut s = UnixStream::connect(sock).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut g = [0u8; 18];
+        match s.read_exact(&mut g) {
+            Ok(()) => {
+                assert_eq!(&g[..8], b"NBDMAGIC");
+                true
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => false,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => false,
+            Err(e) => panic!("neither greeting nor close: {e}"),
+        }
+    }
+
     pub fn send_opt(&mut self, opt: u32, data: &[u8]) {
         let mut b = IHAVEOPT.to_be_bytes().to_vec();
         b.extend_from_slice(&opt.to_be_bytes());
