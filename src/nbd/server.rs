@@ -344,14 +344,14 @@ fn log_connection(
                 bytes_read = stats.bytes_read.load(Ordering::Relaxed),
                 bytes_written = stats.bytes_written.load(Ordering::Relaxed),
                 requests = stats.requests.load(Ordering::Relaxed),
-                end,
+                end = %end,
                 $($error)*
                 "connection closed"
             )
         };
     }
     match error {
-        Some(e) => line!(error = %e,),
+        Some(e) => line!(error = ?e,),
         None => line!(),
     }
 }

@@ -195,8 +195,23 @@ async fn handshake<S>(s: &mut S, exports: &Exports) -> Result<Handshake, Session
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    s.write_all(&proto::encode_greeting()).await?;
-    s.flush().await?;
+    let greeted = async {
+        s.write_all(&proto::encode_greeting()).await?;
+        s.flush().await
+    };
+    match greeted.await {
+        Ok(()) => {}
+        // A client (or a readiness probe) that hangs up before the greeting is sent.
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            return Ok(Handshake::HungUp)
+        }
+        Err(e) => return Err(e.into()),
+    }
     let mut cf = [0u8; 4];
     match s.read_exact(&mut cf).await {
         Ok(_) => {}
