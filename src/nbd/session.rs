@@ -223,7 +223,7 @@ where
     let no_zeroes = cflags & proto::CLIENT_NO_ZEROES != 0;
     let mut neg = Negotiated::default();
     // The export the last successful SET_META_CONTEXT named: a selection only holds for the
-    // export finally chosen (proto.md NBD_OPT_SET_META_CONTEXT), as in qemu-nbd.
+    // export finally chosen (proto.md NBD_OPT_SET_META_CONTEXT); nbdkit discards it likewise.
     let mut meta_export: Option<usize> = None;
 
     loop {
