@@ -107,6 +107,58 @@ for uri in sys.argv[1:]:
     assert!(!srv.socket.exists());
 }
 
+#[test]
+fn an_export_unlocked_with_a_recovery_key() {
+    let dir = tempdir();
+    let (a, ka) = volume(dir.path(), "A", "20M", 512, b"passphrase of A");
+    let (b, kb) = volume(dir.path(), "B", "20M", 512, b"passphrase of B");
+    let mut add = nbdcrypt();
+    add.args(["recovery-key", "add"])
+        .arg(&b)
+        .arg("--key-file")
+        .arg(&kb)
+        .args(["--pbkdf", "pbkdf2"])
+        .args(cheap_kdf_args("pbkdf2"));
+    let recovery = ok(&mut add);
+    let rk = dir.path().join("B.recovery");
+    std::fs::write(&rk, recovery.trim()).unwrap();
+    let mut cmd = nbdcrypt();
+    cmd.arg("serve")
+        .arg("--export")
+        .arg(format!("a={}", a.display()))
+        .arg("--export")
+        .arg(format!("b={}", b.display()))
+        .arg("-d")
+        .arg(format!("a={}", ka.display()))
+        .arg("--recovery-key")
+        .arg(format!("b={}", rk.display()))
+        .arg("--socket")
+        .arg(dir.path().join("rk.sock"));
+    let mut srv = Server::launch(cmd, dir.path().join("rk.sock"), "a".into());
+    let size = ok(nbd_tool("nbdinfo").args(["--size", &srv.uri_for("b")]));
+    assert_eq!(size.trim(), (4u64 << 20).to_string());
+    let (st, err) = srv.stop();
+    assert!(st.success(), "{err}");
+    // a key file and a recovery key for the same export: refused
+    let out = serve_output(
+        dir.path(),
+        &[
+            "--export",
+            &format!("b={}", b.display()),
+            "-d",
+            &format!("b={}", kb.display()),
+            "--recovery-key",
+            &format!("b={}", rk.display()),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("both --key-file and --recovery-key"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 /// `nbdcrypt serve ... --socket DIR/serve.sock` without waiting for it.
 fn serve_output(dir: &Path, args: &[&str]) -> std::process::Output {
     run(nbdcrypt()
@@ -249,15 +301,13 @@ fn pid_file_is_written_once_the_socket_accepts_and_removed_at_exit() {
     let sock = dir.path().join("p.sock");
     let pid = dir.path().join("run/nbdcrypt.pid");
     std::fs::create_dir(dir.path().join("run")).unwrap();
-    let mut child = nbdcrypt()
-        .arg("open")
-        .arg(&img)
-        .arg("--key-file")
-        .arg(&key)
-        .arg("--socket")
-        .arg(&sock)
-        .arg("--pid-file")
-        .arg(&pid)
+    let open = |pid_file: &Path| {
+        let mut c = nbdcrypt();
+        c.arg("open").arg(&img).arg("--key-file").arg(&key);
+        c.arg("--socket").arg(&sock).arg("--pid-file").arg(pid_file);
+        c
+    };
+    let mut child = open(&pid)
         .stdin(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -273,16 +323,7 @@ fn pid_file_is_written_once_the_socket_accepts_and_removed_at_exit() {
     assert!(ok, "{err}");
     assert!(!pid.exists(), "pid file removed at exit");
     // a pid file that cannot be written: exit 1 naming it, nothing left listening
-    let bad = dir.path().join("no/such/dir/x.pid");
-    let out = run(nbdcrypt()
-        .arg("open")
-        .arg(&img)
-        .arg("--key-file")
-        .arg(&key)
-        .arg("--socket")
-        .arg(&sock)
-        .arg("--pid-file")
-        .arg(&bad));
+    let out = run(&mut open(&dir.path().join("no/such/dir/x.pid")));
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("cannot write pid file"),
