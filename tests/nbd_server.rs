@@ -12,7 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::nbd::*;
-use nbdcrypt::nbd::{run_session, serve, BlockExport, ExportConfig, Listen, NbdError, SessionEnd};
+use nbdcrypt::nbd::{
+    run_session, serve, BlockExport, ExportConfig, Exports, Listen, NbdError, ServerOptions,
+    SessionEnd, SessionStats,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn config() -> ExportConfig {
@@ -21,6 +24,16 @@ fn config() -> ExportConfig {
         description: None,
         read_only: false,
     }
+}
+
+/// `export` as the only export, named [`EXPORT`].
+fn one(export: Arc<dyn BlockExport>) -> Vec<(ExportConfig, Arc<dyn BlockExport>)> {
+    vec![(config(), export)]
+}
+
+/// [`one`] as an [`Exports`] for `run_session`.
+fn exports(export: Arc<dyn BlockExport>) -> Arc<Exports> {
+    Arc::new(Exports::new(one(export)).unwrap())
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -36,7 +49,12 @@ fn serve_err(listen: Vec<Listen>) -> NbdError {
     rt().block_on(async {
         tokio::time::timeout(
             Duration::from_secs(5),
-            serve(listen, export, config(), std::future::pending()),
+            serve(
+                listen,
+                one(export),
+                ServerOptions::default(),
+                std::future::pending(),
+            ),
         )
         .await
         .expect("serve did not fail")
@@ -62,7 +80,7 @@ fn tcp_and_unix_together() {
         Listen::Unix(sock.clone()),
     ];
     let t = std::thread::spawn(move || {
-        rt().block_on(serve(listen, exp, config(), async {
+        rt().block_on(serve(listen, one(exp), ServerOptions::default(), async {
             let _ = rx.await;
         }))
     });
@@ -148,8 +166,8 @@ fn unix_path_errors_and_stale_socket() {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(serve(
             vec![Listen::Unix(stale2.clone())],
-            export,
-            config(),
+            one(export),
+            ServerOptions::default(),
             async {
                 let _ = rx.await;
             },
@@ -216,7 +234,8 @@ async fn session_over_duplex() {
     let exp: Arc<dyn BlockExport> = export.clone();
     let (client, server) = tokio::io::duplex(64 << 10);
     let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let session = tokio::spawn(run_session(server, exp, Arc::new(config()), stop_rx));
+    let stats = Arc::new(SessionStats::default());
+    let session = tokio::spawn(run_session(server, exports(exp), stats.clone(), stop_rx));
     let (mut rd, mut wr) = tokio::io::split(client);
     let mut g = [0u8; 18];
     rd.read_exact(&mut g).await.unwrap();
@@ -256,6 +275,14 @@ async fn session_over_duplex() {
         "FLUSH and the DISC flush"
     );
     assert_eq!(export.fua_writes.load(Ordering::SeqCst), 1);
+    // the counters of the per-connection log line
+    assert_eq!(stats.export.get().map(String::as_str), Some(EXPORT));
+    assert_eq!(stats.requests.load(Ordering::SeqCst), 6, "DISC included");
+    assert_eq!(stats.bytes_written.load(Ordering::SeqCst), 1004);
+    assert_eq!(stats.bytes_read.load(Ordering::SeqCst), 1000);
+    assert!(!stats.structured.load(Ordering::SeqCst));
+    assert!(!stats.meta_context.load(Ordering::SeqCst));
+    assert!(!stats.tls.load(Ordering::SeqCst));
 }
 
 #[tokio::test]
@@ -266,8 +293,8 @@ async fn session_shutdown_and_abort() {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let session = tokio::spawn(run_session(
         server,
-        export.clone(),
-        Arc::new(config()),
+        exports(export.clone()),
+        Arc::default(),
         stop_rx,
     ));
     let (mut rd, mut wr) = tokio::io::split(client);
@@ -284,8 +311,8 @@ async fn session_shutdown_and_abort() {
     let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let session = tokio::spawn(run_session(
         server,
-        export.clone(),
-        Arc::new(config()),
+        exports(export.clone()),
+        Arc::default(),
         stop_rx,
     ));
     let (mut rd, mut wr) = tokio::io::split(client);
@@ -296,4 +323,151 @@ async fn session_shutdown_and_abort() {
     rd.read_exact(&mut ack).await.unwrap();
     assert_eq!(u32::from_be_bytes(ack[12..16].try_into().unwrap()), 1);
     assert_eq!(session.await.unwrap().unwrap(), SessionEnd::Aborted);
+}
+
+/// Run `serve` with one RAM export on its own thread until the returned sender fires.
+fn spawn_serve(
+    listen: Vec<Listen>,
+    options: ServerOptions,
+) -> (
+    std::thread::JoinHandle<Result<(), NbdError>>,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let exp: Arc<dyn BlockExport> = MemExport::new(2 * MIB, 512);
+    let t = std::thread::spawn(move || {
+        rt().block_on(serve(listen, one(exp), options, async {
+            let _ = rx.await;
+        }))
+    });
+    (t, tx)
+}
+
+/// `nbdinfo --size URI`, retried until the server answers (it binds asynchronously).
+fn size_when_up(uri: &str) -> String {
+    let nbdinfo = tool("nbdinfo");
+    for _ in 0..500 {
+        let o = run(std::process::Command::new(&nbdinfo).arg("--size").arg(uri));
+        if o.status.success() {
+            return String::from_utf8_lossy(&o.stdout).trim().to_string();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{uri} never answered");
+}
+
+/// Listening sockets this process already holds (as systemd passes them) are served, TCP and
+/// Unix told apart by the socket itself; the server owns and closes them, and leaves an
+/// inherited Unix socket's file alone.
+#[test]
+fn inherited_listening_sockets_are_served() {
+    use std::os::fd::IntoRawFd;
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = tcp.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("inherited.sock");
+    let unix = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let listen = vec![
+        Listen::Fd {
+            fd: tcp.into_raw_fd(),
+            name: Some("nbd-tcp".into()),
+        },
+        Listen::Fd {
+            fd: unix.into_raw_fd(),
+            name: None,
+        },
+    ];
+    let (t, stop) = spawn_serve(listen, ServerOptions::default());
+    let two = (2 * MIB).to_string();
+    assert_eq!(
+        size_when_up(&format!("nbd://127.0.0.1:{port}/{EXPORT}")),
+        two
+    );
+    let unix_uri = format!("nbd+unix:///{EXPORT}?socket={}", path.display());
+    assert_eq!(size_when_up(&unix_uri), two);
+    stop.send(()).unwrap();
+    t.join().unwrap().unwrap();
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the inherited TCP socket is closed at shutdown"
+    );
+    assert!(
+        path.exists(),
+        "an inherited socket's file is not ours to remove"
+    );
+}
+
+#[test]
+fn inherited_descriptors_that_are_not_listening_stream_sockets_are_refused() {
+    use std::os::fd::AsRawFd;
+    let dir = tempfile::tempdir().unwrap();
+    let file = std::fs::File::create(dir.path().join("f")).unwrap();
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    // SAFETY: a plain socket(2) call; the descriptor is closed below.
+    let unlistened = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+    assert!(unlistened >= 0);
+    for (fd, why) in [
+        (file.as_raw_fd(), "not a socket"),
+        (udp.as_raw_fd(), "not SOCK_STREAM"),
+        (unlistened, "not listening"),
+    ] {
+        let e = serve_err(vec![Listen::Fd { fd, name: None }]);
+        assert!(
+            matches!(e, NbdError::NotAListener { fd: f, .. } if f == fd),
+            "{e:?}"
+        );
+        let text = e.to_string();
+        assert!(
+            text.contains(&format!("fd:{fd}")) && text.contains(why),
+            "{text}"
+        );
+    }
+    // SAFETY: closes the descriptor made above (serve did not take it).
+    unsafe { libc::close(unlistened) };
+}
+
+#[test]
+fn pid_file_written_once_listening_and_removed_at_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("s");
+    let pid = dir.path().join("nbd.pid");
+    let options = ServerOptions {
+        pid_file: Some(pid.clone()),
+        ..ServerOptions::default()
+    };
+    let (t, stop) = spawn_serve(vec![Listen::Unix(sock.clone())], options);
+    let mut waited = 0;
+    while !pid.exists() {
+        assert!(!t.is_finished(), "serve ended during start-up");
+        assert!(waited < 500, "pid file never written");
+        waited += 1;
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // once the pid file exists the socket accepts, first try
+    assert!(Raw::greeted(&sock));
+    assert_eq!(
+        std::fs::read_to_string(&pid).unwrap(),
+        format!("{}\n", std::process::id())
+    );
+    stop.send(()).unwrap();
+    t.join().unwrap().unwrap();
+    assert!(!pid.exists(), "pid file removed at shutdown");
+    assert!(!sock.exists());
+    // an unwritable pid file: typed error naming it, nothing left listening
+    let bad = dir.path().join("missing/dir/nbd.pid");
+    let options = ServerOptions {
+        pid_file: Some(bad.clone()),
+        ..ServerOptions::default()
+    };
+    let (t, _stop) = spawn_serve(vec![Listen::Unix(sock.clone())], options);
+    let e = t.join().unwrap().expect_err("pid file cannot be written");
+    assert!(
+        matches!(e, NbdError::PidFile { ref path, .. } if *path == bad),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("missing/dir/nbd.pid"), "{e}");
+    assert!(
+        !sock.exists(),
+        "the socket is removed when the pid file fails"
+    );
 }

@@ -1,4 +1,5 @@
-//! The `nbdcrypt` command line: format, dump, test-passphrase, open (serve over NBD), demo.
+//! The `nbdcrypt` command line: format, dump, test-passphrase, open and serve (over NBD),
+//! keyslot and header management, benchmark, demo.
 //!
 //! Exit codes (as cryptsetup's, `cryptsetup(8)` "RETURN CODES"): 0 success; 1 wrong parameters
 //! or an invalid volume; 2 no key available with this passphrase; 3 out of memory; 4 wrong
@@ -46,13 +47,36 @@ pub enum CliError {
     /// An error with a hint that depends on the input (shown instead of the generic one).
     #[error("{0}")]
     Hinted(Box<CliError>, String),
+    /// An error of one export of `serve`, naming it; exit code and hint are the inner error's.
+    #[error("{}", export_message(name, image, source))]
+    Export {
+        /// Export name.
+        name: String,
+        /// Its image.
+        image: PathBuf,
+        /// What went wrong.
+        source: Box<CliError>,
+    },
+}
+
+/// `export NAME: ERROR`, with the image added when the error does not already name it.
+fn export_message(name: &str, image: &Path, e: &CliError) -> String {
+    let text = e.to_string();
+    let img = image.display().to_string();
+    if text.contains(&img) {
+        format!("export {name}: {text}")
+    } else {
+        format!("export {name} ({img}): {text}")
+    }
 }
 
 impl CliError {
     /// The documented exit code of this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            CliError::Hinted(inner, _) => inner.exit_code(),
+            CliError::Hinted(inner, _) | CliError::Export { source: inner, .. } => {
+                inner.exit_code()
+            }
             CliError::Usage(_) | CliError::Nbd(_) => EXIT_INVALID,
             CliError::Volume(v) => match v {
                 VolumeError::WrongPassphrase => EXIT_NO_KEY,
@@ -67,6 +91,7 @@ impl CliError {
     fn hint(&self) -> Option<&str> {
         match self {
             CliError::Hinted(_, h) => Some(h),
+            CliError::Export { source, .. } => source.hint(),
             CliError::Volume(v) => match v {
                 VolumeError::WrongPassphrase => {
                     Some("check the passphrase; a --key-file is used byte for byte, a trailing newline included")
@@ -185,6 +210,36 @@ impl KdfArgs {
     }
 }
 
+/// Listener and server flags shared by `open` and `serve`.
+#[derive(clap::Args)]
+struct ServerFlags {
+    /// TCP address to listen on (repeatable); default 127.0.0.1:10809 unless --socket is given
+    /// or the sockets come from systemd socket activation (LISTEN_FDS).
+    #[arg(long, value_name = "ADDR")]
+    listen: Vec<std::net::SocketAddr>,
+    /// Unix socket to listen on (repeatable).
+    #[arg(long, value_name = "PATH")]
+    socket: Vec<PathBuf>,
+    /// Write the process id to FILE once every socket accepts connections; removed at exit.
+    #[arg(long, value_name = "FILE")]
+    pid_file: Option<PathBuf>,
+    /// Most client connections at once, over all sockets (0 = no limit); a connection over
+    /// the limit is closed at once.
+    #[arg(long, value_name = "N", default_value_t = crate::nbd::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+}
+
+impl ServerFlags {
+    fn args(self) -> serve::ServerArgs {
+        serve::ServerArgs {
+            listen: self.listen,
+            socket: self.socket,
+            pid_file: self.pid_file,
+            max_connections: self.max_connections,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Create a LUKS2 volume (keyslot 0) in IMAGE, creating or extending the file with --size.
@@ -230,18 +285,34 @@ enum Command {
         image: PathBuf,
         #[command(flatten)]
         key: KeyArgs,
-        /// TCP address to listen on (repeatable); default 127.0.0.1:10809 unless --socket is given.
-        #[arg(long, value_name = "ADDR")]
-        listen: Vec<std::net::SocketAddr>,
-        /// Unix socket to listen on (repeatable).
-        #[arg(long, value_name = "PATH")]
-        socket: Vec<PathBuf>,
+        #[command(flatten)]
+        server: ServerFlags,
         /// Export name (default: the image file's stem); the default export "" works too.
         #[arg(long, value_name = "NAME")]
         export_name: Option<String>,
         /// Serve read-only: writes fail with EPERM.
         #[arg(long)]
         read_only: bool,
+    },
+    /// Serve several images from one server, each under its own export name: one unlock per
+    /// image, in the order given. The first export is also the default export "".
+    Serve {
+        /// An export: NAME=IMAGE (repeatable; the name is everything before the first `=`).
+        #[arg(long = "export", value_name = "NAME=IMAGE", required = true, value_parser = parse_named_path)]
+        exports: Vec<(String, PathBuf)>,
+        /// The passphrase of export NAME, from FILE byte for byte (`-` = all of stdin; one
+        /// export at most). Exports without one are prompted for, each naming its image.
+        #[arg(long, short = 'd', value_name = "NAME=FILE", value_parser = parse_named_path)]
+        key_file: Vec<(String, PathBuf)>,
+        /// Unlock export NAME with a recovery key: from FILE, or prompted without `=FILE`.
+        #[arg(long, value_name = "NAME[=FILE]")]
+        recovery_key: Vec<String>,
+        /// Serve read-only (writes fail with EPERM): every export, or with `=NAME` only that
+        /// one (repeatable).
+        #[arg(long, value_name = "NAME", num_args = 0..=1, require_equals = true, default_missing_value = "")]
+        read_only: Vec<String>,
+        #[command(flatten)]
+        server: ServerFlags,
     },
     /// Add a keyslot (as `cryptsetup luksAddKey`): unlock with an existing passphrase (or
     /// --volume-key-file), store the volume key under a new one.
@@ -381,6 +452,90 @@ enum RecoveryAction {
     },
 }
 
+/// Parse `NAME=PATH` (`--export`, `serve --key-file`): the name is everything before the first
+/// `=` and must not be empty.
+fn parse_named_path(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((name, path)) if !name.is_empty() && !path.is_empty() => {
+            Ok((name.to_string(), PathBuf::from(path)))
+        }
+        _ => Err(format!("{s:?} is not NAME=PATH")),
+    }
+}
+
+/// Build `serve`'s exports from its flags: every name given to --key-file, --recovery-key and
+/// --read-only=NAME must be an export, and at most once per flag.
+fn serve_exports(
+    exports: Vec<(String, PathBuf)>,
+    key_file: Vec<(String, PathBuf)>,
+    recovery_key: Vec<String>,
+    read_only: Vec<String>,
+) -> Result<Vec<serve::ImageExport>, CliError> {
+    let mut out: Vec<serve::ImageExport> = Vec::with_capacity(exports.len());
+    for (name, image) in exports {
+        if out.iter().any(|x| x.name == name) {
+            return Err(CliError::Usage(format!("export {name} is given twice")));
+        }
+        out.push(serve::ImageExport {
+            name,
+            image,
+            key_file: None,
+            recovery: None,
+            key_slot: None,
+            read_only: false,
+        });
+    }
+    let find = |out: &[serve::ImageExport], name: &str, flag: &str| {
+        let names = || {
+            out.iter()
+                .map(|x| x.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match out.iter().position(|x| x.name == name) {
+            Some(i) => Ok(i),
+            None => Err(CliError::Usage(format!(
+                "{flag} names export {name:?}, which is not among the exports ({})",
+                names()
+            ))),
+        }
+    };
+    for (name, file) in key_file {
+        let i = find(&out, &name, "--key-file")?;
+        if out[i].key_file.replace(file).is_some() {
+            return Err(CliError::Usage(format!(
+                "--key-file is given twice for export {name}"
+            )));
+        }
+    }
+    for spec in recovery_key {
+        let (name, file) = match spec.split_once('=') {
+            Some((n, f)) => (n.to_string(), Some(PathBuf::from(f))),
+            None => (spec, None),
+        };
+        let i = find(&out, &name, "--recovery-key")?;
+        if out[i].key_file.is_some() {
+            return Err(CliError::Usage(format!(
+                "export {name} has both --key-file and --recovery-key"
+            )));
+        }
+        if out[i].recovery.replace(file).is_some() {
+            return Err(CliError::Usage(format!(
+                "--recovery-key is given twice for export {name}"
+            )));
+        }
+    }
+    for name in read_only {
+        if name.is_empty() {
+            out.iter_mut().for_each(|x| x.read_only = true);
+        } else {
+            let i = find(&out, &name, "--read-only")?;
+            out[i].read_only = true;
+        }
+    }
+    Ok(out)
+}
+
 /// Parse `--sector-size`: 512 or 4096.
 fn parse_sector_size(s: &str) -> Result<u32, String> {
     match s {
@@ -508,20 +663,30 @@ fn run(cmd: Command) -> Result<(), CliError> {
         Command::Open {
             image,
             key,
-            listen,
-            socket,
+            server,
             export_name,
             read_only,
-        } => serve::serve(serve::ServeArgs {
-            image,
-            key_file: key.unlock.key_file,
-            recovery: key.unlock.recovery_key,
-            key_slot: key.key_slot,
-            listen,
-            socket,
-            export_name,
+        } => serve::open(
+            serve::ImageExport {
+                name: export_name.unwrap_or_else(|| serve::default_export_name(&image)),
+                image,
+                key_file: key.unlock.key_file,
+                recovery: key.unlock.recovery_key,
+                key_slot: key.key_slot,
+                read_only,
+            },
+            server.args(),
+        ),
+        Command::Serve {
+            exports,
+            key_file,
+            recovery_key,
             read_only,
-        }),
+            server,
+        } => serve::serve(
+            serve_exports(exports, key_file, recovery_key, read_only)?,
+            server.args(),
+        ),
         Command::AddKey {
             image,
             unlock,

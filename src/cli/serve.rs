@@ -1,116 +1,209 @@
-//! `nbdcrypt open` and `nbdcrypt demo`: unlock a volume and serve it over NBD until SIGINT or
-//! SIGTERM, then finish in-flight requests, flush, wipe the keys and exit 0.
+//! `nbdcrypt open`, `nbdcrypt serve` and `nbdcrypt demo`: unlock one or several volumes and
+//! serve them over NBD until SIGINT or SIGTERM, then finish in-flight requests, flush, wipe
+//! the keys and exit 0.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
-use crate::nbd::{self, ExportConfig, Listen};
+use crate::nbd::{self, BlockExport, ExportConfig, Listen, ServerOptions};
 use crate::volume::{self, Access, FormatOptions, KdfChoice, KdfKind, Volume, VolumeError};
 
 use super::passphrase::{read_passphrase, unlock_with_tries, Prompt, Source};
 use super::CliError;
 
-/// What `open` serves, where.
-pub struct ServeArgs {
+/// One image to serve under a name.
+pub struct ImageExport {
+    /// Export name (`open`: `--export-name` or the image's stem; `serve`: `--export NAME=…`).
+    pub name: String,
     /// Image file.
     pub image: PathBuf,
-    /// `--key-file`; ignored when `recovery` is set.
+    /// `--key-file`; ignored when `recovery` is set. `None`: the terminal prompt (or one line
+    /// of a non-terminal stdin).
     pub key_file: Option<PathBuf>,
     /// `--recovery-key [FILE]`.
     pub recovery: Option<Option<PathBuf>>,
     /// `--key-slot`.
     pub key_slot: Option<u32>,
+    /// Serve read-only: writes fail with `EPERM`, the image is locked shared.
+    pub read_only: bool,
+}
+
+/// Where and how to serve (shared by `open` and `serve`).
+pub struct ServerArgs {
     /// `--listen` addresses.
     pub listen: Vec<SocketAddr>,
     /// `--socket` paths.
     pub socket: Vec<PathBuf>,
-    /// `--export-name`.
-    pub export_name: Option<String>,
-    /// `--read-only`.
-    pub read_only: bool,
+    /// `--pid-file`.
+    pub pid_file: Option<PathBuf>,
+    /// `--max-connections` (0 = no limit).
+    pub max_connections: usize,
 }
 
 /// Default TCP address (IANA's NBD port on loopback).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:10809";
 
 /// The export name for an image: its file stem (`vol` for `vol.img`).
-fn default_export_name(image: &Path) -> String {
+pub fn default_export_name(image: &Path) -> String {
     image
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "vol".into())
 }
 
-/// Open the image (locks first, so a missing, busy or invalid image is refused before the
-/// passphrase is asked for), unlock it and serve it until a signal.
-pub fn serve(args: ServeArgs) -> Result<(), CliError> {
-    serve_with(args, None)
+/// `nbdcrypt open`: open the image (locks first, so a missing, busy or invalid image is
+/// refused before the passphrase is asked for), unlock it and serve it until a signal.
+pub fn open(export: ImageExport, server: ServerArgs) -> Result<(), CliError> {
+    serve_with(vec![export], server, None, false)
 }
 
-/// [`serve`], printing `banner` once the listeners are up.
-fn serve_with(args: ServeArgs, banner: Option<String>) -> Result<(), CliError> {
-    let ServeArgs {
-        image,
-        key_file,
-        recovery,
-        key_slot,
+/// `nbdcrypt serve`: several images, each under its own name, in one server. Every image is
+/// opened and locked first (so a missing or busy one is refused before any passphrase is
+/// asked for), then unlocked in turn (each prompt names its image). If one fails, the volumes
+/// unlocked so far are dropped (keys wiped, locks released) and the error names the export.
+/// The first export is also the default export `""`.
+pub fn serve(exports: Vec<ImageExport>, server: ServerArgs) -> Result<(), CliError> {
+    serve_with(exports, server, None, true)
+}
+
+/// Name the export in an error of `serve` (the exit code and hint stay those of `e`).
+fn in_export(named: bool, x: &ImageExport, e: impl Into<CliError>) -> CliError {
+    let e = e.into();
+    if !named {
+        return e;
+    }
+    CliError::Export {
+        name: x.name.clone(),
+        image: x.image.clone(),
+        source: Box::new(e),
+    }
+}
+
+/// At most one export may read its secret from stdin: a `-` key file, or no key file with a
+/// non-terminal stdin (one line each would be ambiguous). Checked before anything is opened.
+fn check_stdin_readers(exports: &[ImageExport]) -> Result<(), CliError> {
+    let tty = std::io::stdin().is_terminal();
+    let readers: Vec<&str> = exports
+        .iter()
+        .filter(|x| {
+            let file = match &x.recovery {
+                Some(f) => f.as_deref(),
+                None => x.key_file.as_deref(),
+            };
+            match file {
+                Some(f) => f == Path::new("-"),
+                None => !tty,
+            }
+        })
+        .map(|x| x.name.as_str())
+        .collect();
+    if readers.len() > 1 {
+        return Err(CliError::Usage(format!(
+            "exports {} would all read their passphrase from stdin; give each a --key-file NAME=FILE (or run at a terminal to be prompted for each)",
+            readers.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// Open, unlock and serve `exports`, printing `banner` once the listeners are up. `named`:
+/// errors name the export (`serve`).
+fn serve_with(
+    exports: Vec<ImageExport>,
+    server: ServerArgs,
+    banner: Option<String>,
+    named: bool,
+) -> Result<(), CliError> {
+    let ServerArgs {
         mut listen,
         socket,
-        export_name,
-        read_only,
-    } = args;
-    let access = if read_only {
-        Access::ReadShared
-    } else {
-        Access::WriteExclusive
-    };
-    let file = volume::open_image(&image, access)?;
-    let lh = volume::load_header(&file, &image)?;
-    super::warn_all(&lh.warnings);
-    let source = match &recovery {
-        Some(f) => Source::Recovery(f.as_deref()),
-        None => Source::Passphrase(key_file.as_deref()),
-    };
-    let key = unlock_with_tries(source, &image, |pass| {
-        super::try_unlock(&file, &image, &lh, pass, key_slot)
-    })?;
-    let vol = Volume::new(file, &image, &lh, key, read_only)?;
-    if listen.is_empty() && socket.is_empty() {
-        listen.push(DEFAULT_LISTEN.parse().expect("valid default address"));
+        pid_file,
+        max_connections,
+    } = server;
+    // First, before any thread exists: it edits the environment.
+    let inherited = nbd::activation::listen_fds()?;
+    if !inherited.is_empty() && (!listen.is_empty() || !socket.is_empty()) {
+        return Err(CliError::Usage(
+            "--listen/--socket cannot be used with socket activation (LISTEN_FDS): the sockets come from the service manager".into(),
+        ));
     }
-    let mut listeners: Vec<Listen> = listen.into_iter().map(Listen::Tcp).collect();
-    listeners.extend(socket.into_iter().map(Listen::Unix));
-    let name = export_name.unwrap_or_else(|| default_export_name(&image));
-    tracing::info!(
-        image = %image.display(),
-        size = vol.size(),
-        sector_size = vol.sector_size(),
-        keyslot = vol.keyslot(),
-        export = %name,
-        read_only,
-        "volume unlocked"
-    );
-    let config = ExportConfig {
-        name,
-        description: Some(format!("nbdcrypt LUKS2 volume {}", image.display())),
-        read_only,
+    check_stdin_readers(&exports)?;
+    // Open and lock every image, then unlock them in turn.
+    let mut opened = Vec::with_capacity(exports.len());
+    for x in &exports {
+        let access = if x.read_only {
+            Access::ReadShared
+        } else {
+            Access::WriteExclusive
+        };
+        let file = volume::open_image(&x.image, access).map_err(|e| in_export(named, x, e))?;
+        let lh = volume::load_header(&file, &x.image).map_err(|e| in_export(named, x, e))?;
+        super::warn_all(&lh.warnings);
+        opened.push((file, lh));
+    }
+    let mut vols: Vec<(ExportConfig, Arc<Volume>)> = Vec::with_capacity(exports.len());
+    for (x, (file, lh)) in exports.iter().zip(opened) {
+        let source = match &x.recovery {
+            Some(f) => Source::Recovery(f.as_deref()),
+            None => Source::Passphrase(x.key_file.as_deref()),
+        };
+        let key = unlock_with_tries(source, &x.image, |pass| {
+            super::try_unlock(&file, &x.image, &lh, pass, x.key_slot)
+        })
+        .map_err(|e| in_export(named, x, e))?;
+        let vol = Volume::new(file, &x.image, &lh, key, x.read_only)
+            .map_err(|e| in_export(named, x, e))?;
+        tracing::info!(
+            image = %x.image.display(),
+            size = vol.size(),
+            sector_size = vol.sector_size(),
+            keyslot = vol.keyslot(),
+            export = %x.name,
+            read_only = x.read_only,
+            "volume unlocked"
+        );
+        let config = ExportConfig {
+            name: x.name.clone(),
+            description: Some(format!("nbdcrypt LUKS2 volume {}", x.image.display())),
+            read_only: x.read_only,
+        };
+        vols.push((config, Arc::new(vol)));
+    }
+    let listeners: Vec<Listen> = if inherited.is_empty() {
+        if listen.is_empty() && socket.is_empty() {
+            listen.push(DEFAULT_LISTEN.parse().expect("valid default address"));
+        }
+        let mut l: Vec<Listen> = listen.into_iter().map(Listen::Tcp).collect();
+        l.extend(socket.into_iter().map(Listen::Unix));
+        l
+    } else {
+        inherited
     };
-    run_server(listeners, Arc::new(vol), config, banner)
+    let options = ServerOptions {
+        max_connections,
+        pid_file,
+    };
+    run_server(listeners, vols, options, banner)
 }
 
 fn run_server(
     listeners: Vec<Listen>,
-    vol: Arc<Volume>,
-    config: ExportConfig,
+    vols: Vec<(ExportConfig, Arc<Volume>)>,
+    options: ServerOptions,
     banner: Option<String>,
 ) -> Result<(), CliError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| CliError::Usage(format!("cannot start the runtime: {e}")))?;
+    let exports: Vec<(ExportConfig, Arc<dyn BlockExport>)> = vols
+        .iter()
+        .map(|(c, v)| (c.clone(), v.clone() as Arc<dyn BlockExport>))
+        .collect();
     let result = rt.block_on(async {
         // Polled first once every listener is bound (nbd::serve's contract).
         let shutdown = async {
@@ -131,19 +224,27 @@ fn run_server(
             }
             tracing::info!("signal received: finishing in-flight requests");
         };
-        nbd::serve(listeners, vol.clone(), config, shutdown).await
+        nbd::serve(listeners, exports, options, shutdown).await
     });
     rt.shutdown_background();
     result?;
     // Every session has ended; the last reference wipes the keys (AES key schedules and the
     // volume key are zeroized on drop).
-    match Arc::try_unwrap(vol) {
-        Ok(vol) => {
-            vol.flush()?;
-            drop(vol);
-            tracing::info!("stopped; keys wiped");
+    let mut all_wiped = true;
+    for (config, vol) in vols {
+        match Arc::try_unwrap(vol) {
+            Ok(vol) => {
+                vol.flush()?;
+                drop(vol);
+            }
+            Err(_) => {
+                all_wiped = false;
+                tracing::warn!(export = %config.name, "a stalled request still held the volume at exit");
+            }
         }
-        Err(_) => tracing::warn!("stopped; a stalled request still held the volume at exit"),
+    }
+    if all_wiped {
+        tracing::info!("stopped; keys wiped");
     }
     Ok(())
 }
@@ -200,17 +301,22 @@ pub fn demo(dir: &Path, listen: SocketAddr) -> Result<(), CliError> {
         port = listen.port(),
     );
     serve_with(
-        ServeArgs {
+        vec![ImageExport {
+            name: "demo".into(),
             image,
             key_file: Some(key),
             recovery: None,
             key_slot: None,
+            read_only: false,
+        }],
+        ServerArgs {
             listen: vec![listen],
             socket: vec![],
-            export_name: Some("demo".into()),
-            read_only: false,
+            pid_file: None,
+            max_connections: nbd::DEFAULT_MAX_CONNECTIONS,
         },
         Some(banner),
+        false,
     )
 }
 

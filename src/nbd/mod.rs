@@ -1,12 +1,21 @@
-//! NBD server: exposes one [`BlockExport`] over the Network Block Device protocol
-//! (`doc/proto.md` of NetworkBlockDevice/nbd) to the Linux kernel client, QEMU and libnbd tools.
+//! NBD server: exposes one or more [`BlockExport`]s, each under a name, over the Network Block
+//! Device protocol (`doc/proto.md` of NetworkBlockDevice/nbd) to the Linux kernel client, QEMU
+//! and libnbd tools.
 //!
 //! Three parts:
 //! - [`proto`]: pure codec (constants, option/request parsing, reply encoding; no I/O);
 //! - [`session`]: one connection, generic over `AsyncRead + AsyncWrite` (fixed-newstyle
 //!   handshake, then the transmission phase with pipelined requests and simple or structured
-//!   replies);
-//! - [`server`]: TCP and Unix listeners, one task per client, graceful shutdown ([`serve`]).
+//!   replies), with the counters of the per-connection log line ([`SessionStats`]);
+//! - [`server`]: TCP and Unix listeners (or sockets inherited through systemd socket
+//!   activation, [`activation`]), one task per client, a connection limit, a pid file, and
+//!   graceful shutdown ([`serve`], [`ServerOptions`]).
+//!
+//! Exports ([`Exports`]): any number, each an [`ExportConfig`] and an `Arc<dyn BlockExport>`,
+//! selected by name in `EXPORT_NAME`, `INFO`, `GO`, `LIST_META_CONTEXT` and
+//! `SET_META_CONTEXT`; the empty name `""` selects the default export, which is the first one
+//! given. `LIST` names every export in order. An unknown name gets `NBD_REP_ERR_UNKNOWN`, or a
+//! hard close after `EXPORT_NAME` (MUST, proto.md "Option types"). Read-only is per export.
 //!
 //! Scope of this version (table: `docs/nbd-conformance.md`): fixed newstyle with `NO_ZEROES`;
 //! options `EXPORT_NAME`, `INFO`, `GO`, `LIST`, `ABORT`, `STRUCTURED_REPLY`,
@@ -17,13 +26,16 @@
 //! `DISC`; simple replies unless structured replies were negotiated; `CAN_MULTI_CONN`.
 //! This layer does not depend on `volume`; the volume implements [`BlockExport`].
 
+pub mod activation;
 pub mod proto;
 pub mod server;
 pub mod session;
 mod volume_export;
 
-pub use server::{serve, Listen, NbdError};
-pub use session::{run_session, SessionEnd, SessionError};
+pub use server::{serve, Listen, NbdError, ServerOptions, DEFAULT_MAX_CONNECTIONS};
+pub use session::{run_session, SessionEnd, SessionError, SessionStats};
+
+use std::sync::Arc;
 
 /// What the server exports: a byte-addressed block device.
 ///
@@ -54,15 +66,90 @@ pub trait BlockExport: Send + Sync + 'static {
     fn flush(&self) -> std::io::Result<()>;
 }
 
-/// How the export is presented to clients.
+/// How an export is presented to clients.
 #[derive(Debug, Clone)]
 pub struct ExportConfig {
-    /// Export name. Clients select the export by this name or by `""` (the default export);
-    /// any other name gets `NBD_REP_ERR_UNKNOWN` (or a hard close after `EXPORT_NAME`).
-    /// At most 4096 bytes (proto.md "Conventions").
+    /// Export name. Clients select the export by this name; `""` selects the default export
+    /// (the first of [`Exports`]); any other name gets `NBD_REP_ERR_UNKNOWN` (or a hard close
+    /// after `EXPORT_NAME`). At most 4096 bytes (proto.md "Conventions"), unique within a
+    /// server; `""` itself is allowed only as the first (default) export's name.
     pub name: String,
     /// Optional human-readable description (`NBD_INFO_DESCRIPTION`, `NBD_OPT_LIST`).
     pub description: Option<String>,
     /// Advertise `NBD_FLAG_READ_ONLY` and refuse writes with `EPERM`.
     pub read_only: bool,
+}
+
+/// One named export: how it is presented and what serves its bytes.
+#[derive(Clone)]
+pub struct Export {
+    /// Name, description, read-only.
+    pub config: ExportConfig,
+    /// The bytes.
+    pub export: Arc<dyn BlockExport>,
+}
+
+/// The exports of one server, in the order given. The first is the default export, selected
+/// by the empty name `""` (proto.md "Option types": "the default export"); `NBD_OPT_LIST`
+/// names them in this order.
+#[derive(Clone)]
+pub struct Exports {
+    list: Vec<Export>,
+}
+
+impl Exports {
+    /// Check and wrap `list` (order kept; the first is the default export).
+    ///
+    /// Errors: [`NbdError::NoExports`] for an empty list; [`NbdError::NameTooLong`] for a name
+    /// over 4096 bytes; [`NbdError::DuplicateExport`] for a name given twice, or `""` given
+    /// for any export but the first (it would be unreachable: `""` selects the first).
+    pub fn new(list: Vec<(ExportConfig, Arc<dyn BlockExport>)>) -> Result<Exports, NbdError> {
+        if list.is_empty() {
+            return Err(NbdError::NoExports);
+        }
+        let mut out: Vec<Export> = Vec::with_capacity(list.len());
+        for (i, (config, export)) in list.into_iter().enumerate() {
+            if config.name.len() > proto::MAX_STRING {
+                return Err(NbdError::NameTooLong(config.name.len()));
+            }
+            if (i > 0 && config.name.is_empty()) || out.iter().any(|e| e.config.name == config.name)
+            {
+                return Err(NbdError::DuplicateExport(config.name));
+            }
+            out.push(Export { config, export });
+        }
+        Ok(Exports { list: out })
+    }
+
+    /// The export a client's name selects: `""` the first, otherwise the export with exactly
+    /// this name (bytes compared; names are UTF-8). Returns its index and the export.
+    pub fn find(&self, name: &[u8]) -> Option<(usize, &Export)> {
+        if name.is_empty() {
+            return Some((0, &self.list[0]));
+        }
+        self.list
+            .iter()
+            .enumerate()
+            .find(|(_, e)| e.config.name.as_bytes() == name)
+    }
+
+    /// The export at `index` (as returned by [`find`](Exports::find)). Panics when out of range.
+    pub fn get(&self, index: usize) -> &Export {
+        &self.list[index]
+    }
+
+    /// Every export, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &Export> {
+        self.list.iter()
+    }
+
+    /// Number of exports (at least 1).
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    /// Always false: an [`Exports`] holds at least one export.
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
 }

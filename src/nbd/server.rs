@@ -1,23 +1,27 @@
-//! Listeners: accept NBD clients on TCP and Unix sockets, one task per connection, and shut
-//! down gracefully (proto.md "Termination of the session during option haggling"; the server
-//! finishes in-flight requests before closing, as DISC requires).
+//! Listeners: accept NBD clients on TCP and Unix sockets (bound here, or inherited through
+//! systemd socket activation), one task per connection up to a connection limit, one log line
+//! per connection, a pid file, and a graceful shutdown (proto.md "Termination of the session
+//! during option haggling"; the server finishes in-flight requests before closing, as DISC
+//! requires).
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::RawFd;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn, Instrument};
 
-use super::session::{run_session, SessionError};
-use super::{BlockExport, ExportConfig};
+use super::session::{run_session, SessionEnd, SessionError, SessionStats};
+use super::{BlockExport, ExportConfig, Exports};
 
 /// Where to listen.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +31,16 @@ pub enum Listen {
     /// A Unix stream socket path. A stale socket file (no server answering) is replaced; a live
     /// socket or a file that is not a socket is an error and is left alone. Removed on shutdown.
     Unix(PathBuf),
+    /// A listening stream socket (TCP or Unix, told apart with `getsockname`) that this process
+    /// already has open, e.g. from systemd socket activation ([`super::activation`]). [`serve`]
+    /// takes ownership of the descriptor and closes it on shutdown; a Unix socket's file is
+    /// left in place (its owner, e.g. systemd, manages it). Give each descriptor only once.
+    Fd {
+        /// The descriptor (3 and up under socket activation).
+        fd: RawFd,
+        /// Its name from `LISTEN_FDNAMES`, if any (only for messages).
+        name: Option<String>,
+    },
 }
 
 impl std::fmt::Display for Listen {
@@ -34,6 +48,36 @@ impl std::fmt::Display for Listen {
         match self {
             Listen::Tcp(a) => write!(f, "tcp:{a}"),
             Listen::Unix(p) => write!(f, "unix:{}", p.display()),
+            Listen::Fd { fd, name: None } => write!(f, "fd:{fd}"),
+            Listen::Fd { fd, name: Some(n) } => write!(f, "fd:{fd} ({n})"),
+        }
+    }
+}
+
+/// Default of [`ServerOptions::max_connections`]: qemu's default for its NBD server since
+/// CVE-2024-7409 (enough for multi-connection clients such as `nbdcopy`, which use 4 to 16).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 100;
+
+/// Server-wide settings of [`serve`] (new ones are added here, not to `serve`'s signature).
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Most client connections open at once, over all listeners, counting connections still
+    /// in the handshake. A connection over the limit is accepted and closed at once, before
+    /// the greeting (as nbdkit's limit filter does; qemu-nbd instead leaves it waiting in the
+    /// listen backlog), and logged; other connections are unaffected. 0 = no limit. Default
+    /// [`DEFAULT_MAX_CONNECTIONS`].
+    pub max_connections: usize,
+    /// Write this process's id (decimal, newline-terminated) to this file once every listener
+    /// is bound, so a reader of the file knows the sockets accept; removed when [`serve`]
+    /// returns. Written atomically (a temporary file renamed over it).
+    pub pid_file: Option<PathBuf>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> ServerOptions {
+        ServerOptions {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            pid_file: None,
         }
     }
 }
@@ -59,17 +103,77 @@ pub enum NbdError {
     /// The Unix socket path is a socket another process is serving on.
     #[error("cannot listen on unix:{}: another server is listening there", .0.display())]
     SocketInUse(PathBuf),
-    /// The configured export name is longer than 4096 bytes (proto.md "Conventions").
+    /// An inherited descriptor ([`Listen::Fd`]) is not a listening TCP or Unix stream socket.
+    #[error("cannot listen on fd:{fd}: {reason}")]
+    NotAListener {
+        /// The descriptor.
+        fd: RawFd,
+        /// What it is instead, or the error of the check.
+        reason: String,
+    },
+    /// `LISTEN_PID`/`LISTEN_FDS`/`LISTEN_FDNAMES` are malformed (sd_listen_fds(3)).
+    #[error("socket activation: {0}")]
+    Activation(String),
+    /// No export was given.
+    #[error("no export given")]
+    NoExports,
+    /// A configured export name is longer than 4096 bytes (proto.md "Conventions").
     #[error("export name is {0} bytes, longer than 4096")]
     NameTooLong(usize),
-    /// The final flush of the export at shutdown failed.
-    #[error("flushing the export at shutdown: {0}")]
-    Flush(#[source] io::Error),
+    /// Two exports have the same name (or a later export is named `""`, which always selects
+    /// the first).
+    #[error("export name {0:?} is given twice (\"\" always names the first export)")]
+    DuplicateExport(String),
+    /// The pid file could not be written; nothing was served.
+    #[error("cannot write pid file {}: {source}", path.display())]
+    PidFile {
+        /// The pid file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// The final flush of an export at shutdown failed (every export is still flushed).
+    #[error("flushing export {export:?} at shutdown: {source}")]
+    Flush {
+        /// The export's name.
+        export: String,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
 }
 
 enum Bound {
     Tcp(TcpListener),
-    Unix(UnixListener, PathBuf),
+    /// The listener and, when we created the socket file, its path (removed at shutdown).
+    Unix(UnixListener, Option<PathBuf>),
+}
+
+impl Bound {
+    /// Remove the socket file this server created, if any.
+    fn remove_socket_file(&self) {
+        if let Bound::Unix(_, Some(p)) = self {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+
+    /// Where it listens, for the log.
+    fn local(&self) -> String {
+        match self {
+            Bound::Tcp(l) => l
+                .local_addr()
+                .map(|a| format!("tcp:{a}"))
+                .unwrap_or_else(|e| format!("tcp:? ({e})")),
+            Bound::Unix(l, _) => match l.local_addr() {
+                Ok(a) => match a.as_pathname() {
+                    Some(p) => format!("unix:{}", p.display()),
+                    None => "unix:(unnamed)".into(),
+                },
+                Err(e) => format!("unix:? ({e})"),
+            },
+        }
+    }
 }
 
 fn bind_err(l: &Listen, source: io::Error) -> NbdError {
@@ -110,25 +214,154 @@ async fn bind(l: &Listen) -> Result<Bound, NbdError> {
         Listen::Unix(p) => {
             clear_unix_path(p)?;
             UnixListener::bind(p)
-                .map(|u| Bound::Unix(u, p.clone()))
+                .map(|u| Bound::Unix(u, Some(p.clone())))
                 .map_err(|e| bind_err(l, e))
+        }
+        Listen::Fd { fd, .. } => adopt_fd(*fd),
+    }
+}
+
+/// `getsockopt(fd, SOL_SOCKET, opt)` as an int.
+fn sockopt_int(fd: RawFd, opt: libc::c_int) -> io::Result<libc::c_int> {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: v and len are valid for writes of the sizes given.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(v)
+}
+
+/// Take ownership of an inherited listening socket: check that it is a listening stream
+/// socket, tell TCP from Unix with `getsockname`, make it non-blocking and close-on-exec.
+fn adopt_fd(fd: RawFd) -> Result<Bound, NbdError> {
+    let not = |reason: String| NbdError::NotAListener { fd, reason };
+    let ty = sockopt_int(fd, libc::SO_TYPE).map_err(|e| not(format!("not a socket ({e})")))?;
+    if ty != libc::SOCK_STREAM {
+        return Err(not(format!("socket type {ty} is not SOCK_STREAM")));
+    }
+    let listening = sockopt_int(fd, libc::SO_ACCEPTCONN).map_err(|e| not(e.to_string()))?;
+    if listening == 0 {
+        return Err(not("the socket is not listening".into()));
+    }
+    // SAFETY: a zeroed sockaddr_storage is a valid out-buffer of the given length.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: ss and len are valid for writes of the sizes given.
+    if unsafe {
+        libc::getsockname(
+            fd,
+            (&mut ss as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    } < 0
+    {
+        return Err(not(io::Error::last_os_error().to_string()));
+    }
+    // SAFETY: fcntl on a descriptor we checked is an open socket.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+        return Err(not(io::Error::last_os_error().to_string()));
+    }
+    let family = libc::c_int::from(ss.ss_family);
+    use std::os::fd::FromRawFd;
+    match family {
+        libc::AF_INET | libc::AF_INET6 => {
+            // SAFETY: the caller hands the descriptor over ([`Listen::Fd`]); it is an open
+            // listening TCP socket, owned from here on by the listener.
+            let l = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+            l.set_nonblocking(true).map_err(|e| not(e.to_string()))?;
+            TcpListener::from_std(l)
+                .map(Bound::Tcp)
+                .map_err(|e| not(e.to_string()))
+        }
+        libc::AF_UNIX => {
+            // SAFETY: as above, for a listening Unix stream socket.
+            let l = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };
+            l.set_nonblocking(true).map_err(|e| not(e.to_string()))?;
+            UnixListener::from_std(l)
+                .map(|u| Bound::Unix(u, None))
+                .map_err(|e| not(e.to_string()))
+        }
+        f => Err(not(format!("address family {f} is neither TCP nor Unix"))),
+    }
+}
+
+/// How a session ended, for the log line: `disc`, `abort`, `client-closed`, `shutdown`,
+/// `io-error` or `protocol-error`, with the error's text for the last two.
+fn end_text(r: &Result<SessionEnd, SessionError>) -> (&'static str, Option<String>) {
+    match r {
+        Ok(SessionEnd::Disconnected) => ("disc", None),
+        Ok(SessionEnd::Aborted) => ("abort", None),
+        Ok(SessionEnd::ClientClosed) => ("client-closed", None),
+        Ok(SessionEnd::Shutdown) => ("shutdown", None),
+        Err(SessionError::Io(e)) => ("io-error", Some(e.to_string())),
+        Err(e) => ("protocol-error", Some(e.to_string())),
+    }
+}
+
+/// The export field of the log line: the name quoted, or `-` when none was selected.
+struct ExportField<'a>(Option<&'a str>);
+
+impl std::fmt::Display for ExportField<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(n) => write!(f, "{n:?}"),
+            None => f.write_str("-"),
         }
     }
 }
 
-fn log_end(r: Result<super::SessionEnd, SessionError>) {
-    match r {
-        Ok(end) => debug!(?end, "session ended"),
-        Err(SessionError::Io(e)) => debug!(error = %e, "session ended by I/O error"),
-        Err(e) => warn!(error = %e, "session ended by protocol error"),
+/// The one line per connection (info level): peer, export (`-` if none was selected),
+/// negotiated options (`tls`, `structured`, `meta_context`), duration in milliseconds, bytes
+/// read and written (READ/WRITE payload), requests, how it ended (`end`) and, for an error,
+/// its text (`error`). Secrets never appear here.
+fn log_connection(
+    peer: &str,
+    stats: &SessionStats,
+    elapsed: Duration,
+    r: &Result<SessionEnd, SessionError>,
+) {
+    let export = ExportField(stats.export.get().map(String::as_str));
+    let (end, error) = end_text(r);
+    macro_rules! line {
+        ($($error:tt)*) => {
+            info!(
+                peer = %peer,
+                export = %export,
+                tls = stats.tls.load(Ordering::Relaxed),
+                structured = stats.structured.load(Ordering::Relaxed),
+                meta_context = stats.meta_context.load(Ordering::Relaxed),
+                duration_ms = elapsed.as_millis() as u64,
+                bytes_read = stats.bytes_read.load(Ordering::Relaxed),
+                bytes_written = stats.bytes_written.load(Ordering::Relaxed),
+                requests = stats.requests.load(Ordering::Relaxed),
+                end = %end,
+                $($error)*
+                "connection closed"
+            )
+        };
+    }
+    match error {
+        Some(e) => line!(error = ?e,),
+        None => line!(),
     }
 }
 
 /// Accept loop of one listener; returns after shutdown once all its sessions have ended.
+/// `limit` holds one permit per allowed connection (shared by every listener).
 async fn accept_loop(
     bound: Bound,
-    export: Arc<dyn BlockExport>,
-    config: Arc<ExportConfig>,
+    exports: Arc<Exports>,
+    limit: Option<(Arc<Semaphore>, usize)>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut sessions = JoinSet::new();
@@ -136,14 +369,19 @@ async fn accept_loop(
     loop {
         let accepted = tokio::select! {
             _ = shutdown.wait_for(|v| *v) => break,
-            Some(_) = sessions.join_next(), if !sessions.is_empty() => continue,
+            Some(r) = sessions.join_next(), if !sessions.is_empty() => {
+                if let Err(e) = r {
+                    warn!(error = %e, "session task failed");
+                }
+                continue;
+            }
             a = async {
                 match &bound {
                     Bound::Tcp(l) => l.accept().await.map(|(s, a)| {
                         let _ = s.set_nodelay(true);
                         (Conn::Tcp(s), a.to_string())
                     }),
-                    Bound::Unix(l, p) => l.accept().await.map(|(s, _)| (Conn::Unix(s), p.display().to_string())),
+                    Bound::Unix(l, _) => l.accept().await.map(|(s, _)| (Conn::Unix(s), unix_peer(l))),
                 }
             } => a,
         };
@@ -156,24 +394,40 @@ async fn accept_loop(
                 continue;
             }
         };
+        let permit: Option<OwnedSemaphorePermit> = match &limit {
+            None => None,
+            Some((sem, max)) => match sem.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    warn!(
+                        peer = %peer,
+                        max_connections = max,
+                        "connection refused: too many connections (--max-connections)"
+                    );
+                    drop(conn); // closed before the greeting
+                    continue;
+                }
+            },
+        };
         next_id += 1;
         let span = tracing::debug_span!("nbd_conn", id = next_id, peer = %peer);
-        let (export, config, shutdown) = (export.clone(), config.clone(), shutdown.clone());
+        let (exports, shutdown) = (exports.clone(), shutdown.clone());
         sessions.spawn(
             async move {
                 debug!("connected");
+                let stats = Arc::new(SessionStats::default());
+                let start = Instant::now();
                 let r = match conn {
-                    Conn::Tcp(s) => run_session(s, export, config, shutdown).await,
-                    Conn::Unix(s) => run_session(s, export, config, shutdown).await,
+                    Conn::Tcp(s) => run_session(s, exports, stats.clone(), shutdown).await,
+                    Conn::Unix(s) => run_session(s, exports, stats.clone(), shutdown).await,
                 };
-                log_end(r);
+                log_connection(&peer, &stats, start.elapsed(), &r);
+                drop(permit); // the connection is closed: its slot is free again
             }
             .instrument(span),
         );
     }
-    if let Bound::Unix(_, p) = &bound {
-        let _ = std::fs::remove_file(p);
-    }
+    bound.remove_socket_file();
     drop(bound); // stop accepting before draining
     let drain = async {
         while let Some(r) = sessions.join_next().await {
@@ -199,56 +453,110 @@ enum Conn {
     Unix(tokio::net::UnixStream),
 }
 
-/// Serve `export` on every listener until `shutdown` completes.
+/// A Unix client has no address of its own; name it by the listening socket.
+fn unix_peer(l: &UnixListener) -> String {
+    match l
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_pathname().map(Path::to_owned))
+    {
+        Some(p) => format!("unix:{}", p.display()),
+        None => "unix".into(),
+    }
+}
+
+/// Write `pid_file` atomically: a temporary file beside it, renamed over it.
+fn write_pid_file(path: &Path) -> Result<(), NbdError> {
+    let err = |source| NbdError::PidFile {
+        path: path.to_owned(),
+        source,
+    };
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, format!("{}\n", std::process::id())).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        err(e)
+    })
+}
+
+/// Removes the pid file when dropped (every way out of [`serve`] after it was written).
+struct PidFileGuard(PathBuf);
+
+impl Drop for PidFileGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Serve `exports` on every listener until `shutdown` completes.
 ///
-/// All listeners are bound before any client is accepted; a binding failure returns a typed
-/// error naming the address ([`NbdError::Bind`], [`NbdError::NotASocket`],
-/// [`NbdError::SocketInUse`]) and nothing is served. Each client runs in its own task
-/// ([`run_session`]); a misbehaving client loses only its own connection.
+/// `exports` are checked first ([`Exports::new`]: at least one, unique names of at most 4096
+/// bytes; the first is the default export `""`). Then all listeners are bound before any
+/// client is accepted; a binding failure returns a typed error naming the address
+/// ([`NbdError::Bind`], [`NbdError::NotASocket`], [`NbdError::SocketInUse`],
+/// [`NbdError::NotAListener`]) and nothing is served. Then the pid file, if any, is written
+/// ([`NbdError::PidFile`]). Each client runs in its own task ([`run_session`]), up to
+/// `options.max_connections` at once; a misbehaving client loses only its own connection, and
+/// each connection ends with one info-level log line (peer, export, negotiated options,
+/// duration, bytes, requests, how it ended).
 ///
 /// When `shutdown` completes: stop accepting, let in-flight requests finish (their replies are
 /// sent; connections still busy after [`SHUTDOWN_GRACE`] are dropped), close every connection
-/// (sessions still negotiating are dropped), flush the export,
-/// remove the Unix socket files, then return `Ok(())`. Errors after startup:
-/// [`NbdError::Flush`].
+/// (sessions still negotiating are dropped), flush every export, remove the Unix socket files
+/// this server created and the pid file, then return `Ok(())`. Errors after startup:
+/// [`NbdError::Flush`] (the first export that failed; the others are flushed all the same).
 ///
 /// `shutdown` is first polled once every listener is bound and accepting, so it may also
 /// announce readiness (the CLI prints its banner there).
 pub async fn serve(
     listeners: Vec<Listen>,
-    export: Arc<dyn BlockExport>,
-    config: ExportConfig,
+    exports: Vec<(ExportConfig, Arc<dyn BlockExport>)>,
+    options: ServerOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), NbdError> {
+    let exports = Arc::new(Exports::new(exports)?);
     if listeners.is_empty() {
         return Err(NbdError::NoListeners);
     }
-    if config.name.len() > super::proto::MAX_STRING {
-        return Err(NbdError::NameTooLong(config.name.len()));
-    }
-    let mut bound = Vec::with_capacity(listeners.len());
+    let mut bound: Vec<Bound> = Vec::with_capacity(listeners.len());
+    let cleanup = |bound: Vec<Bound>| bound.iter().for_each(Bound::remove_socket_file);
     for l in &listeners {
         match bind(l).await {
-            Ok(b) => bound.push(b),
+            Ok(b) => {
+                info!(listen = %l, addr = %b.local(), "listening");
+                bound.push(b);
+            }
             Err(e) => {
-                for b in bound {
-                    if let Bound::Unix(_, p) = b {
-                        let _ = std::fs::remove_file(p);
-                    }
-                }
+                cleanup(bound);
                 return Err(e);
             }
         }
-        info!(listen = %l, "listening");
     }
-    let config = Arc::new(config);
+    let _pid_guard = match &options.pid_file {
+        Some(p) => {
+            if let Err(e) = write_pid_file(p) {
+                cleanup(bound);
+                return Err(e);
+            }
+            Some(PidFileGuard(p.clone()))
+        }
+        None => None,
+    };
+    let limit = (options.max_connections > 0).then(|| {
+        (
+            Arc::new(Semaphore::new(options.max_connections)),
+            options.max_connections,
+        )
+    });
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut loops = JoinSet::new();
     for b in bound {
         loops.spawn(accept_loop(
             b,
-            export.clone(),
-            config.clone(),
+            exports.clone(),
+            limit.clone(),
             stop_rx.clone(),
         ));
     }
@@ -256,10 +564,20 @@ pub async fn serve(
     info!("shutting down");
     let _ = stop_tx.send(true);
     while loops.join_next().await.is_some() {}
-    let export2 = export.clone();
-    match tokio::task::spawn_blocking(move || export2.flush()).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(NbdError::Flush(e)),
-        Err(e) => Err(NbdError::Flush(io::Error::other(e.to_string()))),
+    let mut first_err = None;
+    for e in exports.iter() {
+        let export = e.export.clone();
+        let r = match tokio::task::spawn_blocking(move || export.flush()).await {
+            Ok(r) => r,
+            Err(j) => Err(io::Error::other(j.to_string())),
+        };
+        if let Err(source) = r {
+            warn!(export = %e.config.name, error = %source, "flush at shutdown failed");
+            first_err.get_or_insert(NbdError::Flush {
+                export: e.config.name.clone(),
+                source,
+            });
+        }
     }
+    first_err.map_or(Ok(()), Err)
 }

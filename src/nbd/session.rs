@@ -16,9 +16,14 @@
 //! `ERROR` chunk with `DONE` and a message. A reply holds its
 //! permits until it has been written, so a client that stops reading replies stalls its own
 //! reader instead of growing memory.
+//!
+//! Exports ("Option types"): the client names one of the server's [`Exports`] (`""` = the
+//! default, the first); the session serves that one. What the session negotiated and moved is
+//! counted in [`SessionStats`] for the server's per-connection log line.
 
 use std::io;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
@@ -26,7 +31,7 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
 use super::proto::{self, Command, Negotiated, Request, Verdict};
-use super::{BlockExport, ExportConfig};
+use super::{BlockExport, Exports};
 
 /// Most requests handled concurrently on one connection.
 pub const MAX_IN_FLIGHT: usize = 64;
@@ -81,23 +86,53 @@ pub enum SessionError {
     WriteTooLarge(u32),
 }
 
+/// What one session negotiated and moved, for the per-connection log line. Filled in while
+/// the session runs (request tasks update the counters concurrently); read it after
+/// [`run_session`] returns.
+#[derive(Debug, Default)]
+pub struct SessionStats {
+    /// Name of the export the client selected (the configured name, also when it asked for
+    /// `""`); unset if the session never reached the transmission phase.
+    pub export: OnceLock<String>,
+    /// Structured replies were negotiated (`NBD_OPT_STRUCTURED_REPLY`).
+    pub structured: AtomicBool,
+    /// `base:allocation` was selected for the export in use (`NBD_OPT_SET_META_CONTEXT`).
+    pub meta_context: AtomicBool,
+    /// The connection runs over TLS. Always false in this version (no `STARTTLS`).
+    pub tls: AtomicBool,
+    /// Requests received in the transmission phase (every command, DISC and refused ones
+    /// included).
+    pub requests: AtomicU64,
+    /// Bytes of READ data sent for successful READs.
+    pub bytes_read: AtomicU64,
+    /// Bytes of WRITE payload that were written successfully.
+    pub bytes_written: AtomicU64,
+}
+
+impl SessionStats {
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
 /// Serve one connection until the client disconnects, the protocol is violated or `shutdown`
-/// becomes `true` (a dropped sender means "never").
+/// becomes `true` (a dropped sender means "never"). The client picks one of `exports` by name
+/// in the handshake; `stats` records what the session negotiated and moved.
 ///
 /// On the way out of the transmission phase (DISC, EOF, error or shutdown) the session stops
 /// reading, lets in-flight requests finish and their replies go out, flushes the export, then
 /// shuts the stream down. Errors: [`SessionError`]; none of them affects other connections.
 pub async fn run_session<S>(
     mut stream: S,
-    export: Arc<dyn BlockExport>,
-    config: Arc<ExportConfig>,
+    exports: Arc<Exports>,
+    stats: Arc<SessionStats>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<SessionEnd, SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let outcome = tokio::select! {
-        r = handshake(&mut stream, &*export, &config) => r?,
+        r = handshake(&mut stream, &exports) => r?,
         _ = wait_shutdown(&mut shutdown) => {
             debug!("shutdown during handshake");
             return Ok(SessionEnd::Shutdown);
@@ -109,8 +144,15 @@ where
             Ok(SessionEnd::Aborted)
         }
         Handshake::HungUp => Ok(SessionEnd::ClientClosed),
-        Handshake::Transmission(neg) => {
-            transmission(stream, export, config.read_only, neg, shutdown).await
+        Handshake::Transmission(neg, index) => {
+            let e = exports.get(index);
+            let _ = stats.export.set(e.config.name.clone());
+            stats.structured.store(neg.structured, Ordering::Relaxed);
+            stats
+                .meta_context
+                .store(neg.base_allocation, Ordering::Relaxed);
+            let (export, read_only) = (e.export.clone(), e.config.read_only);
+            transmission(stream, export, read_only, neg, stats, shutdown).await
         }
     }
 }
@@ -123,14 +165,10 @@ async fn wait_shutdown(rx: &mut watch::Receiver<bool>) {
 }
 
 enum Handshake {
-    Transmission(Negotiated),
+    /// GO or EXPORT_NAME succeeded for the export at this index of [`Exports`].
+    Transmission(Negotiated, usize),
     Aborted,
     HungUp,
-}
-
-/// Does `name` select our export? The configured name and `""` (default export) do.
-fn selects_export(name: &[u8], config: &ExportConfig) -> bool {
-    name.is_empty() || name == config.name.as_bytes()
 }
 
 async fn send_opt_reply<S: AsyncWrite + Unpin>(
@@ -153,16 +191,27 @@ async fn discard<R: AsyncRead + Unpin>(r: &mut R, len: u64) -> io::Result<()> {
 
 /// Fixed-newstyle handshake (proto.md "Newstyle negotiation", "Fixed newstyle negotiation",
 /// "Option types").
-async fn handshake<S>(
-    s: &mut S,
-    export: &dyn BlockExport,
-    config: &ExportConfig,
-) -> Result<Handshake, SessionError>
+async fn handshake<S>(s: &mut S, exports: &Exports) -> Result<Handshake, SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    s.write_all(&proto::encode_greeting()).await?;
-    s.flush().await?;
+    let greeted = async {
+        s.write_all(&proto::encode_greeting()).await?;
+        s.flush().await
+    };
+    match greeted.await {
+        Ok(()) => {}
+        // A client (or a readiness probe) that hangs up before the greeting is sent.
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            return Ok(Handshake::HungUp)
+        }
+        Err(e) => return Err(e.into()),
+    }
     let mut cf = [0u8; 4];
     match s.read_exact(&mut cf).await {
         Ok(_) => {}
@@ -172,8 +221,10 @@ where
     let cflags = proto::parse_client_flags(cf).map_err(SessionError::UnknownClientFlags)?;
     let fixed = cflags & proto::CLIENT_FIXED_NEWSTYLE != 0;
     let no_zeroes = cflags & proto::CLIENT_NO_ZEROES != 0;
-    let size = export.size();
     let mut neg = Negotiated::default();
+    // The export the last successful SET_META_CONTEXT named: a selection only holds for the
+    // export finally chosen (proto.md NBD_OPT_SET_META_CONTEXT); nbdkit discards it likewise.
+    let mut meta_export: Option<usize> = None;
 
     loop {
         s.flush().await?;
@@ -203,18 +254,25 @@ where
 
         match opt {
             proto::OPT_EXPORT_NAME => {
-                if data.len() > proto::MAX_STRING || !selects_export(&data, config) {
+                let found = (data.len() <= proto::MAX_STRING)
+                    .then(|| exports.find(&data))
+                    .flatten();
+                let Some((index, e)) = found else {
                     // Cannot return an error: MUST terminate the session.
                     warn!("EXPORT_NAME for an unknown export");
                     return Err(SessionError::UnknownExport(
                         String::from_utf8_lossy(&data[..data.len().min(256)]).into_owned(),
                     ));
+                };
+                if meta_export != Some(index) {
+                    neg.base_allocation = false;
                 }
-                let tflags = proto::transmission_flags(config.read_only, neg.structured);
+                let tflags = proto::transmission_flags(e.config.read_only, neg.structured);
+                let size = e.export.size();
                 s.write_all(&proto::encode_export_name_reply(size, tflags, no_zeroes))
                     .await?;
                 s.flush().await?;
-                return Ok(Handshake::Transmission(neg));
+                return Ok(Handshake::Transmission(neg, index));
             }
             proto::OPT_ABORT => {
                 send_opt_reply(s, opt, proto::REP_ACK, &[]).await?;
@@ -226,17 +284,20 @@ where
                     send_opt_reply(s, opt, proto::REP_ERR_INVALID, b"LIST takes no data").await?;
                     continue;
                 }
-                let server = proto::encode_rep_server(&config.name, config.description.as_deref());
-                send_opt_reply(s, opt, proto::REP_SERVER, &server).await?;
+                for e in exports.iter() {
+                    let c = &e.config;
+                    let server = proto::encode_rep_server(&c.name, c.description.as_deref());
+                    send_opt_reply(s, opt, proto::REP_SERVER, &server).await?;
+                }
                 send_opt_reply(s, opt, proto::REP_ACK, &[]).await?;
             }
             proto::OPT_INFO | proto::OPT_GO => {
-                // Flags depend on what was negotiated so far (SEND_DF needs structured
-                // replies); INFO and GO see the same state, so they report the same flags.
-                let tflags = proto::transmission_flags(config.read_only, neg.structured);
-                if info_or_go(s, opt, &data, size, tflags, export, config).await? {
+                if let Some(index) = info_or_go(s, opt, &data, &neg, exports).await? {
+                    if meta_export != Some(index) {
+                        neg.base_allocation = false;
+                    }
                     s.flush().await?;
-                    return Ok(Handshake::Transmission(neg));
+                    return Ok(Handshake::Transmission(neg, index));
                 }
             }
             proto::OPT_STRUCTURED_REPLY => {
@@ -258,7 +319,9 @@ where
                 }
             }
             proto::OPT_LIST_META_CONTEXT | proto::OPT_SET_META_CONTEXT => {
-                meta_context(s, opt, &data, &mut neg, config).await?;
+                if let Some(index) = meta_context(s, opt, &data, &mut neg, exports).await? {
+                    meta_export = Some(index);
+                }
             }
             _ => {
                 debug!(opt, "unsupported option");
@@ -271,73 +334,84 @@ where
 /// `NBD_OPT_LIST_META_CONTEXT` and `NBD_OPT_SET_META_CONTEXT` (proto.md "Option types",
 /// "Metadata querying"). SET replaces the selection even when it fails, and before structured
 /// replies it is `ERR_INVALID`; LIST is answered at any time. Malformed data or a query
-/// without a namespace → `ERR_INVALID`; an export name other than ours or `""` →
-/// `ERR_UNKNOWN`. The only context is `base:allocation` (id [`proto::BASE_ALLOCATION_ID`] on
-/// SET, 0 on LIST); unknown namespaces and leaves are ignored.
+/// without a namespace → `ERR_INVALID`; a name that selects none of `exports` →
+/// `ERR_UNKNOWN`. The only context, on every export, is `base:allocation` (id
+/// [`proto::BASE_ALLOCATION_ID`] on SET, 0 on LIST); unknown namespaces and leaves are ignored.
+/// Returns the index of the export when SET selected `base:allocation` for it.
 async fn meta_context<S: AsyncWrite + Unpin>(
     s: &mut S,
     opt: u32,
     data: &[u8],
     neg: &mut Negotiated,
-    config: &ExportConfig,
-) -> io::Result<()> {
+    exports: &Exports,
+) -> io::Result<Option<usize>> {
     let set = opt == proto::OPT_SET_META_CONTEXT;
     if set {
         neg.base_allocation = false;
         if !neg.structured {
-            return send_opt_reply(
+            send_opt_reply(
                 s,
                 opt,
                 proto::REP_ERR_INVALID,
                 b"SET_META_CONTEXT needs structured replies first",
             )
-            .await;
+            .await?;
+            return Ok(None);
         }
     }
     let req = match proto::parse_meta_context_request(data) {
         Ok(r) => r,
         Err(e) => {
             debug!(opt, error = %e, "malformed meta context option");
-            return send_opt_reply(s, opt, proto::REP_ERR_INVALID, e.to_string().as_bytes()).await;
+            send_opt_reply(s, opt, proto::REP_ERR_INVALID, e.to_string().as_bytes()).await?;
+            return Ok(None);
         }
     };
-    if !selects_export(&req.name, config) {
-        return send_opt_reply(s, opt, proto::REP_ERR_UNKNOWN, b"no such export").await;
-    }
+    let Some((index, _)) = exports.find(&req.name) else {
+        send_opt_reply(s, opt, proto::REP_ERR_UNKNOWN, b"no such export").await?;
+        return Ok(None);
+    };
+    let mut selected = None;
     if proto::selects_base_allocation(&req.queries, !set) {
         let id = if set { proto::BASE_ALLOCATION_ID } else { 0 };
         let rep = proto::encode_rep_meta_context(id, proto::BASE_ALLOCATION);
         send_opt_reply(s, opt, proto::REP_META_CONTEXT, &rep).await?;
         if set {
             neg.base_allocation = true;
+            selected = Some(index);
         }
     }
-    send_opt_reply(s, opt, proto::REP_ACK, &[]).await
+    send_opt_reply(s, opt, proto::REP_ACK, &[]).await?;
+    Ok(selected)
 }
 
 /// `NBD_OPT_INFO` and `NBD_OPT_GO` share this path, so both report the same information
-/// (proto.md "Option types"). Returns `true` when GO succeeded (transmission starts).
+/// (proto.md "Option types"); a name that selects none of `exports` → `ERR_UNKNOWN`. Returns
+/// the export's index when GO succeeded (transmission starts).
 async fn info_or_go<S: AsyncWrite + Unpin>(
     s: &mut S,
     opt: u32,
     data: &[u8],
-    size: u64,
-    tflags: u16,
-    export: &dyn BlockExport,
-    config: &ExportConfig,
-) -> io::Result<bool> {
+    neg: &Negotiated,
+    exports: &Exports,
+) -> io::Result<Option<usize>> {
     let req = match proto::parse_info_request(data) {
         Ok(r) => r,
         Err(e) => {
             warn!(opt, error = %e, "malformed INFO/GO");
             send_opt_reply(s, opt, proto::REP_ERR_INVALID, e.to_string().as_bytes()).await?;
-            return Ok(false);
+            return Ok(None);
         }
     };
-    if !selects_export(&req.name, config) {
+    let Some((index, e)) = exports.find(&req.name) else {
         send_opt_reply(s, opt, proto::REP_ERR_UNKNOWN, b"no such export").await?;
-        return Ok(false);
-    }
+        return Ok(None);
+    };
+    let (export, config) = (&*e.export, &e.config);
+    let size = export.size();
+    // Flags depend on what was negotiated so far (SEND_DF needs structured replies); INFO and
+    // GO see the same state, so they report the same flags.
+    let tflags = proto::transmission_flags(config.read_only, neg.structured);
     send_opt_reply(
         s,
         opt,
@@ -372,7 +446,7 @@ async fn info_or_go<S: AsyncWrite + Unpin>(
         }
     }
     send_opt_reply(s, opt, proto::REP_ACK, &[]).await?;
-    Ok(opt == proto::OPT_GO)
+    Ok((opt == proto::OPT_GO).then_some(index))
 }
 
 /// A queued reply (simple, or the chunks of a structured reply); holds its request's permits
@@ -446,6 +520,7 @@ async fn handle(
     req: Request,
     payload: Vec<u8>,
     neg: Negotiated,
+    stats: &SessionStats,
 ) -> Reply {
     let cookie = req.cookie;
     let len = req.length as usize;
@@ -459,7 +534,11 @@ async fn handle(
                 export.read_at(&mut buf, off).map(|_| buf)
             })
             .await;
-            match errno_of(&r) {
+            let err = errno_of(&r);
+            if err == 0 {
+                SessionStats::add(&stats.bytes_read, len as u64);
+            }
+            match err {
                 // The whole read is done before anything is sent, so one OFFSET_DATA chunk
                 // can carry DONE (and DF is honoured for any length up to MAX_PAYLOAD).
                 0 if sr => Reply::new(
@@ -477,7 +556,11 @@ async fn handle(
         Command::Write => {
             let (off, fua) = (req.offset, req.fua());
             let r = tokio::task::spawn_blocking(move || export.write_at(&payload, off, fua)).await;
-            Reply::status(sr, errno_of(&r), cookie)
+            let err = errno_of(&r);
+            if err == 0 {
+                SessionStats::add(&stats.bytes_written, len as u64);
+            }
+            Reply::status(sr, err, cookie)
         }
         Command::WriteZeroes if len == 0 => Reply::ok(sr, cookie),
         Command::WriteZeroes => {
@@ -533,6 +616,7 @@ async fn transmission<S>(
     export: Arc<dyn BlockExport>,
     read_only: bool,
     neg: Negotiated,
+    stats: Arc<SessionStats>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<SessionEnd, SessionError>
 where
@@ -567,6 +651,7 @@ where
                 Ok(r) => r,
                 Err(e) => return ReaderEnd::Error(e.into()),
             };
+            SessionStats::add(&stats.requests, 1);
             let verdict = proto::check_request(&req, size, read_only, &neg);
             match verdict {
                 Verdict::Disconnect => return ReaderEnd::Disc,
@@ -599,8 +684,9 @@ where
                     }
                     let tx = tx.clone();
                     let export = export.clone();
+                    let stats = stats.clone();
                     tokio::spawn(async move {
-                        let mut reply = handle(export, req, payload, neg).await;
+                        let mut reply = handle(export, req, payload, neg, &stats).await;
                         reply._permits = Some((p1, p2));
                         let _ = tx.send(reply);
                     });

@@ -191,7 +191,7 @@ fn drain_stderr(child: &mut Child) -> String {
     err
 }
 
-/// A running `nbdcrypt open`, stopped with SIGTERM on drop.
+/// A running `nbdcrypt open` or `nbdcrypt serve`, killed on drop (`stop` for SIGTERM).
 pub struct Server {
     pub child: Option<Child>,
     pub socket: PathBuf,
@@ -203,36 +203,56 @@ impl Server {
     /// the socket accepts.
     pub fn start(image: &Path, key: &Path, extra: &[&str]) -> Server {
         let socket = image.with_extension("sock");
-        let _ = std::fs::remove_file(&socket);
-        let mut child = nbdcrypt()
-            .arg("open")
+        let mut cmd = nbdcrypt();
+        cmd.arg("open")
             .arg(image)
             .arg("--key-file")
             .arg(key)
             .arg("--socket")
             .arg(&socket)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn nbdcrypt open");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-            if let Some(st) = child.try_wait().unwrap() {
-                panic!(
-                    "nbdcrypt open exited early ({st}): {}",
-                    drain_stderr(&mut child)
-                );
-            }
-            assert!(Instant::now() < deadline, "server did not start in 30 s");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            .args(extra);
         let export = extra
             .windows(2)
             .find(|w| w[0] == "--export-name")
             .map(|w| w[1].to_string())
             .unwrap_or_else(|| image.file_stem().unwrap().to_string_lossy().into_owned());
+        Server::launch(cmd, socket, export)
+    }
+
+    /// Start `nbdcrypt serve --export NAME=IMAGE --key-file NAME=KEY ... --socket DIR/serve.sock
+    /// [extra]` (DIR = the first image's directory) and wait until the socket accepts.
+    /// [`Server::export`] is the first name.
+    pub fn serve(exports: &[(&str, &Path, &Path)], extra: &[&str]) -> Server {
+        let socket = exports[0].1.with_file_name("serve.sock");
+        let mut cmd = nbdcrypt();
+        cmd.arg("serve");
+        for (name, image, key) in exports {
+            cmd.arg("--export")
+                .arg(format!("{name}={}", image.display()))
+                .arg("--key-file")
+                .arg(format!("{name}={}", key.display()));
+        }
+        cmd.arg("--socket").arg(&socket).args(extra);
+        Server::launch(cmd, socket, exports[0].0.to_string())
+    }
+
+    /// Spawn `cmd` (stderr piped) and wait until `socket` accepts.
+    pub fn launch(mut cmd: Command, socket: PathBuf, export: String) -> Server {
+        let _ = std::fs::remove_file(&socket);
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn nbdcrypt");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            if let Some(st) = child.try_wait().unwrap() {
+                panic!("nbdcrypt exited early ({st}): {}", drain_stderr(&mut child));
+            }
+            assert!(Instant::now() < deadline, "server did not start in 30 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
         Server {
             child: Some(child),
             socket,
@@ -242,11 +262,12 @@ impl Server {
 
     /// `nbd+unix:///EXPORT?socket=PATH`
     pub fn uri(&self) -> String {
-        format!(
-            "nbd+unix:///{}?socket={}",
-            self.export,
-            self.socket.display()
-        )
+        self.uri_for(&self.export)
+    }
+
+    /// `nbd+unix:///NAME?socket=PATH`
+    pub fn uri_for(&self, name: &str) -> String {
+        format!("nbd+unix:///{name}?socket={}", self.socket.display())
     }
 
     /// SIGTERM, wait, and return (exit status, stderr).

@@ -11,7 +11,7 @@ use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use nbdcrypt::nbd::{serve, BlockExport, ExportConfig, Listen, NbdError};
+use nbdcrypt::nbd::{serve, BlockExport, ExportConfig, Listen, NbdError, ServerOptions};
 
 /// A RAM export: bytes behind a RwLock, counting calls so tests can see what reached it.
 pub struct MemExport {
@@ -77,6 +77,7 @@ pub const EXPORT: &str = "vol";
 pub const MIB: usize = 1 << 20;
 
 /// An in-process server on `DIR/nbd.sock`, running on its own tokio runtime thread.
+/// `export` is the first (default) export.
 pub struct TestServer {
     pub dir: tempfile::TempDir,
     pub sock: PathBuf,
@@ -88,15 +89,28 @@ pub struct TestServer {
 impl TestServer {
     /// Start serving `export` as [`EXPORT`]; returns once the socket accepts connections.
     pub fn start(export: Arc<MemExport>, read_only: bool) -> TestServer {
-        let dir = tempfile::tempdir().unwrap();
-        let sock = dir.path().join("nbd.sock");
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let config = ExportConfig {
             name: EXPORT.to_string(),
             description: Some("test volume".to_string()),
             read_only,
         };
-        let exp: Arc<dyn BlockExport> = export.clone();
+        TestServer::start_many(vec![(config, export)], ServerOptions::default())
+    }
+
+    /// Start serving several exports (the first is the default export and [`TestServer::export`]);
+    /// returns once the socket accepts connections.
+    pub fn start_many(
+        exports: Vec<(ExportConfig, Arc<MemExport>)>,
+        options: ServerOptions,
+    ) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("nbd.sock");
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let export = exports[0].1.clone();
+        let exps: Vec<(ExportConfig, Arc<dyn BlockExport>)> = exports
+            .into_iter()
+            .map(|(c, e)| (c, e as Arc<dyn BlockExport>))
+            .collect();
         let listen = vec![Listen::Unix(sock.clone())];
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -104,7 +118,7 @@ impl TestServer {
                 .enable_all()
                 .build()
                 .unwrap();
-            rt.block_on(serve(listen, exp, config, async {
+            rt.block_on(serve(listen, exps, options, async {
                 let _ = stop_rx.await;
             }))
         });
@@ -243,6 +257,45 @@ impl Raw {
         );
         s.write_all(&cflags.to_be_bytes()).unwrap();
         Raw { s }
+    }
+
+    /// Like [`Raw::connect`], but a connection the server closes before the greeting (as it
+    /// does over `--max-connections`) is retried until one is greeted, for up to 10 s: the
+    /// server frees a closed connection's slot asynchronously.
+    pub fn connect_when_admitted(sock: &Path, cflags: u32) -> Raw {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut s = UnixStream::connect(sock).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut g = [0u8; 18];
+            if s.read_exact(&mut g).is_ok() {
+                assert_eq!(&g[0..16], b"NBDMAGICIHAVEOPT");
+                s.write_all(&cflags.to_be_bytes()).unwrap();
+                return Raw { s };
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no connection admitted within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Connect and read the greeting: `true` if greeted, `false` if the server closed the
+    /// connection instead (EOF or reset).
+    pub fn greeted(sock: &Path) -> bool {
+        let mut s = UnixStream::connect(sock).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut g = [0u8; 18];
+        match s.read_exact(&mut g) {
+            Ok(()) => {
+                assert_eq!(&g[..8], b"NBDMAGIC");
+                true
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => false,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => false,
+            Err(e) => panic!("neither greeting nor close: {e}"),
+        }
     }
 
     pub fn send_opt(&mut self, opt: u32, data: &[u8]) {
