@@ -185,6 +185,54 @@ impl KdfArgs {
     }
 }
 
+/// cryptsetup's warning on discards, word for word (`cryptsetup-open(8)` of cryptsetup 2.6,
+/// `--allow-discards`), as a literal for `concat!`.
+macro_rules! cryptsetup_discard_warning {
+    () => {
+        "This command can have a negative security impact because it can make \
+         filesystem-level operations visible on the physical device. For example, information \
+         leaking filesystem type, used space, etc. may be extractable from the physical device \
+         if the discarded blocks can be located later. If in doubt, do not use it."
+    };
+}
+
+/// cryptsetup's warning on discards; `dump`, `open` and `--help` repeat it where passdown
+/// applies.
+pub(crate) const CRYPTSETUP_DISCARD_WARNING: &str = cryptsetup_discard_warning!();
+
+const DISCARD_LONG_HELP: &str = concat!(
+    "What TRIM (discard) requests do.\n",
+    "  ignore:   TRIM succeeds and changes nothing; nothing about usage leaks. Never-written \
+     sectors read as decrypted noise, as under cryptsetup.\n",
+    "  passdown: TRIM punches holes in the image file (the 4096-byte aligned part of each \
+     request; fallocate PUNCH_HOLE), which read back as zeroes and are reported as holes by \
+     NBD block status (base:allocation). The holes show anyone who can read the image file, \
+     without a key, which parts of the volume are unused (like cryptsetup --allow-discards).\n\n",
+    "WARNING (cryptsetup-open(8) on --allow-discards): \"",
+    cryptsetup_discard_warning!(),
+    "\"\n\n",
+    "The LUKS2 header flag allow-discards (cryptsetup --persistent --allow-discards) is not \
+     honoured by itself: only --discard passdown discards."
+);
+
+/// `--discard` of `open` and `demo`.
+#[derive(Clone, Copy, ValueEnum)]
+enum DiscardArg {
+    /// TRIM is a no-op (default).
+    Ignore,
+    /// TRIM punches holes in the image (leaks usage).
+    Passdown,
+}
+
+impl DiscardArg {
+    fn policy(self) -> volume::Discard {
+        match self {
+            DiscardArg::Ignore => volume::Discard::Ignore,
+            DiscardArg::Passdown => volume::Discard::Passdown,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Create a LUKS2 volume (keyslot 0) in IMAGE, creating or extending the file with --size.
@@ -242,6 +290,9 @@ enum Command {
         /// Serve read-only: writes fail with EPERM.
         #[arg(long)]
         read_only: bool,
+        /// What TRIM does: ignore (default) or passdown (punches holes: leaks usage; see --help).
+        #[arg(long, value_enum, value_name = "POLICY", default_value = "ignore", long_help = DISCARD_LONG_HELP)]
+        discard: DiscardArg,
     },
     /// Add a keyslot (as `cryptsetup luksAddKey`): unlock with an existing passphrase (or
     /// --volume-key-file), store the volume key under a new one.
@@ -361,6 +412,9 @@ enum Command {
         /// TCP address to listen on.
         #[arg(long, default_value = "127.0.0.1:10809")]
         listen: std::net::SocketAddr,
+        /// What TRIM does: ignore (default) or passdown (punches holes: leaks usage; see --help).
+        #[arg(long, value_enum, value_name = "POLICY", default_value = "ignore", long_help = DISCARD_LONG_HELP)]
+        discard: DiscardArg,
     },
 }
 
@@ -493,6 +547,10 @@ fn run(cmd: Command) -> Result<(), CliError> {
             } else {
                 print!("{}", dump::render(&lh));
             }
+            // On stderr, so stdout stays luksDump's text line for line.
+            for w in dump::discard_warnings(&file, &image, &lh)? {
+                eprintln!("warning: {w}");
+            }
             Ok(())
         }
         Command::TestPassphrase { image, key } => {
@@ -512,6 +570,7 @@ fn run(cmd: Command) -> Result<(), CliError> {
             socket,
             export_name,
             read_only,
+            discard,
         } => serve::serve(serve::ServeArgs {
             image,
             key_file: key.unlock.key_file,
@@ -521,6 +580,7 @@ fn run(cmd: Command) -> Result<(), CliError> {
             socket,
             export_name,
             read_only,
+            discard: discard.policy(),
         }),
         Command::AddKey {
             image,
@@ -583,7 +643,11 @@ fn run(cmd: Command) -> Result<(), CliError> {
             pbkdf_memory,
             pbkdf_parallel,
         } => benchmark::run(iter_time, pbkdf_memory, pbkdf_parallel),
-        Command::Demo { dir, listen } => serve::demo(&dir, listen),
+        Command::Demo {
+            dir,
+            listen,
+            discard,
+        } => serve::demo(&dir, listen, discard.policy()),
     }
 }
 

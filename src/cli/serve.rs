@@ -8,7 +8,9 @@ use std::sync::Arc;
 use zeroize::Zeroizing;
 
 use crate::nbd::{self, ExportConfig, Listen};
-use crate::volume::{self, Access, FormatOptions, KdfChoice, KdfKind, Volume, VolumeError};
+use crate::volume::{
+    self, Access, Discard, FormatOptions, KdfChoice, KdfKind, Volume, VolumeError,
+};
 
 use super::passphrase::{read_passphrase, unlock_with_tries, Prompt, Source};
 use super::CliError;
@@ -31,6 +33,8 @@ pub struct ServeArgs {
     pub export_name: Option<String>,
     /// `--read-only`.
     pub read_only: bool,
+    /// `--discard`.
+    pub discard: Discard,
 }
 
 /// Default TCP address (IANA's NBD port on loopback).
@@ -61,6 +65,7 @@ fn serve_with(args: ServeArgs, banner: Option<String>) -> Result<(), CliError> {
         socket,
         export_name,
         read_only,
+        discard,
     } = args;
     let access = if read_only {
         Access::ReadShared
@@ -77,7 +82,8 @@ fn serve_with(args: ServeArgs, banner: Option<String>) -> Result<(), CliError> {
     let key = unlock_with_tries(source, &image, |pass| {
         super::try_unlock(&file, &image, &lh, pass, key_slot)
     })?;
-    let vol = Volume::new(file, &image, &lh, key, read_only)?;
+    let vol = Volume::new(file, &image, &lh, key, read_only)?.with_discard(discard);
+    warn_discard(&lh, discard);
     if listen.is_empty() && socket.is_empty() {
         listen.push(DEFAULT_LISTEN.parse().expect("valid default address"));
     }
@@ -91,6 +97,7 @@ fn serve_with(args: ServeArgs, banner: Option<String>) -> Result<(), CliError> {
         keyslot = vol.keyslot(),
         export = %name,
         read_only,
+        discard = ?discard,
         "volume unlocked"
     );
     let config = ExportConfig {
@@ -99,6 +106,30 @@ fn serve_with(args: ServeArgs, banner: Option<String>) -> Result<(), CliError> {
         read_only,
     };
     run_server(listeners, Arc::new(vol), config, banner)
+}
+
+/// Say what the discard policy means for this volume: passdown leaks usage; a persistent
+/// `allow-discards` flag in the header is not honoured without `--discard passdown`.
+fn warn_discard(lh: &volume::LoadedHeader, discard: Discard) {
+    let flagged = lh
+        .metadata
+        .config
+        .flags
+        .iter()
+        .flatten()
+        .any(|f| f == "allow-discards");
+    match discard {
+        Discard::Passdown => tracing::warn!(
+            "--discard passdown: TRIM punches holes in the image file, which show which parts \
+             of the volume are unused. cryptsetup: \"{}\"",
+            super::CRYPTSETUP_DISCARD_WARNING
+        ),
+        Discard::Ignore if flagged => tracing::info!(
+            "the header has the persistent flag allow-discards; TRIM is still ignored \
+             (use --discard passdown to pass discards down)"
+        ),
+        Discard::Ignore => {}
+    }
 }
 
 fn run_server(
@@ -149,9 +180,9 @@ fn run_server(
 }
 
 /// Quick start: create `DIR/demo.img` (64 MiB file, 48 MiB volume, Argon2id with modest cost)
-/// and `DIR/demo.key` once, then serve it on `listen` as export `demo`, printing how to attach
-/// it once it is listening.
-pub fn demo(dir: &Path, listen: SocketAddr) -> Result<(), CliError> {
+/// and `DIR/demo.key` once, then serve it on `listen` as export `demo` with discard policy
+/// `discard`, printing how to attach it once it is listening.
+pub fn demo(dir: &Path, listen: SocketAddr, discard: Discard) -> Result<(), CliError> {
     let image = dir.join("demo.img");
     let key = dir.join("demo.key");
     if !image.exists() {
@@ -209,6 +240,7 @@ pub fn demo(dir: &Path, listen: SocketAddr) -> Result<(), CliError> {
             socket: vec![],
             export_name: Some("demo".into()),
             read_only: false,
+            discard,
         },
         Some(banner),
     )
