@@ -46,7 +46,11 @@ pub fn render(lh: &LoadedHeader) -> String {
     let _ = writeln!(
         o,
         "Flags:       \t{}",
-        flags.map_or("(no flags)".to_string(), |f| f.join(" "))
+        // luksDump prints each flag followed by a space.
+        flags.map_or("(no flags)".to_string(), |f| f
+            .iter()
+            .map(|x| format!("{x} "))
+            .collect::<String>())
     );
     let _ = writeln!(o, "\nData segments:");
     for (id, s) in &md.segments {
