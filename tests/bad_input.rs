@@ -49,28 +49,6 @@ fn refused(img: &Path, key: &Path, code: i32, needle: &str) {
     assert_eq!(before, after, "{} was modified", img.display());
 }
 
-/// Rewrite the metadata copy at byte `at` (0 or 16384) with `edit` applied to its JSON,
-/// checksum fixed.
-fn edit_copy(img: &Path, at: usize, edit: &dyn Fn(&mut serde_json::Value)) {
-    let mut bytes = std::fs::read(img).unwrap();
-    let (hdr, md) = format::decode_copy(&bytes[at..at + 16384], at as u64).unwrap();
-    let mut v = serde_json::to_value(&md).unwrap();
-    edit(&mut v);
-    let mut area = hdr.encode().unwrap();
-    let mut json = serde_json::to_vec(&v).unwrap();
-    json.resize(16384 - BINARY_HEADER_SIZE, 0);
-    area.extend(json);
-    format::header::seal(&mut area);
-    bytes[at..at + 16384].copy_from_slice(&area);
-    std::fs::write(img, bytes).unwrap();
-}
-
-/// Rewrite both metadata copies of an image with `edit` applied to the JSON, checksums fixed.
-fn edit_metadata(img: &Path, edit: impl Fn(&mut serde_json::Value)) {
-    edit_copy(img, 0, &edit);
-    edit_copy(img, 16384, &edit);
-}
-
 fn fresh(dir: &Path, name: &str, key: &Path) -> std::path::PathBuf {
     let img = dir.join(name);
     format_cheap(&img, key, "17M", 512, "pbkdf2");

@@ -10,34 +10,6 @@ use common::*;
 use std::path::Path;
 use std::process::Command;
 
-const XTS_PY: &str = r#"
-import sys
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-mode, image, key_hex, data_off, ss, off, path = sys.argv[1:8]
-key = bytes.fromhex(key_hex); data_off = int(data_off); ss = int(ss); off = int(off)
-def xts(buf, sector512, enc):
-    c = Cipher(algorithms.AES(key), modes.XTS(sector512.to_bytes(16, "little")))
-    x = c.encryptor() if enc else c.decryptor()
-    return x.update(buf) + x.finalize()
-with open(image, "r+b") as img:
-    if mode == "decrypt":
-        n = int(path.split(":")[1]); out = path.split(":")[0]
-        img.seek(data_off + off); ct = img.read(n)
-        pt = b"".join(xts(ct[i:i+ss], (off + i) // 512, False) for i in range(0, n, ss))
-        open(out, "wb").write(pt)
-    else:
-        pt = open(path, "rb").read()
-        ct = b"".join(xts(pt[i:i+ss], (off + i) // 512, True) for i in range(0, len(pt), ss))
-        img.seek(data_off + off); img.write(ct)
-"#;
-
-fn python() -> Command {
-    let py = require("python3", "python3-cryptography");
-    let mut c = Command::new(py);
-    c.arg("-c").arg(XTS_PY);
-    c
-}
-
 const DATA_OFFSET: u64 = 16 << 20;
 
 fn check_volume(img: &Path, key: &Path, sector: u32, dir: &Path) {
@@ -63,7 +35,7 @@ fn check_volume(img: &Path, key: &Path, sector: u32, dir: &Path) {
         assert!(st.success(), "server exit {st}: {err}");
     }
     let dec = dir.join("dec.bin");
-    ok(python().args([
+    ok(xts_python().args([
         "decrypt",
         img.to_str().unwrap(),
         &vk,
@@ -86,7 +58,7 @@ fn check_volume(img: &Path, key: &Path, sector: u32, dir: &Path) {
     let src2 = dir.join("src2.bin");
     std::fs::write(&src2, &plain2).unwrap();
     let off2: u64 = 8 << 20;
-    ok(python().args([
+    ok(xts_python().args([
         "encrypt",
         img.to_str().unwrap(),
         &vk,

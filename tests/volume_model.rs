@@ -2,13 +2,15 @@
 //! writes and reads of any length at any offset (so most touch partial sectors and go through
 //! read-modify-write), at sector sizes 512 and 4096, single-threaded and from several threads
 //! writing interleaved byte ranges of the same sectors; then a reopen reads the same bytes.
+//! With discard passdown, TRIMs join the mix: the model punches the aligned blocks, and the
+//! volume's reads and allocation map must agree with it.
 
 mod common;
 
 use std::path::Path;
 use std::sync::Arc;
 
-use nbdcrypt::volume::{self, Access, FormatOptions, KdfChoice, KdfKind, Volume};
+use nbdcrypt::volume::{self, Access, Discard, FormatOptions, KdfChoice, KdfKind, Volume};
 
 fn create(path: &Path, sector_size: u32) {
     let opts = FormatOptions {
@@ -122,4 +124,122 @@ fn concurrent_byte_granular_writes_lose_nothing() {
         "lost pieces: {:?}",
         &lost[..lost.len().min(10)]
     );
+}
+
+/// Discard passdown against a model that also tracks which blocks of the image are holes:
+/// TRIM punches the blocks (of the punch granularity) that lie wholly inside its range and
+/// nothing else; any write touching a block makes the whole block data again (a partial write
+/// into a hole fills the rest with encrypted zeroes); holes read as zeroes; `allocation`
+/// reports exactly the model's holes, clipped to any query; a reopen sees the same.
+#[test]
+fn trims_with_passdown_match_a_model() {
+    let dir = common::tempdir();
+    for sector in [512u32, 4096] {
+        let path = dir.path().join(format!("t{sector}.img"));
+        create(&path, sector);
+        let n = 256 << 10;
+        let mut model = vec![0u8; n];
+        let (g, blocks) = {
+            let vol = open(&path).with_discard(Discard::Passdown);
+            let g = vol.punch_granularity() as usize;
+            let file = volume::open_image(&path, Access::Inspect).unwrap();
+            let seg = volume::load_header(&file, &path).unwrap().segment.offset;
+            assert_eq!(seg % g as u64, 0, "our data segment is block-aligned");
+            // Start fully allocated: every block data.
+            vol.write_zeroes(0, n as u64, false).unwrap();
+            let mut hole = vec![false; n / g];
+            let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ sector as u64);
+            for i in 0..3000usize {
+                let off = rng.below(n as u64) as usize;
+                let len = (rng.below(40000) as usize).min(n - off);
+                let touched = off / g..(off + len).div_ceil(g);
+                match rng.below(5) {
+                    0 | 1 => {
+                        vol.trim(off as u64, len as u64, i % 50 == 0).unwrap();
+                        for b in off.div_ceil(g)..(off + len) / g {
+                            hole[b] = true;
+                            model[b * g..(b + 1) * g].fill(0);
+                        }
+                    }
+                    2 => {
+                        vol.write_zeroes(off as u64, len as u64, false).unwrap();
+                        model[off..off + len].fill(0);
+                        if len > 0 {
+                            hole[touched].fill(false);
+                        }
+                    }
+                    _ => {
+                        let len = len.min(9000);
+                        let data: Vec<u8> = (0..len).map(|j| (i * 31 + j * 7 + 1) as u8).collect();
+                        vol.write_at(&data, off as u64, false).unwrap();
+                        model[off..off + len].copy_from_slice(&data);
+                        if len > 0 {
+                            hole[off / g..(off + len).div_ceil(g)].fill(false);
+                        }
+                    }
+                }
+                let ro = rng.below(n as u64) as usize;
+                let rl = (rng.below(20000) as usize).min(n - ro);
+                let mut b = vec![0u8; rl];
+                vol.read_at(&mut b, ro as u64).unwrap();
+                assert!(
+                    b == model[ro..ro + rl],
+                    "op {i}, sector {sector}: read [{ro}, +{rl})"
+                );
+                if rl > 0 {
+                    assert_eq!(
+                        runs(&vol, ro, rl),
+                        expected_runs(&hole, g, ro, rl),
+                        "op {i}, sector {sector}: allocation [{ro}, +{rl})"
+                    );
+                }
+            }
+            vol.flush().unwrap();
+            (g, hole)
+        };
+        let vol = open(&path).with_discard(Discard::Passdown);
+        let mut all = vec![0u8; n];
+        vol.read_at(&mut all, 0).unwrap();
+        assert!(all == model, "after reopen, sector {sector}");
+        assert_eq!(runs(&vol, 0, n), expected_runs(&blocks, g, 0, n));
+        assert!(blocks.contains(&true) && blocks.contains(&false));
+        drop(vol);
+        // With discard ignore the same image reports no holes and reads holes as noise.
+        let vol = open(&path);
+        assert_eq!(runs(&vol, 0, n), vec![(n as u64, false)]);
+        let b = blocks.iter().position(|&h| h).unwrap();
+        let mut noise = vec![0u8; g];
+        vol.read_at(&mut noise, (b * g) as u64).unwrap();
+        assert!(noise.iter().any(|&x| x != 0), "a hole decrypts to noise");
+        drop(vol);
+        // Read-only volumes refuse TRIM.
+        let file = volume::open_image(&path, Access::ReadShared).unwrap();
+        let lh = volume::load_header(&file, &path).unwrap();
+        let key = volume::unlock(&file, &path, &lh, common::PASS, None, None).unwrap();
+        let ro = Volume::new(file, &path, &lh, key, true)
+            .unwrap()
+            .with_discard(Discard::Passdown);
+        assert!(ro.trim(0, g as u64, false).is_err());
+    }
+}
+
+fn runs(vol: &Volume, off: usize, len: usize) -> Vec<(u64, bool)> {
+    vol.allocation(off as u64, len as u64)
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.length, r.hole))
+        .collect()
+}
+
+/// The model's runs over `[off, off+len)`: per block hole or data, equal neighbours merged.
+fn expected_runs(hole: &[bool], g: usize, off: usize, len: usize) -> Vec<(u64, bool)> {
+    let mut out: Vec<(u64, bool)> = Vec::new();
+    for p in off..off + len {
+        let h = hole[p / g];
+        match out.last_mut() {
+            Some(last) if last.1 == h => last.0 += 1,
+            _ => out.push((1, h)),
+        }
+    }
+    out
 }

@@ -1,11 +1,16 @@
 #!/bin/sh
 # /init of the nbdcrypt VM test guest (busybox sh). Parameters come from the kernel
 # command line:
-#   nbdtest.mode=write|verify  nbdtest.port=N  nbdtest.export=NAME  nbdtest.marker=STRING
-#   optional: nbdtest.host=10.0.2.2  nbdtest.bs=4096
-# write:  attach /dev/nbd0, mkfs.ext4, write files of random data and their SHA256SUMS
-#         plus a file full of the marker string, umount, e2fsck -fn, detach.
-# verify: attach, e2fsck -fn, mount read-only, sha256sum -c, check the marker, detach.
+#   nbdtest.mode=write|verify  nbdtest.port0=N  nbdtest.port1=N  nbdtest.export=NAME
+#   nbdtest.marker=STRING
+#   optional: nbdtest.host=10.0.2.2  nbdtest.bs=4096  nbdtest.conns=4
+# Two devices, each attached with `nbd-client -C conns` (multi-connection, netlink):
+#   /dev/nbd0 from port0 (server with --discard passdown): mkfs.ext4 with its default discard,
+#             and an fstrim of the mounted filesystem after a file is deleted;
+#   /dev/nbd1 from port1 (server with --discard ignore): mkfs.ext4 -E nodiscard.
+# write:  attach, mkfs.ext4, write files of random data and their SHA256SUMS plus a file full
+#         of the marker string, umount, e2fsck -fn, detach; for both devices.
+# verify: attach, e2fsck -fn, mount read-only, sha256sum -c, check the marker, detach; both.
 # Last line printed: "NBDTEST-RESULT: PASS" or "NBDTEST-RESULT: FAIL <why>"; then power off.
 export PATH=/sbin:/bin
 # No /dev/console in the initramfs (no mknod needed to build it): get one from devtmpfs.
@@ -23,17 +28,17 @@ finish() {
 fail() { finish "FAIL $*"; }
 step() { echo "nbdtest: [$(cut -d" " -f1 /proc/uptime)] $*"; }
 
-P_mode= P_port=10809 P_export= P_marker= P_host=10.0.2.2 P_bs=4096
+P_mode= P_port0= P_port1= P_export= P_marker= P_host=10.0.2.2 P_bs=4096 P_conns=4
 for w in $(cat /proc/cmdline); do
     case "$w" in
     nbdtest.*=*)
         k=${w#nbdtest.}; k=${k%%=*}; v=${w#*=}
-        case "$k" in *[!a-z_]*) continue ;; esac
+        case "$k" in *[!a-z0-9_]*) continue ;; esac
         eval "P_$k=\$v"
         ;;
     esac
 done
-step "mode=$P_mode server=$P_host:$P_port export=$P_export bs=$P_bs kernel=$(uname -r)"
+step "mode=$P_mode server=$P_host:$P_port0,$P_port1 export=$P_export bs=$P_bs conns=$P_conns kernel=$(uname -r)"
 
 # --- kernel modules and network ---
 while read -r m; do
@@ -47,72 +52,99 @@ done
 ip addr add 10.0.2.15/24 dev eth0 || fail "ip addr"
 ip link set eth0 up || fail "ip link up"
 
-attach() {
+attach() { # $1 = device number; port from nbdtest.port$1
+    dev=/dev/nbd$1
+    eval "port=\$P_port$1"
     i=0
-    while [ ! -e /dev/nbd0 ]; do
-        i=$((i + 1)); [ $i -gt 50 ] && fail "no /dev/nbd0"; sleep 0.1
+    while [ ! -e "$dev" ]; do
+        i=$((i + 1)); [ $i -gt 50 ] && fail "no $dev"; sleep 0.1
     done
-    step "nbd-client $P_host $P_port /dev/nbd0 -N $P_export -b $P_bs"
-    nbd-client "$P_host" "$P_port" /dev/nbd0 -N "$P_export" -b "$P_bs" || fail "nbd-client attach"
-    size=$(blockdev --getsize64 /dev/nbd0)
-    step "attached /dev/nbd0: $size bytes, logical block $(blockdev --getss /dev/nbd0)"
-    [ "$size" -gt 0 ] || fail "/dev/nbd0 has size 0"
+    step "nbd-client $P_host $port $dev -N $P_export -b $P_bs -C $P_conns"
+    nbd-client "$P_host" "$port" "$dev" -N "$P_export" -b "$P_bs" -C "$P_conns" ||
+        fail "nbd-client attach $dev"
+    size=$(blockdev --getsize64 "$dev")
+    disc=$(cat /sys/block/nbd$1/queue/discard_max_bytes)
+    step "attached $dev: $size bytes, logical block $(blockdev --getss "$dev"), discard_max_bytes $disc"
+    [ "$size" -gt 0 ] || fail "$dev has size 0"
+    [ "$disc" -gt 0 ] || fail "$dev: the kernel did not enable discard (NBD_FLAG_SEND_TRIM)"
 }
-detach() {
-    nbd-client -d /dev/nbd0 || fail "nbd-client -d"
-    step "detached"
+detach() { # $1 = device number
+    nbd-client -d /dev/nbd$1 || fail "nbd-client -d /dev/nbd$1"
+    step "detached /dev/nbd$1"
 }
-fsck() {
-    e2fsck -fn /dev/nbd0; rc=$?
-    [ $rc -eq 0 ] || fail "e2fsck -fn exit $rc ($1)"
-    step "e2fsck clean ($1)"
+fsck() { # $1 = device number, $2 = when
+    e2fsck -fn /dev/nbd$1; rc=$?
+    [ $rc -eq 0 ] || fail "e2fsck -fn /dev/nbd$1 exit $rc ($2)"
+    step "e2fsck clean (/dev/nbd$1, $2)"
 }
-
-case "$P_mode" in
-write)
-    attach
-    step "mkfs.ext4"
-    mkfs.ext4 -F -q -L nbdtest /dev/nbd0 || fail "mkfs.ext4"
-    mount -t ext4 /dev/nbd0 /mnt || fail "mount"
-    step "mounted; writing files"
-    mkdir -p /mnt/data /mnt/small || fail "mkdir"
+write_files() { # $1 = mount point
+    mkdir -p "$1/data" "$1/small" || fail "mkdir"
     n=0
     for size in 1 511 4096 65537 1048576 3000000 8388608; do
         n=$((n + 1))
-        head -c $size /dev/urandom >/mnt/data/random$n || fail "write random$n"
+        head -c $size /dev/urandom >"$1/data/random$n" || fail "write random$n"
     done
     i=0
     while [ $i -lt 100 ]; do
         i=$((i + 1))
-        head -c $((i * 97)) /dev/urandom >/mnt/small/s$i || fail "write small/s$i"
+        head -c $((i * 97)) /dev/urandom >"$1/small/s$i" || fail "write small/s$i"
     done
     i=0
     while [ $i -lt 2000 ]; do
         i=$((i + 1)); echo "$P_marker line $i"
-    done >/mnt/data/marker || fail "write marker"
-    step "written; sha256sum"
-    (cd /mnt && sha256sum data/* small/* >SHA256SUMS) || fail "sha256sum"
-    step "wrote $(wc -l </mnt/SHA256SUMS) files, $(du -sk /mnt | cut -f1) KiB"
+    done >"$1/data/marker" || fail "write marker"
+    (cd "$1" && sha256sum data/* small/* >SHA256SUMS) || fail "sha256sum"
+    step "wrote $(wc -l <"$1/SHA256SUMS") files, $(du -sk "$1" | cut -f1) KiB in $1"
+}
+verify_files() { # $1 = mount point
+    [ -s "$1/SHA256SUMS" ] || fail "no SHA256SUMS in $1"
+    count=$(wc -l <"$1/SHA256SUMS")
+    [ "$count" -eq 108 ] || fail "$1/SHA256SUMS lists $count files, expected 108"
+    (cd "$1" && sha256sum -c SHA256SUMS >/tmp/check.log 2>&1) || {
+        grep -v ': OK$' /tmp/check.log; fail "checksum mismatch in $1"
+    }
+    step "all $count checksums OK in $1"
+    grep -qF "$P_marker line 2000" "$1/data/marker" || fail "marker not found in $1"
+}
+
+case "$P_mode" in
+write)
+    attach 0
+    attach 1
+    step "mkfs.ext4 /dev/nbd0 (discards the whole device first)"
+    mkfs.ext4 -F -q -L nbdtest0 /dev/nbd0 || fail "mkfs.ext4 /dev/nbd0"
+    step "mkfs.ext4 -E nodiscard /dev/nbd1"
+    mkfs.ext4 -F -q -E nodiscard -L nbdtest1 /dev/nbd1 || fail "mkfs.ext4 /dev/nbd1"
+    for d in 0 1; do
+        mkdir -p /mnt$d
+        mount -t ext4 /dev/nbd$d /mnt$d || fail "mount /dev/nbd$d"
+        step "mounted /dev/nbd$d; writing files"
+        write_files /mnt$d
+    done
+    # Free space next to the files, then TRIM it through the filesystem: the files stay intact.
+    head -c 4194304 /dev/urandom >/mnt0/scratch || fail "write scratch"
     sync
-    umount /mnt || fail "umount"
-    fsck after-write
-    detach
+    rm /mnt0/scratch
+    sync
+    fstrim -v /mnt0 || fail "fstrim /mnt0"
+    for d in 0 1; do
+        sync
+        umount /mnt$d || fail "umount /mnt$d"
+        fsck $d after-write
+        detach $d
+    done
     finish PASS
     ;;
 verify)
-    attach
-    fsck before-mount
-    mount -t ext4 -o ro /dev/nbd0 /mnt || fail "mount ro"
-    [ -s /mnt/SHA256SUMS ] || fail "no SHA256SUMS"
-    count=$(wc -l </mnt/SHA256SUMS)
-    [ "$count" -eq 108 ] || fail "SHA256SUMS lists $count files, expected 108"
-    (cd /mnt && sha256sum -c SHA256SUMS >/tmp/check.log 2>&1) || {
-        grep -v ': OK$' /tmp/check.log; fail "checksum mismatch"
-    }
-    step "all $count checksums OK"
-    grep -qF "$P_marker line 2000" /mnt/data/marker || fail "marker not found in the file"
-    umount /mnt || fail "umount"
-    detach
+    for d in 0 1; do
+        attach $d
+        fsck $d before-mount
+        mkdir -p /mnt$d
+        mount -t ext4 -o ro /dev/nbd$d /mnt$d || fail "mount ro /dev/nbd$d"
+        verify_files /mnt$d
+        umount /mnt$d || fail "umount /mnt$d"
+        detach $d
+    done
     finish PASS
     ;;
 *)

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# End-to-end VM test of nbdcrypt: a Linux guest (qemu, TCG) attaches the decrypted volume
-# served by `nbdcrypt open` with the kernel nbd client, makes an ext4 filesystem on it,
-# writes files, and after a server restart verifies them in a second boot.
+# End-to-end VM test of nbdcrypt: a Linux guest (qemu, TCG) attaches two decrypted volumes
+# served by `nbdcrypt open` (one with --discard passdown, one with --discard ignore) with the
+# kernel nbd client over 4 connections each (nbd-client -C 4), makes ext4 filesystems on them
+# (mkfs discarding, and mkfs -E nodiscard), writes files, and after a server restart verifies
+# them in a second boot; the host checks the holes discards left in the images and reads the
+# passdown volume back with nbdcopy --connections 4.
 #
 #   bash vm-tests/run.sh            exit 0 = PASS, non-zero = FAIL
 #
@@ -23,18 +26,27 @@ RUN="$CACHE/run"
 T0=$(date +%s)
 
 say() { echo "vm-tests: [$(($(date +%s) - T0))s] $*"; }
-SERVER_PID=
+declare -A SERVER_PID=() PORT=() SAMPLER_PID=()
 QEMU_PID=
+# The two volumes and their server's --discard policy.
+VOLS=(passdown ignore)
 
 cleanup() {
+    local p
     if [ -n "$QEMU_PID" ] && kill -0 "$QEMU_PID" 2>/dev/null; then
         kill -TERM "$QEMU_PID" 2>/dev/null # timeout(1) passes it on to qemu
         wait "$QEMU_PID" 2>/dev/null
     fi
-    if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
-        kill -KILL "$SERVER_PID" 2>/dev/null
-        wait "$SERVER_PID" 2>/dev/null
-    fi
+    for p in "${SAMPLER_PID[@]}"; do
+        kill "$p" 2>/dev/null
+        wait "$p" 2>/dev/null
+    done
+    for p in "${SERVER_PID[@]}"; do
+        if [ -n "$p" ] && kill -0 "$p" 2>/dev/null; then
+            kill -KILL "$p" 2>/dev/null
+            wait "$p" 2>/dev/null
+        fi
+    done
 }
 trap cleanup EXIT
 trap 'say "interrupted"; exit 130' INT TERM
@@ -51,7 +63,9 @@ show() { # print a log file, without terminal escape sequences and carriage retu
 
 fail() {
     echo "vm-tests: FAIL: $*"
-    for f in format.log server-1.log console-write.log server-2.log console-verify.log; do
+    for f in format-passdown.log format-ignore.log server-passdown-1.log server-ignore-1.log \
+        console-write.log server-passdown-2.log server-ignore-2.log console-verify.log \
+        nbdcopy.log e2fsck-copy.log debugfs.log; do
         [ -f "$RUN/$f" ] && show "$f" "$RUN/$f"
     done
     echo "FAIL: nbdcrypt VM test ($VM_SERVER): $* (logs in $RUN)"
@@ -104,7 +118,7 @@ esac
 
 rm -rf "$RUN"
 mkdir -p "$RUN"
-IMG="$RUN/volume.img"
+declare -A IMG=([passdown]="$RUN/passdown.img" [ignore]="$RUN/ignore.img")
 KEY="$RUN/key"
 EXPORT=vol
 MARKER="NBDTEST-PLAINTEXT-MARKER-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
@@ -123,108 +137,171 @@ pick_port() { # a TCP port on 127.0.0.1 that nothing listens on
     return 1
 }
 
-start_server() { # $1 = log name; sets PORT, SERVER_PID
-    PORT=$(pick_port) || fail "no free TCP port"
-    local log="$RUN/$1.log"
+start_server() { # $1 = volume (passdown|ignore), $2 = run number; sets PORT[$1], SERVER_PID[$1]
+    local vol=$1 name="server-$1-$2" port
+    port=$(pick_port) || fail "no free TCP port"
+    local log="$RUN/$name.log"
     case "$VM_SERVER" in
     nbdcrypt)
-        "$NBDCRYPT" open "$IMG" --key-file "$KEY" --listen "127.0.0.1:$PORT" --export-name "$EXPORT" \
-            </dev/null >"$log" 2>&1 &
+        "$NBDCRYPT" open "${IMG[$vol]}" --key-file "$KEY" --listen "127.0.0.1:$port" \
+            --export-name "$EXPORT" --discard "$vol" </dev/null >"$log" 2>&1 &
         ;;
     nbdkit)
-        nbdkit -f -p "$PORT" -i 127.0.0.1 -e "$EXPORT" file "$IMG" </dev/null >"$log" 2>&1 &
+        # The stand-in's file plugin punches holes on TRIM whatever the volume.
+        nbdkit -f -p "$port" -i 127.0.0.1 -e "$EXPORT" file "${IMG[$vol]}" </dev/null >"$log" 2>&1 &
         ;;
     esac
-    SERVER_PID=$!
+    SERVER_PID[$vol]=$!
+    PORT[$vol]=$port
     local i size
     for i in $(seq 300); do
-        kill -0 "$SERVER_PID" 2>/dev/null || {
-            wait "$SERVER_PID"
-            fail "$1: server exited with status $? before accepting connections"
+        kill -0 "${SERVER_PID[$vol]}" 2>/dev/null || {
+            wait "${SERVER_PID[$vol]}"
+            fail "$name: server exited with status $? before accepting connections"
         }
-        if size=$(nbdinfo --size "nbd://127.0.0.1:$PORT/$EXPORT" 2>/dev/null); then
-            say "$1: $VM_SERVER (pid $SERVER_PID) serves $EXPORT ($size bytes) on 127.0.0.1:$PORT"
+        if size=$(nbdinfo --size "nbd://127.0.0.1:$port/$EXPORT" 2>/dev/null); then
+            say "$name: $VM_SERVER (pid ${SERVER_PID[$vol]}) serves $EXPORT ($size bytes) on 127.0.0.1:$port"
             return 0
         fi
         sleep 0.1
     done
-    fail "$1: server not ready on 127.0.0.1:$PORT after 30 s"
+    fail "$name: server not ready on 127.0.0.1:$port after 30 s"
 }
 
-stop_server() { # $1 = log name; SIGTERM, the server must exit 0 within 20 s
-    local i rc
-    kill -TERM "$SERVER_PID" 2>/dev/null
+stop_server() { # $1 = volume, $2 = run number; SIGTERM, the server must exit 0 within 20 s
+    local vol=$1 name="server-$1-$2" i rc pid=${SERVER_PID[$1]}
+    kill -TERM "$pid" 2>/dev/null
     for i in $(seq 200); do
-        kill -0 "$SERVER_PID" 2>/dev/null || break
+        kill -0 "$pid" 2>/dev/null || break
         sleep 0.1
     done
-    if kill -0 "$SERVER_PID" 2>/dev/null; then
-        kill -KILL "$SERVER_PID"
-        wait "$SERVER_PID" 2>/dev/null
-        SERVER_PID=
-        fail "$1: server did not exit within 20 s of SIGTERM"
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -KILL "$pid"
+        wait "$pid" 2>/dev/null
+        SERVER_PID[$vol]=
+        fail "$name: server did not exit within 20 s of SIGTERM"
     fi
-    wait "$SERVER_PID"
+    wait "$pid"
     rc=$?
-    SERVER_PID=
-    [ "$rc" -eq 0 ] || fail "$1: server exited with status $rc on SIGTERM (expected 0)"
-    say "$1: server exited 0 on SIGTERM"
+    SERVER_PID[$vol]=
+    [ "$rc" -eq 0 ] || fail "$name: server exited with status $rc on SIGTERM (expected 0)"
+    say "$name: server exited 0 on SIGTERM"
+}
+
+# Largest number of established TCP connections to 127.0.0.1:$1 seen while it runs (from
+# /proc/net/tcp, every 0.2 s), written to $2.
+sample_connections() {
+    local hex max=0 n
+    hex=$(printf '%04X' "$1")
+    echo 0 >"$2"
+    while :; do
+        n=$(awk -v p=":$hex" '$2 ~ p"$" && $4 == "01"' /proc/net/tcp | wc -l)
+        if [ "$n" -gt "$max" ]; then
+            max=$n
+            echo "$max" >"$2"
+        fi
+        sleep 0.2
+    done
 }
 
 boot() { # $1 = mode (write|verify)
-    local mode=$1 log="$RUN/console-$1.log" rc result t=$(date +%s)
+    local mode=$1 log="$RUN/console-$1.log" rc result t=$(date +%s) v
     say "boot ($mode): qemu, guest console in $log"
+    for v in "${VOLS[@]}"; do
+        sample_connections "${PORT[$v]}" "$RUN/conns-$v-$mode" &
+        SAMPLER_PID[$v]=$!
+    done
     timeout -k 10 "$VM_TIMEOUT" qemu-system-x86_64 -accel tcg -m 512 -nographic -no-reboot \
         -kernel "$CACHE/guest/vmlinuz" -initrd "$CACHE/guest/initramfs.cpio.gz" \
-        -append "console=ttyS0 panic=-1 loglevel=4 edd=off nbdtest.mode=$mode nbdtest.port=$PORT nbdtest.export=$EXPORT nbdtest.marker=$MARKER" \
+        -append "console=ttyS0 panic=-1 loglevel=4 edd=off nbdtest.mode=$mode nbdtest.port0=${PORT[passdown]} nbdtest.port1=${PORT[ignore]} nbdtest.conns=4 nbdtest.export=$EXPORT nbdtest.marker=$MARKER" \
         -netdev user,id=n0 -device virtio-net-pci,netdev=n0,romfile= \
         </dev/null >"$log" 2>&1 &
     QEMU_PID=$!
     wait "$QEMU_PID" # in the background so that a trapped signal interrupts the wait
     rc=$?
     QEMU_PID=
+    for v in "${VOLS[@]}"; do
+        kill "${SAMPLER_PID[$v]}" 2>/dev/null
+        wait "${SAMPLER_PID[$v]}" 2>/dev/null
+        SAMPLER_PID[$v]=
+    done
     result=$(grep -a -o 'NBDTEST-RESULT: .*' "$log" | tail -1 | tr -d '\r')
     [ "$rc" -eq 124 ] && fail "boot ($mode): qemu timed out after $VM_TIMEOUT s (${result:-no result line})"
     [ "$rc" -eq 0 ] || fail "boot ($mode): qemu exited with status $rc (${result:-no result line})"
     [ "$result" = "NBDTEST-RESULT: PASS" ] || fail "boot ($mode): ${result:-no NBDTEST-RESULT line}"
-    say "boot ($mode): guest PASS in $(($(date +%s) - t))s"
+    for v in "${VOLS[@]}"; do
+        # nbd-client -C 4: four connections to each server at once (multi-conn).
+        [ "$(cat "$RUN/conns-$v-$mode")" -ge 4 ] ||
+            fail "boot ($mode): at most $(cat "$RUN/conns-$v-$mode") connections to the $v server at once, expected 4"
+    done
+    say "boot ($mode): guest PASS in $(($(date +%s) - t))s (4 connections to each server)"
 }
 
-# --- 1. fresh volume, boot 1 writes --------------------------------------------------------
-case "$VM_SERVER" in
-nbdcrypt)
-    say "format $IMG (256M, pbkdf2 1000 iterations)"
-    "$NBDCRYPT" format "$IMG" --size 256M --key-file "$KEY" --pbkdf pbkdf2 --pbkdf-force-iterations 1000 \
-        </dev/null >"$RUN/format.log" 2>&1 || fail "nbdcrypt format exited with status $?"
-    [ -s "$IMG" ] || fail "nbdcrypt format exited 0 but left no image"
-    ;;
-nbdkit)
-    truncate -s 256M "$IMG" || fail "truncate"
-    ;;
-esac
-start_server server-1
+# --- 1. fresh volumes, fully allocated, boot 1 writes ---------------------------------------
+# Random bytes over the whole data segment first, so the images start without holes and the
+# holes that discards punch can be seen (a fresh image is sparse).
+for v in "${VOLS[@]}"; do
+    case "$VM_SERVER" in
+    nbdcrypt)
+        say "format ${IMG[$v]} (256M, pbkdf2 1000 iterations), data segment filled with random bytes"
+        "$NBDCRYPT" format "${IMG[$v]}" --size 256M --key-file "$KEY" --pbkdf pbkdf2 \
+            --pbkdf-force-iterations 1000 </dev/null >"$RUN/format-$v.log" 2>&1 ||
+            fail "nbdcrypt format exited with status $?"
+        [ -s "${IMG[$v]}" ] || fail "nbdcrypt format exited 0 but left no image"
+        dd if=/dev/urandom of="${IMG[$v]}" bs=1M seek=16 count=240 conv=notrunc status=none ||
+            fail "filling ${IMG[$v]}"
+        ;;
+    nbdkit)
+        head -c 256M /dev/urandom >"${IMG[$v]}" || fail "filling ${IMG[$v]}"
+        ;;
+    esac
+done
+blocks() { stat -c %b "$1"; }
+for v in "${VOLS[@]}"; do start_server "$v" 1; done
 boot write
-stop_server server-1
+for v in "${VOLS[@]}"; do stop_server "$v" 1; done
 
-# --- 2. the data at rest must not be plaintext ----------------------------------------------
-found=$(grep -a -c -F -e "$MARKER" -e "lost+found" "$IMG")
-case "$VM_SERVER" in
-nbdcrypt)
-    [ "$found" -eq 0 ] || fail "the image holds plaintext: $found lines match the marker or lost+found"
-    say "image holds no plaintext marker"
-    ;;
-nbdkit)
-    # The stand-in serves a plain file: the check must see the plaintext there.
-    [ "$found" -gt 0 ] || fail "plaintext check is blind: marker not found in the plain image"
-    say "stand-in image is plaintext as expected ($found matching lines)"
-    ;;
-esac
+# --- 2. holes from discards; the data at rest must not be plaintext -------------------------
+full=$((256 * 1024 * 2)) # 512-byte blocks of a fully allocated 256M image
+bp=$(blocks "${IMG[passdown]}")
+bi=$(blocks "${IMG[ignore]}")
+say "allocated 512-byte blocks: passdown $bp, ignore $bi (fully allocated: $full)"
+# mkfs.ext4 discarded the whole passdown device: most of it is holes now.
+[ "$bp" -lt $((full / 2)) ] || fail "passdown image has $bp blocks allocated: mkfs.ext4's discard punched no holes"
+if [ "$VM_SERVER" = nbdcrypt ]; then
+    # --discard ignore: TRIM never touches the image (and WRITE_ZEROES writes ciphertext).
+    [ "$bi" -ge "$full" ] || fail "ignore image lost blocks ($bi < $full): a discard reached it"
+fi
+for v in "${VOLS[@]}"; do
+    found=$(grep -a -c -F -e "$MARKER" -e "lost+found" "${IMG[$v]}")
+    case "$VM_SERVER" in
+    nbdcrypt)
+        [ "$found" -eq 0 ] || fail "the $v image holds plaintext: $found lines match the marker or lost+found"
+        say "$v image holds no plaintext marker"
+        ;;
+    nbdkit)
+        # The stand-in serves a plain file: the check must see the plaintext there.
+        [ "$found" -gt 0 ] || fail "plaintext check is blind: marker not found in the plain $v image"
+        say "stand-in $v image is plaintext as expected ($found matching lines)"
+        ;;
+    esac
+done
 
-# --- 3. restart the server, boot 2 verifies ----------------------------------------------
-start_server server-2
+# --- 3. restart the servers, boot 2 verifies; nbdcopy -C 4 reads the passdown volume -------
+for v in "${VOLS[@]}"; do start_server "$v" 2; done
 boot verify
-stop_server server-2
+COPY="$RUN/passdown-plain.img"
+nbdcopy --connections 4 "nbd://127.0.0.1:${PORT[passdown]}/$EXPORT" "$COPY" >"$RUN/nbdcopy.log" 2>&1 ||
+    fail "nbdcopy --connections 4 from the passdown server"
+for v in "${VOLS[@]}"; do stop_server "$v" 2; done
+e2fsck -fn "$COPY" >"$RUN/e2fsck-copy.log" 2>&1 || fail "e2fsck -fn of the nbdcopy copy"
+rm -rf "$RUN/files"
+mkdir "$RUN/files"
+debugfs -R "rdump / $RUN/files" "$COPY" >"$RUN/debugfs.log" 2>&1 || fail "debugfs rdump of the copy"
+n=$(cd "$RUN/files" && sha256sum -c SHA256SUMS 2>>"$RUN/debugfs.log" | grep -c ': OK$')
+[ "$n" -eq 108 ] || fail "nbdcopy copy: $n of 108 checksums OK"
+say "nbdcopy --connections 4 copy: e2fsck clean, all $n checksums OK"
 
-rm -f "$IMG"
-echo "PASS: nbdcrypt VM test ($VM_SERVER): wrote and verified ext4 over NBD across a server restart in $(($(date +%s) - T0))s"
+rm -rf "$COPY" "$RUN/files" "${IMG[passdown]}" "${IMG[ignore]}"
+echo "PASS: nbdcrypt VM test ($VM_SERVER): ext4 over NBD with 4 connections, discard passdown and ignore, written and verified across a server restart in $(($(date +%s) - T0))s"
 echo "vm-tests: 1 passed, 0 failed"

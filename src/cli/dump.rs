@@ -3,8 +3,11 @@
 
 use std::fmt::Write;
 
+use std::fs::File;
+use std::path::Path;
+
 use crate::format::metadata::{Metadata, SegmentSize};
-use crate::volume::LoadedHeader;
+use crate::volume::{self, LoadedHeader, VolumeError};
 
 fn hex_block(out: &mut String, bytes: &[u8], indent: &str) {
     for (i, chunk) in bytes.chunks(16).enumerate() {
@@ -43,7 +46,11 @@ pub fn render(lh: &LoadedHeader) -> String {
     let _ = writeln!(
         o,
         "Flags:       \t{}",
-        flags.map_or("(no flags)".to_string(), |f| f.join(" "))
+        // luksDump prints each flag followed by a space.
+        flags.map_or("(no flags)".to_string(), |f| f
+            .iter()
+            .map(|x| format!("{x} "))
+            .collect::<String>())
     );
     let _ = writeln!(o, "\nData segments:");
     for (id, s) in &md.segments {
@@ -130,4 +137,48 @@ pub fn render(lh: &LoadedHeader) -> String {
         hex_block(&mut o, &d.digest, "\t            ");
     }
     o
+}
+
+/// What `dump` says on stderr when discards leak, or have leaked, the volume's usage: the
+/// header's persistent `allow-discards` flag (cryptsetup `--persistent --allow-discards`) is
+/// set, and/or the data segment has holes in the image file (never written, or discarded with
+/// `open --discard passdown`); then cryptsetup's warning. Empty when neither applies.
+///
+/// Errors: [`VolumeError::Io`] when the holes cannot be looked up.
+pub fn discard_warnings(
+    file: &File,
+    image: &Path,
+    lh: &LoadedHeader,
+) -> Result<Vec<String>, VolumeError> {
+    let mut w = Vec::new();
+    let flagged = lh
+        .metadata
+        .config
+        .flags
+        .iter()
+        .flatten()
+        .any(|f| f == "allow-discards");
+    if flagged {
+        w.push(
+            "the header has the persistent flag allow-discards: cryptsetup opens this volume \
+             with discards passed down (nbdcrypt only with open --discard passdown)"
+                .to_string(),
+        );
+    }
+    let holes = volume::segment_hole_bytes(file, image, lh)?;
+    if holes > 0 {
+        w.push(format!(
+            "{holes} of the {} bytes of the data segment are holes in the image file \
+             (never written, or discarded with open --discard passdown): anyone who can read \
+             the image sees, without a key, which parts of the volume are unused",
+            lh.segment.size
+        ));
+    }
+    if !w.is_empty() {
+        w.push(format!(
+            "cryptsetup on discards (--allow-discards): \"{}\"",
+            super::CRYPTSETUP_DISCARD_WARNING
+        ));
+    }
+    Ok(w)
 }

@@ -210,6 +210,54 @@ impl KdfArgs {
     }
 }
 
+/// cryptsetup's warning on discards, word for word (`cryptsetup-open(8)` of cryptsetup 2.6,
+/// `--allow-discards`), as a literal for `concat!`.
+macro_rules! cryptsetup_discard_warning {
+    () => {
+        "This command can have a negative security impact because it can make \
+         filesystem-level operations visible on the physical device. For example, information \
+         leaking filesystem type, used space, etc. may be extractable from the physical device \
+         if the discarded blocks can be located later. If in doubt, do not use it."
+    };
+}
+
+/// cryptsetup's warning on discards; `dump`, `open` and `--help` repeat it where passdown
+/// applies.
+pub(crate) const CRYPTSETUP_DISCARD_WARNING: &str = cryptsetup_discard_warning!();
+
+const DISCARD_LONG_HELP: &str = concat!(
+    "What TRIM (discard) requests do.\n",
+    "  ignore:   TRIM succeeds and changes nothing; nothing about usage leaks. Never-written \
+     sectors read as decrypted noise, as under cryptsetup.\n",
+    "  passdown: TRIM punches holes in the image file (the 4096-byte aligned part of each \
+     request; fallocate PUNCH_HOLE), which read back as zeroes and are reported as holes by \
+     NBD block status (base:allocation). The holes show anyone who can read the image file, \
+     without a key, which parts of the volume are unused (like cryptsetup --allow-discards).\n\n",
+    "WARNING (cryptsetup-open(8) on --allow-discards): \"",
+    cryptsetup_discard_warning!(),
+    "\"\n\n",
+    "The LUKS2 header flag allow-discards (cryptsetup --persistent --allow-discards) is not \
+     honoured by itself: only --discard passdown discards."
+);
+
+/// `--discard` of `open` and `demo`.
+#[derive(Clone, Copy, ValueEnum)]
+enum DiscardArg {
+    /// TRIM is a no-op (default).
+    Ignore,
+    /// TRIM punches holes in the image (leaks usage).
+    Passdown,
+}
+
+impl DiscardArg {
+    fn policy(self) -> volume::Discard {
+        match self {
+            DiscardArg::Ignore => volume::Discard::Ignore,
+            DiscardArg::Passdown => volume::Discard::Passdown,
+        }
+    }
+}
+
 /// Listener and server flags shared by `open` and `serve`.
 #[derive(clap::Args)]
 struct ServerFlags {
@@ -293,6 +341,9 @@ enum Command {
         /// Serve read-only: writes fail with EPERM.
         #[arg(long)]
         read_only: bool,
+        /// What TRIM does: ignore (default) or passdown (punches holes: leaks usage; see --help).
+        #[arg(long, value_enum, value_name = "POLICY", default_value = "ignore", long_help = DISCARD_LONG_HELP)]
+        discard: DiscardArg,
     },
     /// Serve several images from one server, each under its own export name: one unlock per
     /// image, in the order given. The first export is also the default export "".
@@ -311,6 +362,10 @@ enum Command {
         /// one (repeatable).
         #[arg(long, value_name = "NAME", num_args = 0..=1, require_equals = true, default_missing_value = "")]
         read_only: Vec<String>,
+        /// What TRIM does: `POLICY` for every export, or `NAME=POLICY` for one (repeatable);
+        /// ignore (default) or passdown (punches holes: leaks usage; see `open --help`).
+        #[arg(long, value_name = "[NAME=]POLICY")]
+        discard: Vec<String>,
         #[command(flatten)]
         server: ServerFlags,
     },
@@ -432,6 +487,9 @@ enum Command {
         /// TCP address to listen on.
         #[arg(long, default_value = "127.0.0.1:10809")]
         listen: std::net::SocketAddr,
+        /// What TRIM does: ignore (default) or passdown (punches holes: leaks usage; see --help).
+        #[arg(long, value_enum, value_name = "POLICY", default_value = "ignore", long_help = DISCARD_LONG_HELP)]
+        discard: DiscardArg,
     },
 }
 
@@ -470,6 +528,7 @@ fn serve_exports(
     key_file: Vec<(String, PathBuf)>,
     recovery_key: Vec<String>,
     read_only: Vec<String>,
+    discard: Vec<String>,
 ) -> Result<Vec<serve::ImageExport>, CliError> {
     let mut out: Vec<serve::ImageExport> = Vec::with_capacity(exports.len());
     for (name, image) in exports {
@@ -483,6 +542,7 @@ fn serve_exports(
             recovery: None,
             key_slot: None,
             read_only: false,
+            discard: volume::Discard::Ignore,
         });
     }
     let find = |out: &[serve::ImageExport], name: &str, flag: &str| {
@@ -531,6 +591,27 @@ fn serve_exports(
         } else {
             let i = find(&out, &name, "--read-only")?;
             out[i].read_only = true;
+        }
+    }
+    for spec in discard {
+        let (name, policy) = match spec.split_once('=') {
+            Some((n, p)) => (Some(n), p),
+            None => (None, spec.as_str()),
+        };
+        let policy = match DiscardArg::from_str(policy, false) {
+            Ok(p) => p.policy(),
+            Err(_) => {
+                return Err(CliError::Usage(format!(
+                    "--discard {spec}: the policy is ignore or passdown"
+                )))
+            }
+        };
+        match name {
+            None => out.iter_mut().for_each(|x| x.discard = policy),
+            Some(name) => {
+                let i = find(&out, name, "--discard")?;
+                out[i].discard = policy;
+            }
         }
     }
     Ok(out)
@@ -648,6 +729,10 @@ fn run(cmd: Command) -> Result<(), CliError> {
             } else {
                 print!("{}", dump::render(&lh));
             }
+            // On stderr, so stdout stays luksDump's text line for line.
+            for w in dump::discard_warnings(&file, &image, &lh)? {
+                eprintln!("warning: {w}");
+            }
             Ok(())
         }
         Command::TestPassphrase { image, key } => {
@@ -666,6 +751,7 @@ fn run(cmd: Command) -> Result<(), CliError> {
             server,
             export_name,
             read_only,
+            discard,
         } => serve::open(
             serve::ImageExport {
                 name: export_name.unwrap_or_else(|| serve::default_export_name(&image)),
@@ -674,6 +760,7 @@ fn run(cmd: Command) -> Result<(), CliError> {
                 recovery: key.unlock.recovery_key,
                 key_slot: key.key_slot,
                 read_only,
+                discard: discard.policy(),
             },
             server.args(),
         ),
@@ -682,9 +769,10 @@ fn run(cmd: Command) -> Result<(), CliError> {
             key_file,
             recovery_key,
             read_only,
+            discard,
             server,
         } => serve::serve(
-            serve_exports(exports, key_file, recovery_key, read_only)?,
+            serve_exports(exports, key_file, recovery_key, read_only, discard)?,
             server.args(),
         ),
         Command::AddKey {
@@ -748,7 +836,11 @@ fn run(cmd: Command) -> Result<(), CliError> {
             pbkdf_memory,
             pbkdf_parallel,
         } => benchmark::run(iter_time, pbkdf_memory, pbkdf_parallel),
-        Command::Demo { dir, listen } => serve::demo(&dir, listen),
+        Command::Demo {
+            dir,
+            listen,
+            discard,
+        } => serve::demo(&dir, listen, discard.policy()),
     }
 }
 

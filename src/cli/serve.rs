@@ -10,7 +10,9 @@ use std::sync::Arc;
 use zeroize::Zeroizing;
 
 use crate::nbd::{self, BlockExport, ExportConfig, Listen, ServerOptions};
-use crate::volume::{self, Access, FormatOptions, KdfChoice, KdfKind, Volume, VolumeError};
+use crate::volume::{
+    self, Access, Discard, FormatOptions, KdfChoice, KdfKind, Volume, VolumeError,
+};
 
 use super::passphrase::{read_passphrase, unlock_with_tries, Prompt, Source};
 use super::CliError;
@@ -30,6 +32,8 @@ pub struct ImageExport {
     pub key_slot: Option<u32>,
     /// Serve read-only: writes fail with `EPERM`, the image is locked shared.
     pub read_only: bool,
+    /// What TRIM does (`--discard`).
+    pub discard: Discard,
 }
 
 /// Where and how to serve (shared by `open` and `serve`).
@@ -156,7 +160,9 @@ fn serve_with(
         })
         .map_err(|e| in_export(named, x, e))?;
         let vol = Volume::new(file, &x.image, &lh, key, x.read_only)
-            .map_err(|e| in_export(named, x, e))?;
+            .map_err(|e| in_export(named, x, e))?
+            .with_discard(x.discard);
+        warn_discard(&lh, x.discard);
         tracing::info!(
             image = %x.image.display(),
             size = vol.size(),
@@ -164,6 +170,7 @@ fn serve_with(
             keyslot = vol.keyslot(),
             export = %x.name,
             read_only = x.read_only,
+            discard = ?x.discard,
             "volume unlocked"
         );
         let config = ExportConfig {
@@ -188,6 +195,30 @@ fn serve_with(
         pid_file,
     };
     run_server(listeners, vols, options, banner)
+}
+
+/// Say what the discard policy means for this volume: passdown leaks usage; a persistent
+/// `allow-discards` flag in the header is not honoured without `--discard passdown`.
+fn warn_discard(lh: &volume::LoadedHeader, discard: Discard) {
+    let flagged = lh
+        .metadata
+        .config
+        .flags
+        .iter()
+        .flatten()
+        .any(|f| f == "allow-discards");
+    match discard {
+        Discard::Passdown => tracing::warn!(
+            "--discard passdown: TRIM punches holes in the image file, which show which parts \
+             of the volume are unused. cryptsetup: \"{}\"",
+            super::CRYPTSETUP_DISCARD_WARNING
+        ),
+        Discard::Ignore if flagged => tracing::info!(
+            "the header has the persistent flag allow-discards; TRIM is still ignored \
+             (use --discard passdown to pass discards down)"
+        ),
+        Discard::Ignore => {}
+    }
 }
 
 fn run_server(
@@ -250,9 +281,9 @@ fn run_server(
 }
 
 /// Quick start: create `DIR/demo.img` (64 MiB file, 48 MiB volume, Argon2id with modest cost)
-/// and `DIR/demo.key` once, then serve it on `listen` as export `demo`, printing how to attach
-/// it once it is listening.
-pub fn demo(dir: &Path, listen: SocketAddr) -> Result<(), CliError> {
+/// and `DIR/demo.key` once, then serve it on `listen` as export `demo` with discard policy
+/// `discard`, printing how to attach it once it is listening.
+pub fn demo(dir: &Path, listen: SocketAddr, discard: Discard) -> Result<(), CliError> {
     let image = dir.join("demo.img");
     let key = dir.join("demo.key");
     if !image.exists() {
@@ -308,6 +339,7 @@ pub fn demo(dir: &Path, listen: SocketAddr) -> Result<(), CliError> {
             recovery: None,
             key_slot: None,
             read_only: false,
+            discard,
         }],
         ServerArgs {
             listen: vec![listen],

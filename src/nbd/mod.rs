@@ -21,10 +21,17 @@
 //! options `EXPORT_NAME`, `INFO`, `GO`, `LIST`, `ABORT`, `STRUCTURED_REPLY`,
 //! `LIST_META_CONTEXT`/`SET_META_CONTEXT` (`base:allocation`) (everything else `ERR_UNSUP`,
 //! including `STARTTLS` and `EXTENDED_HEADERS`); commands `READ` (with `DF` after structured
-//! replies), `WRITE`, `FLUSH`, `WRITE_ZEROES` (`NO_HOLE`; `FAST_ZERO` → `ENOTSUP`), `TRIM` and
-//! `CACHE` (no-ops), `BLOCK_STATUS` (everything reported as data, so usage does not leak),
-//! `DISC`; simple replies unless structured replies were negotiated; `CAN_MULTI_CONN`.
-//! This layer does not depend on `volume`; the volume implements [`BlockExport`].
+//! replies), `WRITE`, `FLUSH`, `WRITE_ZEROES` (`NO_HOLE`; `FAST_ZERO` → `ENOTSUP`), `TRIM`
+//! ([`BlockExport::trim`]: the export's discard policy), `CACHE` (a no-op), `BLOCK_STATUS`
+//! ([`BlockExport::block_status`]), `DISC`; simple replies unless structured replies were
+//! negotiated; `CAN_MULTI_CONN`.
+//!
+//! The volume's discard policy decides TRIM and `base:allocation`: with `ignore` (default)
+//! TRIM changes nothing and everything is reported as data, so usage does not leak; with
+//! `passdown` TRIM punches holes in the image, and holes are reported as
+//! `NBD_STATE_HOLE | NBD_STATE_ZERO` and read as zeroes. READ never sends `OFFSET_HOLE`
+//! chunks (one `OFFSET_DATA` chunk per read). This layer does not depend on `volume`; the
+//! volume implements [`BlockExport`].
 
 pub mod activation;
 pub mod proto;
@@ -32,6 +39,7 @@ pub mod server;
 pub mod session;
 mod volume_export;
 
+pub use proto::Extent;
 pub use server::{serve, Listen, NbdError, ServerOptions, DEFAULT_MAX_CONNECTIONS};
 pub use session::{run_session, SessionEnd, SessionError, SessionStats};
 
@@ -64,6 +72,27 @@ pub trait BlockExport: Send + Sync + 'static {
     fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> std::io::Result<()>;
     /// Make every write that has returned so far durable.
     fn flush(&self) -> std::io::Result<()>;
+    /// `NBD_CMD_TRIM` of `offset..offset + len` (len > 0): a hint that the range is no longer
+    /// needed; its content is undefined until written again (proto.md `NBD_CMD_TRIM`). If
+    /// `fua`, whatever the trim changed is durable before returning. The default does
+    /// nothing (discard policy "ignore").
+    fn trim(&self, offset: u64, len: u64, fua: bool) -> std::io::Result<()> {
+        let _ = (offset, len, fua);
+        Ok(())
+    }
+    /// `base:allocation` status of `offset..offset + len` (len > 0): consecutive extents from
+    /// `offset` (proto.md "Metadata contexts"), boundaries inside the range on multiples of
+    /// [`min_block_size`](BlockExport::min_block_size). They may stop short of the end (the
+    /// client asks again); the session clips, merges and caps them
+    /// ([`proto::block_status_descriptors`]). The default reports one data extent (status 0,
+    /// always safe): nothing about usage is revealed.
+    fn block_status(&self, offset: u64, len: u32) -> std::io::Result<Vec<Extent>> {
+        let _ = offset;
+        Ok(vec![Extent {
+            length: u64::from(len),
+            status: 0,
+        }])
+    }
 }
 
 /// How an export is presented to clients.

@@ -129,6 +129,14 @@ pub const BASE_ALLOCATION: &str = "base:allocation";
 /// Context id this server gives `base:allocation` in `NBD_REP_META_CONTEXT` replies to
 /// `NBD_OPT_SET_META_CONTEXT` (`NBD_OPT_LIST_META_CONTEXT` replies use 0, as the spec asks).
 pub const BASE_ALLOCATION_ID: u32 = 1;
+/// `base:allocation` status flag `NBD_STATE_HOLE`: not allocated in the backing store
+/// (proto.md "Metadata contexts").
+pub const STATE_HOLE: u32 = 1 << 0;
+/// `base:allocation` status flag `NBD_STATE_ZERO`: reads as zeroes.
+pub const STATE_ZERO: u32 = 1 << 1;
+/// Most descriptors in one `NBD_REPLY_TYPE_BLOCK_STATUS` chunk (the spec lets a server send
+/// fewer than the whole range needs; the client asks again for the rest).
+pub const MAX_EXTENTS: usize = 1024;
 
 /// Error value `EPERM` (proto.md "Error values").
 pub const EPERM: u32 = 1;
@@ -347,7 +355,8 @@ pub struct Negotiated {
 }
 
 /// Transmission flags for an export (proto.md "Transmission flags"), computed per session:
-/// `HAS_FLAGS`, `SEND_FLUSH`, `SEND_FUA`, `SEND_TRIM` (a no-op: discard policy "ignore"),
+/// `HAS_FLAGS`, `SEND_FLUSH`, `SEND_FUA`, `SEND_TRIM` (what TRIM does is the export's discard
+/// policy),
 /// `SEND_WRITE_ZEROES`, `CAN_MULTI_CONN` (no per-connection cache: every connection writes the
 /// same file and FLUSH syncs all of it), `SEND_CACHE`, `SEND_FAST_ZERO` (always answered
 /// `ENOTSUP`), plus `READ_ONLY` when `read_only` and `SEND_DF` only when `structured` (the spec
@@ -381,7 +390,7 @@ pub enum Command {
     Disc,
     /// `NBD_CMD_FLUSH` (3).
     Flush,
-    /// `NBD_CMD_TRIM` (4): a hint, served as a no-op (discard policy "ignore").
+    /// `NBD_CMD_TRIM` (4): a hint, passed to the export (`BlockExport::trim`).
     Trim,
     /// `NBD_CMD_CACHE` (5): advisory prefetch, served as a no-op.
     Cache,
@@ -670,6 +679,68 @@ pub fn block_status_extent(offset: u64, len: u32, size: u64, min_block: u32, req
         e
     };
     (ext_end - offset) as u32
+}
+
+/// A run of the export with one `base:allocation` status, as an export reports it
+/// (`BlockExport::block_status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    /// Length in bytes.
+    pub length: u64,
+    /// Status flags ([`STATE_HOLE`], [`STATE_ZERO`]; 0 = data, always safe).
+    pub status: u32,
+}
+
+/// The `(length, status)` descriptors answering a BLOCK_STATUS of `offset..offset + len`
+/// (validated: `0 < len`, end within `size`) from the export's `extents`, which start at
+/// `offset` (proto.md `NBD_CMD_BLOCK_STATUS`, "Structured reply types").
+///
+/// Extents are clipped to the request, empty ones dropped, equal neighbours merged, and at
+/// most [`MAX_EXTENTS`] kept (one with `req_one`). When the descriptors reach the end of the
+/// request, the last one is sized by [`block_status_extent`] (the whole-range rules: ends on
+/// a `min_block` multiple, past the request only without `REQ_ONE`); an export reporting one
+/// data extent therefore gets exactly the single all-data answer. No extents → one data
+/// descriptor (status 0 is always safe).
+pub fn block_status_descriptors(
+    offset: u64,
+    len: u32,
+    extents: &[Extent],
+    size: u64,
+    min_block: u32,
+    req_one: bool,
+) -> Vec<(u32, u32)> {
+    let end = offset + u64::from(len);
+    let max = if req_one { 1 } else { MAX_EXTENTS };
+    let mut out: Vec<(u64, u64, u32)> = Vec::new(); // (offset, length, status)
+    let mut pos = offset;
+    for e in extents.iter().filter(|e| e.length > 0) {
+        if pos >= end {
+            break;
+        }
+        let l = e.length.min(end - pos);
+        let n = out.len();
+        match out.last_mut() {
+            Some(last) if last.2 == e.status => last.1 += l,
+            _ if n == max => break,
+            _ => out.push((pos, l, e.status)),
+        }
+        pos += l;
+    }
+    if out.is_empty() {
+        out.push((offset, u64::from(len), 0));
+        pos = end;
+    }
+    if pos >= end {
+        let last = out.last_mut().expect("not empty");
+        last.1 = u64::from(block_status_extent(
+            last.0,
+            last.1 as u32,
+            size,
+            min_block,
+            req_one,
+        ));
+    }
+    out.into_iter().map(|(_, l, s)| (l as u32, s)).collect()
 }
 
 /// Data of `NBD_OPT_LIST_META_CONTEXT` / `NBD_OPT_SET_META_CONTEXT` (proto.md "Option types"):
@@ -1055,6 +1126,60 @@ mod tests {
         let e = block_status_extent(0, u32::MAX, big, 4096, false);
         assert_eq!(u64::from(e) % 4096, 0);
         assert!(e > u32::MAX - 4096);
+    }
+
+    #[test]
+    fn block_status_descriptors_from_extents() {
+        let size = 1 << 20;
+        let hole = STATE_HOLE | STATE_ZERO;
+        let ext = |v: &[(u64, u32)]| -> Vec<Extent> {
+            v.iter()
+                .map(|&(length, status)| Extent { length, status })
+                .collect()
+        };
+        // One data extent: the same answer as before holes were reported.
+        for (off, len, req_one) in [(512, 1000, false), (512, 1000, true), (0, 4096, false)] {
+            assert_eq!(
+                block_status_descriptors(off, len, &ext(&[(len as u64, 0)]), size, 512, req_one),
+                vec![(block_status_extent(off, len, size, 512, req_one), 0)]
+            );
+        }
+        // Nothing reported: all data.
+        assert_eq!(
+            block_status_descriptors(0, 4096, &[], size, 512, false),
+            vec![(4096, 0)]
+        );
+        // Data, hole, data; equal neighbours merged, zero lengths dropped, clipped.
+        let e = ext(&[(4096, 0), (0, hole), (4096, 0), (8192, hole), (100_000, 0)]);
+        assert_eq!(
+            block_status_descriptors(0, 20480, &e, size, 4096, false),
+            vec![(8192, 0), (8192, hole), (4096, 0)]
+        );
+        // REQ_ONE: only the first (merged) descriptor, never longer than the request.
+        assert_eq!(
+            block_status_descriptors(0, 20480, &e, size, 4096, true),
+            vec![(8192, 0)]
+        );
+        assert_eq!(
+            block_status_descriptors(0, 6000, &e, size, 4096, true),
+            vec![(4096, 0)]
+        );
+        // The last descriptor that reaches the end of an unaligned request is rounded up to
+        // the block, as the single-extent answer.
+        assert_eq!(
+            block_status_descriptors(0, 5000, &ext(&[(4096, hole), (904, 0)]), size, 4096, false),
+            vec![(4096, hole), (4096, 0)]
+        );
+        // At most MAX_EXTENTS descriptors; the rest is left for another request.
+        let many: Vec<Extent> = (0..3000)
+            .map(|i| Extent {
+                length: 512,
+                status: if i % 2 == 0 { 0 } else { hole },
+            })
+            .collect();
+        let d = block_status_descriptors(0, 3000 * 512, &many, size, 512, false);
+        assert_eq!(d.len(), MAX_EXTENTS);
+        assert!(d.iter().all(|&(l, _)| l == 512));
     }
 
     #[test]

@@ -275,8 +275,15 @@ where
                 return Ok(Handshake::Transmission(neg, index));
             }
             proto::OPT_ABORT => {
-                send_opt_reply(s, opt, proto::REP_ACK, &[]).await?;
-                s.flush().await?;
+                // The client SHOULD wait for the ACK but many (nbdinfo --list) hang up at once;
+                // a failed send still ends the session as the abort it was.
+                let sent = async {
+                    send_opt_reply(s, opt, proto::REP_ACK, &[]).await?;
+                    s.flush().await
+                };
+                if let Err(e) = sent.await {
+                    debug!(error = %e, "ACK of ABORT not delivered");
+                }
                 return Ok(Handshake::Aborted);
             }
             proto::OPT_LIST => {
@@ -573,28 +580,33 @@ async fn handle(
             let r = tokio::task::spawn_blocking(move || export.flush()).await;
             Reply::status(sr, errno_of(&r), cookie)
         }
-        // Discard policy "ignore": TRIM is a hint the spec lets us drop (proto.md
-        // NBD_CMD_TRIM), so the data stays as it was and nothing about usage leaks. FUA on a
-        // command that writes nothing MAY be ignored.
-        Command::Trim => Reply::ok(sr, cookie),
+        // A hint (proto.md NBD_CMD_TRIM): the export's discard policy decides what it does.
+        Command::Trim if len == 0 => Reply::ok(sr, cookie),
+        Command::Trim => {
+            let (off, fua) = (req.offset, req.fua());
+            let r = tokio::task::spawn_blocking(move || export.trim(off, len as u64, fua)).await;
+            Reply::status(sr, errno_of(&r), cookie)
+        }
         // Advisory prefetch (proto.md NBD_CMD_CACHE); the range was bounds-checked.
         Command::Cache => Reply::ok(sr, cookie),
         // Only reached with structured replies and base:allocation selected (check_request).
-        // Everything is reported as data (status 0, always safe per proto.md): an encrypted
-        // volume must not reveal which ranges were ever written.
+        // The export says what it knows (a volume with discard "ignore": everything is data).
         Command::BlockStatus => {
             let req_one = req.flags & proto::CMD_FLAG_REQ_ONE != 0;
-            let ext = proto::block_status_extent(
-                req.offset,
-                req.length,
-                export.size(),
-                export.min_block_size(),
-                req_one,
-            );
-            Reply::new(
-                proto::encode_block_status_chunk(cookie, proto::BASE_ALLOCATION_ID, &[(ext, 0)]),
-                Vec::new(),
-            )
+            let (off, blen) = (req.offset, req.length);
+            let (size, min) = (export.size(), export.min_block_size());
+            let r = tokio::task::spawn_blocking(move || export.block_status(off, blen)).await;
+            match errno_of(&r) {
+                0 => {
+                    let ext = r.unwrap().unwrap();
+                    let d = proto::block_status_descriptors(off, blen, &ext, size, min, req_one);
+                    Reply::new(
+                        proto::encode_block_status_chunk(cookie, proto::BASE_ALLOCATION_ID, &d),
+                        Vec::new(),
+                    )
+                }
+                e => Reply::error(sr, e, cookie),
+            }
         }
         // check_request never lets these through
         Command::Disc | Command::Unknown(_) => Reply::error(sr, proto::EINVAL, cookie),

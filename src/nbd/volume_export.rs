@@ -1,9 +1,10 @@
 //! The unlocked [`Volume`] as an NBD export: byte ranges map one to one, any range is served
 //! (the volume does read-modify-write of partial sectors), errors become `EIO` in the session.
+//! TRIM and `base:allocation` follow the volume's discard policy ([`crate::volume::Discard`]).
 
 use crate::volume::{Volume, VolumeError};
 
-use super::BlockExport;
+use super::{proto, BlockExport, Extent};
 
 fn io(e: VolumeError) -> std::io::Error {
     match e {
@@ -35,5 +36,25 @@ impl BlockExport for Volume {
 
     fn flush(&self) -> std::io::Result<()> {
         Volume::flush(self).map_err(io)
+    }
+
+    fn trim(&self, offset: u64, len: u64, fua: bool) -> std::io::Result<()> {
+        Volume::trim(self, offset, len, fua).map_err(io)
+    }
+
+    /// Holes (discard passdown only) are `HOLE | ZERO`: the volume reads them as zeroes.
+    fn block_status(&self, offset: u64, len: u32) -> std::io::Result<Vec<Extent>> {
+        let runs = Volume::allocation(self, offset, u64::from(len)).map_err(io)?;
+        Ok(runs
+            .into_iter()
+            .map(|r| Extent {
+                length: r.length,
+                status: if r.hole {
+                    proto::STATE_HOLE | proto::STATE_ZERO
+                } else {
+                    0
+                },
+            })
+            .collect())
     }
 }

@@ -1,6 +1,8 @@
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::crypto::SectorCipher;
@@ -12,6 +14,38 @@ use super::{LoadedHeader, UnlockedKey, VolumeError};
 const LOCK_STRIPES: usize = 256;
 /// Largest chunk `write_zeroes` encrypts at once, bytes.
 const ZERO_CHUNK: u64 = 1 << 20;
+/// Smallest hole that TRIM punches, bytes (a filesystem block on every common filesystem).
+pub const PUNCH_ALIGN: u64 = 4096;
+/// Most runs [`Volume::allocation`] reports for one query.
+pub const MAX_ALLOCATION_RUNS: usize = 1024;
+
+/// What TRIM (discard) does to the image: the per-volume discard policy (`--discard`).
+///
+/// cryptsetup(8) on `--allow-discards`: "This command can have a negative security impact
+/// because it can make filesystem-level operations visible on the physical device."
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Discard {
+    /// TRIM succeeds and changes nothing; reads never look for holes (a never-written sector
+    /// of a sparse image decrypts to pseudo-random bytes, as under dm-crypt). Nothing about
+    /// usage leaks through TRIM. The default, as cryptsetup without `--allow-discards`.
+    #[default]
+    Ignore,
+    /// TRIM punches holes in the image file (`fallocate(PUNCH_HOLE | KEEP_SIZE)`) over the
+    /// part of the range that is aligned to [`Volume::punch_granularity`] in image offsets;
+    /// holes read back as plaintext zeroes and are reported by [`Volume::allocation`]. The
+    /// holes show anyone who can read the image which ranges are unused.
+    Passdown,
+}
+
+/// A run of the volume with one allocation state, from [`Volume::allocation`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Run {
+    /// Length in bytes.
+    pub length: u64,
+    /// Every sector of the run is a hole in the image file (reads as zeroes with
+    /// [`Discard::Passdown`]).
+    pub hole: bool,
+}
 
 /// An unlocked volume: the plaintext view of the data segment, addressed in bytes from 0 to
 /// [`Volume::size`]. Any byte range can be read or written; ranges that cover part of an
@@ -25,6 +59,11 @@ pub struct Volume {
     read_only: bool,
     keyslot: u32,
     locks: Box<[Mutex<()>]>,
+    discard: Discard,
+    /// Alignment of punched holes in image offsets, bytes (see `punch_granularity`).
+    granularity: u64,
+    /// Set once `fallocate` said EOPNOTSUPP: TRIM is then a no-op.
+    punch_unsupported: AtomicBool,
 }
 
 impl std::fmt::Debug for Volume {
@@ -33,6 +72,7 @@ impl std::fmt::Debug for Volume {
             .field("path", &self.path)
             .field("segment", &self.segment)
             .field("read_only", &self.read_only)
+            .field("discard", &self.discard)
             .finish_non_exhaustive()
     }
 }
@@ -51,6 +91,17 @@ impl Volume {
         read_only: bool,
     ) -> Result<Volume, VolumeError> {
         let cipher = SectorCipher::new(key.key.expose())?;
+        // A filesystem block larger than PUNCH_ALIGN would turn a punch of part of it into
+        // written zeroes (ciphertext that decrypts to noise): punch whole blocks only.
+        let blksize = file.metadata().map(|m| m.blksize()).unwrap_or(0);
+        let fs_block = if blksize.is_power_of_two() && blksize <= 1 << 20 {
+            blksize
+        } else {
+            0
+        };
+        let granularity = PUNCH_ALIGN
+            .max(u64::from(lh.segment.sector_size))
+            .max(fs_block);
         Ok(Volume {
             file,
             path: path.to_owned(),
@@ -59,7 +110,31 @@ impl Volume {
             read_only,
             keyslot: key.keyslot,
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            discard: Discard::Ignore,
+            granularity,
+            punch_unsupported: AtomicBool::new(false),
         })
+    }
+
+    /// The same volume with discard policy `discard` (a new volume has [`Discard::Ignore`]).
+    pub fn with_discard(mut self, discard: Discard) -> Volume {
+        self.discard = discard;
+        self
+    }
+
+    /// The discard policy.
+    pub fn discard(&self) -> Discard {
+        self.discard
+    }
+
+    /// Alignment of the holes TRIM punches, in image-file offsets, bytes: the largest of
+    /// [`PUNCH_ALIGN`] (4096), the sector size and the image filesystem's block size
+    /// (`st_blksize`, when a power of two up to 1 MiB). With [`Discard::Passdown`], writes
+    /// also read-modify-write whole units of this size, so a partial write into a hole fills
+    /// the rest of the unit with encrypted zeroes instead of leaving allocated zero
+    /// ciphertext (which would decrypt to noise).
+    pub fn punch_granularity(&self) -> u64 {
+        self.granularity
     }
 
     /// Size of the plaintext view in bytes (the data segment's length).
@@ -110,8 +185,80 @@ impl Volume {
         (offset / ss * ss, (offset + len).div_ceil(ss) * ss)
     }
 
+    /// Unit of read-modify-write in writes: the sector, or with [`Discard::Passdown`] the
+    /// punch granularity (so a write never leaves part of a filesystem block a hole).
+    fn rmw_unit(&self) -> u64 {
+        match self.discard {
+            Discard::Ignore => self.segment.sector_size as u64,
+            Discard::Passdown => self.granularity,
+        }
+    }
+
+    /// `(start, end, head_end, tail_start)`: the range `[start, end)` covering
+    /// `[offset, offset+len)` (len > 0) whose ends lie on multiples of `unit` in image offsets
+    /// (clamped to the volume), the end of its first unit and the start of its last unit.
+    /// All four are sector-aligned, as the segment offset and `unit` are multiples of the
+    /// sector size.
+    fn unit_bounds(&self, offset: u64, len: u64, unit: u64) -> (u64, u64, u64, u64) {
+        let base = self.segment.offset;
+        let down = |v: u64| ((base + v) / unit * unit).saturating_sub(base);
+        let up = |v: u64| ((base + v).div_ceil(unit) * unit - base).min(self.segment.size);
+        let (start, end) = (down(offset), up(offset + len));
+        (start, end, up(start + 1).min(end), down(end - 1).max(start))
+    }
+
+    /// Sector-aligned ranges within `[start, end)` (sector-aligned plaintext offsets) whose
+    /// every ciphertext byte lies in a hole of the image file, in order; from
+    /// `SEEK_DATA`/`SEEK_HOLE`, never from the ciphertext's content. At most `limit` holes;
+    /// also returns how far the search got (`end` unless the limit was reached).
+    fn hole_sectors(
+        &self,
+        start: u64,
+        end: u64,
+        limit: usize,
+    ) -> Result<(Vec<(u64, u64)>, u64), VolumeError> {
+        let base = self.segment.offset;
+        let ss = self.segment.sector_size as u64;
+        let (holes, reached) = image_holes(&self.file, base + start, base + end, limit)
+            .map_err(|e| self.io_err("seek for holes", base + start, e))?;
+        let sectors = holes
+            .into_iter()
+            .filter_map(|(a, b)| {
+                let (a, b) = ((a - base).div_ceil(ss) * ss, (b - base) / ss * ss);
+                (b > a).then_some((a, b))
+            })
+            .collect();
+        Ok((sectors, reached - base))
+    }
+
+    /// With [`Discard::Passdown`], [`read_sectors`](Self::read_sectors): hole sectors are
+    /// plaintext zeroes, the others are read and decrypted.
+    fn read_sectors_sparse(&self, buf: &mut [u8], start: u64) -> Result<(), VolumeError> {
+        let end = start + buf.len() as u64;
+        let (holes, _) = self.hole_sectors(start, end, usize::MAX)?;
+        let mut pos = start;
+        for (a, b) in holes.into_iter().chain(std::iter::once((end, end))) {
+            if a > pos {
+                let part = &mut buf[(pos - start) as usize..(a - start) as usize];
+                self.read_sectors_dense(part, pos)?;
+            }
+            buf[(a - start) as usize..(b - start) as usize].fill(0);
+            pos = b;
+        }
+        Ok(())
+    }
+
     /// Read and decrypt whole sectors `[start, start+buf.len())` (plaintext offsets, aligned).
+    /// With [`Discard::Passdown`], sectors that are holes in the image read as zeroes.
     fn read_sectors(&self, buf: &mut [u8], start: u64) -> Result<(), VolumeError> {
+        if self.discard == Discard::Passdown {
+            return self.read_sectors_sparse(buf, start);
+        }
+        self.read_sectors_dense(buf, start)
+    }
+
+    /// Read and decrypt whole sectors, holes or not.
+    fn read_sectors_dense(&self, buf: &mut [u8], start: u64) -> Result<(), VolumeError> {
         let at = self.segment.offset + start;
         self.file
             .read_exact_at(buf, at)
@@ -178,7 +325,8 @@ impl Volume {
     }
 
     /// Write `data` at byte `offset` of the volume; with `fua`, `fdatasync` before returning.
-    /// Partial sectors at either end are read, merged and rewritten under the sector locks.
+    /// Partial sectors at either end are read, merged and rewritten under the sector locks
+    /// (with [`Discard::Passdown`], partial units of [`Volume::punch_granularity`]).
     ///
     /// Errors: [`VolumeError::InvalidArgument`] when the range leaves the volume or the volume
     /// is read-only, [`VolumeError::Io`] on read, write or sync failure.
@@ -191,17 +339,16 @@ impl Volume {
         if len == 0 {
             return Ok(());
         }
-        let ss = self.segment.sector_size as u64;
-        let (start, end) = self.aligned(offset, len);
+        let (start, end, head_end, tail_start) = self.unit_bounds(offset, len, self.rmw_unit());
         let mut buf = vec![0u8; (end - start) as usize];
         {
             let _guards = self.lock_sectors(start, end);
             if offset != start {
-                self.read_sectors(&mut buf[..ss as usize], start)?;
+                self.read_sectors(&mut buf[..(head_end - start) as usize], start)?;
             }
-            if offset + len != end && (end - ss != start || offset == start) {
-                let tail = buf.len() - ss as usize;
-                self.read_sectors(&mut buf[tail..], end - ss)?;
+            if offset + len != end && (tail_start >= head_end || offset == start) {
+                let tail = (tail_start - start) as usize;
+                self.read_sectors(&mut buf[tail..], tail_start)?;
             }
             let skip = (offset - start) as usize;
             buf[skip..skip + data.len()].copy_from_slice(data);
@@ -213,8 +360,10 @@ impl Volume {
         Ok(())
     }
 
-    /// Make `len` bytes at `offset` read back as zeros (encrypted zeros are written: the
-    /// ciphertext of a hole would not decrypt to zeros). With `fua`, sync before returning.
+    /// Make `len` bytes at `offset` read back as zeros (encrypted zeros are written, whatever
+    /// the discard policy: a hole decrypts to noise under cryptsetup/dm-crypt and with
+    /// [`Discard::Ignore`], so punched "zeroes" would not survive a change of reader). With
+    /// `fua`, sync before returning.
     ///
     /// Errors: as [`Volume::write_at`].
     pub fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> Result<(), VolumeError> {
@@ -235,6 +384,115 @@ impl Volume {
         Ok(())
     }
 
+    /// TRIM `len` bytes at `offset` (proto.md `NBD_CMD_TRIM`: a hint; the content of the range
+    /// is undefined until written again). With [`Discard::Ignore`] nothing happens. With
+    /// [`Discard::Passdown`] the part of the range whose image offsets are aligned to
+    /// [`Volume::punch_granularity`] is punched (`fallocate(PUNCH_HOLE | KEEP_SIZE)`) under
+    /// the same sector locks as writes, so it never interleaves with a write to those
+    /// sectors; the unaligned head and tail are left as they are. A filesystem without
+    /// hole punching (`EOPNOTSUPP`) makes TRIM a no-op, with one warning. With `fua`, sync
+    /// before returning.
+    ///
+    /// Errors: [`VolumeError::InvalidArgument`] when the range leaves the volume or the volume
+    /// is read-only, [`VolumeError::Io`] when `fallocate` or the sync fails.
+    pub fn trim(&self, offset: u64, len: u64, fua: bool) -> Result<(), VolumeError> {
+        if self.read_only {
+            return Err(VolumeError::InvalidArgument("volume is read-only".into()));
+        }
+        self.check_range(offset, len)?;
+        if self.discard == Discard::Ignore || self.punch_unsupported.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let (g, base) = (self.granularity, self.segment.offset);
+        let (a, b) = (
+            (base + offset).div_ceil(g) * g,
+            (base + offset + len) / g * g,
+        );
+        if b <= a {
+            return Ok(());
+        }
+        {
+            let _guards = self.lock_sectors(a - base, b - base);
+            // SAFETY: plain syscall on an fd that stays open for the call.
+            let rc = unsafe {
+                libc::fallocate(
+                    self.file.as_raw_fd(),
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    a as libc::off_t,
+                    (b - a) as libc::off_t,
+                )
+            };
+            if rc != 0 {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+                    if !self.punch_unsupported.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            image = %self.path.display(),
+                            "the image's filesystem cannot punch holes: TRIM is ignored"
+                        );
+                    }
+                    return Ok(());
+                }
+                return Err(self.io_err("fallocate(PUNCH_HOLE)", a, e));
+            }
+        }
+        if fua {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// The allocation of `[offset, offset+len)` (`base:allocation`, proto.md "Metadata
+    /// contexts"): consecutive [`Run`]s from `offset`, adjacent runs differing, every
+    /// boundary inside the range on a sector boundary. With [`Discard::Ignore`] one data run
+    /// of `len` (holes are not looked for, so usage does not leak). With
+    /// [`Discard::Passdown`] a sector is a hole when all its ciphertext lies in a hole of the
+    /// image file (`SEEK_DATA`/`SEEK_HOLE`); the runs stop early after
+    /// [`MAX_ALLOCATION_RUNS`] runs, else they cover the range exactly. Empty when `len` is 0.
+    ///
+    /// Errors: [`VolumeError::InvalidArgument`] when the range leaves the volume,
+    /// [`VolumeError::Io`] when `lseek` fails.
+    pub fn allocation(&self, offset: u64, len: u64) -> Result<Vec<Run>, VolumeError> {
+        self.check_range(offset, len)?;
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        if self.discard == Discard::Ignore {
+            return Ok(vec![Run {
+                length: len,
+                hole: false,
+            }]);
+        }
+        let (start, end) = self.aligned(offset, len);
+        let (holes, reached) = self.hole_sectors(start, end, MAX_ALLOCATION_RUNS / 2)?;
+        let mut runs: Vec<(u64, u64, bool)> = Vec::new();
+        let mut pos = start;
+        for (a, b) in holes {
+            if a > pos {
+                runs.push((pos, a, false));
+            }
+            runs.push((a, b, true));
+            pos = b;
+        }
+        // Past the last hole, up to where the search got, is data (a partial sector is data).
+        let ss = self.segment.sector_size as u64;
+        let known = (reached.div_ceil(ss) * ss).min(end);
+        if pos < known {
+            runs.push((pos, known, false));
+        }
+        // Clip to the request (runs are whole sectors, so none becomes empty).
+        let stop = (offset + len).min(runs.last().map_or(offset, |r| r.1));
+        Ok(runs
+            .into_iter()
+            .map(|(a, b, hole)| (a.max(offset), b.min(stop), hole))
+            .filter(|(a, b, _)| b > a)
+            .map(|(a, b, hole)| Run {
+                length: b - a,
+                hole,
+            })
+            .collect())
+    }
+
     /// `fdatasync` the image: every write that returned before this call is on stable storage.
     ///
     /// Errors: [`VolumeError::Io`].
@@ -243,4 +501,65 @@ impl Volume {
             .sync_data()
             .map_err(|e| self.io_err("fdatasync", 0, e))
     }
+}
+
+/// Holes of `file` within `[from, to)` (file offsets), in order, from `lseek(SEEK_DATA)` and
+/// `lseek(SEEK_HOLE)` (a filesystem without them reports everything as data). At most `limit`
+/// holes; returns them and how far the search got (`to` unless the limit stopped it). Uses
+/// only the offsets `lseek` returns, so the shared file position does not matter.
+fn image_holes(
+    file: &File,
+    from: u64,
+    to: u64,
+    limit: usize,
+) -> std::io::Result<(Vec<(u64, u64)>, u64)> {
+    let fd = file.as_raw_fd();
+    let seek = |pos: u64, whence: libc::c_int| -> std::io::Result<Option<u64>> {
+        // SAFETY: plain syscall on an fd that stays open for the call.
+        let r = unsafe { libc::lseek(fd, pos as libc::off_t, whence) };
+        if r >= 0 {
+            return Ok(Some(r as u64));
+        }
+        let e = std::io::Error::last_os_error();
+        // ENXIO: no data at or after `pos` (or `pos` is at or past the end of the file).
+        if e.raw_os_error() == Some(libc::ENXIO) {
+            return Ok(None);
+        }
+        Err(e)
+    };
+    let mut holes = Vec::new();
+    let mut pos = from;
+    while pos < to {
+        if holes.len() == limit {
+            return Ok((holes, pos));
+        }
+        let data = seek(pos, libc::SEEK_DATA)?.unwrap_or(to).min(to);
+        if data > pos {
+            holes.push((pos, data));
+        }
+        if data >= to {
+            break;
+        }
+        pos = seek(data, libc::SEEK_HOLE)?.unwrap_or(to).min(to);
+    }
+    Ok((holes, to))
+}
+
+/// Bytes of the data segment of `lh` that are holes in the image file (never written, or
+/// discarded with [`Discard::Passdown`]): what the image shows about the volume's usage to
+/// anyone who can read it, without a key.
+///
+/// Errors: [`VolumeError::Io`] when `lseek` fails.
+pub fn segment_hole_bytes(file: &File, path: &Path, lh: &LoadedHeader) -> Result<u64, VolumeError> {
+    let seg = lh.segment;
+    let (holes, _) =
+        image_holes(file, seg.offset, seg.offset + seg.size, usize::MAX).map_err(|e| {
+            VolumeError::Io {
+                op: "seek for holes",
+                path: path.to_owned(),
+                offset: seg.offset,
+                source: e,
+            }
+        })?;
+    Ok(holes.iter().map(|(a, b)| b - a).sum())
 }

@@ -11,7 +11,7 @@ mod header_io;
 mod unlock;
 mod update;
 
-pub use data::Volume;
+pub use data::{segment_hole_bytes, Discard, Run, Volume, MAX_ALLOCATION_RUNS, PUNCH_ALIGN};
 pub use error::VolumeError;
 pub use format::{format, FormatOptions, KdfChoice, KdfKind};
 pub use header_io::{load_header, LoadedHeader};

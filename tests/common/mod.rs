@@ -173,6 +173,68 @@ pub fn test_passphrase(img: &Path, key: &Path, extra: &[&str]) -> Output {
         .args(extra))
 }
 
+const XTS_PY: &str = r#"
+import sys
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+mode, image, key_hex, data_off, ss, off, path = sys.argv[1:8]
+key = bytes.fromhex(key_hex); data_off = int(data_off); ss = int(ss); off = int(off)
+def xts(buf, sector512, enc):
+    c = Cipher(algorithms.AES(key), modes.XTS(sector512.to_bytes(16, "little")))
+    x = c.encryptor() if enc else c.decryptor()
+    return x.update(buf) + x.finalize()
+with open(image, "r+b") as img:
+    if mode == "decrypt":
+        n = int(path.split(":")[1]); out = path.split(":")[0]
+        img.seek(data_off + off); ct = img.read(n)
+        pt = b"".join(xts(ct[i:i+ss], (off + i) // 512, False) for i in range(0, n, ss))
+        open(out, "wb").write(pt)
+    else:
+        pt = open(path, "rb").read()
+        ct = b"".join(xts(pt[i:i+ss], (off + i) // 512, True) for i in range(0, len(pt), ss))
+        img.seek(data_off + off); img.write(ct)
+"#;
+
+/// An independent AES-XTS over an image's data segment (Python `cryptography`, i.e. OpenSSL),
+/// tweak = 512-byte sector number from the segment start (format-spec.md §6). Arguments:
+/// `MODE IMAGE KEY_HEX DATA_OFFSET SECTOR_SIZE OFFSET ARG`, offsets in bytes: `decrypt` reads
+/// `N` ciphertext bytes at volume `OFFSET` and writes their plaintext to `OUT` (`ARG` =
+/// `OUT:N`); `encrypt` writes the ciphertext of the file `ARG` at volume `OFFSET`.
+pub fn xts_python() -> Command {
+    let py = require("python3", "python3-cryptography");
+    let mut c = Command::new(py);
+    c.arg("-c").arg(XTS_PY);
+    c
+}
+
+/// Rewrite the metadata copy at byte `at` (0 or 16384) with `edit` applied to its JSON,
+/// checksum fixed; only those 16 KiB are written (a sparse image stays sparse).
+pub fn edit_copy(img: &Path, at: usize, edit: &dyn Fn(&mut serde_json::Value)) {
+    use nbdcrypt::format::{self, header::BINARY_HEADER_SIZE};
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(img)
+        .unwrap();
+    let mut copy = vec![0u8; 16384];
+    file.read_exact_at(&mut copy, at as u64).unwrap();
+    let (hdr, md) = format::decode_copy(&copy, at as u64).unwrap();
+    let mut v = serde_json::to_value(&md).unwrap();
+    edit(&mut v);
+    let mut area = hdr.encode().unwrap();
+    let mut json = serde_json::to_vec(&v).unwrap();
+    json.resize(16384 - BINARY_HEADER_SIZE, 0);
+    area.extend(json);
+    format::header::seal(&mut area);
+    file.write_all_at(&area, at as u64).unwrap();
+}
+
+/// Rewrite both metadata copies of an image with `edit` applied to the JSON, checksums fixed.
+pub fn edit_metadata(img: &Path, edit: impl Fn(&mut serde_json::Value)) {
+    edit_copy(img, 0, &edit);
+    edit_copy(img, 16384, &edit);
+}
+
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
