@@ -123,3 +123,41 @@ fn concurrent_byte_granular_writes_lose_nothing() {
         &lost[..lost.len().min(10)]
     );
 }
+
+/// `write_at_unless` / `write_zeroes_unless` with the flag set write nothing and say so; with
+/// it clear they behave as `write_at` / `write_zeroes` (the NBD session's abandoned-connection
+/// check, made under the sector locks).
+#[test]
+fn abandoned_writes_leave_the_volume_untouched() {
+    use std::sync::atomic::AtomicBool;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v.img");
+    create(&path, 4096);
+    let vol = open(&path);
+    let (set, clear) = (AtomicBool::new(true), AtomicBool::new(false));
+    vol.write_at(&[1u8; 10_000], 100, false).unwrap();
+    let mut before = vec![0u8; 12_000];
+    vol.read_at(&mut before, 0).unwrap();
+    assert!(!vol
+        .write_at_unless(&[2u8; 10_000], 100, true, Some(&set))
+        .unwrap());
+    assert!(!vol
+        .write_zeroes_unless(0, 1536 << 10, true, Some(&set))
+        .unwrap());
+    let mut after = vec![0u8; 12_000];
+    vol.read_at(&mut after, 0).unwrap();
+    assert!(after == before, "an abandoned write changed the volume");
+    assert!(vol
+        .write_at_unless(&[3u8; 5], 7, false, Some(&clear))
+        .unwrap());
+    assert!(vol
+        .write_zeroes_unless(200, 50, false, Some(&clear))
+        .unwrap());
+    vol.read_at(&mut after, 0).unwrap();
+    before[7..12].fill(3);
+    before[200..250].fill(0);
+    assert!(
+        after == before,
+        "a live write did not land as write_at would"
+    );
+}

@@ -22,6 +22,8 @@ pub mod server;
 pub mod session;
 mod volume_export;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 pub use server::{serve, Listen, NbdError};
 pub use session::{run_session, SessionEnd, SessionError};
 
@@ -52,6 +54,45 @@ pub trait BlockExport: Send + Sync + 'static {
     fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> std::io::Result<()>;
     /// Make every write that has returned so far durable.
     fn flush(&self) -> std::io::Result<()>;
+
+    /// [`write_at`](BlockExport::write_at) for a connection that may be abandoned: when
+    /// `abandoned` is already set as the write is about to land, nothing is written and
+    /// `Ok(false)` is returned; otherwise the write is done and `Ok(true)` returned.
+    ///
+    /// The session sets `abandoned` as soon as it sees its client gone (EOF, reset, replies
+    /// that cannot be sent), so a dead connection's queued writes never land after a write
+    /// that another connection made to the same range and got acknowledged since. An
+    /// implementation should check the flag under the same lock that orders its writes to the
+    /// range (as [`Volume`](crate::volume::Volume) does with its sector locks); this default
+    /// checks it just before calling `write_at`.
+    fn write_at_unless(
+        &self,
+        data: &[u8],
+        offset: u64,
+        fua: bool,
+        abandoned: &AtomicBool,
+    ) -> std::io::Result<bool> {
+        if abandoned.load(Ordering::SeqCst) {
+            return Ok(false);
+        }
+        self.write_at(data, offset, fua).map(|()| true)
+    }
+
+    /// [`write_zeroes`](BlockExport::write_zeroes) with the `abandoned` check of
+    /// [`write_at_unless`](BlockExport::write_at_unless); `Ok(false)` if it wrote nothing
+    /// (an implementation may stop part way once the flag is set: the client is gone).
+    fn write_zeroes_unless(
+        &self,
+        offset: u64,
+        len: u64,
+        fua: bool,
+        abandoned: &AtomicBool,
+    ) -> std::io::Result<bool> {
+        if abandoned.load(Ordering::SeqCst) {
+            return Ok(false);
+        }
+        self.write_zeroes(offset, len, fua).map(|()| true)
+    }
 }
 
 /// How the export is presented to clients.

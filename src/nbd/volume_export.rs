@@ -1,6 +1,8 @@
 //! The unlocked [`Volume`] as an NBD export: byte ranges map one to one, any range is served
 //! (the volume does read-modify-write of partial sectors), errors become `EIO` in the session.
 
+use std::sync::atomic::AtomicBool;
+
 use crate::volume::{Volume, VolumeError};
 
 use super::BlockExport;
@@ -35,5 +37,25 @@ impl BlockExport for Volume {
 
     fn flush(&self) -> std::io::Result<()> {
         Volume::flush(self).map_err(io)
+    }
+
+    fn write_at_unless(
+        &self,
+        data: &[u8],
+        offset: u64,
+        fua: bool,
+        abandoned: &AtomicBool,
+    ) -> std::io::Result<bool> {
+        Volume::write_at_unless(self, data, offset, fua, Some(abandoned)).map_err(io)
+    }
+
+    fn write_zeroes_unless(
+        &self,
+        offset: u64,
+        len: u64,
+        fua: bool,
+        abandoned: &AtomicBool,
+    ) -> std::io::Result<bool> {
+        Volume::write_zeroes_unless(self, offset, len, fua, Some(abandoned)).map_err(io)
     }
 }

@@ -1,6 +1,7 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::crypto::SectorCipher;
@@ -183,19 +184,39 @@ impl Volume {
     /// Errors: [`VolumeError::InvalidArgument`] when the range leaves the volume or the volume
     /// is read-only, [`VolumeError::Io`] on read, write or sync failure.
     pub fn write_at(&self, data: &[u8], offset: u64, fua: bool) -> Result<(), VolumeError> {
+        self.write_at_unless(data, offset, fua, None).map(|_| ())
+    }
+
+    /// [`Volume::write_at`], except that nothing is written when `abandoned` is set at the
+    /// moment the write holds its sector locks; returns whether it wrote. Checked under the
+    /// locks, so a write made after the flag was set, to an overlapping range, by someone
+    /// else always lands after this one or instead of it (an abandoned NBD connection's queued
+    /// writes never overwrite a later acknowledged write of another connection).
+    ///
+    /// Errors: as [`Volume::write_at`].
+    pub fn write_at_unless(
+        &self,
+        data: &[u8],
+        offset: u64,
+        fua: bool,
+        abandoned: Option<&AtomicBool>,
+    ) -> Result<bool, VolumeError> {
         if self.read_only {
             return Err(VolumeError::InvalidArgument("volume is read-only".into()));
         }
         let len = data.len() as u64;
         self.check_range(offset, len)?;
         if len == 0 {
-            return Ok(());
+            return Ok(true);
         }
         let ss = self.segment.sector_size as u64;
         let (start, end) = self.aligned(offset, len);
         let mut buf = vec![0u8; (end - start) as usize];
         {
             let _guards = self.lock_sectors(start, end);
+            if abandoned.is_some_and(|a| a.load(Ordering::SeqCst)) {
+                return Ok(false);
+            }
             if offset != start {
                 self.read_sectors(&mut buf[..ss as usize], start)?;
             }
@@ -210,7 +231,7 @@ impl Volume {
         if fua {
             self.flush()?;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Make `len` bytes at `offset` read back as zeros (encrypted zeros are written: the
@@ -218,6 +239,21 @@ impl Volume {
     ///
     /// Errors: as [`Volume::write_at`].
     pub fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> Result<(), VolumeError> {
+        self.write_zeroes_unless(offset, len, fua, None).map(|_| ())
+    }
+
+    /// [`Volume::write_zeroes`] with the `abandoned` check of [`Volume::write_at_unless`],
+    /// made for each chunk of up to 1 MiB: once the flag is set, the rest is not written and
+    /// `Ok(false)` is returned.
+    ///
+    /// Errors: as [`Volume::write_at`].
+    pub fn write_zeroes_unless(
+        &self,
+        offset: u64,
+        len: u64,
+        fua: bool,
+        abandoned: Option<&AtomicBool>,
+    ) -> Result<bool, VolumeError> {
         self.check_range(offset, len)?;
         let zeros = vec![0u8; ZERO_CHUNK.min(len) as usize];
         let mut done = 0;
@@ -226,13 +262,15 @@ impl Volume {
             let pos = offset + done;
             let to_boundary = ZERO_CHUNK - pos % ZERO_CHUNK;
             let n = (len - done).min(to_boundary);
-            self.write_at(&zeros[..n as usize], pos, false)?;
+            if !self.write_at_unless(&zeros[..n as usize], pos, false, abandoned)? {
+                return Ok(false);
+            }
             done += n;
         }
         if fua {
             self.flush()?;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// `fdatasync` the image: every write that returned before this call is on stable storage.
