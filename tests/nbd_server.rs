@@ -471,3 +471,132 @@ fn pid_file_written_once_listening_and_removed_at_shutdown() {
         "the socket is removed when the pid file fails"
     );
 }
+
+/// A [`MemExport`] that holds every write of `DOOMED` bytes until `release` is set, then (in
+/// `write_at_unless`) waits up to 10 s for the session to mark its connection abandoned
+/// before deciding, as an export that orders writes under a lock would.
+struct GateExport {
+    mem: Arc<MemExport>,
+    entered: std::sync::atomic::AtomicBool,
+    release: std::sync::atomic::AtomicBool,
+}
+
+const DOOMED: u8 = 0xAA;
+
+impl GateExport {
+    fn gate(&self, data: &[u8]) {
+        if data.first() == Some(&DOOMED) {
+            self.entered.store(true, Ordering::SeqCst);
+            while !self.release.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+}
+
+impl BlockExport for GateExport {
+    fn size(&self) -> u64 {
+        self.mem.size()
+    }
+    fn min_block_size(&self) -> u32 {
+        self.mem.min_block_size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.mem.read_at(buf, offset)
+    }
+    fn write_at(&self, data: &[u8], offset: u64, fua: bool) -> std::io::Result<()> {
+        self.gate(data);
+        self.mem.write_at(data, offset, fua)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> std::io::Result<()> {
+        self.mem.write_zeroes(offset, len, fua)
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        self.mem.flush()
+    }
+    fn write_at_unless(
+        &self,
+        data: &[u8],
+        offset: u64,
+        fua: bool,
+        abandoned: &std::sync::atomic::AtomicBool,
+    ) -> std::io::Result<bool> {
+        self.gate(data);
+        if data.first() == Some(&DOOMED) {
+            for _ in 0..2000 {
+                if abandoned.load(Ordering::SeqCst) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        if abandoned.load(Ordering::SeqCst) {
+            return Ok(false);
+        }
+        self.mem.write_at(data, offset, fua).map(|()| true)
+    }
+}
+
+/// Connection A sends a write and hangs up while it is still queued; connection B then writes
+/// the same range and is acknowledged. A's write must never land after B's (issue 4,
+/// "A connection that dies leaves no write of it that lands after a later acknowledged write
+/// from another connection to the same range"): the range reads B's bytes at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_connection_write_never_lands_after_a_later_acknowledged_one() {
+    let gate = Arc::new(GateExport {
+        mem: MemExport::new(MIB, 512),
+        entered: false.into(),
+        release: false.into(),
+    });
+    let exps = exports(gate.clone());
+    let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut sessions = Vec::new();
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let (client, server) = tokio::io::duplex(64 << 10);
+        sessions.push(tokio::spawn(run_session(
+            server,
+            exps.clone(),
+            Arc::default(),
+            stop_rx.clone(),
+        )));
+        let (mut rd, mut wr) = tokio::io::split(client);
+        let mut g = [0u8; 18];
+        rd.read_exact(&mut g).await.unwrap();
+        wr.write_all(&3u32.to_be_bytes()).await.unwrap();
+        opt(&mut wr, 1, EXPORT.as_bytes()).await;
+        let mut r = [0u8; 10];
+        rd.read_exact(&mut r).await.unwrap();
+        clients.push((rd, wr));
+    }
+    let (mut b_rd, mut b_wr) = clients.pop().unwrap();
+    let (a_rd, mut a_wr) = clients.pop().unwrap();
+    req(&mut a_wr, 0, CMD_WRITE, 1, 4096, 4096).await;
+    a_wr.write_all(&[DOOMED; 4096]).await.unwrap();
+    for _ in 0..2000 {
+        if gate.entered.load(Ordering::SeqCst) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        gate.entered.load(Ordering::SeqCst),
+        "A's write never reached the export"
+    );
+    drop((a_rd, a_wr)); // A hangs up with its write queued
+    req(&mut b_wr, 0, CMD_WRITE, 2, 4096, 4096).await;
+    b_wr.write_all(&[0xBB; 4096]).await.unwrap();
+    assert_eq!(reply(&mut b_rd).await, (0, 2), "B's write acknowledged");
+    gate.release.store(true, Ordering::SeqCst);
+    let a_end = sessions.remove(0).await.unwrap().unwrap();
+    assert_eq!(a_end, SessionEnd::ClientClosed);
+    assert!(
+        gate.mem.snapshot(4096, 4096) == vec![0xBB; 4096],
+        "the dead connection's write landed after B's acknowledged write"
+    );
+    req(&mut b_wr, 0, CMD_DISC, 3, 0, 0).await;
+    assert_eq!(
+        sessions.remove(0).await.unwrap().unwrap(),
+        SessionEnd::Disconnected
+    );
+}

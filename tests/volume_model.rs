@@ -155,7 +155,7 @@ fn trims_with_passdown_match_a_model() {
                 let touched = off / g..(off + len).div_ceil(g);
                 match rng.below(5) {
                     0 | 1 => {
-                        vol.trim(off as u64, len as u64, i % 50 == 0).unwrap();
+                        vol.trim(off as u64, len as u64, i % 50 == 0, None).unwrap();
                         for b in off.div_ceil(g)..(off + len) / g {
                             hole[b] = true;
                             model[b * g..(b + 1) * g].fill(0);
@@ -219,7 +219,7 @@ fn trims_with_passdown_match_a_model() {
         let ro = Volume::new(file, &path, &lh, key, true)
             .unwrap()
             .with_discard(Discard::Passdown);
-        assert!(ro.trim(0, g as u64, false).is_err());
+        assert!(ro.trim(0, g as u64, false, None).is_err());
     }
 }
 
@@ -242,4 +242,53 @@ fn expected_runs(hole: &[bool], g: usize, off: usize, len: usize) -> Vec<(u64, b
         }
     }
     out
+}
+
+/// `write_at_unless` / `write_zeroes_unless` with the flag set write nothing and say so; with
+/// it clear they behave as `write_at` / `write_zeroes` (the NBD session's abandoned-connection
+/// check, made under the sector locks).
+#[test]
+fn abandoned_writes_leave_the_volume_untouched() {
+    use std::sync::atomic::AtomicBool;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v.img");
+    create(&path, 4096);
+    let vol = open(&path).with_discard(Discard::Passdown);
+    let (set, clear) = (AtomicBool::new(true), AtomicBool::new(false));
+    vol.write_at(&[1u8; 10_000], 100, false).unwrap();
+    let mut before = vec![0u8; 12_000];
+    vol.read_at(&mut before, 0).unwrap();
+    assert!(!vol
+        .write_at_unless(&[2u8; 10_000], 100, true, Some(&set))
+        .unwrap());
+    assert!(!vol
+        .write_zeroes_unless(0, 1536 << 10, true, Some(&set))
+        .unwrap());
+    let mut after = vec![0u8; 12_000];
+    vol.read_at(&mut after, 0).unwrap();
+    let holes = |v: &Volume| -> Vec<(u64, bool)> {
+        v.allocation(0, 1 << 20)
+            .unwrap()
+            .iter()
+            .map(|r| (r.length, r.hole))
+            .collect()
+    };
+    let alloc = holes(&vol);
+    vol.trim(0, 1 << 20, false, Some(&set)).unwrap();
+    assert_eq!(holes(&vol), alloc, "an abandoned trim punched a hole");
+    vol.read_at(&mut after, 0).unwrap();
+    assert!(after == before, "an abandoned write changed the volume");
+    assert!(vol
+        .write_at_unless(&[3u8; 5], 7, false, Some(&clear))
+        .unwrap());
+    assert!(vol
+        .write_zeroes_unless(200, 50, false, Some(&clear))
+        .unwrap());
+    vol.read_at(&mut after, 0).unwrap();
+    before[7..12].fill(3);
+    before[200..250].fill(0);
+    assert!(
+        after == before,
+        "a live write did not land as write_at would"
+    );
 }

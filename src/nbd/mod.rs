@@ -39,6 +39,8 @@ pub mod server;
 pub mod session;
 mod volume_export;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 pub use proto::Extent;
 pub use server::{serve, Listen, NbdError, ServerOptions, DEFAULT_MAX_CONNECTIONS};
 pub use session::{run_session, SessionEnd, SessionError, SessionStats};
@@ -74,10 +76,18 @@ pub trait BlockExport: Send + Sync + 'static {
     fn flush(&self) -> std::io::Result<()>;
     /// `NBD_CMD_TRIM` of `offset..offset + len` (len > 0): a hint that the range is no longer
     /// needed; its content is undefined until written again (proto.md `NBD_CMD_TRIM`). If
-    /// `fua`, whatever the trim changed is durable before returning. The default does
-    /// nothing (discard policy "ignore").
-    fn trim(&self, offset: u64, len: u64, fua: bool) -> std::io::Result<()> {
-        let _ = (offset, len, fua);
+    /// `fua`, whatever the trim changed is durable before returning. Like a write, it does
+    /// nothing once `abandoned` is set (see [`write_at_unless`](BlockExport::write_at_unless)),
+    /// so a dead connection's queued trim never discards a later acknowledged write. The
+    /// default does nothing (discard policy "ignore").
+    fn trim(
+        &self,
+        offset: u64,
+        len: u64,
+        fua: bool,
+        abandoned: &AtomicBool,
+    ) -> std::io::Result<()> {
+        let _ = (offset, len, fua, abandoned);
         Ok(())
     }
     /// `base:allocation` status of `offset..offset + len` (len > 0): consecutive extents from
@@ -92,6 +102,45 @@ pub trait BlockExport: Send + Sync + 'static {
             length: u64::from(len),
             status: 0,
         }])
+    }
+
+    /// [`write_at`](BlockExport::write_at) for a connection that may be abandoned: when
+    /// `abandoned` is already set as the write is about to land, nothing is written and
+    /// `Ok(false)` is returned; otherwise the write is done and `Ok(true)` returned.
+    ///
+    /// The session sets `abandoned` as soon as it sees its client gone (EOF, reset, replies
+    /// that cannot be sent), so a dead connection's queued writes never land after a write
+    /// that another connection made to the same range and got acknowledged since. An
+    /// implementation should check the flag under the same lock that orders its writes to the
+    /// range (as [`Volume`](crate::volume::Volume) does with its sector locks); this default
+    /// checks it just before calling `write_at`.
+    fn write_at_unless(
+        &self,
+        data: &[u8],
+        offset: u64,
+        fua: bool,
+        abandoned: &AtomicBool,
+    ) -> std::io::Result<bool> {
+        if abandoned.load(Ordering::SeqCst) {
+            return Ok(false);
+        }
+        self.write_at(data, offset, fua).map(|()| true)
+    }
+
+    /// [`write_zeroes`](BlockExport::write_zeroes) with the `abandoned` check of
+    /// [`write_at_unless`](BlockExport::write_at_unless); `Ok(false)` if it wrote nothing
+    /// (an implementation may stop part way once the flag is set: the client is gone).
+    fn write_zeroes_unless(
+        &self,
+        offset: u64,
+        len: u64,
+        fua: bool,
+        abandoned: &AtomicBool,
+    ) -> std::io::Result<bool> {
+        if abandoned.load(Ordering::SeqCst) {
+            return Ok(false);
+        }
+        self.write_zeroes(offset, len, fua).map(|()| true)
     }
 }
 

@@ -521,13 +521,26 @@ fn errno_of<T>(r: &Result<io::Result<T>, tokio::task::JoinError>) -> u32 {
     }
 }
 
+/// [`errno_of`] for the `*_unless` writes: a write skipped because the connection was
+/// abandoned is `EIO` (the reply goes nowhere).
+fn errno_of_write(r: &Result<io::Result<bool>, tokio::task::JoinError>) -> u32 {
+    match r {
+        Ok(Ok(false)) => proto::EIO,
+        other => errno_of(other),
+    }
+}
+
 /// Run one validated request against the export and build its reply.
+///
+/// Writes are skipped once `abandoned` is set (see [`BlockExport::write_at_unless`]); their
+/// reply, EIO, is never sent, since the client is gone.
 async fn handle(
     export: Arc<dyn BlockExport>,
     req: Request,
     payload: Vec<u8>,
     neg: Negotiated,
     stats: &SessionStats,
+    abandoned: Arc<AtomicBool>,
 ) -> Reply {
     let cookie = req.cookie;
     let len = req.length as usize;
@@ -562,8 +575,11 @@ async fn handle(
         Command::Write if len == 0 => Reply::ok(sr, cookie),
         Command::Write => {
             let (off, fua) = (req.offset, req.fua());
-            let r = tokio::task::spawn_blocking(move || export.write_at(&payload, off, fua)).await;
-            let err = errno_of(&r);
+            let r = tokio::task::spawn_blocking(move || {
+                export.write_at_unless(&payload, off, fua, &abandoned)
+            })
+            .await;
+            let err = errno_of_write(&r);
             if err == 0 {
                 SessionStats::add(&stats.bytes_written, len as u64);
             }
@@ -572,9 +588,11 @@ async fn handle(
         Command::WriteZeroes if len == 0 => Reply::ok(sr, cookie),
         Command::WriteZeroes => {
             let (off, fua) = (req.offset, req.fua());
-            let r = tokio::task::spawn_blocking(move || export.write_zeroes(off, len as u64, fua))
-                .await;
-            Reply::status(sr, errno_of(&r), cookie)
+            let r = tokio::task::spawn_blocking(move || {
+                export.write_zeroes_unless(off, len as u64, fua, &abandoned)
+            })
+            .await;
+            Reply::status(sr, errno_of_write(&r), cookie)
         }
         Command::Flush => {
             let r = tokio::task::spawn_blocking(move || export.flush()).await;
@@ -584,7 +602,9 @@ async fn handle(
         Command::Trim if len == 0 => Reply::ok(sr, cookie),
         Command::Trim => {
             let (off, fua) = (req.offset, req.fua());
-            let r = tokio::task::spawn_blocking(move || export.trim(off, len as u64, fua)).await;
+            let r =
+                tokio::task::spawn_blocking(move || export.trim(off, len as u64, fua, &abandoned))
+                    .await;
             Reply::status(sr, errno_of(&r), cookie)
         }
         // Advisory prefetch (proto.md NBD_CMD_CACHE); the range was bounds-checked.
@@ -642,8 +662,12 @@ where
     let size = export.size();
     let requests = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let bytes = Arc::new(Semaphore::new(MAX_BUFFERED_BYTES / BUDGET_UNIT));
+    // Set when the client is gone without DISC: its writes still queued are dropped
+    // (proto.md "Ordering of messages and writes" leaves unacknowledged writes undefined; we
+    // make sure they cannot land after another connection's later acknowledged write).
+    let abandoned = Arc::new(AtomicBool::new(false));
 
-    let reader = async {
+    let read_loop = async {
         let tx = tx; // dropped when the reader ends, so the writer ends after the last reply
         loop {
             let mut hb = [0u8; proto::REQUEST_LEN];
@@ -697,14 +721,26 @@ where
                     let tx = tx.clone();
                     let export = export.clone();
                     let stats = stats.clone();
+                    let abandoned = abandoned.clone();
                     tokio::spawn(async move {
-                        let mut reply = handle(export, req, payload, neg, &stats).await;
+                        let mut reply = handle(export, req, payload, neg, &stats, abandoned).await;
                         reply._permits = Some((p1, p2));
                         let _ = tx.send(reply);
                     });
                 }
             }
         }
+    };
+
+    let reader = async {
+        let end = read_loop.await;
+        if matches!(
+            end,
+            ReaderEnd::Eof | ReaderEnd::WriterGone | ReaderEnd::Error(_)
+        ) {
+            abandoned.store(true, Ordering::SeqCst);
+        }
+        end
     };
 
     let writer = async move {

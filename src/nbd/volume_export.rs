@@ -2,6 +2,8 @@
 //! (the volume does read-modify-write of partial sectors), errors become `EIO` in the session.
 //! TRIM and `base:allocation` follow the volume's discard policy ([`crate::volume::Discard`]).
 
+use std::sync::atomic::AtomicBool;
+
 use crate::volume::{Volume, VolumeError};
 
 use super::{proto, BlockExport, Extent};
@@ -38,8 +40,14 @@ impl BlockExport for Volume {
         Volume::flush(self).map_err(io)
     }
 
-    fn trim(&self, offset: u64, len: u64, fua: bool) -> std::io::Result<()> {
-        Volume::trim(self, offset, len, fua).map_err(io)
+    fn trim(
+        &self,
+        offset: u64,
+        len: u64,
+        fua: bool,
+        abandoned: &AtomicBool,
+    ) -> std::io::Result<()> {
+        Volume::trim(self, offset, len, fua, Some(abandoned)).map_err(io)
     }
 
     /// Holes (discard passdown only) are `HOLE | ZERO`: the volume reads them as zeroes.
@@ -56,5 +64,25 @@ impl BlockExport for Volume {
                 },
             })
             .collect())
+    }
+
+    fn write_at_unless(
+        &self,
+        data: &[u8],
+        offset: u64,
+        fua: bool,
+        abandoned: &AtomicBool,
+    ) -> std::io::Result<bool> {
+        Volume::write_at_unless(self, data, offset, fua, Some(abandoned)).map_err(io)
+    }
+
+    fn write_zeroes_unless(
+        &self,
+        offset: u64,
+        len: u64,
+        fua: bool,
+        abandoned: &AtomicBool,
+    ) -> std::io::Result<bool> {
+        Volume::write_zeroes_unless(self, offset, len, fua, Some(abandoned)).map_err(io)
     }
 }

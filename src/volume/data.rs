@@ -331,18 +331,38 @@ impl Volume {
     /// Errors: [`VolumeError::InvalidArgument`] when the range leaves the volume or the volume
     /// is read-only, [`VolumeError::Io`] on read, write or sync failure.
     pub fn write_at(&self, data: &[u8], offset: u64, fua: bool) -> Result<(), VolumeError> {
+        self.write_at_unless(data, offset, fua, None).map(|_| ())
+    }
+
+    /// [`Volume::write_at`], except that nothing is written when `abandoned` is set at the
+    /// moment the write holds its sector locks; returns whether it wrote. Checked under the
+    /// locks, so a write made after the flag was set, to an overlapping range, by someone
+    /// else always lands after this one or instead of it (an abandoned NBD connection's queued
+    /// writes never overwrite a later acknowledged write of another connection).
+    ///
+    /// Errors: as [`Volume::write_at`].
+    pub fn write_at_unless(
+        &self,
+        data: &[u8],
+        offset: u64,
+        fua: bool,
+        abandoned: Option<&AtomicBool>,
+    ) -> Result<bool, VolumeError> {
         if self.read_only {
             return Err(VolumeError::InvalidArgument("volume is read-only".into()));
         }
         let len = data.len() as u64;
         self.check_range(offset, len)?;
         if len == 0 {
-            return Ok(());
+            return Ok(true);
         }
         let (start, end, head_end, tail_start) = self.unit_bounds(offset, len, self.rmw_unit());
         let mut buf = vec![0u8; (end - start) as usize];
         {
             let _guards = self.lock_sectors(start, end);
+            if abandoned.is_some_and(|a| a.load(Ordering::SeqCst)) {
+                return Ok(false);
+            }
             if offset != start {
                 self.read_sectors(&mut buf[..(head_end - start) as usize], start)?;
             }
@@ -357,7 +377,7 @@ impl Volume {
         if fua {
             self.flush()?;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Make `len` bytes at `offset` read back as zeros (encrypted zeros are written, whatever
@@ -367,6 +387,21 @@ impl Volume {
     ///
     /// Errors: as [`Volume::write_at`].
     pub fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> Result<(), VolumeError> {
+        self.write_zeroes_unless(offset, len, fua, None).map(|_| ())
+    }
+
+    /// [`Volume::write_zeroes`] with the `abandoned` check of [`Volume::write_at_unless`],
+    /// made for each chunk of up to 1 MiB: once the flag is set, the rest is not written and
+    /// `Ok(false)` is returned.
+    ///
+    /// Errors: as [`Volume::write_at`].
+    pub fn write_zeroes_unless(
+        &self,
+        offset: u64,
+        len: u64,
+        fua: bool,
+        abandoned: Option<&AtomicBool>,
+    ) -> Result<bool, VolumeError> {
         self.check_range(offset, len)?;
         let zeros = vec![0u8; ZERO_CHUNK.min(len) as usize];
         let mut done = 0;
@@ -375,13 +410,15 @@ impl Volume {
             let pos = offset + done;
             let to_boundary = ZERO_CHUNK - pos % ZERO_CHUNK;
             let n = (len - done).min(to_boundary);
-            self.write_at(&zeros[..n as usize], pos, false)?;
+            if !self.write_at_unless(&zeros[..n as usize], pos, false, abandoned)? {
+                return Ok(false);
+            }
             done += n;
         }
         if fua {
             self.flush()?;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// TRIM `len` bytes at `offset` (proto.md `NBD_CMD_TRIM`: a hint; the content of the range
@@ -391,11 +428,18 @@ impl Volume {
     /// the same sector locks as writes, so it never interleaves with a write to those
     /// sectors; the unaligned head and tail are left as they are. A filesystem without
     /// hole punching (`EOPNOTSUPP`) makes TRIM a no-op, with one warning. With `fua`, sync
-    /// before returning.
+    /// before returning. Nothing is punched when `abandoned` is set once the locks are held
+    /// (as [`Volume::write_at_unless`]).
     ///
     /// Errors: [`VolumeError::InvalidArgument`] when the range leaves the volume or the volume
     /// is read-only, [`VolumeError::Io`] when `fallocate` or the sync fails.
-    pub fn trim(&self, offset: u64, len: u64, fua: bool) -> Result<(), VolumeError> {
+    pub fn trim(
+        &self,
+        offset: u64,
+        len: u64,
+        fua: bool,
+        abandoned: Option<&AtomicBool>,
+    ) -> Result<(), VolumeError> {
         if self.read_only {
             return Err(VolumeError::InvalidArgument("volume is read-only".into()));
         }
@@ -413,6 +457,9 @@ impl Volume {
         }
         {
             let _guards = self.lock_sectors(a - base, b - base);
+            if abandoned.is_some_and(|x| x.load(Ordering::SeqCst)) {
+                return Ok(());
+            }
             // SAFETY: plain syscall on an fd that stays open for the call.
             let rc = unsafe {
                 libc::fallocate(
