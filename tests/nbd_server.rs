@@ -600,3 +600,114 @@ async fn dead_connection_write_never_lands_after_a_later_acknowledged_one() {
         SessionEnd::Disconnected
     );
 }
+
+/// Requests pipelined on one connection.
+const PIPELINED: usize = 64;
+
+/// A [`MemExport`] whose reads wait until [`PIPELINED`] of them are inside the export at once
+/// (or 10 s pass), recording the most seen together; the read at offset 0 then also waits
+/// until every other read has finished, so its reply can only come last.
+struct CrowdExport {
+    mem: Arc<MemExport>,
+    inside: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
+    finished: std::sync::atomic::AtomicUsize,
+}
+
+fn wait_until(cond: impl Fn() -> bool) {
+    for _ in 0..2000 {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+impl BlockExport for CrowdExport {
+    fn size(&self) -> u64 {
+        self.mem.size()
+    }
+    fn min_block_size(&self) -> u32 {
+        self.mem.min_block_size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let now = self.inside.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(now, Ordering::SeqCst);
+        wait_until(|| self.most.load(Ordering::SeqCst) >= PIPELINED);
+        if offset == 0 {
+            wait_until(|| self.finished.load(Ordering::SeqCst) == PIPELINED - 1);
+        }
+        let r = self.mem.read_at(buf, offset);
+        self.finished.fetch_add(1, Ordering::SeqCst);
+        r
+    }
+    fn write_at(&self, data: &[u8], offset: u64, fua: bool) -> std::io::Result<()> {
+        self.mem.write_at(data, offset, fua)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> std::io::Result<()> {
+        self.mem.write_zeroes(offset, len, fua)
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        self.mem.flush()
+    }
+}
+
+/// 64 READs pipelined on one connection are all inside the export at the same time (handled
+/// in parallel, not one after another), and the one held back is answered last: replies go
+/// out as requests finish, matched by cookie, not in request order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_requests_in_flight_and_replies_out_of_order() {
+    let crowd = Arc::new(CrowdExport {
+        mem: MemExport::new(MIB, 512),
+        inside: 0.into(),
+        most: 0.into(),
+        finished: 0.into(),
+    });
+    for i in 0..PIPELINED {
+        crowd
+            .mem
+            .write_at(&[i as u8; 512], i as u64 * 512, false)
+            .unwrap();
+    }
+    let (client, server) = tokio::io::duplex(1 << 20);
+    let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let session = tokio::spawn(run_session(
+        server,
+        exports(crowd.clone()),
+        Arc::default(),
+        stop_rx,
+    ));
+    let (mut rd, mut wr) = tokio::io::split(client);
+    let mut g = [0u8; 18];
+    rd.read_exact(&mut g).await.unwrap();
+    wr.write_all(&3u32.to_be_bytes()).await.unwrap();
+    opt(&mut wr, 1, EXPORT.as_bytes()).await;
+    let mut r = [0u8; 10];
+    rd.read_exact(&mut r).await.unwrap();
+    for i in 0..PIPELINED {
+        req(&mut wr, 0, CMD_READ, i as u64, i as u64 * 512, 512).await;
+    }
+    let mut order = Vec::new();
+    for _ in 0..PIPELINED {
+        let (err, cookie) = reply(&mut rd).await;
+        assert_eq!(err, 0);
+        let mut data = [0u8; 512];
+        rd.read_exact(&mut data).await.unwrap();
+        assert!(
+            data == [cookie as u8; 512],
+            "reply {cookie} carries its own data"
+        );
+        order.push(cookie);
+    }
+    assert_eq!(
+        crowd.most.load(Ordering::SeqCst),
+        PIPELINED,
+        "requests were not all in the export at once"
+    );
+    assert_eq!(order.last(), Some(&0), "cookie 0 was held back: {order:?}");
+    let mut sorted = order.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (0..PIPELINED as u64).collect::<Vec<_>>());
+    req(&mut wr, 0, CMD_DISC, 999, 0, 0).await;
+    assert_eq!(session.await.unwrap().unwrap(), SessionEnd::Disconnected);
+}
