@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::nbd::*;
-use nbdcrypt::nbd::{run_session, serve, BlockExport, ExportConfig, Listen, NbdError, SessionEnd};
+use nbdcrypt::nbd::{
+    run_session, serve, BlockExport, ExportConfig, Listen, NbdError, SessionEnd, TlsConfig,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn config() -> ExportConfig {
@@ -36,7 +38,13 @@ fn serve_err(listen: Vec<Listen>) -> NbdError {
     rt().block_on(async {
         tokio::time::timeout(
             Duration::from_secs(5),
-            serve(listen, export, config(), std::future::pending()),
+            serve(
+                listen,
+                export,
+                config(),
+                TlsConfig::off(),
+                std::future::pending(),
+            ),
         )
         .await
         .expect("serve did not fail")
@@ -62,7 +70,7 @@ fn tcp_and_unix_together() {
         Listen::Unix(sock.clone()),
     ];
     let t = std::thread::spawn(move || {
-        rt().block_on(serve(listen, exp, config(), async {
+        rt().block_on(serve(listen, exp, config(), TlsConfig::off(), async {
             let _ = rx.await;
         }))
     });
@@ -150,6 +158,7 @@ fn unix_path_errors_and_stale_socket() {
             vec![Listen::Unix(stale2.clone())],
             export,
             config(),
+            TlsConfig::off(),
             async {
                 let _ = rx.await;
             },
@@ -216,7 +225,13 @@ async fn session_over_duplex() {
     let exp: Arc<dyn BlockExport> = export.clone();
     let (client, server) = tokio::io::duplex(64 << 10);
     let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let session = tokio::spawn(run_session(server, exp, Arc::new(config()), stop_rx));
+    let session = tokio::spawn(run_session(
+        server,
+        exp,
+        Arc::new(config()),
+        TlsConfig::off(),
+        stop_rx,
+    ));
     let (mut rd, mut wr) = tokio::io::split(client);
     let mut g = [0u8; 18];
     rd.read_exact(&mut g).await.unwrap();
@@ -268,6 +283,7 @@ async fn session_shutdown_and_abort() {
         server,
         export.clone(),
         Arc::new(config()),
+        TlsConfig::off(),
         stop_rx,
     ));
     let (mut rd, mut wr) = tokio::io::split(client);
@@ -286,6 +302,7 @@ async fn session_shutdown_and_abort() {
         server,
         export.clone(),
         Arc::new(config()),
+        TlsConfig::off(),
         stop_rx,
     ));
     let (mut rd, mut wr) = tokio::io::split(client);

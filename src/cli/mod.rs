@@ -43,6 +43,9 @@ pub enum CliError {
     /// From the NBD server.
     #[error(transparent)]
     Nbd(#[from] crate::nbd::NbdError),
+    /// TLS certificate, key or CA files that cannot be used (exit 1).
+    #[error(transparent)]
+    Tls(#[from] crate::nbd::TlsError),
     /// An error with a hint that depends on the input (shown instead of the generic one).
     #[error("{0}")]
     Hinted(Box<CliError>, String),
@@ -53,7 +56,7 @@ impl CliError {
     pub fn exit_code(&self) -> i32 {
         match self {
             CliError::Hinted(inner, _) => inner.exit_code(),
-            CliError::Usage(_) | CliError::Nbd(_) => EXIT_INVALID,
+            CliError::Usage(_) | CliError::Nbd(_) | CliError::Tls(_) => EXIT_INVALID,
             CliError::Volume(v) => match v {
                 VolumeError::WrongPassphrase => EXIT_NO_KEY,
                 VolumeError::OutOfMemory { .. } => EXIT_NO_MEMORY,
@@ -77,6 +80,9 @@ impl CliError {
                 VolumeError::OutOfMemory { .. } => Some("free memory, or add a keyslot with a smaller --pbkdf-memory"),
                 _ => None,
             },
+            CliError::Tls(_) => Some(
+                "--tls-cert, --tls-key and --tls-ca take PEM files as openssl writes them (see the README's TLS section)",
+            ),
             _ => None,
         }
     }
@@ -242,6 +248,8 @@ enum Command {
         /// Serve read-only: writes fail with EPERM.
         #[arg(long)]
         read_only: bool,
+        #[command(flatten)]
+        tls: serve::TlsArgs,
     },
     /// Add a keyslot (as `cryptsetup luksAddKey`): unlock with an existing passphrase (or
     /// --volume-key-file), store the volume key under a new one.
@@ -361,6 +369,8 @@ enum Command {
         /// TCP address to listen on.
         #[arg(long, default_value = "127.0.0.1:10809")]
         listen: std::net::SocketAddr,
+        #[command(flatten)]
+        tls: serve::TlsArgs,
     },
 }
 
@@ -512,6 +522,7 @@ fn run(cmd: Command) -> Result<(), CliError> {
             socket,
             export_name,
             read_only,
+            tls,
         } => serve::serve(serve::ServeArgs {
             image,
             key_file: key.unlock.key_file,
@@ -521,6 +532,7 @@ fn run(cmd: Command) -> Result<(), CliError> {
             socket,
             export_name,
             read_only,
+            tls,
         }),
         Command::AddKey {
             image,
@@ -583,7 +595,7 @@ fn run(cmd: Command) -> Result<(), CliError> {
             pbkdf_memory,
             pbkdf_parallel,
         } => benchmark::run(iter_time, pbkdf_memory, pbkdf_parallel),
-        Command::Demo { dir, listen } => serve::demo(&dir, listen),
+        Command::Demo { dir, listen, tls } => serve::demo(&dir, listen, tls),
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
-use crate::nbd::{self, ExportConfig, Listen};
+use crate::nbd::{self, ExportConfig, Listen, TlsConfig, TlsFiles, TlsMode};
 use crate::volume::{self, Access, FormatOptions, KdfChoice, KdfKind, Volume, VolumeError};
 
 use super::passphrase::{read_passphrase, unlock_with_tries, Prompt, Source};
@@ -31,6 +31,81 @@ pub struct ServeArgs {
     pub export_name: Option<String>,
     /// `--read-only`.
     pub read_only: bool,
+    /// `--tls`, `--tls-cert`, `--tls-key`, `--tls-ca`.
+    pub tls: TlsArgs,
+}
+
+/// The TLS flags of `open` and `demo`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct TlsArgs {
+    /// TLS mode: off (plain text only), on (TLS offered, plain text allowed), require (clients
+    /// must STARTTLS before anything else). Default: require when --tls-cert/--tls-key are
+    /// given, else off.
+    #[arg(long, value_name = "MODE", value_parser = parse_tls_mode)]
+    pub tls: Option<TlsMode>,
+    /// Server certificate (PEM, leaf first, then any intermediates); needs --tls-key.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key of --tls-cert (PEM: PKCS#8, RSA or EC, as openssl writes them).
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificate(s) (PEM): clients must present a certificate signed by one of them.
+    /// Without it, no client certificate is asked for.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+}
+
+fn parse_tls_mode(s: &str) -> Result<TlsMode, String> {
+    s.parse()
+}
+
+impl TlsArgs {
+    /// The mode these flags select, and the files when it is not off.
+    ///
+    /// Rules (as qemu-nbd, where giving TLS credentials means TLS is required): no flag → off;
+    /// `--tls-cert` + `--tls-key` without `--tls` → require; `--tls on|require` needs both
+    /// files; `--tls off` with any file, one file of the pair alone, or `--tls-ca` without the
+    /// pair is a usage error rather than a silent plain-text server.
+    fn resolve(&self) -> Result<Option<(TlsMode, TlsFiles)>, CliError> {
+        let any_file = self.tls_cert.is_some() || self.tls_key.is_some() || self.tls_ca.is_some();
+        let mode = match (self.tls, any_file) {
+            (Some(TlsMode::Off), true) => {
+                return Err(CliError::Usage(
+                    "--tls off contradicts --tls-cert/--tls-key/--tls-ca: drop them, or use --tls on or --tls require".into(),
+                ))
+            }
+            (Some(TlsMode::Off), false) | (None, false) => return Ok(None),
+            (Some(m), _) => m,
+            (None, true) => TlsMode::Require,
+        };
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Ok(Some((
+                mode,
+                TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    ca: self.tls_ca.clone(),
+                },
+            ))),
+            (cert, key) => {
+                let missing = match (cert, key) {
+                    (None, None) => "--tls-cert FILE and --tls-key FILE",
+                    (None, _) => "--tls-cert FILE",
+                    _ => "--tls-key FILE",
+                };
+                Err(CliError::Usage(format!("TLS ({mode}) needs {missing}")))
+            }
+        }
+    }
+
+    /// Read the files and build the server's TLS configuration ([`TlsConfig::off`] without
+    /// TLS flags). Errors: usage errors of [`TlsArgs::resolve`], [`crate::nbd::TlsError`].
+    fn load(&self) -> Result<TlsConfig, CliError> {
+        match self.resolve()? {
+            None => Ok(TlsConfig::off()),
+            Some((mode, files)) => Ok(TlsConfig::from_files(mode, &files)?),
+        }
+    }
 }
 
 /// Default TCP address (IANA's NBD port on loopback).
@@ -61,7 +136,10 @@ fn serve_with(args: ServeArgs, banner: Option<String>) -> Result<(), CliError> {
         socket,
         export_name,
         read_only,
+        tls,
     } = args;
+    // TLS files first: a bad certificate is refused before the passphrase is asked for.
+    let tls = tls.load()?;
     let access = if read_only {
         Access::ReadShared
     } else {
@@ -91,6 +169,7 @@ fn serve_with(args: ServeArgs, banner: Option<String>) -> Result<(), CliError> {
         keyslot = vol.keyslot(),
         export = %name,
         read_only,
+        tls = %tls.mode(),
         "volume unlocked"
     );
     let config = ExportConfig {
@@ -98,13 +177,14 @@ fn serve_with(args: ServeArgs, banner: Option<String>) -> Result<(), CliError> {
         description: Some(format!("nbdcrypt LUKS2 volume {}", image.display())),
         read_only,
     };
-    run_server(listeners, Arc::new(vol), config, banner)
+    run_server(listeners, Arc::new(vol), config, tls, banner)
 }
 
 fn run_server(
     listeners: Vec<Listen>,
     vol: Arc<Volume>,
     config: ExportConfig,
+    tls: TlsConfig,
     banner: Option<String>,
 ) -> Result<(), CliError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -131,7 +211,7 @@ fn run_server(
             }
             tracing::info!("signal received: finishing in-flight requests");
         };
-        nbd::serve(listeners, vol.clone(), config, shutdown).await
+        nbd::serve(listeners, vol.clone(), config, tls, shutdown).await
     });
     rt.shutdown_background();
     result?;
@@ -149,9 +229,10 @@ fn run_server(
 }
 
 /// Quick start: create `DIR/demo.img` (64 MiB file, 48 MiB volume, Argon2id with modest cost)
-/// and `DIR/demo.key` once, then serve it on `listen` as export `demo`, printing how to attach
-/// it once it is listening.
-pub fn demo(dir: &Path, listen: SocketAddr) -> Result<(), CliError> {
+/// and `DIR/demo.key` once, then serve it on `listen` as export `demo` (with `tls` as `open`
+/// takes it), printing how to attach it once it is listening.
+pub fn demo(dir: &Path, listen: SocketAddr, tls: TlsArgs) -> Result<(), CliError> {
+    let tls_mode = tls.resolve()?.map(|(m, _)| m);
     let image = dir.join("demo.img");
     let key = dir.join("demo.key");
     if !image.exists() {
@@ -188,16 +269,30 @@ pub fn demo(dir: &Path, listen: SocketAddr) -> Result<(), CliError> {
         volume::format(&image, &opts, pass.expose())?;
     }
     let uri = format!("nbd://{listen}/demo");
+    let attach = match tls_mode {
+        None => format!(
+            "Attach it with:\n  \
+             nbdinfo {uri}\n  \
+             qemu-img info -f raw {uri}\n  \
+             sudo modprobe nbd && sudo nbd-client {ip} {port} /dev/nbd0 -N demo   # then mkfs.ext4 /dev/nbd0",
+            ip = listen.ip(),
+            port = listen.port(),
+        ),
+        Some(mode) => format!(
+            "TLS: {mode}. Attach it with (DIR holds ca-cert.pem, and client-cert.pem and \
+             client-key.pem when --tls-ca is given):\n  \
+             nbdinfo 'nbds://{listen}/demo?tls-certificates=DIR'\n  \
+             qemu-img info --object tls-creds-x509,id=tls0,endpoint=client,dir=DIR \
+             --image-opts driver=nbd,host={ip},port={port},export=demo,tls-creds=tls0",
+            ip = listen.ip(),
+            port = listen.port(),
+        ),
+    };
     let banner = format!(
-        "Serving {img} as NBD export 'demo' on {listen}. Attach it with:\n  \
-         nbdinfo {uri}\n  \
-         qemu-img info -f raw {uri}\n  \
-         sudo modprobe nbd && sudo nbd-client {ip} {port} /dev/nbd0 -N demo   # then mkfs.ext4 /dev/nbd0\n\
+        "Serving {img} as NBD export 'demo' on {listen}. {attach}\n\
          While it is served, cryptsetup can read the header too: cryptsetup luksDump {img}\n\
          Stop with Ctrl-C.",
         img = image.display(),
-        ip = listen.ip(),
-        port = listen.port(),
     );
     serve_with(
         ServeArgs {
@@ -209,6 +304,7 @@ pub fn demo(dir: &Path, listen: SocketAddr) -> Result<(), CliError> {
             socket: vec![],
             export_name: Some("demo".into()),
             read_only: false,
+            tls,
         },
         Some(banner),
     )

@@ -6,12 +6,15 @@
 //! - [`session`]: one connection, generic over `AsyncRead + AsyncWrite` (fixed-newstyle
 //!   handshake, then the transmission phase with pipelined requests and simple or structured
 //!   replies);
-//! - [`server`]: TCP and Unix listeners, one task per client, graceful shutdown ([`serve`]).
+//! - [`server`]: TCP and Unix listeners, one task per client, graceful shutdown ([`serve`]);
+//! - [`tls`]: the TLS mode and the rustls acceptor built from PEM files ([`TlsConfig`]).
 //!
 //! Scope of this version (table: `docs/nbd-conformance.md`): fixed newstyle with `NO_ZEROES`;
 //! options `EXPORT_NAME`, `INFO`, `GO`, `LIST`, `ABORT`, `STRUCTURED_REPLY`,
-//! `LIST_META_CONTEXT`/`SET_META_CONTEXT` (`base:allocation`) (everything else `ERR_UNSUP`,
-//! including `STARTTLS` and `EXTENDED_HEADERS`); commands `READ` (with `DF` after structured
+//! `LIST_META_CONTEXT`/`SET_META_CONTEXT` (`base:allocation`), `STARTTLS` (x509 over rustls,
+//! in the modes off = NOTLS, on = TLS offered and plain text allowed, require = FORCEDTLS with
+//! `ERR_TLS_REQD`; everything negotiated before it is forgotten) (everything else `ERR_UNSUP`,
+//! including `EXTENDED_HEADERS`); commands `READ` (with `DF` after structured
 //! replies), `WRITE`, `FLUSH`, `WRITE_ZEROES` (`NO_HOLE`; `FAST_ZERO` → `ENOTSUP`), `TRIM` and
 //! `CACHE` (no-ops), `BLOCK_STATUS` (everything reported as data, so usage does not leak),
 //! `DISC`; simple replies unless structured replies were negotiated; `CAN_MULTI_CONN`.
@@ -20,10 +23,12 @@
 pub mod proto;
 pub mod server;
 pub mod session;
+pub mod tls;
 mod volume_export;
 
 pub use server::{serve, Listen, NbdError};
 pub use session::{run_session, SessionEnd, SessionError};
+pub use tls::{TlsConfig, TlsError, TlsFiles, TlsMode};
 
 /// What the server exports: a byte-addressed block device.
 ///

@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn, Instrument};
 
 use super::session::{run_session, SessionError};
-use super::{BlockExport, ExportConfig};
+use super::{BlockExport, ExportConfig, TlsConfig};
 
 /// Where to listen.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,6 +129,7 @@ async fn accept_loop(
     bound: Bound,
     export: Arc<dyn BlockExport>,
     config: Arc<ExportConfig>,
+    tls: TlsConfig,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut sessions = JoinSet::new();
@@ -159,12 +160,13 @@ async fn accept_loop(
         next_id += 1;
         let span = tracing::debug_span!("nbd_conn", id = next_id, peer = %peer);
         let (export, config, shutdown) = (export.clone(), config.clone(), shutdown.clone());
+        let tls = tls.clone();
         sessions.spawn(
             async move {
                 debug!("connected");
                 let r = match conn {
-                    Conn::Tcp(s) => run_session(s, export, config, shutdown).await,
-                    Conn::Unix(s) => run_session(s, export, config, shutdown).await,
+                    Conn::Tcp(s) => run_session(s, export, config, tls, shutdown).await,
+                    Conn::Unix(s) => run_session(s, export, config, tls, shutdown).await,
                 };
                 log_end(r);
             }
@@ -214,10 +216,14 @@ enum Conn {
 ///
 /// `shutdown` is first polled once every listener is bound and accepting, so it may also
 /// announce readiness (the CLI prints its banner there).
+///
+/// `tls` is the TLS mode and acceptor of every connection ([`TlsConfig::off`] for none); a
+/// failed TLS handshake ends only that connection.
 pub async fn serve(
     listeners: Vec<Listen>,
     export: Arc<dyn BlockExport>,
     config: ExportConfig,
+    tls: TlsConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), NbdError> {
     if listeners.is_empty() {
@@ -249,6 +255,7 @@ pub async fn serve(
             b,
             export.clone(),
             config.clone(),
+            tls.clone(),
             stop_rx.clone(),
         ));
     }
