@@ -454,16 +454,46 @@ fn volume(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     (img, key)
 }
 
-/// `nbdcrypt open` on a TCP port (and its Unix socket) with `tls` flags.
-fn open_tls(img: &Path, key: &Path, port: u16, tls: &[&Path], flags: &[&str]) -> Server {
+/// Certificates, a formatted volume `vol`, and `nbdcrypt open` serving it on a TCP port (and
+/// its Unix socket) with `--tls-cert`/`--tls-key` of `server`, `--tls-ca` of `ca` if
+/// `client_ca`, and `flags`.
+struct Served {
+    dir: tempfile::TempDir,
+    pki: Pki,
+    img: std::path::PathBuf,
+    key: std::path::PathBuf,
+    port: u16,
+    srv: Server,
+}
+
+fn open_tls(client_ca: bool, flags: &[&str]) -> Served {
+    let dir = common::tempdir();
+    let pki = Pki::new(dir.path());
+    let (img, key) = volume(dir.path());
+    let port = free_port();
     let mut args: Vec<String> = vec!["--listen".into(), format!("127.0.0.1:{port}")];
-    for (flag, path) in ["--tls-cert", "--tls-key", "--tls-ca"].iter().zip(tls) {
+    let mut files = vec![
+        ("--tls-cert", pki.cert("server")),
+        ("--tls-key", pki.key("server")),
+    ];
+    if client_ca {
+        files.push(("--tls-ca", pki.cert("ca")));
+    }
+    for (flag, path) in files {
         args.push(flag.to_string());
         args.push(path.display().to_string());
     }
     args.extend(flags.iter().map(|s| s.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Server::start(img, key, &args)
+    let srv = Server::start(&img, &key, &args);
+    Served {
+        dir,
+        pki,
+        img,
+        key,
+        port,
+        srv,
+    }
 }
 
 fn nbds_uri(port: u16, certs: &Path) -> String {
@@ -480,18 +510,15 @@ fn nbdinfo_json(uri: &str) -> serde_json::Value {
 
 #[test]
 fn nbdinfo_and_nbdcopy_over_nbds() {
-    let dir = common::tempdir();
-    let pki = Pki::new(dir.path());
-    let (img, key) = volume(dir.path());
-    let port = free_port();
     // --tls-cert/--tls-key without --tls: TLS required
-    let mut srv = open_tls(
-        &img,
-        &key,
+    let Served {
+        dir,
+        pki,
+        img,
+        key,
         port,
-        &[&pki.cert("server"), &pki.key("server")],
-        &[],
-    );
+        mut srv,
+    } = open_tls(false, &[]);
     let certs = pki.client_dir("libnbd", None);
     let uri = nbds_uri(port, &certs);
     let v = nbdinfo_json(&uri);
@@ -531,17 +558,13 @@ fn nbdinfo_and_nbdcopy_over_nbds() {
 
 #[test]
 fn tls_on_binary_serves_plain_and_nbds() {
-    let dir = common::tempdir();
-    let pki = Pki::new(dir.path());
-    let (img, key) = volume(dir.path());
-    let port = free_port();
-    let mut srv = open_tls(
-        &img,
-        &key,
+    let Served {
+        dir: _dir,
+        pki,
         port,
-        &[&pki.cert("server"), &pki.key("server")],
-        &["--tls", "on"],
-    );
+        mut srv,
+        ..
+    } = open_tls(false, &["--tls", "on"]);
     let v = nbdinfo_json(&format!("nbd://127.0.0.1:{port}/vol"));
     assert_eq!(v["TLS"], false, "{v}");
     let v = nbdinfo_json(&nbds_uri(port, &pki.client_dir("libnbd", None)));
@@ -552,17 +575,14 @@ fn tls_on_binary_serves_plain_and_nbds() {
 
 #[test]
 fn client_certificates_with_libnbd_and_qemu() {
-    let dir = common::tempdir();
-    let pki = Pki::new(dir.path());
-    let (img, key) = volume(dir.path());
-    let port = free_port();
-    let mut srv = open_tls(
-        &img,
-        &key,
+    let Served {
+        dir,
+        pki,
+        img,
+        key,
         port,
-        &[&pki.cert("server"), &pki.key("server"), &pki.cert("ca")],
-        &["--tls", "require"],
-    );
+        mut srv,
+    } = open_tls(true, &["--tls", "require"]);
     let good = pki.client_dir("good", Some("client"));
     let nocert = pki.client_dir("nocert", None);
     let rogue = pki.client_dir("rogue", Some("rogue-client"));
