@@ -233,6 +233,7 @@ fn run_server(
 /// takes it), printing how to attach it once it is listening.
 pub fn demo(dir: &Path, listen: SocketAddr, tls: TlsArgs) -> Result<(), CliError> {
     let tls_mode = tls.resolve()?.map(|(m, _)| m);
+    tls.load()?; // bad TLS files fail before the image is created (serve_with loads them again)
     let image = dir.join("demo.img");
     let key = dir.join("demo.key");
     if !image.exists() {
