@@ -181,9 +181,11 @@ fn passdown_trim_punches_only_aligned_blocks() {
         assert!(after[..a] == before[..a], "bytes before the hole changed");
         assert!(after[b..] == before[b..], "bytes after the hole changed");
         assert!(after[a..b].iter().all(|&x| x == 0));
-        let freed = (blocks_before - std::fs::metadata(&img).unwrap().blocks()) * 512;
+        let freed = blocks_before.saturating_sub(std::fs::metadata(&img).unwrap().blocks()) * 512;
+        // A punch that splits an extent may cost the filesystem an extent-tree block or two,
+        // so allow 64 KiB of slack on a 1 MiB hole.
         assert!(
-            freed >= hole_end - hole_start,
+            freed + (64 << 10) >= hole_end - hole_start,
             "stat blocks: {freed} bytes freed"
         );
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 use common::nbd::*;
 use nbdcrypt::nbd::{
     run_session, serve, BlockExport, ExportConfig, Exports, Listen, NbdError, ServerOptions,
-    SessionEnd, SessionStats,
+    SessionEnd, SessionStats, TlsConfig,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -235,7 +235,13 @@ async fn session_over_duplex() {
     let (client, server) = tokio::io::duplex(64 << 10);
     let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stats = Arc::new(SessionStats::default());
-    let session = tokio::spawn(run_session(server, exports(exp), stats.clone(), stop_rx));
+    let session = tokio::spawn(run_session(
+        server,
+        exports(exp),
+        stats.clone(),
+        TlsConfig::off(),
+        stop_rx,
+    ));
     let (mut rd, mut wr) = tokio::io::split(client);
     let mut g = [0u8; 18];
     rd.read_exact(&mut g).await.unwrap();
@@ -295,6 +301,7 @@ async fn session_shutdown_and_abort() {
         server,
         exports(export.clone()),
         Arc::default(),
+        TlsConfig::off(),
         stop_rx,
     ));
     let (mut rd, mut wr) = tokio::io::split(client);
@@ -313,6 +320,7 @@ async fn session_shutdown_and_abort() {
         server,
         exports(export.clone()),
         Arc::default(),
+        TlsConfig::off(),
         stop_rx,
     ));
     let (mut rd, mut wr) = tokio::io::split(client);
@@ -558,6 +566,7 @@ async fn dead_connection_write_never_lands_after_a_later_acknowledged_one() {
             server,
             exps.clone(),
             Arc::default(),
+            TlsConfig::off(),
             stop_rx.clone(),
         )));
         let (mut rd, mut wr) = tokio::io::split(client);
@@ -675,6 +684,7 @@ async fn sixty_four_requests_in_flight_and_replies_out_of_order() {
         server,
         exports(crowd.clone()),
         Arc::default(),
+        TlsConfig::off(),
         stop_rx,
     ));
     let (mut rd, mut wr) = tokio::io::split(client);

@@ -44,6 +44,9 @@ pub enum CliError {
     /// From the NBD server.
     #[error(transparent)]
     Nbd(#[from] crate::nbd::NbdError),
+    /// TLS certificate, key or CA files that cannot be used (exit 1).
+    #[error(transparent)]
+    Tls(#[from] crate::nbd::TlsError),
     /// An error with a hint that depends on the input (shown instead of the generic one).
     #[error("{0}")]
     Hinted(Box<CliError>, String),
@@ -77,7 +80,7 @@ impl CliError {
             CliError::Hinted(inner, _) | CliError::Export { source: inner, .. } => {
                 inner.exit_code()
             }
-            CliError::Usage(_) | CliError::Nbd(_) => EXIT_INVALID,
+            CliError::Usage(_) | CliError::Nbd(_) | CliError::Tls(_) => EXIT_INVALID,
             CliError::Volume(v) => match v {
                 VolumeError::WrongPassphrase => EXIT_NO_KEY,
                 VolumeError::OutOfMemory { .. } => EXIT_NO_MEMORY,
@@ -102,6 +105,9 @@ impl CliError {
                 VolumeError::OutOfMemory { .. } => Some("free memory, or add a keyslot with a smaller --pbkdf-memory"),
                 _ => None,
             },
+            CliError::Tls(_) => Some(
+                "--tls-cert, --tls-key and --tls-ca take PEM files as openssl writes them (see the README's TLS section)",
+            ),
             _ => None,
         }
     }
@@ -275,6 +281,8 @@ struct ServerFlags {
     /// the limit is closed at once.
     #[arg(long, value_name = "N", default_value_t = crate::nbd::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
+    #[command(flatten)]
+    tls: serve::TlsArgs,
 }
 
 impl ServerFlags {
@@ -284,6 +292,7 @@ impl ServerFlags {
             socket: self.socket,
             pid_file: self.pid_file,
             max_connections: self.max_connections,
+            tls: self.tls,
         }
     }
 }
@@ -490,6 +499,8 @@ enum Command {
         /// What TRIM does: ignore (default) or passdown (punches holes: leaks usage; see --help).
         #[arg(long, value_enum, value_name = "POLICY", default_value = "ignore", long_help = DISCARD_LONG_HELP)]
         discard: DiscardArg,
+        #[command(flatten)]
+        tls: serve::TlsArgs,
     },
 }
 
@@ -840,7 +851,8 @@ fn run(cmd: Command) -> Result<(), CliError> {
             dir,
             listen,
             discard,
-        } => serve::demo(&dir, listen, discard.policy()),
+            tls,
+        } => serve::demo(&dir, listen, discard.policy(), tls),
     }
 }
 

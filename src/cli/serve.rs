@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
-use crate::nbd::{self, BlockExport, ExportConfig, Listen, ServerOptions};
+use crate::nbd::{
+    self, BlockExport, ExportConfig, Listen, ServerOptions, TlsConfig, TlsFiles, TlsMode,
+};
 use crate::volume::{
     self, Access, Discard, FormatOptions, KdfChoice, KdfKind, Volume, VolumeError,
 };
@@ -46,6 +48,81 @@ pub struct ServerArgs {
     pub pid_file: Option<PathBuf>,
     /// `--max-connections` (0 = no limit).
     pub max_connections: usize,
+    /// `--tls`, `--tls-cert`, `--tls-key`, `--tls-ca`.
+    pub tls: TlsArgs,
+}
+
+/// The TLS flags of `open` and `demo`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct TlsArgs {
+    /// TLS mode: off (plain text only), on (TLS offered, plain text allowed), require (clients
+    /// must STARTTLS before anything else). Default: require when --tls-cert/--tls-key are
+    /// given, else off.
+    #[arg(long, value_name = "MODE", value_parser = parse_tls_mode)]
+    pub tls: Option<TlsMode>,
+    /// Server certificate (PEM, leaf first, then any intermediates); needs --tls-key.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key of --tls-cert (PEM: PKCS#8, RSA or EC, as openssl writes them).
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificate(s) (PEM): clients must present a certificate signed by one of them.
+    /// Without it, no client certificate is asked for.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+}
+
+fn parse_tls_mode(s: &str) -> Result<TlsMode, String> {
+    s.parse()
+}
+
+impl TlsArgs {
+    /// The mode these flags select, and the files when it is not off.
+    ///
+    /// Rules (as qemu-nbd, where giving TLS credentials means TLS is required): no flag → off;
+    /// `--tls-cert` + `--tls-key` without `--tls` → require; `--tls on|require` needs both
+    /// files; `--tls off` with any file, one file of the pair alone, or `--tls-ca` without the
+    /// pair is a usage error rather than a silent plain-text server.
+    fn resolve(&self) -> Result<Option<(TlsMode, TlsFiles)>, CliError> {
+        let any_file = self.tls_cert.is_some() || self.tls_key.is_some() || self.tls_ca.is_some();
+        let mode = match (self.tls, any_file) {
+            (Some(TlsMode::Off), true) => {
+                return Err(CliError::Usage(
+                    "--tls off contradicts --tls-cert/--tls-key/--tls-ca: drop them, or use --tls on or --tls require".into(),
+                ))
+            }
+            (Some(TlsMode::Off), false) | (None, false) => return Ok(None),
+            (Some(m), _) => m,
+            (None, true) => TlsMode::Require,
+        };
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Ok(Some((
+                mode,
+                TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    ca: self.tls_ca.clone(),
+                },
+            ))),
+            (cert, key) => {
+                let missing = match (cert, key) {
+                    (None, None) => "--tls-cert FILE and --tls-key FILE",
+                    (None, _) => "--tls-cert FILE",
+                    _ => "--tls-key FILE",
+                };
+                Err(CliError::Usage(format!("TLS ({mode}) needs {missing}")))
+            }
+        }
+    }
+
+    /// Read the files and build the server's TLS configuration ([`TlsConfig::off`] without
+    /// TLS flags). Errors: usage errors of [`TlsArgs::resolve`], [`crate::nbd::TlsError`].
+    fn load(&self) -> Result<TlsConfig, CliError> {
+        match self.resolve()? {
+            None => Ok(TlsConfig::off()),
+            Some((mode, files)) => Ok(TlsConfig::from_files(mode, &files)?),
+        }
+    }
 }
 
 /// Default TCP address (IANA's NBD port on loopback).
@@ -127,7 +204,10 @@ fn serve_with(
         socket,
         pid_file,
         max_connections,
+        tls,
     } = server;
+    // TLS files first: a bad certificate is refused before any passphrase is asked for.
+    let tls = tls.load()?;
     // First, before any thread exists: it edits the environment.
     let inherited = nbd::activation::listen_fds()?;
     if !inherited.is_empty() && (!listen.is_empty() || !socket.is_empty()) {
@@ -171,6 +251,7 @@ fn serve_with(
             export = %x.name,
             read_only = x.read_only,
             discard = ?x.discard,
+            tls = %tls.mode(),
             "volume unlocked"
         );
         let config = ExportConfig {
@@ -193,6 +274,7 @@ fn serve_with(
     let options = ServerOptions {
         max_connections,
         pid_file,
+        tls,
     };
     run_server(listeners, vols, options, banner)
 }
@@ -282,8 +364,15 @@ fn run_server(
 
 /// Quick start: create `DIR/demo.img` (64 MiB file, 48 MiB volume, Argon2id with modest cost)
 /// and `DIR/demo.key` once, then serve it on `listen` as export `demo` with discard policy
-/// `discard`, printing how to attach it once it is listening.
-pub fn demo(dir: &Path, listen: SocketAddr, discard: Discard) -> Result<(), CliError> {
+/// `discard` (and `tls` as `open` takes it), printing how to attach it once it is listening.
+pub fn demo(
+    dir: &Path,
+    listen: SocketAddr,
+    discard: Discard,
+    tls: TlsArgs,
+) -> Result<(), CliError> {
+    let tls_mode = tls.resolve()?.map(|(m, _)| m);
+    tls.load()?; // bad TLS files fail before the image is created (serve_with loads them again)
     let image = dir.join("demo.img");
     let key = dir.join("demo.key");
     if !image.exists() {
@@ -320,16 +409,30 @@ pub fn demo(dir: &Path, listen: SocketAddr, discard: Discard) -> Result<(), CliE
         volume::format(&image, &opts, pass.expose())?;
     }
     let uri = format!("nbd://{listen}/demo");
+    let attach = match tls_mode {
+        None => format!(
+            "Attach it with:\n  \
+             nbdinfo {uri}\n  \
+             qemu-img info -f raw {uri}\n  \
+             sudo modprobe nbd && sudo nbd-client {ip} {port} /dev/nbd0 -N demo   # then mkfs.ext4 /dev/nbd0",
+            ip = listen.ip(),
+            port = listen.port(),
+        ),
+        Some(mode) => format!(
+            "TLS: {mode}. Attach it with (DIR holds ca-cert.pem, and client-cert.pem and \
+             client-key.pem when --tls-ca is given):\n  \
+             nbdinfo 'nbds://{listen}/demo?tls-certificates=DIR'\n  \
+             qemu-img info --object tls-creds-x509,id=tls0,endpoint=client,dir=DIR \
+             --image-opts driver=nbd,host={ip},port={port},export=demo,tls-creds=tls0",
+            ip = listen.ip(),
+            port = listen.port(),
+        ),
+    };
     let banner = format!(
-        "Serving {img} as NBD export 'demo' on {listen}. Attach it with:\n  \
-         nbdinfo {uri}\n  \
-         qemu-img info -f raw {uri}\n  \
-         sudo modprobe nbd && sudo nbd-client {ip} {port} /dev/nbd0 -N demo   # then mkfs.ext4 /dev/nbd0\n\
+        "Serving {img} as NBD export 'demo' on {listen}. {attach}\n\
          While it is served, cryptsetup can read the header too: cryptsetup luksDump {img}\n\
          Stop with Ctrl-C.",
         img = image.display(),
-        ip = listen.ip(),
-        port = listen.port(),
     );
     serve_with(
         vec![ImageExport {
@@ -346,6 +449,7 @@ pub fn demo(dir: &Path, listen: SocketAddr, discard: Discard) -> Result<(), CliE
             socket: vec![],
             pid_file: None,
             max_connections: nbd::DEFAULT_MAX_CONNECTIONS,
+            tls,
         },
         Some(banner),
         false,

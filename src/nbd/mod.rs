@@ -9,7 +9,8 @@
 //!   replies), with the counters of the per-connection log line ([`SessionStats`]);
 //! - [`server`]: TCP and Unix listeners (or sockets inherited through systemd socket
 //!   activation, [`activation`]), one task per client, a connection limit, a pid file, and
-//!   graceful shutdown ([`serve`], [`ServerOptions`]).
+//!   graceful shutdown ([`serve`], [`ServerOptions`]);
+//! - [`tls`]: the TLS mode and the rustls acceptor built from PEM files ([`TlsConfig`]).
 //!
 //! Exports ([`Exports`]): any number, each an [`ExportConfig`] and an `Arc<dyn BlockExport>`,
 //! selected by name in `EXPORT_NAME`, `INFO`, `GO`, `LIST_META_CONTEXT` and
@@ -19,8 +20,10 @@
 //!
 //! Scope of this version (table: `docs/nbd-conformance.md`): fixed newstyle with `NO_ZEROES`;
 //! options `EXPORT_NAME`, `INFO`, `GO`, `LIST`, `ABORT`, `STRUCTURED_REPLY`,
-//! `LIST_META_CONTEXT`/`SET_META_CONTEXT` (`base:allocation`) (everything else `ERR_UNSUP`,
-//! including `STARTTLS` and `EXTENDED_HEADERS`); commands `READ` (with `DF` after structured
+//! `LIST_META_CONTEXT`/`SET_META_CONTEXT` (`base:allocation`), `STARTTLS` (x509 over rustls,
+//! in the modes off = NOTLS, on = TLS offered and plain text allowed, require = FORCEDTLS with
+//! `ERR_TLS_REQD`; everything negotiated before it is forgotten) (everything else `ERR_UNSUP`,
+//! including `EXTENDED_HEADERS`); commands `READ` (with `DF` after structured
 //! replies), `WRITE`, `FLUSH`, `WRITE_ZEROES` (`NO_HOLE`; `FAST_ZERO` → `ENOTSUP`), `TRIM`
 //! ([`BlockExport::trim`]: the export's discard policy), `CACHE` (a no-op), `BLOCK_STATUS`
 //! ([`BlockExport::block_status`]), `DISC`; simple replies unless structured replies were
@@ -37,6 +40,7 @@ pub mod activation;
 pub mod proto;
 pub mod server;
 pub mod session;
+pub mod tls;
 mod volume_export;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,6 +48,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub use proto::Extent;
 pub use server::{serve, Listen, NbdError, ServerOptions, DEFAULT_MAX_CONNECTIONS};
 pub use session::{run_session, SessionEnd, SessionError, SessionStats};
+pub use tls::{TlsConfig, TlsError, TlsFiles, TlsMode};
 
 use std::sync::Arc;
 

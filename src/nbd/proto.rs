@@ -60,7 +60,7 @@ pub const OPT_EXPORT_NAME: u32 = 1;
 pub const OPT_ABORT: u32 = 2;
 /// Option `NBD_OPT_LIST`.
 pub const OPT_LIST: u32 = 3;
-/// Option `NBD_OPT_STARTTLS` (answered `ERR_UNSUP`: no TLS in this server).
+/// Option `NBD_OPT_STARTTLS` (proto.md "TLS support"; `ERR_UNSUP` when TLS is off).
 pub const OPT_STARTTLS: u32 = 5;
 /// Option `NBD_OPT_INFO`.
 pub const OPT_INFO: u32 = 6;
@@ -87,6 +87,9 @@ pub const REP_META_CONTEXT: u32 = 4;
 pub const REP_ERR_UNSUP: u32 = (1 << 31) | 1;
 /// Error reply `NBD_REP_ERR_INVALID`.
 pub const REP_ERR_INVALID: u32 = (1 << 31) | 3;
+/// Error reply `NBD_REP_ERR_TLS_REQD` (FORCEDTLS: any option but `STARTTLS`/`ABORT` before
+/// TLS; proto.md "FORCEDTLS mode").
+pub const REP_ERR_TLS_REQD: u32 = (1 << 31) | 5;
 /// Error reply `NBD_REP_ERR_UNKNOWN`.
 pub const REP_ERR_UNKNOWN: u32 = (1 << 31) | 6;
 /// Error reply `NBD_REP_ERR_TOO_BIG`.

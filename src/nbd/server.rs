@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn, Instrument};
 
 use super::session::{run_session, SessionEnd, SessionError, SessionStats};
-use super::{BlockExport, ExportConfig, Exports};
+use super::{BlockExport, ExportConfig, Exports, TlsConfig};
 
 /// Where to listen.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +71,9 @@ pub struct ServerOptions {
     /// is bound, so a reader of the file knows the sockets accept; removed when [`serve`]
     /// returns. Written atomically (a temporary file renamed over it).
     pub pid_file: Option<PathBuf>,
+    /// The TLS mode and acceptor of every connection ([`TlsConfig::off`], the default, for
+    /// none); a failed TLS handshake ends only that connection.
+    pub tls: TlsConfig,
 }
 
 impl Default for ServerOptions {
@@ -78,6 +81,7 @@ impl Default for ServerOptions {
         ServerOptions {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             pid_file: None,
+            tls: TlsConfig::off(),
         }
     }
 }
@@ -354,6 +358,13 @@ fn log_connection(
         Some(e) => line!(error = ?e,),
         None => line!(),
     }
+    // Protocol errors (a misbehaving client, a failed TLS handshake) are also warnings, so
+    // they show at the default log level; I/O errors (a client that vanished) are not.
+    if let Err(e) = r {
+        if !matches!(e, SessionError::Io(_)) {
+            warn!(peer = %peer, error = %e, "session ended by protocol error");
+        }
+    }
 }
 
 /// Accept loop of one listener; returns after shutdown once all its sessions have ended.
@@ -362,6 +373,7 @@ async fn accept_loop(
     bound: Bound,
     exports: Arc<Exports>,
     limit: Option<(Arc<Semaphore>, usize)>,
+    tls: TlsConfig,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut sessions = JoinSet::new();
@@ -412,14 +424,15 @@ async fn accept_loop(
         next_id += 1;
         let span = tracing::debug_span!("nbd_conn", id = next_id, peer = %peer);
         let (exports, shutdown) = (exports.clone(), shutdown.clone());
+        let tls = tls.clone();
         sessions.spawn(
             async move {
                 debug!("connected");
                 let stats = Arc::new(SessionStats::default());
                 let start = Instant::now();
                 let r = match conn {
-                    Conn::Tcp(s) => run_session(s, exports, stats.clone(), shutdown).await,
-                    Conn::Unix(s) => run_session(s, exports, stats.clone(), shutdown).await,
+                    Conn::Tcp(s) => run_session(s, exports, stats.clone(), tls, shutdown).await,
+                    Conn::Unix(s) => run_session(s, exports, stats.clone(), tls, shutdown).await,
                 };
                 log_connection(&peer, &stats, start.elapsed(), &r);
                 drop(permit); // the connection is closed: its slot is free again
@@ -510,6 +523,9 @@ impl Drop for PidFileGuard {
 ///
 /// `shutdown` is first polled once every listener is bound and accepting, so it may also
 /// announce readiness (the CLI prints its banner there).
+///
+/// `options.tls` is the TLS mode and acceptor of every connection ([`TlsConfig::off`] for
+/// none); a failed TLS handshake ends only that connection.
 pub async fn serve(
     listeners: Vec<Listen>,
     exports: Vec<(ExportConfig, Arc<dyn BlockExport>)>,
@@ -557,6 +573,7 @@ pub async fn serve(
             b,
             exports.clone(),
             limit.clone(),
+            options.tls.clone(),
             stop_rx.clone(),
         ));
     }

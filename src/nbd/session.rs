@@ -3,6 +3,13 @@
 //! Generic over any `AsyncRead + AsyncWrite + Unpin + Send` stream, so tests can drive it over
 //! `tokio::io::duplex`. Section names refer to `doc/proto.md` of NetworkBlockDevice/nbd.
 //!
+//! TLS ("TLS support"): with a [`TlsConfig`] other than off, `NBD_OPT_STARTTLS` is answered
+//! `NBD_REP_ACK`, the TLS handshake runs over the same stream, and option haggling starts over
+//! on the TLS stream with nothing negotiated before it kept (structured replies, meta
+//! contexts); the transmission phase then runs over TLS too. In [`TlsMode::Require`]
+//! (FORCEDTLS) every option before the upgrade except `STARTTLS` and `ABORT` gets
+//! `NBD_REP_ERR_TLS_REQD`, and `EXPORT_NAME` closes the connection.
+//!
 //! Transmission ("Transmission", "Ordering of messages and writes"): a reader parses requests
 //! and spawns one task per request (bounded by [`MAX_IN_FLIGHT`] requests and
 //! [`MAX_BUFFERED_BYTES`] of buffers); each task runs the export call on the blocking pool and
@@ -31,6 +38,7 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
 use super::proto::{self, Command, Negotiated, Request, Verdict};
+use super::tls::{TlsConfig, TlsMode};
 use super::{BlockExport, Exports};
 
 /// Most requests handled concurrently on one connection.
@@ -84,6 +92,15 @@ pub enum SessionError {
     /// A WRITE whose declared payload is too large even to discard.
     #[error("WRITE declares a {0}-byte payload")]
     WriteTooLarge(u32),
+    /// `NBD_OPT_EXPORT_NAME` before `STARTTLS` on a server that requires TLS (cannot be
+    /// answered with an error: MUST terminate; proto.md "FORCEDTLS mode").
+    #[error("EXPORT_NAME without TLS on a server that requires TLS")]
+    TlsRequired,
+    /// The TLS handshake after `STARTTLS` failed (no or untrusted client certificate, a client
+    /// speaking plain text, garbage, ...); too late to continue without TLS, so the session
+    /// ends (proto.md "FORCEDTLS mode").
+    #[error("TLS handshake failed: {0}")]
+    TlsHandshake(#[source] io::Error),
 }
 
 /// What one session negotiated and moved, for the per-connection log line. Filled in while
@@ -117,33 +134,59 @@ impl SessionStats {
 
 /// Serve one connection until the client disconnects, the protocol is violated or `shutdown`
 /// becomes `true` (a dropped sender means "never"). The client picks one of `exports` by name
-/// in the handshake; `stats` records what the session negotiated and moved.
+/// in the handshake; `stats` records what the session negotiated and moved. `tls` decides what
+/// `NBD_OPT_STARTTLS` does (see the module documentation); after an upgrade everything else
+/// runs over TLS.
 ///
 /// On the way out of the transmission phase (DISC, EOF, error or shutdown) the session stops
 /// reading, lets in-flight requests finish and their replies go out, flushes the export, then
-/// shuts the stream down. Errors: [`SessionError`]; none of them affects other connections.
+/// shuts the stream down (sending TLS `close_notify` first over TLS). Errors:
+/// [`SessionError`] (a failed TLS handshake is [`SessionError::TlsHandshake`]); none of them
+/// affects other connections.
 pub async fn run_session<S>(
-    mut stream: S,
+    stream: S,
     exports: Arc<Exports>,
     stats: Arc<SessionStats>,
+    tls: TlsConfig,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<SessionEnd, SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let outcome = tokio::select! {
-        r = handshake(&mut stream, &exports) => r?,
+    let negotiated = tokio::select! {
+        r = negotiate(stream, &exports, &tls) => r?,
         _ = wait_shutdown(&mut shutdown) => {
             debug!("shutdown during handshake");
             return Ok(SessionEnd::Shutdown);
         }
     };
+    match negotiated {
+        Upgrade::Plain(s, outcome) => finish(s, outcome, &exports, stats, shutdown).await,
+        Upgrade::Tls(s, outcome) => {
+            stats.tls.store(true, Ordering::Relaxed);
+            finish(s, outcome, &exports, stats, shutdown).await
+        }
+    }
+}
+
+/// After the handshake: ABORT, hang-up, or the transmission phase on the chosen export.
+async fn finish<S>(
+    mut stream: S,
+    outcome: Handshake,
+    exports: &Exports,
+    stats: Arc<SessionStats>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<SessionEnd, SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
     match outcome {
         Handshake::Aborted => {
             let _ = stream.shutdown().await;
             Ok(SessionEnd::Aborted)
         }
-        Handshake::HungUp => Ok(SessionEnd::ClientClosed),
+        // `negotiate` turns StartTls into the upgrade, so it never gets here.
+        Handshake::HungUp | Handshake::StartTls => Ok(SessionEnd::ClientClosed),
         Handshake::Transmission(neg, index) => {
             let e = exports.get(index);
             let _ = stats.export.set(e.config.name.clone());
@@ -155,6 +198,42 @@ where
             transmission(stream, export, read_only, neg, stats, shutdown).await
         }
     }
+}
+
+/// The stream the handshake ended on, and how it ended.
+enum Upgrade<S> {
+    Plain(S, Handshake),
+    Tls(Box<tokio_rustls::server::TlsStream<S>>, Handshake),
+}
+
+/// Greeting, client flags, option haggling; after `STARTTLS` the TLS handshake and a second
+/// round of option haggling over TLS, with a fresh [`Negotiated`] (proto.md
+/// "NBD_OPT_STARTTLS": no negotiation state is preserved).
+async fn negotiate<S>(
+    mut s: S,
+    exports: &Exports,
+    tls: &TlsConfig,
+) -> Result<Upgrade<S>, SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let Some(client) = greet(&mut s).await? else {
+        return Ok(Upgrade::Plain(s, Handshake::HungUp));
+    };
+    let outcome = options(&mut s, client, exports, tls, false).await?;
+    let Handshake::StartTls = outcome else {
+        return Ok(Upgrade::Plain(s, outcome));
+    };
+    let acceptor = tls
+        .acceptor()
+        .expect("STARTTLS is only acknowledged with an acceptor");
+    let mut t = acceptor
+        .accept(s)
+        .await
+        .map_err(SessionError::TlsHandshake)?;
+    debug!(version = ?t.get_ref().1.protocol_version(), "TLS established");
+    let outcome = options(&mut t, client, exports, tls, true).await?;
+    Ok(Upgrade::Tls(Box::new(t), outcome))
 }
 
 /// Resolves once the shutdown flag is true; never if the sender is gone.
@@ -169,6 +248,15 @@ enum Handshake {
     Transmission(Negotiated, usize),
     Aborted,
     HungUp,
+    /// `STARTTLS` was acknowledged; the TLS handshake comes next.
+    StartTls,
+}
+
+/// What the client flags asked for (proto.md "Client flags"); kept across `STARTTLS`.
+#[derive(Clone, Copy)]
+struct ClientFlags {
+    fixed: bool,
+    no_zeroes: bool,
 }
 
 async fn send_opt_reply<S: AsyncWrite + Unpin>(
@@ -189,9 +277,9 @@ async fn discard<R: AsyncRead + Unpin>(r: &mut R, len: u64) -> io::Result<()> {
     Ok(())
 }
 
-/// Fixed-newstyle handshake (proto.md "Newstyle negotiation", "Fixed newstyle negotiation",
-/// "Option types").
-async fn handshake<S>(s: &mut S, exports: &Exports) -> Result<Handshake, SessionError>
+/// Greeting and client flags (proto.md "Newstyle negotiation"); `None` if the client hung up
+/// (before the greeting could be sent, or before sending its flags).
+async fn greet<S>(s: &mut S) -> Result<Option<ClientFlags>, SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -208,23 +296,44 @@ where
                 io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
             ) =>
         {
-            return Ok(Handshake::HungUp)
+            return Ok(None)
         }
         Err(e) => return Err(e.into()),
     }
     let mut cf = [0u8; 4];
     match s.read_exact(&mut cf).await {
         Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(Handshake::HungUp),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e.into()),
     }
     let cflags = proto::parse_client_flags(cf).map_err(SessionError::UnknownClientFlags)?;
-    let fixed = cflags & proto::CLIENT_FIXED_NEWSTYLE != 0;
-    let no_zeroes = cflags & proto::CLIENT_NO_ZEROES != 0;
+    Ok(Some(ClientFlags {
+        fixed: cflags & proto::CLIENT_FIXED_NEWSTYLE != 0,
+        no_zeroes: cflags & proto::CLIENT_NO_ZEROES != 0,
+    }))
+}
+
+/// Fixed-newstyle option haggling (proto.md "Fixed newstyle negotiation", "Option types",
+/// "TLS support"), in plain text (`tls_active` false) or over TLS after `STARTTLS`. Every
+/// round starts with nothing negotiated.
+async fn options<S>(
+    s: &mut S,
+    client: ClientFlags,
+    exports: &Exports,
+    tls: &TlsConfig,
+    tls_active: bool,
+) -> Result<Handshake, SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let ClientFlags { fixed, no_zeroes } = client;
     let mut neg = Negotiated::default();
     // The export the last successful SET_META_CONTEXT named: a selection only holds for the
     // export finally chosen (proto.md NBD_OPT_SET_META_CONTEXT); nbdkit discards it likewise.
     let mut meta_export: Option<usize> = None;
+    // FORCEDTLS before the upgrade: only STARTTLS and ABORT get anything but ERR_TLS_REQD.
+    let forced = tls.mode() == TlsMode::Require && !tls_active;
+    let tls_exempt = |opt: u32| opt == proto::OPT_STARTTLS || opt == proto::OPT_ABORT;
 
     loop {
         s.flush().await?;
@@ -245,12 +354,27 @@ where
             }
             warn!(opt, len = hdr.len, "oversize option data discarded");
             discard(s, u64::from(hdr.len)).await?;
-            send_opt_reply(s, opt, proto::REP_ERR_TOO_BIG, b"option data too large").await?;
+            if forced && !tls_exempt(opt) {
+                send_opt_reply(s, opt, proto::REP_ERR_TLS_REQD, TLS_REQD_MSG).await?;
+            } else {
+                send_opt_reply(s, opt, proto::REP_ERR_TOO_BIG, b"option data too large").await?;
+            }
             continue;
         }
         let mut data = vec![0u8; hdr.len as usize];
         s.read_exact(&mut data).await?;
-        debug!(opt, len = hdr.len, "option");
+        debug!(opt, len = hdr.len, tls = tls_active, "option");
+
+        if forced && !tls_exempt(opt) {
+            if opt == proto::OPT_EXPORT_NAME {
+                // Cannot return an error: MUST terminate the session.
+                warn!("EXPORT_NAME without TLS; TLS is required");
+                return Err(SessionError::TlsRequired);
+            }
+            debug!(opt, "TLS required");
+            send_opt_reply(s, opt, proto::REP_ERR_TLS_REQD, TLS_REQD_MSG).await?;
+            continue;
+        }
 
         match opt {
             proto::OPT_EXPORT_NAME => {
@@ -330,6 +454,23 @@ where
                     meta_export = Some(index);
                 }
             }
+            proto::OPT_STARTTLS => {
+                // proto.md "NBD_OPT_STARTTLS", "NOTLS mode", "FORCEDTLS mode".
+                let (rep, msg): (u32, &[u8]) = if tls.acceptor().is_none() {
+                    // NOTLS: as any option this server does not support
+                    (proto::REP_ERR_UNSUP, b"option not supported")
+                } else if tls_active {
+                    (proto::REP_ERR_INVALID, b"TLS is already negotiated")
+                } else if !data.is_empty() {
+                    (proto::REP_ERR_INVALID, b"STARTTLS takes no data")
+                } else {
+                    send_opt_reply(s, opt, proto::REP_ACK, &[]).await?;
+                    s.flush().await?;
+                    return Ok(Handshake::StartTls);
+                };
+                debug!(opt, rep, "STARTTLS refused");
+                send_opt_reply(s, opt, rep, msg).await?;
+            }
             _ => {
                 debug!(opt, "unsupported option");
                 send_opt_reply(s, opt, proto::REP_ERR_UNSUP, b"option not supported").await?;
@@ -337,6 +478,9 @@ where
         }
     }
 }
+
+/// Message of `NBD_REP_ERR_TLS_REQD` replies.
+const TLS_REQD_MSG: &[u8] = b"TLS is required: send NBD_OPT_STARTTLS first";
 
 /// `NBD_OPT_LIST_META_CONTEXT` and `NBD_OPT_SET_META_CONTEXT` (proto.md "Option types",
 /// "Metadata querying"). SET replaces the selection even when it fails, and before structured

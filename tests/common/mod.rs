@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod nbd;
+pub mod tls;
 
 use std::io::Read;
 use std::net::TcpListener;

@@ -11,7 +11,7 @@ use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use nbdcrypt::nbd::{serve, BlockExport, ExportConfig, Listen, NbdError, ServerOptions};
+use nbdcrypt::nbd::{serve, BlockExport, ExportConfig, Listen, NbdError, ServerOptions, TlsConfig};
 
 /// A RAM export: bytes behind a RwLock, counting calls so tests can see what reached it.
 pub struct MemExport {
@@ -89,12 +89,21 @@ pub struct TestServer {
 impl TestServer {
     /// Start serving `export` as [`EXPORT`]; returns once the socket accepts connections.
     pub fn start(export: Arc<MemExport>, read_only: bool) -> TestServer {
+        TestServer::start_tls(export, read_only, TlsConfig::off())
+    }
+
+    /// [`TestServer::start`] with a TLS mode and acceptor.
+    pub fn start_tls(export: Arc<MemExport>, read_only: bool, tls: TlsConfig) -> TestServer {
         let config = ExportConfig {
             name: EXPORT.to_string(),
             description: Some("test volume".to_string()),
             read_only,
         };
-        TestServer::start_many(vec![(config, export)], ServerOptions::default())
+        let options = ServerOptions {
+            tls,
+            ..ServerOptions::default()
+        };
+        TestServer::start_many(vec![(config, export)], options)
     }
 
     /// Start serving several exports (the first is the default export and [`TestServer::export`]);
@@ -236,12 +245,13 @@ pub const EPERM: u32 = 1;
 pub const EINVAL: u32 = 22;
 pub const ENOSPC: u32 = 28;
 
-/// A blocking raw-socket NBD client for malformed traffic.
-pub struct Raw {
-    pub s: UnixStream,
+/// A blocking raw-socket NBD client for malformed traffic, over a Unix socket or (after
+/// STARTTLS) a TLS stream on top of one.
+pub struct Raw<S = UnixStream> {
+    pub s: S,
 }
 
-impl Raw {
+impl Raw<UnixStream> {
     /// Connect, read the 18-byte greeting, send `cflags`.
     pub fn connect(sock: &Path, cflags: u32) -> Raw {
         let mut s = UnixStream::connect(sock).unwrap();
@@ -298,6 +308,23 @@ impl Raw {
         }
     }
 
+    /// Negotiate with NBD_OPT_GO on [`EXPORT`]; returns (size, transmission flags).
+    pub fn go(sock: &Path) -> (Raw, u64, u16) {
+        let mut r = Raw::connect(sock, 3);
+        let (size, flags) = r.go_export();
+        (r, size, flags)
+    }
+
+    /// Negotiate structured replies (and `base:allocation` if `meta`), then GO; returns the
+    /// connection and the transmission flags.
+    pub fn go_structured(sock: &Path, meta: bool) -> (Raw, u16) {
+        let mut r = Raw::connect(sock, 3);
+        let flags = r.go_structured_here(meta);
+        (r, flags)
+    }
+}
+
+impl<S: Read + Write> Raw<S> {
     pub fn send_opt(&mut self, opt: u32, data: &[u8]) {
         let mut b = IHAVEOPT.to_be_bytes().to_vec();
         b.extend_from_slice(&opt.to_be_bytes());
@@ -322,21 +349,20 @@ impl Raw {
         Ok((opt, rt, d))
     }
 
-    /// Negotiate with NBD_OPT_GO on [`EXPORT`]; returns (size, transmission flags).
-    pub fn go(sock: &Path) -> (Raw, u64, u16) {
-        let mut r = Raw::connect(sock, 3);
+    /// NBD_OPT_GO on [`EXPORT`] on this connection; returns (size, transmission flags).
+    pub fn go_export(&mut self) -> (u64, u16) {
         let mut d = (EXPORT.len() as u32).to_be_bytes().to_vec();
         d.extend_from_slice(EXPORT.as_bytes());
         d.extend_from_slice(&0u16.to_be_bytes());
-        r.send_opt(7, &d);
+        self.send_opt(7, &d);
         let (mut size, mut flags) = (0, 0);
         loop {
-            let (_, rt, data) = r.opt_reply().unwrap();
+            let (_, rt, data) = self.opt_reply().unwrap();
             if rt == 3 && data[0..2] == [0, 0] {
                 size = u64::from_be_bytes(data[2..10].try_into().unwrap());
                 flags = u16::from_be_bytes([data[10], data[11]]);
             } else if rt == 1 {
-                return (r, size, flags);
+                return (size, flags);
             } else {
                 panic!("unexpected GO reply type {rt:#x}");
             }
@@ -400,12 +426,20 @@ impl Raw {
 /// A fresh GO + 4 KiB write/read round trip, to show the server still serves.
 pub fn assert_serving(sock: &Path) {
     let (mut r, size, _) = Raw::go(sock);
-    assert!(size > 0);
-    let pat: Vec<u8> = (0..4096u32).map(|i| (i * 7 + 3) as u8).collect();
-    r.write(5, size - 4096, &pat);
-    assert_eq!(r.reply().unwrap(), (0, 5));
-    assert_eq!(r.read(size - 4096, 4096), pat);
+    r.round_trip(size);
     r.request(0, CMD_DISC, 0, 0, 0);
+}
+
+impl<S: Read + Write> Raw<S> {
+    /// In transmission with simple replies: write 4 KiB at the end of an export of `size`
+    /// bytes and read it back.
+    pub fn round_trip(&mut self, size: u64) {
+        assert!(size >= 4096);
+        let pat: Vec<u8> = (0..4096u32).map(|i| (i * 7 + 3) as u8).collect();
+        self.write(5, size - 4096, &pat);
+        assert_eq!(self.reply().unwrap(), (0, 5));
+        assert_eq!(self.read(size - 4096, 4096), pat);
+    }
 }
 
 // ---- structured replies (proto.md "Structured reply chunk message") ----
@@ -478,7 +512,7 @@ pub fn meta_data(name: &str, queries: &[&str]) -> Vec<u8> {
     d
 }
 
-impl Raw {
+impl<S: Read + Write> Raw<S> {
     /// Send an option and collect its replies up to the final one (ACK or error).
     pub fn opt_all(&mut self, opt: u32, data: &[u8]) -> Vec<(u32, Vec<u8>)> {
         self.send_opt(opt, data);
@@ -505,10 +539,10 @@ impl Raw {
         (replies.last().unwrap().0, flags)
     }
 
-    /// Negotiate structured replies (and `base:allocation` if `meta`), then GO; returns the
-    /// connection and the transmission flags.
-    pub fn go_structured(sock: &Path, meta: bool) -> (Raw, u16) {
-        let mut r = Raw::connect(sock, 3);
+    /// On this connection: negotiate structured replies (and `base:allocation` if `meta`),
+    /// then GO; returns the transmission flags.
+    pub fn go_structured_here(&mut self, meta: bool) -> u16 {
+        let r = self;
         assert_eq!(
             r.opt_all(OPT_STRUCTURED_REPLY, &[]),
             vec![(REP_ACK, vec![])]
@@ -524,7 +558,7 @@ impl Raw {
         }
         let (rt, flags) = r.info_or_go(OPT_GO);
         assert_eq!(rt, REP_ACK);
-        (r, flags.unwrap())
+        flags.unwrap()
     }
 
     /// Read one structured reply chunk.
