@@ -848,3 +848,85 @@ fn block_status_reports_everything_as_data() {
     assert!(r.closed());
     srv.stop();
 }
+
+/// A client that floods refused requests (READs past the end) and never reads the replies is
+/// held back: the server stops reading once its in-flight limit (64) of replies
+/// are queued behind the full socket, instead of queueing replies without bound. Writing
+/// 64 MiB of such requests must stall long before the end; other clients carry on meanwhile.
+#[test]
+fn a_client_that_never_reads_replies_is_held_back() {
+    let srv = server(MIB);
+    let (mut r, size, _) = Raw::go(&srv.sock);
+    let mut batch = Vec::with_capacity(28 * 4096);
+    for i in 0..4096u64 {
+        batch.extend_from_slice(&REQ_MAGIC.to_be_bytes());
+        batch.extend_from_slice(&0u16.to_be_bytes());
+        batch.extend_from_slice(&CMD_READ.to_be_bytes());
+        batch.extend_from_slice(&i.to_be_bytes());
+        batch.extend_from_slice(&size.to_be_bytes()); // past the end: EINVAL
+        batch.extend_from_slice(&512u32.to_be_bytes());
+    }
+    r.s.set_write_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut sent = 0usize;
+    let stalled = loop {
+        if sent >= 64 * MIB {
+            break false;
+        }
+        match r.s.write(&batch) {
+            Ok(n) => sent += n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break true
+            }
+            Err(e) => panic!("write failed: {e}"),
+        }
+    };
+    assert!(
+        stalled,
+        "the server read {sent} bytes of requests whose replies nobody read"
+    );
+    assert!(sent < 16 * MIB, "stalled only after {sent} bytes");
+    // another client is served meanwhile
+    let (mut other, _, _) = Raw::go(&srv.sock);
+    other.request(0, CMD_READ, 1, 0, 512);
+    assert_eq!(other.reply().unwrap(), (0, 1));
+}
+
+/// A client that connects and stalls in the handshake is closed after the handshake limit
+/// (here 1 s; qemu-nbd's `--handshake-limit`), so it cannot hold a connection slot; one that
+/// reached transmission is not limited: it may idle longer and still be served.
+#[test]
+fn stalled_handshakes_are_closed_after_the_limit() {
+    let config = nbdcrypt::nbd::ExportConfig {
+        name: EXPORT.into(),
+        description: None,
+        read_only: false,
+    };
+    let options = nbdcrypt::nbd::ServerOptions {
+        handshake_limit: Some(Duration::from_secs(1)),
+        ..Default::default()
+    };
+    let srv = TestServer::start_many(vec![(config, MemExport::new(MIB, 512))], options);
+    let (mut served, _, _) = Raw::go(&srv.sock);
+    let mut stalled = Raw::connect(&srv.sock, 3); // greeted, flags sent, then nothing
+    let mut silent = std::os::unix::net::UnixStream::connect(&srv.sock).unwrap();
+    for s in [&mut stalled.s, &mut silent] {
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut rest = Vec::new();
+        // `silent` still has the greeting to read; then both see the server close.
+        s.read_to_end(&mut rest)
+            .expect("closed by the server, not timed out");
+        assert!(
+            rest.len() <= 18,
+            "{} bytes after the handshake limit",
+            rest.len()
+        );
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    served.request(0, CMD_READ, 7, 0, 512);
+    assert_eq!(served.reply().unwrap(), (0, 7), "transmission has no limit");
+}

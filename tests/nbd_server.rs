@@ -14,7 +14,7 @@ use std::time::Duration;
 use common::nbd::*;
 use nbdcrypt::nbd::{
     run_session, serve, BlockExport, ExportConfig, Exports, Listen, NbdError, ServerOptions,
-    SessionEnd, SessionStats, TlsConfig,
+    SessionEnd, SessionOptions, SessionStats,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -239,7 +239,7 @@ async fn session_over_duplex() {
         server,
         exports(exp),
         stats.clone(),
-        TlsConfig::off(),
+        SessionOptions::default(),
         stop_rx,
     ));
     let (mut rd, mut wr) = tokio::io::split(client);
@@ -301,7 +301,7 @@ async fn session_shutdown_and_abort() {
         server,
         exports(export.clone()),
         Arc::default(),
-        TlsConfig::off(),
+        SessionOptions::default(),
         stop_rx,
     ));
     let (mut rd, mut wr) = tokio::io::split(client);
@@ -320,7 +320,7 @@ async fn session_shutdown_and_abort() {
         server,
         exports(export.clone()),
         Arc::default(),
-        TlsConfig::off(),
+        SessionOptions::default(),
         stop_rx,
     ));
     let (mut rd, mut wr) = tokio::io::split(client);
@@ -485,7 +485,7 @@ fn pid_file_written_once_listening_and_removed_at_shutdown() {
 /// before deciding, as an export that orders writes under a lock would.
 struct GateExport {
     mem: Arc<MemExport>,
-    entered: std::sync::atomic::AtomicBool,
+    entered: std::sync::atomic::AtomicUsize,
     release: std::sync::atomic::AtomicBool,
 }
 
@@ -494,7 +494,7 @@ const DOOMED: u8 = 0xAA;
 impl GateExport {
     fn gate(&self, data: &[u8]) {
         if data.first() == Some(&DOOMED) {
-            self.entered.store(true, Ordering::SeqCst);
+            self.entered.fetch_add(1, Ordering::SeqCst);
             while !self.release.load(Ordering::SeqCst) {
                 std::thread::sleep(Duration::from_millis(5));
             }
@@ -545,15 +545,15 @@ impl BlockExport for GateExport {
     }
 }
 
-/// Connection A sends a write and hangs up while it is still queued; connection B then writes
-/// the same range and is acknowledged. A's write must never land after B's (issue 4,
-/// "A connection that dies leaves no write of it that lands after a later acknowledged write
-/// from another connection to the same range"): the range reads B's bytes at the end.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dead_connection_write_never_lands_after_a_later_acknowledged_one() {
+/// Connection A sends `writes` writes (then a FLUSH if `flush`) and hangs up while they are
+/// still queued; connection B then writes the same range and is acknowledged. A's writes must
+/// never land after B's (issue 4, "A connection that dies leaves no write of it that lands
+/// after a later acknowledged write from another connection to the same range"): the range
+/// reads B's bytes at the end.
+async fn dead_connection_case(writes: usize, flush: bool) {
     let gate = Arc::new(GateExport {
         mem: MemExport::new(MIB, 512),
-        entered: false.into(),
+        entered: 0.into(),
         release: false.into(),
     });
     let exps = exports(gate.clone());
@@ -566,7 +566,7 @@ async fn dead_connection_write_never_lands_after_a_later_acknowledged_one() {
             server,
             exps.clone(),
             Arc::default(),
-            TlsConfig::off(),
+            SessionOptions::default(),
             stop_rx.clone(),
         )));
         let (mut rd, mut wr) = tokio::io::split(client);
@@ -580,34 +580,62 @@ async fn dead_connection_write_never_lands_after_a_later_acknowledged_one() {
     }
     let (mut b_rd, mut b_wr) = clients.pop().unwrap();
     let (a_rd, mut a_wr) = clients.pop().unwrap();
-    req(&mut a_wr, 0, CMD_WRITE, 1, 4096, 4096).await;
-    a_wr.write_all(&[DOOMED; 4096]).await.unwrap();
+    for i in 0..writes {
+        req(
+            &mut a_wr,
+            0,
+            CMD_WRITE,
+            i as u64,
+            4096 * (i as u64 + 1),
+            4096,
+        )
+        .await;
+        a_wr.write_all(&[DOOMED; 4096]).await.unwrap();
+    }
+    if flush {
+        req(&mut a_wr, 0, CMD_FLUSH, 999, 0, 0).await;
+    }
     for _ in 0..2000 {
-        if gate.entered.load(Ordering::SeqCst) {
+        if gate.entered.load(Ordering::SeqCst) == writes {
             break;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert!(
+    assert_eq!(
         gate.entered.load(Ordering::SeqCst),
-        "A's write never reached the export"
+        writes,
+        "A's writes never all reached the export"
     );
-    drop((a_rd, a_wr)); // A hangs up with its write queued
-    req(&mut b_wr, 0, CMD_WRITE, 2, 4096, 4096).await;
-    b_wr.write_all(&[0xBB; 4096]).await.unwrap();
+    drop((a_rd, a_wr)); // A hangs up with its writes queued
+    let len = 4096 * writes as u32;
+    req(&mut b_wr, 0, CMD_WRITE, 2, 4096, len).await;
+    b_wr.write_all(&vec![0xBB; len as usize]).await.unwrap();
     assert_eq!(reply(&mut b_rd).await, (0, 2), "B's write acknowledged");
     gate.release.store(true, Ordering::SeqCst);
     let a_end = sessions.remove(0).await.unwrap().unwrap();
     assert_eq!(a_end, SessionEnd::ClientClosed);
     assert!(
-        gate.mem.snapshot(4096, 4096) == vec![0xBB; 4096],
-        "the dead connection's write landed after B's acknowledged write"
+        gate.mem.snapshot(4096, len as usize) == vec![0xBB; len as usize],
+        "a dead connection's write landed after B's acknowledged write"
     );
     req(&mut b_wr, 0, CMD_DISC, 3, 0, 0).await;
     assert_eq!(
         sessions.remove(0).await.unwrap().unwrap(),
         SessionEnd::Disconnected
     );
+}
+
+/// One queued write: the session sees the hang-up while waiting for the next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_connection_write_never_lands_after_a_later_acknowledged_one() {
+    dead_connection_case(1, false).await;
+}
+
+/// 64 queued writes fill the in-flight limit, and the FLUSH behind them waits for a slot: the
+/// session must see the hang-up while waiting, not only once a write has finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_connection_seen_while_the_in_flight_limit_is_full() {
+    dead_connection_case(64, true).await;
 }
 
 /// Requests pipelined on one connection.
@@ -684,7 +712,7 @@ async fn sixty_four_requests_in_flight_and_replies_out_of_order() {
         server,
         exports(crowd.clone()),
         Arc::default(),
-        TlsConfig::off(),
+        SessionOptions::default(),
         stop_rx,
     ));
     let (mut rd, mut wr) = tokio::io::split(client);

@@ -281,6 +281,10 @@ struct ServerFlags {
     /// the limit is closed at once.
     #[arg(long, value_name = "N", default_value_t = crate::nbd::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
+    /// Close a connection that has not finished the NBD handshake within SECONDS (0 = no
+    /// limit), so clients that connect and stall cannot hold connection slots (as qemu-nbd).
+    #[arg(long, value_name = "SECONDS", default_value_t = crate::nbd::DEFAULT_HANDSHAKE_LIMIT.as_secs())]
+    handshake_limit: u64,
     #[command(flatten)]
     tls: serve::TlsArgs,
 }
@@ -292,6 +296,7 @@ impl ServerFlags {
             socket: self.socket,
             pid_file: self.pid_file,
             max_connections: self.max_connections,
+            handshake_limit: self.handshake_limit,
             tls: self.tls,
         }
     }

@@ -6,6 +6,7 @@ use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use zeroize::Zeroizing;
 
@@ -48,6 +49,8 @@ pub struct ServerArgs {
     pub pid_file: Option<PathBuf>,
     /// `--max-connections` (0 = no limit).
     pub max_connections: usize,
+    /// `--handshake-limit` in seconds (0 = no limit).
+    pub handshake_limit: u64,
     /// `--tls`, `--tls-cert`, `--tls-key`, `--tls-ca`.
     pub tls: TlsArgs,
 }
@@ -204,6 +207,7 @@ fn serve_with(
         socket,
         pid_file,
         max_connections,
+        handshake_limit,
         tls,
     } = server;
     // TLS files first: a bad certificate is refused before any passphrase is asked for.
@@ -275,6 +279,7 @@ fn serve_with(
         max_connections,
         pid_file,
         tls,
+        handshake_limit: (handshake_limit > 0).then(|| Duration::from_secs(handshake_limit)),
     };
     run_server(listeners, vols, options, banner)
 }
@@ -449,6 +454,7 @@ pub fn demo(
             socket: vec![],
             pid_file: None,
             max_connections: nbd::DEFAULT_MAX_CONNECTIONS,
+            handshake_limit: nbd::DEFAULT_HANDSHAKE_LIMIT.as_secs(),
             tls,
         },
         Some(banner),

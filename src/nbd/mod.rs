@@ -46,8 +46,10 @@ mod volume_export;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 pub use proto::Extent;
-pub use server::{serve, Listen, NbdError, ServerOptions, DEFAULT_MAX_CONNECTIONS};
-pub use session::{run_session, SessionEnd, SessionError, SessionStats};
+pub use server::{
+    serve, Listen, NbdError, ServerOptions, DEFAULT_HANDSHAKE_LIMIT, DEFAULT_MAX_CONNECTIONS,
+};
+pub use session::{run_session, SessionEnd, SessionError, SessionOptions, SessionStats};
 pub use tls::{TlsConfig, TlsError, TlsFiles, TlsMode};
 
 use std::sync::Arc;

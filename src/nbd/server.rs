@@ -20,7 +20,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn, Instrument};
 
-use super::session::{run_session, SessionEnd, SessionError, SessionStats};
+use super::session::{run_session, SessionEnd, SessionError, SessionOptions, SessionStats};
 use super::{BlockExport, ExportConfig, Exports, TlsConfig};
 
 /// Where to listen.
@@ -74,7 +74,14 @@ pub struct ServerOptions {
     /// The TLS mode and acceptor of every connection ([`TlsConfig::off`], the default, for
     /// none); a failed TLS handshake ends only that connection.
     pub tls: TlsConfig,
+    /// Close connections that have not finished the handshake within this time (see
+    /// [`SessionOptions::handshake_limit`]); `None`: no limit. Default
+    /// [`DEFAULT_HANDSHAKE_LIMIT`].
+    pub handshake_limit: Option<Duration>,
 }
+
+/// Default [`ServerOptions::handshake_limit`]: 10 s, as qemu-nbd's `--handshake-limit`.
+pub const DEFAULT_HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
 
 impl Default for ServerOptions {
     fn default() -> ServerOptions {
@@ -82,6 +89,7 @@ impl Default for ServerOptions {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             pid_file: None,
             tls: TlsConfig::off(),
+            handshake_limit: Some(DEFAULT_HANDSHAKE_LIMIT),
         }
     }
 }
@@ -373,7 +381,7 @@ async fn accept_loop(
     bound: Bound,
     exports: Arc<Exports>,
     limit: Option<(Arc<Semaphore>, usize)>,
-    tls: TlsConfig,
+    session_opts: SessionOptions,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut sessions = JoinSet::new();
@@ -424,15 +432,19 @@ async fn accept_loop(
         next_id += 1;
         let span = tracing::debug_span!("nbd_conn", id = next_id, peer = %peer);
         let (exports, shutdown) = (exports.clone(), shutdown.clone());
-        let tls = tls.clone();
+        let session_opts = session_opts.clone();
         sessions.spawn(
             async move {
                 debug!("connected");
                 let stats = Arc::new(SessionStats::default());
                 let start = Instant::now();
                 let r = match conn {
-                    Conn::Tcp(s) => run_session(s, exports, stats.clone(), tls, shutdown).await,
-                    Conn::Unix(s) => run_session(s, exports, stats.clone(), tls, shutdown).await,
+                    Conn::Tcp(s) => {
+                        run_session(s, exports, stats.clone(), session_opts, shutdown).await
+                    }
+                    Conn::Unix(s) => {
+                        run_session(s, exports, stats.clone(), session_opts, shutdown).await
+                    }
                 };
                 log_connection(&peer, &stats, start.elapsed(), &r);
                 drop(permit); // the connection is closed: its slot is free again
@@ -487,7 +499,17 @@ fn write_pid_file(path: &Path) -> Result<(), NbdError> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(format!(".{}.tmp", std::process::id()));
     let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, format!("{}\n", std::process::id())).map_err(err)?;
+    // A leftover of an earlier process with our pid is removed (a symlink itself, never its
+    // target); `create_new` then refuses anything planted in between instead of following it.
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(err)?;
+    std::io::Write::write_all(&mut f, format!("{}\n", std::process::id()).as_bytes())
+        .map_err(err)?;
+    drop(f);
     std::fs::rename(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         err(e)
@@ -573,7 +595,10 @@ pub async fn serve(
             b,
             exports.clone(),
             limit.clone(),
-            options.tls.clone(),
+            SessionOptions {
+                tls: options.tls.clone(),
+                handshake_limit: options.handshake_limit,
+            },
             stop_rx.clone(),
         ));
     }

@@ -33,7 +33,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use thiserror::Error;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{
+    AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter,
+};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
@@ -101,6 +103,9 @@ pub enum SessionError {
     /// ends (proto.md "FORCEDTLS mode").
     #[error("TLS handshake failed: {0}")]
     TlsHandshake(#[source] io::Error),
+    /// The handshake took longer than [`SessionOptions::handshake_limit`].
+    #[error("handshake not finished within {} s", .0.as_secs_f64())]
+    HandshakeTimeout(std::time::Duration),
 }
 
 /// What one session negotiated and moved, for the per-connection log line. Filled in while
@@ -132,6 +137,19 @@ impl SessionStats {
     }
 }
 
+/// Per-connection settings of [`run_session`].
+#[derive(Debug, Clone, Default)]
+pub struct SessionOptions {
+    /// What `NBD_OPT_STARTTLS` does ([`TlsConfig::off`], the default: `ERR_UNSUP`).
+    pub tls: TlsConfig,
+    /// The handshake (greeting, option haggling, any TLS handshake) must reach the
+    /// transmission phase within this time, or the connection is closed
+    /// ([`SessionError::HandshakeTimeout`]), so clients that connect and stall cannot hold
+    /// connection slots (qemu-nbd's `--handshake-limit`, 10 s by default, for CVE-2024-7409).
+    /// `None`: no limit.
+    pub handshake_limit: Option<std::time::Duration>,
+}
+
 /// Serve one connection until the client disconnects, the protocol is violated or `shutdown`
 /// becomes `true` (a dropped sender means "never"). The client picks one of `exports` by name
 /// in the handshake; `stats` records what the session negotiated and moved. `tls` decides what
@@ -147,14 +165,23 @@ pub async fn run_session<S>(
     stream: S,
     exports: Arc<Exports>,
     stats: Arc<SessionStats>,
-    tls: TlsConfig,
+    opts: SessionOptions,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<SessionEnd, SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    let handshake = async {
+        let n = negotiate(stream, &exports, &opts.tls);
+        match opts.handshake_limit {
+            Some(limit) => tokio::time::timeout(limit, n)
+                .await
+                .map_err(|_| SessionError::HandshakeTimeout(limit))?,
+            None => n.await,
+        }
+    };
     let negotiated = tokio::select! {
-        r = negotiate(stream, &exports, &tls) => r?,
+        r = handshake => r?,
         _ = wait_shutdown(&mut shutdown) => {
             debug!("shutdown during handshake");
             return Ok(SessionEnd::Shutdown);
@@ -786,6 +813,40 @@ enum ReaderEnd {
     Error(SessionError),
 }
 
+/// Wait for one request permit and `units` buffer units. While waiting (the connection has
+/// [`MAX_IN_FLIGHT`] requests or [`MAX_BUFFERED_BYTES`] in flight), watch the socket: if the
+/// client hangs up meanwhile, return [`ReaderEnd::Eof`] (or the error) at once, so the session
+/// marks itself abandoned before its queued writes run, rather than after they have drained.
+async fn permits<R: AsyncRead + Unpin>(
+    rd: &mut BufReader<R>,
+    requests: &Arc<Semaphore>,
+    bytes: &Arc<Semaphore>,
+    units: u32,
+) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), ReaderEnd> {
+    let wanted = async {
+        let (Ok(p1), Ok(p2)) = (
+            requests.clone().acquire_owned().await,
+            bytes.clone().acquire_many_owned(units).await,
+        ) else {
+            unreachable!("semaphores are never closed")
+        };
+        (p1, p2)
+    };
+    tokio::pin!(wanted);
+    // Only an empty buffer can tell EOF; with bytes buffered the next request is already here.
+    let mut watch = rd.buffer().is_empty();
+    loop {
+        tokio::select! {
+            p = &mut wanted => return Ok(p),
+            r = rd.fill_buf(), if watch => match r {
+                Ok([]) => return Err(ReaderEnd::Eof),
+                Ok(_) => watch = false,
+                Err(e) => return Err(ReaderEnd::Error(e.into())),
+            },
+        }
+    }
+}
+
 /// Transmission phase (proto.md "Transmission").
 async fn transmission<S>(
     stream: S,
@@ -841,7 +902,15 @@ where
                     if let Err(e) = discard(&mut rd, u64::from(req.payload_len())).await {
                         return ReaderEnd::Error(e.into());
                     }
-                    let _ = tx.send(Reply::error(neg.structured, err, req.cookie));
+                    // Error replies count against the in-flight limit too, so a client that
+                    // sends bad requests and never reads replies cannot grow the queue.
+                    let (p1, p2) = match permits(&mut rd, &requests, &bytes, 1).await {
+                        Ok(p) => p,
+                        Err(end) => return end,
+                    };
+                    let mut reply = Reply::error(neg.structured, err, req.cookie);
+                    reply._permits = Some((p1, p2));
+                    let _ = tx.send(reply);
                 }
                 Verdict::Serve => {
                     let buffered = match req.command {
@@ -849,11 +918,9 @@ where
                         _ => 0,
                     };
                     let units = buffered.div_ceil(BUDGET_UNIT).max(1) as u32;
-                    let (Ok(p1), Ok(p2)) = (
-                        requests.clone().acquire_owned().await,
-                        bytes.clone().acquire_many_owned(units).await,
-                    ) else {
-                        unreachable!("semaphores are never closed")
+                    let (p1, p2) = match permits(&mut rd, &requests, &bytes, units).await {
+                        Ok(p) => p,
+                        Err(end) => return end,
                     };
                     let mut payload = Vec::new();
                     if req.command == Command::Write {
