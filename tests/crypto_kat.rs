@@ -218,7 +218,7 @@ fn xts_4096_byte_sectors_match_openssl() {
 }
 
 /// Long buffers against OpenSSL, per sector: runs that cross the batches in which sector tweaks
-/// are encrypted (64 sectors), and runs long enough to be split across threads (≥ 256 KiB, with
+/// are encrypted (60 sectors), and runs long enough to be split across threads (≥ 256 KiB, with
 /// a last chunk shorter than the others), for AES-256-XTS and AES-128-XTS, both directions.
 #[test]
 fn xts_long_and_parallel_runs_match_openssl() {

@@ -126,6 +126,42 @@ fn passdown_trim_punches_only_aligned_blocks() {
             &[&srv.uri(), &hole_start.to_string()],
         );
         assert_eq!(got.trim(), "True", "libnbd reads zeroes in the hole");
+        // Structured reads: OFFSET_HOLE for the hole (zeroes), OFFSET_DATA around it; with DF
+        // one OFFSET_DATA chunk. libnbd reports each chunk to the callback.
+        let chunks = py(
+            "import nbd, sys\nh = nbd.NBD(); h.connect_uri(sys.argv[1])\n\
+             start, n = int(sys.argv[2]), int(sys.argv[3])\n\
+             for flags in (0, nbd.CMD_FLAG_DF):\n\
+             \x20   seen = []\n\
+             \x20   def chunk(buf, off, status, err):\n\
+             \x20       kind = 'hole' if status == nbd.READ_HOLE else 'data'\n\
+             \x20       seen.append('%d %d %s %s' % (off, len(buf), kind, buf == bytes(len(buf))))\n\
+             \x20       return 0\n\
+             \x20   d = h.pread_structured(n, start, chunk, flags)\n\
+             \x20   print(','.join(sorted(seen, key=lambda x: int(x.split()[0]))))\n",
+            &[
+                &srv.uri(),
+                &(hole_start - 4096).to_string(),
+                &(hole_end - hole_start + 8192).to_string(),
+            ],
+        );
+        let lines: Vec<&str> = chunks.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                format!(
+                    "{} 4096 data False,{hole_start} {} hole True,{hole_end} 4096 data False",
+                    hole_start - 4096,
+                    hole_end - hole_start
+                ),
+                format!(
+                    "{} {} data False",
+                    hole_start - 4096,
+                    hole_end - hole_start + 8192
+                )
+            ],
+            "sector {sector}: chunks of a structured read across the hole"
+        );
         // base:allocation: nbdinfo --map and qemu-img map.
         let map = ok(nbd_tool("nbdinfo").args(["--map", &srv.uri()]));
         let rows: Vec<Vec<String>> = map

@@ -235,8 +235,9 @@ const DISCARD_LONG_HELP: &str = concat!(
     "What TRIM (discard) requests do.\n",
     "  ignore:   TRIM succeeds and changes nothing; nothing about usage leaks. Never-written \
      sectors read as decrypted noise, as under cryptsetup.\n",
-    "  passdown: TRIM punches holes in the image file (the 4096-byte aligned part of each \
-     request; fallocate PUNCH_HOLE), which read back as zeroes and are reported as holes by \
+    "  passdown: TRIM punches holes in the image file (the part of each request aligned to \
+     4096 bytes, or to the sector size or the filesystem's block size if larger; fallocate \
+     PUNCH_HOLE), which read back as zeroes and are reported as holes by \
      NBD block status (base:allocation). The holes show anyone who can read the image file, \
      without a key, which parts of the volume are unused (like cryptsetup --allow-discards).\n\n",
     "WARNING (cryptsetup-open(8) on --allow-discards): \"",

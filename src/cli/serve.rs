@@ -55,7 +55,7 @@ pub struct ServerArgs {
     pub tls: TlsArgs,
 }
 
-/// The TLS flags of `open` and `demo`.
+/// The TLS flags of `open`, `serve` and `demo`.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct TlsArgs {
     /// TLS mode: off (plain text only), on (TLS offered, plain text allowed), require (clients

@@ -32,8 +32,8 @@
 //! The volume's discard policy decides TRIM and `base:allocation`: with `ignore` (default)
 //! TRIM changes nothing and everything is reported as data, so usage does not leak; with
 //! `passdown` TRIM punches holes in the image, and holes are reported as
-//! `NBD_STATE_HOLE | NBD_STATE_ZERO` and read as zeroes. READ never sends `OFFSET_HOLE`
-//! chunks (one `OFFSET_DATA` chunk per read). This layer does not depend on `volume`; the
+//! `NBD_STATE_HOLE | NBD_STATE_ZERO`, read as zeroes, and sent as `OFFSET_HOLE` chunks in
+//! structured reads without `DF` ([`proto::encode_read_chunks`]). This layer does not depend on `volume`; the
 //! volume implements [`BlockExport`].
 
 pub mod activation;

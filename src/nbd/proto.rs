@@ -121,6 +121,8 @@ pub const REPLY_FLAG_DONE: u16 = 1 << 0;
 pub const REPLY_TYPE_NONE: u16 = 0;
 /// Structured reply type `NBD_REPLY_TYPE_OFFSET_DATA`.
 pub const REPLY_TYPE_OFFSET_DATA: u16 = 1;
+/// Structured reply type `NBD_REPLY_TYPE_OFFSET_HOLE`.
+pub const REPLY_TYPE_OFFSET_HOLE: u16 = 2;
 /// Structured reply type `NBD_REPLY_TYPE_BLOCK_STATUS`.
 pub const REPLY_TYPE_BLOCK_STATUS: u16 = 5;
 /// Structured reply type `NBD_REPLY_TYPE_ERROR`.
@@ -617,6 +619,74 @@ pub fn encode_offset_data_header(cookie: u64, offset: u64, data_len: u32, done: 
     ));
     b.extend_from_slice(&offset.to_be_bytes());
     b
+}
+
+/// The chunks of a successful structured READ of `data` at `offset` (proto.md "Structured
+/// reply types", `NBD_CMD_READ`): `OFFSET_HOLE` chunks for the parts that `extents` (from
+/// `offset`, as [`block_status_descriptors`] takes them) report as reading zero (`STATE_ZERO`)
+/// AND whose bytes in `data` are all zero, `OFFSET_DATA` chunks for the rest, in order,
+/// neighbours of one kind merged, `DONE` on the last. Checking the bytes makes the reply right
+/// even if the allocation changed between the read and the query. Returns `None` when the
+/// whole read is data (the caller sends its single `OFFSET_DATA` chunk without copying).
+/// `data` must be 1..=2^32 − 9 bytes.
+pub fn encode_read_chunks(
+    cookie: u64,
+    offset: u64,
+    data: &[u8],
+    extents: &[Extent],
+) -> Option<Vec<u8>> {
+    let len = data.len() as u64;
+    let mut runs: Vec<(u64, u64, bool)> = Vec::new(); // (start, length, hole) relative to offset
+    let mut pos = 0u64;
+    for e in extents.iter().filter(|e| e.length > 0) {
+        if pos >= len {
+            break;
+        }
+        let l = e.length.min(len - pos);
+        let zero = e.status & STATE_ZERO != 0
+            && data[pos as usize..(pos + l) as usize]
+                .iter()
+                .all(|&b| b == 0);
+        match runs.last_mut() {
+            Some(last) if last.2 == zero => last.1 += l,
+            _ => runs.push((pos, l, zero)),
+        }
+        pos += l;
+    }
+    if pos < len {
+        match runs.last_mut() {
+            Some(last) if !last.2 => last.1 += len - pos,
+            _ => runs.push((pos, len - pos, false)),
+        }
+    }
+    if !runs.iter().any(|r| r.2) {
+        return None;
+    }
+    let mut out = Vec::new();
+    let n = runs.len();
+    for (i, (start, l, hole)) in runs.into_iter().enumerate() {
+        let done = i + 1 == n;
+        if hole {
+            let flags = if done { REPLY_FLAG_DONE } else { 0 };
+            out.extend_from_slice(&encode_chunk_header(
+                flags,
+                REPLY_TYPE_OFFSET_HOLE,
+                cookie,
+                12,
+            ));
+            out.extend_from_slice(&(offset + start).to_be_bytes());
+            out.extend_from_slice(&(l as u32).to_be_bytes());
+        } else {
+            out.extend_from_slice(&encode_offset_data_header(
+                cookie,
+                offset + start,
+                l as u32,
+                done,
+            ));
+            out.extend_from_slice(&data[start as usize..(start + l) as usize]);
+        }
+    }
+    Some(out)
 }
 
 /// A final `NBD_REPLY_TYPE_ERROR` chunk (DONE set): u32 error, u16 message length, message.
@@ -1129,6 +1199,74 @@ mod tests {
         let e = block_status_extent(0, u32::MAX, big, 4096, false);
         assert_eq!(u64::from(e) % 4096, 0);
         assert!(e > u32::MAX - 4096);
+    }
+
+    /// Parse a run of chunks into (type, flags, offset, length, payload-is-zero).
+    fn chunks(mut b: &[u8]) -> Vec<(u16, u16, u64, u64)> {
+        let mut out = Vec::new();
+        while !b.is_empty() {
+            let flags = u16::from_be_bytes([b[4], b[5]]);
+            let ty = u16::from_be_bytes([b[6], b[7]]);
+            let len = u32::from_be_bytes(b[16..20].try_into().unwrap()) as usize;
+            let body = &b[CHUNK_HEADER_LEN..CHUNK_HEADER_LEN + len];
+            let off = u64::from_be_bytes(body[..8].try_into().unwrap());
+            let l = if ty == REPLY_TYPE_OFFSET_HOLE {
+                u64::from(u32::from_be_bytes(body[8..12].try_into().unwrap()))
+            } else {
+                (len - 8) as u64
+            };
+            out.push((ty, flags, off, l));
+            b = &b[CHUNK_HEADER_LEN + len..];
+        }
+        out
+    }
+
+    #[test]
+    fn read_chunks_send_holes_only_where_reported_and_zero() {
+        let ext = |v: &[(u64, u32)]| -> Vec<Extent> {
+            v.iter()
+                .map(|&(length, status)| Extent { length, status })
+                .collect()
+        };
+        let z = STATE_HOLE | STATE_ZERO;
+        let mut data = vec![7u8; 4096 * 4];
+        data[4096..8192].fill(0);
+        // all data: no fragmentation
+        assert!(encode_read_chunks(1, 0, &data, &ext(&[(16384, 0)])).is_none());
+        assert!(encode_read_chunks(1, 0, &data, &[]).is_none());
+        // a reported hole with zero bytes: data, hole, data (DONE last)
+        let c = encode_read_chunks(1, 1 << 20, &data, &ext(&[(4096, 0), (4096, z), (8192, 0)]))
+            .unwrap();
+        assert_eq!(
+            chunks(&c),
+            vec![
+                (REPLY_TYPE_OFFSET_DATA, 0, 1 << 20, 4096),
+                (REPLY_TYPE_OFFSET_HOLE, 0, (1 << 20) + 4096, 4096),
+                (
+                    REPLY_TYPE_OFFSET_DATA,
+                    REPLY_FLAG_DONE,
+                    (1 << 20) + 8192,
+                    8192
+                ),
+            ]
+        );
+        // a reported hole whose bytes are not zero (written meanwhile) stays data
+        assert!(encode_read_chunks(1, 0, &data, &ext(&[(4096, z), (12288, 0)])).is_none());
+        // extents short of the end: the rest is data; past the end: clipped; hole last: DONE
+        let c = encode_read_chunks(2, 0, &data[4096..8192], &ext(&[(8192, z)])).unwrap();
+        assert_eq!(
+            chunks(&c),
+            vec![(REPLY_TYPE_OFFSET_HOLE, REPLY_FLAG_DONE, 0, 4096)]
+        );
+        let c = encode_read_chunks(3, 0, &data[..8192], &ext(&[(4096, 0), (1024, z)])).unwrap();
+        assert_eq!(
+            chunks(&c),
+            vec![
+                (REPLY_TYPE_OFFSET_DATA, 0, 0, 4096),
+                (REPLY_TYPE_OFFSET_HOLE, 0, 4096, 1024),
+                (REPLY_TYPE_OFFSET_DATA, REPLY_FLAG_DONE, 5120, 3072),
+            ]
+        );
     }
 
     #[test]

@@ -120,7 +120,7 @@ pub struct SessionStats {
     pub structured: AtomicBool,
     /// `base:allocation` was selected for the export in use (`NBD_OPT_SET_META_CONTEXT`).
     pub meta_context: AtomicBool,
-    /// The connection runs over TLS. Always false in this version (no `STARTTLS`).
+    /// The connection runs over TLS (set once the `STARTTLS` upgrade is done).
     pub tls: AtomicBool,
     /// Requests received in the transmission phase (every command, DISC and refused ones
     /// included).
@@ -720,9 +720,19 @@ async fn handle(
         Command::Read if len == 0 => Reply::ok(sr, cookie),
         Command::Read => {
             let off = req.offset;
+            // Holes are looked up only where a structured reply may fragment (no DF); an
+            // export that reports everything as data (discard ignore) costs nothing here.
+            let fragments = sr && req.flags & proto::CMD_FLAG_DF == 0;
             let r = tokio::task::spawn_blocking(move || {
                 let mut buf = vec![0u8; len];
-                export.read_at(&mut buf, off).map(|_| buf)
+                export.read_at(&mut buf, off)?;
+                let chunks = if fragments {
+                    let extents = export.block_status(off, len as u32)?;
+                    proto::encode_read_chunks(cookie, off, &buf, &extents)
+                } else {
+                    None
+                };
+                Ok((buf, chunks))
             })
             .await;
             let err = errno_of(&r);
@@ -730,15 +740,20 @@ async fn handle(
                 SessionStats::add(&stats.bytes_read, len as u64);
             }
             match err {
-                // The whole read is done before anything is sent, so one OFFSET_DATA chunk
-                // can carry DONE (and DF is honoured for any length up to MAX_PAYLOAD).
-                0 if sr => Reply::new(
-                    proto::encode_offset_data_header(cookie, off, len as u32, true),
-                    r.unwrap().unwrap(),
-                ),
+                // The whole read is done before anything is sent, so the last chunk can carry
+                // DONE. With holes (discard passdown, no DF): OFFSET_HOLE and OFFSET_DATA
+                // chunks; otherwise one OFFSET_DATA chunk (so DF is honoured for any length up
+                // to MAX_PAYLOAD).
+                0 if sr => match r.unwrap().unwrap() {
+                    (_, Some(chunks)) => Reply::new(chunks, Vec::new()),
+                    (buf, None) => Reply::new(
+                        proto::encode_offset_data_header(cookie, off, len as u32, true),
+                        buf,
+                    ),
+                },
                 0 => Reply::new(
                     proto::encode_simple_reply(0, cookie).to_vec(),
-                    r.unwrap().unwrap(),
+                    r.unwrap().unwrap().0,
                 ),
                 e => Reply::error(sr, e, cookie),
             }
