@@ -14,6 +14,8 @@ use super::{LoadedHeader, UnlockedKey, VolumeError};
 const LOCK_STRIPES: usize = 256;
 /// Largest chunk `write_zeroes` encrypts at once, bytes.
 const ZERO_CHUNK: u64 = 1 << 20;
+/// Largest piece of a whole-sector write encrypted and written at once, bytes.
+const WRITE_CHUNK: usize = 1 << 20;
 /// Smallest hole that TRIM punches, bytes (a filesystem block on every common filesystem).
 pub const PUNCH_ALIGN: u64 = 4096;
 /// Most runs [`Volume::allocation`] reports for one query.
@@ -326,7 +328,10 @@ impl Volume {
 
     /// Write `data` at byte `offset` of the volume; with `fua`, `fdatasync` before returning.
     /// Partial sectors at either end are read, merged and rewritten under the sector locks
-    /// (with [`Discard::Passdown`], partial units of [`Volume::punch_granularity`]).
+    /// (with [`Discard::Passdown`], partial units of [`Volume::punch_granularity`]). A write of
+    /// whole units is encrypted and written in pieces of at most 1 MiB, through one buffer of
+    /// that size, so it needs at most 1 MiB besides `data`; a partial one needs a buffer of the
+    /// units it covers.
     ///
     /// Errors: [`VolumeError::InvalidArgument`] when the range leaves the volume or the volume
     /// is read-only, [`VolumeError::Io`] on read, write or sync failure.
@@ -357,22 +362,37 @@ impl Volume {
             return Ok(true);
         }
         let (start, end, head_end, tail_start) = self.unit_bounds(offset, len, self.rmw_unit());
-        let mut buf = vec![0u8; (end - start) as usize];
+        // Whole units (no read-modify-write): the plaintext is encrypted through a buffer of
+        // at most WRITE_CHUNK bytes, reused chunk after chunk.
+        let whole = offset == start && offset + len == end;
+        let mut buf = if whole {
+            Vec::with_capacity(data.len().min(WRITE_CHUNK))
+        } else {
+            vec![0u8; (end - start) as usize]
+        };
         {
             let _guards = self.lock_sectors(start, end);
             if abandoned.is_some_and(|a| a.load(Ordering::SeqCst)) {
                 return Ok(false);
             }
-            if offset != start {
-                self.read_sectors(&mut buf[..(head_end - start) as usize], start)?;
+            if whole {
+                for (i, part) in data.chunks(WRITE_CHUNK).enumerate() {
+                    buf.clear();
+                    buf.extend_from_slice(part);
+                    self.write_sectors(&mut buf, start + (i * WRITE_CHUNK) as u64)?;
+                }
+            } else {
+                if offset != start {
+                    self.read_sectors(&mut buf[..(head_end - start) as usize], start)?;
+                }
+                if offset + len != end && (tail_start >= head_end || offset == start) {
+                    let tail = (tail_start - start) as usize;
+                    self.read_sectors(&mut buf[tail..], tail_start)?;
+                }
+                let skip = (offset - start) as usize;
+                buf[skip..skip + data.len()].copy_from_slice(data);
+                self.write_sectors(&mut buf, start)?;
             }
-            if offset + len != end && (tail_start >= head_end || offset == start) {
-                let tail = (tail_start - start) as usize;
-                self.read_sectors(&mut buf[tail..], tail_start)?;
-            }
-            let skip = (offset - start) as usize;
-            buf[skip..skip + data.len()].copy_from_slice(data);
-            self.write_sectors(&mut buf, start)?;
         }
         if fua {
             self.flush()?;
