@@ -592,3 +592,21 @@ fn one_log_line_per_connection() {
         "no secret in the log"
     );
 }
+
+/// SIGHUP (a closed terminal) stops the server as cleanly as SIGTERM (its default action
+/// would kill it: no flush, exit 129): exit 0, socket and pid file removed.
+#[test]
+fn sighup_is_a_clean_stop() {
+    let dir = tempdir();
+    let (img, key) = volume(dir.path(), "hup", "20M", 512, PASS);
+    let pid = dir.path().join("hup.pid");
+    let mut srv = Server::start(&img, &key, &["--pid-file", pid.to_str().unwrap()]);
+    let mut r = Raw::connect_when_admitted(&srv.socket, 3);
+    assert_eq!(r.opt_all(OPT_GO, &go_data("")).last().unwrap().0, REP_ACK);
+    r.write(1, 0, &[9; 4096]);
+    assert_eq!(r.reply().unwrap(), (0, 1));
+    let (st, err) = srv.stop_with(libc::SIGHUP);
+    assert_eq!(st.code(), Some(0), "not killed by the signal: {err}");
+    assert!(!pid.exists(), "pid file removed");
+    assert!(!srv.socket.exists(), "socket removed");
+}

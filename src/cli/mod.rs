@@ -610,6 +610,10 @@ fn serve_exports(
             out[i].read_only = true;
         }
     }
+    // `--discard POLICY` sets the default of every export (given once at most);
+    // `--discard NAME=POLICY` overrides it for NAME (once per name), whatever the order.
+    let mut all: Option<volume::Discard> = None;
+    let mut named: Vec<(usize, volume::Discard)> = Vec::new();
     for spec in discard {
         let (name, policy) = match spec.split_once('=') {
             Some((n, p)) => (Some(n), p),
@@ -624,12 +628,28 @@ fn serve_exports(
             }
         };
         match name {
-            None => out.iter_mut().for_each(|x| x.discard = policy),
+            None if all.is_some() => {
+                return Err(CliError::Usage(
+                    "--discard POLICY (for every export) is given twice".into(),
+                ))
+            }
+            None => all = Some(policy),
             Some(name) => {
                 let i = find(&out, name, "--discard")?;
-                out[i].discard = policy;
+                if named.iter().any(|(j, _)| *j == i) {
+                    return Err(CliError::Usage(format!(
+                        "--discard is given twice for export {name}"
+                    )));
+                }
+                named.push((i, policy));
             }
         }
+    }
+    if let Some(policy) = all {
+        out.iter_mut().for_each(|x| x.discard = policy);
+    }
+    for (i, policy) in named {
+        out[i].discard = policy;
     }
     Ok(out)
 }
@@ -906,7 +926,40 @@ fn confirm(what: &str, batch: bool) -> Result<(), CliError> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::{parse_size, serve_exports};
+    use crate::volume::Discard;
+    use std::path::PathBuf;
+
+    /// `serve --discard`: a `NAME=POLICY` beats the global `POLICY` in either order; a repeat
+    /// of either kind is refused.
+    #[test]
+    fn serve_discard_per_export_beats_the_default_in_any_order() {
+        let exports = || {
+            vec![
+                ("a".to_string(), PathBuf::from("a.img")),
+                ("b".to_string(), PathBuf::from("b.img")),
+            ]
+        };
+        let run = |flags: &[&str]| {
+            serve_exports(
+                exports(),
+                vec![],
+                vec![],
+                vec![],
+                flags.iter().map(|s| s.to_string()).collect(),
+            )
+            .map(|v| v.iter().map(|x| x.discard).collect::<Vec<_>>())
+        };
+        let (i, p) = (Discard::Ignore, Discard::Passdown);
+        assert_eq!(run(&[]).unwrap(), [i, i]);
+        assert_eq!(run(&["b=ignore", "passdown"]).unwrap(), [p, i]);
+        assert_eq!(run(&["passdown", "b=ignore"]).unwrap(), [p, i]);
+        assert_eq!(run(&["b=passdown", "ignore"]).unwrap(), [i, p]);
+        assert!(run(&["a=passdown", "a=ignore"]).is_err());
+        assert!(run(&["passdown", "ignore"]).is_err());
+        assert!(run(&["c=passdown"]).is_err());
+        assert!(run(&["a=sometimes"]).is_err());
+    }
 
     #[test]
     fn sizes() {

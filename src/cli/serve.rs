@@ -329,9 +329,12 @@ fn run_server(
             if let Some(b) = &banner {
                 println!("{b}");
             }
-            let (Ok(mut int), Ok(mut term)) = (
+            // SIGHUP too: a closed terminal stops the server the same clean way (flush, keys
+            // wiped, pid file and socket removed) instead of killing it.
+            let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
                 signal(SignalKind::interrupt()),
                 signal(SignalKind::terminate()),
+                signal(SignalKind::hangup()),
             ) else {
                 std::future::pending::<()>().await;
                 return;
@@ -339,6 +342,7 @@ fn run_server(
             tokio::select! {
                 _ = int.recv() => {}
                 _ = term.recv() => {}
+                _ = hup.recv() => {}
             }
             tracing::info!("signal received: finishing in-flight requests");
         };

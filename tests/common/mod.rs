@@ -335,9 +335,14 @@ impl Server {
 
     /// SIGTERM, wait, and return (exit status, stderr).
     pub fn stop(&mut self) -> (std::process::ExitStatus, String) {
+        self.stop_with(libc::SIGTERM)
+    }
+
+    /// Send `signal`, wait, and return (exit status, stderr).
+    pub fn stop_with(&mut self, signal: i32) -> (std::process::ExitStatus, String) {
         let mut child = self.child.take().expect("running");
         unsafe {
-            libc::kill(child.id() as i32, libc::SIGTERM);
+            libc::kill(child.id() as i32, signal);
         }
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
