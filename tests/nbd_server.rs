@@ -495,9 +495,7 @@ impl GateExport {
     fn gate(&self, data: &[u8]) {
         if data.first() == Some(&DOOMED) {
             self.entered.fetch_add(1, Ordering::SeqCst);
-            while !self.release.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(5));
-            }
+            wait_until(|| self.release.load(Ordering::SeqCst));
         }
     }
 }
@@ -531,12 +529,7 @@ impl BlockExport for GateExport {
     ) -> std::io::Result<bool> {
         self.gate(data);
         if data.first() == Some(&DOOMED) {
-            for _ in 0..2000 {
-                if abandoned.load(Ordering::SeqCst) {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
+            wait_until(|| abandoned.load(Ordering::SeqCst));
         }
         if abandoned.load(Ordering::SeqCst) {
             return Ok(false);
@@ -651,6 +644,7 @@ struct CrowdExport {
     finished: std::sync::atomic::AtomicUsize,
 }
 
+/// Poll `cond` every 5 ms until it holds, for up to 10 s.
 fn wait_until(cond: impl Fn() -> bool) {
     for _ in 0..2000 {
         if cond() {

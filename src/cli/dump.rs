@@ -151,14 +151,7 @@ pub fn discard_warnings(
     lh: &LoadedHeader,
 ) -> Result<Vec<String>, VolumeError> {
     let mut w = Vec::new();
-    let flagged = lh
-        .metadata
-        .config
-        .flags
-        .iter()
-        .flatten()
-        .any(|f| f == "allow-discards");
-    if flagged {
+    if lh.allow_discards() {
         w.push(
             "the header has the persistent flag allow-discards: cryptsetup opens this volume \
              with discards passed down (nbdcrypt only with open --discard passdown)"

@@ -287,13 +287,7 @@ fn serve_with(
 /// Say what the discard policy means for this volume: passdown leaks usage; a persistent
 /// `allow-discards` flag in the header is not honoured without `--discard passdown`.
 fn warn_discard(lh: &volume::LoadedHeader, discard: Discard) {
-    let flagged = lh
-        .metadata
-        .config
-        .flags
-        .iter()
-        .flatten()
-        .any(|f| f == "allow-discards");
+    let flagged = lh.allow_discards();
     match discard {
         Discard::Passdown => tracing::warn!(
             "--discard passdown: TRIM punches holes in the image file, which show which parts \

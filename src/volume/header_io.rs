@@ -29,6 +29,19 @@ pub struct LoadedHeader {
     pub warnings: Vec<String>,
 }
 
+impl LoadedHeader {
+    /// Whether the header carries cryptsetup's persistent `allow-discards` flag (LUKS2
+    /// `config.flags`, set by `cryptsetup refresh --persistent --allow-discards`).
+    pub fn allow_discards(&self) -> bool {
+        self.metadata
+            .config
+            .flags
+            .iter()
+            .flatten()
+            .any(|f| f == "allow-discards")
+    }
+}
+
 fn read_exact(file: &File, len: u64, at: u64, image_len: u64) -> Result<Vec<u8>, FormatError> {
     if at.checked_add(len).is_none_or(|end| end > image_len) {
         return Err(FormatError::Corrupt(format!(
