@@ -66,6 +66,10 @@ fn nbdinfo_read_only_and_unknown_export() {
     let srv = TestServer::start(MemExport::new(MIB, 512), true);
     let v = json(&run_ok(Command::new(&nbdinfo).arg("--json").arg(srv.uri())));
     assert_eq!(v["exports"][0]["is_read_only"], true);
+    for cap in ["can_trim", "can_zero", "can_fast_zero"] {
+        assert_eq!(v["exports"][0][cap], false, "{cap} on a read-only export");
+    }
+    assert_eq!(v["exports"][0]["can_flush"], true);
     let out = run(Command::new(&nbdinfo).arg(srv.uri_for("nope")));
     assert!(!out.status.success(), "unknown export must fail");
     let err = String::from_utf8_lossy(&out.stderr);

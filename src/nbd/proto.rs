@@ -364,8 +364,10 @@ pub struct Negotiated {
 /// policy),
 /// `SEND_WRITE_ZEROES`, `CAN_MULTI_CONN` (no per-connection cache: every connection writes the
 /// same file and FLUSH syncs all of it), `SEND_CACHE`, `SEND_FAST_ZERO` (always answered
-/// `ENOTSUP`), plus `READ_ONLY` when `read_only` and `SEND_DF` only when `structured` (the spec
-/// says it MUST be clear without structured replies).
+/// `ENOTSUP`), plus `READ_ONLY` when `read_only` (then without `SEND_TRIM`,
+/// `SEND_WRITE_ZEROES` and `SEND_FAST_ZERO`, which a read-only export can only refuse, as
+/// qemu-nbd and nbdkit do; sent anyway they get `EPERM`) and `SEND_DF` only when `structured`
+/// (the spec says it MUST be clear without structured replies).
 pub fn transmission_flags(read_only: bool, structured: bool) -> u16 {
     let mut f = TFLAG_HAS_FLAGS
         | TFLAG_SEND_FLUSH
@@ -377,6 +379,7 @@ pub fn transmission_flags(read_only: bool, structured: bool) -> u16 {
         | TFLAG_SEND_FAST_ZERO;
     if read_only {
         f |= TFLAG_READ_ONLY;
+        f &= !(TFLAG_SEND_TRIM | TFLAG_SEND_WRITE_ZEROES | TFLAG_SEND_FAST_ZERO);
     }
     if structured {
         f |= TFLAG_SEND_DF;
@@ -1076,10 +1079,14 @@ mod tests {
         assert_eq!(plain, 0xd6d);
         assert_eq!(plain & TFLAG_SEND_DF, 0, "DF MUST be clear without SR");
         assert_eq!(transmission_flags(false, true), 0xd6d | TFLAG_SEND_DF);
+        let ro = transmission_flags(true, true);
+        assert_eq!(ro & TFLAG_READ_ONLY, TFLAG_READ_ONLY);
         assert_eq!(
-            transmission_flags(true, true) & TFLAG_READ_ONLY,
-            TFLAG_READ_ONLY
+            ro & (TFLAG_SEND_TRIM | TFLAG_SEND_WRITE_ZEROES | TFLAG_SEND_FAST_ZERO),
+            0,
+            "a read-only export advertises no write-like command"
         );
+        assert_eq!(ro & TFLAG_SEND_FLUSH, TFLAG_SEND_FLUSH);
     }
 
     #[test]
