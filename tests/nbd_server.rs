@@ -228,28 +228,52 @@ async fn reply<S: AsyncReadExt + Unpin>(s: &mut S) -> (u32, u64) {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn session_over_duplex() {
-    let export = MemExport::new(MIB, 512);
-    let exp: Arc<dyn BlockExport> = export.clone();
-    let (client, server) = tokio::io::duplex(64 << 10);
-    let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stats = Arc::new(SessionStats::default());
+/// The client side of a session over `tokio::io::duplex`.
+type Rd = tokio::io::ReadHalf<tokio::io::DuplexStream>;
+type Wr = tokio::io::WriteHalf<tokio::io::DuplexStream>;
+type Session = tokio::task::JoinHandle<Result<SessionEnd, nbdcrypt::nbd::SessionError>>;
+
+/// Run `run_session` for `exports` over a duplex pipe of `buf` bytes, read the greeting
+/// (checking its magic) and send the client flags `FIXED_NEWSTYLE | NO_ZEROES`.
+async fn duplex_session(
+    exports: Arc<Exports>,
+    stats: Arc<SessionStats>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    buf: usize,
+) -> (Session, Rd, Wr) {
+    let (client, server) = tokio::io::duplex(buf);
     let session = tokio::spawn(run_session(
         server,
-        exports(exp),
-        stats.clone(),
+        exports,
+        stats,
         SessionOptions::default(),
-        stop_rx,
+        stop,
     ));
     let (mut rd, mut wr) = tokio::io::split(client);
     let mut g = [0u8; 18];
     rd.read_exact(&mut g).await.unwrap();
     assert_eq!(&g[..16], b"NBDMAGICIHAVEOPT");
     wr.write_all(&3u32.to_be_bytes()).await.unwrap();
-    opt(&mut wr, 1, EXPORT.as_bytes()).await; // EXPORT_NAME with NO_ZEROES: 10 bytes
+    (session, rd, wr)
+}
+
+/// `NBD_OPT_EXPORT_NAME` for `name`; returns the 10-byte reply (size, flags; NO_ZEROES).
+async fn export_name(rd: &mut Rd, wr: &mut Wr, name: &[u8]) -> [u8; 10] {
+    opt(wr, 1, name).await;
     let mut r = [0u8; 10];
     rd.read_exact(&mut r).await.unwrap();
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_over_duplex() {
+    let export = MemExport::new(MIB, 512);
+    let exp: Arc<dyn BlockExport> = export.clone();
+    let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stats = Arc::new(SessionStats::default());
+    let (session, mut rd, mut wr) =
+        duplex_session(exports(exp), stats.clone(), stop_rx, 64 << 10).await;
+    let r = export_name(&mut rd, &mut wr, EXPORT.as_bytes()).await; // NO_ZEROES: 10 bytes
     assert_eq!(u64::from_be_bytes(r[0..8].try_into().unwrap()), MIB as u64);
     // overlapping requests in flight have no defined order (proto.md "Ordering of messages
     // and writes"), so wait for the WRITE before zeroing part of it
@@ -295,37 +319,16 @@ async fn session_over_duplex() {
 async fn session_shutdown_and_abort() {
     let export: Arc<dyn BlockExport> = MemExport::new(MIB, 512);
     // shutdown while in transmission
-    let (client, server) = tokio::io::duplex(4096);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let session = tokio::spawn(run_session(
-        server,
-        exports(export.clone()),
-        Arc::default(),
-        SessionOptions::default(),
-        stop_rx,
-    ));
-    let (mut rd, mut wr) = tokio::io::split(client);
-    let mut g = [0u8; 18];
-    rd.read_exact(&mut g).await.unwrap();
-    wr.write_all(&3u32.to_be_bytes()).await.unwrap();
-    opt(&mut wr, 1, b"").await;
-    let mut r = [0u8; 10];
-    rd.read_exact(&mut r).await.unwrap();
+    let (session, mut rd, mut wr) =
+        duplex_session(exports(export.clone()), Arc::default(), stop_rx, 4096).await;
+    export_name(&mut rd, &mut wr, b"").await;
     stop_tx.send(true).unwrap();
     assert_eq!(session.await.unwrap().unwrap(), SessionEnd::Shutdown);
     // ABORT: ACK then the session ends
-    let (client, server) = tokio::io::duplex(4096);
     let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let session = tokio::spawn(run_session(
-        server,
-        exports(export.clone()),
-        Arc::default(),
-        SessionOptions::default(),
-        stop_rx,
-    ));
-    let (mut rd, mut wr) = tokio::io::split(client);
-    rd.read_exact(&mut g).await.unwrap();
-    wr.write_all(&3u32.to_be_bytes()).await.unwrap();
+    let (session, mut rd, mut wr) =
+        duplex_session(exports(export.clone()), Arc::default(), stop_rx, 4096).await;
     opt(&mut wr, 2, b"").await;
     let mut ack = [0u8; 20];
     rd.read_exact(&mut ack).await.unwrap();
@@ -554,21 +557,10 @@ async fn dead_connection_case(writes: usize, flush: bool) {
     let mut sessions = Vec::new();
     let mut clients = Vec::new();
     for _ in 0..2 {
-        let (client, server) = tokio::io::duplex(64 << 10);
-        sessions.push(tokio::spawn(run_session(
-            server,
-            exps.clone(),
-            Arc::default(),
-            SessionOptions::default(),
-            stop_rx.clone(),
-        )));
-        let (mut rd, mut wr) = tokio::io::split(client);
-        let mut g = [0u8; 18];
-        rd.read_exact(&mut g).await.unwrap();
-        wr.write_all(&3u32.to_be_bytes()).await.unwrap();
-        opt(&mut wr, 1, EXPORT.as_bytes()).await;
-        let mut r = [0u8; 10];
-        rd.read_exact(&mut r).await.unwrap();
+        let (session, mut rd, mut wr) =
+            duplex_session(exps.clone(), Arc::default(), stop_rx.clone(), 64 << 10).await;
+        export_name(&mut rd, &mut wr, EXPORT.as_bytes()).await;
+        sessions.push(session);
         clients.push((rd, wr));
     }
     let (mut b_rd, mut b_wr) = clients.pop().unwrap();
@@ -700,22 +692,10 @@ async fn sixty_four_requests_in_flight_and_replies_out_of_order() {
             .write_at(&[i as u8; 512], i as u64 * 512, false)
             .unwrap();
     }
-    let (client, server) = tokio::io::duplex(1 << 20);
     let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let session = tokio::spawn(run_session(
-        server,
-        exports(crowd.clone()),
-        Arc::default(),
-        SessionOptions::default(),
-        stop_rx,
-    ));
-    let (mut rd, mut wr) = tokio::io::split(client);
-    let mut g = [0u8; 18];
-    rd.read_exact(&mut g).await.unwrap();
-    wr.write_all(&3u32.to_be_bytes()).await.unwrap();
-    opt(&mut wr, 1, EXPORT.as_bytes()).await;
-    let mut r = [0u8; 10];
-    rd.read_exact(&mut r).await.unwrap();
+    let (session, mut rd, mut wr) =
+        duplex_session(exports(crowd.clone()), Arc::default(), stop_rx, 1 << 20).await;
+    export_name(&mut rd, &mut wr, EXPORT.as_bytes()).await;
     for i in 0..PIPELINED {
         req(&mut wr, 0, CMD_READ, i as u64, i as u64 * 512, 512).await;
     }
