@@ -286,10 +286,7 @@ pub fn format(path: &Path, opts: &FormatOptions, passphrase: &[u8]) -> Result<St
             source: e,
         })?;
     super::lock(&file, path, Access::HeaderWrite)?;
-    let meta = file.metadata().map_err(|e| VolumeError::Device {
-        path: path.to_owned(),
-        source: e,
-    })?;
+    let file_len = super::image_len(&file, path)?;
 
     let vk = SecretBytes::random(VOLUME_KEY_SIZE)?;
     let digest_iterations = match opts.kdf.force_iterations {
@@ -374,7 +371,7 @@ pub fn format(path: &Path, opts: &FormatOptions, passphrase: &[u8]) -> Result<St
     };
     let copies = encode_copies(path, &base, &md, 1)?;
 
-    if len > meta.len() {
+    if len > file_len {
         file.set_len(len).map_err(|e| VolumeError::Io {
             op: "extend",
             path: path.to_owned(),

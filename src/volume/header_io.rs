@@ -103,13 +103,7 @@ fn read_copy(
 /// is inconsistent, [`VolumeError::Unsupported`] outside the profile, [`VolumeError::Device`]
 /// when the file's size cannot be read.
 pub fn load_header(file: &File, path: &Path) -> Result<LoadedHeader, VolumeError> {
-    let image_len = file
-        .metadata()
-        .map_err(|e| VolumeError::Device {
-            path: path.to_owned(),
-            source: e,
-        })?
-        .len();
+    let image_len = super::image_len(file, path)?;
     let primary = read_copy(file, 0, image_len, Copy::Primary);
     // The secondary sits at the primary's hdr_size. Only when the primary is unusable are the
     // other allowed sizes scanned, as cryptsetup does (a copy planted elsewhere must not win

@@ -56,6 +56,18 @@ pub enum Access {
     HeaderWrite,
 }
 
+/// Length in bytes of the open image `file` at `path`.
+///
+/// Errors: [`VolumeError::Device`] when its metadata cannot be read.
+pub(crate) fn image_len(file: &File, path: &Path) -> Result<u64, VolumeError> {
+    file.metadata()
+        .map(|m| m.len())
+        .map_err(|e| VolumeError::Device {
+            path: path.to_owned(),
+            source: e,
+        })
+}
+
 /// Open an existing image file with the locks of `access`. Errors: [`VolumeError::Device`]
 /// when it is missing, unreadable or not a regular file; [`VolumeError::Busy`] when another
 /// process holds a conflicting lock.

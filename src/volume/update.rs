@@ -506,13 +506,7 @@ pub fn restore_header(
     image_seqid: Option<u64>,
 ) -> Result<(), VolumeError> {
     let (h, md) = check_backup(path, bytes)?;
-    let len = file
-        .metadata()
-        .map_err(|e| VolumeError::Device {
-            path: path.to_owned(),
-            source: e,
-        })?
-        .len();
+    let len = super::image_len(file, path)?;
     if len <= bytes.len() as u64 {
         return Err(VolumeError::InvalidArgument(format!(
             "the image ({len} bytes) is not larger than the header backup ({} bytes)",
