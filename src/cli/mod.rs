@@ -7,6 +7,8 @@
 //! hint line where one helps.
 
 mod benchmark;
+mod connect;
+mod daemon;
 mod dump;
 mod keyslots;
 mod passphrase;
@@ -47,6 +49,10 @@ pub enum CliError {
     /// TLS certificate, key or CA files that cannot be used (exit 1).
     #[error(transparent)]
     Tls(#[from] crate::nbd::TlsError),
+    /// The kernel NBD device of `open --connect` and `close` (exit 4 for a missing or wrong
+    /// device, 5 for a busy one, else 1).
+    #[error(transparent)]
+    Kernel(#[from] crate::nbd::kernel::KernelError),
     /// An error with a hint that depends on the input (shown instead of the generic one).
     #[error("{0}")]
     Hinted(Box<CliError>, String),
@@ -81,6 +87,14 @@ impl CliError {
                 inner.exit_code()
             }
             CliError::Usage(_) | CliError::Nbd(_) | CliError::Tls(_) => EXIT_INVALID,
+            CliError::Kernel(k) => {
+                use crate::nbd::kernel::KernelError as K;
+                match k {
+                    K::NoModule(_) | K::NotNbd(_) => EXIT_WRONG_DEVICE,
+                    K::Busy { .. } => EXIT_BUSY,
+                    K::NotConnected(_) | K::Call { .. } => EXIT_INVALID,
+                }
+            }
             CliError::Volume(v) => match v {
                 VolumeError::WrongPassphrase => EXIT_NO_KEY,
                 VolumeError::OutOfMemory { .. } => EXIT_NO_MEMORY,
@@ -105,6 +119,11 @@ impl CliError {
                 VolumeError::OutOfMemory { .. } => Some("free memory, or add a keyslot with a smaller --pbkdf-memory"),
                 _ => None,
             },
+            CliError::Kernel(crate::nbd::kernel::KernelError::Call { source, .. })
+                if source.raw_os_error() == Some(libc::EPERM) =>
+            {
+                Some("connecting and disconnecting NBD devices needs root (CAP_SYS_ADMIN)")
+            }
             CliError::Tls(_) => Some(
                 "--tls-cert, --tls-key and --tls-ca take PEM files as openssl writes them (see the README's TLS section)",
             ),
@@ -126,6 +145,25 @@ struct Cli {
     /// of RAM); such slots are skipped before anything is allocated.
     #[arg(long, global = true, value_name = "KIB")]
     pbkdf_memory_limit: Option<u64>,
+    /// Log line format on stderr: text (default) or json (one JSON object per line, for log
+    /// collectors). The level comes from NBDCRYPT_LOG (default info).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        value_name = "FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+}
+
+/// `--log-format`.
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (timestamp, level, fields, message).
+    Json,
 }
 
 /// `--pbkdf-memory-limit`, set once at start.
@@ -278,6 +316,10 @@ struct ServerFlags {
     /// Write the process id to FILE once every socket accepts connections; removed at exit.
     #[arg(long, value_name = "FILE")]
     pid_file: Option<PathBuf>,
+    /// Run in the background once every socket accepts connections (and the pid file is
+    /// written): the command returns 0 then, or the error's exit code if it fails before.
+    #[arg(long)]
+    fork: bool,
     /// Most client connections at once, over all sockets (0 = no limit); a connection over
     /// the limit is closed at once.
     #[arg(long, value_name = "N", default_value_t = crate::nbd::DEFAULT_MAX_CONNECTIONS)]
@@ -299,6 +341,7 @@ impl ServerFlags {
             max_connections: self.max_connections,
             handshake_limit: self.handshake_limit,
             tls: self.tls,
+            fork: self.fork,
         }
     }
 }
@@ -342,10 +385,28 @@ enum Command {
         #[command(flatten)]
         key: KeyArgs,
     },
-    /// Unlock IMAGE and serve its plaintext over NBD until SIGINT/SIGTERM.
+    /// Unlock IMAGE and serve its plaintext over NBD until SIGINT/SIGTERM, or attach it as a
+    /// kernel block device with --connect /dev/nbdN (until `nbdcrypt close /dev/nbdN`).
+    #[command(after_help = "Examples:\n  \
+        nbdcrypt open vol.img --key-file key --socket /run/vol.sock --fork --pid-file /run/vol.pid\n  \
+        sudo modprobe nbd && sudo nbdcrypt open vol.img --connect /dev/nbd0   # then mkfs.ext4 /dev/nbd0\n  \
+        sudo nbdcrypt close /dev/nbd0")]
     Open {
         /// Image file.
-        image: PathBuf,
+        #[arg(required_unless_present = "disconnect")]
+        image: Option<PathBuf>,
+        /// Attach the volume to the kernel NBD device DEVICE (/dev/nbdN; needs root and the nbd
+        /// module), with the volume's sector size as block size, and stay in the background
+        /// serving it until `nbdcrypt close DEVICE`. No TCP or Unix socket is opened.
+        #[arg(long, value_name = "DEVICE", conflicts_with_all = ["listen", "socket", "tls", "tls_cert", "tls_key", "tls_ca", "disconnect"])]
+        connect: Option<PathBuf>,
+        /// With --connect: stay in the foreground (default: go to the background once the
+        /// device is connected).
+        #[arg(long, requires = "connect")]
+        foreground: bool,
+        /// Disconnect DEVICE (as `nbdcrypt close DEVICE`) instead of opening anything.
+        #[arg(long, value_name = "DEVICE")]
+        disconnect: Option<PathBuf>,
         #[command(flatten)]
         key: KeyArgs,
         #[command(flatten)]
@@ -359,6 +420,12 @@ enum Command {
         /// What TRIM does: ignore (default) or passdown (punches holes: leaks usage; see --help).
         #[arg(long, value_enum, value_name = "POLICY", default_value = "ignore", long_help = DISCARD_LONG_HELP)]
         discard: DiscardArg,
+    },
+    /// Disconnect a kernel NBD device attached by `open --connect`: write back its cache,
+    /// flush, detach, and wait until the serving process has wiped its keys and exited.
+    Close {
+        /// The device, e.g. /dev/nbd0.
+        device: PathBuf,
     },
     /// Serve several images from one server, each under its own export name: one unlock per
     /// image, in the order given. The first export is also the default export "".
@@ -701,7 +768,7 @@ pub fn main() -> i32 {
             return EXIT_OK;
         }
     };
-    init_logging();
+    init_logging(cli.log_format);
     let _ = MEMORY_LIMIT.set(cli.pbkdf_memory_limit);
     match run(cli.command) {
         Ok(()) => EXIT_OK,
@@ -715,15 +782,19 @@ pub fn main() -> i32 {
     }
 }
 
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("NBDCRYPT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = match format {
+        LogFormat::Text => fmt
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        LogFormat::Json => fmt.json().with_current_span(false).try_init(),
+    };
 }
 
 fn warn_all(warnings: &[String]) {
@@ -784,13 +855,20 @@ fn run(cmd: Command) -> Result<(), CliError> {
         }
         Command::Open {
             image,
+            connect,
+            foreground,
+            disconnect,
             key,
             server,
             export_name,
             read_only,
             discard,
-        } => serve::open(
-            serve::ImageExport {
+        } => {
+            if let Some(device) = disconnect {
+                return connect::close(&device);
+            }
+            let image = image.expect("clap requires IMAGE without --disconnect");
+            let export = serve::ImageExport {
                 name: export_name.unwrap_or_else(|| serve::default_export_name(&image)),
                 image,
                 key_file: key.unlock.key_file,
@@ -798,9 +876,13 @@ fn run(cmd: Command) -> Result<(), CliError> {
                 key_slot: key.key_slot,
                 read_only,
                 discard: discard.policy(),
-            },
-            server.args(),
-        ),
+            };
+            match connect {
+                Some(device) => connect::open_connect(export, &device, foreground, server.pid_file),
+                None => serve::open(export, server.args()),
+            }
+        }
+        Command::Close { device } => connect::close(&device),
         Command::Serve {
             exports,
             key_file,

@@ -53,6 +53,8 @@ pub struct ServerArgs {
     pub handshake_limit: u64,
     /// `--tls`, `--tls-cert`, `--tls-key`, `--tls-ca`.
     pub tls: TlsArgs,
+    /// `--fork`: run in the background once listening ([`super::daemon`]).
+    pub fork: bool,
 }
 
 /// The TLS flags of `open`, `serve` and `demo`.
@@ -209,6 +211,7 @@ fn serve_with(
         max_connections,
         handshake_limit,
         tls,
+        fork,
     } = server;
     // TLS files first: a bad certificate is refused before any passphrase is asked for.
     let tls = tls.load()?;
@@ -220,9 +223,38 @@ fn serve_with(
         ));
     }
     check_stdin_readers(&exports)?;
-    // Open and lock every image, then unlock them in turn.
+    // Before any thread exists and before the images are locked.
+    let ready = super::daemon::fork_if(fork)?;
+    let vols = unlock_all(&exports, named, tls.mode())?;
+    let listeners: Vec<Listen> = if inherited.is_empty() {
+        if listen.is_empty() && socket.is_empty() {
+            listen.push(DEFAULT_LISTEN.parse().expect("valid default address"));
+        }
+        let mut l: Vec<Listen> = listen.into_iter().map(Listen::Tcp).collect();
+        l.extend(socket.into_iter().map(Listen::Unix));
+        l
+    } else {
+        inherited
+    };
+    let options = ServerOptions {
+        max_connections,
+        pid_file,
+        tls,
+        handshake_limit: (handshake_limit > 0).then(|| Duration::from_secs(handshake_limit)),
+    };
+    run_server(listeners, vols, options, banner, ready)
+}
+
+/// Open and lock every image (a missing, busy or invalid one is refused before any passphrase
+/// is asked for), then unlock them in turn; `named`: errors name the export (`serve`). `tls`
+/// only goes into the log line. Returns each export's configuration and volume.
+pub(super) fn unlock_all(
+    exports: &[ImageExport],
+    named: bool,
+    tls: TlsMode,
+) -> Result<Vec<(ExportConfig, Arc<Volume>)>, CliError> {
     let mut opened = Vec::with_capacity(exports.len());
-    for x in &exports {
+    for x in exports {
         let access = if x.read_only {
             Access::ReadShared
         } else {
@@ -255,7 +287,7 @@ fn serve_with(
             export = %x.name,
             read_only = x.read_only,
             discard = ?x.discard,
-            tls = %tls.mode(),
+            tls = %tls,
             "volume unlocked"
         );
         let config = ExportConfig {
@@ -265,23 +297,7 @@ fn serve_with(
         };
         vols.push((config, Arc::new(vol)));
     }
-    let listeners: Vec<Listen> = if inherited.is_empty() {
-        if listen.is_empty() && socket.is_empty() {
-            listen.push(DEFAULT_LISTEN.parse().expect("valid default address"));
-        }
-        let mut l: Vec<Listen> = listen.into_iter().map(Listen::Tcp).collect();
-        l.extend(socket.into_iter().map(Listen::Unix));
-        l
-    } else {
-        inherited
-    };
-    let options = ServerOptions {
-        max_connections,
-        pid_file,
-        tls,
-        handshake_limit: (handshake_limit > 0).then(|| Duration::from_secs(handshake_limit)),
-    };
-    run_server(listeners, vols, options, banner)
+    Ok(vols)
 }
 
 /// Say what the discard policy means for this volume: passdown leaks usage; a persistent
@@ -307,6 +323,7 @@ fn run_server(
     vols: Vec<(ExportConfig, Arc<Volume>)>,
     options: ServerOptions,
     banner: Option<String>,
+    mut ready: super::daemon::Readiness,
 ) -> Result<(), CliError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -323,8 +340,9 @@ fn run_server(
             if let Some(b) = &banner {
                 println!("{b}");
             }
-            // SIGHUP too: a closed terminal stops the server the same clean way (flush, keys
-            // wiped, pid file and socket removed) instead of killing it.
+            ready.ready(); // --fork: the parent exits 0 now
+                           // SIGHUP too: a closed terminal stops the server the same clean way (flush, keys
+                           // wiped, pid file and socket removed) instead of killing it.
             let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
                 signal(SignalKind::interrupt()),
                 signal(SignalKind::terminate()),
@@ -454,6 +472,7 @@ pub fn demo(
             max_connections: nbd::DEFAULT_MAX_CONNECTIONS,
             handshake_limit: nbd::DEFAULT_HANDSHAKE_LIMIT.as_secs(),
             tls,
+            fork: false,
         },
         Some(banner),
         false,

@@ -10,6 +10,8 @@
 //! - [`server`]: TCP and Unix listeners (or sockets inherited through systemd socket
 //!   activation, [`activation`]), one task per client, a connection limit, a pid file, and
 //!   graceful shutdown ([`serve`], [`ServerOptions`]);
+//! - [`kernel`]: the Linux kernel client (`/dev/nbdN`) over a socket pair, through netlink
+//!   or the NBD ioctls, the server side starting at transmission ([`run_transmission`]);
 //! - [`tls`]: the TLS mode and the rustls acceptor built from PEM files ([`TlsConfig`]).
 //!
 //! Exports ([`Exports`]): any number, each an [`ExportConfig`] and an `Arc<dyn BlockExport>`,
@@ -37,6 +39,7 @@
 //! volume implements [`BlockExport`].
 
 pub mod activation;
+pub mod kernel;
 pub mod proto;
 pub mod server;
 pub mod session;
@@ -49,7 +52,9 @@ pub use proto::Extent;
 pub use server::{
     serve, Listen, NbdError, ServerOptions, DEFAULT_HANDSHAKE_LIMIT, DEFAULT_MAX_CONNECTIONS,
 };
-pub use session::{run_session, SessionEnd, SessionError, SessionOptions, SessionStats};
+pub use session::{
+    run_session, run_transmission, SessionEnd, SessionError, SessionOptions, SessionStats,
+};
 pub use tls::{TlsConfig, TlsError, TlsFiles, TlsMode};
 
 use std::sync::Arc;

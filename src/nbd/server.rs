@@ -490,8 +490,9 @@ fn unix_peer(l: &UnixListener) -> String {
     }
 }
 
-/// Write `pid_file` atomically: a temporary file beside it, renamed over it.
-fn write_pid_file(path: &Path) -> Result<(), NbdError> {
+/// Write `pid_file` atomically (this process's id, decimal, newline-terminated): a temporary
+/// file beside it, renamed over it. Errors: [`NbdError::PidFile`].
+pub fn write_pid_file(path: &Path) -> Result<(), NbdError> {
     let err = |source| NbdError::PidFile {
         path: path.to_owned(),
         source,
@@ -517,7 +518,7 @@ fn write_pid_file(path: &Path) -> Result<(), NbdError> {
 }
 
 /// Removes the pid file when dropped (every way out of [`serve`] after it was written).
-struct PidFileGuard(PathBuf);
+pub struct PidFileGuard(pub PathBuf);
 
 impl Drop for PidFileGuard {
     fn drop(&mut self) {

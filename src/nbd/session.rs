@@ -196,6 +196,27 @@ where
     }
 }
 
+/// Serve `export` from the transmission phase on, without a handshake: for a client that was
+/// told the size and transmission flags out of band (the Linux kernel, [`super::kernel`]), so
+/// replies are simple (nothing negotiated: no structured replies, no meta context). The flags
+/// the client was given should be `proto::transmission_flags(read_only, false)`. Ends, errors
+/// and the final flush as [`run_session`]; `stats.export` is set to `name`.
+pub async fn run_transmission<S>(
+    stream: S,
+    name: &str,
+    export: Arc<dyn BlockExport>,
+    read_only: bool,
+    stats: Arc<SessionStats>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<SessionEnd, SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let _ = stats.export.set(name.to_string());
+    let neg = Negotiated::default();
+    transmission(stream, export, read_only, neg, stats, shutdown).await
+}
+
 /// After the handshake: ABORT, hang-up, or the transmission phase on the chosen export.
 async fn finish<S>(
     mut stream: S,
