@@ -27,7 +27,7 @@ GUEST_PKGS=(busybox-static nbd-client e2fsprogs libc6)
 # Kernel modules the guest loads (with their dependencies): everything else it needs
 # (ext4, jbd2, crc32c, PCI, 8250 serial console, devtmpfs, gzip initrd) is built into
 # Debian's cloud kernel (see the CONFIG_* check below).
-GUEST_MODULES=(virtio_pci virtio_net nbd)
+GUEST_MODULES=(virtio_pci virtio_net virtio_blk nbd)
 
 # --- resolve the kernel package (metapackage -> versioned image package) -------------
 resolve_kernel() {

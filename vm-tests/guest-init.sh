@@ -11,6 +11,12 @@
 # write:  attach, mkfs.ext4, write files of random data and their SHA256SUMS plus a file full
 #         of the marker string, umount, e2fsck -fn, detach; for both devices.
 # verify: attach, e2fsck -fn, mount read-only, sha256sum -c, check the marker, detach; both.
+# kernel: nbdcrypt's own kernel attach. The first virtio disk (/dev/vda) holds an ext4
+#         filesystem with the LUKS2 image kvol.img (4096-byte sectors) and its key file:
+#         `nbdcrypt open --connect /dev/nbd0` (netlink), mkfs.ext4, mount, write files, umount,
+#         `nbdcrypt close /dev/nbd0`; then a second attach through the ioctls
+#         (NBDCRYPT_NBD_API=ioctl) on /dev/nbd1: e2fsck, mount read-only, sha256sum -c,
+#         `nbdcrypt open --disconnect /dev/nbd1`. The host then reads kvol.img back.
 # Last line printed: "NBDTEST-RESULT: PASS" or "NBDTEST-RESULT: FAIL <why>"; then power off.
 export PATH=/sbin:/bin
 # No /dev/console in the initramfs (no mknod needed to build it): get one from devtmpfs.
@@ -28,7 +34,7 @@ finish() {
 fail() { finish "FAIL $*"; }
 step() { echo "nbdtest: [$(cut -d" " -f1 /proc/uptime)] $*"; }
 
-P_mode= P_port0= P_port1= P_export= P_marker= P_host=10.0.2.2 P_bs=4096 P_conns=4
+P_mode= P_port0= P_port1= P_export= P_marker= P_host=10.0.2.2 P_bs=4096 P_conns=4 P_ksize=0
 for w in $(cat /proc/cmdline); do
     case "$w" in
     nbdtest.*=*)
@@ -107,7 +113,63 @@ verify_files() { # $1 = mount point
     grep -qF "$P_marker line 2000" "$1/data/marker" || fail "marker not found in $1"
 }
 
+kernel_attach() { # $1 = device number; nbdcrypt open --connect, checks size and block size
+    dev=/dev/nbd$1
+    i=0
+    while [ ! -e "$dev" ]; do
+        i=$((i + 1)); [ $i -gt 50 ] && fail "no $dev"; sleep 0.1
+    done
+    step "nbdcrypt open /disk/kvol.img --connect $dev (NBDCRYPT_NBD_API=${NBDCRYPT_NBD_API:-auto})"
+    nbdcrypt open /disk/kvol.img --key-file /disk/key --connect "$dev" 2>>/disk/nbdcrypt-$1.log ||
+        { cat /disk/nbdcrypt-$1.log; fail "nbdcrypt open --connect $dev"; }
+    # The command returned: the device must be usable now, served by a background process.
+    pid=$(cat /sys/block/nbd$1/pid 2>/dev/null) || fail "$dev not connected after open --connect returned"
+    size=$(blockdev --getsize64 "$dev")
+    ss=$(blockdev --getss "$dev")
+    step "attached $dev: $size bytes, logical block $ss, server pid $pid"
+    [ "$size" -eq "$P_ksize" ] || fail "$dev has $size bytes, expected $P_ksize"
+    [ "$ss" -eq 4096 ] || fail "$dev logical block size $ss, expected the volume's 4096"
+}
+kernel_detach() { # $1 = device number, $2 = command (close or open --disconnect)
+    step "nbdcrypt $2 /dev/nbd$1"
+    # shellcheck disable=SC2086
+    nbdcrypt $2 /dev/nbd$1 || fail "nbdcrypt $2 /dev/nbd$1"
+    [ ! -e /sys/block/nbd$1/pid ] || fail "/dev/nbd$1 still connected after nbdcrypt $2"
+    # close waits for the server: no nbdcrypt process is left running.
+    for p in /proc/[0-9]*; do
+        [ "$(cat "$p/comm" 2>/dev/null)" = nbdcrypt ] || continue
+        grep -q '^State:.*Z' "$p/status" 2>/dev/null && continue
+        fail "an nbdcrypt process (${p#/proc/}) still runs after nbdcrypt $2"
+    done
+    step "detached /dev/nbd$1"
+}
+
 case "$P_mode" in
+kernel)
+    mkdir -p /disk
+    i=0
+    while [ ! -e /dev/vda ]; do
+        i=$((i + 1)); [ $i -gt 50 ] && fail "no /dev/vda"; sleep 0.1
+    done
+    mount -t ext4 /dev/vda /disk || fail "mount /dev/vda"
+    kernel_attach 0
+    step "mkfs.ext4 /dev/nbd0"
+    mkfs.ext4 -F -q -L kvol /dev/nbd0 || fail "mkfs.ext4 /dev/nbd0"
+    mkdir -p /mnt0
+    mount -t ext4 /dev/nbd0 /mnt0 || fail "mount /dev/nbd0"
+    write_files /mnt0
+    umount /mnt0 || fail "umount /mnt0"
+    kernel_detach 0 close
+    export NBDCRYPT_NBD_API=ioctl
+    kernel_attach 1
+    fsck 1 second-attach
+    mount -t ext4 -o ro /dev/nbd1 /mnt0 || fail "mount ro /dev/nbd1"
+    verify_files /mnt0
+    umount /mnt0 || fail "umount /mnt0"
+    kernel_detach 1 "open --disconnect"
+    umount /disk || fail "umount /disk"
+    finish PASS
+    ;;
 write)
     attach 0
     attach 1

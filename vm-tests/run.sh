@@ -5,6 +5,10 @@
 # (mkfs discarding, and mkfs -E nodiscard), writes files, and after a server restart verifies
 # them in a second boot; the host checks the holes discards left in the images and reads the
 # passdown volume back with nbdcopy --connections 4.
+# Then (nbdcrypt only) a third boot tests nbdcrypt's own kernel attach: the guest runs our
+# binary (copied with its shared libraries into an extra initramfs archive) with
+# `open --connect /dev/nbd0` on an image on a virtio disk, mkfs, mount, write, `close`, and a
+# second attach through the ioctls verifies; the host reads the image back through our server.
 #
 #   bash vm-tests/run.sh            exit 0 = PASS, non-zero = FAIL
 #
@@ -13,6 +17,7 @@
 #   VM_SERVER=nbdkit  development stand-in: serve a plain raw file with nbdkit instead of
 #                     nbdcrypt (the image is then plaintext, and the check is inverted)
 #   VM_TIMEOUT=300    hard timeout of each qemu boot, in seconds
+#   VM_PHASES=kernel  run only the kernel-attach boot (phase 4), for work on --connect
 # Work files and logs: target/vm-tests/run/ ; cached guest: target/vm-tests/guest/.
 set -uo pipefail
 export LC_ALL=C PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH"
@@ -65,7 +70,9 @@ fail() {
     echo "vm-tests: FAIL: $*"
     for f in format-passdown.log format-ignore.log server-passdown-1.log server-ignore-1.log \
         console-write.log server-passdown-2.log server-ignore-2.log console-verify.log \
-        nbdcopy.log e2fsck-copy.log debugfs.log; do
+        nbdcopy.log e2fsck-copy.log debugfs.log format-kvol.log console-kernel.log \
+        nbdcrypt-0.log nbdcrypt-1.log server-kvol.log nbdcopy-kvol.log e2fsck-kvol.log \
+        debugfs-kvol.log; do
         [ -f "$RUN/$f" ] && show "$f" "$RUN/$f"
     done
     echo "FAIL: nbdcrypt VM test ($VM_SERVER): $* (logs in $RUN)"
@@ -237,6 +244,9 @@ boot() { # $1 = mode (write|verify)
     say "boot ($mode): guest PASS in $(($(date +%s) - t))s (4 connections to each server)"
 }
 
+VM_PHASES=${VM_PHASES:-all}
+# Phases 1-3 (nbd-client against the host's server) unless VM_PHASES=kernel.
+if [ "$VM_PHASES" != kernel ]; then
 # --- 1. fresh volumes, fully allocated, boot 1 writes ---------------------------------------
 # Random bytes over the whole data segment first, so the images start without holes and the
 # holes that discards punch can be seen (a fresh image is sparse).
@@ -303,5 +313,78 @@ n=$(cd "$RUN/files" && sha256sum -c SHA256SUMS 2>>"$RUN/debugfs.log" | grep -c '
 say "nbdcopy --connections 4 copy: e2fsck clean, all $n checksums OK"
 
 rm -rf "$COPY" "$RUN/files" "${IMG[passdown]}" "${IMG[ignore]}"
-echo "PASS: nbdcrypt VM test ($VM_SERVER): ext4 over NBD with 4 connections, discard passdown and ignore, written and verified across a server restart in $(($(date +%s) - T0))s"
+fi # phases 1-3
+
+# --- 4. nbdcrypt open --connect in the guest (kernel attach through netlink, then ioctls) ---
+KERNEL_PHASE="skipped with VM_SERVER=$VM_SERVER"
+if [ "$VM_SERVER" = nbdcrypt ]; then
+    KD="$RUN/kdisk"
+    rm -rf "$KD"
+    mkdir -p "$KD"
+    say "format kvol.img (64M, 4096-byte sectors, pbkdf2 1000 iterations) on a virtio disk"
+    "$NBDCRYPT" format "$KD/kvol.img" --size 64M --sector-size 4096 --key-file "$KEY" --pbkdf pbkdf2 \
+        --pbkdf-force-iterations 1000 </dev/null >"$RUN/format-kvol.log" 2>&1 ||
+        fail "nbdcrypt format kvol.img exited with status $?"
+    cp "$KEY" "$KD/key"
+    KSIZE=$(( (64 << 20) - (16 << 20) ))
+    mkfs.ext4 -q -F -d "$KD" "$RUN/kdisk.img" 128M >"$RUN/mkfs-kdisk.log" 2>&1 || fail "mkfs.ext4 -d of the virtio disk"
+    # Our binary and its shared libraries (ldd), as an extra cpio archive appended to the
+    # guest's initramfs (the kernel unpacks concatenated archives in order).
+    XR="$RUN/xroot"
+    rm -rf "$XR"
+    mkdir -p "$XR/bin"
+    cp "$NBDCRYPT" "$XR/bin/nbdcrypt"
+    for lib in $(ldd "$NBDCRYPT" | grep -o '/[^ ]*'); do
+        mkdir -p "$XR$(dirname "$lib")"
+        cp -L "$lib" "$XR$lib"
+    done
+    (cd "$XR" && find . | sort | cpio -o -H newc -R 0:0 --quiet) | gzip -1 >"$RUN/nbdcrypt.cpio.gz" ||
+        fail "building the nbdcrypt initramfs archive"
+    cat "$CACHE/guest/initramfs.cpio.gz" "$RUN/nbdcrypt.cpio.gz" >"$RUN/initrd-kernel.gz"
+    say "boot (kernel): qemu, guest console in $RUN/console-kernel.log"
+    t=$(date +%s)
+    timeout -k 10 "$VM_TIMEOUT" qemu-system-x86_64 -accel tcg -m 512 -nographic -no-reboot \
+        -kernel "$CACHE/guest/vmlinuz" -initrd "$RUN/initrd-kernel.gz" \
+        -append "console=ttyS0 panic=-1 loglevel=4 edd=off nbdtest.mode=kernel nbdtest.ksize=$KSIZE nbdtest.marker=$MARKER" \
+        -drive file="$RUN/kdisk.img",format=raw,if=virtio \
+        -netdev user,id=n0 -device virtio-net-pci,netdev=n0,romfile= \
+        </dev/null >"$RUN/console-kernel.log" 2>&1 &
+    QEMU_PID=$!
+    wait "$QEMU_PID"
+    rc=$?
+    QEMU_PID=
+    for n in 0 1; do
+        debugfs -R "dump /nbdcrypt-$n.log $RUN/nbdcrypt-$n.log" "$RUN/kdisk.img" >/dev/null 2>&1
+    done
+    result=$(grep -a -o 'NBDTEST-RESULT: .*' "$RUN/console-kernel.log" | tail -1 | tr -d '\r')
+    [ "$rc" -eq 124 ] && fail "boot (kernel): qemu timed out after $VM_TIMEOUT s (${result:-no result line})"
+    [ "$rc" -eq 0 ] || fail "boot (kernel): qemu exited with status $rc (${result:-no result line})"
+    [ "$result" = "NBDTEST-RESULT: PASS" ] || fail "boot (kernel): ${result:-no NBDTEST-RESULT line}"
+    say "boot (kernel): guest PASS in $(($(date +%s) - t))s (open --connect, close; ioctl attach, open --disconnect)"
+    # The image as the guest left it, read back on the host through our NBD server.
+    rm -f "$KD/kvol.img"
+    debugfs -R "dump /kvol.img $KD/kvol.img" "$RUN/kdisk.img" >"$RUN/debugfs-kvol.log" 2>&1 ||
+        fail "debugfs dump of kvol.img"
+    found=$(grep -a -c -F -e "$MARKER" -e "lost+found" "$KD/kvol.img")
+    [ "$found" -eq 0 ] || fail "kvol.img holds plaintext: $found lines match the marker or lost+found"
+    "$NBDCRYPT" open "$KD/kvol.img" --key-file "$KEY" --socket "$RUN/kvol.sock" --fork \
+        --pid-file "$RUN/kvol.pid" </dev/null >"$RUN/server-kvol.log" 2>&1 ||
+        fail "nbdcrypt open --fork of kvol.img exited with status $?"
+    SERVER_PID[kvol]=$(cat "$RUN/kvol.pid")
+    nbdcopy "nbd+unix:///?socket=$RUN/kvol.sock" "$RUN/kvol-plain.img" >"$RUN/nbdcopy-kvol.log" 2>&1 ||
+        fail "nbdcopy of kvol.img"
+    kill -TERM "${SERVER_PID[kvol]}"
+    SERVER_PID[kvol]=
+    e2fsck -fn "$RUN/kvol-plain.img" >"$RUN/e2fsck-kvol.log" 2>&1 || fail "e2fsck -fn of kvol.img's plaintext"
+    rm -rf "$RUN/files"
+    mkdir "$RUN/files"
+    debugfs -R "rdump / $RUN/files" "$RUN/kvol-plain.img" >>"$RUN/debugfs-kvol.log" 2>&1 ||
+        fail "debugfs rdump of kvol.img's plaintext"
+    n=$(cd "$RUN/files" && sha256sum -c SHA256SUMS 2>>"$RUN/debugfs-kvol.log" | grep -c ': OK$')
+    [ "$n" -eq 108 ] || fail "kvol.img read back on the host: $n of 108 checksums OK"
+    say "kvol.img read back on the host (nbdcrypt open --fork, nbdcopy): e2fsck clean, all $n checksums OK"
+    rm -rf "$KD" "$XR" "$RUN/files" "$RUN/kdisk.img" "$RUN/kvol-plain.img" "$RUN/initrd-kernel.gz"
+    KERNEL_PHASE="open --connect / close in the guest, ioctl re-attach, host read-back OK"
+fi
+echo "PASS: nbdcrypt VM test ($VM_SERVER): ext4 over NBD with 4 connections, discard passdown and ignore, written and verified across a server restart; kernel attach: $KERNEL_PHASE; in $(($(date +%s) - T0))s"
 echo "vm-tests: 1 passed, 0 failed"
