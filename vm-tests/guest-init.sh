@@ -16,7 +16,8 @@
 #         `nbdcrypt open --connect /dev/nbd0` (netlink), mkfs.ext4, mount, write files, umount,
 #         `nbdcrypt close /dev/nbd0`; then a second attach through the ioctls
 #         (NBDCRYPT_NBD_API=ioctl) on /dev/nbd1: e2fsck, mount read-only, sha256sum -c,
-#         `nbdcrypt open --disconnect /dev/nbd1`. The host then reads kvol.img back.
+#         `nbdcrypt open --disconnect /dev/nbd1`; a third attach (/dev/nbd2) ends with SIGTERM
+#         to its server, which disconnects the device itself. The host then reads kvol.img back.
 # Last line printed: "NBDTEST-RESULT: PASS" or "NBDTEST-RESULT: FAIL <why>"; then power off.
 export PATH=/sbin:/bin
 # No /dev/console in the initramfs (no mknod needed to build it): get one from devtmpfs.
@@ -167,6 +168,18 @@ kernel)
     verify_files /mnt0
     umount /mnt0 || fail "umount /mnt0"
     kernel_detach 1 "open --disconnect"
+    # SIGTERM to the server disconnects the device itself (through netlink again).
+    unset NBDCRYPT_NBD_API
+    kernel_attach 2
+    tgid=$(awk '/^Tgid:/ {print $2}' "/proc/$pid/status")
+    step "kill -TERM $tgid (the server of /dev/nbd2)"
+    kill -TERM "$tgid" || fail "kill -TERM $tgid"
+    i=0
+    while [ -e /sys/block/nbd2/pid ] || grep -q '^State:.*[RS]' "/proc/$tgid/status" 2>/dev/null; do
+        i=$((i + 1)); [ $i -gt 300 ] && fail "/dev/nbd2 still connected or its server running 30 s after SIGTERM"
+        sleep 0.1
+    done
+    step "SIGTERM: /dev/nbd2 disconnected, server gone"
     umount /disk || fail "umount /disk"
     finish PASS
     ;;

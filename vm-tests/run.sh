@@ -71,7 +71,7 @@ fail() {
     for f in format-passdown.log format-ignore.log server-passdown-1.log server-ignore-1.log \
         console-write.log server-passdown-2.log server-ignore-2.log console-verify.log \
         nbdcopy.log e2fsck-copy.log debugfs.log format-kvol.log console-kernel.log \
-        nbdcrypt-0.log nbdcrypt-1.log server-kvol.log nbdcopy-kvol.log e2fsck-kvol.log \
+        nbdcrypt-0.log nbdcrypt-1.log nbdcrypt-2.log server-kvol.log nbdcopy-kvol.log e2fsck-kvol.log \
         debugfs-kvol.log; do
         [ -f "$RUN/$f" ] && show "$f" "$RUN/$f"
     done
@@ -354,7 +354,7 @@ if [ "$VM_SERVER" = nbdcrypt ]; then
     wait "$QEMU_PID"
     rc=$?
     QEMU_PID=
-    for n in 0 1; do
+    for n in 0 1 2; do
         debugfs -R "dump /nbdcrypt-$n.log $RUN/nbdcrypt-$n.log" "$RUN/kdisk.img" >/dev/null 2>&1
     done
     result=$(grep -a -o 'NBDTEST-RESULT: .*' "$RUN/console-kernel.log" | tail -1 | tr -d '\r')
@@ -365,11 +365,12 @@ if [ "$VM_SERVER" = nbdcrypt ]; then
     # the kernel's DISC (nothing left in flight), and both servers wiped their keys.
     grep -q 'interface="netlink"' "$RUN/nbdcrypt-0.log" || fail "first attach: not through netlink"
     grep -q 'interface="ioctl"' "$RUN/nbdcrypt-1.log" || fail "second attach: not through the ioctls"
-    for n in 0 1; do
+    grep -q 'signal received: disconnecting' "$RUN/nbdcrypt-2.log" || fail "attach 2: SIGTERM did not disconnect"
+    for n in 0 1 2; do
         grep -q 'disconnected .*end=Disconnected' "$RUN/nbdcrypt-$n.log" || fail "attach $n: the session did not end with DISC"
         grep -q 'stopped; keys wiped' "$RUN/nbdcrypt-$n.log" || fail "attach $n: the server did not stop cleanly"
     done
-    say "boot (kernel): guest PASS in $(($(date +%s) - t))s (open --connect through netlink, close; through the ioctls, open --disconnect)"
+    say "boot (kernel): guest PASS in $(($(date +%s) - t))s (open --connect through netlink, close; through the ioctls, open --disconnect; SIGTERM)"
     # The image as the guest left it, read back on the host through our NBD server.
     rm -f "$KD/kvol.img"
     debugfs -R "dump /kvol.img $KD/kvol.img" "$RUN/kdisk.img" >"$RUN/debugfs-kvol.log" 2>&1 ||

@@ -402,7 +402,7 @@ enum Command {
         connect: Option<PathBuf>,
         /// With --connect: stay in the foreground (default: go to the background once the
         /// device is connected).
-        #[arg(long, requires = "connect")]
+        #[arg(long, requires = "connect", conflicts_with = "fork")]
         foreground: bool,
         /// Disconnect DEVICE (as `nbdcrypt close DEVICE`) instead of opening anything.
         #[arg(long, value_name = "DEVICE")]
