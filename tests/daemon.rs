@@ -441,3 +441,50 @@ fn systemd_units_verify() {
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
     assert!(said.trim().is_empty(), "systemd-analyze verify: {said}");
 }
+
+/// Under systemd with stderr on the journal (`$JOURNAL_STREAM` names stderr's device and
+/// inode), text lines carry no timestamp of their own (the journal stamps them); otherwise
+/// they do.
+#[test]
+fn no_timestamps_when_stderr_is_the_journal() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempdir();
+    let (img, key) = volume(dir.path(), "t");
+    let log = dir.path().join("t.log");
+    let run_with = |journal: Option<String>| {
+        File::create(&log).unwrap();
+        let meta = std::fs::metadata(&log).unwrap();
+        // `open` with a socket path that is a file: it logs "volume unlocked", then fails.
+        let mut c = nbdcrypt();
+        c.env("NBDCRYPT_LOG", "info")
+            .env_remove("JOURNAL_STREAM")
+            .arg("open")
+            .arg(&img)
+            .arg("--key-file")
+            .arg(&key)
+            .arg("--socket")
+            .arg(&key);
+        if let Some(j) = journal {
+            c.env(
+                "JOURNAL_STREAM",
+                j.replace("DEV", &meta.dev().to_string())
+                    .replace("INO", &meta.ino().to_string()),
+            );
+        }
+        let out = run_logged(&mut c, &log);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        stderr(&out)
+            .lines()
+            .find(|l| l.contains("volume unlocked"))
+            .unwrap_or_else(|| panic!("no unlock line: {}", stderr(&out)))
+            .to_string()
+    };
+    let stamped = |l: &str| l.starts_with("20") && l.as_bytes().get(10) == Some(&b'T');
+    let plain = run_with(None);
+    assert!(stamped(&plain), "{plain}");
+    let journal = run_with(Some("DEV:INO".into()));
+    assert!(journal.trim_start().starts_with("INFO"), "{journal}");
+    // Another stream's device and inode (a child's stderr is not the journal then).
+    let other = run_with(Some("DEV:1".into()));
+    assert!(stamped(&other), "{other}");
+}

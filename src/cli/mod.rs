@@ -790,11 +790,31 @@ fn init_logging(format: LogFormat) {
         .with_writer(std::io::stderr)
         .with_target(false);
     let _ = match format {
+        // The journal stamps every line itself (systemd.exec(5), $JOURNAL_STREAM).
+        LogFormat::Text if stderr_is_journal() => fmt.with_ansi(false).without_time().try_init(),
         LogFormat::Text => fmt
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .try_init(),
         LogFormat::Json => fmt.json().with_current_span(false).try_init(),
     };
+}
+
+/// Whether stderr is connected to the systemd journal: `$JOURNAL_STREAM` (`DEVICE:INODE`,
+/// decimal) names the stderr descriptor's device and inode (systemd.exec(5)).
+fn stderr_is_journal() -> bool {
+    let Ok(v) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = v.split_once(':') else {
+        return false;
+    };
+    // SAFETY: a zeroed stat is a valid out-buffer for fstat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat of descriptor 2 into a valid buffer.
+    if unsafe { libc::fstat(2, &mut st) } < 0 {
+        return false;
+    }
+    dev.parse::<u64>().ok() == Some(st.st_dev) && ino.parse::<u64>().ok() == Some(st.st_ino)
 }
 
 fn warn_all(warnings: &[String]) {
