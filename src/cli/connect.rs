@@ -167,7 +167,14 @@ pub fn close(device: &Path) -> Result<(), CliError> {
     if let Some((pid, name)) = owner {
         if name == "nbdcrypt" && pid != std::process::id() {
             tracing::debug!(pid, "waiting for the server to exit");
+            let start = std::time::Instant::now();
+            let mut told = false;
             while kernel::live_process(pid).is_some() {
+                // Flushing a large image can take a while: say what we wait for.
+                if !told && start.elapsed() > Duration::from_secs(5) {
+                    eprintln!("waiting for nbdcrypt (pid {pid}) to flush and exit ...");
+                    told = true;
+                }
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
