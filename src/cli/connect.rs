@@ -141,9 +141,7 @@ pub fn open_connect(
     }
     let _ = stop_tx.send(true);
     rt.shutdown_timeout(Duration::from_secs(1));
-    vol.flush().map_err(|e| {
-        CliError::Usage(format!("flushing {} at exit: {e}", export.image.display()))
-    })?;
+    vol.flush()?;
     match Arc::try_unwrap(vol) {
         Ok(vol) => {
             drop(vol);
