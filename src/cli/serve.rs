@@ -340,9 +340,10 @@ fn run_server(
             if let Some(b) = &banner {
                 println!("{b}");
             }
-            ready.ready(); // --fork: the parent exits 0 now
-                           // SIGHUP too: a closed terminal stops the server the same clean way (flush, keys
-                           // wiped, pid file and socket removed) instead of killing it.
+            // --fork: the parent exits 0 now.
+            ready.ready();
+            // SIGHUP too: a closed terminal stops the server the same clean way (flush, keys
+            // wiped, pid file and socket removed) instead of killing it.
             let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
                 signal(SignalKind::interrupt()),
                 signal(SignalKind::terminate()),
