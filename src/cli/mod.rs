@@ -143,6 +143,28 @@ fn try_unlock(
     volume::unlock(file, image, lh, passphrase, keyslot, limit)
 }
 
+/// `--header FILE`: a detached LUKS2 header (`format-spec.md` §1.1).
+#[derive(clap::Args)]
+struct HeaderArg {
+    /// Detached LUKS2 header file (as cryptsetup's --header): the header and keyslots are read
+    /// from (and written to) FILE, and IMAGE holds only the encrypted data, from offset 0.
+    #[arg(long, value_name = "FILE")]
+    header: Option<PathBuf>,
+}
+
+/// Open `image` (with its detached `header`, if any) with the locks of `access` and read its
+/// header, printing the header's warnings.
+fn open_loaded(
+    image: &Path,
+    header: Option<&Path>,
+    access: Access,
+) -> Result<(volume::OpenedImage, volume::LoadedHeader), CliError> {
+    let o = volume::OpenedImage::open(image, header, access)?;
+    let lh = o.load()?;
+    warn_all(&lh.warnings);
+    Ok((o, lh))
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum PbkdfArg {
     Argon2id,
@@ -309,6 +331,8 @@ enum Command {
     Format {
         /// Image file.
         image: PathBuf,
+        #[command(flatten)]
+        header: HeaderArg,
         /// Create or extend the image to this size (bytes, or with K/M/G/T suffix, binary units).
         #[arg(long, value_name = "SIZE", value_parser = parse_size)]
         size: Option<u64>,
@@ -331,6 +355,8 @@ enum Command {
     Dump {
         /// Image file.
         image: PathBuf,
+        #[command(flatten)]
+        header: HeaderArg,
         /// Print the JSON metadata instead.
         #[arg(long)]
         json: bool,
@@ -340,12 +366,16 @@ enum Command {
         /// Image file.
         image: PathBuf,
         #[command(flatten)]
+        header: HeaderArg,
+        #[command(flatten)]
         key: KeyArgs,
     },
     /// Unlock IMAGE and serve its plaintext over NBD until SIGINT/SIGTERM.
     Open {
         /// Image file.
         image: PathBuf,
+        #[command(flatten)]
+        header: HeaderArg,
         #[command(flatten)]
         key: KeyArgs,
         #[command(flatten)]
@@ -370,6 +400,10 @@ enum Command {
         /// export at most). Exports without one are prompted for, each naming its image.
         #[arg(long, short = 'd', value_name = "NAME=FILE", value_parser = parse_named_path)]
         key_file: Vec<(String, PathBuf)>,
+        /// Export NAME's detached LUKS2 header (as cryptsetup's --header): its IMAGE then holds
+        /// only the encrypted data (repeatable, once per export).
+        #[arg(long, value_name = "NAME=FILE", value_parser = parse_named_path)]
+        header: Vec<(String, PathBuf)>,
         /// Unlock export NAME with a recovery key: from FILE, or prompted without `=FILE`.
         #[arg(long, value_name = "NAME[=FILE]")]
         recovery_key: Vec<String>,
@@ -390,6 +424,8 @@ enum Command {
         /// Image file.
         image: PathBuf,
         #[command(flatten)]
+        header: HeaderArg,
+        #[command(flatten)]
         unlock: Unlocker,
         /// The new passphrase, from FILE byte for byte.
         #[arg(long, value_name = "FILE")]
@@ -409,6 +445,8 @@ enum Command {
         /// Image file.
         image: PathBuf,
         #[command(flatten)]
+        header: HeaderArg,
+        #[command(flatten)]
         unlock: Unlocker,
         /// The new passphrase, from FILE byte for byte.
         #[arg(long, value_name = "FILE")]
@@ -424,6 +462,8 @@ enum Command {
         /// Image file.
         image: PathBuf,
         #[command(flatten)]
+        header: HeaderArg,
+        #[command(flatten)]
         unlock: Unlocker,
         /// Allow removing the last keyslot (the volume becomes unusable).
         #[arg(long, short = 'q')]
@@ -434,6 +474,8 @@ enum Command {
     KillSlot {
         /// Image file.
         image: PathBuf,
+        #[command(flatten)]
+        header: HeaderArg,
         /// Keyslot number.
         slot: u32,
         #[command(flatten)]
@@ -450,6 +492,8 @@ enum Command {
     Erase {
         /// Image file.
         image: PathBuf,
+        #[command(flatten)]
+        header: HeaderArg,
         /// Do not ask for confirmation.
         #[arg(long, short = 'q')]
         batch_mode: bool,
@@ -459,6 +503,8 @@ enum Command {
     HeaderBackup {
         /// Image file.
         image: PathBuf,
+        #[command(flatten)]
+        header: HeaderArg,
         /// The backup file to create (must not exist).
         #[arg(long, value_name = "FILE")]
         header_backup_file: PathBuf,
@@ -468,6 +514,8 @@ enum Command {
     HeaderRestore {
         /// Image file.
         image: PathBuf,
+        #[command(flatten)]
+        header: HeaderArg,
         /// The backup file.
         #[arg(long, value_name = "FILE")]
         header_backup_file: PathBuf,
@@ -479,6 +527,8 @@ enum Command {
     Repair {
         /// Image file.
         image: PathBuf,
+        #[command(flatten)]
+        header: HeaderArg,
     },
     /// Print what the KDFs reach in --iter-time and the XTS throughput per sector size on this
     /// machine, like `cryptsetup benchmark`.
@@ -518,6 +568,8 @@ enum RecoveryAction {
         /// Image file.
         image: PathBuf,
         #[command(flatten)]
+        header: HeaderArg,
+        #[command(flatten)]
         unlock: Unlocker,
         /// The new keyslot's number (default: the lowest free one).
         #[arg(long, short = 'S', value_name = "N")]
@@ -542,6 +594,7 @@ fn parse_named_path(s: &str) -> Result<(String, PathBuf), String> {
 /// --read-only=NAME must be an export, and at most once per flag.
 fn serve_exports(
     exports: Vec<(String, PathBuf)>,
+    header: Vec<(String, PathBuf)>,
     key_file: Vec<(String, PathBuf)>,
     recovery_key: Vec<String>,
     read_only: Vec<String>,
@@ -555,6 +608,7 @@ fn serve_exports(
         out.push(serve::ImageExport {
             name,
             image,
+            header: None,
             key_file: None,
             recovery: None,
             key_slot: None,
@@ -577,6 +631,14 @@ fn serve_exports(
             ))),
         }
     };
+    for (name, file) in header {
+        let i = find(&out, &name, "--header")?;
+        if out[i].header.replace(file).is_some() {
+            return Err(CliError::Usage(format!(
+                "--header is given twice for export {name}"
+            )));
+        }
+    }
     for (name, file) in key_file {
         let i = find(&out, &name, "--key-file")?;
         if out[i].key_file.replace(file).is_some() {
@@ -736,6 +798,7 @@ fn run(cmd: Command) -> Result<(), CliError> {
     match cmd {
         Command::Format {
             image,
+            header,
             size,
             key_file,
             sector_size,
@@ -743,22 +806,25 @@ fn run(cmd: Command) -> Result<(), CliError> {
             label,
             batch_mode,
         } => {
-            confirm_overwrite(&image, batch_mode)?;
+            confirm_overwrite(header.header.as_deref().unwrap_or(&image), batch_mode)?;
             let pass = read_passphrase(key_file.as_deref(), Prompt::New(&image))?;
             let opts = FormatOptions {
                 size,
                 sector_size,
                 kdf: kdf.choice(),
                 label,
+                header: header.header,
             };
             let uuid = volume::format(&image, &opts, pass.expose())?;
             eprintln!("formatted {} as LUKS2 (UUID {uuid})", image.display());
             Ok(())
         }
-        Command::Dump { image, json } => {
-            let file = volume::open_image(&image, Access::Inspect)?;
-            let lh = volume::load_header(&file, &image)?;
-            warn_all(&lh.warnings);
+        Command::Dump {
+            image,
+            header,
+            json,
+        } => {
+            let (o, lh) = open_loaded(&image, header.header.as_deref(), Access::Inspect)?;
             if json {
                 let text = serde_json::to_string_pretty(&lh.metadata)
                     .map_err(|e| CliError::Usage(e.to_string()))?;
@@ -767,23 +833,22 @@ fn run(cmd: Command) -> Result<(), CliError> {
                 print!("{}", dump::render(&lh));
             }
             // On stderr, so stdout stays luksDump's text line for line.
-            for w in dump::discard_warnings(&file, &image, &lh)? {
+            for w in dump::discard_warnings(&o.data, &image, &lh)? {
                 eprintln!("warning: {w}");
             }
             Ok(())
         }
-        Command::TestPassphrase { image, key } => {
-            let file = volume::open_image(&image, Access::Inspect)?;
-            let lh = volume::load_header(&file, &image)?;
-            warn_all(&lh.warnings);
+        Command::TestPassphrase { image, header, key } => {
+            let (o, lh) = open_loaded(&image, header.header.as_deref(), Access::Inspect)?;
             let k = passphrase::unlock_with_tries(key.unlock.source(), &image, |pass| {
-                try_unlock(&file, &image, &lh, pass, key.key_slot)
+                try_unlock(&o.header, &o.header_path, &lh, pass, key.key_slot)
             })?;
             eprintln!("Key slot {} unlocked.", k.keyslot);
             Ok(())
         }
         Command::Open {
             image,
+            header,
             key,
             server,
             export_name,
@@ -793,6 +858,7 @@ fn run(cmd: Command) -> Result<(), CliError> {
             serve::ImageExport {
                 name: export_name.unwrap_or_else(|| serve::default_export_name(&image)),
                 image,
+                header: header.header,
                 key_file: key.unlock.key_file,
                 recovery: key.unlock.recovery_key,
                 key_slot: key.key_slot,
@@ -803,17 +869,19 @@ fn run(cmd: Command) -> Result<(), CliError> {
         ),
         Command::Serve {
             exports,
+            header,
             key_file,
             recovery_key,
             read_only,
             discard,
             server,
         } => serve::serve(
-            serve_exports(exports, key_file, recovery_key, read_only, discard)?,
+            serve_exports(exports, header, key_file, recovery_key, read_only, discard)?,
             server.args(),
         ),
         Command::AddKey {
             image,
+            header,
             unlock,
             new_keyfile,
             volume_key_file,
@@ -821,6 +889,7 @@ fn run(cmd: Command) -> Result<(), CliError> {
             kdf,
         } => keyslots::add_key(
             &image,
+            header.header.as_deref(),
             unlock.source(),
             new_keyfile.as_deref(),
             volume_key_file.as_deref(),
@@ -829,12 +898,14 @@ fn run(cmd: Command) -> Result<(), CliError> {
         ),
         Command::ChangeKey {
             image,
+            header,
             unlock,
             new_keyfile,
             key_slot,
             kdf,
         } => keyslots::change_key(
             &image,
+            header.header.as_deref(),
             unlock.source(),
             new_keyfile.as_deref(),
             key_slot,
@@ -842,32 +913,63 @@ fn run(cmd: Command) -> Result<(), CliError> {
         ),
         Command::RemoveKey {
             image,
+            header,
             unlock,
             batch_mode,
-        } => keyslots::remove_key(&image, unlock.source(), batch_mode),
+        } => keyslots::remove_key(
+            &image,
+            header.header.as_deref(),
+            unlock.source(),
+            batch_mode,
+        ),
         Command::KillSlot {
             image,
+            header,
             slot,
             unlock,
             batch_mode,
-        } => keyslots::kill_slot(&image, slot, unlock.source(), batch_mode),
+        } => keyslots::kill_slot(
+            &image,
+            header.header.as_deref(),
+            slot,
+            unlock.source(),
+            batch_mode,
+        ),
         Command::RecoveryKey(RecoveryAction::Add {
             image,
+            header,
             unlock,
             key_slot,
             kdf,
-        }) => keyslots::recovery_key_add(&image, unlock.source(), key_slot, &kdf.choice()),
-        Command::Erase { image, batch_mode } => keyslots::erase(&image, batch_mode),
+        }) => keyslots::recovery_key_add(
+            &image,
+            header.header.as_deref(),
+            unlock.source(),
+            key_slot,
+            &kdf.choice(),
+        ),
+        Command::Erase {
+            image,
+            header,
+            batch_mode,
+        } => keyslots::erase(&image, header.header.as_deref(), batch_mode),
         Command::HeaderBackup {
             image,
+            header,
             header_backup_file,
-        } => keyslots::header_backup(&image, &header_backup_file),
+        } => keyslots::header_backup(&image, header.header.as_deref(), &header_backup_file),
         Command::HeaderRestore {
             image,
+            header,
             header_backup_file,
             batch_mode,
-        } => keyslots::header_restore(&image, &header_backup_file, batch_mode),
-        Command::Repair { image } => keyslots::repair(&image),
+        } => keyslots::header_restore(
+            &image,
+            header.header.as_deref(),
+            &header_backup_file,
+            batch_mode,
+        ),
+        Command::Repair { image, header } => keyslots::repair(&image, header.header.as_deref()),
         Command::Benchmark {
             iter_time,
             pbkdf_memory,
@@ -943,6 +1045,7 @@ mod tests {
         let run = |flags: &[&str]| {
             serve_exports(
                 exports(),
+                vec![],
                 vec![],
                 vec![],
                 vec![],
