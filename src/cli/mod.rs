@@ -11,6 +11,7 @@ mod dump;
 mod keyslots;
 mod passphrase;
 mod serve;
+mod wipe;
 
 use std::path::{Path, PathBuf};
 
@@ -31,6 +32,8 @@ pub const EXIT_NO_MEMORY: i32 = 3;
 pub const EXIT_WRONG_DEVICE: i32 = 4;
 /// Exit code: the image is in use by another process.
 pub const EXIT_BUSY: i32 = 5;
+/// Exit code: stopped by SIGINT or SIGTERM before finishing (`wipe`; 128 + SIGINT, as shells).
+pub const EXIT_INTERRUPTED: i32 = 130;
 
 /// A failure of a command, already classified for its exit code.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +50,9 @@ pub enum CliError {
     /// TLS certificate, key or CA files that cannot be used (exit 1).
     #[error(transparent)]
     Tls(#[from] crate::nbd::TlsError),
+    /// Stopped by a signal before finishing; the text says how to resume (exit 130).
+    #[error("{0}")]
+    Interrupted(String),
     /// An error with a hint that depends on the input (shown instead of the generic one).
     #[error("{0}")]
     Hinted(Box<CliError>, String),
@@ -81,6 +87,7 @@ impl CliError {
                 inner.exit_code()
             }
             CliError::Usage(_) | CliError::Nbd(_) | CliError::Tls(_) => EXIT_INVALID,
+            CliError::Interrupted(_) => EXIT_INTERRUPTED,
             CliError::Volume(v) => match v {
                 VolumeError::WrongPassphrase => EXIT_NO_KEY,
                 VolumeError::OutOfMemory { .. } => EXIT_NO_MEMORY,
@@ -350,6 +357,25 @@ enum Command {
         /// Do not ask before overwriting an existing LUKS header.
         #[arg(long, short = 'q')]
         batch_mode: bool,
+        /// Then write encrypted zeros over the whole volume (as `nbdcrypt wipe`): it reads as
+        /// zeros and the image's free space hides nothing. Interrupted, it is continued with
+        /// `nbdcrypt wipe IMAGE --resume`.
+        #[arg(long)]
+        wipe: bool,
+    },
+    /// Write encrypted zeros over the whole data segment, so the volume reads as zeros and the
+    /// image holds no old data nor sparse holes. Ctrl-C (or SIGTERM) stops it cleanly and
+    /// `--resume` continues it (progress in IMAGE.nbdcrypt-wipe).
+    Wipe {
+        /// Image file.
+        image: PathBuf,
+        #[command(flatten)]
+        header: HeaderArg,
+        #[command(flatten)]
+        key: KeyArgs,
+        /// Continue an interrupted wipe where it stopped (from IMAGE.nbdcrypt-wipe).
+        #[arg(long)]
+        resume: bool,
     },
     /// Print the header like `cryptsetup luksDump`.
     Dump {
@@ -805,6 +831,7 @@ fn run(cmd: Command) -> Result<(), CliError> {
             kdf,
             label,
             batch_mode,
+            wipe,
         } => {
             confirm_overwrite(header.header.as_deref().unwrap_or(&image), batch_mode)?;
             let pass = read_passphrase(key_file.as_deref(), Prompt::New(&image))?;
@@ -817,7 +844,24 @@ fn run(cmd: Command) -> Result<(), CliError> {
             };
             let uuid = volume::format(&image, &opts, pass.expose())?;
             eprintln!("formatted {} as LUKS2 (UUID {uuid})", image.display());
+            if wipe {
+                let (o, lh) = open_loaded(&image, opts.header.as_deref(), Access::WriteExclusive)?;
+                let key = try_unlock(&o.header, &o.header_path, &lh, pass.expose(), Some(0))?;
+                wipe::run(o, &lh, key, &image, false)?;
+            }
             Ok(())
+        }
+        Command::Wipe {
+            image,
+            header,
+            key,
+            resume,
+        } => {
+            let (o, lh) = open_loaded(&image, header.header.as_deref(), Access::WriteExclusive)?;
+            let k = passphrase::unlock_with_tries(key.unlock.source(), &image, |pass| {
+                try_unlock(&o.header, &o.header_path, &lh, pass, key.key_slot)
+            })?;
+            wipe::run(o, &lh, k, &image, resume)
         }
         Command::Dump {
             image,
