@@ -383,9 +383,13 @@ enum Command {
         image: PathBuf,
         #[command(flatten)]
         header: HeaderArg,
-        /// Print the JSON metadata instead.
-        #[arg(long)]
+        /// Print a JSON document instead: the same fields with stable names, and the LUKS2
+        /// metadata verbatim under "metadata" (docs/json.md).
+        #[arg(long, conflicts_with = "dump_json_metadata")]
         json: bool,
+        /// Print only the LUKS2 JSON metadata, as `cryptsetup luksDump --dump-json-metadata`.
+        #[arg(long)]
+        dump_json_metadata: bool,
     },
     /// Check a passphrase: exit 0 if a keyslot opens, 2 if none does.
     TestPassphrase {
@@ -867,11 +871,16 @@ fn run(cmd: Command) -> Result<(), CliError> {
             image,
             header,
             json,
+            dump_json_metadata,
         } => {
             let (o, lh) = open_loaded(&image, header.header.as_deref(), Access::Inspect)?;
-            if json {
-                let text = serde_json::to_string_pretty(&lh.metadata)
-                    .map_err(|e| CliError::Usage(e.to_string()))?;
+            if json || dump_json_metadata {
+                let text = if json {
+                    serde_json::to_string_pretty(&dump::json(&lh, &image, header.header.as_deref()))
+                } else {
+                    serde_json::to_string_pretty(&lh.metadata)
+                }
+                .map_err(|e| CliError::Usage(e.to_string()))?;
                 println!("{text}");
             } else {
                 print!("{}", dump::render(&lh));
