@@ -7,6 +7,7 @@
 //! hint line where one helps.
 
 mod benchmark;
+mod docs;
 mod dump;
 mod keyslots;
 mod passphrase;
@@ -335,6 +336,7 @@ impl ServerFlags {
 #[derive(Subcommand)]
 enum Command {
     /// Create a LUKS2 volume (keyslot 0) in IMAGE, creating or extending the file with --size.
+    #[command(after_help = docs::EX_FORMAT)]
     Format {
         /// Image file.
         image: PathBuf,
@@ -366,6 +368,7 @@ enum Command {
     /// Write encrypted zeros over the whole data segment, so the volume reads as zeros and the
     /// image holds no old data nor sparse holes. Ctrl-C (or SIGTERM) stops it cleanly and
     /// `--resume` continues it (progress in IMAGE.nbdcrypt-wipe).
+    #[command(after_help = docs::EX_WIPE)]
     Wipe {
         /// Image file.
         image: PathBuf,
@@ -378,6 +381,7 @@ enum Command {
         resume: bool,
     },
     /// Print the header like `cryptsetup luksDump`.
+    #[command(after_help = docs::EX_DUMP)]
     Dump {
         /// Image file.
         image: PathBuf,
@@ -392,6 +396,7 @@ enum Command {
         dump_json_metadata: bool,
     },
     /// Check a passphrase: exit 0 if a keyslot opens, 2 if none does.
+    #[command(after_help = docs::EX_TEST_PASSPHRASE)]
     TestPassphrase {
         /// Image file.
         image: PathBuf,
@@ -401,6 +406,7 @@ enum Command {
         key: KeyArgs,
     },
     /// Unlock IMAGE and serve its plaintext over NBD until SIGINT/SIGTERM.
+    #[command(after_help = docs::EX_OPEN)]
     Open {
         /// Image file.
         image: PathBuf,
@@ -422,6 +428,7 @@ enum Command {
     },
     /// Serve several images from one server, each under its own export name: one unlock per
     /// image, in the order given. The first export is also the default export "".
+    #[command(after_help = docs::EX_SERVE)]
     Serve {
         /// An export: NAME=IMAGE (repeatable; the name is everything before the first `=`).
         #[arg(long = "export", value_name = "NAME=IMAGE", required = true, value_parser = parse_named_path)]
@@ -450,6 +457,7 @@ enum Command {
     },
     /// Add a keyslot (as `cryptsetup luksAddKey`): unlock with an existing passphrase (or
     /// --volume-key-file), store the volume key under a new one.
+    #[command(after_help = docs::EX_ADD_KEY)]
     AddKey {
         /// Image file.
         image: PathBuf,
@@ -471,6 +479,7 @@ enum Command {
     },
     /// Change a passphrase (as `cryptsetup luksChangeKey`): the slot the old passphrase opens
     /// (or --key-slot) gets the new one.
+    #[command(after_help = docs::EX_CHANGE_KEY)]
     ChangeKey {
         /// Image file.
         image: PathBuf,
@@ -488,6 +497,7 @@ enum Command {
         kdf: KdfArgs,
     },
     /// Remove the keyslot that the given passphrase opens (as `cryptsetup luksRemoveKey`).
+    #[command(after_help = docs::EX_REMOVE_KEY)]
     RemoveKey {
         /// Image file.
         image: PathBuf,
@@ -501,6 +511,7 @@ enum Command {
     },
     /// Wipe keyslot N (as `cryptsetup luksKillSlot`); asks for the passphrase of another slot
     /// unless --batch-mode.
+    #[command(after_help = docs::EX_KILL_SLOT)]
     KillSlot {
         /// Image file.
         image: PathBuf,
@@ -515,10 +526,24 @@ enum Command {
         batch_mode: bool,
     },
     /// Recovery keys (BitLocker's recovery-password format).
-    #[command(subcommand)]
+    #[command(subcommand, after_help = docs::EX_RECOVERY_ADD)]
     RecoveryKey(RecoveryAction),
+    /// Write the man pages (nbdcrypt.1 and one per subcommand) into DIR.
+    #[command(hide = true, after_help = docs::EX_MAN)]
+    Man {
+        /// Directory to write them to (created if missing).
+        dir: PathBuf,
+    },
+    /// Print the shell completion script for SHELL on stdout.
+    #[command(hide = true, after_help = docs::EX_COMPLETIONS)]
+    Completions {
+        /// bash, elvish, fish, powershell or zsh.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Wipe every keyslot and the keyslots area (as `cryptsetup erase`): no passphrase opens
     /// the volume afterwards, unless a header backup is restored.
+    #[command(after_help = docs::EX_ERASE)]
     Erase {
         /// Image file.
         image: PathBuf,
@@ -530,6 +555,7 @@ enum Command {
     },
     /// Save the header area (both copies and the keyslots area) to a file, as
     /// `cryptsetup luksHeaderBackup` does (same format).
+    #[command(after_help = docs::EX_HEADER_BACKUP)]
     HeaderBackup {
         /// Image file.
         image: PathBuf,
@@ -541,6 +567,7 @@ enum Command {
     },
     /// Write a header backup (ours or cryptsetup's) back over the image's header area; refuses
     /// a backup of another volume (different volume key digest) unless --batch-mode.
+    #[command(after_help = docs::EX_HEADER_RESTORE)]
     HeaderRestore {
         /// Image file.
         image: PathBuf,
@@ -554,6 +581,7 @@ enum Command {
         batch_mode: bool,
     },
     /// Rewrite a damaged header copy from the good one (nothing else ever repairs).
+    #[command(after_help = docs::EX_REPAIR)]
     Repair {
         /// Image file.
         image: PathBuf,
@@ -562,6 +590,7 @@ enum Command {
     },
     /// Print what the KDFs reach in --iter-time and the XTS throughput per sector size on this
     /// machine, like `cryptsetup benchmark`.
+    #[command(after_help = docs::EX_BENCHMARK)]
     Benchmark {
         /// KDF target time, milliseconds.
         #[arg(long, short = 'i', value_name = "MS", default_value_t = 2000)]
@@ -575,6 +604,7 @@ enum Command {
     },
     /// Quick start: create (once) a small demo volume with a generated key file in DIR, and
     /// serve it on 127.0.0.1:10809.
+    #[command(after_help = docs::EX_DEMO)]
     Demo {
         /// Where the demo image and key live.
         #[arg(long, default_value = "demo")]
@@ -594,6 +624,7 @@ enum Command {
 enum RecoveryAction {
     /// Generate a recovery key (48 digits, 8 groups of 6), store it as a new keyslot with an
     /// `nbdcrypt-recovery` token, and print it once.
+    #[command(after_help = docs::EX_RECOVERY_ADD)]
     Add {
         /// Image file.
         image: PathBuf,
@@ -1034,6 +1065,8 @@ fn run(cmd: Command) -> Result<(), CliError> {
             discard,
             tls,
         } => serve::demo(&dir, listen, discard.policy(), tls),
+        Command::Man { dir } => docs::man(&dir),
+        Command::Completions { shell } => docs::completions(shell),
     }
 }
 
