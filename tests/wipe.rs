@@ -10,8 +10,8 @@ use std::path::Path;
 const DATA_OFFSET: u64 = 16 << 20;
 
 /// Every byte of the export reads as zero (through libnbd).
-fn export_is_zeros(img: &Path, key: &Path) {
-    let mut srv = Server::start(img, key, &["--read-only"]);
+fn export_is_zeros(img: &Path, key: &Path, extra: &[&str]) {
+    let mut srv = Server::start(img, key, &[extra, &["--read-only"]].concat());
     let out = ok(std::process::Command::new("/usr/bin/python3").args([
         "-c",
         "import nbd,sys\nh=nbd.NBD(); h.connect_uri(sys.argv[1]); n=h.get_size(); off=0; bad=0\n\
@@ -57,7 +57,17 @@ fn format_wipe_leaves_encrypted_zeros_everywhere() {
     assert!(err.contains("MiB/s XTS encryption alone"), "{err}");
     assert_eq!(zero_blocks(&img, 0, 24 << 20), 0);
     assert!(!dir.path().join("w.img.nbdcrypt-wipe").exists());
-    export_is_zeros(&img, &key);
+    export_is_zeros(&img, &key, &[]);
+
+    // With a detached header: the whole data file is ciphertext and the export zeros.
+    let data = dir.path().join("d.img");
+    let hdr = dir.path().join("d.hdr");
+    let h = hdr.to_str().unwrap();
+    format_plain(&data, &key, "8M", &["--header", h, "--wipe"]);
+    let raw = std::fs::read(&data).unwrap();
+    assert_eq!(raw.len(), 8 << 20);
+    assert!(raw.chunks(4096).all(|c| c.iter().any(|b| *b != 0)));
+    export_is_zeros(&data, &key, &["--header", h]);
 }
 
 #[test]
@@ -116,5 +126,5 @@ fn interrupted_wipe_resumes_where_it_stopped() {
     );
     assert!(!state_path.exists());
     assert_eq!(zero_blocks(&img, 0, size), 0);
-    export_is_zeros(&img, &key);
+    export_is_zeros(&img, &key, &[]);
 }

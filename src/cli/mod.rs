@@ -108,6 +108,9 @@ impl CliError {
                     Some("check the passphrase; a --key-file is used byte for byte, a trailing newline included")
                 }
                 VolumeError::NotLuks { .. } => Some("create a volume with `nbdcrypt format IMAGE`"),
+                VolumeError::Corrupt { reason, .. } if reason.contains("detached header") => {
+                    Some("a detached header needs its data file: nbdcrypt COMMAND DATA-FILE --header HEADER-FILE")
+                }
                 VolumeError::Corrupt { .. } => Some("restore a header backup, or run `cryptsetup repair` on a copy of the image"),
                 VolumeError::Busy { .. } => Some("another nbdcrypt (or cryptsetup) has the image open; stop it first"),
                 VolumeError::OutOfMemory { .. } => Some("free memory, or add a keyslot with a smaller --pbkdf-memory"),
