@@ -144,6 +144,11 @@ pub fn run(
     image: &Path,
     resume: bool,
 ) -> Result<(), CliError> {
+    let header_flag = if o.detached {
+        format!(" --header {}", o.header_path.display())
+    } else {
+        String::new()
+    };
     let vol = Volume::new(o.data, image, lh, key, false)?;
     let size = vol.size();
     let fresh = WipeState {
@@ -203,7 +208,7 @@ pub fn run(
     let done = result?;
     if done < size {
         return Err(CliError::Interrupted(format!(
-            "wipe of {} interrupted at {done} of {size} bytes (saved in {}); run `nbdcrypt wipe {} --resume` to continue",
+            "wipe of {} interrupted at {done} of {size} bytes (saved in {}); run `nbdcrypt wipe {}{header_flag} --resume` to continue",
             image.display(),
             state_path.display(),
             image.display()
