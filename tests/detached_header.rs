@@ -113,6 +113,15 @@ fn keyslot_commands_and_backups_through_a_detached_header() {
     assert!(std::fs::read(&img).unwrap() == data_before);
     let dump = ok(nbdcrypt().arg("dump").arg(&img).args(["--header", h]));
     assert!(dump.contains("offset: 0 [bytes]"), "{dump}");
+    // `dump HEADER` alone works as `cryptsetup luksDump HEADER`, line for line.
+    assert_eq!(
+        ok(nbdcrypt().arg("dump").arg(&hdr)),
+        ok(cryptsetup().arg("luksDump").arg(&hdr))
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&ok(nbdcrypt().args(["dump", "--json"]).arg(&hdr))).unwrap();
+    assert!(doc["segments"][0]["size"].is_null());
+    assert_eq!(doc["segments"][0]["offset"], 0);
 }
 
 #[test]

@@ -907,10 +907,30 @@ fn run(cmd: Command) -> Result<(), CliError> {
             json,
             dump_json_metadata,
         } => {
-            let (o, lh) = open_loaded(&image, header.header.as_deref(), Access::Inspect)?;
+            // A detached header file given as IMAGE is dumped on its own, as `cryptsetup
+            // luksDump HEADER` does: without its data file the volume size is unknown (null).
+            let (o, lh, data_known) =
+                match open_loaded(&image, header.header.as_deref(), Access::Inspect) {
+                    Err(CliError::Volume(VolumeError::Corrupt { reason, .. }))
+                        if header.header.is_none() && reason.contains("detached header") =>
+                    {
+                        let o = volume::OpenedImage::open(&image, None, Access::Inspect)?;
+                        let lh = volume::load_detached_header(&o.header, &image, 0)?;
+                        warn_all(&lh.warnings);
+                        (o, lh, false)
+                    }
+                    r => {
+                        let (o, lh) = r?;
+                        (o, lh, true)
+                    }
+                };
             if json || dump_json_metadata {
                 let text = if json {
-                    serde_json::to_string_pretty(&dump::json(&lh, &image, header.header.as_deref()))
+                    let mut doc = dump::json(&lh, &image, header.header.as_deref());
+                    if !data_known {
+                        doc["segments"][0]["size"] = serde_json::Value::Null;
+                    }
+                    serde_json::to_string_pretty(&doc)
                 } else {
                     serde_json::to_string_pretty(&lh.metadata)
                 }
@@ -918,6 +938,13 @@ fn run(cmd: Command) -> Result<(), CliError> {
                 println!("{text}");
             } else {
                 print!("{}", dump::render(&lh));
+            }
+            if !data_known {
+                eprintln!(
+                    "note: {} is a detached header; give its data file as IMAGE with --header for the volume's size and holes",
+                    image.display()
+                );
+                return Ok(());
             }
             // On stderr, so stdout stays luksDump's text line for line.
             for w in dump::discard_warnings(&o.data, &image, &lh)? {
