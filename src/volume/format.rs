@@ -219,7 +219,8 @@ fn random_uuid() -> Result<String, VolumeError> {
 
 /// Create a LUKS2 volume in the image at `path` (`format-spec.md` §5): a fresh 512-bit volume
 /// key, keyslot 0 holding it under `passphrase`, a `pbkdf2` digest, one `aes-xts-plain64` crypt
-/// segment at 16 MiB. The keyslots area is filled with random bytes and written first, then the
+/// segment at 16 MiB — or, with [`FormatOptions::header`], the header in that file and the
+/// segment at offset 0 of the image (`format-spec.md` §1.1). The keyslots area is filled with random bytes and written first, then the
 /// secondary and the primary header copy, each followed by `fdatasync`. The data area is not
 /// touched. Returns the UUID.
 ///
@@ -276,10 +277,16 @@ pub fn format(path: &Path, opts: &FormatOptions, passphrase: &[u8]) -> Result<St
             Some(_) => "--size".to_string(),
             None => format!("the existing image ({len} bytes)"),
         };
-        return Err(VolumeError::InvalidArgument(format!(
-            "{what} is too small: LUKS2 needs {data_offset} bytes of header plus at least one {}-byte sector (e.g. --size 17M)",
-            opts.sector_size
-        )));
+        return Err(VolumeError::InvalidArgument(match opts.header {
+            None => format!(
+                "{what} is too small: LUKS2 needs {DEFAULT_DATA_OFFSET} bytes of header plus at least one {}-byte sector (e.g. --size 17M)",
+                opts.sector_size
+            ),
+            Some(_) => format!(
+                "{what} is too small: the data file needs at least one {}-byte sector",
+                opts.sector_size
+            ),
+        }));
     }
     let kdf = choose_kdf(&opts.kdf)?;
 
