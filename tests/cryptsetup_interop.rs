@@ -133,14 +133,20 @@ fn dump_matches_luksdump() {
         let ours = ok(nbdcrypt().arg("dump").arg(img));
         assert_eq!(ours, theirs, "dump of {}", img.display());
     }
-    // --json prints the JSON metadata with the same content as cryptsetup's.
+    // --dump-json-metadata prints the JSON metadata with the same content as cryptsetup's,
+    // and --json has it verbatim under "metadata".
     let theirs: serde_json::Value = serde_json::from_str(&ok(cryptsetup()
         .args(["luksDump", "--dump-json-metadata"])
         .arg(&a)))
     .unwrap();
-    let ours: serde_json::Value =
-        serde_json::from_str(&ok(nbdcrypt().args(["dump", "--json"]).arg(&a))).unwrap();
+    let ours: serde_json::Value = serde_json::from_str(&ok(nbdcrypt()
+        .args(["dump", "--dump-json-metadata"])
+        .arg(&a)))
+    .unwrap();
     assert_eq!(ours, theirs);
+    let doc: serde_json::Value =
+        serde_json::from_str(&ok(nbdcrypt().args(["dump", "--json"]).arg(&a))).unwrap();
+    assert_eq!(doc["metadata"], theirs);
 }
 
 /// `--key-slot` and keyslot priorities behave as cryptsetup's: a named slot is the only one

@@ -27,6 +27,7 @@ fn create_sized(path: &Path, sector_size: u32, size: u64) {
             ..KdfChoice::default()
         },
         label: None,
+        header: None,
     };
     volume::format(path, &opts, common::PASS).unwrap();
 }

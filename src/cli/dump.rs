@@ -175,3 +175,129 @@ pub fn discard_warnings(
     }
     Ok(w)
 }
+
+/// Version of the `dump --json` document ([`json`]); raised only when a field changes meaning
+/// or disappears (new fields may be added within a version). Documented in `docs/json.md`.
+pub const JSON_SCHEMA: &str = "nbdcrypt-dump/1";
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Keyslot or segment ids named in a JSON string list (`["0", "1"]`) as numbers.
+fn ids(list: &[String]) -> Vec<u64> {
+    list.iter().filter_map(|s| s.parse().ok()).collect()
+}
+
+/// The `dump --json` document of a loaded header (`docs/json.md`): the fields of the
+/// luksDump-style text with stable names, numbers in bytes (or bits where the name says),
+/// binary values in lowercase hex, plus the LUKS2 JSON metadata verbatim under `metadata`.
+/// `image` and `header` are the paths given (`header` is null without `--header`).
+pub fn json(lh: &LoadedHeader, image: &Path, header: Option<&Path>) -> serde_json::Value {
+    use serde_json::{json, Value};
+    let h = &lh.header;
+    let md: &Metadata = &lh.metadata;
+    let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    let segments: Vec<Value> = md
+        .segments
+        .iter()
+        .map(|(id, s)| {
+            json!({
+                "id": id.0,
+                "type": s.kind,
+                "offset": s.offset,
+                "length": match s.size { SegmentSize::Dynamic => None, SegmentSize::Bytes(n) => Some(n) },
+                "size": if s.offset == lh.segment.offset { Some(lh.segment.size) } else { None },
+                "cipher": s.encryption,
+                "sector_size": s.sector_size,
+            })
+        })
+        .collect();
+    let keyslots: Vec<Value> = md
+        .keyslots
+        .iter()
+        .map(|(id, k)| {
+            let ids = id.to_string();
+            let digest = md
+                .digests
+                .iter()
+                .find(|(_, d)| d.keyslots.contains(&ids))
+                .map(|(d, _)| d.0);
+            let kdf = k.kdf.as_ref();
+            json!({
+                "id": id.0,
+                "type": k.kind,
+                "key_bits": u64::from(k.key_size) * 8,
+                "priority": match k.priority.unwrap_or(1) { 0 => "ignored", 2 => "preferred", _ => "normal" },
+                "cipher": k.area.encryption,
+                "cipher_key_bits": k.area.key_size.map(|b| u64::from(b) * 8),
+                "pbkdf": kdf.map(|f| f.kind.clone()),
+                "hash": kdf.and_then(|f| f.hash.clone()),
+                "iterations": kdf.and_then(|f| f.iterations),
+                "time_cost": kdf.and_then(|f| f.time),
+                "memory_kib": kdf.and_then(|f| f.memory),
+                "threads": kdf.and_then(|f| f.cpus),
+                "salt": kdf.map(|f| hex(&f.salt)),
+                "af_stripes": k.af.as_ref().map(|a| a.stripes),
+                "af_hash": k.af.as_ref().map(|a| a.hash.clone()),
+                "area_offset": k.area.offset,
+                "area_length": k.area.size,
+                "digest_id": digest,
+            })
+        })
+        .collect();
+    let tokens: Vec<Value> = md
+        .tokens
+        .iter()
+        .map(|(id, t)| {
+            let ks: Vec<String> = t
+                .get("keyslots")
+                .and_then(|v| v.as_array())
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect();
+            json!({
+                "id": id.0,
+                "type": t.get("type").and_then(|v| v.as_str()),
+                "keyslots": self::ids(&ks),
+                "token": t,
+            })
+        })
+        .collect();
+    let digests: Vec<Value> = md
+        .digests
+        .iter()
+        .map(|(id, d)| {
+            json!({
+                "id": id.0,
+                "type": d.kind,
+                "hash": d.hash,
+                "iterations": d.iterations,
+                "salt": hex(&d.salt),
+                "digest": hex(&d.digest),
+                "keyslots": ids(&d.keyslots),
+                "segments": ids(&d.segments),
+            })
+        })
+        .collect();
+    json!({
+        "schema": JSON_SCHEMA,
+        "image": image.display().to_string(),
+        "header": header.map(|p| p.display().to_string()),
+        "version": 2,
+        "epoch": h.seqid,
+        "metadata_area": h.hdr_size,
+        "keyslots_area": md.config.keyslots_size,
+        "uuid": h.uuid,
+        "label": opt(&h.label),
+        "subsystem": opt(&h.subsystem),
+        "flags": md.config.flags.clone().unwrap_or_default(),
+        "segments": segments,
+        "keyslots": keyslots,
+        "tokens": tokens,
+        "digests": digests,
+        "warnings": lh.warnings,
+        "metadata": md,
+    })
+}

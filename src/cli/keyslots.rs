@@ -11,34 +11,36 @@ use crate::volume::{self, Access, KdfChoice, LoadedHeader, NewKeyslot, VolumeErr
 use super::passphrase::{read_passphrase, unlock_with_tries, Prompt, Source};
 use super::CliError;
 
-fn open_for_update(image: &Path) -> Result<(std::fs::File, LoadedHeader), CliError> {
-    let file = volume::open_image(image, Access::HeaderWrite)?;
-    let lh = volume::load_header(&file, image)?;
-    super::warn_all(&lh.warnings);
-    Ok((file, lh))
+fn open_for_update(
+    image: &Path,
+    header: Option<&Path>,
+) -> Result<(std::fs::File, std::path::PathBuf, LoadedHeader), CliError> {
+    let (o, lh) = super::open_loaded(image, header, Access::HeaderWrite)?;
+    Ok((o.header, o.header_path, lh))
 }
 
 /// `add-key`: see the CLI help.
 pub fn add_key(
     image: &Path,
+    header: Option<&Path>,
     source: Source<'_>,
     new_keyfile: Option<&Path>,
     volume_key_file: Option<&Path>,
     slot: Option<u32>,
     kdf: &KdfChoice,
 ) -> Result<(), CliError> {
-    let (file, lh) = open_for_update(image)?;
+    let (file, hpath, lh) = open_for_update(image, header)?;
     let vk = match volume_key_file {
         Some(f) => {
             let vk = SecretBytes::new(std::fs::read(f).map_err(|e| {
                 CliError::Usage(format!("cannot read volume key file {}: {e}", f.display()))
             })?);
-            volume::verify_volume_key(image, &lh, vk.expose())?;
+            volume::verify_volume_key(&hpath, &lh, vk.expose())?;
             vk
         }
         None => {
             unlock_with_tries(source, image, |p| {
-                super::try_unlock(&file, image, &lh, p, None)
+                super::try_unlock(&file, &hpath, &lh, p, None)
             })?
             .key
         }
@@ -46,7 +48,7 @@ pub fn add_key(
     let new = read_passphrase(new_keyfile, Prompt::New(image))?;
     let id = volume::add_keyslot(
         &file,
-        image,
+        &hpath,
         &lh,
         &vk,
         NewKeyslot {
@@ -63,26 +65,32 @@ pub fn add_key(
 /// `change-key`: see the CLI help.
 pub fn change_key(
     image: &Path,
+    header: Option<&Path>,
     source: Source<'_>,
     new_keyfile: Option<&Path>,
     slot: Option<u32>,
     kdf: &KdfChoice,
 ) -> Result<(), CliError> {
-    let (file, lh) = open_for_update(image)?;
+    let (file, hpath, lh) = open_for_update(image, header)?;
     let old = unlock_with_tries(source, image, |p| {
-        super::try_unlock(&file, image, &lh, p, slot)
+        super::try_unlock(&file, &hpath, &lh, p, slot)
     })?;
     let new = read_passphrase(new_keyfile, Prompt::New(image))?;
-    volume::change_keyslot(&file, image, &lh, old.keyslot, &old.key, new.expose(), kdf)?;
+    volume::change_keyslot(&file, &hpath, &lh, old.keyslot, &old.key, new.expose(), kdf)?;
     eprintln!("Key slot {} changed.", old.keyslot);
     Ok(())
 }
 
 /// `remove-key`: see the CLI help.
-pub fn remove_key(image: &Path, source: Source<'_>, batch: bool) -> Result<(), CliError> {
-    let (file, lh) = open_for_update(image)?;
+pub fn remove_key(
+    image: &Path,
+    header: Option<&Path>,
+    source: Source<'_>,
+    batch: bool,
+) -> Result<(), CliError> {
+    let (file, hpath, lh) = open_for_update(image, header)?;
     let k = unlock_with_tries(source, image, |p| {
-        super::try_unlock(&file, image, &lh, p, None)
+        super::try_unlock(&file, &hpath, &lh, p, None)
     })?;
     if lh.metadata.keyslots.len() == 1 && !batch {
         return Err(CliError::Usage(format!(
@@ -90,14 +98,20 @@ pub fn remove_key(image: &Path, source: Source<'_>, batch: bool) -> Result<(), C
             k.keyslot
         )));
     }
-    volume::kill_keyslot(&file, image, &lh, k.keyslot)?;
+    volume::kill_keyslot(&file, &hpath, &lh, k.keyslot)?;
     eprintln!("Key slot {} removed.", k.keyslot);
     Ok(())
 }
 
 /// `kill-slot`: see the CLI help.
-pub fn kill_slot(image: &Path, slot: u32, source: Source<'_>, batch: bool) -> Result<(), CliError> {
-    let (file, lh) = open_for_update(image)?;
+pub fn kill_slot(
+    image: &Path,
+    header: Option<&Path>,
+    slot: u32,
+    source: Source<'_>,
+    batch: bool,
+) -> Result<(), CliError> {
+    let (file, hpath, lh) = open_for_update(image, header)?;
     if !lh
         .metadata
         .keyslots
@@ -121,7 +135,7 @@ pub fn kill_slot(image: &Path, slot: u32, source: Source<'_>, batch: bool) -> Re
         }
         unlock_with_tries(source, image, |p| {
             for o in &others {
-                match super::try_unlock(&file, image, &lh, p, Some(*o)) {
+                match super::try_unlock(&file, &hpath, &lh, p, Some(*o)) {
                     Ok(k) => return Ok(k),
                     Err(
                         VolumeError::WrongPassphrase
@@ -135,14 +149,14 @@ pub fn kill_slot(image: &Path, slot: u32, source: Source<'_>, batch: bool) -> Re
             Err(VolumeError::WrongPassphrase)
         })?;
     }
-    volume::kill_keyslot(&file, image, &lh, slot)?;
+    volume::kill_keyslot(&file, &hpath, &lh, slot)?;
     eprintln!("Key slot {slot} removed.");
     Ok(())
 }
 
 /// `erase`: see the CLI help.
-pub fn erase(image: &Path, batch: bool) -> Result<(), CliError> {
-    let (file, lh) = open_for_update(image)?;
+pub fn erase(image: &Path, header: Option<&Path>, batch: bool) -> Result<(), CliError> {
+    let (file, hpath, lh) = open_for_update(image, header)?;
     super::confirm(
         &format!(
             "erasing {} wipes every keyslot: no passphrase will open it",
@@ -150,19 +164,17 @@ pub fn erase(image: &Path, batch: bool) -> Result<(), CliError> {
         ),
         batch,
     )?;
-    volume::erase(&file, image, &lh)?;
+    volume::erase(&file, &hpath, &lh)?;
     eprintln!("All keyslots of {} erased.", image.display());
     Ok(())
 }
 
 /// `header-backup`: see the CLI help.
-pub fn header_backup(image: &Path, backup: &Path) -> Result<(), CliError> {
+pub fn header_backup(image: &Path, header: Option<&Path>, backup: &Path) -> Result<(), CliError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let file = volume::open_image(image, Access::Inspect)?;
-    let lh = volume::load_header(&file, image)?;
-    super::warn_all(&lh.warnings);
-    let bytes = volume::header_bytes(&file, image, &lh)?;
+    let (o, lh) = super::open_loaded(image, header, Access::Inspect)?;
+    let bytes = volume::header_bytes(&o.header, &o.header_path, &lh)?;
     let mut out = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -181,14 +193,20 @@ pub fn header_backup(image: &Path, backup: &Path) -> Result<(), CliError> {
 }
 
 /// `header-restore`: see the CLI help.
-pub fn header_restore(image: &Path, backup: &Path, batch: bool) -> Result<(), CliError> {
+pub fn header_restore(
+    image: &Path,
+    header: Option<&Path>,
+    backup: &Path,
+    batch: bool,
+) -> Result<(), CliError> {
     let bytes = std::fs::read(backup)
         .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", backup.display())))?;
     let (_, backup_md) = volume::check_backup(backup, &bytes)?;
-    let file = volume::open_image(image, Access::HeaderWrite)?;
+    let o = volume::OpenedImage::open(image, header, Access::HeaderWrite)?;
+    let (file, hpath) = (&o.header, o.header_path.as_path());
     // A valid header of another volume (another volume key) is not overwritten by accident,
     // nor a file without a valid header (cryptsetup asks too).
-    let image_seqid = match volume::load_header(&file, image) {
+    let image_seqid = match o.load() {
         Ok(lh) => {
             let digest = |md| {
                 crate::format::segment_digest(md)
@@ -215,7 +233,7 @@ pub fn header_restore(image: &Path, backup: &Path, batch: bool) -> Result<(), Cl
             None
         }
     };
-    volume::restore_header(&file, image, &bytes, image_seqid).map_err(|e| match e {
+    volume::restore_header(file, hpath, &bytes, image_seqid).map_err(|e| match e {
         e @ VolumeError::Io { .. } => CliError::Hinted(
             Box::new(e.into()),
             "the restore was interrupted: run header-restore again with the same backup".into(),
@@ -231,9 +249,9 @@ pub fn header_restore(image: &Path, backup: &Path, batch: bool) -> Result<(), Cl
 }
 
 /// `repair`: see the CLI help.
-pub fn repair(image: &Path) -> Result<(), CliError> {
-    let (file, lh) = open_for_update(image)?;
-    if volume::repair(&file, image, &lh)? {
+pub fn repair(image: &Path, header: Option<&Path>) -> Result<(), CliError> {
+    let (file, hpath, lh) = open_for_update(image, header)?;
+    if volume::repair(&file, &hpath, &lh)? {
         eprintln!("Both header copies of {} rewritten.", image.display());
     } else {
         eprintln!(
@@ -247,13 +265,14 @@ pub fn repair(image: &Path) -> Result<(), CliError> {
 /// `recovery-key add`: see the CLI help and `format-spec.md` §9.1.
 pub fn recovery_key_add(
     image: &Path,
+    header: Option<&Path>,
     source: Source<'_>,
     slot: Option<u32>,
     kdf: &KdfChoice,
 ) -> Result<(), CliError> {
-    let (file, lh) = open_for_update(image)?;
+    let (file, hpath, lh) = open_for_update(image, header)?;
     let vk = unlock_with_tries(source, image, |p| {
-        super::try_unlock(&file, image, &lh, p, None)
+        super::try_unlock(&file, &hpath, &lh, p, None)
     })?
     .key;
     let key = crate::crypto::recovery::generate().map_err(VolumeError::from)?;
@@ -269,7 +288,7 @@ pub fn recovery_key_add(
     });
     let n = volume::add_keyslot(
         &file,
-        image,
+        &hpath,
         &lh,
         &vk,
         NewKeyslot {

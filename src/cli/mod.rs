@@ -9,10 +9,12 @@
 mod benchmark;
 mod connect;
 mod daemon;
+mod docs;
 mod dump;
 mod keyslots;
 mod passphrase;
 mod serve;
+mod wipe;
 
 use std::path::{Path, PathBuf};
 
@@ -33,6 +35,8 @@ pub const EXIT_NO_MEMORY: i32 = 3;
 pub const EXIT_WRONG_DEVICE: i32 = 4;
 /// Exit code: the image is in use by another process.
 pub const EXIT_BUSY: i32 = 5;
+/// Exit code: stopped by SIGINT or SIGTERM before finishing (`wipe`; 128 + SIGINT, as shells).
+pub const EXIT_INTERRUPTED: i32 = 130;
 
 /// A failure of a command, already classified for its exit code.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +57,9 @@ pub enum CliError {
     /// device, 5 for a busy one, else 1).
     #[error(transparent)]
     Kernel(#[from] crate::nbd::kernel::KernelError),
+    /// Stopped by a signal before finishing; the text says how to resume (exit 130).
+    #[error("{0}")]
+    Interrupted(String),
     /// An error with a hint that depends on the input (shown instead of the generic one).
     #[error("{0}")]
     Hinted(Box<CliError>, String),
@@ -95,6 +102,7 @@ impl CliError {
                     K::NotConnected(_) | K::Call { .. } => EXIT_INVALID,
                 }
             }
+            CliError::Interrupted(_) => EXIT_INTERRUPTED,
             CliError::Volume(v) => match v {
                 VolumeError::WrongPassphrase => EXIT_NO_KEY,
                 VolumeError::OutOfMemory { .. } => EXIT_NO_MEMORY,
@@ -114,6 +122,9 @@ impl CliError {
                     Some("check the passphrase; a --key-file is used byte for byte, a trailing newline included")
                 }
                 VolumeError::NotLuks { .. } => Some("create a volume with `nbdcrypt format IMAGE`"),
+                VolumeError::Corrupt { reason, .. } if reason.contains("detached header") => {
+                    Some("a detached header needs its data file: nbdcrypt COMMAND DATA-FILE --header HEADER-FILE")
+                }
                 VolumeError::Corrupt { .. } => Some("restore a header backup, or run `cryptsetup repair` on a copy of the image"),
                 VolumeError::Busy { .. } => Some("another nbdcrypt (or cryptsetup) has the image open; stop it first"),
                 VolumeError::OutOfMemory { .. } => Some("free memory, or add a keyslot with a smaller --pbkdf-memory"),
@@ -179,6 +190,28 @@ fn try_unlock(
 ) -> Result<crate::volume::UnlockedKey, VolumeError> {
     let limit = MEMORY_LIMIT.get().copied().flatten();
     volume::unlock(file, image, lh, passphrase, keyslot, limit)
+}
+
+/// `--header FILE`: a detached LUKS2 header (`format-spec.md` §1.1).
+#[derive(clap::Args)]
+struct HeaderArg {
+    /// Detached LUKS2 header file (as cryptsetup's --header): the header and keyslots are read
+    /// from (and written to) FILE, and IMAGE holds only the encrypted data, from offset 0.
+    #[arg(long, value_name = "FILE")]
+    header: Option<PathBuf>,
+}
+
+/// Open `image` (with its detached `header`, if any) with the locks of `access` and read its
+/// header, printing the header's warnings.
+fn open_loaded(
+    image: &Path,
+    header: Option<&Path>,
+    access: Access,
+) -> Result<(volume::OpenedImage, volume::LoadedHeader), CliError> {
+    let o = volume::OpenedImage::open(image, header, access)?;
+    let lh = o.load()?;
+    warn_all(&lh.warnings);
+    Ok((o, lh))
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -349,9 +382,12 @@ impl ServerFlags {
 #[derive(Subcommand)]
 enum Command {
     /// Create a LUKS2 volume (keyslot 0) in IMAGE, creating or extending the file with --size.
+    #[command(after_help = docs::EX_FORMAT)]
     Format {
         /// Image file.
         image: PathBuf,
+        #[command(flatten)]
+        header: HeaderArg,
         /// Create or extend the image to this size (bytes, or with K/M/G/T suffix, binary units).
         #[arg(long, value_name = "SIZE", value_parser = parse_size)]
         size: Option<u64>,
@@ -369,28 +405,55 @@ enum Command {
         /// Do not ask before overwriting an existing LUKS header.
         #[arg(long, short = 'q')]
         batch_mode: bool,
+        /// Then write encrypted zeros over the whole volume (as `nbdcrypt wipe`): it reads as
+        /// zeros and the image's free space hides nothing. Interrupted, it is continued with
+        /// `nbdcrypt wipe IMAGE --resume`.
+        #[arg(long)]
+        wipe: bool,
+    },
+    /// Write encrypted zeros over the whole data segment, so the volume reads as zeros and the
+    /// image holds no old data nor sparse holes. Ctrl-C (or SIGTERM) stops it cleanly and
+    /// `--resume` continues it (progress in IMAGE.nbdcrypt-wipe).
+    #[command(after_help = docs::EX_WIPE)]
+    Wipe {
+        /// Image file.
+        image: PathBuf,
+        #[command(flatten)]
+        header: HeaderArg,
+        #[command(flatten)]
+        key: KeyArgs,
+        /// Continue an interrupted wipe where it stopped (from IMAGE.nbdcrypt-wipe).
+        #[arg(long)]
+        resume: bool,
     },
     /// Print the header like `cryptsetup luksDump`.
+    #[command(after_help = docs::EX_DUMP)]
     Dump {
         /// Image file.
         image: PathBuf,
-        /// Print the JSON metadata instead.
-        #[arg(long)]
+        #[command(flatten)]
+        header: HeaderArg,
+        /// Print a JSON document instead: the same fields with stable names, and the LUKS2
+        /// metadata verbatim under "metadata" (docs/json.md).
+        #[arg(long, conflicts_with = "dump_json_metadata")]
         json: bool,
+        /// Print only the LUKS2 JSON metadata, as `cryptsetup luksDump --dump-json-metadata`.
+        #[arg(long)]
+        dump_json_metadata: bool,
     },
     /// Check a passphrase: exit 0 if a keyslot opens, 2 if none does.
+    #[command(after_help = docs::EX_TEST_PASSPHRASE)]
     TestPassphrase {
         /// Image file.
         image: PathBuf,
+        #[command(flatten)]
+        header: HeaderArg,
         #[command(flatten)]
         key: KeyArgs,
     },
     /// Unlock IMAGE and serve its plaintext over NBD until SIGINT/SIGTERM, or attach it as a
     /// kernel block device with --connect /dev/nbdN (until `nbdcrypt close /dev/nbdN`).
-    #[command(after_help = "Examples:\n  \
-        nbdcrypt open vol.img --key-file key --socket /run/vol.sock --fork --pid-file /run/vol.pid\n  \
-        sudo modprobe nbd && sudo nbdcrypt open vol.img --connect /dev/nbd0   # then mkfs.ext4 /dev/nbd0\n  \
-        sudo nbdcrypt close /dev/nbd0")]
+    #[command(after_help = docs::EX_OPEN)]
     Open {
         /// Image file.
         #[arg(required_unless_present = "disconnect")]
@@ -408,6 +471,8 @@ enum Command {
         #[arg(long, value_name = "DEVICE")]
         disconnect: Option<PathBuf>,
         #[command(flatten)]
+        header: HeaderArg,
+        #[command(flatten)]
         key: KeyArgs,
         #[command(flatten)]
         server: ServerFlags,
@@ -423,12 +488,14 @@ enum Command {
     },
     /// Disconnect a kernel NBD device attached by `open --connect`: write back its cache,
     /// flush, detach, and wait until the serving process has wiped its keys and exited.
+    #[command(after_help = docs::EX_CLOSE)]
     Close {
         /// The device, e.g. /dev/nbd0.
         device: PathBuf,
     },
     /// Serve several images from one server, each under its own export name: one unlock per
     /// image, in the order given. The first export is also the default export "".
+    #[command(after_help = docs::EX_SERVE)]
     Serve {
         /// An export: NAME=IMAGE (repeatable; the name is everything before the first `=`).
         #[arg(long = "export", value_name = "NAME=IMAGE", required = true, value_parser = parse_named_path)]
@@ -437,6 +504,10 @@ enum Command {
         /// export at most). Exports without one are prompted for, each naming its image.
         #[arg(long, short = 'd', value_name = "NAME=FILE", value_parser = parse_named_path)]
         key_file: Vec<(String, PathBuf)>,
+        /// Export NAME's detached LUKS2 header (as cryptsetup's --header): its IMAGE then holds
+        /// only the encrypted data (repeatable, once per export).
+        #[arg(long, value_name = "NAME=FILE", value_parser = parse_named_path)]
+        header: Vec<(String, PathBuf)>,
         /// Unlock export NAME with a recovery key: from FILE, or prompted without `=FILE`.
         #[arg(long, value_name = "NAME[=FILE]")]
         recovery_key: Vec<String>,
@@ -453,9 +524,12 @@ enum Command {
     },
     /// Add a keyslot (as `cryptsetup luksAddKey`): unlock with an existing passphrase (or
     /// --volume-key-file), store the volume key under a new one.
+    #[command(after_help = docs::EX_ADD_KEY)]
     AddKey {
         /// Image file.
         image: PathBuf,
+        #[command(flatten)]
+        header: HeaderArg,
         #[command(flatten)]
         unlock: Unlocker,
         /// The new passphrase, from FILE byte for byte.
@@ -472,9 +546,12 @@ enum Command {
     },
     /// Change a passphrase (as `cryptsetup luksChangeKey`): the slot the old passphrase opens
     /// (or --key-slot) gets the new one.
+    #[command(after_help = docs::EX_CHANGE_KEY)]
     ChangeKey {
         /// Image file.
         image: PathBuf,
+        #[command(flatten)]
+        header: HeaderArg,
         #[command(flatten)]
         unlock: Unlocker,
         /// The new passphrase, from FILE byte for byte.
@@ -487,9 +564,12 @@ enum Command {
         kdf: KdfArgs,
     },
     /// Remove the keyslot that the given passphrase opens (as `cryptsetup luksRemoveKey`).
+    #[command(after_help = docs::EX_REMOVE_KEY)]
     RemoveKey {
         /// Image file.
         image: PathBuf,
+        #[command(flatten)]
+        header: HeaderArg,
         #[command(flatten)]
         unlock: Unlocker,
         /// Allow removing the last keyslot (the volume becomes unusable).
@@ -498,9 +578,12 @@ enum Command {
     },
     /// Wipe keyslot N (as `cryptsetup luksKillSlot`); asks for the passphrase of another slot
     /// unless --batch-mode.
+    #[command(after_help = docs::EX_KILL_SLOT)]
     KillSlot {
         /// Image file.
         image: PathBuf,
+        #[command(flatten)]
+        header: HeaderArg,
         /// Keyslot number.
         slot: u32,
         #[command(flatten)]
@@ -510,31 +593,53 @@ enum Command {
         batch_mode: bool,
     },
     /// Recovery keys (BitLocker's recovery-password format).
-    #[command(subcommand)]
+    #[command(subcommand, after_help = docs::EX_RECOVERY_ADD)]
     RecoveryKey(RecoveryAction),
+    /// Write the man pages (nbdcrypt.1 and one per subcommand) into DIR.
+    #[command(hide = true, after_help = docs::EX_MAN)]
+    Man {
+        /// Directory to write them to (created if missing).
+        dir: PathBuf,
+    },
+    /// Print the shell completion script for SHELL on stdout.
+    #[command(hide = true, after_help = docs::EX_COMPLETIONS)]
+    Completions {
+        /// bash, elvish, fish, powershell or zsh.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Wipe every keyslot and the keyslots area (as `cryptsetup erase`): no passphrase opens
     /// the volume afterwards, unless a header backup is restored.
+    #[command(after_help = docs::EX_ERASE)]
     Erase {
         /// Image file.
         image: PathBuf,
+        #[command(flatten)]
+        header: HeaderArg,
         /// Do not ask for confirmation.
         #[arg(long, short = 'q')]
         batch_mode: bool,
     },
     /// Save the header area (both copies and the keyslots area) to a file, as
     /// `cryptsetup luksHeaderBackup` does (same format).
+    #[command(after_help = docs::EX_HEADER_BACKUP)]
     HeaderBackup {
         /// Image file.
         image: PathBuf,
+        #[command(flatten)]
+        header: HeaderArg,
         /// The backup file to create (must not exist).
         #[arg(long, value_name = "FILE")]
         header_backup_file: PathBuf,
     },
     /// Write a header backup (ours or cryptsetup's) back over the image's header area; refuses
     /// a backup of another volume (different volume key digest) unless --batch-mode.
+    #[command(after_help = docs::EX_HEADER_RESTORE)]
     HeaderRestore {
         /// Image file.
         image: PathBuf,
+        #[command(flatten)]
+        header: HeaderArg,
         /// The backup file.
         #[arg(long, value_name = "FILE")]
         header_backup_file: PathBuf,
@@ -543,12 +648,16 @@ enum Command {
         batch_mode: bool,
     },
     /// Rewrite a damaged header copy from the good one (nothing else ever repairs).
+    #[command(after_help = docs::EX_REPAIR)]
     Repair {
         /// Image file.
         image: PathBuf,
+        #[command(flatten)]
+        header: HeaderArg,
     },
     /// Print what the KDFs reach in --iter-time and the XTS throughput per sector size on this
     /// machine, like `cryptsetup benchmark`.
+    #[command(after_help = docs::EX_BENCHMARK)]
     Benchmark {
         /// KDF target time, milliseconds.
         #[arg(long, short = 'i', value_name = "MS", default_value_t = 2000)]
@@ -562,6 +671,7 @@ enum Command {
     },
     /// Quick start: create (once) a small demo volume with a generated key file in DIR, and
     /// serve it on 127.0.0.1:10809.
+    #[command(after_help = docs::EX_DEMO)]
     Demo {
         /// Where the demo image and key live.
         #[arg(long, default_value = "demo")]
@@ -581,9 +691,12 @@ enum Command {
 enum RecoveryAction {
     /// Generate a recovery key (48 digits, 8 groups of 6), store it as a new keyslot with an
     /// `nbdcrypt-recovery` token, and print it once.
+    #[command(after_help = docs::EX_RECOVERY_ADD)]
     Add {
         /// Image file.
         image: PathBuf,
+        #[command(flatten)]
+        header: HeaderArg,
         #[command(flatten)]
         unlock: Unlocker,
         /// The new keyslot's number (default: the lowest free one).
@@ -609,6 +722,7 @@ fn parse_named_path(s: &str) -> Result<(String, PathBuf), String> {
 /// --read-only=NAME must be an export, and at most once per flag.
 fn serve_exports(
     exports: Vec<(String, PathBuf)>,
+    header: Vec<(String, PathBuf)>,
     key_file: Vec<(String, PathBuf)>,
     recovery_key: Vec<String>,
     read_only: Vec<String>,
@@ -622,6 +736,7 @@ fn serve_exports(
         out.push(serve::ImageExport {
             name,
             image,
+            header: None,
             key_file: None,
             recovery: None,
             key_slot: None,
@@ -644,6 +759,14 @@ fn serve_exports(
             ))),
         }
     };
+    for (name, file) in header {
+        let i = find(&out, &name, "--header")?;
+        if out[i].header.replace(file).is_some() {
+            return Err(CliError::Usage(format!(
+                "--header is given twice for export {name}"
+            )));
+        }
+    }
     for (name, file) in key_file {
         let i = find(&out, &name, "--key-file")?;
         if out[i].key_file.replace(file).is_some() {
@@ -827,48 +950,100 @@ fn run(cmd: Command) -> Result<(), CliError> {
     match cmd {
         Command::Format {
             image,
+            header,
             size,
             key_file,
             sector_size,
             kdf,
             label,
             batch_mode,
+            wipe,
         } => {
-            confirm_overwrite(&image, batch_mode)?;
+            confirm_overwrite(header.header.as_deref().unwrap_or(&image), batch_mode)?;
             let pass = read_passphrase(key_file.as_deref(), Prompt::New(&image))?;
             let opts = FormatOptions {
                 size,
                 sector_size,
                 kdf: kdf.choice(),
                 label,
+                header: header.header,
             };
             let uuid = volume::format(&image, &opts, pass.expose())?;
             eprintln!("formatted {} as LUKS2 (UUID {uuid})", image.display());
+            if wipe {
+                let (o, lh) = open_loaded(&image, opts.header.as_deref(), Access::WriteExclusive)?;
+                let key = try_unlock(&o.header, &o.header_path, &lh, pass.expose(), Some(0))?;
+                wipe::run(o, &lh, key, &image, false)?;
+            }
             Ok(())
         }
-        Command::Dump { image, json } => {
-            let file = volume::open_image(&image, Access::Inspect)?;
-            let lh = volume::load_header(&file, &image)?;
-            warn_all(&lh.warnings);
-            if json {
-                let text = serde_json::to_string_pretty(&lh.metadata)
-                    .map_err(|e| CliError::Usage(e.to_string()))?;
+        Command::Wipe {
+            image,
+            header,
+            key,
+            resume,
+        } => {
+            let (o, lh) = open_loaded(&image, header.header.as_deref(), Access::WriteExclusive)?;
+            let k = passphrase::unlock_with_tries(key.unlock.source(), &image, |pass| {
+                try_unlock(&o.header, &o.header_path, &lh, pass, key.key_slot)
+            })?;
+            wipe::run(o, &lh, k, &image, resume)
+        }
+        Command::Dump {
+            image,
+            header,
+            json,
+            dump_json_metadata,
+        } => {
+            // A detached header file given as IMAGE is dumped on its own, as `cryptsetup
+            // luksDump HEADER` does: without its data file the volume size is unknown (null).
+            let (o, lh, data_known) =
+                match open_loaded(&image, header.header.as_deref(), Access::Inspect) {
+                    Err(CliError::Volume(VolumeError::Corrupt { reason, .. }))
+                        if header.header.is_none() && reason.contains("detached header") =>
+                    {
+                        let o = volume::OpenedImage::open(&image, None, Access::Inspect)?;
+                        let lh = volume::load_detached_header(&o.header, &image, 0)?;
+                        warn_all(&lh.warnings);
+                        (o, lh, false)
+                    }
+                    r => {
+                        let (o, lh) = r?;
+                        (o, lh, true)
+                    }
+                };
+            if json || dump_json_metadata {
+                let text = if json {
+                    let mut doc = dump::json(&lh, &image, header.header.as_deref());
+                    if !data_known {
+                        doc["segments"][0]["size"] = serde_json::Value::Null;
+                    }
+                    serde_json::to_string_pretty(&doc)
+                } else {
+                    serde_json::to_string_pretty(&lh.metadata)
+                }
+                .map_err(|e| CliError::Usage(e.to_string()))?;
                 println!("{text}");
             } else {
                 print!("{}", dump::render(&lh));
             }
+            if !data_known {
+                eprintln!(
+                    "note: {} is a detached header; give its data file as IMAGE with --header for the volume's size and holes",
+                    image.display()
+                );
+                return Ok(());
+            }
             // On stderr, so stdout stays luksDump's text line for line.
-            for w in dump::discard_warnings(&file, &image, &lh)? {
+            for w in dump::discard_warnings(&o.data, &image, &lh)? {
                 eprintln!("warning: {w}");
             }
             Ok(())
         }
-        Command::TestPassphrase { image, key } => {
-            let file = volume::open_image(&image, Access::Inspect)?;
-            let lh = volume::load_header(&file, &image)?;
-            warn_all(&lh.warnings);
+        Command::TestPassphrase { image, header, key } => {
+            let (o, lh) = open_loaded(&image, header.header.as_deref(), Access::Inspect)?;
             let k = passphrase::unlock_with_tries(key.unlock.source(), &image, |pass| {
-                try_unlock(&file, &image, &lh, pass, key.key_slot)
+                try_unlock(&o.header, &o.header_path, &lh, pass, key.key_slot)
             })?;
             eprintln!("Key slot {} unlocked.", k.keyslot);
             Ok(())
@@ -878,6 +1053,7 @@ fn run(cmd: Command) -> Result<(), CliError> {
             connect,
             foreground,
             disconnect,
+            header,
             key,
             server,
             export_name,
@@ -891,6 +1067,7 @@ fn run(cmd: Command) -> Result<(), CliError> {
             let export = serve::ImageExport {
                 name: export_name.unwrap_or_else(|| serve::default_export_name(&image)),
                 image,
+                header: header.header,
                 key_file: key.unlock.key_file,
                 recovery: key.unlock.recovery_key,
                 key_slot: key.key_slot,
@@ -905,17 +1082,19 @@ fn run(cmd: Command) -> Result<(), CliError> {
         Command::Close { device } => connect::close(&device),
         Command::Serve {
             exports,
+            header,
             key_file,
             recovery_key,
             read_only,
             discard,
             server,
         } => serve::serve(
-            serve_exports(exports, key_file, recovery_key, read_only, discard)?,
+            serve_exports(exports, header, key_file, recovery_key, read_only, discard)?,
             server.args(),
         ),
         Command::AddKey {
             image,
+            header,
             unlock,
             new_keyfile,
             volume_key_file,
@@ -923,6 +1102,7 @@ fn run(cmd: Command) -> Result<(), CliError> {
             kdf,
         } => keyslots::add_key(
             &image,
+            header.header.as_deref(),
             unlock.source(),
             new_keyfile.as_deref(),
             volume_key_file.as_deref(),
@@ -931,12 +1111,14 @@ fn run(cmd: Command) -> Result<(), CliError> {
         ),
         Command::ChangeKey {
             image,
+            header,
             unlock,
             new_keyfile,
             key_slot,
             kdf,
         } => keyslots::change_key(
             &image,
+            header.header.as_deref(),
             unlock.source(),
             new_keyfile.as_deref(),
             key_slot,
@@ -944,32 +1126,63 @@ fn run(cmd: Command) -> Result<(), CliError> {
         ),
         Command::RemoveKey {
             image,
+            header,
             unlock,
             batch_mode,
-        } => keyslots::remove_key(&image, unlock.source(), batch_mode),
+        } => keyslots::remove_key(
+            &image,
+            header.header.as_deref(),
+            unlock.source(),
+            batch_mode,
+        ),
         Command::KillSlot {
             image,
+            header,
             slot,
             unlock,
             batch_mode,
-        } => keyslots::kill_slot(&image, slot, unlock.source(), batch_mode),
+        } => keyslots::kill_slot(
+            &image,
+            header.header.as_deref(),
+            slot,
+            unlock.source(),
+            batch_mode,
+        ),
         Command::RecoveryKey(RecoveryAction::Add {
             image,
+            header,
             unlock,
             key_slot,
             kdf,
-        }) => keyslots::recovery_key_add(&image, unlock.source(), key_slot, &kdf.choice()),
-        Command::Erase { image, batch_mode } => keyslots::erase(&image, batch_mode),
+        }) => keyslots::recovery_key_add(
+            &image,
+            header.header.as_deref(),
+            unlock.source(),
+            key_slot,
+            &kdf.choice(),
+        ),
+        Command::Erase {
+            image,
+            header,
+            batch_mode,
+        } => keyslots::erase(&image, header.header.as_deref(), batch_mode),
         Command::HeaderBackup {
             image,
+            header,
             header_backup_file,
-        } => keyslots::header_backup(&image, &header_backup_file),
+        } => keyslots::header_backup(&image, header.header.as_deref(), &header_backup_file),
         Command::HeaderRestore {
             image,
+            header,
             header_backup_file,
             batch_mode,
-        } => keyslots::header_restore(&image, &header_backup_file, batch_mode),
-        Command::Repair { image } => keyslots::repair(&image),
+        } => keyslots::header_restore(
+            &image,
+            header.header.as_deref(),
+            &header_backup_file,
+            batch_mode,
+        ),
+        Command::Repair { image, header } => keyslots::repair(&image, header.header.as_deref()),
         Command::Benchmark {
             iter_time,
             pbkdf_memory,
@@ -981,6 +1194,8 @@ fn run(cmd: Command) -> Result<(), CliError> {
             discard,
             tls,
         } => serve::demo(&dir, listen, discard.policy(), tls),
+        Command::Man { dir } => docs::man(&dir),
+        Command::Completions { shell } => docs::completions(shell),
     }
 }
 
@@ -1045,6 +1260,7 @@ mod tests {
         let run = |flags: &[&str]| {
             serve_exports(
                 exports(),
+                vec![],
                 vec![],
                 vec![],
                 vec![],

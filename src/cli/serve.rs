@@ -26,6 +26,8 @@ pub struct ImageExport {
     pub name: String,
     /// Image file.
     pub image: PathBuf,
+    /// `--header`: a detached LUKS2 header file; `image` then holds only the data.
+    pub header: Option<PathBuf>,
     /// `--key-file`; ignored when `recovery` is set. `None`: the terminal prompt (or one line
     /// of a non-terminal stdin).
     pub key_file: Option<PathBuf>,
@@ -260,22 +262,21 @@ pub(super) fn unlock_all(
         } else {
             Access::WriteExclusive
         };
-        let file = volume::open_image(&x.image, access).map_err(|e| in_export(named, x, e))?;
-        let lh = volume::load_header(&file, &x.image).map_err(|e| in_export(named, x, e))?;
-        super::warn_all(&lh.warnings);
-        opened.push((file, lh));
+        let (o, lh) = super::open_loaded(&x.image, x.header.as_deref(), access)
+            .map_err(|e| in_export(named, x, e))?;
+        opened.push((o, lh));
     }
     let mut vols: Vec<(ExportConfig, Arc<Volume>)> = Vec::with_capacity(exports.len());
-    for (x, (file, lh)) in exports.iter().zip(opened) {
+    for (x, (o, lh)) in exports.iter().zip(opened) {
         let source = match &x.recovery {
             Some(f) => Source::Recovery(f.as_deref()),
             None => Source::Passphrase(x.key_file.as_deref()),
         };
         let key = unlock_with_tries(source, &x.image, |pass| {
-            super::try_unlock(&file, &x.image, &lh, pass, x.key_slot)
+            super::try_unlock(&o.header, &o.header_path, &lh, pass, x.key_slot)
         })
         .map_err(|e| in_export(named, x, e))?;
-        let vol = Volume::new(file, &x.image, &lh, key, x.read_only)
+        let vol = Volume::new(o.data, &x.image, &lh, key, x.read_only)
             .map_err(|e| in_export(named, x, e))?
             .with_discard(x.discard);
         warn_discard(&lh, x.discard);
@@ -422,6 +423,7 @@ pub fn demo(
                 force_iterations: None,
             },
             label: Some("nbdcrypt-demo".into()),
+            header: None,
         };
         eprintln!(
             "creating {} (key in {}) ...",
@@ -460,6 +462,7 @@ pub fn demo(
         vec![ImageExport {
             name: "demo".into(),
             image,
+            header: None,
             key_file: Some(key),
             recovery: None,
             key_slot: None,

@@ -285,7 +285,10 @@ pub fn check_layout(hdr: &BinaryHeader, md: &Metadata) -> Result<(), FormatError
             return Err(unsupported(format!("segment {key} {v} is not supported")));
         }
     }
-    if seg.offset < ks_end || seg.offset % seg.sector_size as u64 != 0 {
+    // Offset 0 is a detached header's data segment (cryptsetup `--header`): the data file
+    // holds only ciphertext. Whether the header really is detached is the volume layer's
+    // check (`volume::load_header` refuses offset 0 in an image that holds its header).
+    if (seg.offset != 0 && seg.offset < ks_end) || seg.offset % seg.sector_size as u64 != 0 {
         return Err(FormatError::Corrupt(format!(
             "data segment offset {} overlaps the header or is not sector-aligned",
             seg.offset

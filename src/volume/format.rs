@@ -1,5 +1,5 @@
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::Map;
 
@@ -71,6 +71,10 @@ pub struct FormatOptions {
     pub kdf: KdfChoice,
     /// Optional label (at most 47 bytes).
     pub label: Option<String>,
+    /// A detached header file (cryptsetup `--header`, `format-spec.md` §1.1): the header goes
+    /// there (created, mode 0600, 16 MiB), and the image holds only the data segment, from
+    /// offset 0.
+    pub header: Option<PathBuf>,
 }
 
 /// Time to spend on the volume key digest's PBKDF2, ms (cryptsetup: 125 ms at `--iter-time` 2000).
@@ -215,7 +219,8 @@ fn random_uuid() -> Result<String, VolumeError> {
 
 /// Create a LUKS2 volume in the image at `path` (`format-spec.md` §5): a fresh 512-bit volume
 /// key, keyslot 0 holding it under `passphrase`, a `pbkdf2` digest, one `aes-xts-plain64` crypt
-/// segment at 16 MiB. The keyslots area is filled with random bytes and written first, then the
+/// segment at 16 MiB — or, with [`FormatOptions::header`], the header in that file and the
+/// segment at offset 0 of the image (`format-spec.md` §1.1). The keyslots area is filled with random bytes and written first, then the
 /// secondary and the primary header copy, each followed by `fdatasync`. The data area is not
 /// touched. Returns the UUID.
 ///
@@ -253,7 +258,11 @@ pub fn format(path: &Path, opts: &FormatOptions, passphrase: &[u8]) -> Result<St
             })
         }
     };
-    let min_len = DEFAULT_DATA_OFFSET + opts.sector_size as u64;
+    let data_offset = match opts.header {
+        Some(_) => 0,
+        None => DEFAULT_DATA_OFFSET,
+    };
+    let min_len = data_offset + opts.sector_size as u64;
     let len = match (opts.size, existing) {
         (Some(size), Some(old)) if size < old => {
             return Err(VolumeError::InvalidArgument(format!(
@@ -268,10 +277,16 @@ pub fn format(path: &Path, opts: &FormatOptions, passphrase: &[u8]) -> Result<St
             Some(_) => "--size".to_string(),
             None => format!("the existing image ({len} bytes)"),
         };
-        return Err(VolumeError::InvalidArgument(format!(
-            "{what} is too small: LUKS2 needs {DEFAULT_DATA_OFFSET} bytes of header plus at least one {}-byte sector (e.g. --size 17M)",
-            opts.sector_size
-        )));
+        return Err(VolumeError::InvalidArgument(match opts.header {
+            None => format!(
+                "{what} is too small: LUKS2 needs {DEFAULT_DATA_OFFSET} bytes of header plus at least one {}-byte sector (e.g. --size 17M)",
+                opts.sector_size
+            ),
+            Some(_) => format!(
+                "{what} is too small: the data file needs at least one {}-byte sector",
+                opts.sector_size
+            ),
+        }));
     }
     let kdf = choose_kdf(&opts.kdf)?;
 
@@ -287,6 +302,45 @@ pub fn format(path: &Path, opts: &FormatOptions, passphrase: &[u8]) -> Result<St
         })?;
     super::lock(&file, path, Access::HeaderWrite)?;
     let file_len = super::image_len(&file, path)?;
+    // The file the header goes to: the image itself, or the detached header file.
+    let (hfile, hpath) = match &opts.header {
+        None => (
+            file.try_clone().map_err(|e| VolumeError::Device {
+                path: path.to_owned(),
+                source: e,
+            })?,
+            path,
+        ),
+        Some(h) => {
+            use std::os::unix::fs::OpenOptionsExt;
+            let hf = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(h)
+                .map_err(|e| VolumeError::Device {
+                    path: h.clone(),
+                    source: e,
+                })?;
+            if !hf
+                .metadata()
+                .map_err(|e| VolumeError::Device {
+                    path: h.clone(),
+                    source: e,
+                })?
+                .is_file()
+            {
+                return Err(VolumeError::InvalidArgument(format!(
+                    "{} is not a regular file",
+                    h.display()
+                )));
+            }
+            super::lock(&hf, h, Access::HeaderWrite)?;
+            (hf, h.as_path())
+        }
+    };
 
     let vk = SecretBytes::random(VOLUME_KEY_SIZE)?;
     let digest_iterations = match opts.kdf.force_iterations {
@@ -327,7 +381,7 @@ pub fn format(path: &Path, opts: &FormatOptions, passphrase: &[u8]) -> Result<St
             Id(0),
             Segment {
                 kind: "crypt".into(),
-                offset: DEFAULT_DATA_OFFSET,
+                offset: data_offset,
                 size: SegmentSize::Dynamic,
                 iv_tweak: 0,
                 encryption: CIPHER.into(),
@@ -369,7 +423,7 @@ pub fn format(path: &Path, opts: &FormatOptions, passphrase: &[u8]) -> Result<St
         hdr_offset: 0,
         csum: [0; 64],
     };
-    let copies = encode_copies(path, &base, &md, 1)?;
+    let copies = encode_copies(hpath, &base, &md, 1)?;
 
     if len > file_len {
         file.set_len(len).map_err(|e| VolumeError::Io {
@@ -386,12 +440,12 @@ pub fn format(path: &Path, opts: &FormatOptions, passphrase: &[u8]) -> Result<St
         let n = ((DEFAULT_DATA_OFFSET - at) as usize).min(fill.len());
         getrandom::fill(&mut fill[..n])
             .map_err(|e| VolumeError::Crypto(crate::crypto::CryptoError::Random(e.to_string())))?;
-        write_step(&file, path, &fill[..n], at, "keyslots area fill")?;
+        write_step(&hfile, hpath, &fill[..n], at, "keyslots area fill")?;
         at += n as u64;
     }
-    write_step(&file, path, &material, ks_offset, "keyslot area")?;
-    sync_step(&file, path, "sync keyslots area")?;
-    write_copies(&file, path, &copies)?;
+    write_step(&hfile, hpath, &material, ks_offset, "keyslot area")?;
+    sync_step(&hfile, hpath, "sync keyslots area")?;
+    write_copies(&hfile, hpath, &copies)?;
     Ok(base.uuid)
 }
 

@@ -27,9 +27,18 @@ pub struct LoadedHeader {
     pub max_seqid: u64,
     /// Human-readable warnings (a damaged copy, differing `seqid`s). Nothing is repaired.
     pub warnings: Vec<String>,
+    /// Read from a detached header file (`--header`): the data segment is in another file.
+    pub detached: bool,
 }
 
 impl LoadedHeader {
+    /// Length in bytes of the header area: both metadata copies and the keyslots area
+    /// (`2 × hdr_size + keyslots_size`), or the data offset when that is larger in an image
+    /// holding its own header. This is what a header backup holds (`format-spec.md` §7.7).
+    pub fn header_area_len(&self) -> u64 {
+        header_area_len(&self.header, &self.metadata)
+    }
+
     /// Whether the header carries cryptsetup's persistent `allow-discards` flag (LUKS2
     /// `config.flags`, set by `cryptsetup refresh --persistent --allow-discards`).
     pub fn allow_discards(&self) -> bool {
@@ -39,6 +48,15 @@ impl LoadedHeader {
             .iter()
             .flatten()
             .any(|f| f == "allow-discards")
+    }
+}
+
+/// [`LoadedHeader::header_area_len`] of one metadata copy.
+pub(crate) fn header_area_len(h: &BinaryHeader, md: &Metadata) -> u64 {
+    let areas = 2 * h.hdr_size + md.config.keyslots_size;
+    match md.segments.values().next() {
+        Some(seg) if seg.offset > areas => seg.offset,
+        _ => areas,
     }
 }
 
@@ -102,7 +120,31 @@ fn read_copy(
 /// [`VolumeError::Corrupt`] when both are damaged (the reason names both failures) or the layout
 /// is inconsistent, [`VolumeError::Unsupported`] outside the profile, [`VolumeError::Device`]
 /// when the file's size cannot be read.
+///
+/// The data segment lies in the same file: a segment at offset 0 (a detached header's) is
+/// refused as [`VolumeError::Corrupt`] with a hint at `--header`.
 pub fn load_header(file: &File, path: &Path) -> Result<LoadedHeader, VolumeError> {
+    load_header_from(file, path, None)
+}
+
+/// [`load_header`] for a detached header (cryptsetup `--header`, `format-spec.md` §1.1): the
+/// metadata and keyslots are read from `header` at `header_path`, and the data segment is
+/// placed in a separate data file of `data_len` bytes (usually at offset 0).
+/// [`LoadedHeader::image_len`] is then the data file's length. Errors: as [`load_header`],
+/// naming `header_path`.
+pub fn load_detached_header(
+    header: &File,
+    header_path: &Path,
+    data_len: u64,
+) -> Result<LoadedHeader, VolumeError> {
+    load_header_from(header, header_path, Some(data_len))
+}
+
+fn load_header_from(
+    file: &File,
+    path: &Path,
+    data_len: Option<u64>,
+) -> Result<LoadedHeader, VolumeError> {
     let image_len = super::image_len(file, path)?;
     let primary = read_copy(file, 0, image_len, Copy::Primary);
     // The secondary sits at the primary's hdr_size. Only when the primary is unusable are the
@@ -187,8 +229,18 @@ pub fn load_header(file: &File, path: &Path) -> Result<LoadedHeader, VolumeError
             });
         }
     };
-    let segment = format::data_segment(&metadata, image_len)
+    let header_end = 2 * header.hdr_size + metadata.config.keyslots_size;
+    let segment = format::data_segment(&metadata, data_len.unwrap_or(image_len))
         .map_err(|e| VolumeError::from_format(path, e))?;
+    if data_len.is_none() && segment.offset < header_end {
+        return Err(VolumeError::Corrupt {
+            path: path.to_owned(),
+            reason: format!(
+                "data segment offset {} overlaps the header: this is a detached header (give the data file as IMAGE and this file as --header)",
+                segment.offset
+            ),
+        });
+    }
     let max_seqid = [0, header.hdr_size]
         .into_iter()
         .filter_map(|at| checksummed_seqid(file, at, image_len))
@@ -197,7 +249,8 @@ pub fn load_header(file: &File, path: &Path) -> Result<LoadedHeader, VolumeError
         header,
         metadata,
         segment,
-        image_len,
+        image_len: data_len.unwrap_or(image_len),
+        detached: data_len.is_some(),
         max_seqid,
         warnings,
     })

@@ -8,17 +8,24 @@ mod data;
 mod error;
 mod format;
 mod header_io;
+mod image;
 mod unlock;
 mod update;
+mod wipe;
 
 pub use data::{segment_hole_bytes, Discard, Run, Volume, MAX_ALLOCATION_RUNS, PUNCH_ALIGN};
 pub use error::VolumeError;
 pub use format::{format, FormatOptions, KdfChoice, KdfKind};
-pub use header_io::{load_header, LoadedHeader};
+pub use header_io::{load_detached_header, load_header, LoadedHeader};
+pub use image::OpenedImage;
 pub use unlock::{unlock, UnlockedKey};
 pub use update::{
     add_keyslot, change_keyslot, check_backup, erase, header_bytes, kill_keyslot, repair,
     restore_header, verify_volume_key, NewKeyslot, FAULT_STEP_ENV, MAX_KEYSLOTS,
+};
+pub use wipe::{
+    read_wipe_state, remove_wipe_state, wipe, wipe_state_path, write_wipe_state, WipeState,
+    WIPE_CHECKPOINT, WIPE_SIGINT_ENV, WIPE_STATE_SUFFIX,
 };
 
 use std::fs::File;

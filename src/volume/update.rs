@@ -426,10 +426,11 @@ pub fn repair(file: &File, path: &Path, lh: &LoadedHeader) -> Result<bool, Volum
     Ok(true)
 }
 
-/// The header area of the image (`[0, data segment offset)`: both metadata copies and the
-/// keyslots area), which is what `cryptsetup luksHeaderBackup` saves.
+/// The header area of the image (both metadata copies and the keyslots area,
+/// [`LoadedHeader::header_area_len`] bytes from 0: up to the data segment in an image, the
+/// whole header of a detached header file), which is what `cryptsetup luksHeaderBackup` saves.
 pub fn header_bytes(file: &File, path: &Path, lh: &LoadedHeader) -> Result<Vec<u8>, VolumeError> {
-    let mut buf = vec![0u8; lh.segment.offset as usize];
+    let mut buf = vec![0u8; lh.header_area_len() as usize];
     file.read_exact_at(&mut buf, 0)
         .map_err(|e| VolumeError::Io {
             op: "read header area",
@@ -482,12 +483,12 @@ pub fn check_backup(backup: &Path, bytes: &[u8]) -> Result<(BinaryHeader, Metada
             )))
         }
     };
-    let seg = format::data_segment(&md, u64::MAX).map_err(|e| corrupt(e.to_string()))?;
-    if bytes.len() as u64 != seg.offset {
+    format::data_segment(&md, u64::MAX).map_err(|e| corrupt(e.to_string()))?;
+    let want = super::header_io::header_area_len(&h, &md);
+    if bytes.len() as u64 != want {
         return Err(corrupt(format!(
-            "backup is {} bytes, its header says the data starts at {}",
+            "backup is {} bytes, its header says the header area is {want}",
             bytes.len(),
-            seg.offset
         )));
     }
     Ok((h, md))
@@ -497,7 +498,7 @@ pub fn check_backup(backup: &Path, bytes: &[u8]) -> Result<(BinaryHeader, Metada
 /// `format-spec.md` §7.7): the backup's keyslots area first, synced; then the backup's chosen
 /// valid copy, re-encoded as the next version (`seqid` above the image's `image_seqid` and the
 /// backup's own) to the secondary and the primary place, each synced — a damaged copy in the
-/// backup is never written. The image must be longer than the backup. A restore stopped
+/// backup is never written. The image must be longer than the backup (a detached header file: at least as long). A restore stopped
 /// before its header writes leaves neither header able to open: run it again.
 pub fn restore_header(
     file: &File,
@@ -507,7 +508,9 @@ pub fn restore_header(
 ) -> Result<(), VolumeError> {
     let (h, md) = check_backup(path, bytes)?;
     let len = super::image_len(file, path)?;
-    if len <= bytes.len() as u64 {
+    // A detached header file (data at offset 0 elsewhere) is exactly the backup's size.
+    let detached = md.segments.values().next().is_some_and(|s| s.offset == 0);
+    if len < bytes.len() as u64 || (len == bytes.len() as u64 && !detached) {
         return Err(VolumeError::InvalidArgument(format!(
             "the image ({len} bytes) is not larger than the header backup ({} bytes)",
             bytes.len()

@@ -124,16 +124,24 @@ pub fn cryptsetup_format(image: &Path, key: &Path, size: u64, sector: u32, pbkdf
 
 /// The volume key of an image, from `cryptsetup luksDump --dump-volume-key` (hex).
 pub fn cryptsetup_volume_key(image: &Path, key: &Path) -> String {
+    cryptsetup_volume_key_with(image, None, key)
+}
+
+/// [`cryptsetup_volume_key`] with an optional detached header (`--header HEADER`).
+pub fn cryptsetup_volume_key_with(image: &Path, header: Option<&Path>, key: &Path) -> String {
     let cs = require("cryptsetup", "cryptsetup-bin");
-    let out = ok(Command::new(cs)
-        .args([
-            "luksDump",
-            "--dump-volume-key",
-            "--batch-mode",
-            "--key-file",
-        ])
-        .arg(key)
-        .arg(image));
+    let mut cmd = Command::new(cs);
+    cmd.args([
+        "luksDump",
+        "--dump-volume-key",
+        "--batch-mode",
+        "--key-file",
+    ])
+    .arg(key);
+    if let Some(h) = header {
+        cmd.arg("--header").arg(h);
+    }
+    let out = ok(cmd.arg(image));
     let mut hex = String::new();
     let mut in_key = false;
     for line in out.lines() {
