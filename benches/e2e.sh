@@ -10,6 +10,7 @@
 #   REPS=3       repetitions of every job on every server (the median is reported)
 #   SECTOR=512   nbdcrypt's encryption sector size, 512 (as LUKS1) or 4096
 #   SERVERS="nbdcrypt nbdkit-luks qemu-nbd nbdkit-file"   subset / order of the servers
+#   JOBS="seqwrite seqread randread32 randwrite32 lat1 copyin copyout"   subset of the jobs
 #   KEEP=1       keep the work directory (images, logs, fio JSON) instead of deleting it
 #   PROFILE=1    instead of the comparison, record each fio job (RUNTIME s, once) on each server
 #                of SERVERS (default then: nbdcrypt) with `perf record` (linux-perf) and print
@@ -209,7 +210,7 @@ job() {
         copyout) timed_mbs nbdcopy --request-size=4194304 --no-extents "$(uri "$s")" null: ;;
     esac
 }
-JOBS=(seqwrite seqread randread32 randwrite32 lat1 copyin copyout)
+read -r -a JOBS <<<"${JOBS:-seqwrite seqread randread32 randwrite32 lat1 copyin copyout}"
 declare -A HEAD=(
     [seqwrite]="seq write 4M QD8 MB/s" [seqread]="seq read 4M QD8 MB/s"
     [randread32]="4k randread QD32 IOPS" [randwrite32]="4k randwrite QD32 IOPS"
