@@ -305,4 +305,8 @@ unsafe fn xts_vaes(
             }
         }
     }
+    // The broadcast round keys are a copy of key material on the stack: wipe it.
+    for k in keys.iter_mut() {
+        std::ptr::write_volatile(k, _mm256_xor_si256(*k, *k));
+    }
 }
