@@ -358,12 +358,13 @@ if has nbdcrypt && has nbdkit-luks && has nbdkit-file; then
         }'
     }
     r() { awk -v a="${MED[$1,nbdcrypt]}" -v b="${MED[$1,$2]}" 'BEGIN { printf "%.4f", a / b }'; }
-    check "seq write 4M / nbdkit+luks" "$(r seqwrite nbdkit-luks)" ">=" 2
-    check "seq read 4M / nbdkit+luks" "$(r seqread nbdkit-luks)" ">=" 2
-    check "seq write 4M / nbdkit file" "$(r seqwrite nbdkit-file)" ">=" 0.8
-    check "seq read 4M / nbdkit file" "$(r seqread nbdkit-file)" ">=" 0.8
-    check "4k randread QD32 IOPS / nbdkit+luks" "$(r randread32 nbdkit-luks)" ">=" 1.3
-    check "4k randwrite QD32 IOPS / nbdkit+luks" "$(r randwrite32 nbdkit-luks)" ">=" 1.3
-    check "4k QD1 latency / nbdkit file" "$(r lat1 nbdkit-file)" "<=" 1.2
+    ran() { [[ " ${JOBS[*]} " == *" $1 "* ]]; } # targets of jobs left out (JOBS=) are skipped
+    ran seqwrite && check "seq write 4M / nbdkit+luks" "$(r seqwrite nbdkit-luks)" ">=" 2
+    ran seqread && check "seq read 4M / nbdkit+luks" "$(r seqread nbdkit-luks)" ">=" 2
+    ran seqwrite && check "seq write 4M / nbdkit file" "$(r seqwrite nbdkit-file)" ">=" 0.8
+    ran seqread && check "seq read 4M / nbdkit file" "$(r seqread nbdkit-file)" ">=" 0.8
+    ran randread32 && check "4k randread QD32 IOPS / nbdkit+luks" "$(r randread32 nbdkit-luks)" ">=" 1.3
+    ran randwrite32 && check "4k randwrite QD32 IOPS / nbdkit+luks" "$(r randwrite32 nbdkit-luks)" ">=" 1.3
+    ran lat1 && check "4k QD1 latency / nbdkit file" "$(r lat1 nbdkit-file)" "<=" 1.2
     echo "- nbdcrypt peak RSS (VmHWM): ${RSS[nbdcrypt]} MiB"
 fi
