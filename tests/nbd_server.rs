@@ -723,3 +723,129 @@ async fn sixty_four_requests_in_flight_and_replies_out_of_order() {
     req(&mut wr, 0, CMD_DISC, 999, 0, 0).await;
     assert_eq!(session.await.unwrap().unwrap(), SessionEnd::Disconnected);
 }
+
+/// A [`MemExport`] that serves READs/WRITEs of up to 64 KiB inline (as a volume does) and
+/// records how many calls of each kind were inside it at once: small calls stay 2 ms inside
+/// (so any two served concurrently overlap), large READs wait until 4 are inside (or 10 s).
+struct InlineExport {
+    mem: Arc<MemExport>,
+    inside: std::sync::atomic::AtomicUsize,
+    most_small: std::sync::atomic::AtomicUsize,
+    most_large: std::sync::atomic::AtomicUsize,
+}
+
+impl InlineExport {
+    fn enter(&self, len: usize) {
+        let now = self.inside.fetch_add(1, Ordering::SeqCst) + 1;
+        if len <= 64 << 10 {
+            self.most_small.fetch_max(now, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(2));
+        } else {
+            self.most_large.fetch_max(now, Ordering::SeqCst);
+            wait_until(|| self.most_large.load(Ordering::SeqCst) >= 4);
+        }
+        self.inside.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl BlockExport for InlineExport {
+    fn size(&self) -> u64 {
+        self.mem.size()
+    }
+    fn min_block_size(&self) -> u32 {
+        self.mem.min_block_size()
+    }
+    fn inline_limit(&self) -> u32 {
+        64 << 10
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.enter(buf.len());
+        self.mem.read_at(buf, offset)
+    }
+    fn write_at(&self, data: &[u8], offset: u64, fua: bool) -> std::io::Result<()> {
+        self.enter(data.len());
+        self.mem.write_at(data, offset, fua)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> std::io::Result<()> {
+        self.mem.write_zeroes(offset, len, fua)
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        self.mem.flush()
+    }
+}
+
+/// With an export's `inline_limit` of 64 KiB, pipelined READs and WRITEs up to that size are
+/// served one at a time (inline on the connection's reader), with the right data although
+/// their buffers are reused from request to request; one byte-sector over the limit, READs
+/// again run in parallel on the blocking pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_requests_are_served_inline_large_ones_in_parallel() {
+    let ex = Arc::new(InlineExport {
+        mem: MemExport::new(4 * MIB, 512),
+        inside: 0.into(),
+        most_small: 0.into(),
+        most_large: 0.into(),
+    });
+    let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (session, mut rd, mut wr) =
+        duplex_session(exports(ex.clone()), Arc::default(), stop_rx, 1 << 20).await;
+    export_name(&mut rd, &mut wr, EXPORT.as_bytes()).await;
+    // 4 KiB and 64 KiB (the limit) writes of distinct patterns, pipelined; then read back.
+    let sizes: Vec<u32> = (0..24)
+        .map(|i| if i % 3 == 0 { 64 << 10 } else { 4096 })
+        .collect();
+    let offset = |i: usize| i as u64 * (64 << 10);
+    let pattern = |i: usize, len: u32| -> Vec<u8> {
+        (0..len).map(|b| (b as usize * 7 + i * 13) as u8).collect()
+    };
+    for (i, &len) in sizes.iter().enumerate() {
+        req(&mut wr, 0, CMD_WRITE, i as u64, offset(i), len).await;
+        wr.write_all(&pattern(i, len)).await.unwrap();
+    }
+    for _ in &sizes {
+        assert_eq!(reply(&mut rd).await.0, 0);
+    }
+    for (i, &len) in sizes.iter().enumerate() {
+        req(&mut wr, 0, CMD_READ, i as u64, offset(i), len).await;
+    }
+    for _ in &sizes {
+        let (err, cookie) = reply(&mut rd).await;
+        assert_eq!(err, 0);
+        let i = cookie as usize;
+        let mut data = vec![0u8; sizes[i] as usize];
+        rd.read_exact(&mut data).await.unwrap();
+        assert!(
+            data == pattern(i, sizes[i]),
+            "READ {i} returns what WRITE {i} wrote"
+        );
+    }
+    assert_eq!(
+        ex.most_small.load(Ordering::SeqCst),
+        1,
+        "small requests were served concurrently, not inline"
+    );
+    for i in 0..4u64 {
+        req(
+            &mut wr,
+            0,
+            CMD_READ,
+            100 + i,
+            i * MIB as u64,
+            (64 << 10) + 512,
+        )
+        .await;
+    }
+    for _ in 0..4 {
+        let (err, _) = reply(&mut rd).await;
+        assert_eq!(err, 0);
+        let mut data = vec![0u8; (64 << 10) + 512];
+        rd.read_exact(&mut data).await.unwrap();
+    }
+    assert_eq!(
+        ex.most_large.load(Ordering::SeqCst),
+        4,
+        "READs over the limit did not run in parallel"
+    );
+    req(&mut wr, 0, CMD_DISC, 999, 0, 0).await;
+    assert_eq!(session.await.unwrap().unwrap(), SessionEnd::Disconnected);
+}

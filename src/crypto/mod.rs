@@ -18,6 +18,8 @@ pub mod keyslot;
 pub mod recovery;
 pub mod secret;
 pub mod xts;
+#[cfg(target_arch = "x86_64")]
+mod xts_ni;
 
 pub use af::{af_merge, af_split};
 pub use digest::{compute_digest, verify_digest};

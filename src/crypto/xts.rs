@@ -64,6 +64,9 @@ enum Inner {
 /// drop only if the `aes` crate's `zeroize` feature is enabled.
 pub struct SectorCipher {
     inner: Inner,
+    /// The fused AES-NI path for AES-256 keys, when the CPU has AES-NI.
+    #[cfg(target_arch = "x86_64")]
+    ni: Option<Box<super::xts_ni::XtsNi>>,
 }
 
 impl fmt::Debug for SectorCipher {
@@ -107,7 +110,11 @@ impl SectorCipher {
             32 => Inner::Aes128(Keys::new(key)?),
             n => return Err(CryptoError::UnsupportedKeySize(n)),
         };
-        Ok(Self { inner })
+        Ok(Self {
+            inner,
+            #[cfg(target_arch = "x86_64")]
+            ni: super::xts_ni::XtsNi::new(key),
+        })
     }
 
     /// Key length in bytes (32 or 64).
@@ -146,18 +153,30 @@ impl SectorCipher {
             panic!("SectorCipher: {e}");
         }
         let step = (sector_size / IV_SECTOR_SIZE) as u64;
+        #[cfg(target_arch = "x86_64")]
+        if let Some(ni) = self.ni.as_deref() {
+            let run = |chunk: &mut [u8], iv: u64| ni.apply(chunk, sector_size, iv, step, encrypt);
+            return split(buf, first_iv, run);
+        }
         let run = |chunk: &mut [u8], iv: u64| match &self.inner {
             Inner::Aes128(k) => xts_sectors(k, chunk, sector_size, iv, step, encrypt),
             Inner::Aes256(k) => xts_sectors(k, chunk, sector_size, iv, step, encrypt),
         };
-        if buf.len() < PARALLEL_THRESHOLD {
-            run(buf, first_iv);
-        } else {
-            let per_chunk = (PARALLEL_CHUNK / IV_SECTOR_SIZE) as u64;
-            buf.par_chunks_mut(PARALLEL_CHUNK)
-                .enumerate()
-                .for_each(|(i, chunk)| run(chunk, first_iv.wrapping_add(i as u64 * per_chunk)));
-        }
+        split(buf, first_iv, run);
+    }
+}
+
+/// `run(buf, first_iv)` on this thread for small buffers; for buffers of at least
+/// [`PARALLEL_THRESHOLD`] bytes, `run` on [`PARALLEL_CHUNK`]-byte pieces across rayon's pool,
+/// each with its own first IV.
+fn split(buf: &mut [u8], first_iv: u64, run: impl Fn(&mut [u8], u64) + Sync) {
+    if buf.len() < PARALLEL_THRESHOLD {
+        run(buf, first_iv);
+    } else {
+        let per_chunk = (PARALLEL_CHUNK / IV_SECTOR_SIZE) as u64;
+        buf.par_chunks_mut(PARALLEL_CHUNK)
+            .enumerate()
+            .for_each(|(i, chunk)| run(chunk, first_iv.wrapping_add(i as u64 * per_chunk)));
     }
 }
 

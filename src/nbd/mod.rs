@@ -12,7 +12,8 @@
 //!   graceful shutdown ([`serve`], [`ServerOptions`]);
 //! - [`kernel`]: the Linux kernel client (`/dev/nbdN`) over a socket pair, through netlink
 //!   or the NBD ioctls, the server side starting at transmission ([`run_transmission`]);
-//! - [`tls`]: the TLS mode and the rustls acceptor built from PEM files ([`TlsConfig`]).
+//! - [`tls`]: the TLS mode and the rustls acceptor built from PEM files ([`TlsConfig`]);
+//! - [`buffers`]: the server-wide pool of reused READ/WRITE data buffers.
 //!
 //! Exports ([`Exports`]): any number, each an [`ExportConfig`] and an `Arc<dyn BlockExport>`,
 //! selected by name in `EXPORT_NAME`, `INFO`, `GO`, `LIST_META_CONTEXT` and
@@ -39,6 +40,7 @@
 //! volume implements [`BlockExport`].
 
 pub mod activation;
+pub mod buffers;
 pub mod kernel;
 pub mod proto;
 pub mod server;
@@ -62,7 +64,8 @@ use std::sync::Arc;
 /// What the server exports: a byte-addressed block device.
 ///
 /// Offsets and lengths are in bytes. All calls are blocking; the session runs them on tokio's
-/// blocking pool, and many run concurrently (from one or several connections), so
+/// blocking pool (small READs/WRITEs inline if [`inline_limit`](BlockExport::inline_limit)
+/// says so), and many run concurrently (from one or several connections), so
 /// implementations do their own locking. The session validates every range against
 /// [`size`](BlockExport::size) before calling, so `offset + len <= size()` always holds.
 ///
@@ -114,6 +117,23 @@ pub trait BlockExport: Send + Sync + 'static {
             length: u64::from(len),
             status: 0,
         }])
+    }
+
+    /// READs and WRITEs of at most this many bytes are served inline, on the runtime thread
+    /// reading the connection's requests, instead of on tokio's blocking pool (whose thread
+    /// hand-offs cost more than a page-cache `pread` + XTS of 4 KiB). Meanwhile that
+    /// connection reads no further requests, so only an export whose small calls take
+    /// microseconds (memory, page cache, tmpfs) should return more than 0, the default (every
+    /// call on the blocking pool, many at once per connection).
+    fn inline_limit(&self) -> u32 {
+        0
+    }
+
+    /// Whether [`block_status`](BlockExport::block_status) can ever report anything but data
+    /// (a hole). When false (the default) the session does not ask it for structured READs
+    /// without `DF`, which then always go out as one `OFFSET_DATA` chunk.
+    fn reports_holes(&self) -> bool {
+        false
     }
 
     /// [`write_at`](BlockExport::write_at) for a connection that may be abandoned: when

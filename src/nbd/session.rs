@@ -11,9 +11,11 @@
 //! `NBD_REP_ERR_TLS_REQD`, and `EXPORT_NAME` closes the connection.
 //!
 //! Transmission ("Transmission", "Ordering of messages and writes"): a reader parses requests
-//! and spawns one task per request (bounded by [`MAX_IN_FLIGHT`] requests and
-//! [`MAX_BUFFERED_BYTES`] of buffers); each task runs the export call on the blocking pool and
-//! queues its reply; a writer sends replies in completion order.
+//! (bounded by [`MAX_IN_FLIGHT`] requests and [`MAX_BUFFERED_BYTES`] of buffers). READs and
+//! WRITEs of at most [`BlockExport::inline_limit`] bytes it serves itself, on its runtime
+//! thread (no thread hand-off); for every other request it spawns a task that runs the export
+//! call on the blocking pool. Replies are queued; a writer sends them in completion order. Data buffers
+//! come from, and go back to, the server-wide [`BufferPool`] (no zero-filling per request).
 //!
 //! Reply style ("Simple reply message", "Structured reply chunk message"): without
 //! `NBD_OPT_STRUCTURED_REPLY` (the kernel client) every reply is simple. Once it is
@@ -39,6 +41,7 @@ use tokio::io::{
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
+use super::buffers::BufferPool;
 use super::proto::{self, Command, Negotiated, Request, Verdict};
 use super::tls::{TlsConfig, TlsMode};
 use super::{BlockExport, Exports};
@@ -722,6 +725,94 @@ fn errno_of_write(r: &Result<io::Result<bool>, tokio::task::JoinError>) -> u32 {
     }
 }
 
+/// Serve a READ of `req.length` > 0 bytes now, on this thread: the reply with the data (from
+/// the [`BufferPool`], returned to it once sent), or an `EIO` error reply.
+fn serve_read(
+    export: &dyn BlockExport,
+    req: &Request,
+    neg: &Negotiated,
+    stats: &SessionStats,
+) -> Reply {
+    let (cookie, off, len, sr) = (req.cookie, req.offset, req.length, neg.structured);
+    // Holes are looked up only where a structured reply may fragment (no DF), and only when
+    // the export can have any (discard passdown).
+    let fragments = sr && req.flags & proto::CMD_FLAG_DF == 0 && export.reports_holes();
+    let pool = BufferPool::global();
+    let mut buf = pool.take(len as usize);
+    let r = export.read_at(&mut buf, off).and_then(|()| {
+        Ok(if fragments {
+            let extents = export.block_status(off, len)?;
+            proto::encode_read_chunks(cookie, off, &buf, &extents)
+        } else {
+            None
+        })
+    });
+    match r {
+        // The whole read is done before anything is sent, so the last chunk can carry DONE.
+        // With holes (discard passdown, no DF): OFFSET_HOLE and OFFSET_DATA chunks; otherwise
+        // one OFFSET_DATA chunk (so DF is honoured for any length up to MAX_PAYLOAD).
+        Ok(chunks) => {
+            SessionStats::add(&stats.bytes_read, u64::from(len));
+            match chunks {
+                Some(chunks) => {
+                    pool.give(buf);
+                    Reply::new(chunks, Vec::new())
+                }
+                None if sr => Reply::new(
+                    proto::encode_offset_data_header(cookie, off, len, true),
+                    buf,
+                ),
+                None => Reply::new(proto::encode_simple_reply(0, cookie).to_vec(), buf),
+            }
+        }
+        Err(e) => {
+            pool.give(buf);
+            Reply::error(sr, errno_of::<()>(&Ok(Err(e))), cookie)
+        }
+    }
+}
+
+/// Serve a WRITE of `payload` (`req.length` > 0 bytes, from the [`BufferPool`], returned to
+/// it here) now, on this thread. Skipped once `abandoned` is set
+/// ([`BlockExport::write_at_unless`]).
+fn serve_write(
+    export: &dyn BlockExport,
+    req: &Request,
+    payload: Vec<u8>,
+    neg: &Negotiated,
+    stats: &SessionStats,
+    abandoned: &AtomicBool,
+) -> Reply {
+    let r = export.write_at_unless(&payload, req.offset, req.fua(), abandoned);
+    BufferPool::global().give(payload);
+    let err = errno_of_write(&Ok(r));
+    if err == 0 {
+        SessionStats::add(&stats.bytes_written, u64::from(req.length));
+    }
+    Reply::status(neg.structured, err, req.cookie)
+}
+
+/// Whether `req` (validated, to be served) is a READ or WRITE small enough to serve inline
+/// (`limit`: [`BlockExport::inline_limit`]).
+fn inline(req: &Request, limit: u32) -> bool {
+    matches!(req.command, Command::Read | Command::Write) && req.length > 0 && req.length <= limit
+}
+
+/// Serve an [`inline`] request on this thread.
+fn serve_inline(
+    export: &dyn BlockExport,
+    req: &Request,
+    payload: Vec<u8>,
+    neg: &Negotiated,
+    stats: &SessionStats,
+    abandoned: &AtomicBool,
+) -> Reply {
+    match req.command {
+        Command::Read => serve_read(export, req, neg, stats),
+        _ => serve_write(export, req, payload, neg, stats, abandoned),
+    }
+}
+
 /// Run one validated request against the export and build its reply.
 ///
 /// Writes are skipped once `abandoned` is set (see [`BlockExport::write_at_unless`]); their
@@ -731,66 +822,23 @@ async fn handle(
     req: Request,
     payload: Vec<u8>,
     neg: Negotiated,
-    stats: &SessionStats,
+    stats: Arc<SessionStats>,
     abandoned: Arc<AtomicBool>,
 ) -> Reply {
     let cookie = req.cookie;
     let len = req.length as usize;
     let sr = neg.structured;
     match req.command {
-        Command::Read if len == 0 => Reply::ok(sr, cookie),
-        Command::Read => {
-            let off = req.offset;
-            // Holes are looked up only where a structured reply may fragment (no DF); an
-            // export that reports everything as data (discard ignore) costs nothing here.
-            let fragments = sr && req.flags & proto::CMD_FLAG_DF == 0;
+        Command::Read | Command::Write if len == 0 => Reply::ok(sr, cookie),
+        Command::Read | Command::Write => {
             let r = tokio::task::spawn_blocking(move || {
-                let mut buf = vec![0u8; len];
-                export.read_at(&mut buf, off)?;
-                let chunks = if fragments {
-                    let extents = export.block_status(off, len as u32)?;
-                    proto::encode_read_chunks(cookie, off, &buf, &extents)
-                } else {
-                    None
-                };
-                Ok((buf, chunks))
+                serve_inline(&*export, &req, payload, &neg, &stats, &abandoned)
             })
             .await;
-            let err = errno_of(&r);
-            if err == 0 {
-                SessionStats::add(&stats.bytes_read, len as u64);
-            }
-            match err {
-                // The whole read is done before anything is sent, so the last chunk can carry
-                // DONE. With holes (discard passdown, no DF): OFFSET_HOLE and OFFSET_DATA
-                // chunks; otherwise one OFFSET_DATA chunk (so DF is honoured for any length up
-                // to MAX_PAYLOAD).
-                0 if sr => match r.unwrap().unwrap() {
-                    (_, Some(chunks)) => Reply::new(chunks, Vec::new()),
-                    (buf, None) => Reply::new(
-                        proto::encode_offset_data_header(cookie, off, len as u32, true),
-                        buf,
-                    ),
-                },
-                0 => Reply::new(
-                    proto::encode_simple_reply(0, cookie).to_vec(),
-                    r.unwrap().unwrap().0,
-                ),
-                e => Reply::error(sr, e, cookie),
-            }
-        }
-        Command::Write if len == 0 => Reply::ok(sr, cookie),
-        Command::Write => {
-            let (off, fua) = (req.offset, req.fua());
-            let r = tokio::task::spawn_blocking(move || {
-                export.write_at_unless(&payload, off, fua, &abandoned)
+            r.unwrap_or_else(|e| {
+                warn!(error = %e, "export call panicked");
+                Reply::error(sr, proto::EIO, cookie)
             })
-            .await;
-            let err = errno_of_write(&r);
-            if err == 0 {
-                SessionStats::add(&stats.bytes_written, len as u64);
-            }
-            Reply::status(sr, err, cookie)
         }
         Command::WriteZeroes if len == 0 => Reply::ok(sr, cookie),
         Command::WriteZeroes => {
@@ -901,6 +949,7 @@ where
     let (tx, mut rx) = mpsc::unbounded_channel::<Reply>();
     let (dead_tx, mut dead_rx) = watch::channel(false);
     let size = export.size();
+    let inline_limit = export.inline_limit();
     let requests = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let bytes = Arc::new(Semaphore::new(MAX_BUFFERED_BYTES / BUDGET_UNIT));
     // Set when the client is gone without DISC: its writes still queued are dropped
@@ -960,17 +1009,25 @@ where
                     };
                     let mut payload = Vec::new();
                     if req.command == Command::Write {
-                        payload = vec![0u8; req.length as usize];
+                        payload = BufferPool::global().take(req.length as usize);
                         if let Err(e) = rd.read_exact(&mut payload).await {
                             return ReaderEnd::Error(e.into());
                         }
+                    }
+                    if inline(&req, inline_limit) {
+                        // Small READ/WRITE: served right here, no task and no thread hand-off.
+                        let mut reply =
+                            serve_inline(&*export, &req, payload, &neg, &stats, &abandoned);
+                        reply._permits = Some((p1, p2));
+                        let _ = tx.send(reply);
+                        continue;
                     }
                     let tx = tx.clone();
                     let export = export.clone();
                     let stats = stats.clone();
                     let abandoned = abandoned.clone();
                     tokio::spawn(async move {
-                        let mut reply = handle(export, req, payload, neg, &stats, abandoned).await;
+                        let mut reply = handle(export, req, payload, neg, stats, abandoned).await;
                         reply._permits = Some((p1, p2));
                         let _ = tx.send(reply);
                     });
@@ -1005,6 +1062,7 @@ where
                     wr.write_all(&r.data).await
                 }
                 .await;
+                BufferPool::global().give(r.data);
                 if res.is_err() {
                     break;
                 }

@@ -4,9 +4,12 @@
 
 use std::sync::atomic::AtomicBool;
 
-use crate::volume::{Volume, VolumeError};
+use crate::volume::{Discard, Volume, VolumeError};
 
 use super::{proto, BlockExport, Extent};
+
+/// READs and WRITEs a volume serves inline on the connection's runtime thread, bytes.
+const INLINE_LIMIT: u32 = 64 << 10;
 
 fn io(e: VolumeError) -> std::io::Error {
     match e {
@@ -48,6 +51,19 @@ impl BlockExport for Volume {
         abandoned: &AtomicBool,
     ) -> std::io::Result<()> {
         Volume::trim(self, offset, len, fua, Some(abandoned)).map_err(io)
+    }
+
+    /// 64 KiB: a `pread`/`pwrite` of the page cache or tmpfs plus XTS of up to 64 KiB takes
+    /// microseconds, less than a hand-off to the blocking pool (issue 6 profile,
+    /// `docs/performance.md`). On an image on a slow disk, a small request then holds up its
+    /// connection's next requests for the disk's latency.
+    fn inline_limit(&self) -> u32 {
+        INLINE_LIMIT
+    }
+
+    /// Only with discard passdown: with `ignore` nothing is ever reported as a hole.
+    fn reports_holes(&self) -> bool {
+        self.discard() == Discard::Passdown
     }
 
     /// Holes (discard passdown only) are `HOLE | ZERO`: the volume reads them as zeroes.
