@@ -8,6 +8,7 @@ mod data;
 mod error;
 mod format;
 mod header_io;
+mod store;
 mod unlock;
 mod update;
 
@@ -15,6 +16,7 @@ pub use data::{segment_hole_bytes, Discard, Run, Volume, MAX_ALLOCATION_RUNS, PU
 pub use error::VolumeError;
 pub use format::{format, FormatOptions, KdfChoice, KdfKind};
 pub use header_io::{load_header, LoadedHeader};
+pub use store::FAULT_IO_ENV;
 pub use unlock::{unlock, UnlockedKey};
 pub use update::{
     add_keyslot, change_keyslot, check_backup, erase, header_bytes, kill_keyslot, repair,
