@@ -35,5 +35,8 @@ cargo clippy --all-targets --locked -- -D warnings
 echo "tests/run.sh: cargo test"
 cargo test --locked
 
+echo "tests/run.sh: fuzz, ${FUZZ_SECONDS:-30} s per target (fuzz/run.sh; long run: docs/reliability.md)"
+bash fuzz/run.sh "$PWD/target/debug/nbdcrypt"
+
 echo "tests/run.sh: VM test (kernel nbd-client in a QEMU guest)"
 NBDCRYPT="$PWD/target/debug/nbdcrypt" bash vm-tests/run.sh </dev/null
