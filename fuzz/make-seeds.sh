@@ -84,7 +84,7 @@ head -c 300000 /dev/urandom >"$work/src.bin"
 truncate -s 1M "$work/src.bin"
 record nbdcopy-to nbdcopy "$work/src.bin" "$uri"
 record nbdcopy-from nbdcopy "$uri" "$work/dst.bin"
-record nbdsh /usr/bin/nbdsh -u "$uri" -c '
+record nbdsh /usr/bin/nbdsh --base-allocation -u "$uri" -c '
 h.pwrite(b"x" * 4096, 8192, nbd.CMD_FLAG_FUA)
 h.pread(4096, 8192)
 h.zero(4096, 0)
