@@ -288,7 +288,7 @@ fn argon2_memory_out_of_reach() {
     format_cheap(&img, &key, "17M", 512, "argon2id");
     let before = file_hash(&img);
     edit_metadata(&img, |v| {
-        v["keyslots"]["0"]["kdf"]["memory"] = (2u32 << 20).into(); // 2 GiB
+        v["keyslots"]["0"]["kdf"]["memory"] = (1u32 << 20).into(); // 1 GiB
     });
     let out = run(std::process::Command::new("sh")
         .arg("-c")
@@ -373,4 +373,223 @@ fn copy_with_bad_layout_falls_back_to_the_other() {
         stderr(&out)
     );
     assert_eq!(before, file_hash(&img));
+}
+
+// Hostile headers (issue 7): one generated header per defect, each with its error class.
+// Cases elsewhere in this file: bad checksum in one copy (damaged_primary_opens_from_secondary_
+// without_writing), unknown cipher (unsupported_fields_are_named), 1 GiB Argon2 memory
+// (argon2_memory_out_of_reach), overlapping keyslot areas, truncated images.
+
+/// Rewrite the JSON text of both metadata copies with `edit` (bytes in, bytes out; the area is
+/// NUL-padded after it, or filled to the last byte when the text is that long), checksums fixed.
+fn edit_json_text(img: &Path, edit: &dyn Fn(&[u8]) -> Vec<u8>) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(img)
+        .unwrap();
+    for at in [0u64, 16384] {
+        let mut copy = vec![0u8; 16384];
+        file.read_exact_at(&mut copy, at).unwrap();
+        let area = &mut copy[BINARY_HEADER_SIZE..];
+        let end = area.iter().position(|&c| c == 0).unwrap();
+        let mut text = edit(&area[..end]);
+        assert!(text.len() <= area.len(), "edited JSON does not fit");
+        text.resize(area.len(), 0);
+        area.copy_from_slice(&text);
+        format::header::seal(&mut copy);
+        file.write_all_at(&copy, at).unwrap();
+    }
+}
+
+/// test-passphrase and open (which read the keyslots; dump only shows them) exit `code` with
+/// `needle` in the error, and the image is unchanged.
+fn keyslot_refused(img: &Path, key: &Path, code: i32, needle: &str) {
+    let before = file_hash(img);
+    for cmd in ["test-passphrase", "open"] {
+        let out = if cmd == "test-passphrase" {
+            test_passphrase(img, key, &[])
+        } else {
+            run(nbdcrypt()
+                .arg(cmd)
+                .arg(img)
+                .arg("--key-file")
+                .arg(key)
+                .arg("--socket")
+                .arg(img.with_extension("sock")))
+        };
+        assert_eq!(out.status.code(), Some(code), "{cmd}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(needle),
+            "{cmd}: expected {needle:?} in {}",
+            stderr(&out)
+        );
+    }
+    assert_eq!(before, file_hash(img), "{} was modified", img.display());
+}
+
+/// Equal seqids but different contents: no copy is newer, the primary is used (as
+/// cryptsetup does) with a warning, and nothing is rewritten.
+#[test]
+fn hostile_seqid_tie_uses_the_primary() {
+    let dir = tempdir();
+    let key = key_file(dir.path());
+    let img = fresh(dir.path(), "tie.img", &key);
+    let mut bytes = std::fs::read(&img).unwrap();
+    let (mut hdr, md) = format::decode_copy(&bytes[16384..32768], 16384).unwrap();
+    hdr.label = "tied-secondary".into();
+    bytes[16384..32768].copy_from_slice(&format::encode_copy(&hdr, &md).unwrap());
+    std::fs::write(&img, &bytes).unwrap();
+    let before = file_hash(&img);
+    let out = run(nbdcrypt().arg("dump").arg(&img));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("tied-secondary"), "{text}");
+    assert!(
+        stderr(&out).contains("header copies differ at the same seqid 1; using the primary"),
+        "{}",
+        stderr(&out)
+    );
+    let out = test_passphrase(&img, &key, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(before, file_hash(&img));
+}
+
+/// JSON text that fills its area with no terminating NUL: corrupt.
+#[test]
+fn hostile_json_over_its_area() {
+    let dir = tempdir();
+    let key = key_file(dir.path());
+    let img = fresh(dir.path(), "over.img", &key);
+    edit_json_text(&img, &|t| {
+        let mut t = t.to_vec();
+        t.resize(16384 - BINARY_HEADER_SIZE, b' ');
+        t
+    });
+    refused(
+        &img,
+        &key,
+        1,
+        "JSON metadata is not terminated within its area",
+    );
+}
+
+/// A keyslots area (and a keyslot area in it) reaching into the data segment: corrupt.
+#[test]
+fn hostile_keyslot_area_overlapping_the_data_segment() {
+    let dir = tempdir();
+    let key = key_file(dir.path());
+    let img = fresh(dir.path(), "kd.img", &key);
+    edit_metadata(&img, |v| {
+        v["config"]["keyslots_size"] = "17039360".into();
+        v["keyslots"]["0"]["area"]["offset"] = "16773120".into();
+    });
+    refused(
+        &img,
+        &key,
+        1,
+        "data segment offset 16777216 overlaps the header",
+    );
+}
+
+/// A fixed-size data segment running past the end of the image: corrupt.
+#[test]
+fn hostile_segment_past_the_end() {
+    let dir = tempdir();
+    let key = key_file(dir.path());
+    let img = fresh(dir.path(), "end.img", &key);
+    edit_metadata(&img, |v| {
+        v["segments"]["0"]["size"] = "2097152".into();
+    });
+    refused(&img, &key, 1, "is not inside the image");
+}
+
+/// A digest naming a keyslot that does not exist: corrupt (cryptsetup refuses it too).
+#[test]
+fn hostile_digest_naming_a_missing_keyslot() {
+    let dir = tempdir();
+    let key = key_file(dir.path());
+    let img = fresh(dir.path(), "dg.img", &key);
+    edit_metadata(&img, |v| {
+        v["digests"]["0"]["keyslots"] = serde_json::json!(["0", "5"]);
+    });
+    refused(
+        &img,
+        &key,
+        1,
+        "digest 0 names keyslot \"5\", which does not exist",
+    );
+}
+
+/// AF with 0 stripes, and a key size of 0: the keyslot is outside the profile (unsupported),
+/// refused before any KDF runs.
+#[test]
+fn hostile_af_stripes_and_key_size_zero() {
+    let dir = tempdir();
+    let key = key_file(dir.path());
+    let img = fresh(dir.path(), "af.img", &key);
+    edit_metadata(&img, |v| {
+        v["keyslots"]["0"]["af"]["stripes"] = 0.into();
+    });
+    keyslot_refused(
+        &img,
+        &key,
+        1,
+        "keyslot 0 AF luks1/0 stripes/sha256 is not supported",
+    );
+    let img = fresh(dir.path(), "ks.img", &key);
+    edit_metadata(&img, |v| {
+        v["keyslots"]["0"]["key_size"] = 0.into();
+    });
+    keyslot_refused(&img, &key, 1, "keyslot 0 key_size 0 is not supported");
+}
+
+/// The same member twice, at the top level or as a keyslot id (one parser would keep the
+/// first, another the last), and an id in two spellings ("0", "00"): corrupt.
+#[test]
+fn hostile_duplicated_json_keys() {
+    let dir = tempdir();
+    let key = key_file(dir.path());
+    let img = fresh(dir.path(), "dup.img", &key);
+    edit_json_text(&img, &|t| {
+        let mut v = b"{\"tokens\":{},".to_vec();
+        v.extend_from_slice(&t[1..]);
+        v
+    });
+    refused(&img, &key, 1, "duplicate member \"tokens\"");
+
+    let img = fresh(dir.path(), "dupks.img", &key);
+    edit_json_text(&img, &|t| {
+        let v: serde_json::Value = serde_json::from_slice(t).unwrap();
+        let mut other = v["keyslots"]["0"].clone();
+        other["priority"] = 2.into();
+        let text = String::from_utf8(t.to_vec()).unwrap();
+        let twice = format!("\"keyslots\":{{\"0\":{other},");
+        text.replacen("\"keyslots\":{", &twice, 1).into_bytes()
+    });
+    refused(&img, &key, 1, "duplicate member \"0\"");
+
+    let img = fresh(dir.path(), "dup00.img", &key);
+    edit_json_text(&img, &|t| {
+        let text = String::from_utf8(t.to_vec()).unwrap();
+        text.replacen("\"keyslots\":{\"0\":", "\"keyslots\":{\"00\":", 1)
+            .into_bytes()
+    });
+    refused(&img, &key, 1, "object id \"00\" is not in canonical form");
+}
+
+/// Bytes that are not UTF-8 inside a JSON string: corrupt.
+#[test]
+fn hostile_non_utf8_json() {
+    let dir = tempdir();
+    let key = key_file(dir.path());
+    let img = fresh(dir.path(), "utf.img", &key);
+    edit_json_text(&img, &|t| {
+        let mut t = t.to_vec();
+        let at = t.windows(7).position(|w| w == b"\"luks2\"").unwrap();
+        t[at + 4] = 0xff;
+        t
+    });
+    refused(&img, &key, 1, "JSON metadata is not valid LUKS2 JSON");
 }

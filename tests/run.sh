@@ -43,5 +43,8 @@ for impl in aesni portable; do
     NBDCRYPT_XTS_IMPL=$impl cargo test --locked --test crypto_kat --test volume_model
 done
 
+echo "tests/run.sh: fuzz, ${FUZZ_SECONDS:-30} s per target (fuzz/run.sh; long run: docs/reliability.md)"
+bash fuzz/run.sh "$PWD/target/debug/nbdcrypt"
+
 echo "tests/run.sh: VM test (kernel nbd-client in a QEMU guest)"
 NBDCRYPT="$PWD/target/debug/nbdcrypt" bash vm-tests/run.sh </dev/null

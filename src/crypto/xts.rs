@@ -40,10 +40,19 @@ impl<C: KeyInit> Keys<C> {
     fn new(key: &[u8]) -> Result<Box<Self>, CryptoError> {
         let (k1, k2) = key.split_at(key.len() / 2);
         let bad = |_| CryptoError::UnsupportedKeySize(key.len());
-        Ok(Box::new(Keys {
+        let keys = Box::new(Keys {
             data: C::new_from_slice(k1).map_err(bad)?,
             tweak: C::new_from_slice(k2).map_err(bad)?,
-        }))
+        });
+        super::secret::lock_region(std::ptr::from_ref(&*keys).cast(), size_of::<Self>());
+        Ok(keys)
+    }
+}
+
+impl<C> Drop for Keys<C> {
+    fn drop(&mut self) {
+        // The key schedules wipe themselves (the `aes` crate's `zeroize` feature) after this.
+        super::secret::unlock_region(std::ptr::from_ref(self).cast(), size_of::<Self>());
     }
 }
 

@@ -46,6 +46,12 @@ impl<'de> Deserialize<'de> for Id {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         let n = u64_string::parse(&s).map_err(serde::de::Error::custom)?;
+        // "0" and "00" would be two JSON members but one id: only the canonical form is taken.
+        if s.len() > 1 && s.starts_with('0') {
+            return Err(serde::de::Error::custom(format!(
+                "object id {s:?} is not in canonical form"
+            )));
+        }
         u32::try_from(n)
             .map(Id)
             .map_err(|_| serde::de::Error::custom(format!("object id {s} is too large")))

@@ -6,6 +6,7 @@
 
 pub mod header;
 pub mod metadata;
+mod strict_json;
 
 use header::{BinaryHeader, BINARY_HEADER_SIZE};
 use metadata::{Metadata, SegmentSize};
@@ -44,11 +45,18 @@ pub enum FormatError {
 }
 
 /// Decode the JSON area of a metadata copy (`hdr_size` − 4096 bytes). The JSON text must end
-/// with a NUL inside the area (`format-spec.md` §3). Errors: [`FormatError::Corrupt`].
+/// with a NUL inside the area (`format-spec.md` §3), be UTF-8, and name no object member twice
+/// (a duplicate would mean different things to different parsers). Errors:
+/// [`FormatError::Corrupt`].
 pub fn decode_json_area(area: &[u8]) -> Result<Metadata, FormatError> {
     let end = area.iter().position(|&c| c == 0).ok_or_else(|| {
         FormatError::Corrupt("JSON metadata is not terminated within its area".into())
     })?;
+    if let Some(dup) = strict_json::duplicate_member(&area[..end]) {
+        return Err(FormatError::Corrupt(format!(
+            "JSON metadata is ambiguous: {dup}"
+        )));
+    }
     serde_json::from_slice(&area[..end])
         .map_err(|e| FormatError::Corrupt(format!("JSON metadata is not valid LUKS2 JSON: {e}")))
 }
@@ -197,7 +205,8 @@ fn unsupported(msg: String) -> FormatError {
 /// Check a decoded metadata copy on its own (`format-spec.md` §3.2, §3.4): no mandatory
 /// requirements, keyslot areas inside the keyslots area, not overlapping and large enough for
 /// their key material, exactly one `crypt` segment with our cipher, a supported sector size,
-/// `iv_tweak` 0, sector-aligned and after the keyslots area.
+/// `iv_tweak` 0, sector-aligned and after the keyslots area; every keyslot and segment a
+/// digest names exists (as cryptsetup requires).
 ///
 /// Errors: [`FormatError::Corrupt`] for inconsistent layout, [`FormatError::Unsupported`] naming
 /// the field outside the profile (e.g. `cipher serpent-xts-plain64 is not supported`).
@@ -283,6 +292,24 @@ pub fn check_layout(hdr: &BinaryHeader, md: &Metadata) -> Result<(), FormatError
     for key in ["integrity", "flags"] {
         if let Some(v) = seg.extra.get(key) {
             return Err(unsupported(format!("segment {key} {v} is not supported")));
+        }
+    }
+    for (did, d) in &md.digests {
+        for k in &d.keyslots {
+            let exists = metadata::u64_string::parse(k)
+                .ok()
+                .and_then(|n| u32::try_from(n).ok())
+                .is_some_and(|n| md.keyslots.contains_key(&metadata::Id(n)));
+            if !exists {
+                return Err(FormatError::Corrupt(format!(
+                    "digest {did} names keyslot {k:?}, which does not exist"
+                )));
+            }
+        }
+        if let Some(s) = d.segments.iter().find(|s| s.as_str() != sid.to_string()) {
+            return Err(FormatError::Corrupt(format!(
+                "digest {did} names segment {s:?}, which does not exist"
+            )));
         }
     }
     // Offset 0 is a detached header's data segment (cryptsetup `--header`): the data file

@@ -700,14 +700,18 @@ impl Reply {
     }
 }
 
-/// Map an export I/O result to an NBD error value: any failure is `EIO` (only the values of
-/// proto.md "Error values" may go on the wire).
+/// Map an export I/O result to an NBD error value: a full disk or quota (`ENOSPC`, `EDQUOT`)
+/// is `ENOSPC`, any other failure `EIO` (only the values of proto.md "Error values" may go on
+/// the wire).
 fn errno_of<T>(r: &Result<io::Result<T>, tokio::task::JoinError>) -> u32 {
     match r {
         Ok(Ok(_)) => 0,
         Ok(Err(e)) => {
             warn!(error = %e, "export I/O error");
-            proto::EIO
+            match e.raw_os_error() {
+                Some(libc::ENOSPC | libc::EDQUOT) => proto::ENOSPC,
+                _ => proto::EIO,
+            }
         }
         Err(e) => {
             warn!(error = %e, "export call panicked");

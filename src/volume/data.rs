@@ -1,6 +1,6 @@
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -262,9 +262,7 @@ impl Volume {
     /// Read and decrypt whole sectors, holes or not.
     fn read_sectors_dense(&self, buf: &mut [u8], start: u64) -> Result<(), VolumeError> {
         let at = self.segment.offset + start;
-        self.file
-            .read_exact_at(buf, at)
-            .map_err(|e| self.io_err("read", at, e))?;
+        super::store::read_exact_at(&self.file, buf, at).map_err(|e| self.io_err("read", at, e))?;
         self.cipher
             .decrypt(buf, self.segment.sector_size as usize, start / 512);
         Ok(())
@@ -275,9 +273,7 @@ impl Volume {
         self.cipher
             .encrypt(buf, self.segment.sector_size as usize, start / 512);
         let at = self.segment.offset + start;
-        self.file
-            .write_all_at(buf, at)
-            .map_err(|e| self.io_err("write", at, e))
+        super::store::write_all_at(&self.file, buf, at).map_err(|e| self.io_err("write", at, e))
     }
 
     /// Lock the stripes of every sector in `[start, end)`, in a fixed order (no deadlock).
@@ -564,9 +560,7 @@ impl Volume {
     ///
     /// Errors: [`VolumeError::Io`].
     pub fn flush(&self) -> Result<(), VolumeError> {
-        self.file
-            .sync_data()
-            .map_err(|e| self.io_err("fdatasync", 0, e))
+        super::store::sync_data(&self.file).map_err(|e| self.io_err("fdatasync", 0, e))
     }
 }
 

@@ -183,6 +183,12 @@ fn load_header_from(
                     "header copies differ (primary seqid {}, secondary seqid {}); using the newer",
                     p.0.seqid, s.0.seqid
                 ));
+            } else if p.1 != s.1 || !same_binary_fields(&p.0, &s.0) {
+                // A tie: no copy is newer. The primary wins, as in cryptsetup.
+                warnings.push(format!(
+                    "header copies differ at the same seqid {}; using the primary",
+                    p.0.seqid
+                ));
             }
             if s.0.seqid > p.0.seqid {
                 s
@@ -254,6 +260,16 @@ fn load_header_from(
         max_seqid,
         warnings,
     })
+}
+
+/// Whether two copies' binary headers agree on everything but what differs by position
+/// (magic, `hdr_offset`), the per-copy salt (cryptsetup writes two) and the checksum.
+fn same_binary_fields(a: &BinaryHeader, b: &BinaryHeader) -> bool {
+    a.hdr_size == b.hdr_size
+        && a.label == b.label
+        && a.subsystem == b.subsystem
+        && a.uuid == b.uuid
+        && a.checksum_alg == b.checksum_alg
 }
 
 /// The `seqid` of the copy at `at` if its binary header decodes and its checksum holds.

@@ -9,6 +9,7 @@ mod error;
 mod format;
 mod header_io;
 mod image;
+mod store;
 mod unlock;
 mod update;
 mod wipe;
@@ -18,6 +19,7 @@ pub use error::VolumeError;
 pub use format::{format, FormatOptions, KdfChoice, KdfKind};
 pub use header_io::{load_detached_header, load_header, LoadedHeader};
 pub use image::OpenedImage;
+pub use store::FAULT_IO_ENV;
 pub use unlock::{unlock, UnlockedKey};
 pub use update::{
     add_keyslot, change_keyslot, check_backup, erase, header_bytes, kill_keyslot, repair,

@@ -52,7 +52,7 @@ pub(crate) fn write_step(
     at: u64,
     what: &str,
 ) -> Result<(), VolumeError> {
-    file.write_all_at(data, at).map_err(|e| VolumeError::Io {
+    super::store::write_all_at(file, data, at).map_err(|e| VolumeError::Io {
         op: "write",
         path: path.to_owned(),
         offset: at,
@@ -64,7 +64,7 @@ pub(crate) fn write_step(
 
 /// `fdatasync` the image: one step.
 pub(crate) fn sync_step(file: &File, path: &Path, what: &str) -> Result<(), VolumeError> {
-    file.sync_data().map_err(|e| VolumeError::Io {
+    super::store::sync_data(file).map_err(|e| VolumeError::Io {
         op: "fdatasync",
         path: path.to_owned(),
         offset: 0,

@@ -240,6 +240,7 @@ pub const CMD_READ: u16 = 0;
 pub const CMD_WRITE: u16 = 1;
 pub const CMD_DISC: u16 = 2;
 pub const CMD_FLUSH: u16 = 3;
+pub const CMD_FLAG_FUA: u16 = 1;
 pub const CMD_WRITE_ZEROES: u16 = 6;
 pub const EPERM: u32 = 1;
 pub const EINVAL: u32 = 22;
@@ -370,13 +371,29 @@ impl<S: Read + Write> Raw<S> {
     }
 
     pub fn request(&mut self, flags: u16, cmd: u16, cookie: u64, offset: u64, len: u32) {
+        self.try_request(flags, cmd, cookie, offset, len, &[])
+            .unwrap();
+    }
+
+    /// Send a request header with `payload` after it (len is the request's length field);
+    /// an error (the server is gone) is returned, not a panic.
+    pub fn try_request(
+        &mut self,
+        flags: u16,
+        cmd: u16,
+        cookie: u64,
+        offset: u64,
+        len: u32,
+        payload: &[u8],
+    ) -> std::io::Result<()> {
         let mut b = REQ_MAGIC.to_be_bytes().to_vec();
         b.extend_from_slice(&flags.to_be_bytes());
         b.extend_from_slice(&cmd.to_be_bytes());
         b.extend_from_slice(&cookie.to_be_bytes());
         b.extend_from_slice(&offset.to_be_bytes());
         b.extend_from_slice(&len.to_be_bytes());
-        self.s.write_all(&b).unwrap();
+        b.extend_from_slice(payload);
+        self.s.write_all(&b)
     }
 
     /// Read a simple reply header: (error, cookie).

@@ -1,0 +1,118 @@
+//! Secrets stay secret (issue 7): the server runs non-dumpable with its key pages locked, a
+//! forced crash leaves no core file, and its debug-level log never carries the volume key or
+//! the passphrase.
+
+mod common;
+
+use base64::Engine;
+use common::*;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::Command;
+
+/// `sh -c 'ulimit -c unlimited && exec PROGRAM ARGS'` in `dir`: a crash there may leave a core
+/// file in `dir` (core_pattern `core`) unless the process is non-dumpable.
+fn with_cores(dir: &Path, program: &Path) -> Command {
+    let mut c = Command::new("sh");
+    c.current_dir(dir)
+        .arg("-c")
+        .arg("ulimit -c unlimited && exec \"$0\" \"$@\"")
+        .arg(program);
+    c
+}
+
+fn core_files(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("core"))
+        .collect()
+}
+
+fn vm_lck_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("VmLck:"))
+        .and_then(|l| l.split_whitespace().nth(1).map(|n| n.parse().unwrap()))
+        .unwrap()
+}
+
+#[test]
+fn no_key_in_logs_or_crash_artifacts() {
+    let dir = tempdir();
+    let key = key_file(dir.path());
+    let img = dir.path().join("s.img");
+    format_cheap(&img, &key, "18M", 512, "pbkdf2");
+    let vk_hex = cryptsetup_volume_key(&img, &key);
+    let vk: Vec<u8> = (0..64)
+        .map(|i| u8::from_str_radix(&vk_hex[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    let crash_dir = dir.path().join("cwd");
+    std::fs::create_dir(&crash_dir).unwrap();
+
+    // Control: can this machine write a core file at all? (core_pattern, hard RLIMIT_CORE)
+    let mut control = with_cores(&crash_dir, Path::new("/bin/sleep"))
+        .arg("30")
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    unsafe { libc::kill(control.id() as i32, libc::SIGABRT) };
+    let cores_possible = control.wait().unwrap().core_dumped();
+    for f in core_files(&crash_dir) {
+        std::fs::remove_file(crash_dir.join(f)).unwrap();
+    }
+
+    let mut cmd = with_cores(&crash_dir, Path::new(env!("CARGO_BIN_EXE_nbdcrypt")));
+    cmd.env("NBDCRYPT_LOG", "debug")
+        .arg("open")
+        .arg(&img)
+        .arg("--key-file")
+        .arg(&key)
+        .arg("--socket")
+        .arg(dir.path().join("s.sock"));
+    let mut srv = Server::launch(cmd, dir.path().join("s.sock"), "s".into());
+    let pid = srv.child.as_ref().unwrap().id();
+    // Some traffic, so the data path has logged what it logs.
+    let uri = srv.uri();
+    ok(nbd_tool("nbdsh")
+        .args(["-u", &uri, "-c"])
+        .arg("h.pwrite(b'x' * 65536, 4096, nbd.CMD_FLAG_FUA); h.pread(65536, 0); h.flush()"));
+    ok(nbd_tool("nbdinfo").arg(&uri));
+    let locked = vm_lck_kib(pid);
+    assert!(locked >= 4, "no key page locked (VmLck {locked} KiB)");
+
+    let (status, log) = srv.stop_with(libc::SIGABRT);
+    assert_eq!(status.signal(), Some(libc::SIGABRT), "{log}");
+    assert!(!status.core_dumped(), "the server dumped core");
+    assert_eq!(core_files(&crash_dir), Vec::<String>::new());
+    if !cores_possible {
+        eprintln!("note: this machine writes no core files at all; the dump check is weak here");
+    }
+
+    assert!(log.contains("DEBUG"), "debug logging was not on: {log}");
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&vk);
+    let pass = String::from_utf8_lossy(PASS).into_owned();
+    for needle in [
+        vk_hex.to_lowercase(),
+        vk_hex.to_uppercase(),
+        vk_hex[..32].to_lowercase(),
+        b64.clone(),
+        b64[..20].to_string(),
+        pass,
+    ] {
+        assert!(
+            !log.contains(&needle),
+            "secret {needle:?} in the log:\n{log}"
+        );
+    }
+    let raw = log.as_bytes();
+    assert!(
+        !raw.windows(16).any(|w| w == &vk[..16] || w == &vk[32..48]),
+        "raw key bytes in the log"
+    );
+    eprintln!(
+        "secrets: {} log bytes scanned, VmLck {locked} KiB, core dumps possible here: {cores_possible}",
+        log.len()
+    );
+}
