@@ -1,0 +1,341 @@
+//! The key service `nbdcrypt-keyd` as a real process on loopback, driven with `curl`
+//! (docs/keyservice-api.md): refusals with their status and audit row, restart, `kill -9`
+//! during a burst of wraps, and `audit verify` against a row edited with `sqlite3`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use base64::Engine;
+use common::keyd::{keyd, Keyd, Reply};
+use common::{require, run, tempdir};
+use serde_json::{json, Value};
+
+const VOL_A: &str = "0a1b2c3d-0000-4000-8000-00000000000a";
+const VOL_A2: &str = "0a1b2c3d-0000-4000-8000-0000000000a2";
+const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+fn b64(b: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+/// Checks a refusal: status, problem type, problem+json, and that its audit row says so.
+fn refused(k: &Keyd, r: &Reply, status: u16, kind: &str, actor: &str) {
+    assert_eq!(r.status, status, "{r:?}");
+    assert_eq!(r.content_type, "application/problem+json", "{r:?}");
+    assert_eq!(r.body["type"], format!("urn:nbdcrypt:keyd:{kind}"), "{r:?}");
+    assert_eq!(r.body["status"], status);
+    let seq = r.body["audit_seq"]
+        .as_i64()
+        .expect("refusal names its audit row");
+    let rows = k.audit_rows();
+    let row = rows
+        .iter()
+        .find(|row| row["seq"] == seq)
+        .unwrap_or_else(|| panic!("no audit row {seq}"));
+    assert_eq!(row["outcome"], format!("refused {status}: {kind}"), "{row}");
+    assert_eq!(row["actor"], actor, "{row}");
+}
+
+fn wrap(k: &Keyd, host: &str, vol: &str, slot: u32) -> Reply {
+    k.as_host(
+        host,
+        "POST",
+        &format!("/v1/volumes/{vol}/wrap"),
+        &json!({"slot": slot, "kek": "k1", "secret": b64(SECRET)}),
+    )
+}
+
+fn unwrap(k: &Keyd, host: &str, vol: &str, slot: u32, version: u64, blob: &Value) -> Reply {
+    k.as_host(
+        host,
+        "POST",
+        &format!("/v1/volumes/{vol}/unwrap"),
+        &json!({"slot": slot, "kek": "k1", "version": version, "blob": blob}),
+    )
+}
+
+fn setup() -> (tempfile::TempDir, Keyd) {
+    let dir = tempdir();
+    let mut k = Keyd::init(dir.path());
+    k.admin(&["kek", "create", "k1"]);
+    k.host("hostA");
+    k.host("hostB");
+    k.serve();
+    for (host, vol) in [("hostA", VOL_A), ("hostA", VOL_A2)] {
+        let r = k.as_host(host, "POST", "/v1/volumes", &json!({ "uuid": vol }));
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.body["owner"], host);
+    }
+    (dir, k)
+}
+
+#[test]
+fn refusals_have_their_status_and_audit_row() {
+    let (_dir, k) = setup();
+    let officer = k.token("olga", "officer");
+    let auditor = k.token("audrey", "auditor");
+
+    let w = wrap(&k, "hostA", VOL_A, 1);
+    assert_eq!(w.status, 200, "{w:?}");
+    assert_eq!(w.body["version"], 1);
+    let blob = w.body["blob"].clone();
+    let ok = unwrap(&k, "hostA", VOL_A, 1, 1, &blob);
+    assert_eq!(ok.status, 200, "{ok:?}");
+    assert_eq!(ok.body["secret"], b64(SECRET));
+    let unwrap_path = format!("/v1/volumes/{VOL_A}/unwrap");
+
+    // No client certificate and no token.
+    let r = k.curl(&unwrap_path, &["-X", "POST", "--data-binary", "{}"]);
+    refused(&k, &r, 401, "no-credentials", "anonymous");
+    // A wrong token.
+    let r = k.with_token("nbk_wrong", "POST", &unwrap_path, &json!({}));
+    refused(&k, &r, 401, "bad-token", "anonymous");
+    // Host B asks to unwrap host A's volume, and to register it.
+    let r = unwrap(&k, "hostB", VOL_A, 1, 1, &blob);
+    refused(&k, &r, 403, "not-owner", "host:hostB");
+    let r = k.as_host("hostB", "POST", "/v1/volumes", &json!({ "uuid": VOL_A }));
+    refused(&k, &r, 409, "not-owner", "host:hostB");
+    // The blob moved to another keyslot, and to another volume.
+    let r = unwrap(&k, "hostA", VOL_A, 2, 1, &blob);
+    refused(&k, &r, 422, "binding", "host:hostA");
+    let r = unwrap(&k, "hostA", VOL_A2, 1, 1, &blob);
+    refused(&k, &r, 422, "binding", "host:hostA");
+    // An unknown KEK version.
+    let r = unwrap(&k, "hostA", VOL_A, 1, 7, &blob);
+    refused(&k, &r, 404, "unknown-kek-version", "host:hostA");
+    // A version below min-unwrap-version: rotate, wrap with v2, retire v1.
+    k.admin(&["kek", "rotate", "k1"]);
+    let w2 = wrap(&k, "hostA", VOL_A, 1);
+    assert_eq!(w2.body["version"], 2, "{w2:?}");
+    let r = unwrap(&k, "hostA", VOL_A, 1, 1, &blob);
+    assert_eq!(
+        r.status, 200,
+        "v1 still unwraps before min-unwrap-version: {r:?}"
+    );
+    assert_eq!(r.body["current_version"], 2);
+    k.admin(&["kek", "set", "k1", "--min-unwrap-version", "2"]);
+    let r = unwrap(&k, "hostA", VOL_A, 1, 1, &blob);
+    refused(&k, &r, 403, "version-retired", "host:hostA");
+    let r = unwrap(&k, "hostA", VOL_A, 1, 2, &w2.body["blob"]);
+    assert_eq!(r.status, 200, "{r:?}");
+    let show: Value = serde_json::from_str(&k.admin(&["kek", "show", "k1"])).unwrap();
+    assert_eq!(show["current"], 2);
+    assert_eq!(show["min_unwrap_version"], 2);
+    assert_eq!(show["versions"][1]["keyslots"], 1, "{show}");
+    // An officer asks to unwrap.
+    let r = k.with_token(
+        &officer,
+        "POST",
+        &unwrap_path,
+        &json!({"slot": 1, "kek": "k1", "version": 2, "blob": w2.body["blob"]}),
+    );
+    refused(&k, &r, 403, "hosts-only", "token:olga(officer)");
+    // A host asks for an escrow package; the officer may fetch it.
+    let escrow = format!("/v1/volumes/{VOL_A}/escrow");
+    let pkg = "-----BEGIN AGE ENCRYPTED FILE-----\nnot really\n-----END AGE ENCRYPTED FILE-----\n";
+    let r = k.as_host("hostA", "PUT", &escrow, &json!({ "package": pkg }));
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = k.get_as_host("hostA", &escrow);
+    refused(&k, &r, 403, "role", "host:hostA");
+    let r = k.with_token(&officer, "GET", &escrow, &Value::Null);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["package"], pkg);
+    // The auditor reads the log but cannot fetch escrow.
+    let r = k.with_token(&auditor, "GET", &escrow, &Value::Null);
+    refused(&k, &r, 403, "role", "token:audrey(auditor)");
+    let r = k.with_token(&auditor, "GET", "/v1/audit/verify", &Value::Null);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["ok"], true, "{r:?}");
+    // Revoking host A takes effect at the next request, on the running server.
+    k.admin(&["host", "revoke", "hostA"]);
+    let r = unwrap(&k, "hostA", VOL_A, 1, 2, &w2.body["blob"]);
+    refused(&k, &r, 403, "host-revoked", "host:hostA");
+
+    // Every release is in the log too, and the chain verifies.
+    let rows = k.audit_rows();
+    let released = rows
+        .iter()
+        .filter(|r| r["action"] == "unwrap" && r["outcome"] == "ok")
+        .count();
+    assert_eq!(released, 3);
+    assert!(rows
+        .iter()
+        .any(|r| r["action"] == "escrow-fetch" && r["actor"] == "token:olga(officer)"));
+    assert!(k.admin(&["audit", "verify"]).contains("audit chain ok"));
+}
+
+#[test]
+fn restart_and_kill9_during_a_burst_keep_every_acknowledged_wrap() {
+    let (_dir, k) = setup();
+    let auditor = k.token("audrey", "auditor");
+    // Two clients wrap keyslots as fast as they can; the server is killed with SIGKILL after
+    // 30 acknowledged wraps, while requests are still in flight.
+    let acked: Arc<Mutex<BTreeMap<u32, Value>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let k = Arc::new(Mutex::new(k));
+    let (url, data, dir) = {
+        let g = k.lock().unwrap();
+        (g.url.clone(), g.data.clone(), g.dir.clone())
+    };
+    let clients: Vec<_> = (0..2u32)
+        .map(|c| {
+            let (acked, stop) = (acked.clone(), stop.clone());
+            let probe = Keyd {
+                dir: dir.clone(),
+                data: data.clone(),
+                admin_token: String::new(),
+                child: None,
+                url: url.clone(),
+            };
+            std::thread::spawn(move || {
+                let mut slot = c * 1000;
+                while !stop.load(Ordering::SeqCst) {
+                    slot += 1;
+                    let r = wrap(&probe, "hostA", VOL_A, slot);
+                    if r.status == 200 {
+                        acked.lock().unwrap().insert(slot, r.body["blob"].clone());
+                    }
+                }
+            })
+        })
+        .collect();
+    while acked.lock().unwrap().len() < 30 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let st = k.lock().unwrap().stop_with(libc::SIGKILL);
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&st), Some(9));
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let mut k = Arc::into_inner(k).unwrap().into_inner().unwrap();
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 30);
+
+    // The chain verifies, and every acknowledged wrap has its row and still unwraps.
+    assert!(k.admin(&["audit", "verify"]).contains("audit chain ok"));
+    let rows = k.audit_rows();
+    for slot in acked.keys() {
+        let detail = format!("keyslot {slot} KEK k1 version 1");
+        assert!(
+            rows.iter()
+                .any(|r| r["action"] == "wrap" && r["outcome"] == "ok" && r["detail"] == detail),
+            "acknowledged wrap of keyslot {slot} has no audit row"
+        );
+    }
+    k.serve();
+    for (slot, blob) in acked.iter().take(40) {
+        let r = unwrap(&k, "hostA", VOL_A, *slot, 1, blob);
+        assert_eq!(r.status, 200, "keyslot {slot} after kill -9: {r:?}");
+        assert_eq!(r.body["secret"], b64(SECRET));
+    }
+    // A clean restart keeps hosts, tokens, KEKs, volumes, escrow and the log.
+    let escrow = format!("/v1/volumes/{VOL_A}/escrow");
+    let pkg = "-----BEGIN AGE ENCRYPTED FILE-----\nx\n-----END AGE ENCRYPTED FILE-----\n";
+    assert_eq!(
+        k.as_host("hostA", "PUT", &escrow, &json!({ "package": pkg }))
+            .status,
+        200
+    );
+    let before = k.audit_rows().len();
+    assert!(k.stop_with(libc::SIGTERM).success());
+    k.serve();
+    let (slot, blob) = acked.iter().next().unwrap();
+    assert_eq!(unwrap(&k, "hostA", VOL_A, *slot, 1, blob).status, 200);
+    let r = unwrap(&k, "hostB", VOL_A, *slot, 1, blob);
+    refused(&k, &r, 403, "not-owner", "host:hostB");
+    let officer = k.token("olga", "officer");
+    let r = k.with_token(&officer, "GET", &escrow, &Value::Null);
+    assert_eq!(r.body["package"], pkg, "{r:?}");
+    let r = k.with_token(&auditor, "GET", "/v1/audit?limit=100000", &Value::Null);
+    assert_eq!(r.status, 200);
+    assert!(r.body["rows"].as_array().unwrap().len() > before);
+    let r = k.with_token(&k.admin_token, "GET", "/v1/keks/k1", &Value::Null);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["current"], 1);
+}
+
+#[test]
+fn audit_verify_names_a_row_edited_with_sqlite3() {
+    let sqlite3 = require("sqlite3", "sqlite3");
+    let dir = tempdir();
+    let k = Keyd::init(dir.path());
+    k.admin(&["kek", "create", "k1"]);
+    k.host("hostA");
+    k.admin(&["kek", "rotate", "k1"]);
+    k.admin(&[
+        "officer",
+        "add",
+        "olga",
+        "age1qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqq",
+    ]);
+    assert!(k.admin(&["audit", "verify"]).contains("ok: 5 rows"));
+    let db = k.data.join("keyd.db");
+    // The triggers refuse edits ...
+    let out = run(Command::new(&sqlite3)
+        .arg(&db)
+        .arg("UPDATE audit SET detail = 'version 9' WHERE seq = 4;"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("append-only"),
+        "{out:?}"
+    );
+    assert!(k.admin(&["audit", "verify"]).contains("ok: 5 rows"));
+    // ... and an edit made anyway is found, by its sequence number.
+    let out = run(Command::new(&sqlite3)
+        .arg(&db)
+        .arg("DROP TRIGGER audit_no_update; UPDATE audit SET detail = 'version 9' WHERE seq = 4;"));
+    assert!(out.status.success(), "{out:?}");
+    let out = run(keyd()
+        .arg("--data-dir")
+        .arg(&k.data)
+        .args(["audit", "verify"]));
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("audit chain broken at row 4"), "{err}");
+}
+
+#[test]
+fn passphrase_root_key_is_required_and_checked() {
+    let dir = tempdir();
+    let data = dir.path().join("data");
+    let good = dir.path().join("good");
+    let bad = dir.path().join("bad");
+    std::fs::write(&good, "root passphrase\n").unwrap();
+    std::fs::write(&bad, "not it\n").unwrap();
+    let d = data.to_str().unwrap();
+    let out = run(keyd()
+        .args(["--data-dir", d, "--root-passphrase-file"])
+        .arg(&good)
+        .arg("init"));
+    assert!(out.status.success(), "{out:?}");
+    assert!(!data.join("root.key").exists());
+    let out = run(keyd().args(["--data-dir", d, "kek", "create", "k1"]));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("root-passphrase-file"),
+        "{out:?}"
+    );
+    let out = run(keyd()
+        .args(["--data-dir", d, "--root-passphrase-file"])
+        .arg(&bad)
+        .args(["kek", "create", "k1"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("wrong passphrase"),
+        "{out:?}"
+    );
+    let out = run(keyd()
+        .args(["--data-dir", d, "--root-passphrase-file"])
+        .arg(&good)
+        .args(["kek", "create", "k1"]));
+    assert!(out.status.success(), "{out:?}");
+    // The key-file store refuses a second init in the same directory.
+    let out = run(keyd().args(["--data-dir", d, "init"]));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already holds"),
+        "{out:?}"
+    );
+}
