@@ -339,3 +339,78 @@ fn passphrase_root_key_is_required_and_checked() {
         "{out:?}"
     );
 }
+
+#[test]
+fn add_key_through_the_service_keeps_the_volume_valid_for_cryptsetup() {
+    use common::{
+        cryptsetup, cryptsetup_test_passphrase, format_cheap, free_port, key_file, nbdcrypt, ok,
+    };
+    let dir = tempdir();
+    let mut k = Keyd::init(dir.path());
+    k.admin(&["kek", "create", "k1"]);
+    k.host("hostA");
+    k.host("hostB");
+    k.serve();
+    let image = dir.path().join("vol.img");
+    let key = key_file(dir.path());
+    format_cheap(&image, &key, "20M", 512, "pbkdf2");
+    let ca = k.data.join("ca.pem");
+    let add_key = |host: &str, urls: &[&str]| {
+        let mut c = nbdcrypt();
+        c.arg("add-key").arg(&image).arg("--key-file").arg(&key);
+        for u in urls {
+            c.args(["--key-service", u]);
+        }
+        c.args(["--kek", "k1", "--key-service-timeout", "5"])
+            .arg("--key-service-cert")
+            .arg(dir.path().join(format!("{host}.pem")))
+            .arg("--key-service-key")
+            .arg(dir.path().join(format!("{host}.key")))
+            .arg("--key-service-ca")
+            .arg(&ca);
+        run(&mut c)
+    };
+    // The first endpoint refuses connections; the second wraps.
+    let dead = format!("https://127.0.0.1:{}", free_port());
+    let out = add_key("hostA", &[&dead, &k.url]);
+    assert!(out.status.success(), "{out:?}");
+    // cryptsetup still accepts the volume and keeps the token.
+    let dump = ok(cryptsetup().arg("luksDump").arg(&image));
+    assert!(dump.contains("nbdcrypt-keyservice"), "{dump}");
+    let token: Value = serde_json::from_str(&ok(cryptsetup()
+        .args(["token", "export", "--token-id", "0"])
+        .arg(&image)))
+    .unwrap();
+    assert_eq!(token["type"], "nbdcrypt-keyservice");
+    assert_eq!(token["keyslots"], json!(["1"]));
+    assert_eq!(token["urls"], json!([dead, k.url]));
+    assert_eq!(token["kek"], "k1");
+    assert_eq!(token["kek_version"], 1);
+    // The service unwraps the blob for this volume and slot, and the secret opens keyslot 1
+    // in cryptsetup; the old passphrase still works.
+    let uuid = ok(cryptsetup().arg("luksUUID").arg(&image))
+        .trim()
+        .to_string();
+    let r = unwrap(&k, "hostA", &uuid, 1, 1, &token["blob"]);
+    assert_eq!(r.status, 200, "{r:?}");
+    let secret = base64::engine::general_purpose::STANDARD
+        .decode(r.body["secret"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(secret.len(), 32);
+    let secret_file = dir.path().join("secret");
+    std::fs::write(&secret_file, &secret).unwrap();
+    let out = cryptsetup_test_passphrase(&image, &secret_file);
+    assert!(out.status.success(), "{out:?}");
+    assert!(cryptsetup_test_passphrase(&image, &key).status.success());
+    let rows = k.audit_rows();
+    assert!(rows.iter().any(|r| r["action"] == "register"
+        && r["target"] == uuid.as_str()
+        && r["actor"] == "host:hostA"));
+    // Another host cannot add a service keyslot to host A's volume; the header is unchanged.
+    let out = add_key("hostB", &[&k.url]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = common::stderr(&out);
+    assert!(err.contains("409 not-owner"), "{err}");
+    let dump2 = ok(cryptsetup().arg("luksDump").arg(&image));
+    assert_eq!(dump, dump2);
+}

@@ -11,7 +11,7 @@ use crate::volume::{self, Access, KdfChoice, LoadedHeader, NewKeyslot, VolumeErr
 use super::passphrase::{read_passphrase, unlock_with_tries, Prompt, Source};
 use super::CliError;
 
-fn open_for_update(image: &Path) -> Result<(std::fs::File, LoadedHeader), CliError> {
+pub(super) fn open_for_update(image: &Path) -> Result<(std::fs::File, LoadedHeader), CliError> {
     let file = volume::open_image(image, Access::HeaderWrite)?;
     let lh = volume::load_header(&file, image)?;
     super::warn_all(&lh.warnings);

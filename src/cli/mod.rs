@@ -8,6 +8,7 @@
 
 mod benchmark;
 mod dump;
+mod keyservice;
 mod keyslots;
 mod passphrase;
 mod serve;
@@ -178,6 +179,55 @@ struct KeyArgs {
     /// Try only this keyslot.
     #[arg(long, short = 'S', value_name = "N")]
     key_slot: Option<u32>,
+}
+
+/// How this host authenticates to the key service (files from `nbdcrypt-keyd host add` and
+/// the service's `ca.pem`), and how long each endpoint may take.
+#[derive(clap::Args)]
+struct ServiceIdentityArgs {
+    /// This host's client certificate (PEM).
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "/etc/nbdcrypt/keyservice/host.pem"
+    )]
+    key_service_cert: PathBuf,
+    /// Its private key (PEM).
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "/etc/nbdcrypt/keyservice/host.key"
+    )]
+    key_service_key: PathBuf,
+    /// The key service's CA certificate (PEM).
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "/etc/nbdcrypt/keyservice/ca.pem"
+    )]
+    key_service_ca: PathBuf,
+    /// Seconds each endpoint may take (connect, TLS, reply) before the next is tried.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
+    key_service_timeout: f64,
+}
+
+impl ServiceIdentityArgs {
+    fn args<'a>(&self, urls: &'a [String]) -> Result<keyservice::ServiceArgs<'a>, CliError> {
+        if !(self.key_service_timeout > 0.0 && self.key_service_timeout <= 3600.0) {
+            return Err(CliError::Usage(
+                "--key-service-timeout takes seconds, more than 0 and at most 3600".into(),
+            ));
+        }
+        Ok(keyservice::ServiceArgs {
+            urls,
+            identity: crate::keyservice::client::Identity {
+                cert: self.key_service_cert.clone(),
+                key: self.key_service_key.clone(),
+                ca: self.key_service_ca.clone(),
+            },
+            timeout: std::time::Duration::from_secs_f64(self.key_service_timeout),
+        })
+    }
 }
 
 /// KDF cost of a new keyslot, with cryptsetup's flag names, units and defaults.
@@ -402,6 +452,16 @@ enum Command {
         key_slot: Option<u32>,
         #[command(flatten)]
         kdf: KdfArgs,
+        /// Instead of a new passphrase: a random secret wrapped by the key service at URL
+        /// (repeatable, tried in order), stored in an `nbdcrypt-keyservice` token.
+        #[arg(long = "key-service", value_name = "URL", requires = "kek",
+              conflicts_with_all = ["new_keyfile", "volume_key_file"])]
+        key_service: Vec<String>,
+        /// The key service's KEK that wraps the secret (with --key-service).
+        #[arg(long, value_name = "NAME")]
+        kek: Option<String>,
+        #[command(flatten)]
+        service: ServiceIdentityArgs,
     },
     /// Change a passphrase (as `cryptsetup luksChangeKey`): the slot the old passphrase opens
     /// (or --key-slot) gets the new one.
@@ -815,10 +875,26 @@ fn run(cmd: Command) -> Result<(), CliError> {
         Command::AddKey {
             image,
             unlock,
+            key_slot,
+            key_service,
+            kek,
+            service,
+            ..
+        } if !key_service.is_empty() => keyservice::add_key(
+            &image,
+            unlock.source(),
+            &service.args(&key_service)?,
+            kek.as_deref().unwrap_or_default(),
+            key_slot,
+        ),
+        Command::AddKey {
+            image,
+            unlock,
             new_keyfile,
             volume_key_file,
             key_slot,
             kdf,
+            ..
         } => keyslots::add_key(
             &image,
             unlock.source(),

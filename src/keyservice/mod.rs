@@ -4,12 +4,13 @@
 //!
 //! Layering: above [`crate::nbd`], below [`crate::cli`]. [`store`] is the SQLite store (root
 //! key, KEKs, identities, audit chain), [`pki`] the CA and certificates, [`server`] the HTTPS
-//! API, [`keyd`] the `nbdcrypt-keyd` command line.
+//! API, [`keyd`] the `nbdcrypt-keyd` command line, [`client`] the client the volume CLI uses.
 //!
 //! The service never holds anything that alone opens a volume: it holds KEKs (which only open
 //! blobs that the volume's owner keeps in its LUKS2 token) and escrow packages sealed to
 //! recovery officers' `age` keys, which it cannot open.
 
+pub mod client;
 pub mod keyd;
 pub mod pki;
 pub mod server;
