@@ -414,3 +414,83 @@ fn add_key_through_the_service_keeps_the_volume_valid_for_cryptsetup() {
     let dump2 = ok(cryptsetup().arg("luksDump").arg(&image));
     assert_eq!(dump, dump2);
 }
+
+#[test]
+fn open_unlocks_through_the_service_past_a_silent_and_a_refusing_endpoint() {
+    use common::{format_cheap, free_port, key_file, nbdcrypt, Server};
+    let dir = tempdir();
+    let mut k = Keyd::init(dir.path());
+    k.admin(&["kek", "create", "k1"]);
+    k.host("hostA");
+    k.serve();
+    let image = dir.path().join("vol.img");
+    let key = key_file(dir.path());
+    format_cheap(&image, &key, "20M", 512, "pbkdf2");
+    // First endpoint: accepts TCP but never answers; second: connection refused; third: works.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_url = format!("https://{}", silent.local_addr().unwrap());
+    let refusing = format!("https://127.0.0.1:{}", free_port());
+    let ca = k.data.join("ca.pem");
+    let identity = |c: &mut Command| {
+        c.arg("--key-service-cert")
+            .arg(dir.path().join("hostA.pem"))
+            .arg("--key-service-key")
+            .arg(dir.path().join("hostA.key"))
+            .arg("--key-service-ca")
+            .arg(&ca)
+            .args(["--key-service-timeout", "2"]);
+    };
+    let mut c = nbdcrypt();
+    c.arg("add-key").arg(&image).arg("--key-file").arg(&key);
+    for u in [&silent_url, &refusing, &k.url] {
+        c.args(["--key-service", u]);
+    }
+    c.args(["--kek", "k1"]);
+    identity(&mut c);
+    let out = run(&mut c);
+    assert!(out.status.success(), "{out:?}");
+
+    // open with no passphrase: unlocked through the third endpoint.
+    let socket = dir.path().join("vol.sock");
+    let mut c = nbdcrypt();
+    c.arg("open").arg(&image).arg("--socket").arg(&socket);
+    identity(&mut c);
+    let mut server = Server::launch(c, socket.clone(), "vol".into());
+    let info = common::nbd_tool("nbdinfo")
+        .args(["--size", &server.uri()])
+        .output()
+        .unwrap();
+    assert!(info.status.success(), "{info:?}");
+    let (st, _) = server.stop();
+    assert!(st.success());
+    let unwraps = k
+        .audit_rows()
+        .iter()
+        .filter(|r| r["action"] == "unwrap" && r["outcome"] == "ok")
+        .count();
+    assert_eq!(unwraps, 1);
+
+    // With the service down and no terminal: exit 2, each endpoint's failure named.
+    k.stop_with(libc::SIGTERM);
+    let mut c = nbdcrypt();
+    c.arg("open").arg(&image).arg("--socket").arg(&socket);
+    identity(&mut c);
+    let out = run(&mut c);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = common::stderr(&out);
+    for u in [&silent_url, &refusing, &k.url] {
+        assert!(err.contains(u.as_str()), "{u} not named in: {err}");
+    }
+    assert!(err.contains("no answer within 2 s"), "{err}");
+    // The passphrase still opens the volume without the service.
+    let mut c = nbdcrypt();
+    c.arg("open")
+        .arg(&image)
+        .arg("--key-file")
+        .arg(&key)
+        .arg("--socket")
+        .arg(&socket);
+    let mut server = Server::launch(c, socket.clone(), "vol".into());
+    assert!(server.stop().0.success());
+    drop(silent);
+}

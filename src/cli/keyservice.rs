@@ -1,5 +1,5 @@
 //! Volume commands that use the key service (`docs/keyservice-api.md`, `format-spec.md` §9.2):
-//! `add-key --key-service`.
+//! `add-key --key-service`, and unlock through the service for `open` and `serve`.
 
 use std::path::Path;
 use std::time::Duration;
@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::crypto::SecretBytes;
 use crate::format;
 use crate::keyservice::client::{Client, ClientError, Identity};
-use crate::volume::{self, KdfChoice, KdfKind, NewKeyslot, VolumeError};
+use crate::volume::{self, KdfChoice, KdfKind, LoadedHeader, NewKeyslot, UnlockedKey, VolumeError};
 
 use super::passphrase::{unlock_with_tries, Source};
 use super::CliError;
@@ -122,4 +122,113 @@ pub fn add_key(
         "Key slot {id} created, unlocked by the key service ({url}, KEK {kek} version {version})."
     );
     Ok(())
+}
+
+/// The host identity and per-endpoint timeout used to unlock through the service.
+#[derive(Debug, Clone)]
+pub struct ServiceIdentity {
+    /// Certificate, key and CA files.
+    pub identity: Identity,
+    /// Per-endpoint timeout.
+    pub timeout: Duration,
+}
+
+/// Unlocks through the `nbdcrypt-keyservice` tokens of the header (`format-spec.md` §9.2), only
+/// that of `slot` if given: for each token, each of its URLs in order until one unwraps the
+/// secret, which must then open the token's keyslot.
+///
+/// Returns `Ok(None)` when the header has no such token; `Err` lists every failure (endpoint
+/// by endpoint), for the caller to print before falling back.
+pub fn unlock(
+    file: &std::fs::File,
+    image: &Path,
+    lh: &LoadedHeader,
+    slot: Option<u32>,
+    service: &ServiceIdentity,
+) -> Result<Option<UnlockedKey>, String> {
+    let tokens: Vec<&serde_json::Value> = lh
+        .metadata
+        .tokens
+        .values()
+        .filter(|t| t["type"] == format::KEYSERVICE_TOKEN)
+        .collect();
+    if tokens.is_empty() {
+        return Ok(None);
+    }
+    let uuid = &lh.header.uuid;
+    let mut failures = Vec::new();
+    for t in tokens {
+        let Some(ks) = t["keyslots"]
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(|v| v.as_str())
+            .and_then(|v| v.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if slot.is_some_and(|s| s != ks) {
+            continue;
+        }
+        let client = match Client::new(&service.identity, service.timeout) {
+            Ok(c) => c,
+            Err(e) => {
+                failures.push(e.to_string());
+                break;
+            }
+        };
+        let urls: Vec<String> = t["urls"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|u| u.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let body = json!({
+            "slot": ks,
+            "kek": t["kek"],
+            "version": t["kek_version"],
+            "blob": t["blob"],
+        });
+        for u in &urls {
+            let reply = match client.call(
+                u,
+                "POST",
+                &format!("/v1/volumes/{uuid}/unwrap"),
+                Some(&body),
+            ) {
+                Ok(r) => r,
+                Err(e) => {
+                    failures.push(e.to_string());
+                    continue;
+                }
+            };
+            let secret = match reply["secret"].as_str().map(|s| B64.decode(s)) {
+                Some(Ok(s)) => SecretBytes::new(s),
+                _ => {
+                    failures.push(format!("{u}: the unwrap reply has no secret"));
+                    continue;
+                }
+            };
+            match super::try_unlock(file, image, lh, secret.expose(), Some(ks)) {
+                Ok(k) => {
+                    if reply["current_version"].as_u64() > t["kek_version"].as_u64() {
+                        tracing::warn!(
+                            keyslot = ks,
+                            "the key service's KEK has a newer version; rewrapping is not done yet (issue 5)"
+                        );
+                    }
+                    tracing::info!(keyslot = ks, url = %u, "unlocked through the key service");
+                    return Ok(Some(k));
+                }
+                Err(e) => failures.push(format!(
+                    "{u}: the unwrapped secret does not open keyslot {ks}: {e}"
+                )),
+            }
+        }
+    }
+    if failures.is_empty() {
+        failures.push("no nbdcrypt-keyservice token for this keyslot".into());
+    }
+    Err(failures.join("\n  "))
 }

@@ -48,6 +48,10 @@ pub enum CliError {
     /// TLS certificate, key or CA files that cannot be used (exit 1).
     #[error(transparent)]
     Tls(#[from] crate::nbd::TlsError),
+    /// Unlock through the key service failed and there is no terminal to fall back to a
+    /// passphrase prompt (exit 2, as no usable key); lists every endpoint's failure.
+    #[error("{0}")]
+    KeyService(String),
     /// An error with a hint that depends on the input (shown instead of the generic one).
     #[error("{0}")]
     Hinted(Box<CliError>, String),
@@ -82,6 +86,7 @@ impl CliError {
                 inner.exit_code()
             }
             CliError::Usage(_) | CliError::Nbd(_) | CliError::Tls(_) => EXIT_INVALID,
+            CliError::KeyService(_) => EXIT_NO_KEY,
             CliError::Volume(v) => match v {
                 VolumeError::WrongPassphrase => EXIT_NO_KEY,
                 VolumeError::OutOfMemory { .. } => EXIT_NO_MEMORY,
@@ -212,20 +217,28 @@ struct ServiceIdentityArgs {
 }
 
 impl ServiceIdentityArgs {
-    fn args<'a>(&self, urls: &'a [String]) -> Result<keyservice::ServiceArgs<'a>, CliError> {
+    fn identity(&self) -> Result<keyservice::ServiceIdentity, CliError> {
         if !(self.key_service_timeout > 0.0 && self.key_service_timeout <= 3600.0) {
             return Err(CliError::Usage(
                 "--key-service-timeout takes seconds, more than 0 and at most 3600".into(),
             ));
         }
-        Ok(keyservice::ServiceArgs {
-            urls,
+        Ok(keyservice::ServiceIdentity {
             identity: crate::keyservice::client::Identity {
                 cert: self.key_service_cert.clone(),
                 key: self.key_service_key.clone(),
                 ca: self.key_service_ca.clone(),
             },
             timeout: std::time::Duration::from_secs_f64(self.key_service_timeout),
+        })
+    }
+
+    fn args<'a>(&self, urls: &'a [String]) -> Result<keyservice::ServiceArgs<'a>, CliError> {
+        let id = self.identity()?;
+        Ok(keyservice::ServiceArgs {
+            urls,
+            identity: id.identity,
+            timeout: id.timeout,
         })
     }
 }
@@ -409,6 +422,10 @@ enum Command {
         /// What TRIM does: ignore (default) or passdown (punches holes: leaks usage; see --help).
         #[arg(long, value_enum, value_name = "POLICY", default_value = "ignore", long_help = DISCARD_LONG_HELP)]
         discard: DiscardArg,
+        /// Without --key-file or --recovery-key, a volume with an nbdcrypt-keyservice token is
+        /// unlocked through the key service first (a terminal prompt if that fails, else exit 2).
+        #[command(flatten)]
+        service: ServiceIdentityArgs,
     },
     /// Serve several images from one server, each under its own export name: one unlock per
     /// image, in the order given. The first export is also the default export "".
@@ -620,6 +637,7 @@ fn serve_exports(
             key_slot: None,
             read_only: false,
             discard: volume::Discard::Ignore,
+            key_service: None,
         });
     }
     let find = |out: &[serve::ImageExport], name: &str, flag: &str| {
@@ -849,8 +867,10 @@ fn run(cmd: Command) -> Result<(), CliError> {
             export_name,
             read_only,
             discard,
+            service,
         } => serve::open(
             serve::ImageExport {
+                key_service: Some(service.identity()?),
                 name: export_name.unwrap_or_else(|| serve::default_export_name(&image)),
                 image,
                 key_file: key.unlock.key_file,
