@@ -271,7 +271,7 @@ fn audit_verify_names_a_row_edited_with_sqlite3() {
         "officer",
         "add",
         "olga",
-        "age1qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqq",
+        "age1ckmz0va5qgc9fa2esxs2kdlwmnw7ae2zz246qa7zcy34sg7p6gys065f3m",
     ]);
     assert!(k.admin(&["audit", "verify"]).contains("ok: 5 rows"));
     let db = k.data.join("keyd.db");
@@ -493,4 +493,73 @@ fn open_unlocks_through_the_service_past_a_silent_and_a_refusing_endpoint() {
     let mut server = Server::launch(c, socket.clone(), "vol".into());
     assert!(server.stop().0.success());
     drop(silent);
+}
+
+#[test]
+fn escrow_package_opens_with_the_stock_age_and_holds_the_volume_key() {
+    use common::{cryptsetup_volume_key, format_cheap, key_file, nbdcrypt};
+    let age = require("age", "age");
+    let age_keygen = require("age-keygen", "age");
+    let dir = tempdir();
+    let mut k = Keyd::init(dir.path());
+    k.host("hostA");
+    let officer_key = dir.path().join("officer.key");
+    let out = run(Command::new(&age_keygen).arg("-o").arg(&officer_key));
+    assert!(out.status.success(), "{out:?}");
+    let recipient =
+        String::from_utf8(run(Command::new(&age_keygen).arg("-y").arg(&officer_key)).stdout)
+            .unwrap();
+    // A recipient that is not an age key is refused.
+    let out =
+        run(keyd()
+            .arg("--data-dir")
+            .arg(&k.data)
+            .args(["officer", "add", "bad", "age1notakey"]));
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    k.admin(&["officer", "add", "olga", recipient.trim()]);
+    let officer = k.token("olga", "officer");
+    k.serve();
+    let image = dir.path().join("vol.img");
+    let key = key_file(dir.path());
+    format_cheap(&image, &key, "20M", 512, "pbkdf2");
+    let out = run(nbdcrypt()
+        .arg("escrow")
+        .arg(&image)
+        .arg("--key-file")
+        .arg(&key)
+        .args(["--key-service", &k.url])
+        .arg("--key-service-cert")
+        .arg(dir.path().join("hostA.pem"))
+        .arg("--key-service-key")
+        .arg(dir.path().join("hostA.key"))
+        .arg("--key-service-ca")
+        .arg(k.data.join("ca.pem")));
+    assert!(out.status.success(), "{out:?}");
+    let uuid = common::ok(common::cryptsetup().arg("luksUUID").arg(&image))
+        .trim()
+        .to_string();
+    let r = k.with_token(
+        &officer,
+        "GET",
+        &format!("/v1/volumes/{uuid}/escrow"),
+        &Value::Null,
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let package = dir.path().join("package.age");
+    std::fs::write(&package, r.body["package"].as_str().unwrap()).unwrap();
+    let out = run(Command::new(&age)
+        .arg("-d")
+        .arg("-i")
+        .arg(&officer_key)
+        .arg(&package));
+    assert!(out.status.success(), "{out:?}");
+    let plain: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plain["format"], "nbdcrypt-escrow/1");
+    assert_eq!(plain["volume_uuid"], uuid.as_str());
+    assert_eq!(plain["volume_key"], cryptsetup_volume_key(&image, &key));
+    // The package is not the key in clear.
+    assert!(!r.body["package"]
+        .as_str()
+        .unwrap()
+        .contains(plain["volume_key"].as_str().unwrap()));
 }

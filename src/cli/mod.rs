@@ -480,6 +480,19 @@ enum Command {
         #[command(flatten)]
         service: ServiceIdentityArgs,
     },
+    /// Seal the volume key and UUID with age to the key service's recovery officers and
+    /// upload the package (docs/keyservice-api.md).
+    Escrow {
+        /// Image file.
+        image: PathBuf,
+        #[command(flatten)]
+        unlock: Unlocker,
+        /// The key service (repeatable: tried in order).
+        #[arg(long = "key-service", value_name = "URL", required = true)]
+        key_service: Vec<String>,
+        #[command(flatten)]
+        service: ServiceIdentityArgs,
+    },
     /// Change a passphrase (as `cryptsetup luksChangeKey`): the slot the old passphrase opens
     /// (or --key-slot) gets the new one.
     ChangeKey {
@@ -892,6 +905,12 @@ fn run(cmd: Command) -> Result<(), CliError> {
             serve_exports(exports, key_file, recovery_key, read_only, discard)?,
             server.args(),
         ),
+        Command::Escrow {
+            image,
+            unlock,
+            key_service,
+            service,
+        } => keyservice::escrow(&image, unlock.source(), &service.args(&key_service)?),
         Command::AddKey {
             image,
             unlock,

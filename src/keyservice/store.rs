@@ -951,7 +951,7 @@ impl Store {
     /// Errors: [`StoreError::Exists`], [`StoreError::Invalid`] recipient, database.
     pub fn officer_add(&mut self, name: &str, recipient: &str) -> Result<(), StoreError> {
         check_name("officer", name)?;
-        if !recipient.starts_with("age1") || recipient.len() < 20 {
+        if recipient.parse::<age::x25519::Recipient>().is_err() {
             return Err(StoreError::Invalid(format!(
                 "{recipient:?} is not an age X25519 recipient (age1...)"
             )));
