@@ -2,10 +2,12 @@
 //!
 //! Layers, each importing only the ones before it:
 //! [`format`] (bytes ↔ types) → [`crypto`] (secrets, KDFs, keyslots, XTS) → [`volume`] (the image
-//! file) → [`nbd`] (protocol codec, session, listener) → [`cli`].
+//! file) → [`nbd`] (protocol codec, session, listener) → [`keyservice`] (the `nbdcrypt-keyd`
+//! key service and its client) → [`cli`].
 
 pub mod cli;
 pub mod crypto;
 pub mod format;
+pub mod keyservice;
 pub mod nbd;
 pub mod volume;

@@ -70,7 +70,13 @@ pub(super) const EX_SERVE: &str = "Examples:
 pub(super) const EX_ADD_KEY: &str = "Examples:
   nbdcrypt add-key vol.img --key-file old.txt --new-keyfile new.txt
   nbdcrypt add-key vol.img --key-slot 5 --pbkdf pbkdf2 --iter-time 1000   # prompts for both
-  nbdcrypt add-key vol.img --volume-key-file vk.bin --new-keyfile new.txt";
+  nbdcrypt add-key vol.img --volume-key-file vk.bin --new-keyfile new.txt
+  nbdcrypt add-key vol.img --key-file old.txt --key-service https://keyd1:8443 \\
+      --key-service https://keyd2:8443 --kek volumes   # then `open` needs no passphrase";
+
+pub(super) const EX_ESCROW: &str = "Examples:
+  nbdcrypt escrow vol.img --key-file pass.txt --key-service https://keyd:8443
+  age -d -i officer.key package.age            # what a recovery officer does with the package";
 
 pub(super) const EX_CHANGE_KEY: &str = "Examples:
   nbdcrypt change-key vol.img --key-file old.txt --new-keyfile new.txt

@@ -11,7 +11,7 @@ use crate::volume::{self, Access, KdfChoice, LoadedHeader, NewKeyslot, VolumeErr
 use super::passphrase::{read_passphrase, unlock_with_tries, Prompt, Source};
 use super::CliError;
 
-fn open_for_update(
+pub(super) fn open_for_update(
     image: &Path,
     header: Option<&Path>,
 ) -> Result<(std::fs::File, std::path::PathBuf, LoadedHeader), CliError> {

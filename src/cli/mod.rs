@@ -11,6 +11,7 @@ mod connect;
 mod daemon;
 mod docs;
 mod dump;
+mod keyservice;
 mod keyslots;
 mod passphrase;
 mod serve;
@@ -60,6 +61,10 @@ pub enum CliError {
     /// Stopped by a signal before finishing; the text says how to resume (exit 130).
     #[error("{0}")]
     Interrupted(String),
+    /// Unlock through the key service failed and there is no terminal to fall back to a
+    /// passphrase prompt (exit 2, as no usable key); lists every endpoint's failure.
+    #[error("{0}")]
+    KeyService(String),
     /// An error with a hint that depends on the input (shown instead of the generic one).
     #[error("{0}")]
     Hinted(Box<CliError>, String),
@@ -103,6 +108,7 @@ impl CliError {
                 }
             }
             CliError::Interrupted(_) => EXIT_INTERRUPTED,
+            CliError::KeyService(_) => EXIT_NO_KEY,
             CliError::Volume(v) => match v {
                 VolumeError::WrongPassphrase => EXIT_NO_KEY,
                 VolumeError::OutOfMemory { .. } => EXIT_NO_MEMORY,
@@ -249,6 +255,63 @@ struct KeyArgs {
     /// Try only this keyslot.
     #[arg(long, short = 'S', value_name = "N")]
     key_slot: Option<u32>,
+}
+
+/// How this host authenticates to the key service (files from `nbdcrypt-keyd host add` and
+/// the service's `ca.pem`), and how long each endpoint may take.
+#[derive(clap::Args)]
+struct ServiceIdentityArgs {
+    /// This host's client certificate (PEM).
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "/etc/nbdcrypt/keyservice/host.pem"
+    )]
+    key_service_cert: PathBuf,
+    /// Its private key (PEM).
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "/etc/nbdcrypt/keyservice/host.key"
+    )]
+    key_service_key: PathBuf,
+    /// The key service's CA certificate (PEM).
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "/etc/nbdcrypt/keyservice/ca.pem"
+    )]
+    key_service_ca: PathBuf,
+    /// Seconds each endpoint may take (connect, TLS, reply) before the next is tried.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
+    key_service_timeout: f64,
+}
+
+impl ServiceIdentityArgs {
+    fn identity(&self) -> Result<keyservice::ServiceIdentity, CliError> {
+        if !(self.key_service_timeout > 0.0 && self.key_service_timeout <= 3600.0) {
+            return Err(CliError::Usage(
+                "--key-service-timeout takes seconds, more than 0 and at most 3600".into(),
+            ));
+        }
+        Ok(keyservice::ServiceIdentity {
+            identity: crate::keyservice::client::Identity {
+                cert: self.key_service_cert.clone(),
+                key: self.key_service_key.clone(),
+                ca: self.key_service_ca.clone(),
+            },
+            timeout: std::time::Duration::from_secs_f64(self.key_service_timeout),
+        })
+    }
+
+    fn args<'a>(&self, urls: &'a [String]) -> Result<keyservice::ServiceArgs<'a>, CliError> {
+        let id = self.identity()?;
+        Ok(keyservice::ServiceArgs {
+            urls,
+            identity: id.identity,
+            timeout: id.timeout,
+        })
+    }
 }
 
 /// KDF cost of a new keyslot, with cryptsetup's flag names, units and defaults.
@@ -485,6 +548,10 @@ enum Command {
         /// What TRIM does: ignore (default) or passdown (punches holes: leaks usage; see --help).
         #[arg(long, value_enum, value_name = "POLICY", default_value = "ignore", long_help = DISCARD_LONG_HELP)]
         discard: DiscardArg,
+        /// Without --key-file or --recovery-key, a volume with an nbdcrypt-keyservice token is
+        /// unlocked through the key service first (a terminal prompt if that fails, else exit 2).
+        #[command(flatten)]
+        service: ServiceIdentityArgs,
     },
     /// Disconnect a kernel NBD device attached by `open --connect`: write back its cache,
     /// flush, detach, and wait until the serving process has wiped its keys and exited.
@@ -543,6 +610,32 @@ enum Command {
         key_slot: Option<u32>,
         #[command(flatten)]
         kdf: KdfArgs,
+        /// Instead of a new passphrase: a random secret wrapped by the key service at URL
+        /// (repeatable, tried in order), stored in an `nbdcrypt-keyservice` token.
+        #[arg(long = "key-service", value_name = "URL", requires = "kek",
+              conflicts_with_all = ["new_keyfile", "volume_key_file"])]
+        key_service: Vec<String>,
+        /// The key service's KEK that wraps the secret (with --key-service).
+        #[arg(long, value_name = "NAME")]
+        kek: Option<String>,
+        #[command(flatten)]
+        service: ServiceIdentityArgs,
+    },
+    /// Seal the volume key and UUID with age to the key service's recovery officers and
+    /// upload the package (docs/keyservice-api.md).
+    #[command(after_help = docs::EX_ESCROW)]
+    Escrow {
+        /// Image file.
+        image: PathBuf,
+        #[command(flatten)]
+        header: HeaderArg,
+        #[command(flatten)]
+        unlock: Unlocker,
+        /// The key service (repeatable: tried in order).
+        #[arg(long = "key-service", value_name = "URL", required = true)]
+        key_service: Vec<String>,
+        #[command(flatten)]
+        service: ServiceIdentityArgs,
     },
     /// Change a passphrase (as `cryptsetup luksChangeKey`): the slot the old passphrase opens
     /// (or --key-slot) gets the new one.
@@ -742,6 +835,7 @@ fn serve_exports(
             key_slot: None,
             read_only: false,
             discard: volume::Discard::Ignore,
+            key_service: None,
         });
     }
     let find = |out: &[serve::ImageExport], name: &str, flag: &str| {
@@ -1069,12 +1163,14 @@ fn run(cmd: Command) -> Result<(), CliError> {
             export_name,
             read_only,
             discard,
+            service,
         } => {
             if let Some(device) = disconnect {
                 return connect::close(&device);
             }
             let image = image.expect("clap requires IMAGE without --disconnect");
             let export = serve::ImageExport {
+                key_service: Some(service.identity()?),
                 name: export_name.unwrap_or_else(|| serve::default_export_name(&image)),
                 image,
                 header: header.header,
@@ -1102,6 +1198,35 @@ fn run(cmd: Command) -> Result<(), CliError> {
             serve_exports(exports, header, key_file, recovery_key, read_only, discard)?,
             server.args(),
         ),
+        Command::Escrow {
+            image,
+            header,
+            unlock,
+            key_service,
+            service,
+        } => keyservice::escrow(
+            &image,
+            header.header.as_deref(),
+            unlock.source(),
+            &service.args(&key_service)?,
+        ),
+        Command::AddKey {
+            image,
+            header,
+            unlock,
+            key_slot,
+            key_service,
+            kek,
+            service,
+            ..
+        } if !key_service.is_empty() => keyservice::add_key(
+            &image,
+            header.header.as_deref(),
+            unlock.source(),
+            &service.args(&key_service)?,
+            kek.as_deref().unwrap_or_default(),
+            key_slot,
+        ),
         Command::AddKey {
             image,
             header,
@@ -1110,6 +1235,7 @@ fn run(cmd: Command) -> Result<(), CliError> {
             volume_key_file,
             key_slot,
             kdf,
+            ..
         } => keyslots::add_key(
             &image,
             header.header.as_deref(),

@@ -39,6 +39,9 @@ pub struct ImageExport {
     pub read_only: bool,
     /// What TRIM does (`--discard`).
     pub discard: Discard,
+    /// Unlock through the key service when the header has an `nbdcrypt-keyservice` token and
+    /// neither `key_file` nor `recovery` is given (`open` only; `None` for `serve`).
+    pub key_service: Option<super::keyservice::ServiceIdentity>,
 }
 
 /// Where and how to serve (shared by `open` and `serve`).
@@ -272,10 +275,26 @@ pub(super) fn unlock_all(
             Some(f) => Source::Recovery(f.as_deref()),
             None => Source::Passphrase(x.key_file.as_deref()),
         };
-        let key = unlock_with_tries(source, &x.image, |pass| {
-            super::try_unlock(&o.header, &o.header_path, &lh, pass, x.key_slot)
-        })
-        .map_err(|e| in_export(named, x, e))?;
+        let mut via_service = None;
+        if let (Some(ks), None, None) = (&x.key_service, &x.key_file, &x.recovery) {
+            match super::keyservice::unlock(&o.header, &o.header_path, &lh, x.key_slot, ks) {
+                Ok(k) => via_service = k,
+                Err(failures) => {
+                    let msg = format!("unlock through the key service failed:\n  {failures}");
+                    if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                        return Err(in_export(named, x, CliError::KeyService(msg)));
+                    }
+                    eprintln!("{msg}\nFalling back to the passphrase.");
+                }
+            }
+        }
+        let key = match via_service {
+            Some(k) => k,
+            None => unlock_with_tries(source, &x.image, |pass| {
+                super::try_unlock(&o.header, &o.header_path, &lh, pass, x.key_slot)
+            })
+            .map_err(|e| in_export(named, x, e))?,
+        };
         let vol = Volume::new(o.data, &x.image, &lh, key, x.read_only)
             .map_err(|e| in_export(named, x, e))?
             .with_discard(x.discard);
@@ -468,6 +487,7 @@ pub fn demo(
             key_slot: None,
             read_only: false,
             discard,
+            key_service: None,
         }],
         ServerArgs {
             listen: vec![listen],

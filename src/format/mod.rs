@@ -20,6 +20,10 @@ pub const VOLUME_KEY_SIZE: usize = 64;
 /// Token type of a recovery-key keyslot (`format-spec.md` §9.1): `{"type":
 /// "nbdcrypt-recovery", "keyslots": ["N"], "recovery_id": "8 hex digits"}`.
 pub const RECOVERY_TOKEN: &str = "nbdcrypt-recovery";
+/// Token type of a keyslot unlocked through the key service (`format-spec.md` §9.2):
+/// `{"type": "nbdcrypt-keyservice", "keyslots": ["N"], "urls": [...], "kek": NAME,
+/// "kek_version": V, "blob": BASE64}`.
+pub const KEYSERVICE_TOKEN: &str = "nbdcrypt-keyservice";
 /// Largest Argon2 time cost a keyslot may ask for (2^24 passes); above it the slot is refused.
 pub const ARGON2_MAX_TIME: u32 = 1 << 24;
 /// Default metadata copy size (binary header + JSON area), bytes.

@@ -3,6 +3,7 @@
 //! one fails the test with a message naming the package.
 #![allow(dead_code)]
 
+pub mod keyd;
 pub mod nbd;
 pub mod tls;
 

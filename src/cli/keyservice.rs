@@ -1,0 +1,327 @@
+//! Volume commands that use the key service (`docs/keyservice-api.md`, `format-spec.md` §9.2):
+//! `add-key --key-service`, and unlock through the service for `open` and `serve`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use serde_json::json;
+
+use crate::crypto::SecretBytes;
+use crate::format;
+use crate::keyservice::client::{Client, ClientError, Identity};
+use crate::volume::{self, KdfChoice, KdfKind, LoadedHeader, NewKeyslot, UnlockedKey, VolumeError};
+
+use super::passphrase::{unlock_with_tries, Source};
+use super::CliError;
+
+/// Length of a key-service keyslot's random secret, bytes.
+pub const SECRET_LEN: usize = 32;
+/// PBKDF2 iterations of a key-service keyslot: the secret has full entropy, so the KDF adds
+/// nothing but time (1000 is cryptsetup's minimum).
+pub const SECRET_PBKDF2_ITERATIONS: u32 = 1000;
+
+/// The key service settings of a command.
+pub struct ServiceArgs<'a> {
+    /// Endpoint URLs, tried in order.
+    pub urls: &'a [String],
+    /// The host identity.
+    pub identity: Identity,
+    /// Per-endpoint timeout.
+    pub timeout: Duration,
+}
+
+/// Calls `f` on each URL in order until one succeeds; all failures are listed otherwise.
+fn first_ok<T>(
+    urls: &[String],
+    mut f: impl FnMut(&str) -> Result<T, ClientError>,
+) -> Result<(String, T), CliError> {
+    let mut failures = Vec::new();
+    for u in urls {
+        match f(u) {
+            Ok(v) => return Ok((u.clone(), v)),
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    Err(CliError::Usage(format!(
+        "no key service endpoint worked:\n  {}",
+        failures.join("\n  ")
+    )))
+}
+
+/// `add-key IMAGE --key-service URL... --kek NAME`: a new keyslot for a random 32-byte secret
+/// (PBKDF2, [`SECRET_PBKDF2_ITERATIONS`]), the secret wrapped by the service for this volume
+/// and slot, and an `nbdcrypt-keyservice` token with the wrapped blob, in one header commit.
+///
+/// Errors: unlock failures as `add-key`; [`CliError::Usage`] naming each endpoint's failure.
+pub fn add_key(
+    image: &Path,
+    header: Option<&Path>,
+    source: Source<'_>,
+    service: &ServiceArgs<'_>,
+    kek: &str,
+    slot: Option<u32>,
+) -> Result<(), CliError> {
+    let (file, hpath, lh) = super::keyslots::open_for_update(image, header)?;
+    let vk = unlock_with_tries(source, image, |p| {
+        super::try_unlock(&file, &hpath, &lh, p, None)
+    })?
+    .key;
+    let slot = match slot {
+        Some(s) => s,
+        None => (0..volume::MAX_KEYSLOTS)
+            .find(|s| !lh.metadata.keyslots.contains_key(&format::metadata::Id(*s)))
+            .ok_or_else(|| VolumeError::InvalidArgument("All key slots full.".into()))?,
+    };
+    let uuid = lh.header.uuid.clone();
+    let secret = SecretBytes::random(SECRET_LEN).map_err(VolumeError::from)?;
+    let client = Client::new(&service.identity, service.timeout)
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    let (url, wrapped) = first_ok(service.urls, |u| {
+        client.call(u, "POST", "/v1/volumes", Some(&json!({ "uuid": uuid })))?;
+        client.call(
+            u,
+            "POST",
+            &format!("/v1/volumes/{uuid}/wrap"),
+            Some(&json!({"slot": slot, "kek": kek, "secret": B64.encode(secret.expose())})),
+        )
+    })?;
+    let version = wrapped["version"].as_u64().unwrap_or(0);
+    let blob = wrapped["blob"].as_str().unwrap_or("");
+    if version == 0 || blob.is_empty() {
+        return Err(CliError::Usage(format!(
+            "{url}: the wrap reply lacks version or blob"
+        )));
+    }
+    let token = json!({
+        "type": format::KEYSERVICE_TOKEN,
+        "keyslots": [],
+        "urls": service.urls,
+        "kek": kek,
+        "kek_version": version,
+        "blob": blob,
+    });
+    let kdf = KdfChoice {
+        kind: KdfKind::Pbkdf2,
+        force_iterations: Some(SECRET_PBKDF2_ITERATIONS),
+        ..KdfChoice::default()
+    };
+    let id = volume::add_keyslot(
+        &file,
+        &hpath,
+        &lh,
+        &vk,
+        NewKeyslot {
+            passphrase: secret.expose(),
+            slot: Some(slot),
+            kdf: &kdf,
+            token: Some(token),
+        },
+    )?;
+    eprintln!(
+        "Key slot {id} created, unlocked by the key service ({url}, KEK {kek} version {version})."
+    );
+    Ok(())
+}
+
+/// The host identity and per-endpoint timeout used to unlock through the service.
+#[derive(Debug, Clone)]
+pub struct ServiceIdentity {
+    /// Certificate, key and CA files.
+    pub identity: Identity,
+    /// Per-endpoint timeout.
+    pub timeout: Duration,
+}
+
+/// Unlocks through the `nbdcrypt-keyservice` tokens of the header (`format-spec.md` §9.2), only
+/// that of `slot` if given: for each token, each of its URLs in order until one unwraps the
+/// secret, which must then open the token's keyslot.
+///
+/// Returns `Ok(None)` when the header has no such token; `Err` lists every failure (endpoint
+/// by endpoint), for the caller to print before falling back.
+pub fn unlock(
+    file: &std::fs::File,
+    image: &Path,
+    lh: &LoadedHeader,
+    slot: Option<u32>,
+    service: &ServiceIdentity,
+) -> Result<Option<UnlockedKey>, String> {
+    let tokens: Vec<&serde_json::Value> = lh
+        .metadata
+        .tokens
+        .values()
+        .filter(|t| t["type"] == format::KEYSERVICE_TOKEN)
+        .collect();
+    if tokens.is_empty() {
+        return Ok(None);
+    }
+    let uuid = &lh.header.uuid;
+    let mut failures = Vec::new();
+    for t in tokens {
+        let Some(ks) = t["keyslots"]
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(|v| v.as_str())
+            .and_then(|v| v.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if slot.is_some_and(|s| s != ks) {
+            continue;
+        }
+        let client = match Client::new(&service.identity, service.timeout) {
+            Ok(c) => c,
+            Err(e) => {
+                failures.push(e.to_string());
+                break;
+            }
+        };
+        let urls: Vec<String> = t["urls"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|u| u.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let body = json!({
+            "slot": ks,
+            "kek": t["kek"],
+            "version": t["kek_version"],
+            "blob": t["blob"],
+        });
+        for u in &urls {
+            let reply = match client.call(
+                u,
+                "POST",
+                &format!("/v1/volumes/{uuid}/unwrap"),
+                Some(&body),
+            ) {
+                Ok(r) => r,
+                Err(e) => {
+                    failures.push(e.to_string());
+                    continue;
+                }
+            };
+            let secret = match reply["secret"].as_str().map(|s| B64.decode(s)) {
+                Some(Ok(s)) => SecretBytes::new(s),
+                _ => {
+                    failures.push(format!("{u}: the unwrap reply has no secret"));
+                    continue;
+                }
+            };
+            match super::try_unlock(file, image, lh, secret.expose(), Some(ks)) {
+                Ok(k) => {
+                    if reply["current_version"].as_u64() > t["kek_version"].as_u64() {
+                        tracing::warn!(
+                            keyslot = ks,
+                            "the key service's KEK has a newer version; rewrapping is not done yet (issue 5)"
+                        );
+                    }
+                    tracing::info!(keyslot = ks, url = %u, "unlocked through the key service");
+                    return Ok(Some(k));
+                }
+                Err(e) => failures.push(format!(
+                    "{u}: the unwrapped secret does not open keyslot {ks}: {e}"
+                )),
+            }
+        }
+    }
+    if failures.is_empty() {
+        failures.push("no nbdcrypt-keyservice token for this keyslot".into());
+    }
+    Err(failures.join("\n  "))
+}
+
+/// Format tag of the sealed escrow package's plaintext.
+pub const ESCROW_FORMAT: &str = "nbdcrypt-escrow/1";
+
+/// Seals `plain` with `age` (X25519, ASCII armor) to every recipient (`age1...`).
+///
+/// Errors: [`CliError::Usage`] for a recipient that does not parse or an encryption failure.
+pub fn seal_to_officers(recipients: &[String], plain: &[u8]) -> Result<String, CliError> {
+    use std::io::Write;
+    let parsed: Vec<age::x25519::Recipient> = recipients
+        .iter()
+        .map(|r| {
+            r.parse()
+                .map_err(|e| CliError::Usage(format!("officer recipient {r:?}: {e}")))
+        })
+        .collect::<Result<_, _>>()?;
+    let enc = age::Encryptor::with_recipients(parsed.iter().map(|r| r as &dyn age::Recipient))
+        .map_err(|e| CliError::Usage(format!("age: {e}")))?;
+    let io = |e: std::io::Error| CliError::Usage(format!("age: {e}"));
+    let mut out = Vec::new();
+    let armor = age::armor::ArmoredWriter::wrap_output(&mut out, age::armor::Format::AsciiArmor)
+        .map_err(io)?;
+    let mut w = enc.wrap_output(armor).map_err(io)?;
+    w.write_all(plain).map_err(io)?;
+    w.finish().and_then(|a| a.finish()).map_err(io)?;
+    String::from_utf8(out).map_err(|_| CliError::Usage("age: armor is not text".into()))
+}
+
+/// `escrow IMAGE --key-service URL...`: unlocks the volume, seals its volume key and UUID with
+/// `age` to the recovery officers the service publishes, and uploads the package (the first
+/// endpoint that works). The service stores it and cannot open it.
+///
+/// Errors: unlock failures; [`CliError::Usage`] when the service has no officers or every
+/// endpoint fails (each named).
+pub fn escrow(
+    image: &Path,
+    header: Option<&Path>,
+    source: Source<'_>,
+    service: &ServiceArgs<'_>,
+) -> Result<(), CliError> {
+    let (o, lh) = super::open_loaded(image, header, volume::Access::Inspect)?;
+    let vk = unlock_with_tries(source, image, |p| {
+        super::try_unlock(&o.header, &o.header_path, &lh, p, None)
+    })?
+    .key;
+    let uuid = lh.header.uuid.clone();
+    let client = Client::new(&service.identity, service.timeout)
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    let hex: zeroize::Zeroizing<String> =
+        zeroize::Zeroizing::new(vk.expose().iter().map(|b| format!("{b:02x}")).collect());
+    let (url, officers) = first_ok(service.urls, |u| {
+        client.call(u, "POST", "/v1/volumes", Some(&json!({ "uuid": uuid })))?;
+        let o = client.call(u, "GET", "/v1/officers", None)?;
+        let list: Vec<String> = o["officers"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x["recipient"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(list)
+    })?;
+    if officers.is_empty() {
+        return Err(CliError::Usage(format!(
+            "{url}: the key service has no recovery officers (nbdcrypt-keyd officer add NAME AGE-RECIPIENT)"
+        )));
+    }
+    let plain = zeroize::Zeroizing::new(
+        json!({
+            "format": ESCROW_FORMAT,
+            "volume_uuid": uuid,
+            "volume_key": hex.as_str(),
+        })
+        .to_string(),
+    );
+    let package = seal_to_officers(&officers, plain.as_bytes())?;
+    client
+        .call(
+            &url,
+            "PUT",
+            &format!("/v1/volumes/{uuid}/escrow"),
+            Some(&json!({ "package": package })),
+        )
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    eprintln!(
+        "Volume key of {} escrowed to {} recovery officer(s) at {url}.",
+        image.display(),
+        officers.len()
+    );
+    Ok(())
+}

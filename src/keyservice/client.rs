@@ -1,0 +1,246 @@
+//! Client of the key service API (`docs/keyservice-api.md`) for the volume CLI: HTTPS with the
+//! host's client certificate (rustls, ring provider), HTTP/1.1 through hyper, one request per
+//! connection, and a whole-request timeout per endpoint so a dead server costs seconds.
+//!
+//! Blocking: each call runs on a private current-thread tokio runtime.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
+use serde_json::Value;
+use tokio_rustls::TlsConnector;
+
+/// The host identity files: certificate and key from `nbdcrypt-keyd host add`, and the
+/// service's CA certificate (`ca.pem` of its data directory).
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// Client certificate (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// The service's CA certificate (PEM).
+    pub ca: PathBuf,
+}
+
+/// Why a call failed; every variant names the endpoint URL (or the file).
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// An identity file is missing or unusable.
+    #[error("key service identity {}: {detail}", path.display())]
+    Identity {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        detail: String,
+    },
+    /// The URL is not `https://HOST[:PORT]`.
+    #[error("key service URL {0:?} is not https://HOST[:PORT]")]
+    Url(String),
+    /// No complete answer within the timeout.
+    #[error("{url}: no answer within {secs} s")]
+    Timeout {
+        /// The endpoint.
+        url: String,
+        /// The timeout, seconds.
+        secs: f64,
+    },
+    /// TCP, TLS or HTTP failed.
+    #[error("{url}: {detail}")]
+    Transport {
+        /// The endpoint.
+        url: String,
+        /// What failed.
+        detail: String,
+    },
+    /// The service answered with an error status (its problem `detail`).
+    #[error("{url}: refused with {status} {kind}: {detail}")]
+    Refused {
+        /// The endpoint.
+        url: String,
+        /// HTTP status.
+        status: u16,
+        /// The problem type's last part (`not-owner`, `binding`, ...).
+        kind: String,
+        /// The problem detail.
+        detail: String,
+    },
+}
+
+/// A configured client.
+pub struct Client {
+    config: Arc<ClientConfig>,
+    timeout: Duration,
+}
+
+fn id_err(path: &Path, detail: impl ToString) -> ClientError {
+    ClientError::Identity {
+        path: path.to_path_buf(),
+        detail: detail.to_string(),
+    }
+}
+
+/// `https://HOST[:PORT][/]` → (host without brackets, port, authority).
+fn parse_url(url: &str) -> Result<(String, u16, String), ClientError> {
+    let bad = || ClientError::Url(url.to_string());
+    let rest = url.strip_prefix("https://").ok_or_else(bad)?;
+    let authority = rest.trim_end_matches('/');
+    if authority.is_empty() || authority.contains('/') {
+        return Err(bad());
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, after) = v6.split_once(']').ok_or_else(bad)?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().map_err(|_| bad())?,
+            None if after.is_empty() => 443,
+            None => return Err(bad()),
+        };
+        (h.to_string(), port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), p.parse().map_err(|_| bad())?),
+            None => (authority.to_string(), 443),
+        }
+    };
+    Ok((host, port, authority.to_string()))
+}
+
+impl Client {
+    /// A client presenting `id`'s certificate, trusting only `id.ca`, with `timeout` for each
+    /// whole request (connect, handshake, reply).
+    ///
+    /// Errors: [`ClientError::Identity`].
+    pub fn new(id: &Identity, timeout: Duration) -> Result<Client, ClientError> {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&id.cert)
+            .map_err(|e| id_err(&id.cert, e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| id_err(&id.cert, e))?;
+        let key = PrivateKeyDer::from_pem_file(&id.key).map_err(|e| id_err(&id.key, e))?;
+        let mut roots = RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(&id.ca).map_err(|e| id_err(&id.ca, e))? {
+            roots
+                .add(c.map_err(|e| id_err(&id.ca, e))?)
+                .map_err(|e| id_err(&id.ca, e))?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| id_err(&id.ca, e))?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(certs, key)
+            .map_err(|e| id_err(&id.cert, e))?;
+        Ok(Client {
+            config: Arc::new(config),
+            timeout,
+        })
+    }
+
+    /// `method` `url` + `path` with JSON `body`; the JSON reply of a 2xx status.
+    ///
+    /// Errors: [`ClientError::Timeout`], [`ClientError::Transport`], [`ClientError::Refused`]
+    /// (with the service's problem details), [`ClientError::Url`].
+    pub fn call(
+        &self,
+        url: &str,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, ClientError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| ClientError::Transport {
+                url: url.into(),
+                detail: format!("runtime: {e}"),
+            })?;
+        let fut = self.request(url, method, path, body);
+        let (status, bytes) = rt
+            .block_on(async { tokio::time::timeout(self.timeout, fut).await })
+            .map_err(|_| ClientError::Timeout {
+                url: url.into(),
+                secs: self.timeout.as_secs_f64(),
+            })??;
+        let json: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if !(200..300).contains(&status) {
+            let kind = json["type"]
+                .as_str()
+                .and_then(|t| t.rsplit(':').next())
+                .unwrap_or("")
+                .to_string();
+            return Err(ClientError::Refused {
+                url: url.into(),
+                status,
+                kind,
+                detail: json["detail"].as_str().unwrap_or("").to_string(),
+            });
+        }
+        Ok(json)
+    }
+
+    async fn request(
+        &self,
+        url: &str,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, Vec<u8>), ClientError> {
+        let (host, port, authority) = parse_url(url)?;
+        let t = |what: &str, e: &dyn std::fmt::Display| ClientError::Transport {
+            url: url.into(),
+            detail: format!("{what}: {e}"),
+        };
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|e| t("connect", &e))?;
+        let name = ServerName::try_from(host.clone()).map_err(|e| t("server name", &e))?;
+        let tls = TlsConnector::from(self.config.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(|e| t("TLS", &e))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| t("HTTP", &e))?;
+        tokio::spawn(conn);
+        let data = body.map(|b| b.to_string()).unwrap_or_default();
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, authority)
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(data)))
+            .map_err(|e| t("request", &e))?;
+        let resp = sender.send_request(req).await.map_err(|e| t("HTTP", &e))?;
+        let status = resp.status().as_u16();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| t("HTTP body", &e))?
+            .to_bytes();
+        Ok((status, bytes.to_vec()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_url;
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            parse_url("https://127.0.0.1:8443").unwrap(),
+            ("127.0.0.1".into(), 8443, "127.0.0.1:8443".into())
+        );
+        assert_eq!(parse_url("https://[::1]:9/").unwrap().0, "::1");
+        assert_eq!(parse_url("https://keys.example").unwrap().1, 443);
+        assert!(parse_url("http://x:1").is_err());
+        assert!(parse_url("https://x:1/v1").is_err());
+    }
+}

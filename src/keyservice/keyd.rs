@@ -1,0 +1,360 @@
+//! The `nbdcrypt-keyd` command line (`docs/keyservice-api.md` "Administration"): creates the
+//! store, serves the API, and administers hosts, tokens, KEKs, officers and the audit log by
+//! writing the store directly (SQLite allows this while `serve` runs; changes apply to the
+//! server's next request).
+//!
+//! Exit status: 0 success, 1 failure (including `audit verify` finding a bad row), 2 usage.
+
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+use zeroize::Zeroizing;
+
+use super::store::{RootKey, RootSource, Store, StoreError};
+use super::{server, Role};
+
+/// Key service for nbdcrypt volumes: KEK wrapping, escrow, audit.
+#[derive(Parser)]
+#[command(name = "nbdcrypt-keyd", version)]
+struct Cli {
+    /// The store's directory (database, CA, server certificate, root key file).
+    #[arg(long, global = true, default_value = "/var/lib/nbdcrypt-keyd")]
+    data_dir: PathBuf,
+    /// Root key from Argon2id of the passphrase in this file (first line) instead of the
+    /// `root.key` file; given to `init` it makes a passphrase-protected store.
+    #[arg(long, global = true)]
+    root_passphrase_file: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create the store: database, root key, CA, server certificate; print the admin token once.
+    Init {
+        /// DNS name or IP address clients use to reach the server (repeatable; default
+        /// localhost, 127.0.0.1 and ::1).
+        #[arg(long = "server-name")]
+        server_names: Vec<String>,
+    },
+    /// Serve the HTTPS API.
+    Serve {
+        /// Address to listen on (port 0: any free port, printed).
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen: String,
+    },
+    /// Host identities (client certificates).
+    Host {
+        #[command(subcommand)]
+        cmd: HostCmd,
+    },
+    /// Bearer tokens of people.
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
+    /// Key-encryption keys.
+    Kek {
+        #[command(subcommand)]
+        cmd: KekCmd,
+    },
+    /// Recovery officers (age recipients escrow packages are sealed to).
+    Officer {
+        #[command(subcommand)]
+        cmd: OfficerCmd,
+    },
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum HostCmd {
+    /// Issue a client certificate: writes NAME.pem and NAME.key (0600) into --out-dir.
+    Add {
+        /// Host name (A-Z a-z 0-9 - _ .).
+        name: String,
+        /// Directory for the certificate and key.
+        #[arg(long, default_value = ".")]
+        out_dir: PathBuf,
+    },
+    /// Refuse the host's certificate from the next request on.
+    Revoke {
+        /// Host name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Create a token and print it once.
+    Add {
+        /// Token (person) name.
+        name: String,
+        /// admin, officer or auditor.
+        #[arg(long)]
+        role: Role,
+    },
+    /// Revoke a token.
+    Revoke {
+        /// Token name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum KekCmd {
+    /// Create a KEK (version 1).
+    Create {
+        /// KEK name.
+        name: String,
+    },
+    /// Add a new current version (older ones still unwrap until --min-unwrap-version).
+    Rotate {
+        /// KEK name.
+        name: String,
+    },
+    /// Versions, minimum unwrap version and keyslots using each version (JSON).
+    Show {
+        /// KEK name.
+        name: String,
+    },
+    /// Change a KEK's settings.
+    Set {
+        /// KEK name.
+        name: String,
+        /// Versions below this no longer unwrap.
+        #[arg(long)]
+        min_unwrap_version: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum OfficerCmd {
+    /// Add an officer with an age X25519 recipient (`age1...`).
+    Add {
+        /// Officer name.
+        name: String,
+        /// The officer's age recipient.
+        recipient: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Print rows as JSON lines.
+    List {
+        /// Only rows after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+    },
+    /// Check the hash chain; exit 1 naming the first bad row.
+    Verify,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum KeydError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Serve(#[from] server::ServeError),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("audit chain broken at row {seq}: {problem}")]
+    AuditBroken { seq: i64, problem: String },
+}
+
+fn read_passphrase(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeydError> {
+    let raw = Zeroizing::new(std::fs::read(path).map_err(|source| KeydError::Io {
+        path: path.into(),
+        source,
+    })?);
+    let line = raw.split(|&b| b == b'\n').next().unwrap_or_default();
+    Ok(Zeroizing::new(line.to_vec()))
+}
+
+fn unlock(cli: &Cli, store: &Store) -> Result<RootKey, KeydError> {
+    let p = match &cli.root_passphrase_file {
+        Some(f) => Some(read_passphrase(f)?),
+        None => None,
+    };
+    Ok(store.unlock(p.as_deref().map(|v| &v[..]))?)
+}
+
+fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), KeydError> {
+    use std::io::Write;
+    let err = |source| KeydError::Io {
+        path: path.into(),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(err)?;
+    f.write_all(bytes).map_err(err)
+}
+
+fn run(cli: Cli) -> Result<(), KeydError> {
+    let dir = &cli.data_dir;
+    match &cli.cmd {
+        Cmd::Init { server_names } => {
+            let names = if server_names.is_empty() {
+                vec!["localhost".into(), "127.0.0.1".into(), "::1".into()]
+            } else {
+                server_names.clone()
+            };
+            let root = match &cli.root_passphrase_file {
+                Some(f) => RootSource::Passphrase(read_passphrase(f)?),
+                None => RootSource::KeyFile,
+            };
+            let out = Store::init(dir, &root, &names)?;
+            println!("store created in {}", dir.display());
+            println!(
+                "CA certificate: {}",
+                dir.join(super::store::CA_FILE).display()
+            );
+            println!(
+                "admin token (shown once, store it now): {}",
+                &*out.admin_token
+            );
+        }
+        Cmd::Serve { listen } => {
+            let store = Store::open(dir)?;
+            let root = unlock(&cli, &store)?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .map_err(|source| KeydError::Io {
+                    path: "tokio runtime".into(),
+                    source,
+                })?;
+            rt.block_on(server::serve(store, root, listen))?;
+        }
+        Cmd::Host { cmd } => {
+            let mut store = Store::open(dir)?;
+            match cmd {
+                HostCmd::Add { name, out_dir } => {
+                    let root = unlock(&cli, &store)?;
+                    let issued = store.host_add(&root, name)?;
+                    let cert = out_dir.join(format!("{name}.pem"));
+                    let key = out_dir.join(format!("{name}.key"));
+                    write_file(&key, issued.key_pem.as_bytes(), 0o600)?;
+                    write_file(&cert, issued.cert_pem.as_bytes(), 0o644)?;
+                    println!(
+                        "host {name}: certificate {} key {}",
+                        cert.display(),
+                        key.display()
+                    );
+                }
+                HostCmd::Revoke { name } => {
+                    store.host_revoke(name)?;
+                    println!("host {name} revoked");
+                }
+            }
+        }
+        Cmd::Token { cmd } => {
+            let mut store = Store::open(dir)?;
+            match cmd {
+                TokenCmd::Add { name, role } => {
+                    let t = store.token_add(name, *role)?;
+                    println!("{}", &*t);
+                }
+                TokenCmd::Revoke { name } => {
+                    store.token_revoke(name)?;
+                    println!("token {name} revoked");
+                }
+            }
+        }
+        Cmd::Kek { cmd } => {
+            let mut store = Store::open(dir)?;
+            match cmd {
+                KekCmd::Create { name } => {
+                    let root = unlock(&cli, &store)?;
+                    store.kek_create(&root, name)?;
+                    println!("KEK {name} version 1");
+                }
+                KekCmd::Rotate { name } => {
+                    let root = unlock(&cli, &store)?;
+                    let v = store.kek_rotate(&root, name)?;
+                    println!("KEK {name} version {v}");
+                }
+                KekCmd::Show { name } => {
+                    let info = store.kek_show(name)?;
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&info).unwrap_or_default()
+                    );
+                }
+                KekCmd::Set {
+                    name,
+                    min_unwrap_version,
+                } => {
+                    store.kek_set_min_unwrap(name, *min_unwrap_version)?;
+                    println!("KEK {name}: min-unwrap-version {min_unwrap_version}");
+                }
+            }
+        }
+        Cmd::Officer { cmd } => {
+            let mut store = Store::open(dir)?;
+            match cmd {
+                OfficerCmd::Add { name, recipient } => {
+                    store.officer_add(name, recipient)?;
+                    println!("officer {name} added");
+                }
+            }
+        }
+        Cmd::Audit { cmd } => {
+            let store = Store::open(dir)?;
+            match cmd {
+                AuditCmd::List { after } => {
+                    for r in store.audit_list(*after, i64::MAX)? {
+                        println!("{}", serde_json::to_string(&r).unwrap_or_default());
+                    }
+                }
+                AuditCmd::Verify => {
+                    let r = store.audit_verify()?;
+                    if let (Some(seq), Some(problem)) = (r.bad_seq, r.problem) {
+                        return Err(KeydError::AuditBroken { seq, problem });
+                    }
+                    println!("audit chain ok: {} rows", r.rows);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs `nbdcrypt-keyd` with the process arguments; returns the exit status.
+pub fn main() -> i32 {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NBDCRYPT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    match run(cli) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("nbdcrypt-keyd: {e}");
+            1
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! The key service's certificate authority (`docs/keyservice-api.md` "Identities"): one CA
+//! (ECDSA P-256) that issues the server certificate and one client certificate per host.
+//!
+//! The CA's private key is kept sealed under the root key in the store; its certificate is
+//! `ca.pem` in the data directory, the trust anchor for clients and for host certificates.
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
+};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+/// A certificate and its private key, both PEM.
+pub struct Issued {
+    /// `-----BEGIN CERTIFICATE-----`.
+    pub cert_pem: String,
+    /// The certificate's DER bytes (for the fingerprint).
+    pub cert_der: Vec<u8>,
+    /// `-----BEGIN PRIVATE KEY-----` (PKCS#8); secret.
+    pub key_pem: Zeroizing<String>,
+}
+
+/// Certificate generation failed (rcgen's reason).
+#[derive(Debug, thiserror::Error)]
+#[error("certificate generation: {0}")]
+pub struct PkiError(String);
+
+fn err(e: rcgen::Error) -> PkiError {
+    PkiError(e.to_string())
+}
+
+/// The CA's parameters; the same every time, so an [`Issuer`] can be rebuilt from them and the
+/// stored key without parsing the certificate.
+fn ca_params() -> CertificateParams {
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "nbdcrypt-keyd CA");
+    p.distinguished_name = dn;
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    p
+}
+
+fn serial() -> Result<SerialNumber, PkiError> {
+    let mut s = [0u8; 16];
+    getrandom::fill(&mut s).map_err(|e| PkiError(e.to_string()))?;
+    s[0] &= 0x7f;
+    Ok(SerialNumber::from_slice(&s))
+}
+
+/// A new self-signed CA.
+///
+/// Errors: [`PkiError`].
+pub fn new_ca() -> Result<Issued, PkiError> {
+    let key = KeyPair::generate().map_err(err)?;
+    let mut p = ca_params();
+    p.serial_number = Some(serial()?);
+    let cert = p.self_signed(&key).map_err(err)?;
+    Ok(Issued {
+        cert_pem: cert.pem(),
+        cert_der: cert.der().to_vec(),
+        key_pem: Zeroizing::new(key.serialize_pem()),
+    })
+}
+
+fn issue(ca_key_pem: &str, mut p: CertificateParams) -> Result<Issued, PkiError> {
+    let ca_key = KeyPair::from_pem(ca_key_pem).map_err(err)?;
+    let issuer = Issuer::new(ca_params(), ca_key);
+    let key = KeyPair::generate().map_err(err)?;
+    p.serial_number = Some(serial()?);
+    let cert = p.signed_by(&key, &issuer).map_err(err)?;
+    Ok(Issued {
+        cert_pem: cert.pem(),
+        cert_der: cert.der().to_vec(),
+        key_pem: Zeroizing::new(key.serialize_pem()),
+    })
+}
+
+/// The server certificate for `names` (DNS names or IP addresses, as clients will dial them).
+///
+/// Errors: [`PkiError`] (a name that is neither a DNS name nor an IP address, ...).
+pub fn server_cert(ca_key_pem: &str, names: &[String]) -> Result<Issued, PkiError> {
+    let mut p = CertificateParams::new(names.to_vec()).map_err(err)?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "nbdcrypt-keyd");
+    p.distinguished_name = dn;
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    issue(ca_key_pem, p)
+}
+
+/// A client certificate for host `name` (subject CN = `name`).
+///
+/// Errors: [`PkiError`].
+pub fn host_cert(ca_key_pem: &str, name: &str) -> Result<Issued, PkiError> {
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name);
+    p.distinguished_name = dn;
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    issue(ca_key_pem, p)
+}
+
+/// SHA-256 of a certificate's DER bytes, lowercase hex: how the store recognises a host.
+pub fn fingerprint(der: &[u8]) -> String {
+    hex(&Sha256::digest(der))
+}
+
+/// Lowercase hex of `b`.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

@@ -1,0 +1,204 @@
+//! Helpers for tests of the key service: a real `nbdcrypt-keyd` process on loopback with its
+//! store in a temporary directory, and `curl` as the HTTPS client (client certificates from
+//! `host add`, bearer tokens from `token add`).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::{ok, require, run};
+
+/// The key service binary under test.
+pub fn keyd() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_nbdcrypt-keyd"));
+    c.env("NBDCRYPT_LOG", "warn");
+    c
+}
+
+/// A key service store in `dir/data`; `serve` runs it.
+pub struct Keyd {
+    pub dir: PathBuf,
+    pub data: PathBuf,
+    pub admin_token: String,
+    pub child: Option<Child>,
+    pub url: String,
+}
+
+/// A reply: status, content type, JSON body (`Null` if not JSON).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub content_type: String,
+    pub body: Value,
+}
+
+impl Keyd {
+    /// `nbdcrypt-keyd init` in `dir/data` (key-file root key); not yet serving.
+    pub fn init(dir: &Path) -> Keyd {
+        let data = dir.join("data");
+        let out = ok(keyd().arg("--data-dir").arg(&data).arg("init"));
+        let admin_token = out
+            .lines()
+            .find_map(|l| l.split("admin token (shown once, store it now): ").nth(1))
+            .expect("init prints the admin token")
+            .trim()
+            .to_string();
+        Keyd {
+            dir: dir.to_path_buf(),
+            data,
+            admin_token,
+            child: None,
+            url: String::new(),
+        }
+    }
+
+    /// `nbdcrypt-keyd --data-dir D ARGS...`, required to succeed; stdout.
+    pub fn admin(&self, args: &[&str]) -> String {
+        ok(keyd().arg("--data-dir").arg(&self.data).args(args))
+    }
+
+    /// `host add NAME` into `dir`; returns (cert, key).
+    pub fn host(&self, name: &str) -> (PathBuf, PathBuf) {
+        self.admin(&["host", "add", name, "--out-dir", self.dir.to_str().unwrap()]);
+        (
+            self.dir.join(format!("{name}.pem")),
+            self.dir.join(format!("{name}.key")),
+        )
+    }
+
+    /// `token add NAME --role ROLE`; the token.
+    pub fn token(&self, name: &str, role: &str) -> String {
+        self.admin(&["token", "add", name, "--role", role])
+            .trim()
+            .to_string()
+    }
+
+    /// Starts `serve --listen 127.0.0.1:0` and waits for its `listening on` line.
+    pub fn serve(&mut self) {
+        assert!(self.child.is_none(), "already serving");
+        let mut child = keyd()
+            .arg("--data-dir")
+            .arg(&self.data)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn nbdcrypt-keyd");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let url = loop {
+            assert!(Instant::now() < deadline, "nbdcrypt-keyd did not start");
+            match lines.next() {
+                Some(Ok(l)) => {
+                    if let Some(u) = l.split("listening on ").nth(1) {
+                        break u.trim().to_string();
+                    }
+                }
+                _ => panic!("nbdcrypt-keyd exited early: {:?}", child.wait()),
+            }
+        };
+        // Keep draining stderr so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        self.url = url;
+        self.child = Some(child);
+    }
+
+    /// Sends `signal` to the server and waits for it to exit.
+    pub fn stop_with(&mut self, signal: i32) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("serving");
+        unsafe {
+            libc::kill(child.id() as i32, signal);
+        }
+        child.wait().unwrap()
+    }
+
+    /// `curl` to `PATH` of the server with `args` (method, data, identity) before the URL.
+    pub fn curl(&self, path: &str, args: &[&str]) -> Reply {
+        let curl = require("curl", "curl");
+        let out = run(Command::new(curl)
+            .args(["-sS", "--max-time", "20", "--cacert"])
+            .arg(self.data.join("ca.pem"))
+            .args(["-w", "\n%{http_code} %{content_type}"])
+            .args(args)
+            .arg(format!("{}{path}", self.url)));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, meta) = text
+            .rsplit_once('\n')
+            .unwrap_or_else(|| panic!("curl {path}: no status: {text} {:?}", out));
+        let (status, ctype) = meta.split_once(' ').unwrap_or((meta, ""));
+        Reply {
+            status: status.parse().unwrap_or(0),
+            content_type: ctype.to_string(),
+            body: serde_json::from_str(body).unwrap_or(Value::Null),
+        }
+    }
+
+    /// POST/PUT JSON as host `name` (its `host add` files in `dir`).
+    pub fn as_host(&self, name: &str, method: &str, path: &str, body: &Value) -> Reply {
+        let cert = self.dir.join(format!("{name}.pem"));
+        let key = self.dir.join(format!("{name}.key"));
+        let b = body.to_string();
+        self.curl(
+            path,
+            &[
+                "--cert",
+                cert.to_str().unwrap(),
+                "--key",
+                key.to_str().unwrap(),
+                "-X",
+                method,
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                &b,
+            ],
+        )
+    }
+
+    /// GET as host `name`.
+    pub fn get_as_host(&self, name: &str, path: &str) -> Reply {
+        let cert = self.dir.join(format!("{name}.pem"));
+        let key = self.dir.join(format!("{name}.key"));
+        self.curl(
+            path,
+            &[
+                "--cert",
+                cert.to_str().unwrap(),
+                "--key",
+                key.to_str().unwrap(),
+            ],
+        )
+    }
+
+    /// A request with a bearer token (`method` GET or POST with `body`).
+    pub fn with_token(&self, token: &str, method: &str, path: &str, body: &Value) -> Reply {
+        let auth = format!("Authorization: Bearer {token}");
+        let b = body.to_string();
+        let mut args = vec!["-H", &auth, "-X", method];
+        if method != "GET" {
+            args.extend(["-H", "Content-Type: application/json", "--data-binary", &b]);
+        }
+        self.curl(path, &args)
+    }
+
+    /// Every audit row, read with `audit list`.
+    pub fn audit_rows(&self) -> Vec<Value> {
+        self.admin(&["audit", "list"])
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for Keyd {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -1,0 +1,565 @@
+//! The key service `nbdcrypt-keyd` as a real process on loopback, driven with `curl`
+//! (docs/keyservice-api.md): refusals with their status and audit row, restart, `kill -9`
+//! during a burst of wraps, and `audit verify` against a row edited with `sqlite3`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use base64::Engine;
+use common::keyd::{keyd, Keyd, Reply};
+use common::{require, run, tempdir};
+use serde_json::{json, Value};
+
+const VOL_A: &str = "0a1b2c3d-0000-4000-8000-00000000000a";
+const VOL_A2: &str = "0a1b2c3d-0000-4000-8000-0000000000a2";
+const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+fn b64(b: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+/// Checks a refusal: status, problem type, problem+json, and that its audit row says so.
+fn refused(k: &Keyd, r: &Reply, status: u16, kind: &str, actor: &str) {
+    assert_eq!(r.status, status, "{r:?}");
+    assert_eq!(r.content_type, "application/problem+json", "{r:?}");
+    assert_eq!(r.body["type"], format!("urn:nbdcrypt:keyd:{kind}"), "{r:?}");
+    assert_eq!(r.body["status"], status);
+    let seq = r.body["audit_seq"]
+        .as_i64()
+        .expect("refusal names its audit row");
+    let rows = k.audit_rows();
+    let row = rows
+        .iter()
+        .find(|row| row["seq"] == seq)
+        .unwrap_or_else(|| panic!("no audit row {seq}"));
+    assert_eq!(row["outcome"], format!("refused {status}: {kind}"), "{row}");
+    assert_eq!(row["actor"], actor, "{row}");
+}
+
+fn wrap(k: &Keyd, host: &str, vol: &str, slot: u32) -> Reply {
+    k.as_host(
+        host,
+        "POST",
+        &format!("/v1/volumes/{vol}/wrap"),
+        &json!({"slot": slot, "kek": "k1", "secret": b64(SECRET)}),
+    )
+}
+
+fn unwrap(k: &Keyd, host: &str, vol: &str, slot: u32, version: u64, blob: &Value) -> Reply {
+    k.as_host(
+        host,
+        "POST",
+        &format!("/v1/volumes/{vol}/unwrap"),
+        &json!({"slot": slot, "kek": "k1", "version": version, "blob": blob}),
+    )
+}
+
+fn setup() -> (tempfile::TempDir, Keyd) {
+    let dir = tempdir();
+    let mut k = Keyd::init(dir.path());
+    k.admin(&["kek", "create", "k1"]);
+    k.host("hostA");
+    k.host("hostB");
+    k.serve();
+    for (host, vol) in [("hostA", VOL_A), ("hostA", VOL_A2)] {
+        let r = k.as_host(host, "POST", "/v1/volumes", &json!({ "uuid": vol }));
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.body["owner"], host);
+    }
+    (dir, k)
+}
+
+#[test]
+fn refusals_have_their_status_and_audit_row() {
+    let (_dir, k) = setup();
+    let officer = k.token("olga", "officer");
+    let auditor = k.token("audrey", "auditor");
+
+    let w = wrap(&k, "hostA", VOL_A, 1);
+    assert_eq!(w.status, 200, "{w:?}");
+    assert_eq!(w.body["version"], 1);
+    let blob = w.body["blob"].clone();
+    let ok = unwrap(&k, "hostA", VOL_A, 1, 1, &blob);
+    assert_eq!(ok.status, 200, "{ok:?}");
+    assert_eq!(ok.body["secret"], b64(SECRET));
+    let unwrap_path = format!("/v1/volumes/{VOL_A}/unwrap");
+
+    // No client certificate and no token.
+    let r = k.curl(&unwrap_path, &["-X", "POST", "--data-binary", "{}"]);
+    refused(&k, &r, 401, "no-credentials", "anonymous");
+    // A wrong token.
+    let r = k.with_token("nbk_wrong", "POST", &unwrap_path, &json!({}));
+    refused(&k, &r, 401, "bad-token", "anonymous");
+    // Host B asks to unwrap host A's volume, and to register it.
+    let r = unwrap(&k, "hostB", VOL_A, 1, 1, &blob);
+    refused(&k, &r, 403, "not-owner", "host:hostB");
+    let r = k.as_host("hostB", "POST", "/v1/volumes", &json!({ "uuid": VOL_A }));
+    refused(&k, &r, 409, "not-owner", "host:hostB");
+    // The blob moved to another keyslot, and to another volume.
+    let r = unwrap(&k, "hostA", VOL_A, 2, 1, &blob);
+    refused(&k, &r, 422, "binding", "host:hostA");
+    let r = unwrap(&k, "hostA", VOL_A2, 1, 1, &blob);
+    refused(&k, &r, 422, "binding", "host:hostA");
+    // An unknown KEK version.
+    let r = unwrap(&k, "hostA", VOL_A, 1, 7, &blob);
+    refused(&k, &r, 404, "unknown-kek-version", "host:hostA");
+    // A version below min-unwrap-version: rotate, wrap with v2, retire v1.
+    k.admin(&["kek", "rotate", "k1"]);
+    let w2 = wrap(&k, "hostA", VOL_A, 1);
+    assert_eq!(w2.body["version"], 2, "{w2:?}");
+    let r = unwrap(&k, "hostA", VOL_A, 1, 1, &blob);
+    assert_eq!(
+        r.status, 200,
+        "v1 still unwraps before min-unwrap-version: {r:?}"
+    );
+    assert_eq!(r.body["current_version"], 2);
+    k.admin(&["kek", "set", "k1", "--min-unwrap-version", "2"]);
+    let r = unwrap(&k, "hostA", VOL_A, 1, 1, &blob);
+    refused(&k, &r, 403, "version-retired", "host:hostA");
+    let r = unwrap(&k, "hostA", VOL_A, 1, 2, &w2.body["blob"]);
+    assert_eq!(r.status, 200, "{r:?}");
+    let show: Value = serde_json::from_str(&k.admin(&["kek", "show", "k1"])).unwrap();
+    assert_eq!(show["current"], 2);
+    assert_eq!(show["min_unwrap_version"], 2);
+    assert_eq!(show["versions"][1]["keyslots"], 1, "{show}");
+    // An officer asks to unwrap.
+    let r = k.with_token(
+        &officer,
+        "POST",
+        &unwrap_path,
+        &json!({"slot": 1, "kek": "k1", "version": 2, "blob": w2.body["blob"]}),
+    );
+    refused(&k, &r, 403, "hosts-only", "token:olga(officer)");
+    // A host asks for an escrow package; the officer may fetch it.
+    let escrow = format!("/v1/volumes/{VOL_A}/escrow");
+    let pkg = "-----BEGIN AGE ENCRYPTED FILE-----\nnot really\n-----END AGE ENCRYPTED FILE-----\n";
+    let r = k.as_host("hostA", "PUT", &escrow, &json!({ "package": pkg }));
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = k.get_as_host("hostA", &escrow);
+    refused(&k, &r, 403, "role", "host:hostA");
+    let r = k.with_token(&officer, "GET", &escrow, &Value::Null);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["package"], pkg);
+    // The auditor reads the log but cannot fetch escrow.
+    let r = k.with_token(&auditor, "GET", &escrow, &Value::Null);
+    refused(&k, &r, 403, "role", "token:audrey(auditor)");
+    let r = k.with_token(&auditor, "GET", "/v1/audit/verify", &Value::Null);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["ok"], true, "{r:?}");
+    // Revoking host A takes effect at the next request, on the running server.
+    k.admin(&["host", "revoke", "hostA"]);
+    let r = unwrap(&k, "hostA", VOL_A, 1, 2, &w2.body["blob"]);
+    refused(&k, &r, 403, "host-revoked", "host:hostA");
+
+    // Every release is in the log too, and the chain verifies.
+    let rows = k.audit_rows();
+    let released = rows
+        .iter()
+        .filter(|r| r["action"] == "unwrap" && r["outcome"] == "ok")
+        .count();
+    assert_eq!(released, 3);
+    assert!(rows
+        .iter()
+        .any(|r| r["action"] == "escrow-fetch" && r["actor"] == "token:olga(officer)"));
+    assert!(k.admin(&["audit", "verify"]).contains("audit chain ok"));
+}
+
+#[test]
+fn restart_and_kill9_during_a_burst_keep_every_acknowledged_wrap() {
+    let (_dir, k) = setup();
+    let auditor = k.token("audrey", "auditor");
+    // Two clients wrap keyslots as fast as they can; the server is killed with SIGKILL after
+    // 30 acknowledged wraps, while requests are still in flight.
+    let acked: Arc<Mutex<BTreeMap<u32, Value>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let k = Arc::new(Mutex::new(k));
+    let (url, data, dir) = {
+        let g = k.lock().unwrap();
+        (g.url.clone(), g.data.clone(), g.dir.clone())
+    };
+    let clients: Vec<_> = (0..2u32)
+        .map(|c| {
+            let (acked, stop) = (acked.clone(), stop.clone());
+            let probe = Keyd {
+                dir: dir.clone(),
+                data: data.clone(),
+                admin_token: String::new(),
+                child: None,
+                url: url.clone(),
+            };
+            std::thread::spawn(move || {
+                let mut slot = c * 1000;
+                while !stop.load(Ordering::SeqCst) {
+                    slot += 1;
+                    let r = wrap(&probe, "hostA", VOL_A, slot);
+                    if r.status == 200 {
+                        acked.lock().unwrap().insert(slot, r.body["blob"].clone());
+                    }
+                }
+            })
+        })
+        .collect();
+    while acked.lock().unwrap().len() < 30 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let st = k.lock().unwrap().stop_with(libc::SIGKILL);
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&st), Some(9));
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let mut k = Arc::into_inner(k).unwrap().into_inner().unwrap();
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 30);
+
+    // The chain verifies, and every acknowledged wrap has its row and still unwraps.
+    assert!(k.admin(&["audit", "verify"]).contains("audit chain ok"));
+    let rows = k.audit_rows();
+    for slot in acked.keys() {
+        let detail = format!("keyslot {slot} KEK k1 version 1");
+        assert!(
+            rows.iter()
+                .any(|r| r["action"] == "wrap" && r["outcome"] == "ok" && r["detail"] == detail),
+            "acknowledged wrap of keyslot {slot} has no audit row"
+        );
+    }
+    k.serve();
+    for (slot, blob) in acked.iter().take(40) {
+        let r = unwrap(&k, "hostA", VOL_A, *slot, 1, blob);
+        assert_eq!(r.status, 200, "keyslot {slot} after kill -9: {r:?}");
+        assert_eq!(r.body["secret"], b64(SECRET));
+    }
+    // A clean restart keeps hosts, tokens, KEKs, volumes, escrow and the log.
+    let escrow = format!("/v1/volumes/{VOL_A}/escrow");
+    let pkg = "-----BEGIN AGE ENCRYPTED FILE-----\nx\n-----END AGE ENCRYPTED FILE-----\n";
+    assert_eq!(
+        k.as_host("hostA", "PUT", &escrow, &json!({ "package": pkg }))
+            .status,
+        200
+    );
+    let before = k.audit_rows().len();
+    assert!(k.stop_with(libc::SIGTERM).success());
+    k.serve();
+    let (slot, blob) = acked.iter().next().unwrap();
+    assert_eq!(unwrap(&k, "hostA", VOL_A, *slot, 1, blob).status, 200);
+    let r = unwrap(&k, "hostB", VOL_A, *slot, 1, blob);
+    refused(&k, &r, 403, "not-owner", "host:hostB");
+    let officer = k.token("olga", "officer");
+    let r = k.with_token(&officer, "GET", &escrow, &Value::Null);
+    assert_eq!(r.body["package"], pkg, "{r:?}");
+    let r = k.with_token(&auditor, "GET", "/v1/audit?limit=100000", &Value::Null);
+    assert_eq!(r.status, 200);
+    assert!(r.body["rows"].as_array().unwrap().len() > before);
+    let r = k.with_token(&k.admin_token, "GET", "/v1/keks/k1", &Value::Null);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["current"], 1);
+}
+
+#[test]
+fn audit_verify_names_a_row_edited_with_sqlite3() {
+    let sqlite3 = require("sqlite3", "sqlite3");
+    let dir = tempdir();
+    let k = Keyd::init(dir.path());
+    k.admin(&["kek", "create", "k1"]);
+    k.host("hostA");
+    k.admin(&["kek", "rotate", "k1"]);
+    k.admin(&[
+        "officer",
+        "add",
+        "olga",
+        "age1ckmz0va5qgc9fa2esxs2kdlwmnw7ae2zz246qa7zcy34sg7p6gys065f3m",
+    ]);
+    assert!(k.admin(&["audit", "verify"]).contains("ok: 5 rows"));
+    let db = k.data.join("keyd.db");
+    // The triggers refuse edits ...
+    let out = run(Command::new(&sqlite3)
+        .arg(&db)
+        .arg("UPDATE audit SET detail = 'version 9' WHERE seq = 4;"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("append-only"),
+        "{out:?}"
+    );
+    assert!(k.admin(&["audit", "verify"]).contains("ok: 5 rows"));
+    // ... and an edit made anyway is found, by its sequence number.
+    let out = run(Command::new(&sqlite3)
+        .arg(&db)
+        .arg("DROP TRIGGER audit_no_update; UPDATE audit SET detail = 'version 9' WHERE seq = 4;"));
+    assert!(out.status.success(), "{out:?}");
+    let out = run(keyd()
+        .arg("--data-dir")
+        .arg(&k.data)
+        .args(["audit", "verify"]));
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("audit chain broken at row 4"), "{err}");
+}
+
+#[test]
+fn passphrase_root_key_is_required_and_checked() {
+    let dir = tempdir();
+    let data = dir.path().join("data");
+    let good = dir.path().join("good");
+    let bad = dir.path().join("bad");
+    std::fs::write(&good, "root passphrase\n").unwrap();
+    std::fs::write(&bad, "not it\n").unwrap();
+    let d = data.to_str().unwrap();
+    let out = run(keyd()
+        .args(["--data-dir", d, "--root-passphrase-file"])
+        .arg(&good)
+        .arg("init"));
+    assert!(out.status.success(), "{out:?}");
+    assert!(!data.join("root.key").exists());
+    let out = run(keyd().args(["--data-dir", d, "kek", "create", "k1"]));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("root-passphrase-file"),
+        "{out:?}"
+    );
+    let out = run(keyd()
+        .args(["--data-dir", d, "--root-passphrase-file"])
+        .arg(&bad)
+        .args(["kek", "create", "k1"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("wrong passphrase"),
+        "{out:?}"
+    );
+    let out = run(keyd()
+        .args(["--data-dir", d, "--root-passphrase-file"])
+        .arg(&good)
+        .args(["kek", "create", "k1"]));
+    assert!(out.status.success(), "{out:?}");
+    // The key-file store refuses a second init in the same directory.
+    let out = run(keyd().args(["--data-dir", d, "init"]));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already holds"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn add_key_through_the_service_keeps_the_volume_valid_for_cryptsetup() {
+    use common::{
+        cryptsetup, cryptsetup_test_passphrase, format_cheap, free_port, key_file, nbdcrypt, ok,
+    };
+    let dir = tempdir();
+    let mut k = Keyd::init(dir.path());
+    k.admin(&["kek", "create", "k1"]);
+    k.host("hostA");
+    k.host("hostB");
+    k.serve();
+    let image = dir.path().join("vol.img");
+    let key = key_file(dir.path());
+    format_cheap(&image, &key, "20M", 512, "pbkdf2");
+    let ca = k.data.join("ca.pem");
+    let add_key = |host: &str, urls: &[&str]| {
+        let mut c = nbdcrypt();
+        c.arg("add-key").arg(&image).arg("--key-file").arg(&key);
+        for u in urls {
+            c.args(["--key-service", u]);
+        }
+        c.args(["--kek", "k1", "--key-service-timeout", "5"])
+            .arg("--key-service-cert")
+            .arg(dir.path().join(format!("{host}.pem")))
+            .arg("--key-service-key")
+            .arg(dir.path().join(format!("{host}.key")))
+            .arg("--key-service-ca")
+            .arg(&ca);
+        run(&mut c)
+    };
+    // The first endpoint refuses connections; the second wraps.
+    let dead = format!("https://127.0.0.1:{}", free_port());
+    let out = add_key("hostA", &[&dead, &k.url]);
+    assert!(out.status.success(), "{out:?}");
+    // cryptsetup still accepts the volume and keeps the token.
+    let dump = ok(cryptsetup().arg("luksDump").arg(&image));
+    assert!(dump.contains("nbdcrypt-keyservice"), "{dump}");
+    let token: Value = serde_json::from_str(&ok(cryptsetup()
+        .args(["token", "export", "--token-id", "0"])
+        .arg(&image)))
+    .unwrap();
+    assert_eq!(token["type"], "nbdcrypt-keyservice");
+    assert_eq!(token["keyslots"], json!(["1"]));
+    assert_eq!(token["urls"], json!([dead, k.url]));
+    assert_eq!(token["kek"], "k1");
+    assert_eq!(token["kek_version"], 1);
+    // The service unwraps the blob for this volume and slot, and the secret opens keyslot 1
+    // in cryptsetup; the old passphrase still works.
+    let uuid = ok(cryptsetup().arg("luksUUID").arg(&image))
+        .trim()
+        .to_string();
+    let r = unwrap(&k, "hostA", &uuid, 1, 1, &token["blob"]);
+    assert_eq!(r.status, 200, "{r:?}");
+    let secret = base64::engine::general_purpose::STANDARD
+        .decode(r.body["secret"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(secret.len(), 32);
+    let secret_file = dir.path().join("secret");
+    std::fs::write(&secret_file, &secret).unwrap();
+    let out = cryptsetup_test_passphrase(&image, &secret_file);
+    assert!(out.status.success(), "{out:?}");
+    assert!(cryptsetup_test_passphrase(&image, &key).status.success());
+    let rows = k.audit_rows();
+    assert!(rows.iter().any(|r| r["action"] == "register"
+        && r["target"] == uuid.as_str()
+        && r["actor"] == "host:hostA"));
+    // Another host cannot add a service keyslot to host A's volume; the header is unchanged.
+    let out = add_key("hostB", &[&k.url]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = common::stderr(&out);
+    assert!(err.contains("409 not-owner"), "{err}");
+    let dump2 = ok(cryptsetup().arg("luksDump").arg(&image));
+    assert_eq!(dump, dump2);
+}
+
+#[test]
+fn open_unlocks_through_the_service_past_a_silent_and_a_refusing_endpoint() {
+    use common::{format_cheap, free_port, key_file, nbdcrypt, Server};
+    let dir = tempdir();
+    let mut k = Keyd::init(dir.path());
+    k.admin(&["kek", "create", "k1"]);
+    k.host("hostA");
+    k.serve();
+    let image = dir.path().join("vol.img");
+    let key = key_file(dir.path());
+    format_cheap(&image, &key, "20M", 512, "pbkdf2");
+    // First endpoint: accepts TCP but never answers; second: connection refused; third: works.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_url = format!("https://{}", silent.local_addr().unwrap());
+    let refusing = format!("https://127.0.0.1:{}", free_port());
+    let ca = k.data.join("ca.pem");
+    let identity = |c: &mut Command| {
+        c.arg("--key-service-cert")
+            .arg(dir.path().join("hostA.pem"))
+            .arg("--key-service-key")
+            .arg(dir.path().join("hostA.key"))
+            .arg("--key-service-ca")
+            .arg(&ca)
+            .args(["--key-service-timeout", "2"]);
+    };
+    let mut c = nbdcrypt();
+    c.arg("add-key").arg(&image).arg("--key-file").arg(&key);
+    for u in [&silent_url, &refusing, &k.url] {
+        c.args(["--key-service", u]);
+    }
+    c.args(["--kek", "k1"]);
+    identity(&mut c);
+    let out = run(&mut c);
+    assert!(out.status.success(), "{out:?}");
+
+    // open with no passphrase: unlocked through the third endpoint.
+    let socket = dir.path().join("vol.sock");
+    let mut c = nbdcrypt();
+    c.arg("open").arg(&image).arg("--socket").arg(&socket);
+    identity(&mut c);
+    let mut server = Server::launch(c, socket.clone(), "vol".into());
+    let info = common::nbd_tool("nbdinfo")
+        .args(["--size", &server.uri()])
+        .output()
+        .unwrap();
+    assert!(info.status.success(), "{info:?}");
+    let (st, _) = server.stop();
+    assert!(st.success());
+    let unwraps = k
+        .audit_rows()
+        .iter()
+        .filter(|r| r["action"] == "unwrap" && r["outcome"] == "ok")
+        .count();
+    assert_eq!(unwraps, 1);
+
+    // With the service down and no terminal: exit 2, each endpoint's failure named.
+    k.stop_with(libc::SIGTERM);
+    let mut c = nbdcrypt();
+    c.arg("open").arg(&image).arg("--socket").arg(&socket);
+    identity(&mut c);
+    let out = run(&mut c);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = common::stderr(&out);
+    for u in [&silent_url, &refusing, &k.url] {
+        assert!(err.contains(u.as_str()), "{u} not named in: {err}");
+    }
+    assert!(err.contains("no answer within 2 s"), "{err}");
+    // The passphrase still opens the volume without the service.
+    let mut c = nbdcrypt();
+    c.arg("open")
+        .arg(&image)
+        .arg("--key-file")
+        .arg(&key)
+        .arg("--socket")
+        .arg(&socket);
+    let mut server = Server::launch(c, socket.clone(), "vol".into());
+    assert!(server.stop().0.success());
+    drop(silent);
+}
+
+#[test]
+fn escrow_package_opens_with_the_stock_age_and_holds_the_volume_key() {
+    use common::{cryptsetup_volume_key, format_cheap, key_file, nbdcrypt};
+    let age = require("age", "age");
+    let age_keygen = require("age-keygen", "age");
+    let dir = tempdir();
+    let mut k = Keyd::init(dir.path());
+    k.host("hostA");
+    let officer_key = dir.path().join("officer.key");
+    let out = run(Command::new(&age_keygen).arg("-o").arg(&officer_key));
+    assert!(out.status.success(), "{out:?}");
+    let recipient =
+        String::from_utf8(run(Command::new(&age_keygen).arg("-y").arg(&officer_key)).stdout)
+            .unwrap();
+    // A recipient that is not an age key is refused.
+    let out =
+        run(keyd()
+            .arg("--data-dir")
+            .arg(&k.data)
+            .args(["officer", "add", "bad", "age1notakey"]));
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    k.admin(&["officer", "add", "olga", recipient.trim()]);
+    let officer = k.token("olga", "officer");
+    k.serve();
+    let image = dir.path().join("vol.img");
+    let key = key_file(dir.path());
+    format_cheap(&image, &key, "20M", 512, "pbkdf2");
+    let out = run(nbdcrypt()
+        .arg("escrow")
+        .arg(&image)
+        .arg("--key-file")
+        .arg(&key)
+        .args(["--key-service", &k.url])
+        .arg("--key-service-cert")
+        .arg(dir.path().join("hostA.pem"))
+        .arg("--key-service-key")
+        .arg(dir.path().join("hostA.key"))
+        .arg("--key-service-ca")
+        .arg(k.data.join("ca.pem")));
+    assert!(out.status.success(), "{out:?}");
+    let uuid = common::ok(common::cryptsetup().arg("luksUUID").arg(&image))
+        .trim()
+        .to_string();
+    let r = k.with_token(
+        &officer,
+        "GET",
+        &format!("/v1/volumes/{uuid}/escrow"),
+        &Value::Null,
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let package = dir.path().join("package.age");
+    std::fs::write(&package, r.body["package"].as_str().unwrap()).unwrap();
+    let out = run(Command::new(&age)
+        .arg("-d")
+        .arg("-i")
+        .arg(&officer_key)
+        .arg(&package));
+    assert!(out.status.success(), "{out:?}");
+    let plain: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plain["format"], "nbdcrypt-escrow/1");
+    assert_eq!(plain["volume_uuid"], uuid.as_str());
+    assert_eq!(plain["volume_key"], cryptsetup_volume_key(&image, &key));
+    // The package is not the key in clear.
+    assert!(!r.body["package"]
+        .as_str()
+        .unwrap()
+        .contains(plain["volume_key"].as_str().unwrap()));
+}
