@@ -375,7 +375,8 @@ fn systemd_socket_activated_template_serves() {
 
 /// `nbdcrypt-keyservice@.service` is Type=forking with PIDFile=: its ExecStart must return
 /// only once the socket accepts and that pid file is written. Run here with `--key-file`
-/// added in place of the key service (not built yet; the unit says it needs it).
+/// added in place of the key service (whose unlock tests/keyservice.rs covers), so this test
+/// needs no service.
 #[test]
 fn systemd_forking_unit_is_ready_when_execstart_returns() {
     let dir = tempdir();
