@@ -177,12 +177,7 @@ fn our_detached_headers_512_and_4096() {
         ok(&mut c);
         assert_eq!(std::fs::metadata(&img).unwrap().len(), 16 << 20);
         assert_eq!(std::fs::metadata(&hdr).unwrap().len(), 16 << 20);
-        let out = run(cryptsetup()
-            .args(["open", "--test-passphrase", "--key-file"])
-            .arg(&key)
-            .arg("--header")
-            .arg(&hdr)
-            .arg(&img));
+        let out = cryptsetup_test_passphrase_header(&img, &hdr, &key);
         assert!(out.status.success(), "cryptsetup: {}", stderr(&out));
         let dump = ok(cryptsetup().arg("luksDump").arg(&hdr));
         assert!(dump.contains("offset: 0 [bytes]"), "{dump}");

@@ -25,14 +25,9 @@ fn detached(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
 }
 
 fn cs_test(img: &Path, hdr: &Path, key: &Path) -> bool {
-    run(cryptsetup()
-        .args(["open", "--test-passphrase", "--key-file"])
-        .arg(key)
-        .arg("--header")
-        .arg(hdr)
-        .arg(img))
-    .status
-    .success()
+    cryptsetup_test_passphrase_header(img, hdr, key)
+        .status
+        .success()
 }
 
 #[test]

@@ -109,12 +109,7 @@ fn qemu_luks_volume_copied_into_nbdcrypt() {
     assert!(old == new, "the copy differs from the qemu volume");
     assert!(new[1 << 20..5 << 20].iter().all(|b| *b == 0xab));
     assert!(new[60 << 20..61 << 20].iter().all(|b| *b == 0x5c));
-    let out = run(cryptsetup()
-        .args(["open", "--test-passphrase", "--key-file"])
-        .arg(&key)
-        .arg("--header")
-        .arg(&hdr)
-        .arg(&img));
+    let out = cryptsetup_test_passphrase_header(&img, &hdr, &key);
     assert!(out.status.success(), "{}", stderr(&out));
 }
 

@@ -173,6 +173,16 @@ pub fn cryptsetup_test_passphrase(img: &Path, key: &Path) -> Output {
         .arg(img))
 }
 
+/// `cryptsetup open --test-passphrase --key-file KEY --header HDR IMAGE` (detached header).
+pub fn cryptsetup_test_passphrase_header(img: &Path, hdr: &Path, key: &Path) -> Output {
+    run(cryptsetup()
+        .args(["open", "--test-passphrase", "--key-file"])
+        .arg(key)
+        .arg("--header")
+        .arg(hdr)
+        .arg(img))
+}
+
 /// `nbdcrypt test-passphrase IMAGE --key-file KEY [extra]`.
 pub fn test_passphrase(img: &Path, key: &Path, extra: &[&str]) -> Output {
     run(nbdcrypt()
