@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use base64::Engine;
-use common::keyd::{keyd, Keyd, Reply};
+use common::keyd::{age_decrypt, keyd, Keyd, Reply};
 use common::{require, run, tempdir};
 use serde_json::{json, Value};
 
@@ -498,17 +498,9 @@ fn open_unlocks_through_the_service_past_a_silent_and_a_refusing_endpoint() {
 #[test]
 fn escrow_package_opens_with_the_stock_age_and_holds_the_volume_key() {
     use common::{cryptsetup_volume_key, format_cheap, key_file, nbdcrypt};
-    let age = require("age", "age");
-    let age_keygen = require("age-keygen", "age");
     let dir = tempdir();
     let mut k = Keyd::init(dir.path());
     k.host("hostA");
-    let officer_key = dir.path().join("officer.key");
-    let out = run(Command::new(&age_keygen).arg("-o").arg(&officer_key));
-    assert!(out.status.success(), "{out:?}");
-    let recipient =
-        String::from_utf8(run(Command::new(&age_keygen).arg("-y").arg(&officer_key)).stdout)
-            .unwrap();
     // A recipient that is not an age key is refused.
     let out =
         run(keyd()
@@ -516,50 +508,335 @@ fn escrow_package_opens_with_the_stock_age_and_holds_the_volume_key() {
             .arg(&k.data)
             .args(["officer", "add", "bad", "age1notakey"]));
     assert_eq!(out.status.code(), Some(1), "{out:?}");
-    k.admin(&["officer", "add", "olga", recipient.trim()]);
-    let officer = k.token("olga", "officer");
+    let (officer_key, officer) = k.officer("olga");
     k.serve();
     let image = dir.path().join("vol.img");
     let key = key_file(dir.path());
     format_cheap(&image, &key, "20M", 512, "pbkdf2");
-    let out = run(nbdcrypt()
-        .arg("escrow")
+    let mut c = nbdcrypt();
+    c.arg("escrow")
         .arg(&image)
         .arg("--key-file")
         .arg(&key)
-        .args(["--key-service", &k.url])
-        .arg("--key-service-cert")
-        .arg(dir.path().join("hostA.pem"))
-        .arg("--key-service-key")
-        .arg(dir.path().join("hostA.key"))
-        .arg("--key-service-ca")
-        .arg(k.data.join("ca.pem")));
+        .args(["--key-service", &k.url]);
+    let out = run(k.host_flags(&mut c, "hostA"));
     assert!(out.status.success(), "{out:?}");
-    let uuid = common::ok(common::cryptsetup().arg("luksUUID").arg(&image))
-        .trim()
-        .to_string();
-    let r = k.with_token(
-        &officer,
-        "GET",
-        &format!("/v1/volumes/{uuid}/escrow"),
-        &Value::Null,
-    );
-    assert_eq!(r.status, 200, "{r:?}");
-    let package = dir.path().join("package.age");
-    std::fs::write(&package, r.body["package"].as_str().unwrap()).unwrap();
-    let out = run(Command::new(&age)
-        .arg("-d")
-        .arg("-i")
-        .arg(&officer_key)
-        .arg(&package));
-    assert!(out.status.success(), "{out:?}");
-    let plain: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let uuid = luks_uuid(&image);
+    let package = k.fetch_package(&officer, &uuid);
+    let plain = age_decrypt(&officer_key, &package);
     assert_eq!(plain["format"], "nbdcrypt-escrow/1");
     assert_eq!(plain["volume_uuid"], uuid.as_str());
     assert_eq!(plain["volume_key"], cryptsetup_volume_key(&image, &key));
+    // No recovery keyslot: no recovery entry.
+    assert!(plain.get("recovery").is_none(), "{plain}");
     // The package is not the key in clear.
-    assert!(!r.body["package"]
-        .as_str()
-        .unwrap()
-        .contains(plain["volume_key"].as_str().unwrap()));
+    assert!(!package.contains(plain["volume_key"].as_str().unwrap()));
+}
+
+fn luks_uuid(image: &std::path::Path) -> String {
+    common::ok(common::cryptsetup().arg("luksUUID").arg(image))
+        .trim()
+        .to_string()
+}
+
+/// `nbdcrypt recover IMAGE` with the officer's token (file) and identity, cheap PBKDF2 for the
+/// new keyslot whose passphrase is `new`.
+fn recover(
+    k: &Keyd,
+    image: &std::path::Path,
+    token: &str,
+    identity: &std::path::Path,
+    new: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Output {
+    let token_file = k.dir.join("officer.token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let mut c = common::nbdcrypt();
+    c.arg("recover")
+        .arg(image)
+        .args(["--key-service", &k.url])
+        .arg("--token-file")
+        .arg(&token_file)
+        .arg("--identity")
+        .arg(identity)
+        .arg("--key-service-ca")
+        .arg(k.data.join("ca.pem"))
+        .arg("--new-keyfile")
+        .arg(new)
+        .args(["--pbkdf", "pbkdf2"])
+        .args(common::cheap_kdf_args("pbkdf2"))
+        .args(extra);
+    run(&mut c)
+}
+
+#[test]
+fn recover_with_the_officer_identity_after_the_passphrase_slots_are_gone() {
+    use common::{
+        cryptsetup, cryptsetup_test_passphrase, format_cheap, key_file, nbdcrypt, ok, stderr,
+        test_passphrase,
+    };
+    let dir = tempdir();
+    let mut k = Keyd::init(dir.path());
+    k.admin(&["kek", "create", "k1"]);
+    k.host("hostA");
+    let (officer_key, officer) = k.officer("olga");
+    let auditor = k.token("audrey", "auditor");
+    let (stranger_key, _) = common::keyd::age_keygen(dir.path(), "stranger");
+    k.serve();
+    let image = dir.path().join("vol.img");
+    let key = key_file(dir.path());
+    format_cheap(&image, &key, "20M", 512, "pbkdf2");
+    let uuid = luks_uuid(&image);
+    // Keyslot 1: the key service's; then escrow.
+    let mut c = nbdcrypt();
+    c.arg("add-key")
+        .arg(&image)
+        .arg("--key-file")
+        .arg(&key)
+        .args(["--key-service", &k.url, "--kek", "k1"]);
+    ok(k.host_flags(&mut c, "hostA"));
+    let mut c = nbdcrypt();
+    c.arg("escrow")
+        .arg(&image)
+        .arg("--key-file")
+        .arg(&key)
+        .args(["--key-service", &k.url]);
+    ok(k.host_flags(&mut c, "hostA"));
+    // Every passphrase keyslot is destroyed; only the service's remains.
+    ok(nbdcrypt()
+        .arg("kill-slot")
+        .arg(&image)
+        .args(["0", "--batch-mode"]));
+    assert!(!cryptsetup_test_passphrase(&image, &key).status.success());
+    let new = dir.path().join("new-pass");
+    std::fs::write(&new, b"recovered passphrase").unwrap();
+    let dump = || ok(cryptsetup().arg("luksDump").arg(&image));
+    let before = dump();
+
+    // Refusals, the header unchanged after each.
+    // A host certificate asking for the package (the API, with curl).
+    let r = k.get_as_host("hostA", &format!("/v1/volumes/{uuid}/escrow"));
+    refused(&k, &r, 403, "role", "host:hostA");
+    // A token of another role.
+    let out = recover(&k, &image, &auditor, &officer_key, &new, &[]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = stderr(&out);
+    assert!(err.contains("cannot fetch the escrow package"), "{err}");
+    assert!(
+        err.contains("403 role: escrow-fetch needs role officer"),
+        "{err}"
+    );
+    // A wrong token.
+    let out = recover(&k, &image, "nbk_not-a-token", &officer_key, &new, &[]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(stderr(&out).contains("401 bad-token"), "{}", stderr(&out));
+    // An age identity that is not an officer's: exit 2.
+    let out = recover(&k, &image, &officer, &stranger_key, &new, &[]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = stderr(&out);
+    assert!(
+        err.contains("is not one of the recovery officers the escrow package is sealed to"),
+        "{err}"
+    );
+    // A volume without a package.
+    let other = dir.path().join("other.img");
+    format_cheap(&other, &key, "20M", 512, "pbkdf2");
+    let other_uuid = luks_uuid(&other);
+    let out = recover(&k, &other, &officer, &officer_key, &new, &[]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = stderr(&out);
+    assert!(err.contains("404 no-escrow"), "{err}");
+    assert!(err.contains(&other_uuid), "{err}");
+    // The package of another volume stored under this volume's UUID (by its owner host).
+    let mut c = nbdcrypt();
+    c.arg("escrow")
+        .arg(&other)
+        .arg("--key-file")
+        .arg(&key)
+        .args(["--key-service", &k.url]);
+    ok(k.host_flags(&mut c, "hostA"));
+    let good = k.fetch_package(&officer, &uuid);
+    let foreign = k.fetch_package(&officer, &other_uuid);
+    let path = format!("/v1/volumes/{uuid}/escrow");
+    let r = k.as_host("hostA", "PUT", &path, &json!({ "package": foreign }));
+    assert_eq!(r.status, 200, "{r:?}");
+    let out = recover(&k, &image, &officer, &officer_key, &new, &[]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "the escrow package is for volume {other_uuid}, not"
+        )),
+        "{err}"
+    );
+    assert_eq!(dump(), before);
+    let r = k.as_host("hostA", "PUT", &path, &json!({ "package": good }));
+    assert_eq!(r.status, 200, "{r:?}");
+
+    // The officer recovers: a new passphrase keyslot that nbdcrypt and cryptsetup accept.
+    let out = recover(&k, &image, &officer, &officer_key, &new, &[]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stderr(&out).contains("key slot 0 opens it"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(test_passphrase(&image, &new, &[]).status.success());
+    assert!(cryptsetup_test_passphrase(&image, &new).status.success());
+    let fetches: Vec<Value> = k
+        .audit_rows()
+        .into_iter()
+        .filter(|r| r["action"] == "escrow-fetch" && r["target"] == uuid.as_str())
+        .collect();
+    assert!(fetches
+        .iter()
+        .any(|r| r["actor"] == "token:olga(officer)" && r["outcome"] == "ok"));
+    assert!(fetches
+        .iter()
+        .any(|r| r["actor"] == "token:audrey(auditor)" && r["outcome"] == "refused 403: role"));
+}
+
+#[test]
+fn recovery_key_add_escrow_seals_the_recovery_key_before_the_keyslot_is_written() {
+    use common::{cryptsetup, cryptsetup_test_passphrase, cryptsetup_volume_key, nbdcrypt, ok};
+    use common::{format_cheap, key_file, stderr};
+    let dir = tempdir();
+    let mut k = Keyd::init(dir.path());
+    k.host("hostA");
+    let (officer_key, officer) = k.officer("olga");
+    k.serve();
+    let image = dir.path().join("vol.img");
+    let key = key_file(dir.path());
+    format_cheap(&image, &key, "20M", 512, "pbkdf2");
+    let uuid = luks_uuid(&image);
+    let add = |k: &Keyd| {
+        let mut c = nbdcrypt();
+        c.args(["recovery-key", "add"])
+            .arg(&image)
+            .arg("--key-file")
+            .arg(&key)
+            .args(["--pbkdf", "pbkdf2"])
+            .args(common::cheap_kdf_args("pbkdf2"))
+            .args(["--escrow", &k.url]);
+        run(k.host_flags(&mut c, "hostA"))
+    };
+    let out = add(&k);
+    assert!(out.status.success(), "{out:?}");
+    let password = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_eq!(password.len(), 55, "{password}");
+    // The stock age opens the package: volume key, UUID and this recovery key.
+    let plain = age_decrypt(&officer_key, &k.fetch_package(&officer, &uuid));
+    assert_eq!(plain["format"], "nbdcrypt-escrow/1");
+    assert_eq!(plain["volume_uuid"], uuid.as_str());
+    assert_eq!(plain["volume_key"], cryptsetup_volume_key(&image, &key));
+    assert_eq!(plain["recovery"]["keyslot"], 1);
+    assert_eq!(plain["recovery"]["password"], password.as_str());
+    let token: Value = serde_json::from_str(&ok(cryptsetup()
+        .args(["token", "export", "--token-id", "0"])
+        .arg(&image)))
+    .unwrap();
+    assert_eq!(token["type"], "nbdcrypt-recovery");
+    assert_eq!(token["keyslots"], json!(["1"]));
+    assert_eq!(plain["recovery"]["recovery_id"], token["recovery_id"]);
+    // The escrowed recovery password opens the volume (cryptsetup, keyslot 1).
+    let rk = dir.path().join("recovery.txt");
+    std::fs::write(&rk, plain["recovery"]["password"].as_str().unwrap()).unwrap();
+    let out = run(cryptsetup()
+        .args(["open", "--test-passphrase", "--key-slot", "1", "--key-file"])
+        .arg(&rk)
+        .arg(&image));
+    assert!(out.status.success(), "{out:?}");
+    assert!(cryptsetup_test_passphrase(&image, &key).status.success());
+
+    // `escrow` with the passphrase cannot include the recovery key, and says so.
+    let escrow = |unlock: &[&str]| {
+        let mut c = nbdcrypt();
+        c.arg("escrow")
+            .arg(&image)
+            .args(unlock)
+            .args(["--key-service", &k.url]);
+        run(k.host_flags(&mut c, "hostA"))
+    };
+    let out = escrow(&["--key-file", key.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stderr(&out).contains("the recovery key of keyslot 1 cannot be read back"),
+        "{}",
+        stderr(&out)
+    );
+    let plain = age_decrypt(&officer_key, &k.fetch_package(&officer, &uuid));
+    assert!(plain.get("recovery").is_none(), "{plain}");
+    // Unlocked with the recovery key, `escrow` puts it back into the package.
+    let out = escrow(&["--recovery-key", rk.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(!stderr(&out).contains("warning"), "{}", stderr(&out));
+    let plain = age_decrypt(&officer_key, &k.fetch_package(&officer, &uuid));
+    assert_eq!(plain["recovery"]["password"], password.as_str());
+    assert_eq!(plain["recovery"]["keyslot"], 1);
+
+    // With the service down, nothing changes: no keyslot, no recovery key printed.
+    let before = ok(cryptsetup().arg("luksDump").arg(&image));
+    k.stop_with(libc::SIGTERM);
+    let out = add(&k);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+    let err = stderr(&out);
+    assert!(err.contains(&k.url), "{err}");
+    assert!(err.contains("nothing changed"), "{err}");
+    assert_eq!(ok(cryptsetup().arg("luksDump").arg(&image)), before);
+}
+
+#[test]
+fn format_escrow_checks_the_service_first_and_escrows_the_new_volume() {
+    use common::{cryptsetup_test_passphrase_header, cryptsetup_volume_key_with};
+    use common::{free_port, key_file, nbdcrypt, stderr};
+    let dir = tempdir();
+    let mut k = Keyd::init(dir.path());
+    k.host("hostA");
+    let (officer_key, officer) = k.officer("olga");
+    k.serve();
+    let key = key_file(dir.path());
+    let image = dir.path().join("data.img");
+    let header = dir.path().join("data.hdr");
+    let format = |url: &str| {
+        let mut c = nbdcrypt();
+        c.arg("format")
+            .arg(&image)
+            .arg("--header")
+            .arg(&header)
+            .args(["--size", "20M", "--batch-mode", "--pbkdf", "pbkdf2"])
+            .args(common::cheap_kdf_args("pbkdf2"))
+            .arg("--key-file")
+            .arg(&key)
+            .args(["--escrow", url]);
+        run(k.host_flags(&mut c, "hostA"))
+    };
+    // A service that does not answer: refused before anything is written.
+    let dead = format!("https://127.0.0.1:{}", free_port());
+    let out = format(&dead);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(stderr(&out).contains(&dead), "{}", stderr(&out));
+    assert!(!image.exists() && !header.exists());
+    // Formatted and escrowed in one step.
+    let out = format(&k.url);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stderr(&out).contains("escrowed to 1 recovery officer"));
+    let uuid = common::ok(common::cryptsetup().arg("luksUUID").arg(&header))
+        .trim()
+        .to_string();
+    let plain = age_decrypt(&officer_key, &k.fetch_package(&officer, &uuid));
+    assert_eq!(plain["volume_uuid"], uuid.as_str());
+    assert_eq!(
+        plain["volume_key"],
+        cryptsetup_volume_key_with(&image, Some(&header), &key)
+    );
+    // `recover --header` adds a passphrase to the detached header.
+    let new = dir.path().join("new-pass");
+    std::fs::write(&new, b"second passphrase").unwrap();
+    let h = header.to_str().unwrap();
+    let out = recover(&k, &image, &officer, &officer_key, &new, &["--header", h]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(cryptsetup_test_passphrase_header(&image, &header, &new)
+        .status
+        .success());
 }

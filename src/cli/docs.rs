@@ -31,6 +31,7 @@ pub(super) const EX_FORMAT: &str = "Examples:
   nbdcrypt format vol.img --size 10G --key-file pass.txt
   nbdcrypt format vol.img --size 10G --sector-size 4096 --label data --wipe
   nbdcrypt format data.img --header data.hdr --size 10G     # detached header (cryptsetup --header)
+  nbdcrypt format vol.img --size 10G --escrow https://keyd:8443   # then escrow the volume key
   truncate -s 1G vol.img && nbdcrypt format vol.img --batch-mode --key-file -  < pass.txt";
 
 pub(super) const EX_WIPE: &str = "Examples:
@@ -76,6 +77,7 @@ pub(super) const EX_ADD_KEY: &str = "Examples:
 
 pub(super) const EX_ESCROW: &str = "Examples:
   nbdcrypt escrow vol.img --key-file pass.txt --key-service https://keyd:8443
+  nbdcrypt escrow vol.img --recovery-key rk.txt --key-service https://keyd:8443  # with the recovery key
   age -d -i officer.key package.age            # what a recovery officer does with the package";
 
 pub(super) const EX_CHANGE_KEY: &str = "Examples:
@@ -92,6 +94,7 @@ pub(super) const EX_KILL_SLOT: &str = "Examples:
 
 pub(super) const EX_RECOVERY_ADD: &str = "Examples:
   nbdcrypt recovery-key add vol.img --key-file pass.txt      # prints the key once
+  nbdcrypt recovery-key add vol.img --key-file pass.txt --escrow https://keyd:8443
   nbdcrypt open vol.img --recovery-key                       # type it in later";
 
 pub(super) const EX_ERASE: &str = "Examples:
@@ -126,3 +129,9 @@ pub(super) const EX_COMPLETIONS: &str = "Examples:
   nbdcrypt completions bash > /etc/bash_completion.d/nbdcrypt
   nbdcrypt completions zsh > ~/.zfunc/_nbdcrypt
   nbdcrypt completions fish > ~/.config/fish/completions/nbdcrypt.fish";
+
+pub(super) const EX_RECOVER: &str = "Examples:
+  nbdcrypt recover vol.img --key-service https://keyd:8443 --token-file olga.token \\
+      --identity officer.key                    # prompts for the new passphrase
+  nbdcrypt recover data.img --header data.hdr --key-service https://keyd:8443 --token nbk_... \\
+      --identity officer.key --new-keyfile new.txt --key-service-ca ca.pem";

@@ -33,7 +33,7 @@ pub struct ServiceArgs<'a> {
 }
 
 /// Calls `f` on each URL in order until one succeeds; all failures are listed otherwise.
-fn first_ok<T>(
+pub(super) fn first_ok<T>(
     urls: &[String],
     mut f: impl FnMut(&str) -> Result<T, ClientError>,
 ) -> Result<(String, T), CliError> {
@@ -232,96 +232,4 @@ pub fn unlock(
         failures.push("no nbdcrypt-keyservice token for this keyslot".into());
     }
     Err(failures.join("\n  "))
-}
-
-/// Format tag of the sealed escrow package's plaintext.
-pub const ESCROW_FORMAT: &str = "nbdcrypt-escrow/1";
-
-/// Seals `plain` with `age` (X25519, ASCII armor) to every recipient (`age1...`).
-///
-/// Errors: [`CliError::Usage`] for a recipient that does not parse or an encryption failure.
-pub fn seal_to_officers(recipients: &[String], plain: &[u8]) -> Result<String, CliError> {
-    use std::io::Write;
-    let parsed: Vec<age::x25519::Recipient> = recipients
-        .iter()
-        .map(|r| {
-            r.parse()
-                .map_err(|e| CliError::Usage(format!("officer recipient {r:?}: {e}")))
-        })
-        .collect::<Result<_, _>>()?;
-    let enc = age::Encryptor::with_recipients(parsed.iter().map(|r| r as &dyn age::Recipient))
-        .map_err(|e| CliError::Usage(format!("age: {e}")))?;
-    let io = |e: std::io::Error| CliError::Usage(format!("age: {e}"));
-    let mut out = Vec::new();
-    let armor = age::armor::ArmoredWriter::wrap_output(&mut out, age::armor::Format::AsciiArmor)
-        .map_err(io)?;
-    let mut w = enc.wrap_output(armor).map_err(io)?;
-    w.write_all(plain).map_err(io)?;
-    w.finish().and_then(|a| a.finish()).map_err(io)?;
-    String::from_utf8(out).map_err(|_| CliError::Usage("age: armor is not text".into()))
-}
-
-/// `escrow IMAGE --key-service URL...`: unlocks the volume, seals its volume key and UUID with
-/// `age` to the recovery officers the service publishes, and uploads the package (the first
-/// endpoint that works). The service stores it and cannot open it.
-///
-/// Errors: unlock failures; [`CliError::Usage`] when the service has no officers or every
-/// endpoint fails (each named).
-pub fn escrow(
-    image: &Path,
-    header: Option<&Path>,
-    source: Source<'_>,
-    service: &ServiceArgs<'_>,
-) -> Result<(), CliError> {
-    let (o, lh) = super::open_loaded(image, header, volume::Access::Inspect)?;
-    let vk = unlock_with_tries(source, image, |p| {
-        super::try_unlock(&o.header, &o.header_path, &lh, p, None)
-    })?
-    .key;
-    let uuid = lh.header.uuid.clone();
-    let client = Client::new(&service.identity, service.timeout)
-        .map_err(|e| CliError::Usage(e.to_string()))?;
-    let hex: zeroize::Zeroizing<String> =
-        zeroize::Zeroizing::new(vk.expose().iter().map(|b| format!("{b:02x}")).collect());
-    let (url, officers) = first_ok(service.urls, |u| {
-        client.call(u, "POST", "/v1/volumes", Some(&json!({ "uuid": uuid })))?;
-        let o = client.call(u, "GET", "/v1/officers", None)?;
-        let list: Vec<String> = o["officers"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x["recipient"].as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default();
-        Ok(list)
-    })?;
-    if officers.is_empty() {
-        return Err(CliError::Usage(format!(
-            "{url}: the key service has no recovery officers (nbdcrypt-keyd officer add NAME AGE-RECIPIENT)"
-        )));
-    }
-    let plain = zeroize::Zeroizing::new(
-        json!({
-            "format": ESCROW_FORMAT,
-            "volume_uuid": uuid,
-            "volume_key": hex.as_str(),
-        })
-        .to_string(),
-    );
-    let package = seal_to_officers(&officers, plain.as_bytes())?;
-    client
-        .call(
-            &url,
-            "PUT",
-            &format!("/v1/volumes/{uuid}/escrow"),
-            Some(&json!({ "package": package })),
-        )
-        .map_err(|e| CliError::Usage(e.to_string()))?;
-    eprintln!(
-        "Volume key of {} escrowed to {} recovery officer(s) at {url}.",
-        image.display(),
-        officers.len()
-    );
-    Ok(())
 }

@@ -45,12 +45,33 @@ pub fn add_key(
             .key
         }
     };
+    add_passphrase_keyslot(&file, &hpath, &lh, &vk, image, new_keyfile, slot, kdf)?;
+    Ok(())
+}
+
+/// The second half of `add-key` (and of `recover`): reads the new passphrase (`new_keyfile`
+/// byte for byte, or the prompt for `image`), adds a keyslot for `vk` under it (`slot`, or the
+/// lowest free one) with `kdf`, and says so. `vk` must already be known to be the volume key.
+///
+/// Returns the new keyslot's number. Errors: as [`read_passphrase`] and
+/// [`volume::add_keyslot`].
+#[allow(clippy::too_many_arguments)]
+pub(super) fn add_passphrase_keyslot(
+    file: &std::fs::File,
+    hpath: &Path,
+    lh: &LoadedHeader,
+    vk: &SecretBytes,
+    image: &Path,
+    new_keyfile: Option<&Path>,
+    slot: Option<u32>,
+    kdf: &KdfChoice,
+) -> Result<u32, CliError> {
     let new = read_passphrase(new_keyfile, Prompt::New(image))?;
     let id = volume::add_keyslot(
-        &file,
-        &hpath,
-        &lh,
-        &vk,
+        file,
+        hpath,
+        lh,
+        vk,
         NewKeyslot {
             passphrase: new.expose(),
             slot,
@@ -59,7 +80,7 @@ pub fn add_key(
         },
     )?;
     eprintln!("Key slot {id} created.");
-    Ok(())
+    Ok(id)
 }
 
 /// `change-key`: see the CLI help.
@@ -262,13 +283,16 @@ pub fn repair(image: &Path, header: Option<&Path>) -> Result<(), CliError> {
     Ok(())
 }
 
-/// `recovery-key add`: see the CLI help and `format-spec.md` §9.1.
+/// `recovery-key add`: see the CLI help and `format-spec.md` §9.1. With `escrow`, the escrow
+/// package (volume key, UUID and this recovery key, `format-spec.md` §9.3) is uploaded before
+/// the keyslot is written, so a failed upload changes nothing (see [`super::escrow`]).
 pub fn recovery_key_add(
     image: &Path,
     header: Option<&Path>,
     source: Source<'_>,
     slot: Option<u32>,
     kdf: &KdfChoice,
+    escrow: Option<&super::keyservice::ServiceArgs<'_>>,
 ) -> Result<(), CliError> {
     let (file, hpath, lh) = open_for_update(image, header)?;
     let vk = unlock_with_tries(source, image, |p| {
@@ -286,6 +310,32 @@ pub fn recovery_key_add(
         "keyslots": [],
         "recovery_id": id,
     });
+    let slot = match escrow {
+        None => slot,
+        Some(service) => {
+            // The package names the keyslot, so it is chosen now (the header lock is held).
+            let slot = match slot {
+                Some(s) => s,
+                None => super::escrow::lowest_free_slot(&lh)?,
+            };
+            let recovery = super::escrow::RecoveryEntry {
+                keyslot: slot,
+                recovery_id: id.clone(),
+                password: String::from_utf8_lossy(key.expose()).into_owned(),
+            };
+            super::escrow::escrow_volume(&lh.header.uuid, &vk, Some(recovery), service)
+                .map_err(|e| {
+                    CliError::Hinted(
+                        Box::new(e),
+                        format!(
+                            "nothing changed: {} has no new recovery key (the package is uploaded before the keyslot is written); run the command again when the key service works",
+                            image.display()
+                        ),
+                    )
+                })?;
+            Some(slot)
+        }
+    };
     let n = volume::add_keyslot(
         &file,
         &hpath,
@@ -297,7 +347,14 @@ pub fn recovery_key_add(
             kdf,
             token: Some(token),
         },
-    )?;
+    )
+    .map_err(|e| match escrow {
+        None => CliError::from(e),
+        Some(_) => CliError::Hinted(
+            Box::new(e.into()),
+            "the escrow package was uploaded but the keyslot was not written: the package's recovery password opens nothing, its volume key still recovers the volume (`nbdcrypt recover`); run `recovery-key add --escrow` again".into(),
+        ),
+    })?;
     eprintln!("Recovery key stored in key slot {n} (recovery id {id}). Write it down now; it is not shown again:");
     println!("{}", String::from_utf8_lossy(key.expose()));
     Ok(())

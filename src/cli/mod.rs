@@ -11,9 +11,11 @@ mod connect;
 mod daemon;
 mod docs;
 mod dump;
+mod escrow;
 mod keyservice;
 mod keyslots;
 mod passphrase;
+mod recover;
 mod serve;
 mod wipe;
 
@@ -287,13 +289,19 @@ struct ServiceIdentityArgs {
     key_service_timeout: f64,
 }
 
+/// `--key-service-timeout SECONDS`, more than 0 and at most 3600.
+fn service_timeout(secs: f64) -> Result<std::time::Duration, CliError> {
+    if !(secs > 0.0 && secs <= 3600.0) {
+        return Err(CliError::Usage(
+            "--key-service-timeout takes seconds, more than 0 and at most 3600".into(),
+        ));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
 impl ServiceIdentityArgs {
     fn identity(&self) -> Result<keyservice::ServiceIdentity, CliError> {
-        if !(self.key_service_timeout > 0.0 && self.key_service_timeout <= 3600.0) {
-            return Err(CliError::Usage(
-                "--key-service-timeout takes seconds, more than 0 and at most 3600".into(),
-            ));
-        }
+        service_timeout(self.key_service_timeout)?;
         Ok(keyservice::ServiceIdentity {
             identity: crate::keyservice::client::Identity {
                 cert: self.key_service_cert.clone(),
@@ -473,6 +481,12 @@ enum Command {
         /// `nbdcrypt wipe IMAGE --resume`.
         #[arg(long)]
         wipe: bool,
+        /// Then escrow the volume key and UUID to the key service at URL (repeatable, tried in
+        /// order), as `nbdcrypt escrow`; the service is checked before formatting.
+        #[arg(long, value_name = "URL")]
+        escrow: Vec<String>,
+        #[command(flatten)]
+        service: ServiceIdentityArgs,
     },
     /// Write encrypted zeros over the whole data segment, so the volume reads as zeros and the
     /// image holds no old data nor sparse holes. Ctrl-C (or SIGTERM) stops it cleanly and
@@ -637,6 +651,47 @@ enum Command {
         #[command(flatten)]
         service: ServiceIdentityArgs,
     },
+    /// As a recovery officer: fetch the volume's escrow package from the key service, open it
+    /// with your age identity, check it is this volume's, and add a passphrase keyslot
+    /// (docs/keyservice-api.md). Exit 2 when the identity cannot open the package.
+    #[command(after_help = docs::EX_RECOVER)]
+    #[command(group(clap::ArgGroup::new("officer_token").required(true).args(["token", "token_file"])))]
+    Recover {
+        /// Image file.
+        image: PathBuf,
+        #[command(flatten)]
+        header: HeaderArg,
+        /// The key service (repeatable: tried in order).
+        #[arg(long = "key-service", value_name = "URL", required = true)]
+        key_service: Vec<String>,
+        /// Your officer bearer token (`nbdcrypt-keyd token add NAME --role officer`).
+        #[arg(long, value_name = "TOKEN")]
+        token: Option<String>,
+        /// The token from FILE instead (not shown in the process list).
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        /// Your age identity file (`age-keygen -o OFFICER.key`).
+        #[arg(long, value_name = "OFFICER.key")]
+        identity: PathBuf,
+        /// The key service's CA certificate (PEM).
+        #[arg(
+            long,
+            value_name = "FILE",
+            default_value = "/etc/nbdcrypt/keyservice/ca.pem"
+        )]
+        key_service_ca: PathBuf,
+        /// Seconds each endpoint may take (connect, TLS, reply) before the next is tried.
+        #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
+        key_service_timeout: f64,
+        /// The new passphrase, from FILE byte for byte (default: prompt).
+        #[arg(long, value_name = "FILE")]
+        new_keyfile: Option<PathBuf>,
+        /// The new keyslot's number (default: the lowest free one).
+        #[arg(long, short = 'S', value_name = "N")]
+        key_slot: Option<u32>,
+        #[command(flatten)]
+        kdf: KdfArgs,
+    },
     /// Change a passphrase (as `cryptsetup luksChangeKey`): the slot the old passphrase opens
     /// (or --key-slot) gets the new one.
     #[command(after_help = docs::EX_CHANGE_KEY)]
@@ -797,6 +852,13 @@ enum RecoveryAction {
         key_slot: Option<u32>,
         #[command(flatten)]
         kdf: KdfArgs,
+        /// Escrow the volume key, UUID and this recovery key to the key service at URL
+        /// (repeatable, tried in order) before the keyslot is written: if the upload fails,
+        /// nothing changes.
+        #[arg(long, value_name = "URL")]
+        escrow: Vec<String>,
+        #[command(flatten)]
+        service: ServiceIdentityArgs,
     },
 }
 
@@ -1062,8 +1124,17 @@ fn run(cmd: Command) -> Result<(), CliError> {
             label,
             batch_mode,
             wipe,
+            escrow,
+            service,
         } => {
             confirm_overwrite(header.header.as_deref().unwrap_or(&image), batch_mode)?;
+            let escrow_to = if escrow.is_empty() {
+                None
+            } else {
+                let args = service.args(&escrow)?;
+                escrow::preflight(&args)?;
+                Some(args)
+            };
             let pass = read_passphrase(key_file.as_deref(), Prompt::New(&image))?;
             let opts = FormatOptions {
                 size,
@@ -1074,6 +1145,9 @@ fn run(cmd: Command) -> Result<(), CliError> {
             };
             let uuid = volume::format(&image, &opts, pass.expose())?;
             eprintln!("formatted {} as LUKS2 (UUID {uuid})", image.display());
+            if let Some(args) = &escrow_to {
+                escrow::after_format(&image, opts.header.as_deref(), pass.expose(), args)?;
+            }
             if wipe {
                 let (o, lh) = open_loaded(&image, opts.header.as_deref(), Access::WriteExclusive)?;
                 let key = try_unlock(&o.header, &o.header_path, &lh, pass.expose(), Some(0))?;
@@ -1204,7 +1278,7 @@ fn run(cmd: Command) -> Result<(), CliError> {
             unlock,
             key_service,
             service,
-        } => keyservice::escrow(
+        } => escrow::escrow(
             &image,
             header.header.as_deref(),
             unlock.source(),
@@ -1290,13 +1364,60 @@ fn run(cmd: Command) -> Result<(), CliError> {
             unlock,
             key_slot,
             kdf,
+            escrow,
+            service,
         }) => keyslots::recovery_key_add(
             &image,
             header.header.as_deref(),
             unlock.source(),
             key_slot,
             &kdf.choice(),
+            match escrow.is_empty() {
+                true => None,
+                false => Some(service.args(&escrow)?),
+            }
+            .as_ref(),
         ),
+        Command::Recover {
+            image,
+            header,
+            key_service,
+            token,
+            token_file,
+            identity,
+            key_service_ca,
+            key_service_timeout,
+            new_keyfile,
+            key_slot,
+            kdf,
+        } => {
+            let token = match (token, token_file) {
+                (Some(t), _) => zeroize::Zeroizing::new(t),
+                (None, Some(f)) => zeroize::Zeroizing::new(
+                    std::fs::read_to_string(&f)
+                        .map_err(|e| {
+                            CliError::Usage(format!("cannot read token file {}: {e}", f.display()))
+                        })?
+                        .trim()
+                        .to_string(),
+                ),
+                (None, None) => unreachable!("clap requires --token or --token-file"),
+            };
+            recover::recover(
+                &image,
+                header.header.as_deref(),
+                &recover::Officer {
+                    urls: &key_service,
+                    token: &token,
+                    ca: &key_service_ca,
+                    timeout: service_timeout(key_service_timeout)?,
+                    identity: &identity,
+                },
+                new_keyfile.as_deref(),
+                key_slot,
+                &kdf.choice(),
+            )
+        }
         Command::Erase {
             image,
             header,

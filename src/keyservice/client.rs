@@ -78,6 +78,8 @@ pub enum ClientError {
 pub struct Client {
     config: Arc<ClientConfig>,
     timeout: Duration,
+    /// A person's bearer token (`Authorization: Bearer`), for [`Client::with_token`].
+    bearer: Option<String>,
 }
 
 fn id_err(path: &Path, detail: impl ToString) -> ClientError {
@@ -112,6 +114,23 @@ fn parse_url(url: &str) -> Result<(String, u16, String), ClientError> {
     Ok((host, port, authority.to_string()))
 }
 
+/// A TLS client configuration (ring provider, safe protocol versions) trusting only `ca`.
+fn config_builder(
+    ca: &Path,
+) -> Result<rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>, ClientError> {
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).map_err(|e| id_err(ca, e))? {
+        roots
+            .add(c.map_err(|e| id_err(ca, e))?)
+            .map_err(|e| id_err(ca, e))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| id_err(ca, e))?
+        .with_root_certificates(roots))
+}
+
 impl Client {
     /// A client presenting `id`'s certificate, trusting only `id.ca`, with `timeout` for each
     /// whole request (connect, handshake, reply).
@@ -123,22 +142,27 @@ impl Client {
             .collect::<Result<_, _>>()
             .map_err(|e| id_err(&id.cert, e))?;
         let key = PrivateKeyDer::from_pem_file(&id.key).map_err(|e| id_err(&id.key, e))?;
-        let mut roots = RootCertStore::empty();
-        for c in CertificateDer::pem_file_iter(&id.ca).map_err(|e| id_err(&id.ca, e))? {
-            roots
-                .add(c.map_err(|e| id_err(&id.ca, e))?)
-                .map_err(|e| id_err(&id.ca, e))?;
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| id_err(&id.ca, e))?
-            .with_root_certificates(roots)
+        let config = config_builder(&id.ca)?
             .with_client_auth_cert(certs, key)
             .map_err(|e| id_err(&id.cert, e))?;
         Ok(Client {
             config: Arc::new(config),
             timeout,
+            bearer: None,
+        })
+    }
+
+    /// A client of a person (officer, admin, auditor): no client certificate, `token` sent as
+    /// `Authorization: Bearer` on every request, trusting only the CA certificate `ca`, with
+    /// `timeout` for each whole request.
+    ///
+    /// Errors: [`ClientError::Identity`] naming `ca`.
+    pub fn with_token(ca: &Path, token: &str, timeout: Duration) -> Result<Client, ClientError> {
+        let config = config_builder(ca)?.with_no_client_auth();
+        Ok(Client {
+            config: Arc::new(config),
+            timeout,
+            bearer: Some(token.trim().to_string()),
         })
     }
 
@@ -209,11 +233,15 @@ impl Client {
             .map_err(|e| t("HTTP", &e))?;
         tokio::spawn(conn);
         let data = body.map(|b| b.to_string()).unwrap_or_default();
-        let req = Request::builder()
+        let mut req = Request::builder()
             .method(method)
             .uri(path)
             .header(hyper::header::HOST, authority)
-            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .header(hyper::header::CONTENT_TYPE, "application/json");
+        if let Some(token) = &self.bearer {
+            req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let req = req
             .body(Full::new(Bytes::from(data)))
             .map_err(|e| t("request", &e))?;
         let resp = sender.send_request(req).await.map_err(|e| t("HTTP", &e))?;

@@ -185,6 +185,37 @@ impl Keyd {
         self.curl(path, &args)
     }
 
+    /// Adds this host's identity flags (`--key-service-cert/-key/-ca`, its `host add` files in
+    /// `dir`) to an `nbdcrypt` command.
+    pub fn host_flags<'c>(&self, c: &'c mut Command, host: &str) -> &'c mut Command {
+        c.arg("--key-service-cert")
+            .arg(self.dir.join(format!("{host}.pem")))
+            .arg("--key-service-key")
+            .arg(self.dir.join(format!("{host}.key")))
+            .arg("--key-service-ca")
+            .arg(self.data.join("ca.pem"))
+    }
+
+    /// A recovery officer `name`: an age identity `dir/NAME.agekey` registered with `officer
+    /// add`, and an officer token. Returns (identity file, token).
+    pub fn officer(&self, name: &str) -> (PathBuf, String) {
+        let (key, recipient) = age_keygen(&self.dir, name);
+        self.admin(&["officer", "add", name, &recipient]);
+        (key, self.token(name, "officer"))
+    }
+
+    /// The escrow package of `uuid` as the officer with `token` fetches it (armored age text).
+    pub fn fetch_package(&self, token: &str, uuid: &str) -> String {
+        let r = self.with_token(
+            token,
+            "GET",
+            &format!("/v1/volumes/{uuid}/escrow"),
+            &Value::Null,
+        );
+        assert_eq!(r.status, 200, "{r:?}");
+        r.body["package"].as_str().unwrap().to_string()
+    }
+
     /// Every audit row, read with `audit list`.
     pub fn audit_rows(&self) -> Vec<Value> {
         self.admin(&["audit", "list"])
@@ -192,6 +223,34 @@ impl Keyd {
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
     }
+}
+
+/// `age-keygen -o DIR/NAME.agekey`; returns (identity file, its `age1...` recipient).
+pub fn age_keygen(dir: &Path, name: &str) -> (PathBuf, String) {
+    let keygen = require("age-keygen", "age");
+    let key = dir.join(format!("{name}.agekey"));
+    let out = run(Command::new(&keygen).arg("-o").arg(&key));
+    assert!(out.status.success(), "{out:?}");
+    let out = run(Command::new(&keygen).arg("-y").arg(&key));
+    assert!(out.status.success(), "{out:?}");
+    (
+        key,
+        String::from_utf8(out.stdout).unwrap().trim().to_string(),
+    )
+}
+
+/// The stock `age -d -i IDENTITY` on an armored package: its plaintext as JSON.
+pub fn age_decrypt(identity: &Path, package: &str) -> Value {
+    let age = require("age", "age");
+    let file = identity.with_extension("package.age");
+    std::fs::write(&file, package).unwrap();
+    let out = run(Command::new(age)
+        .arg("-d")
+        .arg("-i")
+        .arg(identity)
+        .arg(&file));
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 impl Drop for Keyd {
