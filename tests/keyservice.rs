@@ -1,6 +1,8 @@
 //! The key service `nbdcrypt-keyd` as a real process on loopback, driven with `curl`
 //! (docs/keyservice-api.md): refusals with their status and audit row, restart, `kill -9`
-//! during a burst of wraps, and `audit verify` against a row edited with `sqlite3`.
+//! during a burst of wraps, and `audit verify` against a row edited with `sqlite3`; and the
+//! volume CLI against it: `add-key --key-service`, unlock through the service, escrow
+//! (`escrow`, `format --escrow`, `recovery-key add --escrow`) and `recover`.
 
 mod common;
 
