@@ -683,8 +683,8 @@ enum Command {
         /// Seconds each endpoint may take (connect, TLS, reply) before the next is tried.
         #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
         key_service_timeout: f64,
-        /// The new passphrase, from FILE byte for byte (default: prompt).
-        #[arg(long, value_name = "FILE")]
+        /// The new passphrase, from FILE byte for byte (default: prompt; `-` = all of stdin).
+        #[arg(long, value_name = "FILE", visible_alias = "key-file")]
         new_keyfile: Option<PathBuf>,
         /// The new keyslot's number (default: the lowest free one).
         #[arg(long, short = 'S', value_name = "N")]
