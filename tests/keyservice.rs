@@ -671,6 +671,34 @@ fn recover_with_the_officer_identity_after_the_passphrase_slots_are_gone() {
         )),
         "{err}"
     );
+    // Forged packages for this UUID: a volume key that is not this volume's, and an unknown
+    // format version.
+    let vk = age_decrypt(&officer_key, &good)["volume_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let wrong_vk = format!(
+        "{}{}",
+        if vk.starts_with('0') { "1" } else { "0" },
+        &vk[1..]
+    );
+    for (plain, msg) in [
+        (
+            json!({"format": "nbdcrypt-escrow/1", "volume_uuid": uuid, "volume_key": wrong_vk}),
+            "the escrow package's volume key does not match the header digest".to_string(),
+        ),
+        (
+            json!({"format": "nbdcrypt-escrow/2", "volume_uuid": uuid, "volume_key": vk}),
+            "the escrow package has format \"nbdcrypt-escrow/2\"".to_string(),
+        ),
+    ] {
+        let forged = common::keyd::age_encrypt(&officer_key, &plain.to_string());
+        let r = k.as_host("hostA", "PUT", &path, &json!({ "package": forged }));
+        assert_eq!(r.status, 200, "{r:?}");
+        let out = recover(&k, &image, &officer, &officer_key, &new, &[]);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert!(stderr(&out).contains(&msg), "{}", stderr(&out));
+    }
     assert_eq!(dump(), before);
     let r = k.as_host("hostA", "PUT", &path, &json!({ "package": good }));
     assert_eq!(r.status, 200, "{r:?}");

@@ -253,6 +253,19 @@ pub fn age_decrypt(identity: &Path, package: &str) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// The stock `age -e -a -i IDENTITY`: `plain` sealed to that identity's recipient (armored).
+pub fn age_encrypt(identity: &Path, plain: &str) -> String {
+    let age = require("age", "age");
+    let file = identity.with_extension("plain.json");
+    std::fs::write(&file, plain).unwrap();
+    let out = run(Command::new(age)
+        .args(["-e", "-a", "-i"])
+        .arg(identity)
+        .arg(&file));
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
 impl Drop for Keyd {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
