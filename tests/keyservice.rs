@@ -804,8 +804,37 @@ fn recovery_key_add_escrow_seals_the_recovery_key_before_the_keyslot_is_written(
     assert_eq!(plain["recovery"]["password"], password.as_str());
     assert_eq!(plain["recovery"]["keyslot"], 1);
 
-    // With the service down, nothing changes: no keyslot, no recovery key printed.
+    // The header write fails after the upload (a full disk, by the debug-build fault hook):
+    // no key printed, header unchanged, the error says the package is stored and what to do;
+    // the package's recovery key opens nothing, its volume key still recovers the volume.
     let before = ok(cryptsetup().arg("luksDump").arg(&image));
+    let mut c = nbdcrypt();
+    c.env("NBDCRYPT_FAULT_IO", "write@1=ENOSPC")
+        .args(["recovery-key", "add"])
+        .arg(&image)
+        .arg("--key-file")
+        .arg(&key)
+        .args(["--pbkdf", "pbkdf2"])
+        .args(common::cheap_kdf_args("pbkdf2"))
+        .args(["--escrow", &k.url]);
+    let out = run(k.host_flags(&mut c, "hostA"));
+    assert!(!out.status.success(), "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+    let err = stderr(&out);
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(
+        err.contains("the escrow package was uploaded but the keyslot was not written"),
+        "{err}"
+    );
+    assert_eq!(ok(cryptsetup().arg("luksDump").arg(&image)), before);
+    let plain = age_decrypt(&officer_key, &k.fetch_package(&officer, &uuid));
+    assert_eq!(plain["recovery"]["keyslot"], 2);
+    assert_eq!(plain["volume_key"], cryptsetup_volume_key(&image, &key));
+    let orphan = dir.path().join("orphan.txt");
+    std::fs::write(&orphan, plain["recovery"]["password"].as_str().unwrap()).unwrap();
+    assert!(!cryptsetup_test_passphrase(&image, &orphan).status.success());
+
+    // With the service down, nothing changes: no keyslot, no recovery key printed.
     k.stop_with(libc::SIGTERM);
     let out = add(&k);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
