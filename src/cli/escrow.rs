@@ -235,7 +235,8 @@ pub fn escrow(
 
 /// `format --escrow URL...`, after the volume was formatted: unlocks keyslot 0 with `pass`
 /// and escrows the volume key and UUID. A failure leaves a usable volume without a package;
-/// the error says so and what to run.
+/// the error says so and what to run (also `wipe` when `wipe_pending`: `format --wipe` stops
+/// before wiping then).
 ///
 /// Errors: as [`escrow_volume`], with that hint.
 pub fn after_format(
@@ -243,13 +244,22 @@ pub fn after_format(
     header: Option<&Path>,
     pass: &[u8],
     service: &ServiceArgs<'_>,
+    wipe_pending: bool,
 ) -> Result<(), CliError> {
     let (o, lh) = super::open_loaded(image, header, volume::Access::Inspect)?;
     let k = super::try_unlock(&o.header, &o.header_path, &lh, pass, Some(0))?;
     let hint = || {
         let h = header.map_or(String::new(), |h| format!(" --header {}", h.display()));
+        let wipe = if wipe_pending {
+            format!(
+                ", then `nbdcrypt wipe {}{h}` (not done yet)",
+                image.display()
+            )
+        } else {
+            String::new()
+        };
         format!(
-            "{} was formatted (UUID {}) and opens with its passphrase, but has no escrow package: run `nbdcrypt escrow {}{h} --key-service {}`",
+            "{} was formatted (UUID {}) and opens with its passphrase, but has no escrow package: run `nbdcrypt escrow {}{h} --key-service {}`{wipe}",
             image.display(),
             lh.header.uuid,
             image.display(),

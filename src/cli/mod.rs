@@ -1146,7 +1146,7 @@ fn run(cmd: Command) -> Result<(), CliError> {
             let uuid = volume::format(&image, &opts, pass.expose())?;
             eprintln!("formatted {} as LUKS2 (UUID {uuid})", image.display());
             if let Some(args) = &escrow_to {
-                escrow::after_format(&image, opts.header.as_deref(), pass.expose(), args)?;
+                escrow::after_format(&image, opts.header.as_deref(), pass.expose(), args, wipe)?;
             }
             if wipe {
                 let (o, lh) = open_loaded(&image, opts.header.as_deref(), Access::WriteExclusive)?;
