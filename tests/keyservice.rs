@@ -898,4 +898,54 @@ fn format_escrow_checks_the_service_first_and_escrows_the_new_volume() {
     assert!(cryptsetup_test_passphrase_header(&image, &header, &new)
         .status
         .success());
+
+    // The escrow fails after formatting (an officer recipient that does not parse, written
+    // straight into the store past `officer add`'s check): exit 1, the volume opens with its
+    // passphrase, and the error gives the command that escrows it later.
+    let sqlite3 = require("sqlite3", "sqlite3");
+    let db = k.data.join("keyd.db");
+    let sql = |q: &str| {
+        let out = run(Command::new(&sqlite3).arg(&db).arg(q));
+        assert!(out.status.success(), "{out:?}");
+    };
+    sql("INSERT INTO officers (name, recipient) VALUES ('mallory', 'age1notakey');");
+    let second = dir.path().join("second.img");
+    let mut c = nbdcrypt();
+    c.arg("format")
+        .arg(&second)
+        .args(["--size", "20M", "--batch-mode", "--pbkdf", "pbkdf2"])
+        .args(common::cheap_kdf_args("pbkdf2"))
+        .arg("--key-file")
+        .arg(&key)
+        .args(["--escrow", &k.url]);
+    let out = run(k.host_flags(&mut c, "hostA"));
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = stderr(&out);
+    assert!(err.contains("officer recipient \"age1notakey\""), "{err}");
+    let hint = format!(
+        "has no escrow package: run `nbdcrypt escrow {} --key-service {}`",
+        second.display(),
+        k.url
+    );
+    assert!(err.contains(&hint), "{err}");
+    assert!(common::test_passphrase(&second, &key, &[]).status.success());
+    let second_uuid = luks_uuid(&second);
+    let r = k.with_token(
+        &officer,
+        "GET",
+        &format!("/v1/volumes/{second_uuid}/escrow"),
+        &Value::Null,
+    );
+    assert_eq!(r.status, 404, "{r:?}");
+    // With the store mended, the command of the hint escrows it.
+    sql("DELETE FROM officers WHERE name = 'mallory';");
+    let mut c = nbdcrypt();
+    c.arg("escrow")
+        .arg(&second)
+        .arg("--key-file")
+        .arg(&key)
+        .args(["--key-service", &k.url]);
+    common::ok(k.host_flags(&mut c, "hostA"));
+    let plain = age_decrypt(&officer_key, &k.fetch_package(&officer, &second_uuid));
+    assert_eq!(plain["volume_uuid"], second_uuid.as_str());
 }
