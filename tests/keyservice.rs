@@ -499,7 +499,7 @@ fn open_unlocks_through_the_service_past_a_silent_and_a_refusing_endpoint() {
 
 #[test]
 fn escrow_package_opens_with_the_stock_age_and_holds_the_volume_key() {
-    use common::{cryptsetup_volume_key, format_cheap, key_file, nbdcrypt};
+    use common::{cryptsetup_volume_key, format_cheap, key_file};
     let dir = tempdir();
     let mut k = Keyd::init(dir.path());
     k.host("hostA");
@@ -515,13 +515,7 @@ fn escrow_package_opens_with_the_stock_age_and_holds_the_volume_key() {
     let image = dir.path().join("vol.img");
     let key = key_file(dir.path());
     format_cheap(&image, &key, "20M", 512, "pbkdf2");
-    let mut c = nbdcrypt();
-    c.arg("escrow")
-        .arg(&image)
-        .arg("--key-file")
-        .arg(&key)
-        .args(["--key-service", &k.url]);
-    let out = run(k.host_flags(&mut c, "hostA"));
+    let out = escrow(&k, &image, &["--key-file".as_ref(), key.as_ref()]);
     assert!(out.status.success(), "{out:?}");
     let uuid = luks_uuid(&image);
     let package = k.fetch_package(&officer, &uuid);
@@ -533,6 +527,16 @@ fn escrow_package_opens_with_the_stock_age_and_holds_the_volume_key() {
     assert!(plain.get("recovery").is_none(), "{plain}");
     // The package is not the key in clear.
     assert!(!package.contains(plain["volume_key"].as_str().unwrap()));
+}
+
+/// `nbdcrypt escrow IMAGE UNLOCK... --key-service URL` as host A.
+fn escrow(k: &Keyd, image: &std::path::Path, unlock: &[&std::ffi::OsStr]) -> std::process::Output {
+    let mut c = common::nbdcrypt();
+    c.arg("escrow")
+        .arg(image)
+        .args(unlock)
+        .args(["--key-service", &k.url]);
+    run(k.host_flags(&mut c, "hostA"))
 }
 
 fn luks_uuid(image: &std::path::Path) -> String {
@@ -597,13 +601,8 @@ fn recover_with_the_officer_identity_after_the_passphrase_slots_are_gone() {
         .arg(&key)
         .args(["--key-service", &k.url, "--kek", "k1"]);
     ok(k.host_flags(&mut c, "hostA"));
-    let mut c = nbdcrypt();
-    c.arg("escrow")
-        .arg(&image)
-        .arg("--key-file")
-        .arg(&key)
-        .args(["--key-service", &k.url]);
-    ok(k.host_flags(&mut c, "hostA"));
+    let out = escrow(&k, &image, &["--key-file".as_ref(), key.as_ref()]);
+    assert!(out.status.success(), "{out:?}");
     // Every passphrase keyslot is destroyed; only the service's remains.
     ok(nbdcrypt()
         .arg("kill-slot")
@@ -650,13 +649,8 @@ fn recover_with_the_officer_identity_after_the_passphrase_slots_are_gone() {
     assert!(err.contains("404 no-escrow"), "{err}");
     assert!(err.contains(&other_uuid), "{err}");
     // The package of another volume stored under this volume's UUID (by its owner host).
-    let mut c = nbdcrypt();
-    c.arg("escrow")
-        .arg(&other)
-        .arg("--key-file")
-        .arg(&key)
-        .args(["--key-service", &k.url]);
-    ok(k.host_flags(&mut c, "hostA"));
+    let out = escrow(&k, &other, &["--key-file".as_ref(), key.as_ref()]);
+    assert!(out.status.success(), "{out:?}");
     let good = k.fetch_package(&officer, &uuid);
     let foreign = k.fetch_package(&officer, &other_uuid);
     let path = format!("/v1/volumes/{uuid}/escrow");
@@ -779,15 +773,7 @@ fn recovery_key_add_escrow_seals_the_recovery_key_before_the_keyslot_is_written(
     assert!(cryptsetup_test_passphrase(&image, &key).status.success());
 
     // `escrow` with the passphrase cannot include the recovery key, and says so.
-    let escrow = |unlock: &[&str]| {
-        let mut c = nbdcrypt();
-        c.arg("escrow")
-            .arg(&image)
-            .args(unlock)
-            .args(["--key-service", &k.url]);
-        run(k.host_flags(&mut c, "hostA"))
-    };
-    let out = escrow(&["--key-file", key.to_str().unwrap()]);
+    let out = escrow(&k, &image, &["--key-file".as_ref(), key.as_ref()]);
     assert!(out.status.success(), "{out:?}");
     assert!(
         stderr(&out).contains("the recovery key of keyslot 1 cannot be read back"),
@@ -797,7 +783,7 @@ fn recovery_key_add_escrow_seals_the_recovery_key_before_the_keyslot_is_written(
     let plain = age_decrypt(&officer_key, &k.fetch_package(&officer, &uuid));
     assert!(plain.get("recovery").is_none(), "{plain}");
     // Unlocked with the recovery key, `escrow` puts it back into the package.
-    let out = escrow(&["--recovery-key", rk.to_str().unwrap()]);
+    let out = escrow(&k, &image, &["--recovery-key".as_ref(), rk.as_ref()]);
     assert!(out.status.success(), "{out:?}");
     assert!(!stderr(&out).contains("warning"), "{}", stderr(&out));
     let plain = age_decrypt(&officer_key, &k.fetch_package(&officer, &uuid));
@@ -939,13 +925,8 @@ fn format_escrow_checks_the_service_first_and_escrows_the_new_volume() {
     assert_eq!(r.status, 404, "{r:?}");
     // With the store mended, the command of the hint escrows it.
     sql("DELETE FROM officers WHERE name = 'mallory';");
-    let mut c = nbdcrypt();
-    c.arg("escrow")
-        .arg(&second)
-        .arg("--key-file")
-        .arg(&key)
-        .args(["--key-service", &k.url]);
-    common::ok(k.host_flags(&mut c, "hostA"));
+    let out = escrow(&k, &second, &["--key-file".as_ref(), key.as_ref()]);
+    assert!(out.status.success(), "{out:?}");
     let plain = age_decrypt(&officer_key, &k.fetch_package(&officer, &second_uuid));
     assert_eq!(plain["volume_uuid"], second_uuid.as_str());
 }
