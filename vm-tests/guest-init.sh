@@ -3,13 +3,14 @@
 # command line:
 #   nbdtest.mode=write|verify  nbdtest.port0=N  nbdtest.port1=N  nbdtest.export=NAME
 #   nbdtest.marker=STRING
-#   optional: nbdtest.host=10.0.2.2  nbdtest.bs=4096  nbdtest.conns=4
+#   optional: nbdtest.host=10.0.2.2  nbdtest.bs=4096  nbdtest.conns=4  nbdtest.hddops=1024
 # Two devices, each attached with `nbd-client -C conns` (multi-connection, netlink):
 #   /dev/nbd0 from port0 (server with --discard passdown): mkfs.ext4 with its default discard,
 #             and an fstrim of the mounted filesystem after a file is deleted;
 #   /dev/nbd1 from port1 (server with --discard ignore): mkfs.ext4 -E nodiscard.
 # write:  attach, mkfs.ext4, write files of random data and their SHA256SUMS plus a file full
-#         of the marker string, umount, e2fsck -fn, detach; for both devices.
+#         of the marker string; a verifying `stress-ng --hdd` pass on /mnt0 (stress-ng comes in
+#         an extra initramfs archive); umount, e2fsck -fn, detach; for both devices.
 # verify: attach, e2fsck -fn, mount read-only, sha256sum -c, check the marker, detach; both.
 # kernel: nbdcrypt's own kernel attach. The first virtio disk (/dev/vda) holds an ext4
 #         filesystem with the LUKS2 image kvol.img (4096-byte sectors) and its key file:
@@ -35,7 +36,7 @@ finish() {
 fail() { finish "FAIL $*"; }
 step() { echo "nbdtest: [$(cut -d" " -f1 /proc/uptime)] $*"; }
 
-P_mode= P_port0= P_port1= P_export= P_marker= P_host=10.0.2.2 P_bs=4096 P_conns=4 P_ksize=0
+P_mode= P_port0= P_port1= P_export= P_marker= P_host=10.0.2.2 P_bs=4096 P_conns=4 P_ksize=0 P_hddops=1024
 for w in $(cat /proc/cmdline); do
     case "$w" in
     nbdtest.*=*)
@@ -112,6 +113,40 @@ verify_files() { # $1 = mount point
     }
     step "all $count checksums OK in $1"
     grep -qF "$P_marker line 2000" "$1/data/marker" || fail "marker not found in $1"
+}
+
+# stress-ng --hdd on the mounted filesystem $1: 2 workers, each writing a 8 MiB file
+# sequentially in 64 KiB O_DIRECT|O_DSYNC writes (past the page cache: every write is an NBD
+# WRITE with FUA, or a WRITE and a FLUSH), reading it back sequentially with O_DIRECT and
+# comparing every byte with the pattern written (--verify: a mismatch is a "fail" line and exit
+# status 2), truncating and starting over, until P_hddops bogo operations (one per 64 KiB read
+# or write, over both workers). Not rd-rnd/wr-rnd: their offsets are only 512-byte aligned, and
+# O_DIRECT on this 4096-byte-block device refuses them (EINVAL). Exit status 0, "successful run completed" and at least
+# P_hddops operations are required: a pass that did nothing fails.
+stress_hdd() {
+    command -v stress-ng >/dev/null || fail "no stress-ng in the guest"
+    [ "$P_hddops" -gt 0 ] || fail "nbdtest.hddops=$P_hddops"
+    dir=$1
+    mkdir -p "$dir/stress" || fail "mkdir $dir/stress"
+    set -- stress-ng --hdd 2 --hdd-bytes 16M --hdd-write-size 64k \
+        --hdd-opts direct,dsync,wr-seq,rd-seq --hdd-ops "$P_hddops" --verify --metrics-brief \
+        --temp-path "$dir/stress"
+    step "$*"
+    t0=$(cut -d" " -f1 /proc/uptime)
+    "$@" >/tmp/stress.log 2>&1
+    rc=$?
+    t1=$(cut -d" " -f1 /proc/uptime)
+    cat /tmp/stress.log
+    [ $rc -eq 0 ] || fail "stress-ng --hdd exit status $rc"
+    ! grep -q 'fail:' /tmp/stress.log || fail "stress-ng --hdd reported a failure"
+    grep -q 'successful run completed' /tmp/stress.log || fail "stress-ng --hdd: no 'successful run completed'"
+    ops=$(awk '$2 == "metrc:" && $4 == "hdd" && $5 ~ /^[0-9]+$/ { print $5; exit }' /tmp/stress.log)
+    [ -n "$ops" ] || fail "stress-ng --hdd printed no bogo operations"
+    [ "$ops" -ge "$P_hddops" ] || fail "stress-ng --hdd did $ops bogo operations, expected $P_hddops"
+    # The workers remove their files and directories: nothing may be left.
+    [ -z "$(ls -A "$dir/stress")" ] || fail "stress-ng left files in $dir/stress"
+    rmdir "$dir/stress" || fail "rmdir $dir/stress"
+    echo "NBDTEST-STRESS: $ops bogo ops (64 KiB writes and verified reads: $((ops * 64 / 1024)) MiB), $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') s"
 }
 
 kernel_attach() { # $1 = device number; nbdcrypt open --connect, checks size and block size
@@ -196,6 +231,7 @@ write)
         step "mounted /dev/nbd$d; writing files"
         write_files /mnt$d
     done
+    stress_hdd /mnt0
     # Free space next to the files, then TRIM it through the filesystem: the files stay intact.
     head -c 4194304 /dev/urandom >/mnt0/scratch || fail "write scratch"
     sync

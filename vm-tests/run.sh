@@ -95,7 +95,7 @@ if ! command -v qemu-system-x86_64 >/dev/null; then
         qemu-system-x86 qemu-utils/bookworm || fail "cannot install qemu-system-x86"
 fi
 missing=()
-pkgs=(busybox-static cpio nbd-client e2fsprogs libnbd-bin)
+pkgs=(busybox-static cpio nbd-client e2fsprogs libnbd-bin stress-ng)
 [ "$VM_SERVER" = nbdkit ] && pkgs+=(nbdkit)
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
@@ -211,16 +211,40 @@ sample_connections() {
     done
 }
 
-boot() { # $1 = mode (write|verify)
-    local mode=$1 log="$RUN/console-$1.log" rc result t=$(date +%s) v
+# An extra initramfs archive $1 (gzip'ed cpio) with the programs $2... in /bin (stripped of
+# debug information: a debug build of nbdcrypt is ~100 MB of it) and their shared libraries
+# (ldd). Appended to the cached guest initramfs: the kernel unpacks concatenated archives in
+# order.
+extra_initramfs() {
+    local out=$1 xr="$RUN/xroot" bin lib
+    shift
+    rm -rf "$xr"
+    mkdir -p "$xr/bin"
+    for bin in "$@"; do
+        strip -o "$xr/bin/$(basename "$bin")" "$bin" 2>/dev/null || cp "$bin" "$xr/bin/"
+        for lib in $(ldd "$bin" | grep -o '/[^ ]*'); do
+            mkdir -p "$xr$(dirname "$lib")"
+            cp -L "$lib" "$xr$lib"
+        done
+    done
+    (cd "$xr" && find . | sort | cpio -o -H newc -R 0:0 --quiet) | gzip -1 >"$out" || return 1
+    rm -rf "$xr"
+}
+
+# stress-ng --hdd in the write boot (guest-init.sh stress_hdd): total bogo operations (64 KiB
+# direct writes and reads), 2 workers sharing the bytes.
+HDD_OPS=${VM_HDD_OPS:-1024}
+
+boot() { # $1 = mode (write|verify), $2 = initrd (default: the cached guest initramfs)
+    local mode=$1 initrd=${2:-$CACHE/guest/initramfs.cpio.gz} log="$RUN/console-$1.log" rc result t=$(date +%s) v
     say "boot ($mode): qemu, guest console in $log"
     for v in "${VOLS[@]}"; do
         sample_connections "${PORT[$v]}" "$RUN/conns-$v-$mode" &
         SAMPLER_PID[$v]=$!
     done
     timeout -k 10 "$VM_TIMEOUT" qemu-system-x86_64 -accel tcg -m 512 -nographic -no-reboot \
-        -kernel "$CACHE/guest/vmlinuz" -initrd "$CACHE/guest/initramfs.cpio.gz" \
-        -append "console=ttyS0 panic=-1 loglevel=4 edd=off nbdtest.mode=$mode nbdtest.port0=${PORT[passdown]} nbdtest.port1=${PORT[ignore]} nbdtest.conns=4 nbdtest.export=$EXPORT nbdtest.marker=$MARKER" \
+        -kernel "$CACHE/guest/vmlinuz" -initrd "$initrd" \
+        -append "console=ttyS0 panic=-1 loglevel=4 edd=off nbdtest.mode=$mode nbdtest.port0=${PORT[passdown]} nbdtest.port1=${PORT[ignore]} nbdtest.conns=4 nbdtest.export=$EXPORT nbdtest.marker=$MARKER nbdtest.hddops=$HDD_OPS" \
         -netdev user,id=n0 -device virtio-net-pci,netdev=n0,romfile= \
         </dev/null >"$log" 2>&1 &
     QEMU_PID=$!
@@ -268,7 +292,15 @@ for v in "${VOLS[@]}"; do
 done
 blocks() { stat -c %b "$1"; }
 for v in "${VOLS[@]}"; do start_server "$v" 1; done
-boot write
+# stress-ng and its libraries (~35 MB) ride along in the write boot only.
+extra_initramfs "$RUN/stress-ng.cpio.gz" "$(command -v stress-ng)" || fail "building the stress-ng initramfs archive"
+cat "$CACHE/guest/initramfs.cpio.gz" "$RUN/stress-ng.cpio.gz" >"$RUN/initrd-write.gz"
+boot write "$RUN/initrd-write.gz"
+rm -f "$RUN/initrd-write.gz" "$RUN/stress-ng.cpio.gz"
+# The guest checked stress-ng's exit status and bogo operations; repeat its summary here.
+stress=$(grep -a -o 'NBDTEST-STRESS: .*' "$RUN/console-write.log" | tail -1 | tr -d '\r')
+[ -n "$stress" ] || fail "boot (write): no stress-ng summary (NBDTEST-STRESS line) on the guest console"
+say "stress-ng --hdd on /mnt0 (passdown, 4 connections): ${stress#NBDTEST-STRESS: }"
 for v in "${VOLS[@]}"; do stop_server "$v" 1; done
 
 # --- 2. holes from discards; the data at rest must not be plaintext -------------------------
@@ -330,17 +362,7 @@ if [ "$VM_SERVER" = nbdcrypt ]; then
     mkfs.ext4 -q -F -d "$KD" "$RUN/kdisk.img" 128M >"$RUN/mkfs-kdisk.log" 2>&1 || fail "mkfs.ext4 -d of the virtio disk"
     # Our binary and its shared libraries (ldd), as an extra cpio archive appended to the
     # guest's initramfs (the kernel unpacks concatenated archives in order).
-    XR="$RUN/xroot"
-    rm -rf "$XR"
-    mkdir -p "$XR/bin"
-    # Without debug information (a debug build is ~100 MB of it): a faster guest boot.
-    strip -o "$XR/bin/nbdcrypt" "$NBDCRYPT" 2>/dev/null || cp "$NBDCRYPT" "$XR/bin/nbdcrypt"
-    for lib in $(ldd "$NBDCRYPT" | grep -o '/[^ ]*'); do
-        mkdir -p "$XR$(dirname "$lib")"
-        cp -L "$lib" "$XR$lib"
-    done
-    (cd "$XR" && find . | sort | cpio -o -H newc -R 0:0 --quiet) | gzip -1 >"$RUN/nbdcrypt.cpio.gz" ||
-        fail "building the nbdcrypt initramfs archive"
+    extra_initramfs "$RUN/nbdcrypt.cpio.gz" "$NBDCRYPT" || fail "building the nbdcrypt initramfs archive"
     cat "$CACHE/guest/initramfs.cpio.gz" "$RUN/nbdcrypt.cpio.gz" >"$RUN/initrd-kernel.gz"
     say "boot (kernel): qemu, guest console in $RUN/console-kernel.log"
     t=$(date +%s)
@@ -393,7 +415,7 @@ if [ "$VM_SERVER" = nbdcrypt ]; then
     n=$(cd "$RUN/files" && sha256sum -c SHA256SUMS 2>>"$RUN/debugfs-kvol.log" | grep -c ': OK$')
     [ "$n" -eq 108 ] || fail "kvol.img read back on the host: $n of 108 checksums OK"
     say "kvol.img read back on the host (nbdcrypt open --fork, nbdcopy): e2fsck clean, all $n checksums OK"
-    rm -rf "$KD" "$XR" "$RUN/files" "$RUN/kdisk.img" "$RUN/kvol-plain.img" "$RUN/initrd-kernel.gz"
+    rm -rf "$KD" "$RUN/files" "$RUN/kdisk.img" "$RUN/kvol-plain.img" "$RUN/initrd-kernel.gz"
     KERNEL_PHASE="open --connect / close in the guest, ioctl re-attach, host read-back OK"
 fi
 echo "PASS: nbdcrypt VM test ($VM_SERVER): ext4 over NBD with 4 connections, discard passdown and ignore, written and verified across a server restart; kernel attach: $KERNEL_PHASE; in $(($(date +%s) - T0))s"
