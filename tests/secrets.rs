@@ -116,3 +116,29 @@ fn no_key_in_logs_or_crash_artifacts() {
         log.len()
     );
 }
+
+/// Where `mlock` is refused (here: `ulimit -l 0` and `CAP_IPC_LOCK` dropped, as root ignores
+/// the limit otherwise) the command still works and says so once; where it is allowed, it
+/// says nothing.
+#[test]
+fn refused_mlock_warns_once_and_the_secret_stays_usable() {
+    let dir = tempdir();
+    let key = key_file(dir.path());
+    let img = dir.path().join("m.img");
+    format_cheap(&img, &key, "17M", 512, "pbkdf2");
+    const WARNING: &str = "cannot lock key memory in RAM";
+    let out = run(Command::new("sh")
+        .arg("-c")
+        .arg(r#"ulimit -l 0 && exec setpriv --bounding-set -ipc_lock --inh-caps -ipc_lock "$0" "$@""#)
+        .arg(env!("CARGO_BIN_EXE_nbdcrypt"))
+        .arg("test-passphrase")
+        .arg(&img)
+        .arg("--key-file")
+        .arg(&key));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert_eq!(err.matches(WARNING).count(), 1, "{err}");
+    let control = test_passphrase(&img, &key, &[]);
+    assert_eq!(control.status.code(), Some(0), "{}", stderr(&control));
+    assert!(!stderr(&control).contains(WARNING), "{}", stderr(&control));
+}

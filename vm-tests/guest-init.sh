@@ -3,13 +3,14 @@
 # command line:
 #   nbdtest.mode=write|verify  nbdtest.port0=N  nbdtest.port1=N  nbdtest.export=NAME
 #   nbdtest.marker=STRING
-#   optional: nbdtest.host=10.0.2.2  nbdtest.bs=4096  nbdtest.conns=4
+#   optional: nbdtest.host=10.0.2.2  nbdtest.bs=4096  nbdtest.conns=4  nbdtest.hddops=512
 # Two devices, each attached with `nbd-client -C conns` (multi-connection, netlink):
 #   /dev/nbd0 from port0 (server with --discard passdown): mkfs.ext4 with its default discard,
 #             and an fstrim of the mounted filesystem after a file is deleted;
 #   /dev/nbd1 from port1 (server with --discard ignore): mkfs.ext4 -E nodiscard.
 # write:  attach, mkfs.ext4, write files of random data and their SHA256SUMS plus a file full
-#         of the marker string, umount, e2fsck -fn, detach; for both devices.
+#         of the marker string; a verifying `stress-ng --hdd` pass on /mnt0 (stress-ng comes in
+#         an extra initramfs archive); umount, e2fsck -fn, detach; for both devices.
 # verify: attach, e2fsck -fn, mount read-only, sha256sum -c, check the marker, detach; both.
 # kernel: nbdcrypt's own kernel attach. The first virtio disk (/dev/vda) holds an ext4
 #         filesystem with the LUKS2 image kvol.img (4096-byte sectors) and its key file:
@@ -35,7 +36,7 @@ finish() {
 fail() { finish "FAIL $*"; }
 step() { echo "nbdtest: [$(cut -d" " -f1 /proc/uptime)] $*"; }
 
-P_mode= P_port0= P_port1= P_export= P_marker= P_host=10.0.2.2 P_bs=4096 P_conns=4 P_ksize=0
+P_mode= P_port0= P_port1= P_export= P_marker= P_host=10.0.2.2 P_bs=4096 P_conns=4 P_ksize=0 P_hddops=512
 for w in $(cat /proc/cmdline); do
     case "$w" in
     nbdtest.*=*)
@@ -112,6 +113,54 @@ verify_files() { # $1 = mount point
     }
     step "all $count checksums OK in $1"
     grep -qF "$P_marker line 2000" "$1/data/marker" || fail "marker not found in $1"
+}
+
+# stress-ng --hdd on the mounted filesystem $1: one stress-ng per CPU, pinned to it (taskset),
+# so that its requests leave through that CPU's blk-mq hardware queue, which nbd maps to one of
+# its connections (the host checks that every connection carried requests). Each writes a
+# 4 MiB file sequentially in 64 KiB O_DIRECT|O_DSYNC writes (past the page cache, each made
+# durable before it returns: FUA or FLUSH requests on the wire), reads it back sequentially
+# with O_DIRECT and compares every byte with the pattern written (--verify: a mismatch is a
+# "fail" line and exit status 2), truncates it and starts over, until its share of P_hddops
+# bogo operations (one per 64 KiB read or write). Not rd-rnd/wr-rnd: their offsets are only
+# 512-byte aligned, and O_DIRECT on this 4096-byte-block device refuses them (EINVAL).
+# Required of each: exit status 0, no "fail:" line, "successful run completed" and its share
+# of operations in the metrics line (a run stopped early still says "successful").
+stress_hdd() {
+    command -v stress-ng >/dev/null || fail "no stress-ng in the guest"
+    dir=$1
+    ncpu=$(nproc)
+    per=$((P_hddops / ncpu))
+    [ "$per" -gt 0 ] || fail "nbdtest.hddops=$P_hddops for $ncpu CPUs"
+    step "on each of $ncpu CPUs: taskset -c CPU stress-ng --hdd 1 --hdd-bytes 4M --hdd-write-size 64k --hdd-opts direct,dsync,wr-seq,rd-seq --hdd-ops $per --verify --metrics-brief --temp-path $dir/stress-CPU"
+    t0=$(cut -d" " -f1 /proc/uptime)
+    pids=
+    for c in $(seq 0 $((ncpu - 1))); do
+        mkdir -p "$dir/stress-$c" || fail "mkdir $dir/stress-$c"
+        taskset -c "$c" stress-ng --hdd 1 --hdd-bytes 4M --hdd-write-size 64k \
+            --hdd-opts direct,dsync,wr-seq,rd-seq --hdd-ops "$per" --verify --metrics-brief \
+            --temp-path "$dir/stress-$c" >"/tmp/stress-$c.log" 2>&1 &
+        pids="$pids $!"
+    done
+    c=0 total=0
+    for pid in $pids; do
+        wait "$pid"
+        rc=$?
+        log=/tmp/stress-$c.log
+        sed "s/^/[cpu $c] /" "$log"
+        [ $rc -eq 0 ] || fail "stress-ng --hdd on CPU $c: exit status $rc"
+        ! grep -q 'fail:' "$log" || fail "stress-ng --hdd on CPU $c reported a failure"
+        grep -q 'successful run completed' "$log" || fail "stress-ng --hdd on CPU $c: no 'successful run completed'"
+        ops=$(awk '$2 == "metrc:" && $4 == "hdd" && $5 ~ /^[0-9]+$/ { print $5; exit }' "$log")
+        [ -n "$ops" ] || fail "stress-ng --hdd on CPU $c printed no bogo operations"
+        [ "$ops" -ge "$per" ] || fail "stress-ng --hdd on CPU $c did $ops bogo operations, expected $per"
+        # The workers remove their files and directories: nothing may be left.
+        [ -z "$(ls -A "$dir/stress-$c")" ] || fail "stress-ng left files in $dir/stress-$c"
+        rmdir "$dir/stress-$c" || fail "rmdir $dir/stress-$c"
+        total=$((total + ops)) c=$((c + 1))
+    done
+    t1=$(cut -d" " -f1 /proc/uptime)
+    echo "NBDTEST-STRESS: $total bogo ops on $ncpu CPUs (64 KiB writes and verified reads: $((total * 64 / 1024)) MiB), $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') s"
 }
 
 kernel_attach() { # $1 = device number; nbdcrypt open --connect, checks size and block size
@@ -196,6 +245,7 @@ write)
         step "mounted /dev/nbd$d; writing files"
         write_files /mnt$d
     done
+    stress_hdd /mnt0
     # Free space next to the files, then TRIM it through the filesystem: the files stay intact.
     head -c 4194304 /dev/urandom >/mnt0/scratch || fail "write scratch"
     sync

@@ -2,8 +2,9 @@
 # End-to-end VM test of nbdcrypt: a Linux guest (qemu, TCG) attaches two decrypted volumes
 # served by `nbdcrypt open` (one with --discard passdown, one with --discard ignore) with the
 # kernel nbd client over 4 connections each (nbd-client -C 4), makes ext4 filesystems on them
-# (mkfs discarding, and mkfs -E nodiscard), writes files, and after a server restart verifies
-# them in a second boot; the host checks the holes discards left in the images and reads the
+# (mkfs discarding, and mkfs -E nodiscard), writes files, runs a verifying stress-ng --hdd pass
+# (one writer per vCPU; the host checks that the I/O used one connection per vCPU), and after
+# a server restart verifies the files in a second boot; the host checks the holes discards left in the images and reads the
 # passdown volume back with nbdcopy --connections 4.
 # Then (nbdcrypt only) a third boot tests nbdcrypt's own kernel attach: the guest runs our
 # binary (copied with its shared libraries into an extra initramfs archive) with
@@ -18,6 +19,8 @@
 #                     nbdcrypt (the image is then plaintext, and the check is inverted)
 #   VM_TIMEOUT=300    hard timeout of each qemu boot, in seconds
 #   VM_PHASES=kernel  run only the kernel-attach boot (phase 4), for work on --connect
+#   VM_HDD_OPS=512    bogo operations (64 KiB each) of the stress-ng pass, over all vCPUs
+#   VM_CPUS=2         vCPUs of the write and verify boots
 # Work files and logs: target/vm-tests/run/ ; cached guest: target/vm-tests/guest/.
 set -uo pipefail
 export LC_ALL=C PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH"
@@ -95,7 +98,7 @@ if ! command -v qemu-system-x86_64 >/dev/null; then
         qemu-system-x86 qemu-utils/bookworm || fail "cannot install qemu-system-x86"
 fi
 missing=()
-pkgs=(busybox-static cpio nbd-client e2fsprogs libnbd-bin)
+pkgs=(busybox-static cpio nbd-client e2fsprogs libnbd-bin stress-ng)
 [ "$VM_SERVER" = nbdkit ] && pkgs+=(nbdkit)
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
@@ -211,16 +214,45 @@ sample_connections() {
     done
 }
 
-boot() { # $1 = mode (write|verify)
-    local mode=$1 log="$RUN/console-$1.log" rc result t=$(date +%s) v
+# An extra initramfs archive $1 (gzip'ed cpio) with the programs $2... in /bin (stripped of
+# debug information: a debug build of nbdcrypt is ~100 MB of it) and their shared libraries
+# (ldd). Appended to the cached guest initramfs: the kernel unpacks concatenated archives in
+# order.
+extra_initramfs() {
+    local out=$1 xr="$RUN/xroot" bin lib
+    shift
+    rm -rf "$xr"
+    mkdir -p "$xr/bin"
+    for bin in "$@"; do
+        strip -o "$xr/bin/$(basename "$bin")" "$bin" 2>/dev/null || cp "$bin" "$xr/bin/"
+        for lib in $(ldd "$bin" | grep -o '/[^ ]*'); do
+            mkdir -p "$xr$(dirname "$lib")"
+            cp -L "$lib" "$xr$lib"
+        done
+    done
+    (cd "$xr" && find . | sort | cpio -o -H newc -R 0:0 --quiet) | gzip -1 >"$out" || return 1
+    rm -rf "$xr"
+}
+
+# stress-ng --hdd in the write boot (guest-init.sh stress_hdd): total bogo operations (64 KiB
+# direct writes and reads), 2 workers sharing the bytes.
+HDD_OPS=${VM_HDD_OPS:-512}
+# vCPUs of the write and verify boots. nbd gives each connection its own blk-mq hardware queue
+# and a CPU submits through one queue: with one vCPU all I/O would use one of the 4 sockets
+# (seen: 913 requests on one, 0 on the three others), with N vCPUs up to N of them. 2 keeps
+# TCG on this 2-core machine fast (4 vCPUs: all 4 used, but the write boot took 106 s, not 67).
+VM_CPUS=${VM_CPUS:-2}
+
+boot() { # $1 = mode (write|verify), $2 = initrd (default: the cached guest initramfs)
+    local mode=$1 initrd=${2:-$CACHE/guest/initramfs.cpio.gz} log="$RUN/console-$1.log" rc result t=$(date +%s) v
     say "boot ($mode): qemu, guest console in $log"
     for v in "${VOLS[@]}"; do
         sample_connections "${PORT[$v]}" "$RUN/conns-$v-$mode" &
         SAMPLER_PID[$v]=$!
     done
-    timeout -k 10 "$VM_TIMEOUT" qemu-system-x86_64 -accel tcg -m 512 -nographic -no-reboot \
-        -kernel "$CACHE/guest/vmlinuz" -initrd "$CACHE/guest/initramfs.cpio.gz" \
-        -append "console=ttyS0 panic=-1 loglevel=4 edd=off nbdtest.mode=$mode nbdtest.port0=${PORT[passdown]} nbdtest.port1=${PORT[ignore]} nbdtest.conns=4 nbdtest.export=$EXPORT nbdtest.marker=$MARKER" \
+    timeout -k 10 "$VM_TIMEOUT" qemu-system-x86_64 -accel tcg -smp "$VM_CPUS" -m 512 -nographic -no-reboot \
+        -kernel "$CACHE/guest/vmlinuz" -initrd "$initrd" \
+        -append "console=ttyS0 panic=-1 loglevel=4 edd=off nbdtest.mode=$mode nbdtest.port0=${PORT[passdown]} nbdtest.port1=${PORT[ignore]} nbdtest.conns=4 nbdtest.export=$EXPORT nbdtest.marker=$MARKER nbdtest.hddops=$HDD_OPS" \
         -netdev user,id=n0 -device virtio-net-pci,netdev=n0,romfile= \
         </dev/null >"$log" 2>&1 &
     QEMU_PID=$!
@@ -268,8 +300,33 @@ for v in "${VOLS[@]}"; do
 done
 blocks() { stat -c %b "$1"; }
 for v in "${VOLS[@]}"; do start_server "$v" 1; done
-boot write
+# stress-ng and its libraries (~35 MB) ride along in the write boot only.
+extra_initramfs "$RUN/stress-ng.cpio.gz" "$(command -v stress-ng)" || fail "building the stress-ng initramfs archive"
+cat "$CACHE/guest/initramfs.cpio.gz" "$RUN/stress-ng.cpio.gz" >"$RUN/initrd-write.gz"
+boot write "$RUN/initrd-write.gz"
+rm -f "$RUN/initrd-write.gz" "$RUN/stress-ng.cpio.gz"
+# The guest checked stress-ng's exit status and bogo operations; repeat its summary here.
+stress=$(grep -a -o 'NBDTEST-STRESS: .*' "$RUN/console-write.log" | tail -1 | tr -d '\r')
+[ -n "$stress" ] || fail "boot (write): no stress-ng summary (NBDTEST-STRESS line) on the guest console"
+say "stress-ng --hdd on /mnt0 (passdown, 4 connections): ${stress#NBDTEST-STRESS: }"
 for v in "${VOLS[@]}"; do stop_server "$v" 1; done
+if [ "$VM_SERVER" = nbdcrypt ]; then
+    # Multi-conn in use, not only connected: of the guest's 4 connections to the passdown
+    # server (the last 4 to close; the first was nbdinfo's probe), one per vCPU must have
+    # carried at least half of a stress-ng writer's share. The boot's I/O (mkfs, files,
+    # stress-ng, jbd2 commits) is submitted from both vCPUs: even with both stress-ng pinned
+    # to vCPU 0 two connections carried 1001 and 716 requests; with one vCPU it was 913, 0, 0, 0.
+    reqs=$(grep 'connection closed' "$RUN/server-passdown-1.log" | tail -4 | grep -o ' requests=[0-9]*' |
+        cut -d= -f2 | tr '\n' ' ')
+    say "requests per connection to the passdown server in the write boot: $reqs"
+    used=0
+    for r in $reqs; do
+        [ "$r" -ge $((HDD_OPS / VM_CPUS / 2)) ] && used=$((used + 1))
+    done
+    want=$((VM_CPUS < 4 ? VM_CPUS : 4))
+    [ "$used" -ge "$want" ] ||
+        fail "boot (write): $used connections carried requests ($reqs), expected $want (one per vCPU)"
+fi
 
 # --- 2. holes from discards; the data at rest must not be plaintext -------------------------
 full=$((256 * 1024 * 2)) # 512-byte blocks of a fully allocated 256M image
@@ -330,17 +387,7 @@ if [ "$VM_SERVER" = nbdcrypt ]; then
     mkfs.ext4 -q -F -d "$KD" "$RUN/kdisk.img" 128M >"$RUN/mkfs-kdisk.log" 2>&1 || fail "mkfs.ext4 -d of the virtio disk"
     # Our binary and its shared libraries (ldd), as an extra cpio archive appended to the
     # guest's initramfs (the kernel unpacks concatenated archives in order).
-    XR="$RUN/xroot"
-    rm -rf "$XR"
-    mkdir -p "$XR/bin"
-    # Without debug information (a debug build is ~100 MB of it): a faster guest boot.
-    strip -o "$XR/bin/nbdcrypt" "$NBDCRYPT" 2>/dev/null || cp "$NBDCRYPT" "$XR/bin/nbdcrypt"
-    for lib in $(ldd "$NBDCRYPT" | grep -o '/[^ ]*'); do
-        mkdir -p "$XR$(dirname "$lib")"
-        cp -L "$lib" "$XR$lib"
-    done
-    (cd "$XR" && find . | sort | cpio -o -H newc -R 0:0 --quiet) | gzip -1 >"$RUN/nbdcrypt.cpio.gz" ||
-        fail "building the nbdcrypt initramfs archive"
+    extra_initramfs "$RUN/nbdcrypt.cpio.gz" "$NBDCRYPT" || fail "building the nbdcrypt initramfs archive"
     cat "$CACHE/guest/initramfs.cpio.gz" "$RUN/nbdcrypt.cpio.gz" >"$RUN/initrd-kernel.gz"
     say "boot (kernel): qemu, guest console in $RUN/console-kernel.log"
     t=$(date +%s)
@@ -393,7 +440,7 @@ if [ "$VM_SERVER" = nbdcrypt ]; then
     n=$(cd "$RUN/files" && sha256sum -c SHA256SUMS 2>>"$RUN/debugfs-kvol.log" | grep -c ': OK$')
     [ "$n" -eq 108 ] || fail "kvol.img read back on the host: $n of 108 checksums OK"
     say "kvol.img read back on the host (nbdcrypt open --fork, nbdcopy): e2fsck clean, all $n checksums OK"
-    rm -rf "$KD" "$XR" "$RUN/files" "$RUN/kdisk.img" "$RUN/kvol-plain.img" "$RUN/initrd-kernel.gz"
+    rm -rf "$KD" "$RUN/files" "$RUN/kdisk.img" "$RUN/kvol-plain.img" "$RUN/initrd-kernel.gz"
     KERNEL_PHASE="open --connect / close in the guest, ioctl re-attach, host read-back OK"
 fi
 echo "PASS: nbdcrypt VM test ($VM_SERVER): ext4 over NBD with 4 connections, discard passdown and ignore, written and verified across a server restart; kernel attach: $KERNEL_PHASE; in $(($(date +%s) - T0))s"
