@@ -227,7 +227,6 @@ where
 {
     let _ = stats.export.set(name.to_string());
     let neg = Negotiated::default();
-    let inline_limit = inline_limit.unwrap_or_else(|| export.inline_limit());
     transmission(
         stream,
         export,
@@ -267,7 +266,6 @@ where
                 .meta_context
                 .store(neg.base_allocation, Ordering::Relaxed);
             let (export, read_only) = (e.export.clone(), e.config.read_only);
-            let inline_limit = inline_limit.unwrap_or_else(|| export.inline_limit());
             transmission(
                 stream,
                 export,
@@ -967,7 +965,7 @@ async fn permits<R: AsyncRead + Unpin>(
 }
 
 /// Transmission phase (proto.md "Transmission"); READs/WRITEs of at most `inline_limit` bytes
-/// are served inline (0: none).
+/// (`None`: the export's [`BlockExport::inline_limit`]; `Some(0)`: none) are served inline.
 async fn transmission<S>(
     stream: S,
     export: Arc<dyn BlockExport>,
@@ -975,11 +973,12 @@ async fn transmission<S>(
     neg: Negotiated,
     stats: Arc<SessionStats>,
     mut shutdown: watch::Receiver<bool>,
-    inline_limit: u32,
+    inline_limit: Option<u32>,
 ) -> Result<SessionEnd, SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    let inline_limit = inline_limit.unwrap_or_else(|| export.inline_limit());
     let (rd, wr) = tokio::io::split(stream);
     let mut rd = BufReader::with_capacity(64 << 10, rd);
     let wr = BufWriter::with_capacity(256 << 10, wr);
