@@ -9,6 +9,7 @@
 #   RUNTIME=3    seconds per fio job
 #   REPS=3       repetitions of every job on every server (the median is reported)
 #   SECTOR=512   nbdcrypt's encryption sector size, 512 (as LUKS1) or 4096
+#   INLINE_LIMIT=BYTES   nbdcrypt's --inline-limit (default: its own, 65536; 0 = nothing inline)
 #   SERVERS="nbdcrypt nbdkit-luks qemu-nbd nbdkit-file"   subset / order of the servers
 #   JOBS="seqwrite seqread randread32 randwrite32 lat1 copyin copyout"   subset of the jobs
 #   KEEP=1       keep the work directory (images, logs, fio JSON) instead of deleting it
@@ -25,6 +26,10 @@ PROFILE=${PROFILE:-0}
 RUNTIME=${RUNTIME:-3}
 REPS=${REPS:-3}
 SECTOR=${SECTOR:-512}
+INLINE_ARGS=()
+if [ -n "${INLINE_LIMIT:-}" ]; then
+    INLINE_ARGS=(--inline-limit "$INLINE_LIMIT")
+fi
 if [ "$PROFILE" = 1 ]; then
     read -r -a SERVERS <<<"${SERVERS:-nbdcrypt}"
 else
@@ -135,7 +140,7 @@ start() {
     case $s in
         nbdcrypt)
             NBDCRYPT_LOG=warn "$NBDCRYPT" open "$img" --key-file "$PASS" --socket "$sk" \
-                --pid-file "$pf" >"$WORK/$s.log" 2>&1 &
+                --pid-file "$pf" "${INLINE_ARGS[@]}" >"$WORK/$s.log" 2>&1 &
             echo $! >"$WORK/$s.bg.pid" # killed on exit even if it never wrote its pid file
             ;;
         qemu-nbd)

@@ -42,7 +42,7 @@ fn start(
         rt.block_on(async move {
             let s = tokio::net::UnixStream::from_std(ours).unwrap();
             let export: Arc<dyn BlockExport> = export;
-            run_transmission(s, "kvol", export, read_only, stats, stop_rx)
+            run_transmission(s, "kvol", export, read_only, stats, stop_rx, None)
                 .await
                 .map_err(|e| e.to_string())
         })

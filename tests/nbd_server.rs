@@ -241,14 +241,19 @@ async fn duplex_session(
     stop: tokio::sync::watch::Receiver<bool>,
     buf: usize,
 ) -> (Session, Rd, Wr) {
+    duplex_session_with(exports, stats, stop, buf, SessionOptions::default()).await
+}
+
+/// [`duplex_session`] with session options `opts`.
+async fn duplex_session_with(
+    exports: Arc<Exports>,
+    stats: Arc<SessionStats>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    buf: usize,
+    opts: SessionOptions,
+) -> (Session, Rd, Wr) {
     let (client, server) = tokio::io::duplex(buf);
-    let session = tokio::spawn(run_session(
-        server,
-        exports,
-        stats,
-        SessionOptions::default(),
-        stop,
-    ));
+    let session = tokio::spawn(run_session(server, exports, stats, opts, stop));
     let (mut rd, mut wr) = tokio::io::split(client);
     let mut g = [0u8; 18];
     rd.read_exact(&mut g).await.unwrap();
@@ -726,20 +731,36 @@ async fn sixty_four_requests_in_flight_and_replies_out_of_order() {
 
 /// A [`MemExport`] that serves READs/WRITEs of up to 64 KiB inline (as a volume does) and
 /// records how many calls of each kind were inside it at once: small calls stay 2 ms inside
-/// (so any two served concurrently overlap), large READs wait until 4 are inside (or 10 s).
+/// (so any two served concurrently overlap; with `gather_small` > 0 instead until that many
+/// are inside, or 10 s), large READs wait until 4 are inside (or 10 s).
 struct InlineExport {
     mem: Arc<MemExport>,
     inside: std::sync::atomic::AtomicUsize,
     most_small: std::sync::atomic::AtomicUsize,
     most_large: std::sync::atomic::AtomicUsize,
+    gather_small: usize,
 }
 
 impl InlineExport {
+    fn new(mem: Arc<MemExport>, gather_small: usize) -> Arc<InlineExport> {
+        Arc::new(InlineExport {
+            mem,
+            inside: 0.into(),
+            most_small: 0.into(),
+            most_large: 0.into(),
+            gather_small,
+        })
+    }
+
     fn enter(&self, len: usize) {
         let now = self.inside.fetch_add(1, Ordering::SeqCst) + 1;
         if len <= 64 << 10 {
             self.most_small.fetch_max(now, Ordering::SeqCst);
-            std::thread::sleep(Duration::from_millis(2));
+            if self.gather_small > 0 {
+                wait_until(|| self.most_small.load(Ordering::SeqCst) >= self.gather_small);
+            } else {
+                std::thread::sleep(Duration::from_millis(2));
+            }
         } else {
             self.most_large.fetch_max(now, Ordering::SeqCst);
             wait_until(|| self.most_large.load(Ordering::SeqCst) >= 4);
@@ -780,12 +801,7 @@ impl BlockExport for InlineExport {
 /// again run in parallel on the blocking pool.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn small_requests_are_served_inline_large_ones_in_parallel() {
-    let ex = Arc::new(InlineExport {
-        mem: MemExport::new(4 * MIB, 512),
-        inside: 0.into(),
-        most_small: 0.into(),
-        most_large: 0.into(),
-    });
+    let ex = InlineExport::new(MemExport::new(4 * MIB, 512), 0);
     let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (session, mut rd, mut wr) =
         duplex_session(exports(ex.clone()), Arc::default(), stop_rx, 1 << 20).await;
@@ -845,6 +861,58 @@ async fn small_requests_are_served_inline_large_ones_in_parallel() {
         ex.most_large.load(Ordering::SeqCst),
         4,
         "READs over the limit did not run in parallel"
+    );
+    req(&mut wr, 0, CMD_DISC, 999, 0, 0).await;
+    assert_eq!(session.await.unwrap().unwrap(), SessionEnd::Disconnected);
+}
+
+/// `SessionOptions::inline_limit = Some(0)` overrides the export's 64 KiB: 4 KiB READs and
+/// WRITEs pipelined on one connection are all inside the export at once (on the blocking
+/// pool, not one after another on the reader, which would leave only one inside), and the
+/// data is right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inline_limit_zero_serves_small_requests_in_parallel() {
+    const N: usize = 4;
+    let ex = InlineExport::new(MemExport::new(MIB, 512), N);
+    let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let opts = SessionOptions {
+        inline_limit: Some(0),
+        ..SessionOptions::default()
+    };
+    let (session, mut rd, mut wr) =
+        duplex_session_with(exports(ex.clone()), Arc::default(), stop_rx, 1 << 20, opts).await;
+    export_name(&mut rd, &mut wr, EXPORT.as_bytes()).await;
+    let pattern = |i: usize| -> Vec<u8> { (0..4096).map(|b| (b * 7 + i * 13) as u8).collect() };
+    for i in 0..N {
+        req(&mut wr, 0, CMD_WRITE, i as u64, i as u64 * 8192, 4096).await;
+        wr.write_all(&pattern(i)).await.unwrap();
+    }
+    for _ in 0..N {
+        assert_eq!(reply(&mut rd).await.0, 0);
+    }
+    assert_eq!(
+        ex.most_small.load(Ordering::SeqCst),
+        N,
+        "WRITEs were not all in the export at once: served inline"
+    );
+    ex.most_small.store(0, Ordering::SeqCst);
+    for i in 0..N {
+        req(&mut wr, 0, CMD_READ, i as u64, i as u64 * 8192, 4096).await;
+    }
+    for _ in 0..N {
+        let (err, cookie) = reply(&mut rd).await;
+        assert_eq!(err, 0);
+        let mut data = vec![0u8; 4096];
+        rd.read_exact(&mut data).await.unwrap();
+        assert!(
+            data == pattern(cookie as usize),
+            "READ {cookie} returns its WRITE"
+        );
+    }
+    assert_eq!(
+        ex.most_small.load(Ordering::SeqCst),
+        N,
+        "READs were not all in the export at once: served inline"
     );
     req(&mut wr, 0, CMD_DISC, 999, 0, 0).await;
     assert_eq!(session.await.unwrap().unwrap(), SessionEnd::Disconnected);

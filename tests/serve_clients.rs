@@ -155,9 +155,22 @@ fn qemu_io_odd_offsets_and_qemu_img_convert() {
 /// is a read-modify-write, and none may be lost.
 #[test]
 fn concurrent_partial_sector_writes_lose_nothing() {
+    partial_sector_writes_from_4_connections(&[]);
+}
+
+/// The same with `--inline-limit 0`: every request on the blocking pool, many at once per
+/// connection (`tests/nbd_server.rs` checks that path is taken), and still nothing lost.
+#[test]
+fn inline_limit_zero_serves_pipelined_writes_and_reads() {
+    partial_sector_writes_from_4_connections(&["--inline-limit", "0"]);
+}
+
+/// 2048 pipelined 512-byte writes over 4 connections into 4096-byte sectors of a server
+/// started with `extra` flags, then one read of all of them; fails on any lost write.
+fn partial_sector_writes_from_4_connections(extra: &[&str]) {
     let dir = tempdir();
     let (img, key) = volume(dir.path(), "rmw.img", "20M", 4096);
-    let srv = Server::start(&img, &key, &[]);
+    let srv = Server::start(&img, &key, extra);
     let script = r#"
 import nbd, sys, threading
 uri = sys.argv[1]

@@ -26,12 +26,14 @@ use super::serve::{unlock_all, ImageExport};
 use super::CliError;
 
 /// `open IMAGE --connect DEVICE`; `foreground`: stay in the foreground (no fork);
-/// `pid_file`: written once the device is connected, removed at exit.
+/// `pid_file`: written once the device is connected, removed at exit; `inline_limit`:
+/// `--inline-limit` (bytes, 0 = nothing served inline).
 pub fn open_connect(
     export: ImageExport,
     device: &Path,
     foreground: bool,
     pid_file: Option<PathBuf>,
+    inline_limit: u32,
 ) -> Result<(), CliError> {
     let dev = NbdDevice::new(device)?;
     dev.check_free()?;
@@ -62,7 +64,8 @@ pub fn open_connect(
         let export: Arc<dyn BlockExport> = vol.clone();
         let (name, read_only, stats) = (config.name.clone(), config.read_only, stats.clone());
         rt.spawn(async move {
-            nbd::run_transmission(stream, &name, export, read_only, stats, stop_rx).await
+            let inline = Some(inline_limit);
+            nbd::run_transmission(stream, &name, export, read_only, stats, stop_rx, inline).await
         })
     };
     let theirs = OwnedFd::from(theirs);

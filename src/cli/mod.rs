@@ -432,6 +432,13 @@ struct ServerFlags {
     /// limit), so clients that connect and stall cannot hold connection slots (as qemu-nbd).
     #[arg(long, value_name = "SECONDS", default_value_t = crate::nbd::DEFAULT_HANDSHAKE_LIMIT.as_secs())]
     handshake_limit: u64,
+    /// Serve READs and WRITEs of at most BYTES inline, on the task reading the connection's
+    /// requests: no hand-off to the blocking thread pool (fastest when the image is in the
+    /// page cache, on tmpfs or a fast SSD), but that connection's next requests wait
+    /// meanwhile. 0 = off: every request on the thread pool, many at once per connection
+    /// (better for images on slow disks or network storage).
+    #[arg(long, value_name = "BYTES", default_value_t = crate::nbd::VOLUME_INLINE_LIMIT)]
+    inline_limit: u32,
     #[command(flatten)]
     tls: serve::TlsArgs,
 }
@@ -444,6 +451,7 @@ impl ServerFlags {
             pid_file: self.pid_file,
             max_connections: self.max_connections,
             handshake_limit: self.handshake_limit,
+            inline_limit: self.inline_limit,
             tls: self.tls,
             fork: self.fork,
         }
@@ -1255,7 +1263,13 @@ fn run(cmd: Command) -> Result<(), CliError> {
                 discard: discard.policy(),
             };
             match connect {
-                Some(device) => connect::open_connect(export, &device, foreground, server.pid_file),
+                Some(device) => connect::open_connect(
+                    export,
+                    &device,
+                    foreground,
+                    server.pid_file,
+                    server.inline_limit,
+                ),
                 None => serve::open(export, server.args()),
             }
         }

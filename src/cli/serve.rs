@@ -56,6 +56,8 @@ pub struct ServerArgs {
     pub max_connections: usize,
     /// `--handshake-limit` in seconds (0 = no limit).
     pub handshake_limit: u64,
+    /// `--inline-limit` in bytes (0 = nothing served inline).
+    pub inline_limit: u32,
     /// `--tls`, `--tls-cert`, `--tls-key`, `--tls-ca`.
     pub tls: TlsArgs,
     /// `--fork`: run in the background once listening ([`super::daemon`]).
@@ -215,6 +217,7 @@ fn serve_with(
         pid_file,
         max_connections,
         handshake_limit,
+        inline_limit,
         tls,
         fork,
     } = server;
@@ -246,6 +249,7 @@ fn serve_with(
         pid_file,
         tls,
         handshake_limit: (handshake_limit > 0).then(|| Duration::from_secs(handshake_limit)),
+        inline_limit: Some(inline_limit),
     };
     run_server(listeners, vols, options, banner, ready)
 }
@@ -495,6 +499,7 @@ pub fn demo(
             pid_file: None,
             max_connections: nbd::DEFAULT_MAX_CONNECTIONS,
             handshake_limit: nbd::DEFAULT_HANDSHAKE_LIMIT.as_secs(),
+            inline_limit: nbd::VOLUME_INLINE_LIMIT,
             tls,
             fork: false,
         },

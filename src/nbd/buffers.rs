@@ -9,25 +9,48 @@
 //! at most [`POOL_MAX_BYTES`] of idle buffers, dropping the oldest beyond that, so it adds a
 //! fixed amount to the server's memory whatever the load or the volume size.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, OnceLock};
 
 /// Most bytes of idle buffers the pool keeps (16 MiB: four 4 MiB requests, or 4096 of 4 KiB).
 pub const POOL_MAX_BYTES: usize = 16 << 20;
 
-/// The server-wide pool of idle buffers (each fully initialised, `len() == capacity` not
-/// required; only `len()` counts).
+/// The server-wide pool of idle buffers (each fully initialised; only `len()` counts, not
+/// `capacity()`).
 #[derive(Default)]
 pub struct BufferPool {
     inner: Mutex<Idle>,
 }
 
+/// Idle buffers by exact length (size classes), so [`BufferPool::take`] is one hash lookup
+/// whatever the number of idle buffers; eviction scans only the classes (a handful: one per
+/// request size the clients use).
 #[derive(Default)]
 struct Idle {
-    /// Oldest first.
-    bufs: VecDeque<Vec<u8>>,
-    /// Sum of `len()` over `bufs`, bytes.
+    /// Length -> its idle buffers, oldest first, each with its return stamp. No empty class
+    /// is kept.
+    classes: HashMap<usize, VecDeque<(u64, Vec<u8>)>>,
+    /// Sum of `len()` over all idle buffers, bytes.
     bytes: usize,
+    /// Stamp of the next returned buffer (increasing: smaller is older).
+    next: u64,
+}
+
+impl Idle {
+    /// Drop the oldest idle buffer of any class; `None` if there is none.
+    fn pop_oldest(&mut self) -> Option<Vec<u8>> {
+        let (&len, _) = self
+            .classes
+            .iter()
+            .min_by_key(|(_, q)| q.front().map_or(u64::MAX, |(stamp, _)| *stamp))?;
+        let q = self.classes.get_mut(&len).expect("key from the map");
+        let (_, old) = q.pop_front().expect("no empty class is kept");
+        if q.is_empty() {
+            self.classes.remove(&len);
+        }
+        self.bytes -= old.len();
+        Some(old)
+    }
 }
 
 impl BufferPool {
@@ -42,8 +65,11 @@ impl BufferPool {
     pub fn take(&self, len: usize) -> Vec<u8> {
         if len > 0 {
             let mut idle = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(i) = idle.bufs.iter().rposition(|b| b.len() == len) {
-                let b = idle.bufs.remove(i).expect("index from rposition");
+            if let Some(q) = idle.classes.get_mut(&len) {
+                let (_, b) = q.pop_back().expect("no empty class is kept");
+                if q.is_empty() {
+                    idle.classes.remove(&len);
+                }
                 idle.bytes -= len;
                 return b;
             }
@@ -53,7 +79,7 @@ impl BufferPool {
 
     /// Return a buffer taken with [`take`](BufferPool::take) (any length; empty ones and ones
     /// over [`POOL_MAX_BYTES`] are dropped). Idle buffers beyond [`POOL_MAX_BYTES`] are
-    /// freed, oldest first.
+    /// freed, oldest first (whatever their length).
     pub fn give(&self, buf: Vec<u8>) {
         let len = buf.len();
         if len == 0 || len > POOL_MAX_BYTES {
@@ -63,12 +89,12 @@ impl BufferPool {
         {
             let mut idle = self.inner.lock().unwrap_or_else(|p| p.into_inner());
             while idle.bytes + len > POOL_MAX_BYTES {
-                let old = idle.bufs.pop_front().expect("bytes > 0 means a buffer");
-                idle.bytes -= old.len();
-                dropped.push(old);
+                dropped.push(idle.pop_oldest().expect("bytes > 0 means a buffer"));
             }
+            let stamp = idle.next;
+            idle.next += 1;
             idle.bytes += len;
-            idle.bufs.push_back(buf);
+            idle.classes.entry(len).or_default().push_back((stamp, buf));
         }
         drop(dropped); // freed outside the lock
     }
@@ -103,5 +129,29 @@ mod tests {
         assert_eq!(pool.idle_bytes(), POOL_MAX_BYTES);
         pool.give(Vec::new());
         assert_eq!(pool.take(0).len(), 0);
+    }
+
+    #[test]
+    fn evicts_oldest_across_lengths() {
+        let pool = BufferPool::default();
+        pool.give(vec![7u8; 4096]); // oldest
+        pool.give(vec![8u8; 8192]);
+        for _ in 0..3 {
+            pool.give(vec![1u8; 4 << 20]);
+        }
+        assert_eq!(pool.idle_bytes(), (12 << 20) + 4096 + 8192);
+        // One more 4 MiB buffer does not fit: the 4 KiB one (oldest) goes, then the 8 KiB one.
+        pool.give(vec![2u8; 4 << 20]);
+        assert_eq!(pool.idle_bytes(), POOL_MAX_BYTES);
+        assert_eq!(
+            pool.take(4096)[0],
+            0,
+            "the 4 KiB buffer was dropped: a new zeroed one"
+        );
+        assert_eq!(pool.take(8192)[0], 0, "the 8 KiB buffer was dropped too");
+        // Most recently returned first within a length.
+        assert_eq!(pool.take(4 << 20)[0], 2);
+        assert_eq!(pool.take(4 << 20)[0], 1);
+        assert_eq!(pool.idle_bytes(), 8 << 20);
     }
 }

@@ -58,6 +58,7 @@ pub use session::{
     run_session, run_transmission, SessionEnd, SessionError, SessionOptions, SessionStats,
 };
 pub use tls::{TlsConfig, TlsError, TlsFiles, TlsMode};
+pub use volume_export::VOLUME_INLINE_LIMIT;
 
 use std::sync::Arc;
 

@@ -78,6 +78,10 @@ pub struct ServerOptions {
     /// [`SessionOptions::handshake_limit`]); `None`: no limit. Default
     /// [`DEFAULT_HANDSHAKE_LIMIT`].
     pub handshake_limit: Option<Duration>,
+    /// Serve READs/WRITEs of at most this many bytes inline on each connection's reader,
+    /// whatever the export's own limit ([`SessionOptions::inline_limit`]); `Some(0)`: none.
+    /// `None` (the default): each export's [`BlockExport::inline_limit`](super::BlockExport::inline_limit).
+    pub inline_limit: Option<u32>,
 }
 
 /// Default [`ServerOptions::handshake_limit`]: 10 s, as qemu-nbd's `--handshake-limit`.
@@ -90,6 +94,7 @@ impl Default for ServerOptions {
             pid_file: None,
             tls: TlsConfig::off(),
             handshake_limit: Some(DEFAULT_HANDSHAKE_LIMIT),
+            inline_limit: None,
         }
     }
 }
@@ -599,6 +604,7 @@ pub async fn serve(
             SessionOptions {
                 tls: options.tls.clone(),
                 handshake_limit: options.handshake_limit,
+                inline_limit: options.inline_limit,
             },
             stop_rx.clone(),
         ));

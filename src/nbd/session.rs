@@ -12,7 +12,7 @@
 //!
 //! Transmission ("Transmission", "Ordering of messages and writes"): a reader parses requests
 //! (bounded by [`MAX_IN_FLIGHT`] requests and [`MAX_BUFFERED_BYTES`] of buffers). READs and
-//! WRITEs of at most [`BlockExport::inline_limit`] bytes it serves itself, on its runtime
+//! WRITEs of at most [`BlockExport::inline_limit`] bytes (or [`SessionOptions::inline_limit`]) it serves itself, on its runtime
 //! thread (no thread hand-off); for every other request it spawns a task that runs the export
 //! call on the blocking pool. Replies are queued; a writer sends them in completion order. Data buffers
 //! come from, and go back to, the server-wide [`BufferPool`] (no zero-filling per request).
@@ -151,6 +151,12 @@ pub struct SessionOptions {
     /// connection slots (qemu-nbd's `--handshake-limit`, 10 s by default, for CVE-2024-7409).
     /// `None`: no limit.
     pub handshake_limit: Option<std::time::Duration>,
+    /// READs and WRITEs of at most this many bytes are served inline on the connection's
+    /// reader (see [`BlockExport::inline_limit`]), overriding every export's own limit;
+    /// `Some(0)`: none inline, every request on the blocking pool (for images on slow disks,
+    /// where an inline request would hold up the connection's next requests for the disk's
+    /// latency). `None` (the default): each export's [`BlockExport::inline_limit`].
+    pub inline_limit: Option<u32>,
 }
 
 /// Serve one connection until the client disconnects, the protocol is violated or `shutdown`
@@ -191,10 +197,12 @@ where
         }
     };
     match negotiated {
-        Upgrade::Plain(s, outcome) => finish(s, outcome, &exports, stats, shutdown).await,
+        Upgrade::Plain(s, outcome) => {
+            finish(s, outcome, &exports, stats, shutdown, opts.inline_limit).await
+        }
         Upgrade::Tls(s, outcome) => {
             stats.tls.store(true, Ordering::Relaxed);
-            finish(s, outcome, &exports, stats, shutdown).await
+            finish(s, outcome, &exports, stats, shutdown, opts.inline_limit).await
         }
     }
 }
@@ -203,7 +211,8 @@ where
 /// told the size and transmission flags out of band (the Linux kernel, [`super::kernel`]), so
 /// replies are simple (nothing negotiated: no structured replies, no meta context). The flags
 /// the client was given should be `proto::transmission_flags(read_only, false)`. Ends, errors
-/// and the final flush as [`run_session`]; `stats.export` is set to `name`.
+/// and the final flush as [`run_session`]; `stats.export` is set to `name`. `inline_limit`
+/// as [`SessionOptions::inline_limit`] (`None`: the export's own).
 pub async fn run_transmission<S>(
     stream: S,
     name: &str,
@@ -211,13 +220,23 @@ pub async fn run_transmission<S>(
     read_only: bool,
     stats: Arc<SessionStats>,
     shutdown: watch::Receiver<bool>,
+    inline_limit: Option<u32>,
 ) -> Result<SessionEnd, SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let _ = stats.export.set(name.to_string());
     let neg = Negotiated::default();
-    transmission(stream, export, read_only, neg, stats, shutdown).await
+    transmission(
+        stream,
+        export,
+        read_only,
+        neg,
+        stats,
+        shutdown,
+        inline_limit,
+    )
+    .await
 }
 
 /// After the handshake: ABORT, hang-up, or the transmission phase on the chosen export.
@@ -227,6 +246,7 @@ async fn finish<S>(
     exports: &Exports,
     stats: Arc<SessionStats>,
     shutdown: watch::Receiver<bool>,
+    inline_limit: Option<u32>,
 ) -> Result<SessionEnd, SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -246,7 +266,16 @@ where
                 .meta_context
                 .store(neg.base_allocation, Ordering::Relaxed);
             let (export, read_only) = (e.export.clone(), e.config.read_only);
-            transmission(stream, export, read_only, neg, stats, shutdown).await
+            transmission(
+                stream,
+                export,
+                read_only,
+                neg,
+                stats,
+                shutdown,
+                inline_limit,
+            )
+            .await
         }
     }
 }
@@ -935,7 +964,8 @@ async fn permits<R: AsyncRead + Unpin>(
     }
 }
 
-/// Transmission phase (proto.md "Transmission").
+/// Transmission phase (proto.md "Transmission"); READs/WRITEs of at most `inline_limit` bytes
+/// (`None`: the export's [`BlockExport::inline_limit`]; `Some(0)`: none) are served inline.
 async fn transmission<S>(
     stream: S,
     export: Arc<dyn BlockExport>,
@@ -943,17 +973,18 @@ async fn transmission<S>(
     neg: Negotiated,
     stats: Arc<SessionStats>,
     mut shutdown: watch::Receiver<bool>,
+    inline_limit: Option<u32>,
 ) -> Result<SessionEnd, SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    let inline_limit = inline_limit.unwrap_or_else(|| export.inline_limit());
     let (rd, wr) = tokio::io::split(stream);
     let mut rd = BufReader::with_capacity(64 << 10, rd);
     let wr = BufWriter::with_capacity(256 << 10, wr);
     let (tx, mut rx) = mpsc::unbounded_channel::<Reply>();
     let (dead_tx, mut dead_rx) = watch::channel(false);
     let size = export.size();
-    let inline_limit = export.inline_limit();
     let requests = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let bytes = Arc::new(Semaphore::new(MAX_BUFFERED_BYTES / BUDGET_UNIT));
     // Set when the client is gone without DISC: its writes still queued are dropped

@@ -8,8 +8,9 @@ use crate::volume::{Discard, Volume, VolumeError};
 
 use super::{proto, BlockExport, Extent};
 
-/// READs and WRITEs a volume serves inline on the connection's runtime thread, bytes.
-const INLINE_LIMIT: u32 = 64 << 10;
+/// READs and WRITEs a volume serves inline on the connection's runtime thread, bytes (its
+/// [`BlockExport::inline_limit`]; the CLI's `--inline-limit` default).
+pub const VOLUME_INLINE_LIMIT: u32 = 64 << 10;
 
 fn io(e: VolumeError) -> std::io::Error {
     match e {
@@ -58,7 +59,7 @@ impl BlockExport for Volume {
     /// `docs/performance.md`). On an image on a slow disk, a small request then holds up its
     /// connection's next requests for the disk's latency.
     fn inline_limit(&self) -> u32 {
-        INLINE_LIMIT
+        VOLUME_INLINE_LIMIT
     }
 
     /// Only with discard passdown: with `ignore` nothing is ever reported as a hole.
