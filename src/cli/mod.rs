@@ -136,6 +136,7 @@ impl CliError {
                 VolumeError::Corrupt { .. } => Some("restore a header backup, or run `cryptsetup repair` on a copy of the image"),
                 VolumeError::Busy { .. } => Some("another nbdcrypt (or cryptsetup) has the image open; stop it first"),
                 VolumeError::OutOfMemory { .. } => Some("free memory, or add a keyslot with a smaller --pbkdf-memory"),
+                VolumeError::Update { fix, .. } => Some(fix),
                 _ => None,
             },
             CliError::Kernel(crate::nbd::kernel::KernelError::Call { source, .. })
