@@ -2,7 +2,7 @@
 //! `NBDCRYPT_FAULT_IO` (src/volume/store.rs): failed reads, writes, short writes and
 //! fdatasyncs reach the NBD client as `EIO` or `ENOSPC`, the server keeps serving, no
 //! acknowledged write is lost; a full disk during a header-writing command (`add-key`,
-//! `change-key`, `remove-key`) leaves the
+//! `change-key`, `remove-key`, `kill-slot`, `recovery-key add`, `header-restore`) leaves the
 //! header readable, and the error says which state the image is in ("nothing changed" exactly
 //! when the state before the command is observed) with a hint that, followed, completes the
 //! change.
@@ -284,6 +284,69 @@ fn disk_full_during_remove_key_reports_the_state() {
                 .arg("--key-file")
                 .arg(&f.new);
             c.arg("--batch-mode");
+            c
+        },
+        before: |f| f.opens(&f.new),
+        after: |f| !f.opens(&f.new) && !f.has_slot_1(),
+    });
+    assert!(unchanged >= 1 && took >= 1);
+}
+
+/// `kill-slot 1`, authorised by slot 0's passphrase.
+#[test]
+fn disk_full_during_kill_slot_reports_the_state() {
+    let (_, unchanged, took) = fault_sweep(&HeaderOp {
+        name: "kill-slot",
+        setup: Files::add_new_key,
+        cmd: |f| {
+            let mut c = nbdcrypt();
+            c.arg("kill-slot").arg(&f.img).arg("1");
+            c.arg("--key-file").arg(&f.key);
+            c
+        },
+        before: |f| f.opens(&f.new),
+        after: |f| !f.opens(&f.new) && !f.has_slot_1(),
+    });
+    assert!(unchanged >= 1 && took >= 1);
+}
+
+/// `recovery-key add`: the new keyslot 1 is listed or not, as reported.
+#[test]
+fn disk_full_during_recovery_key_add_reports_the_state() {
+    let (_, unchanged, took) = fault_sweep(&HeaderOp {
+        name: "recovery-key add",
+        setup: |_| {},
+        cmd: |f| {
+            let mut c = nbdcrypt();
+            c.args(["recovery-key", "add"]).arg(&f.img);
+            cheap(c.arg("--key-file").arg(&f.key));
+            c
+        },
+        before: |f| !f.has_slot_1(),
+        after: Files::has_slot_1,
+    });
+    assert!(unchanged >= 1 && took >= 1);
+}
+
+/// `header-restore` of a backup taken before slot 1 was added: the backup's keyslots area goes
+/// over slot 1's key material before the header is written, so a failure after it reports slot
+/// 1 destroyed and the restore to run again.
+#[test]
+fn disk_full_during_header_restore_reports_the_state() {
+    let (_, unchanged, took) = fault_sweep(&HeaderOp {
+        name: "header-restore",
+        setup: |f| {
+            ok(nbdcrypt()
+                .arg("header-backup")
+                .arg(&f.img)
+                .arg("--header-backup-file")
+                .arg(&f.backup));
+            f.add_new_key();
+        },
+        cmd: |f| {
+            let mut c = nbdcrypt();
+            c.arg("header-restore").arg(&f.img);
+            c.arg("--header-backup-file").arg(&f.backup);
             c
         },
         before: |f| f.opens(&f.new),
