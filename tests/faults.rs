@@ -1,15 +1,18 @@
 //! Fault injection below the volume layer (issue 7), through the debug-build hook
 //! `NBDCRYPT_FAULT_IO` (src/volume/store.rs): failed reads, writes, short writes and
 //! fdatasyncs reach the NBD client as `EIO` or `ENOSPC`, the server keeps serving, no
-//! acknowledged write is lost; a full disk during a keyslot change leaves the header readable
-//! and the volume usable: with the old passphrase (`add-key`), or in the state before or after
-//! the change (`change-key`, `remove-key`).
+//! acknowledged write is lost; a full disk during a header-writing command (`add-key`,
+//! `change-key`, `remove-key`, `kill-slot`, `recovery-key add`, `header-restore`) leaves the
+//! header readable, and the error says which state the image is in ("nothing changed" exactly
+//! when the state before the command is observed) with a hint that, followed, completes the
+//! change.
 
 mod common;
 
 use common::nbd::{Raw, CMD_FLUSH, CMD_READ, CMD_WRITE, ENOSPC};
 use common::*;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 const EIO: u32 = 5;
 
@@ -92,141 +95,262 @@ fn nbd_clients_get_eio_and_enospc_and_nothing_acknowledged_is_lost() {
     );
 }
 
-/// ENOSPC (or a short write) at every write of `add-key` in turn: the command fails, the old
-/// passphrase still opens, and the header loads.
-#[test]
-fn disk_full_during_a_keyslot_change_keeps_the_old_state() {
-    let dir = tempdir();
-    let key = key_file(dir.path());
-    let new = dir.path().join("new");
-    std::fs::write(&new, b"the new passphrase").unwrap();
-    let mut injected = 0;
-    for fault in ["ENOSPC", "short"] {
-        for n in 1.. {
-            let img = dir.path().join(format!("k-{fault}-{n}.img"));
-            format_cheap(&img, &key, "17M", 512, "pbkdf2");
-            let out = run(nbdcrypt()
-                .env("NBDCRYPT_FAULT_IO", format!("write@{n}={fault}"))
-                .arg("add-key")
-                .arg(&img)
-                .arg("--key-file")
-                .arg(&key)
-                .arg("--new-keyfile")
-                .arg(&new)
-                .args(["--pbkdf", "pbkdf2"])
-                .args(cheap_kdf_args("pbkdf2")));
-            if out.status.success() {
-                // Past the last write: nothing was injected.
-                assert!(n > 1, "no write at all?");
-                break;
-            }
-            injected += 1;
-            assert!(
-                stderr(&out).contains("No space left on device"),
-                "{fault}@{n}: {}",
-                stderr(&out)
-            );
-            let old = test_passphrase(&img, &key, &[]);
-            assert_eq!(old.status.code(), Some(0), "{fault}@{n}: {}", stderr(&old));
-            let dump = run(nbdcrypt().arg("dump").arg(&img));
-            assert_eq!(
-                dump.status.code(),
-                Some(0),
-                "{fault}@{n}: {}",
-                stderr(&dump)
-            );
-            assert!(n < 50, "add-key keeps writing");
-        }
-    }
-    eprintln!("faults: {injected} failed keyslot additions, old passphrase kept each time");
-    assert!(injected >= 4);
+/// The files of a header-command fault run: `key` opens slot 0 of the fresh image, `new` is the
+/// second passphrase, `backup` a header backup taken before the setup.
+struct Files {
+    img: PathBuf,
+    key: PathBuf,
+    new: PathBuf,
+    backup: PathBuf,
 }
 
-/// `change-key` and `remove-key` with ENOSPC (or a short write) at each of their writes in
-/// turn: the command fails naming the full disk, the header loads, and the volume stays usable
-/// in the state before the change or the one after it (a failure after the header commit
-/// leaves the new state): for `change-key` the old or the new passphrase opens, for
-/// `remove-key` the other slot's passphrase always opens.
-#[test]
-fn disk_full_during_change_key_and_remove_key_keeps_a_usable_state() {
-    let dir = tempdir();
-    let key = key_file(dir.path());
-    let new = dir.path().join("new");
-    std::fs::write(&new, b"the new passphrase").unwrap();
-    let opens = |img: &Path, k: &Path| test_passphrase(img, k, &[]).status.code() == Some(0);
-    let mut injected = 0;
-    for op in ["change-key", "remove-key"] {
-        let (mut failed, mut before, mut after) = (0, 0, 0);
-        for fault in ["ENOSPC", "short"] {
-            for n in 1.. {
-                let img = dir.path().join(format!("{op}-{fault}-{n}.img"));
-                format_cheap(&img, &key, "17M", 512, "pbkdf2");
-                let mut cmd = nbdcrypt();
-                if op == "change-key" {
-                    cmd.arg(op).arg(&img).arg("--key-file").arg(&key);
-                    cmd.arg("--new-keyfile").arg(&new);
-                    cmd.args(["--pbkdf", "pbkdf2"])
-                        .args(cheap_kdf_args("pbkdf2"));
-                } else {
-                    // A second slot to remove; the first must survive whatever happens.
-                    ok(nbdcrypt()
-                        .arg("add-key")
-                        .arg(&img)
-                        .arg("--key-file")
-                        .arg(&key)
-                        .arg("--new-keyfile")
-                        .arg(&new)
-                        .args(["--pbkdf", "pbkdf2"])
-                        .args(cheap_kdf_args("pbkdf2")));
-                    cmd.arg(op)
-                        .arg(&img)
-                        .arg("--key-file")
-                        .arg(&new)
-                        .arg("--batch-mode");
-                }
-                let out = run(cmd.env("NBDCRYPT_FAULT_IO", format!("write@{n}={fault}")));
-                let what = format!("{op} {fault}@{n}");
-                if out.status.success() {
-                    // Past the last write: nothing was injected; the change is complete.
-                    assert!(n > 1, "{what}: no write at all?");
-                    if op == "change-key" {
-                        assert!(opens(&img, &new) && !opens(&img, &key), "{what}");
-                    } else {
-                        assert!(opens(&img, &key) && !opens(&img, &new), "{what}");
-                    }
-                    break;
-                }
-                failed += 1;
-                assert!(
-                    stderr(&out).contains("No space left on device"),
-                    "{what}: {}",
-                    stderr(&out)
-                );
-                let dump = run(nbdcrypt().arg("dump").arg(&img));
-                assert_eq!(dump.status.code(), Some(0), "{what}: {}", stderr(&dump));
-                let (old_ok, new_ok) = (opens(&img, &key), opens(&img, &new));
-                if op == "change-key" {
-                    assert!(old_ok || new_ok, "{what}: neither passphrase opens");
-                } else {
-                    assert!(
-                        old_ok,
-                        "{what}: the other slot's passphrase no longer opens"
-                    );
-                }
-                // The state before the change: the old passphrase still opens (change-key), the
-                // slot to remove still opens (remove-key); else only the completed change.
-                let kept = if op == "change-key" { old_ok } else { new_ok };
-                before += usize::from(kept);
-                after += usize::from(!kept);
-                assert!(n < 50, "{what}: keeps writing");
-            }
-        }
-        eprintln!(
-            "faults: {op}: {failed} failed runs; the state before kept after {before}, the \
-             completed change (reported as failed) after {after}"
-        );
-        assert!(failed >= 2, "{op}: no write failed");
-        injected += failed;
+impl Files {
+    fn opens(&self, k: &Path) -> bool {
+        test_passphrase(&self.img, k, &[]).status.code() == Some(0)
     }
-    assert!(injected >= 4);
+
+    /// Whether the header in force lists keyslot 1.
+    fn has_slot_1(&self) -> bool {
+        ok(nbdcrypt().arg("dump").arg(&self.img)).contains("\n  1: luks2")
+    }
+
+    fn add_new_key(&self) {
+        ok(nbdcrypt()
+            .arg("add-key")
+            .arg(&self.img)
+            .arg("--key-file")
+            .arg(&self.key)
+            .arg("--new-keyfile")
+            .arg(&self.new)
+            .args(["--pbkdf", "pbkdf2"])
+            .args(cheap_kdf_args("pbkdf2")));
+    }
+}
+
+/// A header-writing command under fault injection: what it needs on the fresh image, the
+/// command, and the observable states before and after it.
+struct HeaderOp {
+    name: &'static str,
+    setup: fn(&Files),
+    cmd: fn(&Files) -> Command,
+    before: fn(&Files) -> bool,
+    after: fn(&Files) -> bool,
+}
+
+fn cheap(c: &mut Command) -> &mut Command {
+    c.args(["--pbkdf", "pbkdf2"]).args(cheap_kdf_args("pbkdf2"))
+}
+
+/// ENOSPC (or a short write) at each write of `op` in turn, on a fresh image each time. Every
+/// failed run: the error names the full disk, the header loads, the other passphrase (`key`,
+/// or for `change-key` the old or the new one) opens, the message says "nothing changed"
+/// exactly when `op.before` holds, "the change took effect" only when `op.after` holds, and
+/// its hint, followed, reaches `op.after` ("nothing changed": the same command again;
+/// `nbdcrypt repair`, `nbdcrypt kill-slot`, `header-restore again` as named). Returns (failed
+/// runs, of which reported unchanged, reported took effect).
+fn fault_sweep(op: &HeaderOp) -> (usize, usize, usize) {
+    let dir = tempdir();
+    let (mut failed, mut unchanged, mut took, mut destroyed) = (0, 0, 0, 0);
+    for fault in ["ENOSPC", "short"] {
+        for n in 1.. {
+            let f = Files {
+                img: dir.path().join(format!("{fault}-{n}.img")),
+                key: key_file(dir.path()),
+                new: dir.path().join("new"),
+                backup: dir.path().join(format!("{fault}-{n}.hdr")),
+            };
+            std::fs::write(&f.new, b"the new passphrase").unwrap();
+            format_cheap(&f.img, &f.key, "17M", 512, "pbkdf2");
+            (op.setup)(&f);
+            let what = format!("{} {fault}@{n}", op.name);
+            let out = run((op.cmd)(&f).env("NBDCRYPT_FAULT_IO", format!("write@{n}={fault}")));
+            if out.status.success() {
+                // Past the last write: nothing was injected; the change is complete.
+                assert!(n > 1, "{what}: no write at all?");
+                assert!((op.after)(&f), "{what}: succeeded without the change");
+                break;
+            }
+            failed += 1;
+            let err = stderr(&out);
+            assert!(err.contains("No space left on device"), "{what}: {err}");
+            let dump = run(nbdcrypt().arg("dump").arg(&f.img));
+            assert_eq!(dump.status.code(), Some(0), "{what}: {}", stderr(&dump));
+            if op.name == "change-key" {
+                assert!(f.opens(&f.key) || f.opens(&f.new), "{what}: nothing opens");
+            } else {
+                assert!(f.opens(&f.key), "{what}: slot 0 no longer opens");
+            }
+            let is_before = (op.before)(&f);
+            assert_eq!(
+                err.contains("nothing changed"),
+                is_before,
+                "{what}: the state before the command is {}observed, the message says: {err}",
+                if is_before { "" } else { "not " }
+            );
+            if err.contains("the change took effect") {
+                assert!((op.after)(&f), "{what}: reported done, not done: {err}");
+                took += 1;
+            }
+            unchanged += usize::from(is_before);
+            destroyed += usize::from(err.contains("the header is unchanged, but"));
+            let hint = err
+                .lines()
+                .find_map(|l| l.strip_prefix("hint: "))
+                .unwrap_or_else(|| panic!("{what}: no hint: {err}"));
+            // Follow the hint; afterwards the change is complete.
+            if is_before || hint.contains("header-restore again") {
+                ok(&mut (op.cmd)(&f));
+            } else if hint.contains("`nbdcrypt repair") {
+                ok(nbdcrypt().arg("repair").arg(&f.img));
+                let dump = run(nbdcrypt().arg("dump").arg(&f.img));
+                assert!(!stderr(&dump).contains("header copies"), "{what}: repair");
+            } else if hint.contains("`nbdcrypt kill-slot") {
+                ok(nbdcrypt()
+                    .args(["kill-slot"])
+                    .arg(&f.img)
+                    .arg("1")
+                    .arg("--key-file")
+                    .arg(&f.key));
+            }
+            assert!(
+                (op.after)(&f),
+                "{what}: not complete after the hint {hint:?}"
+            );
+            assert!(n < 50, "{what}: keeps writing");
+        }
+    }
+    eprintln!(
+        "faults: {}: {failed} failed runs: {unchanged} reported and observed unchanged, {took} \
+         reported and observed as having taken effect, {destroyed} as keys destroyed, header not",
+        op.name
+    );
+    assert!(failed >= 2, "{}: no write failed", op.name);
+    (failed, unchanged, took)
+}
+
+/// `add-key`: a failed run leaves the old passphrase working; a torn or missing second header
+/// copy after the new one is valid leaves the new keyslot in force, said so.
+#[test]
+fn disk_full_during_add_key_reports_the_state() {
+    let (failed, unchanged, took) = fault_sweep(&HeaderOp {
+        name: "add-key",
+        setup: |_| {},
+        cmd: |f| {
+            let mut c = nbdcrypt();
+            c.arg("add-key").arg(&f.img).arg("--key-file").arg(&f.key);
+            cheap(c.arg("--new-keyfile").arg(&f.new));
+            c
+        },
+        before: |f| !f.opens(&f.new),
+        after: |f| f.opens(&f.key) && f.opens(&f.new),
+    });
+    assert!(failed >= 4 && unchanged >= 1 && took >= 1);
+}
+
+/// `change-key`: before the header commit the old passphrase opens and the message says
+/// "nothing changed"; after it only the new one opens and the message says the change took
+/// effect and what is left (a header copy, the old keyslot area's wipe).
+#[test]
+fn disk_full_during_change_key_reports_the_state() {
+    let (failed, unchanged, took) = fault_sweep(&HeaderOp {
+        name: "change-key",
+        setup: |_| {},
+        cmd: |f| {
+            let mut c = nbdcrypt();
+            c.arg("change-key")
+                .arg(&f.img)
+                .arg("--key-file")
+                .arg(&f.key);
+            cheap(c.arg("--new-keyfile").arg(&f.new));
+            c
+        },
+        before: |f| f.opens(&f.key) && !f.opens(&f.new),
+        after: |f| !f.opens(&f.key) && f.opens(&f.new),
+    });
+    assert!(failed >= 4 && unchanged >= 1 && took >= 1);
+}
+
+/// `remove-key` of slot 1: its area is wiped before the header drops it, so a failure there
+/// reports the slot as destroyed but listed, with `kill-slot` to finish.
+#[test]
+fn disk_full_during_remove_key_reports_the_state() {
+    let (_, unchanged, took) = fault_sweep(&HeaderOp {
+        name: "remove-key",
+        setup: Files::add_new_key,
+        cmd: |f| {
+            let mut c = nbdcrypt();
+            c.arg("remove-key")
+                .arg(&f.img)
+                .arg("--key-file")
+                .arg(&f.new);
+            c.arg("--batch-mode");
+            c
+        },
+        before: |f| f.opens(&f.new),
+        after: |f| !f.opens(&f.new) && !f.has_slot_1(),
+    });
+    assert!(unchanged >= 1 && took >= 1);
+}
+
+/// `kill-slot 1`, authorised by slot 0's passphrase.
+#[test]
+fn disk_full_during_kill_slot_reports_the_state() {
+    let (_, unchanged, took) = fault_sweep(&HeaderOp {
+        name: "kill-slot",
+        setup: Files::add_new_key,
+        cmd: |f| {
+            let mut c = nbdcrypt();
+            c.arg("kill-slot").arg(&f.img).arg("1");
+            c.arg("--key-file").arg(&f.key);
+            c
+        },
+        before: |f| f.opens(&f.new),
+        after: |f| !f.opens(&f.new) && !f.has_slot_1(),
+    });
+    assert!(unchanged >= 1 && took >= 1);
+}
+
+/// `recovery-key add`: the new keyslot 1 is listed or not, as reported.
+#[test]
+fn disk_full_during_recovery_key_add_reports_the_state() {
+    let (_, unchanged, took) = fault_sweep(&HeaderOp {
+        name: "recovery-key add",
+        setup: |_| {},
+        cmd: |f| {
+            let mut c = nbdcrypt();
+            c.args(["recovery-key", "add"]).arg(&f.img);
+            cheap(c.arg("--key-file").arg(&f.key));
+            c
+        },
+        before: |f| !f.has_slot_1(),
+        after: Files::has_slot_1,
+    });
+    assert!(unchanged >= 1 && took >= 1);
+}
+
+/// `header-restore` of a backup taken before slot 1 was added: the backup's keyslots area goes
+/// over slot 1's key material before the header is written, so a failure after it reports slot
+/// 1 destroyed and the restore to run again.
+#[test]
+fn disk_full_during_header_restore_reports_the_state() {
+    let (_, unchanged, took) = fault_sweep(&HeaderOp {
+        name: "header-restore",
+        setup: |f| {
+            ok(nbdcrypt()
+                .arg("header-backup")
+                .arg(&f.img)
+                .arg("--header-backup-file")
+                .arg(&f.backup));
+            f.add_new_key();
+        },
+        cmd: |f| {
+            let mut c = nbdcrypt();
+            c.arg("header-restore").arg(&f.img);
+            c.arg("--header-backup-file").arg(&f.backup);
+            c
+        },
+        before: |f| f.opens(&f.new),
+        after: |f| !f.opens(&f.new) && !f.has_slot_1(),
+    });
+    assert!(unchanged >= 1 && took >= 1);
 }

@@ -1,6 +1,6 @@
 //! Secrets stay secret (issue 7): the server runs non-dumpable with its key pages locked, a
 //! forced crash leaves no core file, and its debug-level log never carries the volume key or
-//! the passphrase.
+//! the passphrase; the key service (`nbdcrypt-keyd serve`) is non-dumpable and locked too.
 
 mod common;
 
@@ -141,4 +141,64 @@ fn refused_mlock_warns_once_and_the_secret_stays_usable() {
     let control = test_passphrase(&img, &key, &[]);
     assert_eq!(control.status.code(), Some(0), "{}", stderr(&control));
     assert!(!stderr(&control).contains(WARNING), "{}", stderr(&control));
+}
+
+/// The owner of `/proc/PID/status`: the process's user while it is dumpable, root when it is not
+/// (proc(5), `PR_SET_DUMPABLE`).
+fn proc_owner(pid: u32) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}/status"))
+        .unwrap()
+        .uid()
+}
+
+/// A running `nbdcrypt-keyd serve` (holding the root key) is non-dumpable: started as user
+/// 65534, its `/proc/PID/status` is owned by root, as it is not for a control `sleep` started the same
+/// way. Started as root (`CAP_IPC_LOCK`), its memory is locked (`VmLck` above 0).
+#[test]
+fn keyd_serve_is_non_dumpable_and_locked() {
+    let dir = tempdir();
+    let as_nobody = |program: &str| {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+            .arg(program)
+            .env("NBDCRYPT_LOG", "warn");
+        c
+    };
+    let mut control = as_nobody("sleep").arg("30").spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let control_owner = proc_owner(control.id());
+    control.kill().unwrap();
+    control.wait().unwrap();
+    assert_eq!(
+        control_owner, 65534,
+        "the control process does not run as 65534"
+    );
+
+    let mut k = common::keyd::Keyd::init(dir.path());
+    k.serve();
+    let pid = k.child.as_ref().unwrap().id();
+    let locked = vm_lck_kib(pid);
+    k.stop_with(libc::SIGTERM);
+    assert!(
+        locked >= 4,
+        "nbdcrypt-keyd memory not locked (VmLck {locked} KiB)"
+    );
+
+    ok(Command::new("chown")
+        .arg("-R")
+        .arg("65534:65534")
+        .arg(dir.path()));
+    k.serve_with(as_nobody(env!("CARGO_BIN_EXE_nbdcrypt-keyd")));
+    let pid = k.child.as_ref().unwrap().id();
+    let owner = proc_owner(pid);
+    k.stop_with(libc::SIGTERM);
+    assert_eq!(
+        owner, 0,
+        "nbdcrypt-keyd serve is dumpable (/proc/{pid}/status owned by {owner})"
+    );
+    eprintln!(
+        "secrets: nbdcrypt-keyd serve: /proc/PID/status owned by root when run as 65534 \
+         (non-dumpable), VmLck {locked} KiB as root"
+    );
 }

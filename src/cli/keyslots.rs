@@ -254,13 +254,8 @@ pub fn header_restore(
             None
         }
     };
-    volume::restore_header(file, hpath, &bytes, image_seqid).map_err(|e| match e {
-        e @ VolumeError::Io { .. } => CliError::Hinted(
-            Box::new(e.into()),
-            "the restore was interrupted: run header-restore again with the same backup".into(),
-        ),
-        e => e.into(),
-    })?;
+    // A failed write is a `VolumeError::Update` naming the state and what to run.
+    volume::restore_header(file, hpath, &bytes, image_seqid)?;
     eprintln!(
         "Header of {} restored from {}.",
         image.display(),

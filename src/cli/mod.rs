@@ -136,6 +136,7 @@ impl CliError {
                 VolumeError::Corrupt { .. } => Some("restore a header backup, or run `cryptsetup repair` on a copy of the image"),
                 VolumeError::Busy { .. } => Some("another nbdcrypt (or cryptsetup) has the image open; stop it first"),
                 VolumeError::OutOfMemory { .. } => Some("free memory, or add a keyslot with a smaller --pbkdf-memory"),
+                VolumeError::Update { fix, .. } => Some(fix),
                 _ => None,
             },
             CliError::Kernel(crate::nbd::kernel::KernelError::Call { source, .. })
@@ -1041,9 +1042,8 @@ fn parse_size(s: &str) -> Result<u64, String> {
 /// Entry point of the `nbdcrypt` binary; returns the process exit code.
 pub fn main() -> i32 {
     // This process holds passphrases and keys: no core file, and no ptrace or /proc/PID/mem
-    // by other processes of the same user (prctl(2) PR_SET_DUMPABLE; issue 7).
-    // SAFETY: PR_SET_DUMPABLE takes an integer argument and touches no memory.
-    let non_dumpable = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } == 0;
+    // by other processes of the same user (issue 7).
+    let non_dumpable = crate::crypto::secret::make_non_dumpable();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) if e.use_stderr() => {
@@ -1060,10 +1060,9 @@ pub fn main() -> i32 {
         }
     };
     init_logging(cli.log_format);
-    if !non_dumpable {
+    if let Err(e) = non_dumpable {
         tracing::warn!(
-            "could not make the process non-dumpable ({}): a core file could hold keys",
-            std::io::Error::last_os_error()
+            "could not make the process non-dumpable ({e}): a core file could hold keys"
         );
     }
     let _ = MEMORY_LIMIT.set(cli.pbkdf_memory_limit);

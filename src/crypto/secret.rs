@@ -170,6 +170,62 @@ pub(crate) fn fill_random(buf: &mut [u8]) -> Result<(), CryptoError> {
     getrandom::fill(buf).map_err(|e| CryptoError::Random(e.to_string()))
 }
 
+/// Make this process non-dumpable (`prctl(2)` `PR_SET_DUMPABLE` 0): no core file, and no
+/// ptrace or `/proc/PID/mem` / `environ` access by other processes of the same user without
+/// `CAP_SYS_PTRACE` (issue 7). Errors: the `prctl` error.
+pub fn make_non_dumpable() -> std::io::Result<()> {
+    // SAFETY: PR_SET_DUMPABLE takes an integer argument and touches no memory.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Lock all of this process's memory, present and future, in RAM as it is touched
+/// (`mlockall(2)` `MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT`), for a process whose secrets live
+/// in buffers it does not control one by one (`nbdcrypt-keyd`: root key, KEKs). Done only
+/// when nothing limits it — `RLIMIT_MEMLOCK` unlimited or `CAP_IPC_LOCK` held — because with
+/// `MCL_FUTURE` under a finite limit later allocations would fail; otherwise a warning is
+/// logged (the same words as [`lock_region`]'s) and nothing is locked. Returns whether the
+/// memory is locked.
+pub fn lock_all_memory() -> bool {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit struct, which `lim` is.
+    let unlimited = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } == 0
+        && lim.rlim_cur == libc::RLIM_INFINITY;
+    let cap_ipc_lock = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let hex = s.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim();
+            u64::from_str_radix(hex, 16).ok()
+        })
+        .is_some_and(
+            |caps| caps & (1 << 14) != 0, /* CAP_IPC_LOCK, capability.h */
+        );
+    let err = if unlimited || cap_ipc_lock {
+        // SAFETY: mlockall takes flags only and changes page residency, not contents.
+        let flags = libc::MCL_CURRENT | libc::MCL_FUTURE | libc::MCL_ONFAULT;
+        if unsafe { libc::mlockall(flags) } == 0 {
+            return true;
+        }
+        std::io::Error::last_os_error().to_string()
+    } else {
+        format!(
+            "the locked-memory limit is {} KiB and CAP_IPC_LOCK is not held",
+            lim.rlim_cur / 1024
+        )
+    };
+    tracing::warn!(
+        "cannot lock key memory in RAM ({err}); secrets may be swapped out: raise the \
+         locked-memory limit to unlimited (ulimit -l unlimited, LimitMEMLOCK=infinity)"
+    );
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

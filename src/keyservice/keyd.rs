@@ -343,6 +343,13 @@ pub fn main() -> i32 {
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();
+    // The root key and KEKs live in this process: no core file, no ptrace or /proc/PID/mem
+    // by same-user processes, and (where allowed) no swap (issue 7).
+    if let Err(e) = crate::crypto::secret::make_non_dumpable() {
+        tracing::warn!(
+            "could not make the process non-dumpable ({e}): a core file could hold keys"
+        );
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -350,6 +357,19 @@ pub fn main() -> i32 {
             return if e.use_stderr() { 2 } else { 0 };
         }
     };
+    if matches!(
+        cli.cmd,
+        Cmd::Init { .. }
+            | Cmd::Serve { .. }
+            | Cmd::Host {
+                cmd: HostCmd::Add { .. }
+            }
+            | Cmd::Kek {
+                cmd: KekCmd::Create { .. } | KekCmd::Rotate { .. }
+            }
+    ) {
+        crate::crypto::secret::lock_all_memory();
+    }
     match run(cli) {
         Ok(()) => 0,
         Err(e) => {

@@ -75,12 +75,38 @@ pub enum VolumeError {
         /// Underlying error.
         source: std::io::Error,
     },
+    /// A header or keyslot update failed part-way; `state` is what reading the image back
+    /// found (`outcome.rs`): the message says "nothing changed", "the change took effect,
+    /// but …", or which keyslots the failure destroyed.
+    #[error("{source}; {}", describe(*state, detail))]
+    Update {
+        /// Image (or detached header) path.
+        path: PathBuf,
+        /// Where the image is now.
+        state: super::UpdateState,
+        /// What is left undone or damaged, one clause.
+        detail: String,
+        /// What to run to finish or retry (the CLI's hint).
+        fix: String,
+        /// The failure itself (usually [`VolumeError::Io`]).
+        source: Box<VolumeError>,
+    },
     /// A parameter out of range (size, sector size, request outside the volume, …).
     #[error("{0}")]
     InvalidArgument(String),
     /// A cryptographic primitive refused its parameters.
     #[error("crypto: {0}")]
     Crypto(#[from] CryptoError),
+}
+
+fn describe(state: super::UpdateState, detail: &str) -> String {
+    use super::UpdateState as S;
+    match state {
+        S::Unchanged => format!("nothing changed: {detail}"),
+        S::TookEffect => format!("the change took effect, but {detail}"),
+        S::KeysDestroyed => format!("the header is unchanged, but {detail}"),
+        S::Unknown => format!("the header state is unknown: {detail}"),
+    }
 }
 
 impl VolumeError {

@@ -288,3 +288,20 @@ fn describe(r: Result<Option<(BinaryHeader, Metadata)>, FormatError>) -> String 
         Err(e) => e.to_string(),
     }
 }
+
+/// The `seqid` of the primary copy (at 0) and of the secondary copy (at `hdr_size`) of an open
+/// image, `None` for a copy that is missing or fails a check: what a reader sees now (used
+/// after a failed update, `outcome.rs`). Errors: [`VolumeError::Device`] when the size cannot
+/// be read.
+pub(crate) fn copy_seqids(
+    file: &File,
+    path: &Path,
+    hdr_size: u64,
+) -> Result<(Option<u64>, Option<u64>), VolumeError> {
+    let image_len = super::image_len(file, path)?;
+    let seqid = |at, want| match read_copy(file, at, image_len, want) {
+        Ok(Some((h, _))) => Some(h.seqid),
+        _ => None,
+    };
+    Ok((seqid(0, Copy::Primary), seqid(hdr_size, Copy::Secondary)))
+}

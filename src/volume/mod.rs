@@ -9,6 +9,7 @@ mod error;
 mod format;
 mod header_io;
 mod image;
+mod outcome;
 mod store;
 mod unlock;
 mod update;
@@ -19,6 +20,7 @@ pub use error::VolumeError;
 pub use format::{format, FormatOptions, KdfChoice, KdfKind};
 pub use header_io::{load_detached_header, load_header, LoadedHeader};
 pub use image::OpenedImage;
+pub use outcome::UpdateState;
 pub use store::FAULT_IO_ENV;
 pub use unlock::{unlock, UnlockedKey};
 pub use update::{

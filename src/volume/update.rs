@@ -16,7 +16,8 @@ use crate::format::metadata::{Id, Metadata};
 use crate::format::{self, af_material_len, AF_STRIPES, VOLUME_KEY_SIZE};
 
 use super::format::{choose_kdf, keyslot_json, KdfChoice};
-use super::{LoadedHeader, VolumeError};
+use super::outcome::{commit_failed, retry_fix, update_error, Commit};
+use super::{LoadedHeader, UpdateState, VolumeError};
 
 /// Environment variable of the crash test hook: with `NBDCRYPT_FAULT_STEP=N` the process aborts
 /// right after the N-th write or sync step of a header update (counting from 1), as a power cut
@@ -138,10 +139,50 @@ fn prepare(
 }
 
 /// Commit `md` as the next metadata version of the image loaded as `lh` ([`prepare`], then
-/// [`write_copies`]).
-fn commit(file: &File, path: &Path, lh: &LoadedHeader, md: &Metadata) -> Result<(), VolumeError> {
+/// [`write_prepared`]).
+fn commit(
+    file: &File,
+    path: &Path,
+    lh: &LoadedHeader,
+    md: &Metadata,
+    before: Before,
+) -> Result<(), VolumeError> {
     let copies = prepare(path, lh, md)?;
-    write_copies(file, path, &copies)
+    write_prepared(file, path, lh, &copies, before)
+}
+
+/// What a failed commit that left the previous metadata in force means: the detail, state
+/// and fix of its [`VolumeError::Update`].
+type Before = (String, UpdateState, String);
+
+/// Nothing written before the commit is used by the metadata in force.
+fn nothing_before() -> Before {
+    (
+        "the previous header is in force".into(),
+        UpdateState::Unchanged,
+        retry_fix(),
+    )
+}
+
+/// [`write_copies`] of `copies` from [`prepare`]; a failure becomes [`VolumeError::Update`]
+/// with the state read back (`outcome.rs`), `before` when the new version is not in force.
+fn write_prepared(
+    file: &File,
+    path: &Path,
+    lh: &LoadedHeader,
+    copies: &[(Vec<u8>, u64)],
+    before: Before,
+) -> Result<(), VolumeError> {
+    let c = Commit {
+        new_seqid: lh.max_seqid + 1,
+        hdr_size: lh.header.hdr_size,
+    };
+    write_copies(file, path, copies).map_err(|e| commit_failed(file, path, &c, e, before))
+}
+
+/// A failure before anything the metadata in force uses was written.
+fn unchanged(path: &Path, detail: &str, e: VolumeError) -> VolumeError {
+    update_error(path, UpdateState::Unchanged, detail.into(), retry_fix(), e)
 }
 
 /// Parameters (KDF chosen or benchmarked) and place of a new 512-bit `luks2` keyslot area:
@@ -256,8 +297,9 @@ pub fn add_keyslot(
     }
     // Everything that can be refused is checked before the first byte is written.
     let copies = prepare(path, lh, &md)?;
-    write_area(file, path, &params, new_pass, vk, at)?;
-    write_copies(file, path, &copies)?;
+    write_area(file, path, &params, new_pass, vk, at)
+        .map_err(|e| unchanged(path, "the new keyslot area lies in unused space", e))?;
+    write_prepared(file, path, lh, &copies, nothing_before())?;
     Ok(id)
 }
 
@@ -344,7 +386,30 @@ pub fn kill_keyslot(
             "keyslot {slot} is not in use"
         )));
     }
-    wipe_area(file, path, lh, slot)?;
+    let area = &lh.metadata.keyslots[&Id(slot)].area;
+    let mut old = vec![0u8; area.size as usize];
+    file.read_exact_at(&mut old, area.offset)
+        .map_err(|e| VolumeError::Io {
+            op: "read keyslot area",
+            path: path.to_owned(),
+            offset: area.offset,
+            source: e,
+        })?;
+    let img = path.display();
+    let finish = format!("run `nbdcrypt kill-slot {img} {slot}` to finish removing it");
+    wipe_area(file, path, lh, slot).map_err(|e| {
+        let mut now = vec![0u8; old.len()];
+        match file.read_exact_at(&mut now, area.offset) {
+            Ok(()) if now == old => unchanged(path, "the keyslot area was not overwritten", e),
+            _ => update_error(
+                path,
+                UpdateState::KeysDestroyed,
+                format!("keyslot {slot}'s area is partly overwritten (its passphrase no longer opens) and the header still lists it"),
+                finish.clone(),
+                e,
+            ),
+        }
+    })?;
     let mut md = lh.metadata.clone();
     md.keyslots.remove(&Id(slot));
     let name = slot.to_string();
@@ -357,7 +422,12 @@ pub fn kill_keyslot(
         }
     }
     drop_recovery_tokens(&mut md, slot);
-    commit(file, path, lh, &md)
+    let before = (
+        format!("keyslot {slot}'s area was wiped (its passphrase no longer opens) and the header still lists it"),
+        UpdateState::KeysDestroyed,
+        finish,
+    );
+    commit(file, path, lh, &md, before)
 }
 
 /// Replace the passphrase of keyslot `slot` (`format-spec.md` §7.3), as `cryptsetup
@@ -382,9 +452,32 @@ pub fn change_keyslot(
     // The slot now holds a passphrase, not a recovery key.
     drop_recovery_tokens(&mut md, slot);
     let copies = prepare(path, lh, &md)?;
-    write_area(file, path, &params, new_pass, vk, at)?;
-    write_copies(file, path, &copies)?;
-    wipe_area(file, path, lh, slot)
+    write_area(file, path, &params, new_pass, vk, at)
+        .map_err(|e| unchanged(path, "the new keyslot area lies in unused space", e))?;
+    write_prepared(file, path, lh, &copies, nothing_before())?;
+    wipe_area(file, path, lh, slot).map_err(|e| {
+        let old = &lh.metadata.keyslots[&Id(slot)].area;
+        // Where a later key change would put its new area: over the old one, or not.
+        let after = LoadedHeader {
+            metadata: md.clone(),
+            ..lh.clone()
+        };
+        let fix = if free_area(&after, size) == Some(old.offset) {
+            format!("run `nbdcrypt change-key {}` again once the disk has space: its new keyslot area goes over the old one", path.display())
+        } else {
+            "the old key material stays on the disk until that area is reused by a new keyslot".into()
+        };
+        update_error(
+            path,
+            UpdateState::TookEffect,
+            format!(
+                "the old keyslot area ({} bytes at offset {}) was not wiped: the old passphrase no longer opens, but its key material is still on the disk",
+                old.size, old.offset
+            ),
+            fix,
+            e,
+        )
+    })
 }
 
 /// Wipe every keyslot (as `cryptsetup erase`, `format-spec.md` §7.5): the whole keyslots area is
@@ -394,13 +487,23 @@ pub fn erase(file: &File, path: &Path, lh: &LoadedHeader) -> Result<(), VolumeEr
     let start = 2 * lh.header.hdr_size;
     let end = start + lh.metadata.config.keyslots_size;
     let mut at = start;
+    let again = format!("run `nbdcrypt erase {}` again", path.display());
+    let wiping = |e| {
+        update_error(
+            path,
+            UpdateState::KeysDestroyed,
+            "the keyslots area may be partly overwritten (keyslots may no longer open) and the header still lists the keyslots".into(),
+            again.clone(),
+            e,
+        )
+    };
     while at < end {
         let n = (end - at).min(1 << 20);
         let noise = crate::crypto::random_bytes(n as usize)?;
-        write_step(file, path, &noise, at, "wipe keyslots area")?;
+        write_step(file, path, &noise, at, "wipe keyslots area").map_err(wiping)?;
         at += n;
     }
-    sync_step(file, path, "sync wiped keyslots area")?;
+    sync_step(file, path, "sync wiped keyslots area").map_err(wiping)?;
     let mut md = lh.metadata.clone();
     md.keyslots.clear();
     for d in md.digests.values_mut() {
@@ -412,7 +515,12 @@ pub fn erase(file: &File, path: &Path, lh: &LoadedHeader) -> Result<(), VolumeEr
         }
     }
     md.tokens.retain(|_, t| t["type"] != format::RECOVERY_TOKEN);
-    commit(file, path, lh, &md)
+    let before = (
+        "every keyslot area was wiped and the header still lists the keyslots".into(),
+        UpdateState::KeysDestroyed,
+        again,
+    );
+    commit(file, path, lh, &md, before)
 }
 
 /// Rewrite both metadata copies from the chosen good one as the next version (`repair`,
@@ -422,7 +530,7 @@ pub fn repair(file: &File, path: &Path, lh: &LoadedHeader) -> Result<bool, Volum
     if lh.warnings.is_empty() {
         return Ok(false);
     }
-    commit(file, path, lh, &lh.metadata)?;
+    commit(file, path, lh, &lh.metadata, nothing_before())?;
     Ok(true)
 }
 
@@ -522,13 +630,38 @@ pub fn restore_header(
         format::decode_copy(c, *at).map_err(|e| VolumeError::from_format(path, e))?;
     }
     let ks_start = 2 * h.hdr_size;
-    write_step(
-        file,
-        path,
-        &bytes[ks_start as usize..],
-        ks_start,
-        "keyslots area",
-    )?;
-    sync_step(file, path, "sync keyslots area")?;
-    write_copies(file, path, &copies)
+    let area = &bytes[ks_start as usize..];
+    let mut old = vec![0u8; area.len()];
+    file.read_exact_at(&mut old, ks_start)
+        .map_err(|e| VolumeError::Io {
+            op: "read keyslots area",
+            path: path.to_owned(),
+            offset: ks_start,
+            source: e,
+        })?;
+    let again = "run header-restore again with the same backup".to_string();
+    let replaced = (
+        "the keyslots area is partly or wholly the backup's, so keyslots of the header in force may no longer open".to_string(),
+        UpdateState::KeysDestroyed,
+        again.clone(),
+    );
+    let keyslots_failed = |e| {
+        let mut now = vec![0u8; old.len()];
+        match file.read_exact_at(&mut now, ks_start) {
+            Ok(()) if now == old => unchanged(path, "the keyslots area was not overwritten", e),
+            _ => update_error(path, replaced.1, replaced.0.clone(), again.clone(), e),
+        }
+    };
+    write_step(file, path, area, ks_start, "keyslots area").map_err(keyslots_failed)?;
+    sync_step(file, path, "sync keyslots area").map_err(keyslots_failed)?;
+    let before = if old == area {
+        nothing_before()
+    } else {
+        replaced
+    };
+    let c = Commit {
+        new_seqid: seqid,
+        hdr_size: h.hdr_size,
+    };
+    write_copies(file, path, &copies).map_err(|e| commit_failed(file, path, &c, e, before))
 }

@@ -78,8 +78,14 @@ impl Keyd {
 
     /// Starts `serve --listen 127.0.0.1:0` and waits for its `listening on` line.
     pub fn serve(&mut self) {
+        self.serve_with(keyd())
+    }
+
+    /// [`Keyd::serve`] with `cmd` (the key service binary, or a wrapper that executes it) in
+    /// place of [`keyd`].
+    pub fn serve_with(&mut self, mut cmd: Command) {
         assert!(self.child.is_none(), "already serving");
-        let mut child = keyd()
+        let mut child = cmd
             .arg("--data-dir")
             .arg(&self.data)
             .args(["serve", "--listen", "127.0.0.1:0"])
