@@ -143,6 +143,29 @@ impl Client {
         })
     }
 
+    /// A client without a certificate, trusting only `ca` (PEM): for `POST /v1/join`, which a
+    /// host calls before it has one.
+    ///
+    /// Errors: [`ClientError::Identity`] naming `ca`.
+    pub fn anonymous(ca: &Path, timeout: Duration) -> Result<Client, ClientError> {
+        let mut roots = RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(ca).map_err(|e| id_err(ca, e))? {
+            roots
+                .add(c.map_err(|e| id_err(ca, e))?)
+                .map_err(|e| id_err(ca, e))?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| id_err(ca, e))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Client {
+            config: Arc::new(config),
+            timeout,
+        })
+    }
+
     /// `method` `url` + `path` with JSON `body`; the JSON reply of a 2xx status.
     ///
     /// Errors: [`ClientError::Timeout`], [`ClientError::Transport`], [`ClientError::Refused`]

@@ -777,6 +777,48 @@ async fn audit_verify(
     .await
 }
 
+#[derive(Deserialize)]
+struct JoinReq {
+    token: super::client::SecretString,
+    public_key: String,
+}
+
+/// `POST /v1/join`: a host without a certificate redeems a one-time join token with its own
+/// P-256 public key ([`Store::join_redeem`]); every outcome is an audit row.
+async fn join(State(app): State<Arc<App>>, body: Bytes) -> Reply<serde_json::Value> {
+    blocking(app, move |app| {
+        let req: JoinReq = app.parse("anonymous", "join", "", &body)?;
+        let point = B64.decode(req.public_key.as_bytes()).unwrap_or_default();
+        let outcome = app
+            .store
+            .lock()
+            .unwrap()
+            .join_redeem(&app.root, &req.token.0, &point)?;
+        match outcome {
+            store::JoinOutcome::Issued { host, cert_pem } => {
+                Ok(Json(json!({"host": host, "certificate": cert_pem})))
+            }
+            store::JoinOutcome::Refused {
+                actor,
+                status,
+                kind,
+                detail,
+            } => {
+                let target = actor.strip_prefix("join:").unwrap_or("").to_string();
+                Err(app.refuse(
+                    &actor,
+                    "join",
+                    &target,
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN),
+                    kind,
+                    detail,
+                ))
+            }
+        }
+    })
+    .await
+}
+
 async fn not_found() -> Problem {
     Problem {
         status: StatusCode::NOT_FOUND,
@@ -790,6 +832,7 @@ async fn not_found() -> Problem {
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/v1/health", get(health))
+        .route("/v1/join", post(join))
         .route("/v1/volumes", post(register))
         .route("/v1/volumes/{uuid}/wrap", post(wrap_secret))
         .route("/v1/volumes/{uuid}/unwrap", post(unwrap_secret))
