@@ -400,7 +400,7 @@ async fn register(
 struct WrapReq {
     slot: u32,
     kek: String,
-    secret: String,
+    secret: super::client::SecretString,
 }
 
 #[derive(Serialize)]
@@ -453,7 +453,7 @@ async fn wrap_secret(
         let actor = format!("host:{host}");
         app.owned(&host, &uuid, "wrap")?;
         let req: WrapReq = app.parse(&actor, "wrap", &uuid, &body)?;
-        let secret = Zeroizing::new(B64.decode(req.secret.as_bytes()).unwrap_or_default());
+        let secret = Zeroizing::new(B64.decode(req.secret.0.as_bytes()).unwrap_or_default());
         if secret.is_empty() || secret.len() > 64 {
             return Err(app.refuse(
                 &actor,
@@ -500,7 +500,7 @@ struct UnwrapReq {
 
 #[derive(Serialize)]
 struct UnwrapResp {
-    secret: String,
+    secret: super::client::SecretString,
     current_version: u32,
 }
 
@@ -589,7 +589,7 @@ async fn unwrap_secret(
             store::record_usage(tx, &uuid, req.slot, &req.kek, req.version)
         })?;
         Ok(Json(UnwrapResp {
-            secret: B64.encode(&secret[..]),
+            secret: super::client::SecretString(Zeroizing::new(B64.encode(&secret[..]))),
             current_version: info.current,
         }))
     })
