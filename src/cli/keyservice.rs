@@ -10,8 +10,13 @@ use serde_json::json;
 
 use crate::crypto::SecretBytes;
 use crate::format;
-use crate::keyservice::client::{Client, ClientError, Identity};
-use crate::volume::{self, KdfChoice, KdfKind, LoadedHeader, NewKeyslot, UnlockedKey, VolumeError};
+use crate::keyservice::client::{
+    Client, ClientError, Identity, SecretString, UnwrapReply, UnwrapRequest, WrapReply, WrapRequest,
+};
+use crate::volume::{
+    self, Access, KdfChoice, KdfKind, LoadedHeader, NewKeyslot, UnlockedKey, VolumeError,
+};
+use zeroize::Zeroizing;
 
 use super::passphrase::{unlock_with_tries, Source};
 use super::CliError;
@@ -78,17 +83,21 @@ pub fn add_key(
     let secret = SecretBytes::random(SECRET_LEN).map_err(VolumeError::from)?;
     let client = Client::new(&service.identity, service.timeout)
         .map_err(|e| CliError::Usage(e.to_string()))?;
+    let encoded = SecretString(Zeroizing::new(B64.encode(secret.expose())));
     let (url, wrapped) = first_ok(service.urls, |u| {
         client.call(u, "POST", "/v1/volumes", Some(&json!({ "uuid": uuid })))?;
-        client.call(
+        client.call_secret::<WrapReply>(
             u,
             "POST",
             &format!("/v1/volumes/{uuid}/wrap"),
-            Some(&json!({"slot": slot, "kek": kek, "secret": B64.encode(secret.expose())})),
+            &WrapRequest {
+                slot,
+                kek,
+                secret: &encoded,
+            },
         )
     })?;
-    let version = wrapped["version"].as_u64().unwrap_or(0);
-    let blob = wrapped["blob"].as_str().unwrap_or("");
+    let (version, blob) = (wrapped.version, wrapped.blob.as_str());
     if version == 0 || blob.is_empty() {
         return Err(CliError::Usage(format!(
             "{url}: the wrap reply lacks version or blob"
@@ -138,6 +147,10 @@ pub struct ServiceIdentity {
 /// that of `slot` if given: for each token, each of its URLs in order until one unwraps the
 /// secret, which must then open the token's keyslot.
 ///
+/// When the service says the KEK has a newer version than the token's, the secret is
+/// rewrapped and the token updated ([`super::rewrap::rewrap_or_warn`]; `file` is held as `access`);
+/// if that fails the unlock still succeeds and a warning says why.
+///
 /// Returns `Ok(None)` when the header has no such token; `Err` lists every failure (endpoint
 /// by endpoint), for the caller to print before falling back.
 pub fn unlock(
@@ -146,19 +159,21 @@ pub fn unlock(
     lh: &LoadedHeader,
     slot: Option<u32>,
     service: &ServiceIdentity,
+    access: Access,
 ) -> Result<Option<UnlockedKey>, String> {
-    let tokens: Vec<&serde_json::Value> = lh
+    let tokens: Vec<(u32, &serde_json::Value)> = lh
         .metadata
         .tokens
-        .values()
-        .filter(|t| t["type"] == format::KEYSERVICE_TOKEN)
+        .iter()
+        .filter(|(_, t)| t["type"] == format::KEYSERVICE_TOKEN)
+        .map(|(id, t)| (id.0, t))
         .collect();
     if tokens.is_empty() {
         return Ok(None);
     }
     let uuid = &lh.header.uuid;
     let mut failures = Vec::new();
-    for t in tokens {
+    for (tid, t) in tokens {
         let Some(ks) = t["keyslots"]
             .as_array()
             .and_then(|a| a.first())
@@ -185,41 +200,46 @@ pub fn unlock(
                     .collect()
             })
             .unwrap_or_default();
-        let body = json!({
-            "slot": ks,
-            "kek": t["kek"],
-            "version": t["kek_version"],
-            "blob": t["blob"],
-        });
+        let (kek, version) = (
+            t["kek"].as_str().unwrap_or(""),
+            t["kek_version"].as_u64().unwrap_or(0),
+        );
+        let body = UnwrapRequest {
+            slot: ks,
+            kek,
+            version,
+            blob: t["blob"].as_str().unwrap_or(""),
+        };
         for u in &urls {
-            let reply = match client.call(
-                u,
-                "POST",
-                &format!("/v1/volumes/{uuid}/unwrap"),
-                Some(&body),
-            ) {
-                Ok(r) => r,
-                Err(e) => {
-                    failures.push(e.to_string());
-                    continue;
-                }
-            };
-            let secret = match reply["secret"].as_str().map(|s| B64.decode(s)) {
-                Some(Ok(s)) => SecretBytes::new(s),
+            let reply: UnwrapReply =
+                match client.call_secret(u, "POST", &format!("/v1/volumes/{uuid}/unwrap"), &body) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        failures.push(e.to_string());
+                        continue;
+                    }
+                };
+            let secret = match B64.decode(reply.secret.0.as_bytes()) {
+                Ok(s) => SecretBytes::new(s),
                 _ => {
-                    failures.push(format!("{u}: the unwrap reply has no secret"));
+                    failures.push(format!("{u}: the unwrap reply's secret is not base64"));
                     continue;
                 }
             };
             match super::try_unlock(file, image, lh, secret.expose(), Some(ks)) {
                 Ok(k) => {
-                    if reply["current_version"].as_u64() > t["kek_version"].as_u64() {
-                        tracing::warn!(
-                            keyslot = ks,
-                            "the key service's KEK has a newer version; rewrapping is not done yet (issue 5)"
-                        );
-                    }
                     tracing::info!(keyslot = ks, url = %u, "unlocked through the key service");
+                    if reply.current_version > version {
+                        let target = super::rewrap::Target {
+                            file,
+                            header_path: image,
+                            lh,
+                            access,
+                            token_id: tid,
+                            token: t,
+                        };
+                        super::rewrap::rewrap_or_warn(&client, u, &urls, &target, &secret);
+                    }
                     return Ok(Some(k));
                 }
                 Err(e) => failures.push(format!(
@@ -232,4 +252,21 @@ pub fn unlock(
         failures.push("no nbdcrypt-keyservice token for this keyslot".into());
     }
     Err(failures.join("\n  "))
+}
+
+/// Whether `x` unlocks through the key service: it has a service identity, no key file or
+/// recovery key, and its header (read with [`Access::Inspect`], released at once) has an
+/// `nbdcrypt-keyservice` token. `false` when the header cannot be read (serving reports why).
+pub fn has_service_token(x: &super::serve::ImageExport) -> bool {
+    if x.key_service.is_none() || x.key_file.is_some() || x.recovery.is_some() {
+        return false;
+    }
+    volume::OpenedImage::open(&x.image, x.header.as_deref(), Access::Inspect)
+        .and_then(|o| o.load())
+        .is_ok_and(|lh| {
+            lh.metadata
+                .tokens
+                .values()
+                .any(|t| t["type"] == format::KEYSERVICE_TOKEN)
+        })
 }

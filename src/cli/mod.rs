@@ -16,6 +16,7 @@ mod keyservice;
 mod keyslots;
 mod passphrase;
 mod recover;
+mod rewrap;
 mod serve;
 mod wipe;
 
@@ -611,6 +612,11 @@ enum Command {
         discard: Vec<String>,
         #[command(flatten)]
         server: ServerFlags,
+        /// Exports without --key-file or --recovery-key whose header has an
+        /// nbdcrypt-keyservice token are unlocked through the key service first (a terminal
+        /// prompt if that fails, else exit 2).
+        #[command(flatten)]
+        service: ServiceIdentityArgs,
     },
     /// Add a keyslot (as `cryptsetup luksAddKey`): unlock with an existing passphrase (or
     /// --volume-key-file), store the volume key under a new one.
@@ -1281,10 +1287,16 @@ fn run(cmd: Command) -> Result<(), CliError> {
             read_only,
             discard,
             server,
-        } => serve::serve(
-            serve_exports(exports, header, key_file, recovery_key, read_only, discard)?,
-            server.args(),
-        ),
+            service,
+        } => {
+            let mut exports =
+                serve_exports(exports, header, key_file, recovery_key, read_only, discard)?;
+            let identity = service.identity()?;
+            for x in &mut exports {
+                x.key_service = Some(identity.clone());
+            }
+            serve::serve(exports, server.args())
+        }
         Command::Escrow {
             image,
             header,

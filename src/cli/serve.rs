@@ -40,7 +40,7 @@ pub struct ImageExport {
     /// What TRIM does (`--discard`).
     pub discard: Discard,
     /// Unlock through the key service when the header has an `nbdcrypt-keyservice` token and
-    /// neither `key_file` nor `recovery` is given (`open` only; `None` for `serve`).
+    /// neither `key_file` nor `recovery` is given (`open` and `serve`; `None` for `demo`).
     pub key_service: Option<super::keyservice::ServiceIdentity>,
 }
 
@@ -177,7 +177,8 @@ fn in_export(named: bool, x: &ImageExport, e: impl Into<CliError>) -> CliError {
 }
 
 /// At most one export may read its secret from stdin: a `-` key file, or no key file with a
-/// non-terminal stdin (one line each would be ambiguous). Checked before anything is opened.
+/// non-terminal stdin (one line each would be ambiguous; an export unlocked through the key
+/// service reads nothing). Checked before anything is opened for serving.
 fn check_stdin_readers(exports: &[ImageExport]) -> Result<(), CliError> {
     let tty = std::io::stdin().is_terminal();
     let readers: Vec<&str> = exports
@@ -189,7 +190,7 @@ fn check_stdin_readers(exports: &[ImageExport]) -> Result<(), CliError> {
             };
             match file {
                 Some(f) => f == Path::new("-"),
-                None => !tty,
+                None => !tty && !super::keyservice::has_service_token(x),
             }
         })
         .map(|x| x.name.as_str())
@@ -281,7 +282,13 @@ pub(super) fn unlock_all(
         };
         let mut via_service = None;
         if let (Some(ks), None, None) = (&x.key_service, &x.key_file, &x.recovery) {
-            match super::keyservice::unlock(&o.header, &o.header_path, &lh, x.key_slot, ks) {
+            let access = if x.read_only {
+                Access::ReadShared
+            } else {
+                Access::WriteExclusive
+            };
+            match super::keyservice::unlock(&o.header, &o.header_path, &lh, x.key_slot, ks, access)
+            {
                 Ok(k) => via_service = k,
                 Err(failures) => {
                     let msg = format!("unlock through the key service failed:\n  {failures}");

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
+use hyper::body::Buf;
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
@@ -17,6 +17,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
 use serde_json::Value;
 use tokio_rustls::TlsConnector;
+use zeroize::Zeroizing;
 
 /// The host identity files: certificate and key from `nbdcrypt-keyd host add`, and the
 /// service's CA certificate (`ca.pem` of its data directory).
@@ -166,6 +167,19 @@ impl Client {
         })
     }
 
+    /// A client without a certificate, trusting only `ca` (PEM): for `POST /v1/join`, which a
+    /// host calls before it has one.
+    ///
+    /// Errors: [`ClientError::Identity`] naming `ca`.
+    pub fn anonymous(ca: &Path, timeout: Duration) -> Result<Client, ClientError> {
+        let config = config_builder(ca)?.with_no_client_auth();
+        Ok(Client {
+            config: Arc::new(config),
+            timeout,
+            bearer: None,
+        })
+    }
+
     /// `method` `url` + `path` with JSON `body`; the JSON reply of a 2xx status.
     ///
     /// Errors: [`ClientError::Timeout`], [`ClientError::Transport`], [`ClientError::Refused`]
@@ -177,6 +191,47 @@ impl Client {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Value, ClientError> {
+        let bytes = self.call_bytes(url, method, path, body)?;
+        Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    /// As [`Client::call`] for requests and replies that carry a secret: `body` is serialised
+    /// into a buffer that is zeroised after sending, and the 2xx reply is read into a zeroised
+    /// buffer and parsed as `T` (whose secret fields should be [`SecretString`]).
+    ///
+    /// Errors: as [`Client::call`]; [`ClientError::Transport`] when the reply is not a `T`.
+    pub fn call_secret<T: serde::de::DeserializeOwned>(
+        &self,
+        url: &str,
+        method: &str,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> Result<T, ClientError> {
+        let bytes = self.call_bytes(url, method, path, Some(body))?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Transport {
+            url: url.into(),
+            detail: format!("reply of {path}: {e}"),
+        })
+    }
+
+    /// The body bytes of a 2xx reply, in a zeroised buffer; the request body is serialised
+    /// into one too.
+    fn call_bytes(
+        &self,
+        url: &str,
+        method: &str,
+        path: &str,
+        body: Option<&impl serde::Serialize>,
+    ) -> Result<Zeroizing<Vec<u8>>, ClientError> {
+        // Room for any request we send, so serialising never reallocates (which would leave a
+        // copy of a secret in freed memory).
+        let mut data = Zeroizing::new(Vec::with_capacity(64 * 1024));
+        if let Some(b) = body {
+            serde_json::to_writer(&mut *data, b).map_err(|e| ClientError::Transport {
+                url: url.into(),
+                detail: format!("request body: {e}"),
+            })?;
+        }
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -184,15 +239,15 @@ impl Client {
                 url: url.into(),
                 detail: format!("runtime: {e}"),
             })?;
-        let fut = self.request(url, method, path, body);
+        let fut = self.request(url, method, path, data);
         let (status, bytes) = rt
             .block_on(async { tokio::time::timeout(self.timeout, fut).await })
             .map_err(|_| ClientError::Timeout {
                 url: url.into(),
                 secs: self.timeout.as_secs_f64(),
             })??;
-        let json: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         if !(200..300).contains(&status) {
+            let json: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             let kind = json["type"]
                 .as_str()
                 .and_then(|t| t.rsplit(':').next())
@@ -205,7 +260,7 @@ impl Client {
                 detail: json["detail"].as_str().unwrap_or("").to_string(),
             });
         }
-        Ok(json)
+        Ok(bytes)
     }
 
     async fn request(
@@ -213,8 +268,8 @@ impl Client {
         url: &str,
         method: &str,
         path: &str,
-        body: Option<&Value>,
-    ) -> Result<(u16, Vec<u8>), ClientError> {
+        body: Zeroizing<Vec<u8>>,
+    ) -> Result<(u16, Zeroizing<Vec<u8>>), ClientError> {
         let (host, port, authority) = parse_url(url)?;
         let t = |what: &str, e: &dyn std::fmt::Display| ClientError::Transport {
             url: url.into(),
@@ -232,7 +287,6 @@ impl Client {
             .await
             .map_err(|e| t("HTTP", &e))?;
         tokio::spawn(conn);
-        let data = body.map(|b| b.to_string()).unwrap_or_default();
         let mut req = Request::builder()
             .method(method)
             .uri(path)
@@ -242,18 +296,115 @@ impl Client {
             req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
         }
         let req = req
-            .body(Full::new(Bytes::from(data)))
+            .body(Full::new(SecretBuf { data: body, pos: 0 }))
             .map_err(|e| t("request", &e))?;
         let resp = sender.send_request(req).await.map_err(|e| t("HTTP", &e))?;
         let status = resp.status().as_u16();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| t("HTTP body", &e))?
-            .to_bytes();
-        Ok((status, bytes.to_vec()))
+        let expect = resp
+            .headers()
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(0);
+        let mut out = Zeroizing::new(Vec::with_capacity(expect.clamp(4096, MAX_REPLY)));
+        let mut body = resp.into_body();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| t("HTTP body", &e))?;
+            if let Ok(chunk) = frame.into_data() {
+                if out.len() + chunk.len() > MAX_REPLY {
+                    return Err(t("HTTP body", &format!("reply over {MAX_REPLY} bytes")));
+                }
+                out.extend_from_slice(&chunk);
+            }
+        }
+        Ok((status, out))
     }
+}
+
+/// The largest reply read, bytes (escrow packages are the largest, a few KiB).
+const MAX_REPLY: usize = 16 << 20;
+
+/// A request body that is zeroised when hyper drops it.
+struct SecretBuf {
+    data: Zeroizing<Vec<u8>>,
+    pos: usize,
+}
+
+impl Buf for SecretBuf {
+    fn remaining(&self) -> usize {
+        self.data.len() - self.pos
+    }
+    fn chunk(&self) -> &[u8] {
+        &self.data[self.pos..]
+    }
+    fn advance(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.data.len());
+    }
+}
+
+/// A secret text field of a request or reply (base64 of a keyslot secret): zeroised on drop.
+#[derive(Clone, serde::Deserialize)]
+#[serde(from = "String")]
+pub struct SecretString(pub Zeroizing<String>);
+
+impl From<String> for SecretString {
+    fn from(s: String) -> SecretString {
+        SecretString(Zeroizing::new(s))
+    }
+}
+
+impl serde::Serialize for SecretString {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl std::fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretString(..)")
+    }
+}
+
+/// Body of `POST /v1/volumes/{uuid}/wrap` (`docs/keyservice-api.md`).
+#[derive(serde::Serialize)]
+pub struct WrapRequest<'a> {
+    /// Keyslot number the secret opens.
+    pub slot: u32,
+    /// KEK name.
+    pub kek: &'a str,
+    /// The secret, base64.
+    pub secret: &'a SecretString,
+}
+
+/// Reply of the wrap endpoint.
+#[derive(Debug, serde::Deserialize)]
+pub struct WrapReply {
+    /// KEK version that wrapped the secret (the current one).
+    pub version: u32,
+    /// The wrapped blob, base64 (not secret: only the service's KEK opens it).
+    pub blob: String,
+}
+
+/// Body of `POST /v1/volumes/{uuid}/unwrap`.
+#[derive(serde::Serialize)]
+pub struct UnwrapRequest<'a> {
+    /// Keyslot number.
+    pub slot: u32,
+    /// KEK name.
+    pub kek: &'a str,
+    /// KEK version of the blob.
+    pub version: u64,
+    /// The wrapped blob, base64.
+    pub blob: &'a str,
+}
+
+/// Reply of the unwrap endpoint.
+#[derive(Debug, serde::Deserialize)]
+pub struct UnwrapReply {
+    /// The secret, base64.
+    pub secret: SecretString,
+    /// The KEK's current version (above the blob's: the caller should rewrap).
+    pub current_version: u64,
 }
 
 #[cfg(test)]

@@ -69,6 +69,25 @@ enum Cmd {
         #[command(subcommand)]
         cmd: AuditCmd,
     },
+    /// On a host: redeem a join token at the service URL for a client certificate. The key is
+    /// made here and never sent; writes OUT/host.key (0600), OUT/host.pem and OUT/ca.pem, the
+    /// files `nbdcrypt` reads by default from /etc/nbdcrypt/keyservice.
+    Join {
+        /// The service, https://HOST[:PORT].
+        url: String,
+        /// The join token (`nbj_...`) from `host join-token`.
+        #[arg(long)]
+        token: String,
+        /// The service's CA certificate (its `ca.pem`), given with the token.
+        #[arg(long, value_name = "FILE")]
+        ca: PathBuf,
+        /// Directory for host.key, host.pem and ca.pem (none of them may exist).
+        #[arg(long, value_name = "DIR", default_value = "/etc/nbdcrypt/keyservice")]
+        out: PathBuf,
+        /// Seconds the service may take.
+        #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
+        timeout: f64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -85,6 +104,15 @@ enum HostCmd {
     Revoke {
         /// Host name.
         name: String,
+    },
+    /// Print a one-time join token for new host NAME (only its SHA-256 is stored): the host
+    /// runs `nbdcrypt-keyd join URL --token T --ca ca.pem` to get its certificate.
+    JoinToken {
+        /// Host name (A-Z a-z 0-9 - _ .).
+        name: String,
+        /// Seconds the token stays valid (1 to 2592000).
+        #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
+        ttl: u64,
     },
 }
 
@@ -169,6 +197,8 @@ enum KeydError {
     },
     #[error("audit chain broken at row {seq}: {problem}")]
     AuditBroken { seq: i64, problem: String },
+    #[error("join: {0}")]
+    Join(String),
 }
 
 fn read_passphrase(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeydError> {
@@ -260,6 +290,11 @@ fn run(cli: Cli) -> Result<(), KeydError> {
                     store.host_revoke(name)?;
                     println!("host {name} revoked");
                 }
+                HostCmd::JoinToken { name, ttl } => {
+                    let t = store.join_token_add(name, *ttl)?;
+                    eprintln!("join token for host {name}, valid {ttl} s (shown once):");
+                    println!("{}", &*t);
+                }
             }
         }
         Cmd::Token { cmd } => {
@@ -313,6 +348,13 @@ fn run(cli: Cli) -> Result<(), KeydError> {
                 }
             }
         }
+        Cmd::Join {
+            url,
+            token,
+            ca,
+            out,
+            timeout,
+        } => join(url, token, ca, out, *timeout)?,
         Cmd::Audit { cmd } => {
             let store = Store::open(dir)?;
             match cmd {
@@ -331,6 +373,65 @@ fn run(cli: Cli) -> Result<(), KeydError> {
             }
         }
     }
+    Ok(())
+}
+
+/// `join`: a P-256 key made here, its public point sent with the token to `POST /v1/join`,
+/// the certificate written beside the key (0600) and a copy of the CA.
+fn join(url: &str, token: &str, ca: &Path, out: &Path, timeout: f64) -> Result<(), KeydError> {
+    use super::client::{Client, SecretString};
+    let fail = |detail: String| KeydError::Join(detail);
+    if !(timeout > 0.0 && timeout <= 3600.0) {
+        return Err(fail("--timeout takes 0 to 3600 seconds".into()));
+    }
+    let files = [
+        out.join("host.key"),
+        out.join("host.pem"),
+        out.join("ca.pem"),
+    ];
+    if let Some(f) = files.iter().find(|f| f.exists()) {
+        return Err(fail(format!("{} exists already", f.display())));
+    }
+    let key = rcgen::KeyPair::generate().map_err(|e| fail(format!("key generation: {e}")))?;
+    let key_pem = Zeroizing::new(key.serialize_pem());
+    let client = Client::anonymous(ca, std::time::Duration::from_secs_f64(timeout))
+        .map_err(|e| fail(e.to_string()))?;
+    #[derive(serde::Serialize)]
+    struct Req<'a> {
+        token: SecretString,
+        public_key: &'a str,
+    }
+    #[derive(serde::Deserialize)]
+    struct Resp {
+        host: String,
+        certificate: String,
+    }
+    use base64::Engine;
+    let point = base64::engine::general_purpose::STANDARD.encode(key.public_key_raw());
+    let req = Req {
+        token: SecretString(Zeroizing::new(token.to_string())),
+        public_key: &point,
+    };
+    let r: Resp = client
+        .call_secret(url, "POST", "/v1/join", &req)
+        .map_err(|e| fail(e.to_string()))?;
+    let ca_pem = std::fs::read(ca).map_err(|source| KeydError::Io {
+        path: ca.into(),
+        source,
+    })?;
+    std::fs::create_dir_all(out).map_err(|source| KeydError::Io {
+        path: out.into(),
+        source,
+    })?;
+    write_file(&files[0], key_pem.as_bytes(), 0o600)?;
+    write_file(&files[1], r.certificate.as_bytes(), 0o644)?;
+    write_file(&files[2], &ca_pem, 0o644)?;
+    println!(
+        "joined as host {}: certificate {} key {}",
+        r.host,
+        files[1].display(),
+        files[0].display()
+    );
     Ok(())
 }
 

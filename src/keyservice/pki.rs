@@ -115,3 +115,43 @@ pub fn fingerprint(der: &[u8]) -> String {
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+/// A P-256 public key as the uncompressed point (65 bytes, `0x04 ‖ X ‖ Y`), as a host sends
+/// it to redeem a join token: the host keeps the private key.
+struct P256Public<'a>(&'a [u8]);
+
+impl rcgen::PublicKeyData for P256Public<'_> {
+    fn der_bytes(&self) -> &[u8] {
+        self.0
+    }
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        &rcgen::PKCS_ECDSA_P256_SHA256
+    }
+}
+
+/// A client certificate for host `name` over the host's own P-256 public key `point`
+/// (uncompressed, 65 bytes): PEM and DER.
+///
+/// Errors: [`PkiError`] for a key that is not an uncompressed P-256 point.
+pub fn host_cert_for_key(
+    ca_key_pem: &str,
+    name: &str,
+    point: &[u8],
+) -> Result<(String, Vec<u8>), PkiError> {
+    if point.len() != 65 || point[0] != 4 {
+        return Err(PkiError(
+            "the public key is not an uncompressed P-256 point (65 bytes, 0x04 first)".into(),
+        ));
+    }
+    let ca_key = KeyPair::from_pem(ca_key_pem).map_err(err)?;
+    let issuer = Issuer::new(ca_params(), ca_key);
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name);
+    p.distinguished_name = dn;
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.serial_number = Some(serial()?);
+    let cert = p.signed_by(&P256Public(point), &issuer).map_err(err)?;
+    Ok((cert.pem(), cert.der().to_vec()))
+}

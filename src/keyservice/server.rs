@@ -400,7 +400,7 @@ async fn register(
 struct WrapReq {
     slot: u32,
     kek: String,
-    secret: String,
+    secret: super::client::SecretString,
 }
 
 #[derive(Serialize)]
@@ -453,7 +453,7 @@ async fn wrap_secret(
         let actor = format!("host:{host}");
         app.owned(&host, &uuid, "wrap")?;
         let req: WrapReq = app.parse(&actor, "wrap", &uuid, &body)?;
-        let secret = Zeroizing::new(B64.decode(req.secret.as_bytes()).unwrap_or_default());
+        let secret = Zeroizing::new(B64.decode(req.secret.0.as_bytes()).unwrap_or_default());
         if secret.is_empty() || secret.len() > 64 {
             return Err(app.refuse(
                 &actor,
@@ -500,7 +500,7 @@ struct UnwrapReq {
 
 #[derive(Serialize)]
 struct UnwrapResp {
-    secret: String,
+    secret: super::client::SecretString,
     current_version: u32,
 }
 
@@ -589,7 +589,7 @@ async fn unwrap_secret(
             store::record_usage(tx, &uuid, req.slot, &req.kek, req.version)
         })?;
         Ok(Json(UnwrapResp {
-            secret: B64.encode(&secret[..]),
+            secret: super::client::SecretString(Zeroizing::new(B64.encode(&secret[..]))),
             current_version: info.current,
         }))
     })
@@ -777,6 +777,48 @@ async fn audit_verify(
     .await
 }
 
+#[derive(Deserialize)]
+struct JoinReq {
+    token: super::client::SecretString,
+    public_key: String,
+}
+
+/// `POST /v1/join`: a host without a certificate redeems a one-time join token with its own
+/// P-256 public key ([`Store::join_redeem`]); every outcome is an audit row.
+async fn join(State(app): State<Arc<App>>, body: Bytes) -> Reply<serde_json::Value> {
+    blocking(app, move |app| {
+        let req: JoinReq = app.parse("anonymous", "join", "", &body)?;
+        let point = B64.decode(req.public_key.as_bytes()).unwrap_or_default();
+        let outcome = app
+            .store
+            .lock()
+            .unwrap()
+            .join_redeem(&app.root, &req.token.0, &point)?;
+        match outcome {
+            store::JoinOutcome::Issued { host, cert_pem } => {
+                Ok(Json(json!({"host": host, "certificate": cert_pem})))
+            }
+            store::JoinOutcome::Refused {
+                actor,
+                status,
+                kind,
+                detail,
+            } => {
+                let target = actor.strip_prefix("join:").unwrap_or("").to_string();
+                Err(app.refuse(
+                    &actor,
+                    "join",
+                    &target,
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN),
+                    kind,
+                    detail,
+                ))
+            }
+        }
+    })
+    .await
+}
+
 async fn not_found() -> Problem {
     Problem {
         status: StatusCode::NOT_FOUND,
@@ -790,6 +832,7 @@ async fn not_found() -> Problem {
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/v1/health", get(health))
+        .route("/v1/join", post(join))
         .route("/v1/volumes", post(register))
         .route("/v1/volumes/{uuid}/wrap", post(wrap_secret))
         .route("/v1/volumes/{uuid}/unwrap", post(unwrap_secret))

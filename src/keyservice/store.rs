@@ -32,6 +32,10 @@ use super::wrap::{self, WrapError, KEY_LEN};
 use crate::crypto::kdf::argon2_derive;
 use crate::crypto::Argon2Variant;
 
+#[path = "join.rs"]
+mod join;
+pub use join::JoinOutcome;
+
 /// File name of the database in the data directory.
 pub const DB_FILE: &str = "keyd.db";
 /// File name of the root key file (key-file mode).
@@ -477,8 +481,10 @@ impl Store {
         if !dir.join(DB_FILE).exists() {
             return Err(StoreError::NotInitialised(dir.to_path_buf()));
         }
+        let conn = Store::connect(dir)?;
+        join::ensure_schema(&conn)?;
         Ok(Store {
-            conn: Store::connect(dir)?,
+            conn,
             dir: dir.to_path_buf(),
         })
     }

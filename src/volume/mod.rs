@@ -10,6 +10,7 @@ mod format;
 mod header_io;
 mod image;
 mod outcome;
+mod relock;
 mod store;
 mod unlock;
 mod update;
@@ -21,11 +22,12 @@ pub use format::{format, FormatOptions, KdfChoice, KdfKind};
 pub use header_io::{load_detached_header, load_header, LoadedHeader};
 pub use image::OpenedImage;
 pub use outcome::UpdateState;
+pub use relock::update_held_header;
 pub use store::FAULT_IO_ENV;
 pub use unlock::{unlock, UnlockedKey};
 pub use update::{
     add_keyslot, change_keyslot, check_backup, erase, header_bytes, kill_keyslot, repair,
-    restore_header, verify_volume_key, NewKeyslot, FAULT_STEP_ENV, MAX_KEYSLOTS,
+    replace_token, restore_header, verify_volume_key, NewKeyslot, FAULT_STEP_ENV, MAX_KEYSLOTS,
 };
 pub use wipe::{
     read_wipe_state, remove_wipe_state, wipe, wipe_state_path, write_wipe_state, WipeState,

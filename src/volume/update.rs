@@ -665,3 +665,24 @@ pub fn restore_header(
     };
     write_copies(file, path, &copies).map_err(|e| commit_failed(file, path, &c, e, before))
 }
+
+/// Replace token `id` of the image loaded as `lh` with `token`, as the next metadata version
+/// (crash-safe as every header update, `format-spec.md` §7): the key-service rewrap of an
+/// `nbdcrypt-keyservice` token (§9.2). Keyslots and their areas are not touched.
+///
+/// Errors: [`VolumeError::InvalidArgument`] when there is no token `id` or the metadata no
+/// longer fits; [`VolumeError::Update`] on write failures (with the state read back).
+pub fn replace_token(
+    file: &File,
+    path: &Path,
+    lh: &LoadedHeader,
+    id: u32,
+    token: serde_json::Value,
+) -> Result<(), VolumeError> {
+    let mut md = lh.metadata.clone();
+    let Some(slot) = md.tokens.get_mut(&Id(id)) else {
+        return Err(VolumeError::InvalidArgument(format!("no token {id}")));
+    };
+    *slot = token;
+    commit(file, path, lh, &md, nothing_before())
+}

@@ -69,6 +69,22 @@ impl Keyd {
         )
     }
 
+    /// The volume CLI's identity flags for host `name` (its [`Keyd::host`] files and this
+    /// store's `ca.pem`) with a 5 s endpoint timeout.
+    pub fn host_args(&self, name: &str) -> Vec<String> {
+        let f = |p: PathBuf| p.to_str().unwrap().to_string();
+        vec![
+            "--key-service-cert".into(),
+            f(self.dir.join(format!("{name}.pem"))),
+            "--key-service-key".into(),
+            f(self.dir.join(format!("{name}.key"))),
+            "--key-service-ca".into(),
+            f(self.data.join("ca.pem")),
+            "--key-service-timeout".into(),
+            "5".into(),
+        ]
+    }
+
     /// `token add NAME --role ROLE`; the token.
     pub fn token(&self, name: &str, role: &str) -> String {
         self.admin(&["token", "add", name, "--role", role])

@@ -1,0 +1,202 @@
+//! One-time join tokens (`docs/keyservice-api.md` "Joining"): `host join-token NAME` stores the
+//! SHA-256 of a random token with an expiry; a host without a certificate redeems it once at
+//! `POST /v1/join` with its own P-256 public key and gets a client certificate for NAME. The
+//! private key never leaves the host. Part of [`super::Store`] (a child module of the store).
+
+use rusqlite::{params, Connection, OptionalExtension};
+use zeroize::Zeroizing;
+
+use super::{check_name, db, now_ms, token_digest, AuditEntry, RootKey, Store, StoreError};
+use crate::keyservice::pki;
+
+/// Prefix of join tokens as printed (`nbj_` + 43 base64url characters).
+pub const JOIN_PREFIX: &str = "nbj_";
+
+/// Creates the join token table in stores made before it existed.
+pub(super) fn ensure_schema(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS join_tokens (digest BLOB PRIMARY KEY, host TEXT NOT NULL,
+             expires_ms INTEGER NOT NULL, used_ms INTEGER, created_ms INTEGER NOT NULL);",
+    )
+    .map_err(db("creating the join token table"))
+}
+
+/// What redeeming a join token gave.
+pub enum JoinOutcome {
+    /// A certificate for `host` (PEM), recorded and audited.
+    Issued {
+        /// The host name.
+        host: String,
+        /// Its client certificate.
+        cert_pem: String,
+    },
+    /// Refused: the caller writes the audit row (`actor`, HTTP `status`, problem `kind`).
+    Refused {
+        /// `anonymous` or `join:HOST`.
+        actor: String,
+        /// HTTP status.
+        status: u16,
+        /// Problem type.
+        kind: &'static str,
+        /// Why.
+        detail: String,
+    },
+}
+
+impl Store {
+    /// Creates a one-time join token for new host `name`, valid `ttl_secs` seconds; returns
+    /// its text (shown once; only its SHA-256 is stored).
+    ///
+    /// Errors: [`StoreError::Exists`] when the host exists, [`StoreError::Invalid`] name or
+    /// TTL, database.
+    pub fn join_token_add(
+        &mut self,
+        name: &str,
+        ttl_secs: u64,
+    ) -> Result<Zeroizing<String>, StoreError> {
+        check_name("host", name)?;
+        if ttl_secs == 0 || ttl_secs > 30 * 86400 {
+            return Err(StoreError::Invalid(
+                "--ttl takes 1 to 2592000 seconds (30 days)".into(),
+            ));
+        }
+        if self.host_exists(name)? {
+            return Err(StoreError::Exists {
+                what: "host",
+                name: name.into(),
+            });
+        }
+        let raw = super::new_token()?;
+        let token = Zeroizing::new(format!(
+            "{JOIN_PREFIX}{}",
+            raw.trim_start_matches(super::TOKEN_PREFIX)
+        ));
+        let digest = token_digest(&token);
+        let now = now_ms();
+        let expires = now + (ttl_secs as i64) * 1000;
+        let entry = AuditEntry {
+            actor: "cli".into(),
+            action: "join-token-add".into(),
+            target: name.into(),
+            outcome: "ok".into(),
+            detail: format!("expires in {ttl_secs} s"),
+        };
+        self.with_audit(entry, |tx, _| {
+            tx.execute(
+                "INSERT INTO join_tokens (digest, host, expires_ms, created_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![digest, name, expires, now],
+            )
+            .map_err(db("storing the join token"))?;
+            Ok(())
+        })?;
+        Ok(token)
+    }
+
+    fn host_exists(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT 1 FROM hosts WHERE name = ?1", [name], |_| Ok(()))
+            .optional()
+            .map_err(db("looking up the host"))?
+            .is_some())
+    }
+
+    /// Redeems join `token` for the host's P-256 public key `point` (uncompressed, 65 bytes):
+    /// refuses an unknown token (401 `bad-join-token`), a used one (403 `join-token-used`), an
+    /// expired one (403 `join-token-expired`), a host that exists already (409 `host-exists`)
+    /// and a bad key (400 `bad-request`); otherwise issues the certificate and, in one
+    /// transaction, records the host, marks the token used and appends the `join` audit row.
+    ///
+    /// Errors: database, root key (the CA key).
+    pub fn join_redeem(
+        &mut self,
+        root: &RootKey,
+        token: &str,
+        point: &[u8],
+    ) -> Result<JoinOutcome, StoreError> {
+        let digest = token_digest(token);
+        let row: Option<(String, i64, Option<i64>)> = self
+            .conn
+            .query_row(
+                "SELECT host, expires_ms, used_ms FROM join_tokens WHERE digest = ?1",
+                [&digest],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(db("looking up the join token"))?;
+        let refused = |actor: String, status, kind, detail: String| {
+            Ok(JoinOutcome::Refused {
+                actor,
+                status,
+                kind,
+                detail,
+            })
+        };
+        let Some((host, expires, used)) = row else {
+            return refused(
+                "anonymous".into(),
+                401,
+                "bad-join-token",
+                "unknown join token".into(),
+            );
+        };
+        let actor = format!("join:{host}");
+        if let Some(at) = used {
+            return refused(
+                actor,
+                403,
+                "join-token-used",
+                format!("the join token of host {host} was used at {at} ms"),
+            );
+        }
+        if now_ms() >= expires {
+            return refused(
+                actor,
+                403,
+                "join-token-expired",
+                format!("the join token of host {host} expired at {expires} ms"),
+            );
+        }
+        if self.host_exists(&host)? {
+            return refused(
+                actor,
+                409,
+                "host-exists",
+                format!("host {host} exists already"),
+            );
+        }
+        let ca_key = self.ca_key(root)?;
+        let (cert_pem, der) = match pki::host_cert_for_key(&ca_key, &host, point) {
+            Ok(c) => c,
+            Err(e) => return refused(actor, 400, "bad-request", e.to_string()),
+        };
+        let fpr = pki::fingerprint(&der);
+        let entry = AuditEntry {
+            actor,
+            action: "join".into(),
+            target: host.clone(),
+            outcome: "ok".into(),
+            detail: format!("certificate {fpr}"),
+        };
+        self.with_audit(entry, |tx, _| {
+            let n = tx
+                .execute(
+                    "UPDATE join_tokens SET used_ms = ?1 WHERE digest = ?2 AND used_ms IS NULL",
+                    params![now_ms(), digest],
+                )
+                .map_err(db("using the join token"))?;
+            if n != 1 {
+                return Err(StoreError::Invalid(
+                    "the join token was used meanwhile".into(),
+                ));
+            }
+            tx.execute(
+                "INSERT INTO hosts (name, fingerprint, created_ms) VALUES (?1, ?2, ?3)",
+                params![host, fpr, now_ms()],
+            )
+            .map_err(db("adding the host"))?;
+            Ok(())
+        })?;
+        Ok(JoinOutcome::Issued { host, cert_pem })
+    }
+}
