@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Short fuzz run of every target (tests/run.sh calls it; docs/reliability.md has the long run):
-# fresh seeds from real peers (make-seeds.sh), then each target for FUZZ_SECONDS (default 30)
+# fresh seeds from real peers (make-seeds.sh), then each target for FUZZ_SECONDS (default 60)
 # on corpus/TARGET (kept between runs, gitignored) plus seeds/TARGET. Exit 1 on any crash;
 # the input that crashed is in artifacts/TARGET/ (replay: cargo fuzz run TARGET FILE).
 # cargo-fuzz needs nightly flags (-Z sanitizer): RUSTC_BOOTSTRAP=1 lets the stable toolchain
@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 export RUSTC_BOOTSTRAP=1
-secs=${FUZZ_SECONDS:-30}
+secs=${FUZZ_SECONDS:-60}
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 0.13.2
 cargo fmt --check
 bash make-seeds.sh "${1:-$PWD/../target/debug/nbdcrypt}" >/dev/null
