@@ -1,4 +1,5 @@
-//! Shared by the fuzz targets: an anonymous in-memory file (memfd) standing in for an image.
+//! Shared by the fuzz targets (and `tests/fuzz_regressions.rs`): an anonymous in-memory file
+//! (memfd) standing in for an image, the reseal flag, and the names of error kinds.
 
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
@@ -33,5 +34,36 @@ pub fn reseal(b: &mut [u8], at: usize) {
                 seal(&mut b[at..end]);
             }
         }
+    }
+}
+
+/// `image` as the targets see it: with both metadata copies resealed (`reseal` at 0 and at the
+/// primary's `hdr_size`) when bit 0 of `flags` is set.
+pub fn resealed(flags: u8, image: &[u8]) -> Vec<u8> {
+    use nbdcrypt::format::header::BinaryHeader;
+    let mut b = image.to_vec();
+    if flags & 1 != 0 {
+        reseal(&mut b, 0);
+        if let Ok(h) = BinaryHeader::decode(&b) {
+            reseal(&mut b, h.hdr_size as usize);
+        }
+    }
+    b
+}
+
+/// The name of `e`'s kind, for the result classes of `tests/fuzz_regressions.rs`.
+pub fn volume_kind(e: &nbdcrypt::volume::VolumeError) -> &'static str {
+    use nbdcrypt::volume::VolumeError;
+    match e {
+        VolumeError::Device { .. } => "Device",
+        VolumeError::NotLuks { .. } => "NotLuks",
+        VolumeError::Corrupt { .. } => "Corrupt",
+        VolumeError::Unsupported { .. } => "Unsupported",
+        VolumeError::WrongPassphrase => "WrongPassphrase",
+        VolumeError::NoUsableKeyslot { .. } => "NoUsableKeyslot",
+        VolumeError::OutOfMemory { .. } => "OutOfMemory",
+        VolumeError::InvalidArgument(_) => "InvalidArgument",
+        VolumeError::Crypto(_) => "Crypto",
+        _ => "other",
     }
 }
