@@ -1,15 +1,25 @@
 #!/usr/bin/python3
-"""Capture proxy for NBD seed corpora: listens on a Unix socket, forwards each connection to
-the server's socket, and saves the bytes each client sent (one file per connection).
+"""Capture proxy for NBD seed corpora: listens on a Unix socket (or TCP), forwards each
+connection to the server, and saves the bytes each client sent (one file per connection).
 
-usage: capture.py LISTEN_SOCKET SERVER_SOCKET OUT_DIR PREFIX
-Runs until killed; files are written as each connection closes."""
+usage: capture.py LISTEN SERVER OUT_DIR PREFIX
+LISTEN and SERVER are Unix socket paths, or tcp:HOST:PORT (vm-tests/run.sh with VM_CAPTURE:
+the guest's kernel client reaches the server over TCP). Runs until killed; files are written
+as OUT_DIR/PREFIX-N (N = 1, 2, ... in order of accept) as each connection closes."""
 import os
 import socket
 import sys
 import threading
 
 listen_path, server_path, out_dir, prefix = sys.argv[1:5]
+
+
+def address(a):
+    """(family, address) of a Unix socket path or tcp:HOST:PORT."""
+    if a.startswith("tcp:"):
+        host, port = a[4:].rsplit(":", 1)
+        return socket.AF_INET, (host, int(port))
+    return socket.AF_UNIX, a
 
 
 def pump(src, dst, sink):
@@ -31,8 +41,11 @@ def pump(src, dst, sink):
 
 
 def handle(client, n):
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.connect(server_path)
+    family, addr = address(server_path)
+    server = socket.socket(family, socket.SOCK_STREAM)
+    server.connect(addr)
+    if family == socket.AF_INET:
+        server.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sent = []
     up = threading.Thread(target=pump, args=(client, server, sent))
     down = threading.Thread(target=pump, args=(server, client, None))
@@ -48,15 +61,21 @@ def handle(client, n):
     os.rename(path + ".tmp", path)
 
 
-try:
-    os.unlink(listen_path)
-except FileNotFoundError:
-    pass
-ls = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-ls.bind(listen_path)
+family, addr = address(listen_path)
+ls = socket.socket(family, socket.SOCK_STREAM)
+if family == socket.AF_UNIX:
+    try:
+        os.unlink(addr)
+    except FileNotFoundError:
+        pass
+else:
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ls.bind(addr)
 ls.listen(16)
 n = 0
 while True:
     c, _ = ls.accept()
+    if family == socket.AF_INET:
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     n += 1
     threading.Thread(target=handle, args=(c, n), daemon=True).start()
