@@ -21,6 +21,10 @@
 #   VM_PHASES=kernel  run only the kernel-attach boot (phase 4), for work on --connect
 #   VM_HDD_OPS=512    bogo operations (64 KiB each) of the stress-ng pass, over all vCPUs
 #   VM_CPUS=2         vCPUs of the write and verify boots
+#   VM_CAPTURE=DIR    record what the guest's kernel client (nbd-client's handshake, then the
+#                     kernel's requests) sends to each server in the write boot: fuzz/capture.py
+#                     as a TCP proxy in front of both servers saves DIR/kernel-VOLUME-N, one
+#                     file per connection (fuzz seeds, docs/reliability.md). Off by default.
 # Work files and logs: target/vm-tests/run/ ; cached guest: target/vm-tests/guest/.
 set -uo pipefail
 export LC_ALL=C PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH"
@@ -34,7 +38,7 @@ RUN="$CACHE/run"
 T0=$(date +%s)
 
 say() { echo "vm-tests: [$(($(date +%s) - T0))s] $*"; }
-declare -A SERVER_PID=() PORT=() SAMPLER_PID=()
+declare -A SERVER_PID=() PORT=() SAMPLER_PID=() CAPTURE_PID=() GUEST_PORT=()
 QEMU_PID=
 # The two volumes and their server's --discard policy.
 VOLS=(passdown ignore)
@@ -45,7 +49,7 @@ cleanup() {
         kill -TERM "$QEMU_PID" 2>/dev/null # timeout(1) passes it on to qemu
         wait "$QEMU_PID" 2>/dev/null
     fi
-    for p in "${SAMPLER_PID[@]}"; do
+    for p in "${SAMPLER_PID[@]}" "${CAPTURE_PID[@]}"; do
         kill "$p" 2>/dev/null
         wait "$p" 2>/dev/null
     done
@@ -198,6 +202,36 @@ stop_server() { # $1 = volume, $2 = run number; SIGTERM, the server must exit 0 
     say "$name: server exited 0 on SIGTERM"
 }
 
+# VM_CAPTURE: $1 = volume. A capture proxy (fuzz/capture.py) on a free port in front of its
+# server; the guest is given that port (GUEST_PORT[$1]) instead of the server's.
+start_capture() {
+    local vol=$1 port i
+    port=$(pick_port) || fail "no free TCP port"
+    /usr/bin/python3 "$ROOT/fuzz/capture.py" "tcp:127.0.0.1:$port" "tcp:127.0.0.1:${PORT[$vol]}" \
+        "$VM_CAPTURE" "kernel-$vol" </dev/null >"$RUN/capture-$vol.log" 2>&1 &
+    CAPTURE_PID[$vol]=$!
+    for i in $(seq 100); do
+        [ "$(tcp_sockets "$port" 0A)" -gt 0 ] && break
+        sleep 0.1
+    done
+    [ "$(tcp_sockets "$port" 0A)" -gt 0 ] || fail "capture proxy for $vol not listening on 127.0.0.1:$port"
+    GUEST_PORT[$vol]=$port
+    say "capture: guest's connections to the $vol server go through 127.0.0.1:$port into $VM_CAPTURE"
+}
+stop_capture() { # $1 = volume; after its server stopped: the proxy's last files are written
+    local vol=$1 i
+    for i in $(seq 50); do # its connections closed (each file is written as they close)
+        [ "$(tcp_sockets "${GUEST_PORT[$vol]}" 01)" -eq 0 ] && break
+        sleep 0.1
+    done
+    kill "${CAPTURE_PID[$vol]}" 2>/dev/null
+    wait "${CAPTURE_PID[$vol]}" 2>/dev/null
+    unset "CAPTURE_PID[$vol]" "GUEST_PORT[$vol]"
+}
+tcp_sockets() { # number of sockets on local port $1 of 127.0.0.1 in state $2 (01 established, 0A listen)
+    awk -v p=":$(printf '%04X' "$1")" -v st="$2" '$2 ~ p"$" && $4 == st' /proc/net/tcp | wc -l
+}
+
 # Largest number of established TCP connections to 127.0.0.1:$1 seen while it runs (from
 # /proc/net/tcp, every 0.2 s), written to $2.
 sample_connections() {
@@ -252,7 +286,7 @@ boot() { # $1 = mode (write|verify), $2 = initrd (default: the cached guest init
     done
     timeout -k 10 "$VM_TIMEOUT" qemu-system-x86_64 -accel tcg -smp "$VM_CPUS" -m 512 -nographic -no-reboot \
         -kernel "$CACHE/guest/vmlinuz" -initrd "$initrd" \
-        -append "console=ttyS0 panic=-1 loglevel=4 edd=off nbdtest.mode=$mode nbdtest.port0=${PORT[passdown]} nbdtest.port1=${PORT[ignore]} nbdtest.conns=4 nbdtest.export=$EXPORT nbdtest.marker=$MARKER nbdtest.hddops=$HDD_OPS" \
+        -append "console=ttyS0 panic=-1 loglevel=4 edd=off nbdtest.mode=$mode nbdtest.port0=${GUEST_PORT[passdown]:-${PORT[passdown]}} nbdtest.port1=${GUEST_PORT[ignore]:-${PORT[ignore]}} nbdtest.conns=4 nbdtest.export=$EXPORT nbdtest.marker=$MARKER nbdtest.hddops=$HDD_OPS" \
         -netdev user,id=n0 -device virtio-net-pci,netdev=n0,romfile= \
         </dev/null >"$log" 2>&1 &
     QEMU_PID=$!
@@ -300,6 +334,10 @@ for v in "${VOLS[@]}"; do
 done
 blocks() { stat -c %b "$1"; }
 for v in "${VOLS[@]}"; do start_server "$v" 1; done
+if [ -n "${VM_CAPTURE:-}" ]; then
+    mkdir -p "$VM_CAPTURE" && VM_CAPTURE=$(cd "$VM_CAPTURE" && pwd) || fail "VM_CAPTURE: cannot make $VM_CAPTURE"
+    for v in "${VOLS[@]}"; do start_capture "$v"; done
+fi
 # stress-ng and its libraries (~35 MB) ride along in the write boot only.
 extra_initramfs "$RUN/stress-ng.cpio.gz" "$(command -v stress-ng)" || fail "building the stress-ng initramfs archive"
 cat "$CACHE/guest/initramfs.cpio.gz" "$RUN/stress-ng.cpio.gz" >"$RUN/initrd-write.gz"
@@ -310,6 +348,10 @@ stress=$(grep -a -o 'NBDTEST-STRESS: .*' "$RUN/console-write.log" | tail -1 | tr
 [ -n "$stress" ] || fail "boot (write): no stress-ng summary (NBDTEST-STRESS line) on the guest console"
 say "stress-ng --hdd on /mnt0 (passdown, 4 connections): ${stress#NBDTEST-STRESS: }"
 for v in "${VOLS[@]}"; do stop_server "$v" 1; done
+if [ -n "${VM_CAPTURE:-}" ]; then
+    for v in "${VOLS[@]}"; do stop_capture "$v"; done
+    say "capture: $(ls "$VM_CAPTURE"/kernel-* 2>/dev/null | wc -l) sessions in $VM_CAPTURE: $(cd "$VM_CAPTURE" && ls -l kernel-* | awk '{printf "%s %s B, ", $NF, $5}')"
+fi
 if [ "$VM_SERVER" = nbdcrypt ]; then
     # Multi-conn in use, not only connected: of the guest's 4 connections to the passdown
     # server (the last 4 to close; the first was nbdinfo's probe), one per vCPU must have
