@@ -6,7 +6,9 @@
 #                         with cheap KDFs (cryptsetup benchmarks its digest iterations, which
 #                         the target skips as too expensive, so its images are not used here)
 #   seeds/nbd_session/    the bytes nbdinfo, nbdinfo --list, qemu-io, nbdcopy and nbdsh sent
-#                         to `nbdcrypt open`, recorded through capture.py
+#                         to `nbdcrypt open`, recorded through capture.py, and the sessions
+#                         checked in under regressions/nbd_session/ (among them the Linux
+#                         kernel client's, recorded by `VM_CAPTURE=DIR bash vm-tests/run.sh`)
 # usage: fuzz/make-seeds.sh [NBDCRYPT_BINARY]   (default target/debug/nbdcrypt)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -93,4 +95,6 @@ h.cache(4096, 0)
 h.flush()
 h.block_status(65536, 0, lambda *a: 0)
 '
+# The kernel client runs only in the VM test's guest: its session is checked in (see above).
+cp regressions/nbd_session/* seeds/nbd_session/
 ls -l seeds/*
