@@ -53,12 +53,13 @@ def handle(client, n):
     down.start()
     up.join()
     down.join()
-    client.close()
-    server.close()
+    # The file before the sockets close: once they are closed, the file is there.
     path = os.path.join(out_dir, "%s-%d" % (prefix, n))
     with open(path + ".tmp", "wb") as f:
         f.write(b"".join(sent))
     os.rename(path + ".tmp", path)
+    client.close()
+    server.close()
 
 
 family, addr = address(listen_path)

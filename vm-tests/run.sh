@@ -211,25 +211,26 @@ start_capture() {
         "$VM_CAPTURE" "kernel-$vol" </dev/null >"$RUN/capture-$vol.log" 2>&1 &
     CAPTURE_PID[$vol]=$!
     for i in $(seq 100); do
-        [ "$(tcp_sockets "$port" 0A)" -gt 0 ] && break
+        [ "$(tcp_sockets "$port" listen)" -gt 0 ] && break
         sleep 0.1
     done
-    [ "$(tcp_sockets "$port" 0A)" -gt 0 ] || fail "capture proxy for $vol not listening on 127.0.0.1:$port"
+    [ "$(tcp_sockets "$port" listen)" -gt 0 ] || fail "capture proxy for $vol not listening on 127.0.0.1:$port"
     GUEST_PORT[$vol]=$port
     say "capture: guest's connections to the $vol server go through 127.0.0.1:$port into $VM_CAPTURE"
 }
 stop_capture() { # $1 = volume; after its server stopped: the proxy's last files are written
     local vol=$1 i
-    for i in $(seq 50); do # its connections closed (each file is written as they close)
-        [ "$(tcp_sockets "${GUEST_PORT[$vol]}" 01)" -eq 0 ] && break
+    for i in $(seq 50); do # its sockets closed (capture.py writes each file before closing)
+        [ "$(tcp_sockets "${GUEST_PORT[$vol]}" open)" -eq 0 ] && break
         sleep 0.1
     done
     kill "${CAPTURE_PID[$vol]}" 2>/dev/null
     wait "${CAPTURE_PID[$vol]}" 2>/dev/null
     unset "CAPTURE_PID[$vol]" "GUEST_PORT[$vol]"
 }
-tcp_sockets() { # number of sockets on local port $1 of 127.0.0.1 in state $2 (01 established, 0A listen)
-    awk -v p=":$(printf '%04X' "$1")" -v st="$2" '$2 ~ p"$" && $4 == st' /proc/net/tcp | wc -l
+tcp_sockets() { # number of sockets on local port $1: $2 = listen, or open (neither listening nor TIME_WAIT)
+    awk -v p=":$(printf '%04X' "$1")" -v w="$2" \
+        '$2 ~ p"$" && (w == "listen" ? $4 == "0A" : $4 != "0A" && $4 != "06")' /proc/net/tcp | wc -l
 }
 
 # Largest number of established TCP connections to 127.0.0.1:$1 seen while it runs (from
