@@ -6,23 +6,7 @@
 mod common;
 
 use common::*;
-use std::path::{Path, PathBuf};
-
-/// A volume formatted by us with a detached header: `(data file, header file)`.
-fn detached(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let img = dir.join(format!("{name}.img"));
-    let hdr = dir.join(format!("{name}.hdr"));
-    let key = key_file(dir);
-    ok(nbdcrypt()
-        .arg("format")
-        .arg(&img)
-        .arg("--header")
-        .arg(&hdr)
-        .args(["--size", "8M", "--pbkdf", "pbkdf2", "--key-file"])
-        .arg(&key)
-        .args(cheap_kdf_args("pbkdf2")));
-    (img, hdr)
-}
+use std::path::Path;
 
 fn cs_test(img: &Path, hdr: &Path, key: &Path) -> bool {
     cryptsetup_test_passphrase_header(img, hdr, key)
@@ -35,7 +19,7 @@ fn keyslot_commands_and_backups_through_a_detached_header() {
     let dir = tempdir();
     let d = dir.path();
     let key = key_file(d);
-    let (img, hdr) = detached(d, "v");
+    let (img, hdr) = format_detached(d, "v");
     let h = hdr.to_str().unwrap();
     let data_before = std::fs::read(&img).unwrap();
 
@@ -124,7 +108,7 @@ fn serve_takes_a_header_per_export() {
     let dir = tempdir();
     let d = dir.path();
     let key = key_file(d);
-    let (img, hdr) = detached(d, "a");
+    let (img, hdr) = format_detached(d, "a");
     let plain = d.join("b.img");
     format_cheap(&plain, &key, "24M", 512, "pbkdf2");
     let srv = Server::serve(

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::keyd::Keyd;
-use common::{cheap_kdf_args, Server};
+use common::Server;
 use common::{cryptsetup, format_cheap, key_file, nbd_tool, nbdcrypt, ok, run, stderr, tempdir};
 use serde_json::Value;
 
@@ -139,17 +139,8 @@ fn open_rewraps_an_old_kek_version_so_retiring_it_keeps_the_volume_openable() {
 fn rewrap_through_a_detached_header_read_only_needs_a_free_header() {
     let dir = tempdir();
     let k = service(dir.path());
+    let (img, hdr) = common::format_detached(dir.path(), "data");
     let key = key_file(dir.path());
-    let img = dir.path().join("data.img");
-    let hdr = dir.path().join("data.hdr");
-    ok(nbdcrypt()
-        .arg("format")
-        .arg(&img)
-        .arg("--header")
-        .arg(&hdr)
-        .args(["--size", "8M", "--pbkdf", "pbkdf2", "--key-file"])
-        .arg(&key)
-        .args(cheap_kdf_args("pbkdf2")));
     add_service_key(&k, &img, Some(&hdr), &key);
     k.admin(&["kek", "rotate", "k1"]);
     let h = hdr.to_str().unwrap();

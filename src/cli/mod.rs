@@ -279,6 +279,14 @@ struct ServiceIdentityArgs {
         default_value = "/etc/nbdcrypt/keyservice/host.key"
     )]
     key_service_key: PathBuf,
+    #[command(flatten)]
+    tls: ServiceTlsArgs,
+}
+
+/// Which CA the key service's certificate must chain to, and how long each endpoint may take:
+/// for hosts ([`ServiceIdentityArgs`]) and for officers (`recover`).
+#[derive(clap::Args)]
+struct ServiceTlsArgs {
     /// The key service's CA certificate (PEM).
     #[arg(
         long,
@@ -303,14 +311,13 @@ fn service_timeout(secs: f64) -> Result<std::time::Duration, CliError> {
 
 impl ServiceIdentityArgs {
     fn identity(&self) -> Result<keyservice::ServiceIdentity, CliError> {
-        service_timeout(self.key_service_timeout)?;
         Ok(keyservice::ServiceIdentity {
             identity: crate::keyservice::client::Identity {
                 cert: self.key_service_cert.clone(),
                 key: self.key_service_key.clone(),
-                ca: self.key_service_ca.clone(),
+                ca: self.tls.key_service_ca.clone(),
             },
-            timeout: std::time::Duration::from_secs_f64(self.key_service_timeout),
+            timeout: service_timeout(self.tls.key_service_timeout)?,
         })
     }
 
@@ -688,16 +695,8 @@ enum Command {
         /// Your age identity file (`age-keygen -o OFFICER.key`).
         #[arg(long, value_name = "OFFICER.key")]
         identity: PathBuf,
-        /// The key service's CA certificate (PEM).
-        #[arg(
-            long,
-            value_name = "FILE",
-            default_value = "/etc/nbdcrypt/keyservice/ca.pem"
-        )]
-        key_service_ca: PathBuf,
-        /// Seconds each endpoint may take (connect, TLS, reply) before the next is tried.
-        #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
-        key_service_timeout: f64,
+        #[command(flatten)]
+        tls: ServiceTlsArgs,
         /// The new passphrase, from FILE byte for byte (default: prompt; `-` = all of stdin).
         #[arg(long, value_name = "FILE", visible_alias = "key-file")]
         new_keyfile: Option<PathBuf>,
@@ -1410,8 +1409,7 @@ fn run(cmd: Command) -> Result<(), CliError> {
             token,
             token_file,
             identity,
-            key_service_ca,
-            key_service_timeout,
+            tls,
             new_keyfile,
             key_slot,
             kdf,
@@ -1434,8 +1432,8 @@ fn run(cmd: Command) -> Result<(), CliError> {
                 &recover::Officer {
                     urls: &key_service,
                     token: &token,
-                    ca: &key_service_ca,
-                    timeout: service_timeout(key_service_timeout)?,
+                    ca: &tls.key_service_ca,
+                    timeout: service_timeout(tls.key_service_timeout)?,
                     identity: &identity,
                 },
                 new_keyfile.as_deref(),

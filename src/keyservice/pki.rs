@@ -97,13 +97,18 @@ pub fn server_cert(ca_key_pem: &str, names: &[String]) -> Result<Issued, PkiErro
 ///
 /// Errors: [`PkiError`].
 pub fn host_cert(ca_key_pem: &str, name: &str) -> Result<Issued, PkiError> {
+    issue(ca_key_pem, host_params(name))
+}
+
+/// Certificate parameters of host `name`: subject CN = `name`, client authentication only.
+fn host_params(name: &str) -> CertificateParams {
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, name);
     p.distinguished_name = dn;
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    issue(ca_key_pem, p)
+    p
 }
 
 /// SHA-256 of a certificate's DER bytes, lowercase hex: how the store recognises a host.
@@ -145,12 +150,7 @@ pub fn host_cert_for_key(
     }
     let ca_key = KeyPair::from_pem(ca_key_pem).map_err(err)?;
     let issuer = Issuer::new(ca_params(), ca_key);
-    let mut p = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, name);
-    p.distinguished_name = dn;
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let mut p = host_params(name);
     p.serial_number = Some(serial()?);
     let cert = p.signed_by(&P256Public(point), &issuer).map_err(err)?;
     Ok((cert.pem(), cert.der().to_vec()))

@@ -88,6 +88,23 @@ pub fn cheap_kdf_args(pbkdf: &str) -> &'static [&'static str] {
     }
 }
 
+/// A volume formatted by us with a detached header, 8 MiB, cheap PBKDF2, passphrase in
+/// [`key_file`]`(dir)`: `(data file, header file)`.
+pub fn format_detached(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let img = dir.join(format!("{name}.img"));
+    let hdr = dir.join(format!("{name}.hdr"));
+    let key = key_file(dir);
+    ok(nbdcrypt()
+        .arg("format")
+        .arg(&img)
+        .arg("--header")
+        .arg(&hdr)
+        .args(["--size", "8M", "--pbkdf", "pbkdf2", "--key-file"])
+        .arg(&key)
+        .args(cheap_kdf_args("pbkdf2")));
+    (img, hdr)
+}
+
 /// `nbdcrypt format` with cheap KDF costs.
 pub fn format_cheap(image: &Path, key: &Path, size: &str, sector: u32, pbkdf: &str) {
     let mut c = nbdcrypt();
