@@ -11,11 +11,15 @@
 #   SECTOR=512   nbdcrypt's encryption sector size, 512 (as LUKS1) or 4096
 #   INLINE_LIMIT=BYTES   nbdcrypt's --inline-limit (default: its own, 65536; 0 = nothing inline)
 #   SERVERS="nbdcrypt nbdkit-luks qemu-nbd nbdkit-file"   subset / order of the servers
+#   NBDCRYPT_B=PATH   another nbdcrypt binary (say, a build of an earlier commit): adds the server
+#                "nbdcrypt-b", served like nbdcrypt from its own equal image, for comparing two
+#                builds side by side in one run (a ratio row nbdcrypt / nbdcrypt-b is printed)
 #   JOBS="seqwrite seqread randread32 randwrite32 lat1 copyin copyout"   subset of the jobs
 #   KEEP=1       keep the work directory (images, logs, fio JSON) instead of deleting it
 #   PROFILE=1    instead of the comparison, record each fio job (RUNTIME s, once) on each server
 #                of SERVERS (default then: nbdcrypt) with `perf record` (linux-perf) and print
 #                where the server's CPU time goes: top functions and a breakdown by category
+#                (the fio jobs of JOBS; copyin/copyout are skipped)
 # Prints one Markdown table of medians (MB/s = 10^6 bytes/s), ratio rows, the targets of
 # issue 6, and the spread of every cell. Run by hand; not part of tests/run.sh.
 set -euo pipefail
@@ -34,6 +38,10 @@ if [ "$PROFILE" = 1 ]; then
     read -r -a SERVERS <<<"${SERVERS:-nbdcrypt}"
 else
     read -r -a SERVERS <<<"${SERVERS:-nbdcrypt nbdkit-luks qemu-nbd nbdkit-file}"
+fi
+if [ -n "${NBDCRYPT_B:-}" ]; then
+    NBDCRYPT_B=$(realpath "$NBDCRYPT_B")
+    [[ " ${SERVERS[*]} " == *" nbdcrypt-b "* ]] || SERVERS+=(nbdcrypt-b)
 fi
 SIZE=$((1 << 30)) # volume size of every export, bytes
 
@@ -98,7 +106,7 @@ log "creating images in $WORK"
 make_image() {
     local s=$1 img="$WORK/$1.img" try
     case $s in
-        nbdcrypt)
+        nbdcrypt | nbdcrypt-b)
             # LUKS2, the 16 MiB header in front of the 1 GiB volume; PBKDF2 with 1000
             # iterations, so unlocking is instant and the peak RSS is the server's, not Argon2's.
             "$NBDCRYPT" format "$img" --size $((SIZE + (16 << 20))) --key-file "$PASS" \
@@ -138,8 +146,10 @@ start() {
     local s=$1 img="$WORK/$1.img" sk pf="$WORK/$1.pid"
     sk=$(sock "$s")
     case $s in
-        nbdcrypt)
-            NBDCRYPT_LOG=warn "$NBDCRYPT" open "$img" --key-file "$PASS" --socket "$sk" \
+        nbdcrypt | nbdcrypt-b)
+            local bin=$NBDCRYPT
+            [ "$s" = nbdcrypt-b ] && bin=${NBDCRYPT_B:?NBDCRYPT_B=PATH names the nbdcrypt-b binary}
+            NBDCRYPT_LOG=warn "$bin" open "$img" --key-file "$PASS" --socket "$sk" \
                 --pid-file "$pf" "${INLINE_ARGS[@]}" >"$WORK/$s.log" 2>&1 &
             echo $! >"$WORK/$s.bg.pid" # killed on exit even if it never wrote its pid file
             ;;
@@ -225,6 +235,7 @@ declare -A HEAD=(
 label() {
     case $1 in
         nbdcrypt) echo "nbdcrypt (LUKS2, $SECTOR B sectors)" ;;
+        nbdcrypt-b) echo "nbdcrypt-b ($(basename "$NBDCRYPT_B"))" ;;
         nbdkit-luks) echo "nbdkit file + luks filter (LUKS1)" ;;
         qemu-nbd) echo "qemu-nbd (LUKS1)" ;;
         nbdkit-file) echo "nbdkit file (unencrypted)" ;;
@@ -259,7 +270,7 @@ profile() {
     echo
     awk '
         { c = $1 + 0; self = $2 + 0; $1 = ""; $2 = ""; sub(/^ +\[.\] +/, ""); sym = $0 }
-        sym ~ /^(aes::|nbdcrypt::crypto::xts::)/ { cat["XTS/AES (user)"] += self }
+        sym ~ /^(aes::|nbdcrypt::crypto::xts(_ni)?::)/ { cat["XTS/AES (user)"] += self }
         sym ~ /^__(memset|memmove|memcpy)/ { cat["memset/memcpy (user)"] += self }
         sym ~ /^__x64_sys_(sendto|recvfrom|sendmsg|recvmsg|read|write|writev|readv)$/ { cat["socket read/write syscalls"] += c }
         sym ~ /^__x64_sys_(pread64|pwrite64|fdatasync|fsync)$/ { cat["image pread/pwrite/fdatasync syscalls"] += c }
@@ -273,8 +284,8 @@ profile() {
 }
 if [ "$PROFILE" = 1 ]; then
     for s in "${SERVERS[@]}"; do
-        for j in seqwrite seqread randread32 randwrite32 lat1; do
-            profile "$s" "$j"
+        for j in "${JOBS[@]}"; do
+            [[ $j == copy* ]] || profile "$s" "$j"
         done
     done
     exit 0
@@ -332,7 +343,7 @@ for s in "${SERVERS[@]}"; do
     echo "$row ${RSS[$s]} |"
 done
 if has nbdcrypt; then
-    for o in nbdkit-luks nbdkit-file qemu-nbd; do
+    for o in nbdkit-luks nbdkit-file qemu-nbd nbdcrypt-b; do
         has "$o" || continue
         row="| *nbdcrypt / $o* |"
         for j in "${JOBS[@]}"; do

@@ -530,7 +530,7 @@ impl BlockExport for GateExport {
     }
     fn write_at_unless(
         &self,
-        data: &[u8],
+        data: &mut [u8],
         offset: u64,
         fua: bool,
         abandoned: &std::sync::atomic::AtomicBool,

@@ -147,9 +147,13 @@ pub trait BlockExport: Send + Sync + 'static {
     /// implementation should check the flag under the same lock that orders its writes to the
     /// range (as [`Volume`](crate::volume::Volume) does with its sector locks); this default
     /// checks it just before calling `write_at`.
+    ///
+    /// `data` is the caller's to discard afterwards (the session's request buffer): an
+    /// implementation may use it as scratch, as [`Volume`](crate::volume::Volume) does by
+    /// encrypting it in place; its content on return is unspecified.
     fn write_at_unless(
         &self,
-        data: &[u8],
+        data: &mut [u8],
         offset: u64,
         fua: bool,
         abandoned: &AtomicBool,

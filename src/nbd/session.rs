@@ -811,12 +811,12 @@ fn serve_read(
 fn serve_write(
     export: &dyn BlockExport,
     req: &Request,
-    payload: Vec<u8>,
+    mut payload: Vec<u8>,
     neg: &Negotiated,
     stats: &SessionStats,
     abandoned: &AtomicBool,
 ) -> Reply {
-    let r = export.write_at_unless(&payload, req.offset, req.fua(), abandoned);
+    let r = export.write_at_unless(&mut payload, req.offset, req.fua(), abandoned);
     BufferPool::global().give(payload);
     let err = errno_of_write(&Ok(r));
     if err == 0 {

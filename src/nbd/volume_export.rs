@@ -85,12 +85,13 @@ impl BlockExport for Volume {
 
     fn write_at_unless(
         &self,
-        data: &[u8],
+        data: &mut [u8],
         offset: u64,
         fua: bool,
         abandoned: &AtomicBool,
     ) -> std::io::Result<bool> {
-        Volume::write_at_unless(self, data, offset, fua, Some(abandoned)).map_err(io)
+        // The request buffer is encrypted in place: no copy of the payload (issue 6 profile).
+        Volume::write_in_place_unless(self, data, offset, fua, Some(abandoned)).map_err(io)
     }
 
     fn write_zeroes_unless(

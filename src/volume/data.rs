@@ -21,6 +21,22 @@ pub const PUNCH_ALIGN: u64 = 4096;
 /// Most runs [`Volume::allocation`] reports for one query.
 pub const MAX_ALLOCATION_RUNS: usize = 1024;
 
+/// The plaintext of a write: borrowed (copied before encryption) or the caller's scratch
+/// buffer (encrypted in place).
+enum Plaintext<'a> {
+    Borrowed(&'a [u8]),
+    Scratch(&'a mut [u8]),
+}
+
+impl Plaintext<'_> {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Plaintext::Borrowed(d) => d,
+            Plaintext::Scratch(d) => d,
+        }
+    }
+}
+
 /// What TRIM (discard) does to the image: the per-volume discard policy (`--discard`).
 ///
 /// cryptsetup(8) on `--allow-discards`: "This command can have a negative security impact
@@ -349,45 +365,76 @@ impl Volume {
         fua: bool,
         abandoned: Option<&AtomicBool>,
     ) -> Result<bool, VolumeError> {
+        self.write_impl(Plaintext::Borrowed(data), offset, fua, abandoned)
+    }
+
+    /// [`Volume::write_at_unless`] for a caller that no longer needs `data` afterwards (the
+    /// NBD session's request buffer): a write of whole units is encrypted in place in `data`
+    /// and written from there, with no copy and no buffer besides `data`; on return `data`
+    /// holds ciphertext (or, for a partial write, the plaintext still). A write covering part
+    /// of a unit is served as by [`Volume::write_at_unless`].
+    ///
+    /// Errors: as [`Volume::write_at`].
+    pub fn write_in_place_unless(
+        &self,
+        data: &mut [u8],
+        offset: u64,
+        fua: bool,
+        abandoned: Option<&AtomicBool>,
+    ) -> Result<bool, VolumeError> {
+        self.write_impl(Plaintext::Scratch(data), offset, fua, abandoned)
+    }
+
+    fn write_impl(
+        &self,
+        mut data: Plaintext<'_>,
+        offset: u64,
+        fua: bool,
+        abandoned: Option<&AtomicBool>,
+    ) -> Result<bool, VolumeError> {
         if self.read_only {
             return Err(VolumeError::InvalidArgument("volume is read-only".into()));
         }
-        let len = data.len() as u64;
+        let len = data.bytes().len() as u64;
         self.check_range(offset, len)?;
         if len == 0 {
             return Ok(true);
         }
         let (start, end, head_end, tail_start) = self.unit_bounds(offset, len, self.rmw_unit());
-        // Whole units (no read-modify-write): the plaintext is encrypted through a buffer of
-        // at most WRITE_CHUNK bytes, reused chunk after chunk.
+        // Whole units (no read-modify-write): borrowed plaintext is encrypted through a buffer
+        // of at most WRITE_CHUNK bytes, reused chunk after chunk; scratch plaintext in place.
         let whole = offset == start && offset + len == end;
-        let mut buf = if whole {
-            Vec::with_capacity(data.len().min(WRITE_CHUNK))
-        } else {
-            vec![0u8; (end - start) as usize]
+        let mut buf = match (&data, whole) {
+            (Plaintext::Scratch(_), true) => Vec::new(),
+            (Plaintext::Borrowed(d), true) => Vec::with_capacity(d.len().min(WRITE_CHUNK)),
+            (_, false) => vec![0u8; (end - start) as usize],
         };
         {
             let _guards = self.lock_sectors(start, end);
             if abandoned.is_some_and(|a| a.load(Ordering::SeqCst)) {
                 return Ok(false);
             }
-            if whole {
-                for (i, part) in data.chunks(WRITE_CHUNK).enumerate() {
-                    buf.clear();
-                    buf.extend_from_slice(part);
-                    self.write_sectors(&mut buf, start + (i * WRITE_CHUNK) as u64)?;
+            match (&mut data, whole) {
+                (Plaintext::Scratch(d), true) => self.write_sectors(d, start)?,
+                (Plaintext::Borrowed(d), true) => {
+                    for (i, part) in d.chunks(WRITE_CHUNK).enumerate() {
+                        buf.clear();
+                        buf.extend_from_slice(part);
+                        self.write_sectors(&mut buf, start + (i * WRITE_CHUNK) as u64)?;
+                    }
                 }
-            } else {
-                if offset != start {
-                    self.read_sectors(&mut buf[..(head_end - start) as usize], start)?;
+                (_, false) => {
+                    if offset != start {
+                        self.read_sectors(&mut buf[..(head_end - start) as usize], start)?;
+                    }
+                    if offset + len != end && (tail_start >= head_end || offset == start) {
+                        let tail = (tail_start - start) as usize;
+                        self.read_sectors(&mut buf[tail..], tail_start)?;
+                    }
+                    let skip = (offset - start) as usize;
+                    buf[skip..skip + len as usize].copy_from_slice(data.bytes());
+                    self.write_sectors(&mut buf, start)?;
                 }
-                if offset + len != end && (tail_start >= head_end || offset == start) {
-                    let tail = (tail_start - start) as usize;
-                    self.read_sectors(&mut buf[tail..], tail_start)?;
-                }
-                let skip = (offset - start) as usize;
-                buf[skip..skip + data.len()].copy_from_slice(data);
-                self.write_sectors(&mut buf, start)?;
             }
         }
         if fua {
