@@ -14,13 +14,15 @@
 #   NBDCRYPT_B=PATH   another nbdcrypt binary (say, a build of an earlier commit): adds the server
 #                "nbdcrypt-b", served like nbdcrypt from its own equal image, for comparing two
 #                builds side by side in one run (a ratio row nbdcrypt / nbdcrypt-b is printed)
-#   JOBS="seqwrite seqread randread32 randwrite32 lat1 copyin copyout"   subset of the jobs
+#   JOBS="seqwrite seqread randread32 randwrite32 lat1 copyin copyout"   subset of the jobs (the
+#                default); also seqwrite1 / seqread1: 4 MiB sequential at QD1
 #   KEEP=1       keep the work directory (images, logs, fio JSON) instead of deleting it
 #   PROFILE=1    instead of the comparison, record each fio job (RUNTIME s, once) on each server
 #                of SERVERS (default then: nbdcrypt) with `perf record` (linux-perf) and print
 #                where the server's CPU time goes: top functions and a breakdown by category
 #                (the fio jobs of JOBS; copyin/copyout are skipped)
-# Prints one Markdown table of medians (MB/s = 10^6 bytes/s), ratio rows, the targets of
+# Prints one Markdown table of medians (MB/s = 10^6 bytes/s), ratio rows, the server's CPU time
+# per MB moved (robust to load from other processes: it is what a job costs the server), the targets of
 # issue 6, and the spread of every cell. Run by hand; not part of tests/run.sh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -202,6 +204,7 @@ fio_job() {
     shift 3
     fio --name="$name" --ioengine=nbd --uri="$(uri "$s")" --size="$SIZE" \
         --time_based --runtime="$RUNTIME" --output-format=json --output="$out" "$@" >/dev/null
+    jq -r '.jobs[0] | .read.io_bytes + .write.io_bytes' "$out" >"$WORK/moved"
     jq -r ".jobs[0] | $field" "$out"
 }
 # MB/s of a timed command moving SIZE bytes.
@@ -210,6 +213,7 @@ timed_mbs() {
     t0=$EPOCHREALTIME
     "$@" >/dev/null
     t1=$EPOCHREALTIME
+    echo "$SIZE" >"$WORK/moved"
     awk -v b="$SIZE" -v a="$t0" -v z="$t1" 'BEGIN { printf "%.1f\n", b / (z - a) / 1e6 }'
 }
 
@@ -218,6 +222,8 @@ job() {
     case $j in
         seqwrite) fio_job "$j" "$s" '.write.bw_bytes / 1e6' --rw=write --bs=4M --iodepth=8 ;;
         seqread) fio_job "$j" "$s" '.read.bw_bytes / 1e6' --rw=read --bs=4M --iodepth=8 ;;
+        seqwrite1) fio_job "$j" "$s" '.write.bw_bytes / 1e6' --rw=write --bs=4M --iodepth=1 ;;
+        seqread1) fio_job "$j" "$s" '.read.bw_bytes / 1e6' --rw=read --bs=4M --iodepth=1 ;;
         randread32) fio_job "$j" "$s" '.read.iops' --rw=randread --bs=4k --iodepth=32 ;;
         randwrite32) fio_job "$j" "$s" '.write.iops' --rw=randwrite --bs=4k --iodepth=32 ;;
         lat1) fio_job "$j" "$s" '.read.lat_ns.mean / 1000' --rw=randread --bs=4k --iodepth=1 ;;
@@ -228,6 +234,7 @@ job() {
 read -r -a JOBS <<<"${JOBS:-seqwrite seqread randread32 randwrite32 lat1 copyin copyout}"
 declare -A HEAD=(
     [seqwrite]="seq write 4M QD8 MB/s" [seqread]="seq read 4M QD8 MB/s"
+    [seqwrite1]="seq write 4M QD1 MB/s" [seqread1]="seq read 4M QD1 MB/s"
     [randread32]="4k randread QD32 IOPS" [randwrite32]="4k randwrite QD32 IOPS"
     [lat1]="4k randread QD1 µs" [copyin]="nbdcopy write MB/s" [copyout]="nbdcopy read MB/s"
 )
@@ -292,15 +299,22 @@ if [ "$PROFILE" = 1 ]; then
 fi
 
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
-declare -A SAMPLES=()
+declare -A SAMPLES=() CPU=()
+HZ=$(getconf CLK_TCK)
+# user + system time of a server process and all its threads, clock ticks (/proc/PID/stat)
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$(pidof_server "$1")/stat"; }
 n=${#SERVERS[@]}
 for ((r = 0; r < REPS; r++)); do
     log "repetition $((r + 1))/$REPS"
     for j in "${JOBS[@]}"; do
         for ((k = 0; k < n; k++)); do
             s=${SERVERS[$(((k + r) % n))]}
+            c0=$(cpu_ticks "$s")
             v=$(job "$j" "$s")
+            c1=$(cpu_ticks "$s")
             SAMPLES[$j,$s]+="$v "
+            # server CPU time (user + system, all threads) per MB moved, µs
+            CPU[$j,$s]+="$(awk -v c=$((c1 - c0)) -v hz="$HZ" -v b="$(cat "$WORK/moved")" 'BEGIN { printf "%.1f", b ? c / hz * 1e6 / (b / 1e6) : 0 }') "
         done
     done
 done
@@ -352,6 +366,17 @@ if has nbdcrypt; then
         echo "$row $(awk -v a="${RSS[nbdcrypt]}" -v b="${RSS[$o]}" 'BEGIN { printf "%.2f", b ? a / b : 0 }') |"
     done
 fi
+echo
+echo "Server CPU time (user + system, all threads) per MB moved, µs, medians: what a job costs the"
+echo "server whatever the load beside it (lower is better):"
+echo
+echo "$hdr"
+echo "$sep"
+for s in "${SERVERS[@]}"; do
+    row="| $(label "$s") |"
+    for j in "${JOBS[@]}"; do row+=" $(fmt "$(median <<<"${CPU[$j,$s]}")") |"; done
+    echo "$row"
+done
 echo
 echo "Latency (µs): lower is better, so its ratio should be small. Spread (min–max of the $REPS runs):"
 echo

@@ -218,8 +218,9 @@ fn xts_4096_byte_sectors_match_openssl() {
 }
 
 /// Long buffers against OpenSSL, per sector: runs that cross the batches in which sector tweaks
-/// are encrypted (60 sectors), and runs long enough to be split across threads (≥ 256 KiB, with
-/// a last chunk shorter than the others), for AES-256-XTS and AES-128-XTS, both directions.
+/// are encrypted (60 sectors), and runs long enough to be split across threads (at least
+/// `PARALLEL_THRESHOLD`, 1 MiB, with a last piece shorter than the others), for AES-256-XTS
+/// and AES-128-XTS, both directions.
 #[test]
 fn xts_long_and_parallel_runs_match_openssl() {
     for (klen, cipher_ossl) in [
@@ -228,11 +229,12 @@ fn xts_long_and_parallel_runs_match_openssl() {
     ] {
         let key = random_bytes(klen).unwrap();
         let cipher = SectorCipher::new(&key).unwrap();
+        let mut longest = 0;
         for (sector, sectors, first_iv) in [
             (512usize, 65usize, 3u64),
-            (512, 2 * 1024 + 7, 1 << 40),
+            (512, 4 * 1024 + 7, 1 << 40),
             (4096, 64 + 3, 16),
-            (4096, 256 + 5, 8 * 999),
+            (4096, 512 + 5, 8 * 999),
         ] {
             let pt = random_bytes(sector * sectors).unwrap();
             let mut ct = pt.clone();
@@ -255,7 +257,9 @@ fn xts_long_and_parallel_runs_match_openssl() {
             }
             cipher.decrypt(&mut ct, sector, first_iv);
             assert!(ct == pt, "decrypt inverts encrypt: {sectors} x {sector} B");
+            longest = longest.max(pt.len());
         }
+        assert!(longest >= nbdcrypt::crypto::xts::PARALLEL_THRESHOLD * 2);
     }
 }
 

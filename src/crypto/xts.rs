@@ -6,7 +6,6 @@ use aes::cipher::array::Array;
 use aes::cipher::consts::U16;
 use aes::cipher::{BlockCipherDecrypt, BlockCipherEncrypt, BlockSizeUser, KeyInit};
 use aes::{Aes128, Aes256, Block};
-use rayon::prelude::*;
 
 use super::CryptoError;
 
@@ -14,12 +13,16 @@ use super::CryptoError;
 /// (cryptsetup LUKS2 behaviour, no `iv_large_sectors`).
 pub const IV_SECTOR_SIZE: usize = 512;
 
-/// Buffers at least this long (bytes) are split across the rayon pool's threads, in chunks of
-/// [`PARALLEL_CHUNK`] bytes; smaller ones are done on the calling thread. 256 KiB keeps a
-/// 4 KiB request free of any thread hand-off while a 1 MiB or larger request uses every core.
-pub const PARALLEL_THRESHOLD: usize = 256 * 1024;
+/// Buffers at least this long (bytes) are split across the calling thread and rayon's pool;
+/// smaller ones are done on the calling thread alone. 1 MiB: a request of 1 MiB or more takes
+/// about 0.2 ms of one core, so that a hand-off to another core (a wake-up, tens of µs) is
+/// worth it when a core is idle; when none is (many requests in flight on a busy machine),
+/// each split costs CPU time for nothing, and smaller requests are many (benches/e2e.sh,
+/// README "End to end").
+pub const PARALLEL_THRESHOLD: usize = 1024 * 1024;
 
-/// Bytes of one parallel work item (a multiple of every sector size).
+/// Pieces of a split buffer are whole multiples of this many bytes (a multiple of every
+/// sector size).
 const PARALLEL_CHUNK: usize = 64 * 1024;
 
 /// Sectors whose initial tweaks are encrypted in one batch. 60 sectors of 512 or 4096 bytes
@@ -175,18 +178,29 @@ impl SectorCipher {
     }
 }
 
-/// `run(buf, first_iv)` on this thread for small buffers; for buffers of at least
-/// [`PARALLEL_THRESHOLD`] bytes, `run` on [`PARALLEL_CHUNK`]-byte pieces across rayon's pool,
-/// each with its own first IV.
+/// `run(buf, first_iv)` on this thread for buffers shorter than [`PARALLEL_THRESHOLD`] bytes;
+/// longer ones are cut into one piece per thread of rayon's pool (whole multiples of
+/// [`PARALLEL_CHUNK`] bytes, each with its own first IV): the calling thread runs the first
+/// piece itself while the pool's threads take the others, so a request wakes one thread per
+/// extra piece and no more.
 fn split(buf: &mut [u8], first_iv: u64, run: impl Fn(&mut [u8], u64) + Sync) {
     if buf.len() < PARALLEL_THRESHOLD {
-        run(buf, first_iv);
-    } else {
-        let per_chunk = (PARALLEL_CHUNK / IV_SECTOR_SIZE) as u64;
-        buf.par_chunks_mut(PARALLEL_CHUNK)
-            .enumerate()
-            .for_each(|(i, chunk)| run(chunk, first_iv.wrapping_add(i as u64 * per_chunk)));
+        return run(buf, first_iv);
     }
+    let n = rayon::current_num_threads().max(1);
+    let piece = buf.len().div_ceil(n).div_ceil(PARALLEL_CHUNK) * PARALLEL_CHUNK;
+    let ivs = (piece / IV_SECTOR_SIZE) as u64;
+    let run = &run;
+    rayon::in_place_scope(|scope| {
+        let mut pieces = buf.chunks_mut(piece).enumerate();
+        let first = pieces.next();
+        for (i, p) in pieces {
+            scope.spawn(move |_| run(p, first_iv.wrapping_add(i as u64 * ivs)));
+        }
+        if let Some((_, p)) = first {
+            run(p, first_iv);
+        }
+    });
 }
 
 /// XTS over whole sectors of `buf` (IEEE 1619-2007 §5.3.1/§5.4.1 without ciphertext stealing:

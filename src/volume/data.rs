@@ -11,7 +11,13 @@ use crate::format::DataSegment;
 use super::{LoadedHeader, UnlockedKey, VolumeError};
 
 /// Number of lock stripes guarding read-modify-write of partial sectors.
-const LOCK_STRIPES: usize = 256;
+const LOCK_STRIPES: usize = 1024;
+/// Bytes of the volume one lock stripe covers at a time: region `r` (plaintext offsets
+/// `[r × LOCK_REGION, (r + 1) × LOCK_REGION)`) is guarded by stripe `r mod LOCK_STRIPES`. Two
+/// overlapping ranges share a region, hence a stripe. Large enough that a 4 MiB write takes 64
+/// stripes, not every one of them (per-sector stripes made every write of 128 KiB or more
+/// exclude all others).
+const LOCK_REGION: u64 = 64 << 10;
 /// Largest chunk `write_zeroes` encrypts at once, bytes.
 const ZERO_CHUNK: u64 = 1 << 20;
 /// Largest piece of a whole-sector write encrypted and written at once, bytes.
@@ -292,16 +298,16 @@ impl Volume {
         super::store::write_all_at(&self.file, buf, at).map_err(|e| self.io_err("write", at, e))
     }
 
-    /// Lock the stripes of every sector in `[start, end)`, in a fixed order (no deadlock).
+    /// Lock the stripes of every [`LOCK_REGION`] that `[start, end)` (plaintext bytes, `end >
+    /// start`) touches, in a fixed order (no deadlock).
     fn lock_sectors(&self, start: u64, end: u64) -> Vec<MutexGuard<'_, ()>> {
-        let ss = self.segment.sector_size as u64;
-        let first = start / ss;
-        let count = (end - start) / ss;
+        let first = start / LOCK_REGION;
+        let count = (end - 1) / LOCK_REGION - first + 1;
         let mut stripes: Vec<usize> = if count >= LOCK_STRIPES as u64 {
             (0..LOCK_STRIPES).collect()
         } else {
             (first..first + count)
-                .map(|s| (s % LOCK_STRIPES as u64) as usize)
+                .map(|r| (r % LOCK_STRIPES as u64) as usize)
                 .collect()
         };
         stripes.sort_unstable();
