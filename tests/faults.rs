@@ -23,9 +23,10 @@ fn nbd_clients_get_eio_and_enospc_and_nothing_acknowledged_is_lost() {
     let img = dir.path().join("vol.img");
     format_cheap(&img, &key, "17M", 512, "pbkdf2");
     let mut cmd = nbdcrypt();
+    // read@4: read 1 is the unlock's keyslot-area read, so the third NBD read fails.
     cmd.env(
         "NBDCRYPT_FAULT_IO",
-        "write@4=EIO,write@7=ENOSPC,write@10=short,read@3=EIO,sync@2=EIO",
+        "write@4=EIO,write@7=ENOSPC,write@10=short,read@4=EIO,sync@2=EIO",
     )
     .arg("open")
     .arg(&img)
@@ -93,6 +94,30 @@ fn nbd_clients_get_eio_and_enospc_and_nothing_acknowledged_is_lost() {
         "faults: 5 injected over NBD (3 writes, 1 fdatasync, 1 read), {} acknowledged writes kept",
         acked.len()
     );
+}
+
+/// A failed keyslot-area read while unlocking is reported as that read (op and offset), and the
+/// next run, without the fault, opens the image: header reads go through the same fault hook as
+/// the data path's.
+#[test]
+fn failed_keyslot_area_read_is_reported() {
+    let dir = tempdir();
+    let key = key_file(dir.path());
+    let img = dir.path().join("vol.img");
+    format_cheap(&img, &key, "17M", 512, "pbkdf2");
+    let out = run(nbdcrypt()
+        .env("NBDCRYPT_FAULT_IO", "read@1=EIO")
+        .arg("test-passphrase")
+        .arg(&img)
+        .arg("--key-file")
+        .arg(&key));
+    let err = stderr(&out);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains(&format!("read keyslot area of {} at offset", img.display())),
+        "{err}"
+    );
+    assert_eq!(test_passphrase(&img, &key, &[]).status.code(), Some(0));
 }
 
 /// The files of a header-command fault run: `key` opens slot 0 of the fresh image, `new` is the

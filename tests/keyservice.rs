@@ -501,8 +501,7 @@ fn open_unlocks_through_the_service_past_a_silent_and_a_refusing_endpoint() {
 fn escrow_package_opens_with_the_stock_age_and_holds_the_volume_key() {
     use common::{cryptsetup_volume_key, format_cheap, key_file};
     let dir = tempdir();
-    let mut k = Keyd::init(dir.path());
-    k.host("hostA");
+    let (k, officer_key, officer) = Keyd::with_officer(dir.path(), &[]);
     // A recipient that is not an age key is refused.
     let out =
         run(keyd()
@@ -510,8 +509,6 @@ fn escrow_package_opens_with_the_stock_age_and_holds_the_volume_key() {
             .arg(&k.data)
             .args(["officer", "add", "bad", "age1notakey"]));
     assert_eq!(out.status.code(), Some(1), "{out:?}");
-    let (officer_key, officer) = k.officer("olga");
-    k.serve();
     let image = dir.path().join("vol.img");
     let key = key_file(dir.path());
     format_cheap(&image, &key, "20M", 512, "pbkdf2");
@@ -582,13 +579,9 @@ fn recover_with_the_officer_identity_after_the_passphrase_slots_are_gone() {
         test_passphrase,
     };
     let dir = tempdir();
-    let mut k = Keyd::init(dir.path());
-    k.admin(&["kek", "create", "k1"]);
-    k.host("hostA");
-    let (officer_key, officer) = k.officer("olga");
+    let (k, officer_key, officer) = Keyd::with_officer(dir.path(), &["k1"]);
     let auditor = k.token("audrey", "auditor");
     let (stranger_key, _) = common::keyd::age_keygen(dir.path(), "stranger");
-    k.serve();
     let image = dir.path().join("vol.img");
     let key = key_file(dir.path());
     format_cheap(&image, &key, "20M", 512, "pbkdf2");
@@ -725,10 +718,7 @@ fn recovery_key_add_escrow_seals_the_recovery_key_before_the_keyslot_is_written(
     use common::{cryptsetup, cryptsetup_test_passphrase, cryptsetup_volume_key, nbdcrypt, ok};
     use common::{format_cheap, key_file, stderr};
     let dir = tempdir();
-    let mut k = Keyd::init(dir.path());
-    k.host("hostA");
-    let (officer_key, officer) = k.officer("olga");
-    k.serve();
+    let (mut k, officer_key, officer) = Keyd::with_officer(dir.path(), &[]);
     let image = dir.path().join("vol.img");
     let key = key_file(dir.path());
     format_cheap(&image, &key, "20M", 512, "pbkdf2");
@@ -836,10 +826,7 @@ fn format_escrow_checks_the_service_first_and_escrows_the_new_volume() {
     use common::{cryptsetup_test_passphrase_header, cryptsetup_volume_key_with};
     use common::{free_port, key_file, nbdcrypt, stderr};
     let dir = tempdir();
-    let mut k = Keyd::init(dir.path());
-    k.host("hostA");
-    let (officer_key, officer) = k.officer("olga");
-    k.serve();
+    let (k, officer_key, officer) = Keyd::with_officer(dir.path(), &[]);
     let key = key_file(dir.path());
     let image = dir.path().join("data.img");
     let header = dir.path().join("data.hdr");

@@ -43,6 +43,32 @@ fn hash(bytes: &[u8]) -> Vec<u8> {
     Sha256::digest(bytes).to_vec()
 }
 
+/// The image left at one stop point, as its check sees it: its bytes, its `luksDump` (which
+/// cryptsetup must parse), and whether a key opens it ([`opens`]: both tools, asked once per
+/// key and stop point).
+struct Stopped<'a> {
+    img: &'a Path,
+    bytes: Vec<u8>,
+    dump: String,
+    opened: std::cell::RefCell<Vec<(PathBuf, bool)>>,
+}
+
+impl Stopped<'_> {
+    fn opens(&self, key: &Path) -> bool {
+        if let Some((_, o)) = self.opened.borrow().iter().find(|(k, _)| k == key) {
+            return *o;
+        }
+        let o = opens(self.img, key);
+        self.opened.borrow_mut().push((key.to_owned(), o));
+        o
+    }
+
+    /// Whether the header in force lists keyslot `n`.
+    fn slot(&self, n: u32) -> bool {
+        self.dump.contains(&format!("  {n}: luks2"))
+    }
+}
+
 #[test]
 fn our_changes_are_seen_by_cryptsetup() {
     let dir = tempdir();
@@ -169,10 +195,8 @@ fn every_stop_point_leaves_a_good_volume() {
     // forgets it.
     let area1 = 290816..290816 + 258048;
     let base_area1 = bytes[area1.clone()].to_vec();
-    let slot = |img: &Path, n: u32| -> bool {
-        ok(cryptsetup().arg("luksDump").arg(img)).contains(&format!("  {n}: luks2"))
-    };
-    type Check<'a> = Box<dyn Fn(bool, &Path) -> bool + 'a>;
+    let wiped = |s: &Stopped| s.bytes[area1.clone()] != base_area1[..];
+    type Check<'a> = Box<dyn Fn(bool, &Stopped) -> bool + 'a>;
     type Op<'a> = (&'a str, Vec<&'a str>, Vec<(&'a str, &'a Path)>, Check<'a>);
     let ops: Vec<Op> = vec![
         (
@@ -180,11 +204,8 @@ fn every_stop_point_leaves_a_good_volume() {
             add.clone(),
             vec![("--key-file", &k0), ("--new-keyfile", &k2)],
             // The header names slot 2 only once its area unlocks.
-            Box::new(|done, img| {
-                opens(img, &k0)
-                    && opens(img, &k1)
-                    && slot(img, 2) == opens(img, &k2)
-                    && (!done || slot(img, 2))
+            Box::new(|done, s| {
+                s.opens(&k0) && s.opens(&k1) && s.slot(2) == s.opens(&k2) && (!done || s.slot(2))
             }),
         ),
         (
@@ -192,35 +213,28 @@ fn every_stop_point_leaves_a_good_volume() {
             change.clone(),
             vec![("--key-file", &k1), ("--new-keyfile", &k2)],
             // Once done, the old area is wiped too.
-            Box::new(|done, img| {
-                let wiped = std::fs::read(img).unwrap()[area1.clone()] != base_area1[..];
-                opens(img, &k0)
-                    && (opens(img, &k1) != opens(img, &k2))
-                    && (!done || (opens(img, &k2) && wiped))
+            Box::new(|done, s| {
+                s.opens(&k0)
+                    && (s.opens(&k1) != s.opens(&k2))
+                    && (!done || (s.opens(&k2) && wiped(s)))
             }),
         ),
         (
             "remove-key",
             vec!["remove-key"],
             vec![("--key-file", &k1)],
-            Box::new(|done, img| {
-                let forgotten = !slot(img, 1);
-                let wiped = std::fs::read(img).unwrap()[area1.clone()] != base_area1[..];
-                opens(img, &k0)
-                    && (!forgotten || wiped)
-                    && (!done || (forgotten && !opens(img, &k1)))
+            Box::new(|done, s| {
+                let forgotten = !s.slot(1);
+                s.opens(&k0) && (!forgotten || wiped(s)) && (!done || (forgotten && !s.opens(&k1)))
             }),
         ),
         (
             "kill-slot",
             vec!["kill-slot", "1"],
             vec![("--key-file", &k0)],
-            Box::new(|done, img| {
-                let forgotten = !slot(img, 1);
-                let wiped = std::fs::read(img).unwrap()[area1.clone()] != base_area1[..];
-                opens(img, &k0)
-                    && (!forgotten || wiped)
-                    && (!done || (forgotten && !opens(img, &k1)))
+            Box::new(|done, s| {
+                let forgotten = !s.slot(1);
+                s.opens(&k0) && (!forgotten || wiped(s)) && (!done || (forgotten && !s.opens(&k1)))
             }),
         ),
         (
@@ -228,16 +242,26 @@ fn every_stop_point_leaves_a_good_volume() {
             recovery.clone(),
             vec![("--key-file", &k0)],
             // The header names slot 2 and its token together, or neither.
-            Box::new(|done, img| {
-                let token = ok(nbdcrypt().arg("dump").arg(img)).contains("nbdcrypt-recovery");
-                opens(img, &k0) && opens(img, &k1) && slot(img, 2) == token && (!done || token)
+            Box::new(|done, s| {
+                let token = ok(nbdcrypt().arg("dump").arg(s.img)).contains("nbdcrypt-recovery");
+                s.opens(&k0) && s.opens(&k1) && s.slot(2) == token && (!done || token)
             }),
         ),
     ];
+    // The stop-point images live in memory (tmpfs) where there is one: a stop point is a
+    // process abort, not a power cut, so the next command reads the page cache either way, and
+    // the commands' fdatasyncs then do not wait for the disk to take each fresh 20 MiB copy.
+    let scratch = match std::fs::metadata("/dev/shm") {
+        Ok(m) if m.is_dir() => tempfile::Builder::new()
+            .prefix("nbdcrypt-test-")
+            .tempdir_in("/dev/shm")
+            .unwrap(),
+        _ => tempdir(),
+    };
     for (name, args, files, check) in ops {
         let mut step = 1;
         loop {
-            let img = dir.path().join(format!("{name}-{step}.img"));
+            let img = scratch.path().join(format!("{name}-{step}.img"));
             std::fs::copy(&base, &img).unwrap();
             let mut c = nbdcrypt();
             // The image follows the (sub)command name.
@@ -256,16 +280,21 @@ fn every_stop_point_leaves_a_good_volume() {
                     stderr(&out)
                 );
             }
-            assert!(
-                check(done, &img),
-                "{name}: after stop point {step} the volume does not open as it should"
-            );
-            ok(cryptsetup().arg("luksDump").arg(&img));
             let after = std::fs::read(&img).unwrap();
             assert_eq!(
                 hash(&after[16 << 20..]),
                 data_hash,
                 "{name} step {step}: data changed"
+            );
+            let stopped = Stopped {
+                img: &img,
+                dump: ok(cryptsetup().arg("luksDump").arg(&img)),
+                bytes: after,
+                opened: Default::default(),
+            };
+            assert!(
+                check(done, &stopped),
+                "{name}: after stop point {step} the volume does not open as it should"
             );
             std::fs::remove_file(&img).unwrap();
             if done {
@@ -667,13 +696,14 @@ fn add_key_from_volume_key_and_kdf_flags() {
     std::fs::write(&vk_file, &vk).unwrap();
     std::fs::write(&wrong, [7u8; 64]).unwrap();
     let before = std::fs::read(&img).unwrap();
+    // Costs that are nobody's default, small enough to be cheap (4000 KiB, not tens of MiB).
     let argon = [
         "--pbkdf",
         "argon2i",
         "--pbkdf-force-iterations",
         "5",
         "--pbkdf-memory",
-        "40000",
+        "4000",
         "--pbkdf-parallel",
         "2",
     ];
@@ -698,7 +728,7 @@ fn add_key_from_volume_key_and_kdf_flags() {
     assert!(
         dump.contains("PBKDF:      argon2i")
             && dump.contains("Time cost:  5")
-            && dump.contains("Memory:     40000")
+            && dump.contains("Memory:     4000\n")
             && dump.contains("Threads:    2"),
         "{dump}"
     );
@@ -709,7 +739,7 @@ fn add_key_from_volume_key_and_kdf_flags() {
         "--pbkdf-force-iterations",
         "6",
     ];
-    change.extend(["--pbkdf-memory", "33000", "--pbkdf-parallel", "1"]);
+    change.extend(["--pbkdf-memory", "3300", "--pbkdf-parallel", "1"]);
     let out = cmd(
         &change,
         &img,
@@ -718,7 +748,9 @@ fn add_key_from_volume_key_and_kdf_flags() {
     assert!(out.status.success(), "{}", stderr(&out));
     let dump = ok(cryptsetup().arg("luksDump").arg(&img));
     assert!(
-        dump.contains("PBKDF:      argon2id") && dump.contains("Time cost:  6"),
+        dump.contains("PBKDF:      argon2id")
+            && dump.contains("Time cost:  6")
+            && dump.contains("Memory:     3300\n"),
         "{dump}"
     );
     assert!(opens(&img, &k2) && !opens(&img, &k1));
@@ -821,9 +853,15 @@ fn unwritable_image_changes_nothing() {
     assert!(opens(&img, &k0));
 }
 
-/// Two header changes at once: the second finds the image busy (exit 5), the first completes.
+/// While one command changes the header, a second is refused as busy (exit 5) and changes
+/// nothing; the first completes. The first holds the header lock while it waits to read its new
+/// passphrase from a FIFO (it opens `--new-keyfile` after locking and unlocking,
+/// src/cli/keyslots.rs `add_key`), so the second runs exactly while it is held.
 #[test]
 fn concurrent_header_changes_are_busy() {
+    use std::io::Write;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::OpenOptionsExt;
     use std::process::Stdio;
     let dir = tempdir();
     let (k0, k1, k2) = (
@@ -833,23 +871,49 @@ fn concurrent_header_changes_are_busy() {
     );
     let img = dir.path().join("cc.img");
     format_cheap(&img, &k0, "20M", 512, "pbkdf2");
-    // A slow add-key: it holds the image while it benchmarks (1.5 s) and verifies.
-    let slow = nbdcrypt()
+    let fifo = dir.path().join("k1.fifo");
+    let c_fifo = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c_fifo.as_ptr(), 0o600) }, 0);
+    let mut first = nbdcrypt()
         .arg("add-key")
         .arg(&img)
-        .args(["--pbkdf", "pbkdf2", "--iter-time", "1500", "--key-file"])
+        .args(CHEAP)
+        .arg("--key-file")
         .arg(&k0)
         .arg("--new-keyfile")
-        .arg(&k1)
+        .arg(&fifo)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // The write end opens (non-blocking) once the first command has opened the read end.
+    let mut w = loop {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+        {
+            Ok(f) => break f,
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+                if let Some(st) = first.try_wait().unwrap() {
+                    panic!("the first add-key exited ({st}) before reading its new passphrase");
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => panic!("open {}: {e}", fifo.display()),
+        }
+    };
+    let before = std::fs::read(&img).unwrap();
     let mut add = vec!["add-key"];
     add.extend(CHEAP);
     let out = cmd(&add, &img, &[("--key-file", &k0), ("--new-keyfile", &k2)]);
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
-    let first = slow.wait_with_output().unwrap();
+    assert!(
+        std::fs::read(&img).unwrap() == before,
+        "the busy add-key changed the image"
+    );
+    w.write_all(&std::fs::read(&k1).unwrap()).unwrap();
+    drop(w);
+    let first = first.wait_with_output().unwrap();
     assert!(first.status.success(), "{}", stderr(&first));
     assert!(opens(&img, &k1) && !opens(&img, &k2));
 }

@@ -143,12 +143,24 @@ pub fn read_passphrase(
     Ok(p)
 }
 
-/// Read at most [`MAX_KEYFILE`] bytes into one buffer allocated up front, so no reallocation
-/// leaves an unwiped copy of the key behind.
+/// Read at most [`MAX_KEYFILE`] bytes. The buffer starts at one page and doubles into a fresh
+/// allocation, the old one wiped (`Zeroizing`) before it is freed, so no reallocation leaves an
+/// unwiped copy of the key behind, and a key costs memory for its own size: a buffer of
+/// [`MAX_KEYFILE`] up front made every run fault in, lock page by page (the `Passphrase` keeps
+/// the capacity) and wipe 8 MiB per key read.
 fn read_limited(mut r: impl Read, what: &str) -> Result<Zeroizing<Vec<u8>>, CliError> {
-    let mut buf = Zeroizing::new(vec![0u8; MAX_KEYFILE as usize + 1]);
+    let limit = MAX_KEYFILE as usize + 1;
+    let mut buf = Zeroizing::new(vec![0u8; 4096]);
     let mut n = 0;
-    while n < buf.len() {
+    loop {
+        if n == buf.len() {
+            if n == limit {
+                break;
+            }
+            let mut bigger = Zeroizing::new(vec![0u8; (2 * n).min(limit)]);
+            bigger[..n].copy_from_slice(&buf[..n]);
+            buf = bigger;
+        }
         match r.read(&mut buf[n..]) {
             Ok(0) => break,
             Ok(k) => n += k,
@@ -163,4 +175,40 @@ fn read_limited(mut r: impl Read, what: &str) -> Result<Zeroizing<Vec<u8>>, CliE
     }
     buf.truncate(n);
     Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader that hands out at most `.1` bytes a call.
+    struct Trickle<'a>(&'a [u8], usize);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let k = self.1.min(buf.len()).min(self.0.len());
+            buf[..k].copy_from_slice(&self.0[..k]);
+            self.0 = &self.0[k..];
+            Ok(k)
+        }
+    }
+
+    #[test]
+    fn read_limited_reads_up_to_the_limit_and_refuses_more() {
+        let max = MAX_KEYFILE as usize;
+        let data: Vec<u8> = (0..max + 1).map(|i| (i * 7 + i / 251) as u8).collect();
+        for len in [0, 1, 13, 4095, 4096, 4097, 100_000, max] {
+            for chunk in [1000, 1 << 20] {
+                let got = read_limited(Trickle(&data[..len], chunk), "t").unwrap();
+                assert!(got[..] == data[..len], "len {len} chunk {chunk}");
+            }
+        }
+        let err = read_limited(Trickle(&data, 1 << 20), "t").unwrap_err();
+        assert!(
+            err.to_string().contains("larger than 8388608 bytes"),
+            "{err}"
+        );
+        // A short key holds one page, not the limit.
+        assert!(read_limited(&b"passphrase k0"[..], "t").unwrap().capacity() <= 4096);
+    }
 }

@@ -1,5 +1,4 @@
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use crate::crypto::digest::verify_digest;
@@ -8,6 +7,7 @@ use crate::crypto::keyslot::{keyslot_material_len, unwrap_key, KeyslotParams};
 use crate::crypto::{Argon2Variant, CryptoError, HashAlg, KdfParams, VolumeKey};
 use crate::format::{self, KdfProfile, KeyslotProfile};
 
+use super::update::read_step;
 use super::{meminfo_kib, LoadedHeader, VolumeError};
 
 /// A volume key that passed the digest check, and the keyslot it came from.
@@ -132,13 +132,7 @@ pub fn unlock(
         }
         let len = keyslot_material_len(ks.key_size, ks.stripes);
         let mut area = vec![0u8; len];
-        file.read_exact_at(&mut area, ks.area_offset)
-            .map_err(|e| VolumeError::Io {
-                op: "read keyslot area",
-                path: path.to_owned(),
-                offset: ks.area_offset,
-                source: e,
-            })?;
+        read_step(file, path, &mut area, ks.area_offset, "read keyslot area")?;
         tried += 1;
         let candidate =
             unwrap_key(&keyslot_params(&ks), passphrase, &area).map_err(|e| match e {

@@ -63,6 +63,24 @@ pub(crate) fn write_step(
     Ok(())
 }
 
+/// Read all of `buf` from byte `at` of the image, through the fault hook of `store.rs` as the
+/// writes and syncs are (not a numbered step: a read changes nothing). Errors:
+/// [`VolumeError::Io`] with `op` (what was being read, e.g. `"read keyslot area"`) and `at`.
+pub(crate) fn read_step(
+    file: &File,
+    path: &Path,
+    buf: &mut [u8],
+    at: u64,
+    op: &'static str,
+) -> Result<(), VolumeError> {
+    super::store::read_exact_at(file, buf, at).map_err(|e| VolumeError::Io {
+        op,
+        path: path.to_owned(),
+        offset: at,
+        source: e,
+    })
+}
+
 /// `fdatasync` the image: one step.
 pub(crate) fn sync_step(file: &File, path: &Path, what: &str) -> Result<(), VolumeError> {
     super::store::sync_data(file).map_err(|e| VolumeError::Io {
@@ -332,13 +350,7 @@ fn write_area(
     write_step(file, path, &material, at, "keyslot area")?;
     sync_step(file, path, "sync keyslot area")?;
     let mut back = vec![0u8; material.len()];
-    file.read_exact_at(&mut back, at)
-        .map_err(|e| VolumeError::Io {
-            op: "read back keyslot area",
-            path: path.to_owned(),
-            offset: at,
-            source: e,
-        })?;
+    read_step(file, path, &mut back, at, "read back keyslot area")?;
     let again = unwrap_key(params, pass, &back)?;
     if !bool::from(subtle::ConstantTimeEq::ct_eq(again.expose(), vk.expose())) {
         return Err(VolumeError::Io {
@@ -388,13 +400,7 @@ pub fn kill_keyslot(
     }
     let area = &lh.metadata.keyslots[&Id(slot)].area;
     let mut old = vec![0u8; area.size as usize];
-    file.read_exact_at(&mut old, area.offset)
-        .map_err(|e| VolumeError::Io {
-            op: "read keyslot area",
-            path: path.to_owned(),
-            offset: area.offset,
-            source: e,
-        })?;
+    read_step(file, path, &mut old, area.offset, "read keyslot area")?;
     let img = path.display();
     let finish = format!("run `nbdcrypt kill-slot {img} {slot}` to finish removing it");
     wipe_area(file, path, lh, slot).map_err(|e| {
@@ -539,13 +545,7 @@ pub fn repair(file: &File, path: &Path, lh: &LoadedHeader) -> Result<bool, Volum
 /// whole header of a detached header file), which is what `cryptsetup luksHeaderBackup` saves.
 pub fn header_bytes(file: &File, path: &Path, lh: &LoadedHeader) -> Result<Vec<u8>, VolumeError> {
     let mut buf = vec![0u8; lh.header_area_len() as usize];
-    file.read_exact_at(&mut buf, 0)
-        .map_err(|e| VolumeError::Io {
-            op: "read header area",
-            path: path.to_owned(),
-            offset: 0,
-            source: e,
-        })?;
+    read_step(file, path, &mut buf, 0, "read header area")?;
     Ok(buf)
 }
 
@@ -632,13 +632,7 @@ pub fn restore_header(
     let ks_start = 2 * h.hdr_size;
     let area = &bytes[ks_start as usize..];
     let mut old = vec![0u8; area.len()];
-    file.read_exact_at(&mut old, ks_start)
-        .map_err(|e| VolumeError::Io {
-            op: "read keyslots area",
-            path: path.to_owned(),
-            offset: ks_start,
-            source: e,
-        })?;
+    read_step(file, path, &mut old, ks_start, "read keyslots area")?;
     let again = "run header-restore again with the same backup".to_string();
     let replaced = (
         "the keyslots area is partly or wholly the backup's, so keyslots of the header in force may no longer open".to_string(),

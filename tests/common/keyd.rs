@@ -55,6 +55,20 @@ impl Keyd {
         }
     }
 
+    /// The escrow and recovery tests' service: [`Keyd::init`] in `dir`, the KEKs `keks`
+    /// created, host `hostA` ([`Keyd::host`]), recovery officer `olga` ([`Keyd::officer`]),
+    /// serving. Returns (service, olga's age identity file, her officer token).
+    pub fn with_officer(dir: &Path, keks: &[&str]) -> (Keyd, PathBuf, String) {
+        let mut k = Keyd::init(dir);
+        for kek in keks {
+            k.admin(&["kek", "create", kek]);
+        }
+        k.host("hostA");
+        let (identity, token) = k.officer("olga");
+        k.serve();
+        (k, identity, token)
+    }
+
     /// `nbdcrypt-keyd --data-dir D ARGS...`, required to succeed; stdout.
     pub fn admin(&self, args: &[&str]) -> String {
         ok(keyd().arg("--data-dir").arg(&self.data).args(args))
