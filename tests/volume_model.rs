@@ -390,3 +390,70 @@ fn partial_writes_into_one_hole_from_two_threads_both_land() {
     }
     assert_eq!(lost, 0, "blocks that lost one of the two writes");
 }
+
+/// `write_in_place_unless` (the NBD session's WRITE path): a whole-sector write leaves the
+/// payload buffer holding exactly the ciphertext now in the image at that place, and reads
+/// back as the plaintext, across the 1 MiB parallel split; a partial-sector write through it
+/// is read-modify-written as `write_at`'s; with the abandoned flag set it writes nothing.
+#[test]
+fn in_place_writes_match_the_model_and_leave_ciphertext_behind() {
+    use std::os::unix::fs::FileExt;
+    use std::sync::atomic::AtomicBool;
+    let dir = common::tempdir();
+    for sector in [512u32, 4096] {
+        let path = dir.path().join(format!("p{sector}.img"));
+        create_sized(&path, sector, 24 << 20);
+        let vol = open(&path);
+        let segment = volume::load_header(&std::fs::File::open(&path).unwrap(), &path)
+            .unwrap()
+            .segment
+            .offset;
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ u64::from(sector));
+        let plain: Vec<u8> = (0..(3 << 20) + 8192)
+            .map(|_| rng.below(256) as u8)
+            .collect();
+        let (off, clear, set) = (
+            u64::from(sector) * 5,
+            AtomicBool::new(false),
+            AtomicBool::new(true),
+        );
+        let mut buf = plain.clone();
+        assert!(vol
+            .write_in_place_unless(&mut buf, off, false, Some(&clear))
+            .unwrap());
+        let mut image = vec![0u8; buf.len()];
+        std::fs::File::open(&path)
+            .unwrap()
+            .read_exact_at(&mut image, segment + off)
+            .unwrap();
+        assert!(
+            buf == image,
+            "the buffer is not the ciphertext written ({sector})"
+        );
+        assert!(buf != plain, "nothing was encrypted ({sector})");
+        let mut back = vec![0u8; plain.len()];
+        vol.read_at(&mut back, off).unwrap();
+        assert!(
+            back == plain,
+            "in-place write does not read back ({sector})"
+        );
+        // Partial sectors at both ends: the plaintext around them survives.
+        let mut part = vec![0xa5u8; 1000];
+        assert!(vol
+            .write_in_place_unless(&mut part, off + 300, false, Some(&clear))
+            .unwrap());
+        let mut expect = plain.clone();
+        expect[300..1300].fill(0xa5);
+        vol.read_at(&mut back, off).unwrap();
+        assert!(back == expect, "partial in-place write ({sector})");
+        let mut doomed = vec![0x11u8; plain.len()];
+        assert!(!vol
+            .write_in_place_unless(&mut doomed, off, false, Some(&set))
+            .unwrap());
+        vol.read_at(&mut back, off).unwrap();
+        assert!(
+            back == expect,
+            "an abandoned in-place write changed the volume ({sector})"
+        );
+    }
+}
