@@ -22,9 +22,11 @@
 #                where the server's CPU time goes: top functions and a breakdown by category
 #                (the fio jobs of JOBS; copyin/copyout are skipped)
 # Prints one Markdown table of medians (MB/s = 10^6 bytes/s), ratio rows, the server's CPU time
-# per MB moved (robust to load from other processes: it is what a job costs the server), the targets of
+# per MB moved (what a job costs the server, less sensitive to other load than throughput), the targets of
 # issue 6, and the spread of every cell. Run by hand; not part of tests/run.sh.
 set -euo pipefail
+# resolved before the cd below, so a path relative to where the script was started works
+[ -n "${NBDCRYPT_B:-}" ] && NBDCRYPT_B=$(realpath "$NBDCRYPT_B")
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$HOME/.cargo/bin:$PATH"
 
@@ -42,7 +44,6 @@ else
     read -r -a SERVERS <<<"${SERVERS:-nbdcrypt nbdkit-luks qemu-nbd nbdkit-file}"
 fi
 if [ -n "${NBDCRYPT_B:-}" ]; then
-    NBDCRYPT_B=$(realpath "$NBDCRYPT_B")
     [[ " ${SERVERS[*]} " == *" nbdcrypt-b "* ]] || SERVERS+=(nbdcrypt-b)
 fi
 SIZE=$((1 << 30)) # volume size of every export, bytes
@@ -202,8 +203,10 @@ done
 fio_job() {
     local name=$1 s=$2 field=$3 out="$WORK/fio-$1-$2.json"
     shift 3
+    rm -f "$out" "$WORK/moved" # a failed job must not leave the last one's figures behind
     fio --name="$name" --ioengine=nbd --uri="$(uri "$s")" --size="$SIZE" \
-        --time_based --runtime="$RUNTIME" --output-format=json --output="$out" "$@" >/dev/null
+        --time_based --runtime="$RUNTIME" --output-format=json --output="$out" "$@" >/dev/null ||
+        { log "fio $name on $s failed"; return 1; }
     jq -r '.jobs[0] | .read.io_bytes + .write.io_bytes' "$out" >"$WORK/moved"
     jq -r ".jobs[0] | $field" "$out"
 }
@@ -211,7 +214,8 @@ fio_job() {
 timed_mbs() {
     local t0 t1
     t0=$EPOCHREALTIME
-    "$@" >/dev/null
+    rm -f "$WORK/moved"
+    "$@" >/dev/null || { log "$1 failed"; return 1; }
     t1=$EPOCHREALTIME
     echo "$SIZE" >"$WORK/moved"
     awk -v b="$SIZE" -v a="$t0" -v z="$t1" 'BEGIN { printf "%.1f\n", b / (z - a) / 1e6 }'
@@ -229,6 +233,10 @@ job() {
         lat1) fio_job "$j" "$s" '.read.lat_ns.mean / 1000' --rw=randread --bs=4k --iodepth=1 ;;
         copyin) timed_mbs nbdcopy --request-size=4194304 --flush "$WORK/src.bin" "$(uri "$s")" ;;
         copyout) timed_mbs nbdcopy --request-size=4194304 --no-extents "$(uri "$s")" null: ;;
+        *)
+            log "unknown job $j"
+            return 1
+            ;;
     esac
 }
 read -r -a JOBS <<<"${JOBS:-seqwrite seqread randread32 randwrite32 lat1 copyin copyout}"
@@ -238,11 +246,14 @@ declare -A HEAD=(
     [randread32]="4k randread QD32 IOPS" [randwrite32]="4k randwrite QD32 IOPS"
     [lat1]="4k randread QD1 µs" [copyin]="nbdcopy write MB/s" [copyout]="nbdcopy read MB/s"
 )
+for j in "${JOBS[@]}"; do
+    [ -n "${HEAD[$j]:-}" ] || { log "unknown job $j (known: ${!HEAD[*]})"; exit 1; }
+done
 
 label() {
     case $1 in
         nbdcrypt) echo "nbdcrypt (LUKS2, $SECTOR B sectors)" ;;
-        nbdcrypt-b) echo "nbdcrypt-b ($(basename "$NBDCRYPT_B"))" ;;
+        nbdcrypt-b) echo "nbdcrypt-b ($NBDCRYPT_B)" ;;
         nbdkit-luks) echo "nbdkit file + luks filter (LUKS1)" ;;
         qemu-nbd) echo "qemu-nbd (LUKS1)" ;;
         nbdkit-file) echo "nbdkit file (unencrypted)" ;;
@@ -302,7 +313,8 @@ LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 declare -A SAMPLES=() CPU=()
 HZ=$(getconf CLK_TCK)
 # user + system time of a server process and all its threads, clock ticks (/proc/PID/stat)
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$(pidof_server "$1")/stat"; }
+# (fields after the parenthesised command name, which may hold spaces: utime and stime are 12, 13)
+cpu_ticks() { sed 's/.*) //' "/proc/$(pidof_server "$1")/stat" | awk '{ print $12 + $13 }'; }
 n=${#SERVERS[@]}
 for ((r = 0; r < REPS; r++)); do
     log "repetition $((r + 1))/$REPS"
@@ -368,9 +380,11 @@ if has nbdcrypt; then
 fi
 echo
 echo "Server CPU time (user + system, all threads) per MB moved, µs, medians: what a job costs the"
-echo "server whatever the load beside it (lower is better):"
+echo "server, less sensitive than throughput to the load beside it (lower is better):"
 echo
-echo "$hdr"
+cpu_hdr="| server |"
+for j in "${JOBS[@]}"; do cpu_hdr+=" ${HEAD[$j]% *} |"; done # the job, without its unit
+echo "$cpu_hdr"
 echo "$sep"
 for s in "${SERVERS[@]}"; do
     row="| $(label "$s") |"

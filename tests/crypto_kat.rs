@@ -220,9 +220,20 @@ fn xts_4096_byte_sectors_match_openssl() {
 /// Long buffers against OpenSSL, per sector: runs that cross the batches in which sector tweaks
 /// are encrypted (60 sectors), and runs long enough to be split across threads (at least
 /// `PARALLEL_THRESHOLD`, 1 MiB, with a last piece shorter than the others), for AES-256-XTS
-/// and AES-128-XTS, both directions.
+/// and AES-128-XTS, both directions. On this thread (pieces: as many as the machine has
+/// cores) and inside a pool of three threads (three pieces, the last one short, cut from a
+/// call made on a pool thread).
 #[test]
 fn xts_long_and_parallel_runs_match_openssl() {
+    long_runs_match_openssl();
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(3)
+        .build()
+        .unwrap()
+        .install(long_runs_match_openssl);
+}
+
+fn long_runs_match_openssl() {
     for (klen, cipher_ossl) in [
         (64, openssl::symm::Cipher::aes_256_xts()),
         (32, openssl::symm::Cipher::aes_128_xts()),

@@ -376,9 +376,10 @@ impl Volume {
 
     /// [`Volume::write_at_unless`] for a caller that no longer needs `data` afterwards (the
     /// NBD session's request buffer): a write of whole units is encrypted in place in `data`
-    /// and written from there, with no copy and no buffer besides `data`; on return `data`
-    /// holds ciphertext (or, for a partial write, the plaintext still). A write covering part
-    /// of a unit is served as by [`Volume::write_at_unless`].
+    /// and written from there, with no copy and no buffer besides `data`. A write covering
+    /// part of a unit is served as by [`Volume::write_at_unless`]. The content of `data` on
+    /// return is unspecified (ciphertext after a whole-unit write, even a failed one; the
+    /// plaintext after a partial, abandoned or refused one).
     ///
     /// Errors: as [`Volume::write_at`].
     pub fn write_in_place_unless(
@@ -472,14 +473,19 @@ impl Volume {
         abandoned: Option<&AtomicBool>,
     ) -> Result<bool, VolumeError> {
         self.check_range(offset, len)?;
-        let zeros = vec![0u8; ZERO_CHUNK.min(len) as usize];
+        // One buffer, zeroed again for each chunk and encrypted in place: 1 MiB per request.
+        let mut zeros = vec![0u8; ZERO_CHUNK.min(len) as usize];
         let mut done = 0;
         while done < len {
             // Keep chunks sector-aligned after the first so only the ends need RMW.
             let pos = offset + done;
             let to_boundary = ZERO_CHUNK - pos % ZERO_CHUNK;
             let n = (len - done).min(to_boundary);
-            if !self.write_at_unless(&zeros[..n as usize], pos, false, abandoned)? {
+            let chunk = &mut zeros[..n as usize];
+            if done > 0 {
+                chunk.fill(0);
+            }
+            if !self.write_impl(Plaintext::Scratch(chunk), pos, false, abandoned)? {
                 return Ok(false);
             }
             done += n;
