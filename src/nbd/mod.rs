@@ -145,7 +145,7 @@ pub trait BlockExport: Send + Sync + 'static {
     /// that cannot be sent), so a dead connection's queued writes never land after a write
     /// that another connection made to the same range and got acknowledged since. An
     /// implementation should check the flag under the same lock that orders its writes to the
-    /// range (as [`Volume`](crate::volume::Volume) does with its sector locks); this default
+    /// range (as [`Volume`](crate::volume::Volume) does with its region locks); this default
     /// checks it just before calling `write_at`.
     ///
     /// `data` is the caller's to discard afterwards (the session's request buffer): an
