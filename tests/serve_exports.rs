@@ -548,6 +548,13 @@ fn one_log_line_per_connection() {
     assert_eq!(r.opt_all(OPT_GO, &go_data("")).last().unwrap().0, REP_ACK);
     r.write(5, 0, &[1; 512]);
     assert_eq!(r.reply().unwrap(), (0, 5));
+    // Hang up, and wait until the server has closed its side too, so that it ended the
+    // session on the hang-up before the SIGTERM below (else it may log end=shutdown).
+    r.s.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(
+        r.closed(),
+        "the server did not close a connection its client hung up"
+    );
     drop(r);
     let (st, err) = srv.stop();
     assert!(st.success(), "{err}");
