@@ -50,6 +50,18 @@ SIZE=$((1 << 30)) # volume size of every export, bytes
 
 log() { echo "e2e: $*" >&2; }
 
+# The jobs and their column headings; unknown names are refused before anything is set up.
+read -r -a JOBS <<<"${JOBS:-seqwrite seqread randread32 randwrite32 lat1 copyin copyout}"
+declare -A HEAD=(
+    [seqwrite]="seq write 4M QD8 MB/s" [seqread]="seq read 4M QD8 MB/s"
+    [seqwrite1]="seq write 4M QD1 MB/s" [seqread1]="seq read 4M QD1 MB/s"
+    [randread32]="4k randread QD32 IOPS" [randwrite32]="4k randwrite QD32 IOPS"
+    [lat1]="4k randread QD1 µs" [copyin]="nbdcopy write MB/s" [copyout]="nbdcopy read MB/s"
+)
+for j in "${JOBS[@]}"; do
+    [ -n "${HEAD[$j]:-}" ] || { log "unknown job $j (known: ${!HEAD[*]})"; exit 1; }
+done
+
 # --- packages (idempotent; only the missing ones are installed) --------------------------
 # qemu-utils: tests/run.sh pairs the bookworm qemu-utils with qemu-system-x86; an installed
 # qemu-utils (whatever its version) is left alone, a missing one comes from bookworm likewise.
@@ -233,22 +245,8 @@ job() {
         lat1) fio_job "$j" "$s" '.read.lat_ns.mean / 1000' --rw=randread --bs=4k --iodepth=1 ;;
         copyin) timed_mbs nbdcopy --request-size=4194304 --flush "$WORK/src.bin" "$(uri "$s")" ;;
         copyout) timed_mbs nbdcopy --request-size=4194304 --no-extents "$(uri "$s")" null: ;;
-        *)
-            log "unknown job $j"
-            return 1
-            ;;
     esac
 }
-read -r -a JOBS <<<"${JOBS:-seqwrite seqread randread32 randwrite32 lat1 copyin copyout}"
-declare -A HEAD=(
-    [seqwrite]="seq write 4M QD8 MB/s" [seqread]="seq read 4M QD8 MB/s"
-    [seqwrite1]="seq write 4M QD1 MB/s" [seqread1]="seq read 4M QD1 MB/s"
-    [randread32]="4k randread QD32 IOPS" [randwrite32]="4k randwrite QD32 IOPS"
-    [lat1]="4k randread QD1 µs" [copyin]="nbdcopy write MB/s" [copyout]="nbdcopy read MB/s"
-)
-for j in "${JOBS[@]}"; do
-    [ -n "${HEAD[$j]:-}" ] || { log "unknown job $j (known: ${!HEAD[*]})"; exit 1; }
-done
 
 label() {
     case $1 in
