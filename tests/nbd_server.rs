@@ -917,3 +917,69 @@ async fn inline_limit_zero_serves_small_requests_in_parallel() {
     req(&mut wr, 0, CMD_DISC, 999, 0, 0).await;
     assert_eq!(session.await.unwrap().unwrap(), SessionEnd::Disconnected);
 }
+
+/// An export whose READs and WRITEs at [`PanicExport::AT`] panic (a bug in an export).
+struct PanicExport(Arc<MemExport>);
+
+impl PanicExport {
+    const AT: u64 = 512 << 10;
+}
+
+impl BlockExport for PanicExport {
+    fn size(&self) -> u64 {
+        self.0.size()
+    }
+    fn min_block_size(&self) -> u32 {
+        self.0.min_block_size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        assert_ne!(offset, Self::AT, "export bug (READ)");
+        self.0.read_at(buf, offset)
+    }
+    fn write_at(&self, data: &[u8], offset: u64, fua: bool) -> std::io::Result<()> {
+        assert_ne!(offset, Self::AT, "export bug (WRITE)");
+        self.0.write_at(data, offset, fua)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> std::io::Result<()> {
+        self.0.write_zeroes(offset, len, fua)
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// A panic inside the export while serving a READ or WRITE above the inline limit (on the
+/// blocking pool) is an EIO reply for that request; the connection goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_panic_in_a_large_request_is_eio_and_the_connection_goes_on() {
+    const LEN: u32 = 128 << 10; // over the 64 KiB inline limit
+    let mem = MemExport::new(MIB, 512);
+    let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let ex: Arc<dyn BlockExport> = Arc::new(PanicExport(mem.clone()));
+    let (session, mut rd, mut wr) =
+        duplex_session(exports(ex), Arc::default(), stop_rx, 1 << 20).await;
+    export_name(&mut rd, &mut wr, EXPORT.as_bytes()).await;
+    req(&mut wr, 0, CMD_WRITE, 1, PanicExport::AT, LEN).await;
+    wr.write_all(&vec![9u8; LEN as usize]).await.unwrap();
+    assert_eq!(reply(&mut rd).await, (EIO, 1), "WRITE that panicked");
+    req(&mut wr, 0, CMD_READ, 2, PanicExport::AT, LEN).await;
+    assert_eq!(
+        reply(&mut rd).await,
+        (EIO, 2),
+        "READ that panicked, no data"
+    );
+    req(&mut wr, 0, CMD_WRITE, 3, 0, LEN).await;
+    wr.write_all(&vec![7u8; LEN as usize]).await.unwrap();
+    assert_eq!(reply(&mut rd).await, (0, 3));
+    req(&mut wr, 0, CMD_READ, 4, 0, LEN).await;
+    assert_eq!(reply(&mut rd).await, (0, 4));
+    let mut data = vec![0u8; LEN as usize];
+    rd.read_exact(&mut data).await.unwrap();
+    assert!(data.iter().all(|&b| b == 7), "READ after the panics");
+    assert!(mem
+        .snapshot(PanicExport::AT as usize, 4)
+        .iter()
+        .all(|&b| b == 0));
+    req(&mut wr, 0, CMD_DISC, 5, 0, 0).await;
+    assert_eq!(session.await.unwrap().unwrap(), SessionEnd::Disconnected);
+}

@@ -13,8 +13,10 @@
 //! Transmission ("Transmission", "Ordering of messages and writes"): a reader parses requests
 //! (bounded by [`MAX_IN_FLIGHT`] requests and [`MAX_BUFFERED_BYTES`] of buffers). READs and
 //! WRITEs of at most [`BlockExport::inline_limit`] bytes (or [`SessionOptions::inline_limit`]) it serves itself, on its runtime
-//! thread (no thread hand-off); for every other request it spawns a task that runs the export
-//! call on the blocking pool. Replies are queued; a writer sends them in completion order. Data buffers
+//! thread (no thread hand-off); larger READs and WRITEs go straight to a blocking-pool thread,
+//! which queues the reply; for every other request it spawns a task that runs the export call
+//! on the blocking pool. Replies are queued; a writer sends them in completion order (a READ
+//! reply's header and data in one vectored write). Data buffers
 //! come from, and go back to, the server-wide [`BufferPool`] (no zero-filling per request).
 //!
 //! Reply style ("Simple reply message", "Structured reply chunk message"): without
@@ -846,33 +848,40 @@ fn serve_inline(
     }
 }
 
-/// Run one validated request against the export and build its reply.
+/// Serve a READ or WRITE of `req.length` > 0 bytes on a blocking-pool thread, as
+/// [`serve_inline`]; a panic in the export becomes an `EIO` reply (the connection goes on).
+fn serve_blocking(
+    export: &dyn BlockExport,
+    req: &Request,
+    payload: Vec<u8>,
+    neg: &Negotiated,
+    stats: &SessionStats,
+    abandoned: &AtomicBool,
+) -> Reply {
+    let serve = || serve_inline(export, req, payload, neg, stats, abandoned);
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(serve)).unwrap_or_else(|_| {
+        warn!("export call panicked");
+        Reply::error(neg.structured, proto::EIO, req.cookie)
+    })
+}
+
+/// Run one validated request other than a nonempty READ or WRITE against the export and
+/// build its reply.
 ///
 /// Writes are skipped once `abandoned` is set (see [`BlockExport::write_at_unless`]); their
 /// reply, EIO, is never sent, since the client is gone.
 async fn handle(
     export: Arc<dyn BlockExport>,
     req: Request,
-    payload: Vec<u8>,
     neg: Negotiated,
-    stats: Arc<SessionStats>,
     abandoned: Arc<AtomicBool>,
 ) -> Reply {
     let cookie = req.cookie;
     let len = req.length as usize;
     let sr = neg.structured;
     match req.command {
-        Command::Read | Command::Write if len == 0 => Reply::ok(sr, cookie),
-        Command::Read | Command::Write => {
-            let r = tokio::task::spawn_blocking(move || {
-                serve_inline(&*export, &req, payload, &neg, &stats, &abandoned)
-            })
-            .await;
-            r.unwrap_or_else(|e| {
-                warn!(error = %e, "export call panicked");
-                Reply::error(sr, proto::EIO, cookie)
-            })
-        }
+        // Only empty ones come here; the others are served inline or by serve_blocking.
+        Command::Read | Command::Write => Reply::ok(sr, cookie),
         Command::WriteZeroes if len == 0 => Reply::ok(sr, cookie),
         Command::WriteZeroes => {
             let (off, fua) = (req.offset, req.fua());
@@ -919,6 +928,25 @@ async fn handle(
         // check_request never lets these through
         Command::Disc | Command::Unknown(_) => Reply::error(sr, proto::EINVAL, cookie),
     }
+}
+
+/// Send `head` then `data`: both in one vectored write where the transport takes them (a
+/// READ reply's header and payload reach the client together), the rest as it goes.
+async fn write_reply<W: AsyncWrite + Unpin>(w: &mut W, head: &[u8], data: &[u8]) -> io::Result<()> {
+    let (mut head, mut data) = (head, data);
+    while !head.is_empty() && !data.is_empty() {
+        let n = w
+            .write_vectored(&[io::IoSlice::new(head), io::IoSlice::new(data)])
+            .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        let h = n.min(head.len());
+        head = &head[h..];
+        data = &data[n - h..];
+    }
+    w.write_all(head).await?;
+    w.write_all(data).await
 }
 
 /// Why the reader stopped.
@@ -1057,12 +1085,26 @@ where
                         let _ = tx.send(reply);
                         continue;
                     }
+                    if matches!(req.command, Command::Read | Command::Write) && req.length > 0 {
+                        // Larger READ/WRITE: straight to the blocking pool, whose thread
+                        // queues the reply itself (one hand-off; no task in between).
+                        let tx = tx.clone();
+                        let export = export.clone();
+                        let stats = stats.clone();
+                        let abandoned = abandoned.clone();
+                        tokio::task::spawn_blocking(move || {
+                            let mut reply =
+                                serve_blocking(&*export, &req, payload, &neg, &stats, &abandoned);
+                            reply._permits = Some((p1, p2));
+                            let _ = tx.send(reply);
+                        });
+                        continue;
+                    }
                     let tx = tx.clone();
                     let export = export.clone();
-                    let stats = stats.clone();
                     let abandoned = abandoned.clone();
                     tokio::spawn(async move {
-                        let mut reply = handle(export, req, payload, neg, stats, abandoned).await;
+                        let mut reply = handle(export, req, neg, abandoned).await;
                         reply._permits = Some((p1, p2));
                         let _ = tx.send(reply);
                     });
@@ -1092,11 +1134,7 @@ where
             let mut next = Some(first);
             let mut res = Ok(());
             while let Some(r) = next.take() {
-                res = async {
-                    wr.write_all(&r.head).await?;
-                    wr.write_all(&r.data).await
-                }
-                .await;
+                res = write_reply(&mut wr, &r.head, &r.data).await;
                 BufferPool::global().give(r.data);
                 if res.is_err() {
                     break;

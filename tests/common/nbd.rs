@@ -243,6 +243,7 @@ pub const CMD_FLUSH: u16 = 3;
 pub const CMD_FLAG_FUA: u16 = 1;
 pub const CMD_WRITE_ZEROES: u16 = 6;
 pub const EPERM: u32 = 1;
+pub const EIO: u32 = 5;
 pub const EINVAL: u32 = 22;
 pub const ENOSPC: u32 = 28;
 
