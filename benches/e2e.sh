@@ -14,8 +14,9 @@
 #   NBDCRYPT_B=PATH   another nbdcrypt binary (say, a build of an earlier commit): adds the server
 #                "nbdcrypt-b", served like nbdcrypt from its own equal image, for comparing two
 #                builds side by side in one run (a ratio row nbdcrypt / nbdcrypt-b is printed)
-#   JOBS="seqwrite seqread randread32 randwrite32 lat1 copyin copyout"   subset of the jobs (the
-#                default); also seqwrite1 / seqread1: 4 MiB sequential at QD1
+#   JOBS="seqwrite seqread seqwrite1m seqread1m randread32 randwrite32 lat1 copyin copyout"
+#                subset of the jobs (the default; seqwrite1m / seqread1m are 1 MiB sequential at
+#                QD8); also seqwrite1 / seqread1: 4 MiB sequential at QD1
 #   KEEP=1       keep the work directory (images, logs, fio JSON) instead of deleting it
 #   PROFILE=1    instead of the comparison, record each fio job (RUNTIME s, once) on each server
 #                of SERVERS (default then: nbdcrypt) with `perf record` (linux-perf) and print
@@ -51,10 +52,11 @@ SIZE=$((1 << 30)) # volume size of every export, bytes
 log() { echo "e2e: $*" >&2; }
 
 # The jobs and their column headings; unknown names are refused before anything is set up.
-read -r -a JOBS <<<"${JOBS:-seqwrite seqread randread32 randwrite32 lat1 copyin copyout}"
+read -r -a JOBS <<<"${JOBS:-seqwrite seqread seqwrite1m seqread1m randread32 randwrite32 lat1 copyin copyout}"
 declare -A HEAD=(
     [seqwrite]="seq write 4M QD8 MB/s" [seqread]="seq read 4M QD8 MB/s"
     [seqwrite1]="seq write 4M QD1 MB/s" [seqread1]="seq read 4M QD1 MB/s"
+    [seqwrite1m]="seq write 1M QD8 MB/s" [seqread1m]="seq read 1M QD8 MB/s"
     [randread32]="4k randread QD32 IOPS" [randwrite32]="4k randwrite QD32 IOPS"
     [lat1]="4k randread QD1 µs" [copyin]="nbdcopy write MB/s" [copyout]="nbdcopy read MB/s"
 )
@@ -238,6 +240,8 @@ job() {
     case $j in
         seqwrite) fio_job "$j" "$s" '.write.bw_bytes / 1e6' --rw=write --bs=4M --iodepth=8 ;;
         seqread) fio_job "$j" "$s" '.read.bw_bytes / 1e6' --rw=read --bs=4M --iodepth=8 ;;
+        seqwrite1m) fio_job "$j" "$s" '.write.bw_bytes / 1e6' --rw=write --bs=1M --iodepth=8 ;;
+        seqread1m) fio_job "$j" "$s" '.read.bw_bytes / 1e6' --rw=read --bs=1M --iodepth=8 ;;
         seqwrite1) fio_job "$j" "$s" '.write.bw_bytes / 1e6' --rw=write --bs=4M --iodepth=1 ;;
         seqread1) fio_job "$j" "$s" '.read.bw_bytes / 1e6' --rw=read --bs=4M --iodepth=1 ;;
         randread32) fio_job "$j" "$s" '.read.iops' --rw=randread --bs=4k --iodepth=32 ;;
@@ -416,6 +420,10 @@ if has nbdcrypt && has nbdkit-luks && has nbdkit-file; then
     ran seqread && check "seq read 4M / nbdkit+luks" "$(r seqread nbdkit-luks)" ">=" 2
     ran seqwrite && check "seq write 4M / nbdkit file" "$(r seqwrite nbdkit-file)" ">=" 0.8
     ran seqread && check "seq read 4M / nbdkit file" "$(r seqread nbdkit-file)" ">=" 0.8
+    ran seqwrite1m && check "seq write 1M / nbdkit+luks" "$(r seqwrite1m nbdkit-luks)" ">=" 2
+    ran seqread1m && check "seq read 1M / nbdkit+luks" "$(r seqread1m nbdkit-luks)" ">=" 2
+    ran seqwrite1m && check "seq write 1M / nbdkit file" "$(r seqwrite1m nbdkit-file)" ">=" 0.8
+    ran seqread1m && check "seq read 1M / nbdkit file" "$(r seqread1m nbdkit-file)" ">=" 0.8
     ran randread32 && check "4k randread QD32 IOPS / nbdkit+luks" "$(r randread32 nbdkit-luks)" ">=" 1.3
     ran randwrite32 && check "4k randwrite QD32 IOPS / nbdkit+luks" "$(r randwrite32 nbdkit-luks)" ">=" 1.3
     ran lat1 && check "4k QD1 latency / nbdkit file" "$(r lat1 nbdkit-file)" "<=" 1.2
