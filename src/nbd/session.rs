@@ -14,9 +14,10 @@
 //! (bounded by [`MAX_IN_FLIGHT`] requests and [`MAX_BUFFERED_BYTES`] of buffers). READs and
 //! WRITEs of at most [`BlockExport::inline_limit`] bytes (or [`SessionOptions::inline_limit`]) it serves itself, on its runtime
 //! thread (no thread hand-off); larger READs and WRITEs go straight to a blocking-pool thread,
-//! which queues the reply; for every other request it spawns a task that runs the export call
-//! on the blocking pool. Replies are queued; a writer sends them in completion order (a READ
-//! reply's header and data in one vectored write). Data buffers
+//! which queues the reply; every other request gets a task of its own, which runs any export
+//! call on the blocking pool. A panic in the export during a READ or
+//! WRITE is an `EIO` reply for that request. Replies are queued; a writer sends them in
+//! completion order (a large READ reply's header and data in one vectored write). Data buffers
 //! come from, and go back to, the server-wide [`BufferPool`] (no zero-filling per request).
 //!
 //! Reply style ("Simple reply message", "Structured reply chunk message"): without
@@ -833,8 +834,12 @@ fn inline(req: &Request, limit: u32) -> bool {
     matches!(req.command, Command::Read | Command::Write) && req.length > 0 && req.length <= limit
 }
 
-/// Serve an [`inline`] request on this thread.
-fn serve_inline(
+/// Serve a READ or WRITE of `req.length` > 0 bytes (`payload`: a WRITE's data) now, on this
+/// thread: the reader's for an [`inline`] request, a blocking-pool thread for a larger one.
+/// A panic in the export is logged and becomes an `EIO` reply for this request; the
+/// connection goes on (the volume's stripe locks ignore poisoning and the buffer pool holds
+/// no lock across the call, so unwinding through them leaves nothing inconsistent).
+fn serve_data(
     export: &dyn BlockExport,
     req: &Request,
     payload: Vec<u8>,
@@ -842,25 +847,17 @@ fn serve_inline(
     stats: &SessionStats,
     abandoned: &AtomicBool,
 ) -> Reply {
-    match req.command {
+    let serve = || match req.command {
         Command::Read => serve_read(export, req, neg, stats),
         _ => serve_write(export, req, payload, neg, stats, abandoned),
-    }
-}
-
-/// Serve a READ or WRITE of `req.length` > 0 bytes on a blocking-pool thread, as
-/// [`serve_inline`]; a panic in the export becomes an `EIO` reply (the connection goes on).
-fn serve_blocking(
-    export: &dyn BlockExport,
-    req: &Request,
-    payload: Vec<u8>,
-    neg: &Negotiated,
-    stats: &SessionStats,
-    abandoned: &AtomicBool,
-) -> Reply {
-    let serve = || serve_inline(export, req, payload, neg, stats, abandoned);
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(serve)).unwrap_or_else(|_| {
-        warn!("export call panicked");
+    };
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(serve)).unwrap_or_else(|p| {
+        let msg = p
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| p.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(no message)");
+        warn!(panic = msg, command = ?req.command, offset = req.offset, "export call panicked");
         Reply::error(neg.structured, proto::EIO, req.cookie)
     })
 }
@@ -868,8 +865,9 @@ fn serve_blocking(
 /// Run one validated request other than a nonempty READ or WRITE against the export and
 /// build its reply.
 ///
-/// Writes are skipped once `abandoned` is set (see [`BlockExport::write_at_unless`]); their
-/// reply, EIO, is never sent, since the client is gone.
+/// WRITE_ZEROES and TRIM are skipped once `abandoned` is set (see
+/// [`BlockExport::write_at_unless`]); their reply, EIO, is never sent, since the client is
+/// gone.
 async fn handle(
     export: Arc<dyn BlockExport>,
     req: Request,
@@ -880,7 +878,7 @@ async fn handle(
     let len = req.length as usize;
     let sr = neg.structured;
     match req.command {
-        // Only empty ones come here; the others are served inline or by serve_blocking.
+        // Only empty ones come here; the others go to serve_data.
         Command::Read | Command::Write => Reply::ok(sr, cookie),
         Command::WriteZeroes if len == 0 => Reply::ok(sr, cookie),
         Command::WriteZeroes => {
@@ -930,17 +928,21 @@ async fn handle(
     }
 }
 
-/// Send `head` then `data`: both in one vectored write where the transport takes them (a
-/// READ reply's header and payload reach the client together), the rest as it goes.
+/// Send `head` then `data` (as `write_all` does each): both in one vectored write where the
+/// transport takes them, so a large READ reply's header and payload reach the client
+/// together (smaller replies are gathered in the writer's buffer as before).
 async fn write_reply<W: AsyncWrite + Unpin>(w: &mut W, head: &[u8], data: &[u8]) -> io::Result<()> {
     let (mut head, mut data) = (head, data);
     while !head.is_empty() && !data.is_empty() {
-        let n = w
+        let n = match w
             .write_vectored(&[io::IoSlice::new(head), io::IoSlice::new(data)])
-            .await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
+            .await
+        {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => n.min(head.len() + data.len()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
         let h = n.min(head.len());
         head = &head[h..];
         data = &data[n - h..];
@@ -1080,7 +1082,7 @@ where
                     if inline(&req, inline_limit) {
                         // Small READ/WRITE: served right here, no task and no thread hand-off.
                         let mut reply =
-                            serve_inline(&*export, &req, payload, &neg, &stats, &abandoned);
+                            serve_data(&*export, &req, payload, &neg, &stats, &abandoned);
                         reply._permits = Some((p1, p2));
                         let _ = tx.send(reply);
                         continue;
@@ -1094,7 +1096,7 @@ where
                         let abandoned = abandoned.clone();
                         tokio::task::spawn_blocking(move || {
                             let mut reply =
-                                serve_blocking(&*export, &req, payload, &neg, &stats, &abandoned);
+                                serve_data(&*export, &req, payload, &neg, &stats, &abandoned);
                             reply._permits = Some((p1, p2));
                             let _ = tx.send(reply);
                         });
