@@ -28,6 +28,7 @@ fn nbd_clients_get_eio_and_enospc_and_nothing_acknowledged_is_lost() {
         "NBDCRYPT_FAULT_IO",
         "write@4=EIO,write@7=ENOSPC,write@10=short,read@4=EIO,sync@2=EIO",
     )
+    .env("NBDCRYPT_LOG", "debug") // with the connection spans
     .arg("open")
     .arg(&img)
     .arg("--key-file")
@@ -79,6 +80,14 @@ fn nbd_clients_get_eio_and_enospc_and_nothing_acknowledged_is_lost() {
     let (st, log) = srv.stop();
     assert!(st.success(), "{log}");
     assert_eq!(log.matches("fault injection").count(), 5, "{log}");
+    // Each failure's warning names its connection (the session's debug span, also on the
+    // blocking pool: the failed fdatasync is served there).
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("export I/O error"))
+        .collect();
+    assert_eq!(warnings.len(), 5, "{log}");
+    assert!(warnings.iter().all(|l| l.contains("nbd_conn")), "{log}");
 
     // Restarted without faults: every acknowledged write is there.
     let mut srv = Server::start(&img, &key, &[]);

@@ -42,7 +42,7 @@ use tokio::io::{
     AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter,
 };
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
-use tracing::{debug, warn};
+use tracing::{debug, warn, Instrument};
 
 use super::buffers::BufferPool;
 use super::proto::{self, Command, Negotiated, Request, Verdict};
@@ -1094,7 +1094,10 @@ where
                         let export = export.clone();
                         let stats = stats.clone();
                         let abandoned = abandoned.clone();
+                        // Its log lines name the connection, as the reader's do.
+                        let span = tracing::Span::current();
                         tokio::task::spawn_blocking(move || {
+                            let _conn = span.enter();
                             let mut reply =
                                 serve_data(&*export, &req, payload, &neg, &stats, &abandoned);
                             reply._permits = Some((p1, p2));
@@ -1105,11 +1108,14 @@ where
                     let tx = tx.clone();
                     let export = export.clone();
                     let abandoned = abandoned.clone();
-                    tokio::spawn(async move {
-                        let mut reply = handle(export, req, neg, abandoned).await;
-                        reply._permits = Some((p1, p2));
-                        let _ = tx.send(reply);
-                    });
+                    tokio::spawn(
+                        async move {
+                            let mut reply = handle(export, req, neg, abandoned).await;
+                            reply._permits = Some((p1, p2));
+                            let _ = tx.send(reply);
+                        }
+                        .in_current_span(),
+                    );
                 }
             }
         }
