@@ -828,14 +828,15 @@ fn serve_write(
     Reply::status(neg.structured, err, req.cookie)
 }
 
-/// Whether `req` (validated, to be served) is a READ or WRITE small enough to serve inline
-/// (`limit`: [`BlockExport::inline_limit`]).
-fn inline(req: &Request, limit: u32) -> bool {
-    matches!(req.command, Command::Read | Command::Write) && req.length > 0 && req.length <= limit
+/// Whether `req` (validated, to be served) is a READ or WRITE of at least one byte, served by
+/// [`serve_data`]: inline up to [`BlockExport::inline_limit`] bytes, on the blocking pool
+/// beyond.
+fn moves_data(req: &Request) -> bool {
+    matches!(req.command, Command::Read | Command::Write) && req.length > 0
 }
 
 /// Serve a READ or WRITE of `req.length` > 0 bytes (`payload`: a WRITE's data) now, on this
-/// thread: the reader's for an [`inline`] request, a blocking-pool thread for a larger one.
+/// thread: the reader's up to the inline limit, a blocking-pool thread for a larger one.
 /// A panic in the export is logged and becomes an `EIO` reply for this request; the
 /// connection goes on (the volume's stripe locks ignore poisoning and the buffer pool holds
 /// no lock across the call, so unwinding through them leaves nothing inconsistent).
@@ -1079,7 +1080,7 @@ where
                             return ReaderEnd::Error(e.into());
                         }
                     }
-                    if inline(&req, inline_limit) {
+                    if moves_data(&req) && req.length <= inline_limit {
                         // Small READ/WRITE: served right here, no task and no thread hand-off.
                         let mut reply =
                             serve_data(&*export, &req, payload, &neg, &stats, &abandoned);
@@ -1087,7 +1088,7 @@ where
                         let _ = tx.send(reply);
                         continue;
                     }
-                    if matches!(req.command, Command::Read | Command::Write) && req.length > 0 {
+                    if moves_data(&req) {
                         // Larger READ/WRITE: straight to the blocking pool, whose thread
                         // queues the reply itself (one hand-off; no task in between).
                         let tx = tx.clone();
