@@ -300,7 +300,7 @@ impl Volume {
 
     /// Lock the stripes of every [`LOCK_REGION`] that `[start, end)` (plaintext bytes, `end >
     /// start`) touches, in a fixed order (no deadlock).
-    fn lock_sectors(&self, start: u64, end: u64) -> Vec<MutexGuard<'_, ()>> {
+    fn lock_regions(&self, start: u64, end: u64) -> Vec<MutexGuard<'_, ()>> {
         let first = start / LOCK_REGION;
         let count = (end - 1) / LOCK_REGION - first + 1;
         let mut stripes: Vec<usize> = if count >= LOCK_STRIPES as u64 {
@@ -336,7 +336,7 @@ impl Volume {
         // take its lock so the read never sees a half-written sector.
         let mut tmp = vec![0u8; (end - start) as usize];
         {
-            let _guards = self.lock_sectors(start, end);
+            let _guards = self.lock_regions(start, end);
             self.read_sectors(&mut tmp, start)?;
         }
         let skip = (offset - start) as usize;
@@ -417,7 +417,7 @@ impl Volume {
             (_, false) => vec![0u8; (end - start) as usize],
         };
         {
-            let _guards = self.lock_sectors(start, end);
+            let _guards = self.lock_regions(start, end);
             if abandoned.is_some_and(|a| a.load(Ordering::SeqCst)) {
                 return Ok(false);
             }
@@ -531,7 +531,7 @@ impl Volume {
             return Ok(());
         }
         {
-            let _guards = self.lock_sectors(a - base, b - base);
+            let _guards = self.lock_regions(a - base, b - base);
             if abandoned.is_some_and(|x| x.load(Ordering::SeqCst)) {
                 return Ok(());
             }
