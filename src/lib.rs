@@ -1,17 +1,15 @@
 //! nbdcrypt: LUKS2 volume images served as NBD block devices, in userspace.
 //!
-//! Layers, each importing only the ones before it:
-//! [`format`] (bytes ↔ types) → [`crypto`] (secrets, KDFs, keyslots, XTS) → [`volume`] (the image
-//! file) → [`nbd`] (protocol codec, session, listener) → [`keyservice`] (the `nbdcrypt-keyd`
-//! key service and its client) → [`cli`].
-//!
-//! [`keyservice`] and [`cli`] exist only with the `cli` feature (on by default; Cargo.toml).
+//! This package is the top of the workspace (ARCHITECTURE.md): the `nbdcrypt` and
+//! `nbdcrypt-keyd` command lines ([`cli`], [`keyd`]) and the adapter that serves a volume as an
+//! NBD export ([`export`]). The layers below are crates of their own, re-exported here under
+//! their layer names: [`format`], [`crypto`] and [`volume`] (`nbdcrypt-luks2`), [`nbd`]
+//! (`nbdcrypt-nbd`), [`keyservice`] (`nbdcrypt-keyservice`).
 
-#[cfg(feature = "cli")]
 pub mod cli;
-pub mod crypto;
-pub mod format;
-#[cfg(feature = "cli")]
-pub mod keyservice;
-pub mod nbd;
-pub mod volume;
+pub mod export;
+pub mod keyd;
+
+pub use nbdcrypt_keyservice as keyservice;
+pub use nbdcrypt_luks2::{crypto, format, volume};
+pub use nbdcrypt_nbd as nbd;

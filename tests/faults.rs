@@ -1,5 +1,5 @@
 //! Fault injection below the volume layer (issue 7), through the debug-build hook
-//! `NBDCRYPT_FAULT_IO` (src/volume/store.rs): failed reads, writes, short writes and
+//! `NBDCRYPT_FAULT_IO` (crates/luks2/src/volume/store.rs): failed reads, writes, short writes and
 //! fdatasyncs reach the NBD client as `EIO` or `ENOSPC`, the server keeps serving, no
 //! acknowledged write is lost; a full disk during a header-writing command (`add-key`,
 //! `change-key`, `remove-key`, `kill-slot`, `recovery-key add`, `header-restore`) leaves the

@@ -33,11 +33,11 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 echo "tests/run.sh: cargo fmt --check, clippy"
-cargo fmt --check
-cargo clippy --all-targets --locked -- -D warnings
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "tests/run.sh: cargo test"
-cargo test --locked
+cargo test --workspace --locked
 # The XTS paths this CPU does not pick by itself (README "Performance"): the fused AES-NI path
 # without VAES, and the portable one over the `aes` crate, against the same KATs and OpenSSL.
 for impl in aesni portable; do

@@ -24,7 +24,7 @@ pub fn mem_image(bytes: &[u8], min_len: u64) -> File {
 /// `hdr_size` fits in `b`, so that mutations of the JSON reach the JSON parser and the layout
 /// checks instead of stopping at the checksum.
 pub fn reseal(b: &mut [u8], at: usize) {
-    use nbdcrypt::format::header::{seal, BinaryHeader, BINARY_HEADER_SIZE};
+    use nbdcrypt_luks2::format::header::{seal, BinaryHeader, BINARY_HEADER_SIZE};
     if b.len() < at + BINARY_HEADER_SIZE {
         return;
     }
@@ -40,7 +40,7 @@ pub fn reseal(b: &mut [u8], at: usize) {
 /// `image` as the targets see it: with both metadata copies resealed (`reseal` at 0 and at the
 /// primary's `hdr_size`) when bit 0 of `flags` is set.
 pub fn resealed(flags: u8, image: &[u8]) -> Vec<u8> {
-    use nbdcrypt::format::header::BinaryHeader;
+    use nbdcrypt_luks2::format::header::BinaryHeader;
     let mut b = image.to_vec();
     if flags & 1 != 0 {
         reseal(&mut b, 0);
@@ -52,8 +52,8 @@ pub fn resealed(flags: u8, image: &[u8]) -> Vec<u8> {
 }
 
 /// The name of `e`'s kind, for the result classes of `tests/fuzz_regressions.rs`.
-pub fn volume_kind(e: &nbdcrypt::volume::VolumeError) -> &'static str {
-    use nbdcrypt::volume::VolumeError;
+pub fn volume_kind(e: &nbdcrypt_luks2::volume::VolumeError) -> &'static str {
+    use nbdcrypt_luks2::volume::VolumeError;
     match e {
         VolumeError::Device { .. } => "Device",
         VolumeError::NotLuks { .. } => "NotLuks",

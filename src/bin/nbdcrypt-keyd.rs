@@ -1,3 +1,3 @@
 fn main() {
-    std::process::exit(nbdcrypt::keyservice::keyd::main())
+    std::process::exit(nbdcrypt::keyd::main())
 }

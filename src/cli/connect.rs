@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::nbd::kernel::{self, Attached, DeviceParams, NbdDevice};
-use crate::nbd::{self, proto, BlockExport, SessionStats, TlsMode};
+use crate::nbd::{self, proto, SessionStats, TlsMode};
 
 use super::serve::{unlock_all, ImageExport};
 use super::CliError;
@@ -61,7 +61,7 @@ pub fn open_connect(
         let _guard = rt.enter();
         let stream = tokio::net::UnixStream::from_std(ours)
             .map_err(|e| CliError::Usage(format!("socketpair: {e}")))?;
-        let export: Arc<dyn BlockExport> = vol.clone();
+        let export = crate::export::VolumeExport::shared(vol.clone());
         let (name, read_only, stats) = (config.name.clone(), config.read_only, stats.clone());
         rt.spawn(async move {
             let inline = Some(inline_limit);

@@ -446,7 +446,7 @@ struct ServerFlags {
     /// page cache, on tmpfs or a fast SSD), but that connection's next requests wait
     /// meanwhile. 0 = off: every request on the thread pool, many at once per connection
     /// (better for images on slow disks or network storage).
-    #[arg(long, value_name = "BYTES", default_value_t = crate::nbd::VOLUME_INLINE_LIMIT)]
+    #[arg(long, value_name = "BYTES", default_value_t = crate::export::VOLUME_INLINE_LIMIT)]
     inline_limit: u32,
     #[command(flatten)]
     tls: serve::TlsArgs,

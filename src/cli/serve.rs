@@ -362,7 +362,7 @@ fn run_server(
         .map_err(|e| CliError::Usage(format!("cannot start the runtime: {e}")))?;
     let exports: Vec<(ExportConfig, Arc<dyn BlockExport>)> = vols
         .iter()
-        .map(|(c, v)| (c.clone(), v.clone() as Arc<dyn BlockExport>))
+        .map(|(c, v)| (c.clone(), crate::export::VolumeExport::shared(v.clone())))
         .collect();
     let result = rt.block_on(async {
         // Polled first once every listener is bound (nbd::serve's contract).
@@ -506,7 +506,7 @@ pub fn demo(
             pid_file: None,
             max_connections: nbd::DEFAULT_MAX_CONNECTIONS,
             handshake_limit: nbd::DEFAULT_HANDSHAKE_LIMIT.as_secs(),
-            inline_limit: nbd::VOLUME_INLINE_LIMIT,
+            inline_limit: crate::export::VOLUME_INLINE_LIMIT,
             tls,
             fork: false,
         },

@@ -3,8 +3,8 @@
 //! crate root to include `fuzz_targets/common.rs` as `mod common`.
 
 use crate::common;
-use nbdcrypt::format;
-use nbdcrypt::volume;
+use nbdcrypt_luks2::format;
+use nbdcrypt_luks2::volume;
 use std::path::Path;
 
 fn cheap(md: &format::metadata::Metadata) -> bool {

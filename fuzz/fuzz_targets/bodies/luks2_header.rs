@@ -3,7 +3,7 @@
 //! to include `fuzz_targets/common.rs` as `mod common`.
 
 use crate::common;
-use nbdcrypt::format::{self, header::BinaryHeader};
+use nbdcrypt_luks2::format::{self, header::BinaryHeader};
 use std::path::Path;
 
 fn exercise(hdr: &BinaryHeader, md: &format::metadata::Metadata) {
@@ -57,7 +57,7 @@ pub fn run(data: &[u8]) -> String {
         }
     }
     let f = common::mem_image(&b, 0);
-    let load = match nbdcrypt::volume::load_header(&f, Path::new("fuzz.img")) {
+    let load = match nbdcrypt_luks2::volume::load_header(&f, Path::new("fuzz.img")) {
         Ok(lh) => {
             exercise(&lh.header, &lh.metadata);
             "ok"

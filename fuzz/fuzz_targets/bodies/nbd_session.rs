@@ -3,9 +3,7 @@
 
 use std::sync::{Arc, Mutex, OnceLock};
 
-use nbdcrypt::nbd::{
-    run_session, BlockExport, ExportConfig, Exports, SessionOptions, SessionStats,
-};
+use nbdcrypt_nbd::{run_session, BlockExport, ExportConfig, Exports, SessionOptions, SessionStats};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct Mem {

@@ -1,17 +1,17 @@
-//! The key service `nbdcrypt-keyd` (issue 5, `docs/keyservice-api.md`): versioned KEKs that wrap
+//! The key service `nbdcrypt-keyd` (`docs/keyservice-api.md`): versioned KEKs that wrap
 //! keyslot secrets for registered volumes, escrow of sealed recovery packages, and a hash-chained
 //! audit log of every release and refusal.
 //!
-//! Layering: above [`crate::nbd`], below [`crate::cli`]. [`store`] is the SQLite store (root
-//! key, KEKs, identities, audit chain), [`pki`] the CA and certificates, [`server`] the HTTPS
-//! API, [`keyd`] the `nbdcrypt-keyd` command line, [`client`] the client the volume CLI uses.
+//! Layering: above `nbdcrypt-luks2` (it uses its secrets and KDFs), beside `nbdcrypt-nbd`, below
+//! the `nbdcrypt` package (whose `keyd` module is the `nbdcrypt-keyd` command line). [`store`] is
+//! the SQLite store (root key, KEKs, identities, audit chain), [`pki`] the CA and certificates,
+//! [`server`] the HTTPS API, [`client`] the client the volume CLI uses.
 //!
 //! The service never holds anything that alone opens a volume: it holds KEKs (which only open
 //! blobs that the volume's owner keeps in its LUKS2 token) and escrow packages sealed to
 //! recovery officers' `age` keys, which it cannot open.
 
 pub mod client;
-pub mod keyd;
 pub mod pki;
 pub mod server;
 pub mod store;

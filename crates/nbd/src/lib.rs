@@ -32,12 +32,12 @@
 //! ([`BlockExport::block_status`]), `DISC`; simple replies unless structured replies were
 //! negotiated; `CAN_MULTI_CONN`.
 //!
-//! The volume's discard policy decides TRIM and `base:allocation`: with `ignore` (default)
+//! The export's discard policy decides TRIM and `base:allocation`: with `ignore` (default)
 //! TRIM changes nothing and everything is reported as data, so usage does not leak; with
 //! `passdown` TRIM punches holes in the image, and holes are reported as
 //! `NBD_STATE_HOLE | NBD_STATE_ZERO`, read as zeroes, and sent as `OFFSET_HOLE` chunks in
-//! structured reads without `DF` ([`proto::encode_read_chunks`]). This layer does not depend on `volume`; the
-//! volume implements [`BlockExport`].
+//! structured reads without `DF` ([`proto::encode_read_chunks`]). This crate knows nothing of
+//! LUKS: the `nbdcrypt` package adapts its volume to [`BlockExport`].
 
 pub mod activation;
 pub mod buffers;
@@ -46,7 +46,6 @@ pub mod proto;
 pub mod server;
 pub mod session;
 pub mod tls;
-mod volume_export;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -58,7 +57,6 @@ pub use session::{
     run_session, run_transmission, SessionEnd, SessionError, SessionOptions, SessionStats,
 };
 pub use tls::{TlsConfig, TlsError, TlsFiles, TlsMode};
-pub use volume_export::VOLUME_INLINE_LIMIT;
 
 use std::sync::Arc;
 
@@ -145,11 +143,11 @@ pub trait BlockExport: Send + Sync + 'static {
     /// that cannot be sent), so a dead connection's queued writes never land after a write
     /// that another connection made to the same range and got acknowledged since. An
     /// implementation should check the flag under the same lock that orders its writes to the
-    /// range (as [`Volume`](crate::volume::Volume) does with its region locks); this default
+    /// range (as the LUKS2 volume does with its region locks); this default
     /// checks it just before calling `write_at`.
     ///
     /// `data` is the caller's to discard afterwards (the session's request buffer): an
-    /// implementation may use it as scratch, as [`Volume`](crate::volume::Volume) does by
+    /// implementation may use it as scratch, as the LUKS2 volume does by
     /// encrypting it in place; its content on return is unspecified.
     fn write_at_unless(
         &self,

@@ -29,10 +29,9 @@ use zeroize::Zeroizing;
 
 use super::pki::{self, Issued, PkiError};
 use super::wrap::{self, WrapError, KEY_LEN};
-use crate::crypto::kdf::argon2_derive;
-use crate::crypto::Argon2Variant;
+use nbdcrypt_luks2::crypto::kdf::argon2_derive;
+use nbdcrypt_luks2::crypto::Argon2Variant;
 
-#[path = "join.rs"]
 mod join;
 pub use join::JoinOutcome;
 
@@ -412,7 +411,7 @@ impl Store {
         let key = match root {
             RootSource::KeyFile => {
                 let k = Zeroizing::new(
-                    crate::crypto::random_bytes(KEY_LEN)
+                    nbdcrypt_luks2::crypto::random_bytes(KEY_LEN)
                         .map_err(|_| StoreError::Wrap(WrapError::Setup))?,
                 );
                 write_new(&dir.join(ROOT_KEY_FILE), &k, 0o600)?;
@@ -424,7 +423,7 @@ impl Store {
                 RootKey(k)
             }
             RootSource::Passphrase(p) => {
-                let salt = crate::crypto::random_bytes(32)
+                let salt = nbdcrypt_luks2::crypto::random_bytes(32)
                     .map_err(|_| StoreError::Wrap(WrapError::Setup))?;
                 tx.execute(
                     "INSERT INTO meta VALUES ('root_kind', CAST('argon2id' AS BLOB))",
@@ -785,7 +784,8 @@ impl Store {
         version: u32,
     ) -> Result<(), StoreError> {
         let material = Zeroizing::new(
-            crate::crypto::random_bytes(KEY_LEN).map_err(|_| StoreError::Wrap(WrapError::Setup))?,
+            nbdcrypt_luks2::crypto::random_bytes(KEY_LEN)
+                .map_err(|_| StoreError::Wrap(WrapError::Setup))?,
         );
         let sealed = wrap::seal(&root.0, &wrap::kek_at_rest_aad(name, version), &material)?;
         tx.execute(

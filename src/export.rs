@@ -1,12 +1,16 @@
-//! The unlocked [`Volume`] as an NBD export: byte ranges map one to one, any range is served
-//! (the volume does read-modify-write of partial sectors), errors become `EIO` in the session.
-//! TRIM and `base:allocation` follow the volume's discard policy ([`crate::volume::Discard`]).
+//! The unlocked [`Volume`] as an NBD export ([`VolumeExport`]): byte ranges map one to one, any
+//! range is served (the volume does read-modify-write of partial sectors), errors become `EIO` in
+//! the session. TRIM and `base:allocation` follow the volume's discard policy ([`Discard`]).
+//!
+//! The adapter lives here, above both crates, so that the NBD crate knows nothing of LUKS and the
+//! volume crate nothing of NBD.
 
 use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use crate::volume::{Discard, Volume, VolumeError};
 
-use super::{proto, BlockExport, Extent};
+use crate::nbd::{proto, BlockExport, Extent};
 
 /// READs and WRITEs a volume serves inline on the connection's runtime thread, bytes (its
 /// [`BlockExport::inline_limit`]; the CLI's `--inline-limit` default).
@@ -19,29 +23,41 @@ fn io(e: VolumeError) -> std::io::Error {
     }
 }
 
-impl BlockExport for Volume {
+/// A shared [`Volume`] served as an NBD [`BlockExport`]; [`VolumeExport::shared`] makes the
+/// `Arc<dyn BlockExport>` the server takes.
+pub struct VolumeExport(pub Arc<Volume>);
+
+impl VolumeExport {
+    /// `volume` as the trait object [`nbd::serve`](crate::nbd::serve) and
+    /// [`nbd::run_transmission`](crate::nbd::run_transmission) take.
+    pub fn shared(volume: Arc<Volume>) -> Arc<dyn BlockExport> {
+        Arc::new(VolumeExport(volume))
+    }
+}
+
+impl BlockExport for VolumeExport {
     fn size(&self) -> u64 {
-        Volume::size(self)
+        Volume::size(&self.0)
     }
 
     fn min_block_size(&self) -> u32 {
-        self.sector_size()
+        self.0.sector_size()
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        Volume::read_at(self, buf, offset).map_err(io)
+        Volume::read_at(&self.0, buf, offset).map_err(io)
     }
 
     fn write_at(&self, data: &[u8], offset: u64, fua: bool) -> std::io::Result<()> {
-        Volume::write_at(self, data, offset, fua).map_err(io)
+        Volume::write_at(&self.0, data, offset, fua).map_err(io)
     }
 
     fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> std::io::Result<()> {
-        Volume::write_zeroes(self, offset, len, fua).map_err(io)
+        Volume::write_zeroes(&self.0, offset, len, fua).map_err(io)
     }
 
     fn flush(&self) -> std::io::Result<()> {
-        Volume::flush(self).map_err(io)
+        Volume::flush(&self.0).map_err(io)
     }
 
     fn trim(
@@ -51,7 +67,7 @@ impl BlockExport for Volume {
         fua: bool,
         abandoned: &AtomicBool,
     ) -> std::io::Result<()> {
-        Volume::trim(self, offset, len, fua, Some(abandoned)).map_err(io)
+        Volume::trim(&self.0, offset, len, fua, Some(abandoned)).map_err(io)
     }
 
     /// 64 KiB: a `pread`/`pwrite` of the page cache or tmpfs plus XTS of up to 64 KiB takes
@@ -64,12 +80,12 @@ impl BlockExport for Volume {
 
     /// Only with discard passdown: with `ignore` nothing is ever reported as a hole.
     fn reports_holes(&self) -> bool {
-        self.discard() == Discard::Passdown
+        self.0.discard() == Discard::Passdown
     }
 
     /// Holes (discard passdown only) are `HOLE | ZERO`: the volume reads them as zeroes.
     fn block_status(&self, offset: u64, len: u32) -> std::io::Result<Vec<Extent>> {
-        let runs = Volume::allocation(self, offset, u64::from(len)).map_err(io)?;
+        let runs = Volume::allocation(&self.0, offset, u64::from(len)).map_err(io)?;
         Ok(runs
             .into_iter()
             .map(|r| Extent {
@@ -91,7 +107,7 @@ impl BlockExport for Volume {
         abandoned: &AtomicBool,
     ) -> std::io::Result<bool> {
         // The request buffer is encrypted in place: no copy of the payload (issue 6 profile).
-        Volume::write_in_place_unless(self, data, offset, fua, Some(abandoned)).map_err(io)
+        Volume::write_in_place_unless(&self.0, data, offset, fua, Some(abandoned)).map_err(io)
     }
 
     fn write_zeroes_unless(
@@ -101,6 +117,6 @@ impl BlockExport for Volume {
         fua: bool,
         abandoned: &AtomicBool,
     ) -> std::io::Result<bool> {
-        Volume::write_zeroes_unless(self, offset, len, fua, Some(abandoned)).map_err(io)
+        Volume::write_zeroes_unless(&self.0, offset, len, fua, Some(abandoned)).map_err(io)
     }
 }

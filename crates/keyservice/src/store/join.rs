@@ -7,7 +7,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use zeroize::Zeroizing;
 
 use super::{check_name, db, now_ms, token_digest, AuditEntry, RootKey, Store, StoreError};
-use crate::keyservice::pki;
+use crate::pki;
 
 /// Prefix of join tokens as printed (`nbj_` + 43 base64url characters).
 pub const JOIN_PREFIX: &str = "nbj_";

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, Subcommand};
 use zeroize::Zeroizing;
 
-use super::store::{RootKey, RootSource, Store, StoreError};
-use super::{server, Role};
+use crate::keyservice::store::{RootKey, RootSource, Store, StoreError};
+use crate::keyservice::{server, Role};
 
 /// Key service for nbdcrypt volumes: KEK wrapping, escrow, audit.
 #[derive(Parser)]
@@ -250,7 +250,7 @@ fn run(cli: Cli) -> Result<(), KeydError> {
             println!("store created in {}", dir.display());
             println!(
                 "CA certificate: {}",
-                dir.join(super::store::CA_FILE).display()
+                dir.join(crate::keyservice::store::CA_FILE).display()
             );
             println!(
                 "admin token (shown once, store it now): {}",
@@ -379,7 +379,7 @@ fn run(cli: Cli) -> Result<(), KeydError> {
 /// `join`: a P-256 key made here, its public point sent with the token to `POST /v1/join`,
 /// the certificate written beside the key (0600) and a copy of the CA.
 fn join(url: &str, token: &str, ca: &Path, out: &Path, timeout: f64) -> Result<(), KeydError> {
-    use super::client::{Client, SecretString};
+    use crate::keyservice::client::{Client, SecretString};
     let fail = |detail: String| KeydError::Join(detail);
     if !(timeout > 0.0 && timeout <= 3600.0) {
         return Err(fail("--timeout takes 0 to 3600 seconds".into()));

@@ -1,6 +1,6 @@
 //! Sector transform throughput: nbdcrypt's `SectorCipher` against OpenSSL's EVP aes-256-xts, in
 //! the same process, one core, per sector size (issue 6 target: ≥ 1.0 × OpenSSL at 4096-byte
-//! sectors, ≥ 0.9 × at 512). Run with `cargo bench --bench xts`; prints one table.
+//! sectors, ≥ 0.9 × at 512). Run with `cargo bench -p nbdcrypt-luks2 --bench xts`; prints one table.
 //!
 //! Both sides do the same work per sector: one XTS data unit with its own plain64 tweak
 //! (OpenSSL: re-initialising the IV on a context whose key schedule is kept, as dm-crypt's and
@@ -16,8 +16,8 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use aes::cipher::{array::Array, consts::U16, BlockCipherEncrypt, KeyInit};
-use nbdcrypt::crypto::xts::PARALLEL_THRESHOLD;
-use nbdcrypt::crypto::SectorCipher;
+use nbdcrypt_luks2::crypto::xts::PARALLEL_THRESHOLD;
+use nbdcrypt_luks2::crypto::SectorCipher;
 use openssl::cipher::Cipher;
 use openssl::cipher_ctx::CipherCtx;
 
