@@ -58,6 +58,7 @@ pub fn volume_kind(e: &nbdcrypt_luks2::volume::VolumeError) -> &'static str {
         VolumeError::Device { .. } => "Device",
         VolumeError::NotLuks { .. } => "NotLuks",
         VolumeError::Corrupt { .. } => "Corrupt",
+        VolumeError::DetachedHeader { .. } => "DetachedHeader",
         VolumeError::Unsupported { .. } => "Unsupported",
         VolumeError::WrongPassphrase => "WrongPassphrase",
         VolumeError::NoUsableKeyslot { .. } => "NoUsableKeyslot",

@@ -131,7 +131,7 @@ impl CliError {
                     Some("check the passphrase; a --key-file is used byte for byte, a trailing newline included")
                 }
                 VolumeError::NotLuks { .. } => Some("create a volume with `nbdcrypt format IMAGE`"),
-                VolumeError::Corrupt { reason, .. } if reason.contains("detached header") => {
+                VolumeError::DetachedHeader { .. } => {
                     Some("a detached header needs its data file: nbdcrypt COMMAND DATA-FILE --header HEADER-FILE")
                 }
                 VolumeError::Corrupt { .. } => Some("restore a header backup, or run `cryptsetup repair` on a copy of the image"),
@@ -1189,8 +1189,8 @@ fn run(cmd: Command) -> Result<(), CliError> {
             // luksDump HEADER` does: without its data file the volume size is unknown (null).
             let (o, lh, data_known) =
                 match open_loaded(&image, header.header.as_deref(), Access::Inspect) {
-                    Err(CliError::Volume(VolumeError::Corrupt { reason, .. }))
-                        if header.header.is_none() && reason.contains("detached header") =>
+                    Err(CliError::Volume(VolumeError::DetachedHeader { .. }))
+                        if header.header.is_none() =>
                     {
                         let o = volume::OpenedImage::open(&image, None, Access::Inspect)?;
                         let lh = volume::load_detached_header(&o.header, &image, 0)?;
@@ -1487,7 +1487,10 @@ fn confirm_overwrite(image: &Path, batch: bool) -> Result<(), CliError> {
     };
     let has_header = matches!(
         volume::load_header(&file, image),
-        Ok(_) | Err(VolumeError::Corrupt { .. }) | Err(VolumeError::Unsupported { .. })
+        Ok(_)
+            | Err(VolumeError::Corrupt { .. })
+            | Err(VolumeError::DetachedHeader { .. })
+            | Err(VolumeError::Unsupported { .. })
     );
     if !has_header {
         return Ok(());

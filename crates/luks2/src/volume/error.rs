@@ -28,6 +28,16 @@ pub enum VolumeError {
         /// What is wrong (names the copy and the check that failed).
         reason: String,
     },
+    /// The file is a detached header (cryptsetup `--header`, `format-spec.md` §1.1): its data
+    /// segment starts at `data_offset` (bytes), inside the header area, so the data is in
+    /// another file. Refused when the file was given as the image.
+    #[error("{}: data segment offset {data_offset} overlaps the header: this is a detached header (give the data file as IMAGE and this file as --header)", path.display())]
+    DetachedHeader {
+        /// The header file given as the image.
+        path: PathBuf,
+        /// The data segment's offset, bytes.
+        data_offset: u64,
+    },
     /// A valid LUKS2 volume outside our profile; the reason names the field.
     #[error("{}: {reason}", path.display())]
     Unsupported {

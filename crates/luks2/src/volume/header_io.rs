@@ -121,8 +121,8 @@ fn read_copy(
 /// is inconsistent, [`VolumeError::Unsupported`] outside the profile, [`VolumeError::Device`]
 /// when the file's size cannot be read.
 ///
-/// The data segment lies in the same file: a segment at offset 0 (a detached header's) is
-/// refused as [`VolumeError::Corrupt`] with a hint at `--header`.
+/// The data segment lies in the same file: a segment inside the header area (a detached
+/// header's, offset 0) is refused as [`VolumeError::DetachedHeader`].
 pub fn load_header(file: &File, path: &Path) -> Result<LoadedHeader, VolumeError> {
     load_header_from(file, path, None)
 }
@@ -239,12 +239,9 @@ fn load_header_from(
     let segment = format::data_segment(&metadata, data_len.unwrap_or(image_len))
         .map_err(|e| VolumeError::from_format(path, e))?;
     if data_len.is_none() && segment.offset < header_end {
-        return Err(VolumeError::Corrupt {
+        return Err(VolumeError::DetachedHeader {
             path: path.to_owned(),
-            reason: format!(
-                "data segment offset {} overlaps the header: this is a detached header (give the data file as IMAGE and this file as --header)",
-                segment.offset
-            ),
+            data_offset: segment.offset,
         });
     }
     let max_seqid = [0, header.hdr_size]
