@@ -1,4 +1,4 @@
-//! "Every crash found becomes a regression test" (issue 7): every file under
+//! "Every crash found becomes a regression test": every file under
 //! `fuzz/regressions/TARGET/` goes through the same library calls as the fuzz target `TARGET`
 //! (`fuzz/fuzz_targets/TARGET.rs`: its body is the function `run` of
 //! `fuzz/fuzz_targets/bodies/TARGET.rs`, which both include) and must not panic and must

@@ -3,16 +3,17 @@
 //! many concurrent clients. A counting global allocator checks that no client-declared length
 //! is ever allocated blindly.
 
-mod common {
-    pub mod nbd;
-}
+// The NBD helpers of tests/it, included: this binary is separate, for its allocator
+// (tests/README.md).
+#[path = "it/common/nbd.rs"]
+mod nbd;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::nbd::*;
+use nbd::*;
 
 /// Largest single allocation made anywhere in this test binary (server included).
 static MAX_ALLOC: AtomicUsize = AtomicUsize::new(0);

@@ -1,9 +1,11 @@
-//! Soak (issue 7): 4 connections at once (multi-conn) doing random reads and writes of
+//! Soak: 4 connections at once (multi-conn) doing random reads and writes of
 //! 512 B - 1 MiB at byte offsets against a running `nbdcrypt open`, each checked against a model
 //! (each connection owns a quarter of the export, so its model is exact), for a bounded time
 //! (`SOAK_SECS`, default 20). Zero mismatches; the server's RSS is measured at the start and
 //! the end and must stay roughly flat.
 
+// The helpers of tests/it, included: this binary is separate (tests/README.md).
+#[path = "it/common/mod.rs"]
 mod common;
 
 use common::nbd::{Raw, CMD_FLUSH, CMD_WRITE};

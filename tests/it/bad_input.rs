@@ -1,0 +1,595 @@
+//! Bad input gets a clear error, the documented exit code, and nothing is written.
+
+use crate::common;
+
+use common::*;
+use nbdcrypt::format::{self, header::BINARY_HEADER_SIZE};
+use sha2::{Digest, Sha256};
+use std::path::Path;
+
+fn file_hash(p: &Path) -> Vec<u8> {
+    Sha256::digest(std::fs::read(p).unwrap()).to_vec()
+}
+
+/// Run test-passphrase, dump and open on `img`; each must exit `code` with `needle` in its one
+/// error line, and leave the file byte-identical.
+fn refused(img: &Path, key: &Path, code: i32, needle: &str) {
+    let before = std::fs::metadata(img).ok().map(|_| file_hash(img));
+    for args in [
+        vec!["test-passphrase"],
+        vec!["dump"],
+        vec!["open", "--socket"],
+    ] {
+        let mut c = nbdcrypt();
+        c.arg(args[0]).arg(img);
+        if args[0] != "dump" {
+            c.arg("--key-file").arg(key);
+        }
+        if args.len() > 1 {
+            c.arg(args[1]).arg(img.with_extension("sock"));
+        }
+        let out = run(&mut c);
+        let err = stderr(&out);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{args:?} on {}: {err}",
+            img.display()
+        );
+        assert!(
+            err.contains(needle),
+            "{args:?}: expected {needle:?} in {err:?}"
+        );
+        assert!(
+            err.lines().filter(|l| !l.starts_with("hint:")).count() == 1,
+            "one error line expected: {err:?}"
+        );
+    }
+    let after = std::fs::metadata(img).ok().map(|_| file_hash(img));
+    assert_eq!(before, after, "{} was modified", img.display());
+}
+
+fn fresh(dir: &Path, name: &str, key: &Path) -> std::path::PathBuf {
+    let img = dir.join(name);
+    format_cheap(&img, key, "17M", 512, "pbkdf2");
+    img
+}
+
+#[test]
+fn wrong_passphrase_is_exit_2() {
+    let dir = tempdir();
+    let key = key_file(dir.path());
+    let img = fresh(dir.path(), "v.img", &key);
+    let bad = dir.path().join("bad");
+    std::fs::write(&bad, b"wrong").unwrap();
+    let before = file_hash(&img);
+    for cmd in ["test-passphrase", "open"] {
+        let out = run(nbdcrypt().arg(cmd).arg(&img).arg("--key-file").arg(&bad));
+        assert_eq!(out.status.code(), Some(2), "{cmd}: {}", stderr(&out));
+        assert!(stderr(&out).contains("No key available with this passphrase"));
+    }
+    assert_eq!(before, file_hash(&img));
+}
+
+#[test]
+fn not_luks_missing_truncated() {
+    let dir = tempdir();
+    let key = key_file(dir.path());
+    let plain = dir.path().join("plain.img");
+    std::fs::write(&plain, pattern(1 << 20, 5)).unwrap();
+    refused(&plain, &key, 1, "is not a valid LUKS device");
+    let zero = dir.path().join("empty.img");
+    std::fs::write(&zero, b"").unwrap();
+    refused(&zero, &key, 1, "is not a valid LUKS device");
+
+    let missing = dir.path().join("missing.img");
+    refused(&missing, &key, 4, "missing.img");
+
+    // Truncated inside the header: both copies fail.
+    let img = fresh(dir.path(), "t.img", &key);
+    let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    f.set_len(8192).unwrap();
+    refused(&img, &key, 1, "truncated");
+    // Truncated before the data segment: the segment is outside the file.
+    let img = fresh(dir.path(), "t2.img", &key);
+    let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    f.set_len(1 << 20).unwrap();
+    refused(&img, &key, 1, "beyond the end of the image");
+}
+
+#[test]
+fn bad_checksums_in_both_copies() {
+    let dir = tempdir();
+    let key = key_file(dir.path());
+    let img = fresh(dir.path(), "c.img", &key);
+    let mut bytes = std::fs::read(&img).unwrap();
+    bytes[4096 + 10] ^= 0x20; // inside the primary JSON
+    bytes[16384 + 4096 + 10] ^= 0x20; // inside the secondary JSON
+    std::fs::write(&img, &bytes).unwrap();
+    refused(&img, &key, 1, "both header copies are damaged");
+    let out = run(nbdcrypt().arg("dump").arg(&img));
+    assert!(
+        stderr(&out).contains("checksum mismatch"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn json_area_that_is_not_json() {
+    let dir = tempdir();
+    let key = key_file(dir.path());
+    let img = fresh(dir.path(), "j.img", &key);
+    let mut bytes = std::fs::read(&img).unwrap();
+    for at in [0usize, 16384] {
+        let area = &mut bytes[at..at + 16384];
+        area[BINARY_HEADER_SIZE..BINARY_HEADER_SIZE + 12].copy_from_slice(b"{not json!!\0");
+        format::header::seal(area);
+    }
+    std::fs::write(&img, &bytes).unwrap();
+    refused(&img, &key, 1, "JSON metadata is not valid");
+}
+
+#[test]
+fn damaged_primary_opens_from_secondary_without_writing() {
+    let dir = tempdir();
+    let key = key_file(dir.path());
+    let img = fresh(dir.path(), "p.img", &key);
+    let mut bytes = std::fs::read(&img).unwrap();
+    bytes[100] ^= 1; // checksum_alg padding of the primary: checksum now fails
+    std::fs::write(&img, &bytes).unwrap();
+    let before = file_hash(&img);
+    let out = test_passphrase(&img, &key, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("warning: primary header is damaged"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(nbdcrypt().arg("dump").arg(&img));
+    assert_eq!(out.status.code(), Some(0));
+    let mut srv = Server::start(&img, &key, &[]);
+    let (st, _) = srv.stop();
+    assert!(st.success());
+    assert_eq!(before, file_hash(&img), "nothing may repair silently");
+}
+
+#[test]
+fn unsupported_fields_are_named() {
+    let dir = tempdir();
+    let key = key_file(dir.path());
+    let img = fresh(dir.path(), "u.img", &key);
+    edit_metadata(&img, |v| {
+        v["segments"]["0"]["encryption"] = "serpent-xts-plain64".into();
+    });
+    refused(&img, &key, 1, "cipher serpent-xts-plain64 is not supported");
+
+    let img = fresh(dir.path(), "k.img", &key);
+    edit_metadata(&img, |v| {
+        v["keyslots"]["0"]["kdf"]["hash"] = "whirlpool".into();
+    });
+    let out = test_passphrase(&img, &key, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("pbkdf2 hash whirlpool is not supported"));
+
+    let img = fresh(dir.path(), "o.img", &key);
+    edit_metadata(&img, |v| {
+        v["keyslots"]["0"]["area"]["offset"] = "16700000".into();
+    });
+    refused(&img, &key, 1, "outside the keyslots area");
+}
+
+#[test]
+fn busy_image_is_exit_5() {
+    let dir = tempdir();
+    let key = key_file(dir.path());
+    let img = fresh(dir.path(), "b.img", &key);
+    let mut srv = Server::start(&img, &key, &[]);
+    let out = run(nbdcrypt()
+        .arg("open")
+        .arg(&img)
+        .arg("--key-file")
+        .arg(&key)
+        .arg("--socket")
+        .arg(dir.path().join("other.sock")));
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(stderr(&out).contains("in use"));
+    let out = run(nbdcrypt()
+        .arg("format")
+        .arg(&img)
+        .arg("--batch-mode")
+        .arg("--key-file")
+        .arg(&key));
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    // Read-only inspection still works while served, ours and cryptsetup's (it would wait
+    // forever on an exclusive lock).
+    let out = test_passphrase(&img, &key, &[]);
+    assert_eq!(out.status.code(), Some(0));
+    let out = run(std::process::Command::new("timeout")
+        .arg("20")
+        .arg(require("cryptsetup", "cryptsetup-bin"))
+        .args(["open", "--test-passphrase", "--key-file"])
+        .arg(&key)
+        .arg(&img));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "cryptsetup on a served image: {}",
+        stderr(&out)
+    );
+    // A read-only server cannot join a read-write one either.
+    let out = run(nbdcrypt()
+        .arg("open")
+        .arg(&img)
+        .arg("--read-only")
+        .arg("--key-file")
+        .arg(&key)
+        .arg("--socket")
+        .arg(dir.path().join("ro.sock")));
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    let (st, _) = srv.stop();
+    assert!(st.success());
+}
+
+#[test]
+fn format_refuses_to_clobber_without_batch_mode() {
+    let dir = tempdir();
+    let key = key_file(dir.path());
+    let img = fresh(dir.path(), "f.img", &key);
+    let before = file_hash(&img);
+    let out = run(nbdcrypt()
+        .arg("format")
+        .arg(&img)
+        .arg("--key-file")
+        .arg(&key));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("--batch-mode"), "{}", stderr(&out));
+    assert_eq!(before, file_hash(&img));
+}
+
+#[test]
+fn empty_key_file_and_bad_flags() {
+    let dir = tempdir();
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, b"").unwrap();
+    let img = dir.path().join("e.img");
+    let out = run(nbdcrypt()
+        .arg("format")
+        .arg(&img)
+        .args(["--size", "20M", "--key-file"])
+        .arg(&empty));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("empty"));
+    let out = run(nbdcrypt()
+        .arg("format")
+        .arg(&img)
+        .args(["--sector-size", "1000"]));
+    assert_eq!(out.status.code(), Some(1));
+    let out = run(nbdcrypt().arg("format").arg(&img).args(["--size", "1Q"]));
+    assert_eq!(out.status.code(), Some(1));
+    let key = key_file(dir.path());
+    let out = run(nbdcrypt()
+        .arg("format")
+        .arg(&img)
+        .args(["--size", "1M", "--key-file"])
+        .arg(&key));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("too small"), "{}", stderr(&out));
+}
+
+/// An Argon2 keyslot whose memory cost cannot be allocated is exit 3 (out of memory), here
+/// forced with an address-space limit; a cost above cryptsetup's 4 GiB maximum is refused as
+/// unsupported before anything is allocated.
+#[test]
+fn argon2_memory_out_of_reach() {
+    let dir = tempdir();
+    let key = key_file(dir.path());
+    let img = dir.path().join("m.img");
+    format_cheap(&img, &key, "17M", 512, "argon2id");
+    let before = file_hash(&img);
+    edit_metadata(&img, |v| {
+        v["keyslots"]["0"]["kdf"]["memory"] = (1u32 << 20).into(); // 1 GiB
+    });
+    let out = run(std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -v 1048576 && exec \"$0\" test-passphrase \"$1\" --key-file \"$2\"")
+        .arg(env!("CARGO_BIN_EXE_nbdcrypt"))
+        .arg(&img)
+        .arg(&key));
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("KiB of memory"), "{}", stderr(&out));
+
+    edit_metadata(&img, |v| {
+        v["keyslots"]["0"]["kdf"]["memory"] = u32::MAX.into();
+    });
+    let edited = file_hash(&img);
+    assert_ne!(before, edited);
+    let out = test_passphrase(&img, &key, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("above the maximum of 4194304 KiB"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(edited, file_hash(&img));
+}
+
+#[test]
+fn overlapping_keyslot_areas_are_refused() {
+    let dir = tempdir();
+    let key = key_file(dir.path());
+    let img = fresh(dir.path(), "ov.img", &key);
+    edit_metadata(&img, |v| {
+        let mut ks1 = v["keyslots"]["0"].clone();
+        ks1["area"]["offset"] = "36864".into();
+        v["keyslots"]["1"] = ks1;
+    });
+    refused(&img, &key, 1, "keyslot areas of keyslots 0 and 1 overlap");
+}
+
+/// The valid copy with the higher seqid wins, whichever copy it is; nothing is rewritten.
+#[test]
+fn higher_seqid_wins() {
+    let dir = tempdir();
+    let key = key_file(dir.path());
+    let img = fresh(dir.path(), "s.img", &key);
+    let mut bytes = std::fs::read(&img).unwrap();
+    let (mut hdr, md) = format::decode_copy(&bytes[16384..32768], 16384).unwrap();
+    hdr.seqid += 1;
+    hdr.label = "newer-secondary".into();
+    let copy = format::encode_copy(&hdr, &md).unwrap();
+    bytes[16384..32768].copy_from_slice(&copy);
+    std::fs::write(&img, &bytes).unwrap();
+    let before = file_hash(&img);
+    let out = run(nbdcrypt().arg("dump").arg(&img));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Label:         \tnewer-secondary"), "{text}");
+    assert!(text.contains("Epoch:         \t2"), "{text}");
+    assert!(
+        stderr(&out).contains("header copies differ"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(before, file_hash(&img));
+}
+
+/// A copy whose checksum is fine but whose layout is not (a keyslot area outside the keyslots
+/// area) counts as damaged: the other copy is used, as cryptsetup does, and nothing is written.
+#[test]
+fn copy_with_bad_layout_falls_back_to_the_other() {
+    let dir = tempdir();
+    let key = key_file(dir.path());
+    let img = fresh(dir.path(), "l.img", &key);
+    edit_copy(&img, 0, &|v| {
+        v["keyslots"]["0"]["area"]["offset"] = "16700000".into();
+    });
+    let before = file_hash(&img);
+    let out = test_passphrase(&img, &key, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("primary header is damaged (keyslot 0 area"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(before, file_hash(&img));
+}
+
+// Hostile headers: one generated header per defect, each with its error class.
+// Cases elsewhere in this file: bad checksum in one copy (damaged_primary_opens_from_secondary_
+// without_writing), unknown cipher (unsupported_fields_are_named), 1 GiB Argon2 memory
+// (argon2_memory_out_of_reach), overlapping keyslot areas, truncated images.
+
+/// Rewrite the JSON text of both metadata copies with `edit` (bytes in, bytes out; the area is
+/// NUL-padded after it, or filled to the last byte when the text is that long), checksums fixed.
+fn edit_json_text(img: &Path, edit: &dyn Fn(&[u8]) -> Vec<u8>) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(img)
+        .unwrap();
+    for at in [0u64, 16384] {
+        let mut copy = vec![0u8; 16384];
+        file.read_exact_at(&mut copy, at).unwrap();
+        let area = &mut copy[BINARY_HEADER_SIZE..];
+        let end = area.iter().position(|&c| c == 0).unwrap();
+        let mut text = edit(&area[..end]);
+        assert!(text.len() <= area.len(), "edited JSON does not fit");
+        text.resize(area.len(), 0);
+        area.copy_from_slice(&text);
+        format::header::seal(&mut copy);
+        file.write_all_at(&copy, at).unwrap();
+    }
+}
+
+/// test-passphrase and open (which read the keyslots; dump only shows them) exit `code` with
+/// `needle` in the error, and the image is unchanged.
+fn keyslot_refused(img: &Path, key: &Path, code: i32, needle: &str) {
+    let before = file_hash(img);
+    for cmd in ["test-passphrase", "open"] {
+        let out = if cmd == "test-passphrase" {
+            test_passphrase(img, key, &[])
+        } else {
+            run(nbdcrypt()
+                .arg(cmd)
+                .arg(img)
+                .arg("--key-file")
+                .arg(key)
+                .arg("--socket")
+                .arg(img.with_extension("sock")))
+        };
+        assert_eq!(out.status.code(), Some(code), "{cmd}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(needle),
+            "{cmd}: expected {needle:?} in {}",
+            stderr(&out)
+        );
+    }
+    assert_eq!(before, file_hash(img), "{} was modified", img.display());
+}
+
+/// Equal seqids but different contents: no copy is newer, the primary is used (as
+/// cryptsetup does) with a warning, and nothing is rewritten.
+#[test]
+fn hostile_seqid_tie_uses_the_primary() {
+    let dir = tempdir();
+    let key = key_file(dir.path());
+    let img = fresh(dir.path(), "tie.img", &key);
+    let mut bytes = std::fs::read(&img).unwrap();
+    let (mut hdr, md) = format::decode_copy(&bytes[16384..32768], 16384).unwrap();
+    hdr.label = "tied-secondary".into();
+    bytes[16384..32768].copy_from_slice(&format::encode_copy(&hdr, &md).unwrap());
+    std::fs::write(&img, &bytes).unwrap();
+    let before = file_hash(&img);
+    let out = run(nbdcrypt().arg("dump").arg(&img));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("tied-secondary"), "{text}");
+    assert!(
+        stderr(&out).contains("header copies differ at the same seqid 1; using the primary"),
+        "{}",
+        stderr(&out)
+    );
+    let out = test_passphrase(&img, &key, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(before, file_hash(&img));
+}
+
+/// JSON text that fills its area with no terminating NUL: corrupt.
+#[test]
+fn hostile_json_over_its_area() {
+    let dir = tempdir();
+    let key = key_file(dir.path());
+    let img = fresh(dir.path(), "over.img", &key);
+    edit_json_text(&img, &|t| {
+        let mut t = t.to_vec();
+        t.resize(16384 - BINARY_HEADER_SIZE, b' ');
+        t
+    });
+    refused(
+        &img,
+        &key,
+        1,
+        "JSON metadata is not terminated within its area",
+    );
+}
+
+/// A keyslots area (and a keyslot area in it) reaching into the data segment: corrupt.
+#[test]
+fn hostile_keyslot_area_overlapping_the_data_segment() {
+    let dir = tempdir();
+    let key = key_file(dir.path());
+    let img = fresh(dir.path(), "kd.img", &key);
+    edit_metadata(&img, |v| {
+        v["config"]["keyslots_size"] = "17039360".into();
+        v["keyslots"]["0"]["area"]["offset"] = "16773120".into();
+    });
+    refused(
+        &img,
+        &key,
+        1,
+        "data segment offset 16777216 overlaps the header",
+    );
+}
+
+/// A fixed-size data segment running past the end of the image: corrupt.
+#[test]
+fn hostile_segment_past_the_end() {
+    let dir = tempdir();
+    let key = key_file(dir.path());
+    let img = fresh(dir.path(), "end.img", &key);
+    edit_metadata(&img, |v| {
+        v["segments"]["0"]["size"] = "2097152".into();
+    });
+    refused(&img, &key, 1, "is not inside the image");
+}
+
+/// A digest naming a keyslot that does not exist: corrupt (cryptsetup refuses it too).
+#[test]
+fn hostile_digest_naming_a_missing_keyslot() {
+    let dir = tempdir();
+    let key = key_file(dir.path());
+    let img = fresh(dir.path(), "dg.img", &key);
+    edit_metadata(&img, |v| {
+        v["digests"]["0"]["keyslots"] = serde_json::json!(["0", "5"]);
+    });
+    refused(
+        &img,
+        &key,
+        1,
+        "digest 0 names keyslot \"5\", which does not exist",
+    );
+}
+
+/// AF with 0 stripes, and a key size of 0: the keyslot is outside the profile (unsupported),
+/// refused before any KDF runs.
+#[test]
+fn hostile_af_stripes_and_key_size_zero() {
+    let dir = tempdir();
+    let key = key_file(dir.path());
+    let img = fresh(dir.path(), "af.img", &key);
+    edit_metadata(&img, |v| {
+        v["keyslots"]["0"]["af"]["stripes"] = 0.into();
+    });
+    keyslot_refused(
+        &img,
+        &key,
+        1,
+        "keyslot 0 AF luks1/0 stripes/sha256 is not supported",
+    );
+    let img = fresh(dir.path(), "ks.img", &key);
+    edit_metadata(&img, |v| {
+        v["keyslots"]["0"]["key_size"] = 0.into();
+    });
+    keyslot_refused(&img, &key, 1, "keyslot 0 key_size 0 is not supported");
+}
+
+/// The same member twice, at the top level or as a keyslot id (one parser would keep the
+/// first, another the last), and an id in two spellings ("0", "00"): corrupt.
+#[test]
+fn hostile_duplicated_json_keys() {
+    let dir = tempdir();
+    let key = key_file(dir.path());
+    let img = fresh(dir.path(), "dup.img", &key);
+    edit_json_text(&img, &|t| {
+        let mut v = b"{\"tokens\":{},".to_vec();
+        v.extend_from_slice(&t[1..]);
+        v
+    });
+    refused(&img, &key, 1, "duplicate member \"tokens\"");
+
+    let img = fresh(dir.path(), "dupks.img", &key);
+    edit_json_text(&img, &|t| {
+        let v: serde_json::Value = serde_json::from_slice(t).unwrap();
+        let mut other = v["keyslots"]["0"].clone();
+        other["priority"] = 2.into();
+        let text = String::from_utf8(t.to_vec()).unwrap();
+        let twice = format!("\"keyslots\":{{\"0\":{other},");
+        text.replacen("\"keyslots\":{", &twice, 1).into_bytes()
+    });
+    refused(&img, &key, 1, "duplicate member \"0\"");
+
+    let img = fresh(dir.path(), "dup00.img", &key);
+    edit_json_text(&img, &|t| {
+        let text = String::from_utf8(t.to_vec()).unwrap();
+        text.replacen("\"keyslots\":{\"0\":", "\"keyslots\":{\"00\":", 1)
+            .into_bytes()
+    });
+    refused(&img, &key, 1, "object id \"00\" is not in canonical form");
+}
+
+/// Bytes that are not UTF-8 inside a JSON string: corrupt.
+#[test]
+fn hostile_non_utf8_json() {
+    let dir = tempdir();
+    let key = key_file(dir.path());
+    let img = fresh(dir.path(), "utf.img", &key);
+    edit_json_text(&img, &|t| {
+        let mut t = t.to_vec();
+        let at = t.windows(7).position(|w| w == b"\"luks2\"").unwrap();
+        t[at + 4] = 0xff;
+        t
+    });
+    refused(&img, &key, 1, "JSON metadata is not valid LUKS2 JSON");
+}
