@@ -44,6 +44,9 @@ mod store;
 mod unlock;
 mod wipe;
 
+#[cfg(test)]
+mod tests;
+
 pub use create::{format, FormatOptions};
 pub use data::{Volume, MAX_ALLOCATION_RUNS, PUNCH_ALIGN};
 pub use error::{UpdateState, VolumeError};

@@ -1,0 +1,388 @@
+//! Header updates on a real (temporary, sparse) image file, each read back: a volume made by
+//! [`format`](super::format) with a cheap PBKDF2 keyslot (1000 iterations), then one update,
+//! then [`load_header`](super::load_header) and [`unlock`](super::unlock) as a later command
+//! would. The crash steps and injected faults are the integration tests' (`keyslots`,
+//! `header_ops`, `faults`): those need a process to stop.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::format::header::Copy;
+use crate::format::metadata::Id;
+use crate::format::DEFAULT_DATA_OFFSET;
+
+use super::{
+    add_keyslot, change_keyslot, check_backup, erase, format, header_bytes, kill_keyslot,
+    load_header, open_image, repair, replace_token, restore_header, unlock, verify_volume_key,
+    Access, FormatOptions, KdfChoice, KdfKind, LoadedHeader, NewKeyslot, UpdateState, VolumeError,
+    MAX_KEYSLOTS,
+};
+
+const PASS: &[u8] = b"first passphrase";
+
+fn cheap_kdf() -> KdfChoice {
+    KdfChoice {
+        kind: KdfKind::Pbkdf2,
+        force_iterations: Some(1000),
+        ..KdfChoice::default()
+    }
+}
+
+/// A fresh 17 MiB volume (one 1 MiB data area after the 16 MiB header) in a temporary
+/// directory, keyslot 0 opening with [`PASS`].
+struct Image {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl Image {
+    fn new() -> Image {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.img");
+        let opts = FormatOptions {
+            size: Some(DEFAULT_DATA_OFFSET + (1 << 20)),
+            sector_size: 512,
+            kdf: cheap_kdf(),
+            label: Some("unit".into()),
+            header: None,
+        };
+        format(&path, &opts, PASS).unwrap();
+        Image { _dir: dir, path }
+    }
+
+    /// Open as a header writer and load, as every header-updating command does.
+    fn open(&self) -> (File, LoadedHeader) {
+        let f = open_image(&self.path, Access::HeaderWrite).unwrap();
+        let lh = load_header(&f, &self.path).unwrap();
+        (f, lh)
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        std::fs::read(&self.path).unwrap()
+    }
+
+    /// Which keyslot `pass` opens, read through a handle of its own without locks (the
+    /// header writer's handle may still be open).
+    fn opens(&self, pass: &[u8]) -> Result<u32, VolumeError> {
+        let f = File::open(&self.path).unwrap();
+        let lh = load_header(&f, &self.path).unwrap();
+        unlock(&f, &self.path, &lh, pass, None, None).map(|k| k.keyslot)
+    }
+}
+
+/// Both copies valid, equal and at `seqid`; nothing to warn about.
+fn assert_clean(lh: &LoadedHeader, seqid: u64) {
+    assert!(lh.warnings.is_empty(), "{:?}", lh.warnings);
+    assert_eq!(lh.header.seqid, seqid);
+    assert_eq!(lh.max_seqid, seqid);
+    assert_eq!(lh.header.copy, Copy::Primary);
+}
+
+#[test]
+fn a_created_volume_loads_and_opens() {
+    let img = Image::new();
+    let (f, lh) = img.open();
+    assert_clean(&lh, 1);
+    assert_eq!(lh.header.label, "unit");
+    assert_eq!(lh.segment.offset, DEFAULT_DATA_OFFSET);
+    assert_eq!(lh.segment.size, 1 << 20);
+    assert!(!lh.detached);
+    assert_eq!(lh.header_area_len(), DEFAULT_DATA_OFFSET);
+    let key = unlock(&f, &img.path, &lh, PASS, None, None).unwrap();
+    assert_eq!(key.keyslot, 0);
+    verify_volume_key(&img.path, &lh, key.key.expose()).unwrap();
+    assert!(matches!(
+        verify_volume_key(&img.path, &lh, &[0u8; 64]),
+        Err(VolumeError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        img.opens(b"wrong"),
+        Err(VolumeError::WrongPassphrase)
+    ));
+}
+
+#[test]
+fn add_change_kill_keyslot_read_back() {
+    let img = Image::new();
+    let (f, lh) = img.open();
+    let vk = unlock(&f, &img.path, &lh, PASS, None, None).unwrap().key;
+    let kdf = cheap_kdf();
+    let token = serde_json::json!({"type": "unit-test", "keyslots": []});
+    let new = NewKeyslot {
+        passphrase: b"second",
+        slot: None,
+        kdf: &kdf,
+        token: Some(token),
+    };
+    assert_eq!(add_keyslot(&f, &img.path, &lh, &vk, new).unwrap(), 1);
+    drop(f);
+    assert_eq!(img.opens(b"second").unwrap(), 1);
+    assert_eq!(img.opens(PASS).unwrap(), 0);
+    let (f, lh) = img.open();
+    assert_clean(&lh, 2);
+    assert_eq!(lh.metadata.digests[&Id(0)].keyslots, ["0", "1"]);
+    assert_eq!(
+        lh.metadata.tokens[&Id(0)]["keyslots"],
+        serde_json::json!(["1"])
+    );
+
+    change_keyslot(&f, &img.path, &lh, 1, &vk, b"third", &kdf).unwrap();
+    drop(f);
+    assert!(matches!(
+        img.opens(b"second"),
+        Err(VolumeError::WrongPassphrase)
+    ));
+    assert_eq!(img.opens(b"third").unwrap(), 1);
+    let (f, after) = img.open();
+    assert_clean(&after, 3);
+    let (old, new) = (
+        &lh.metadata.keyslots[&Id(1)].area,
+        &after.metadata.keyslots[&Id(1)].area,
+    );
+    assert_ne!(old.offset, new.offset, "the new key goes to a new area");
+
+    kill_keyslot(&f, &img.path, &after, 1).unwrap();
+    drop(f);
+    assert!(matches!(
+        img.opens(b"third"),
+        Err(VolumeError::WrongPassphrase)
+    ));
+    let (_f, lh) = img.open();
+    assert_clean(&lh, 4);
+    assert!(!lh.metadata.keyslots.contains_key(&Id(1)));
+    assert_eq!(lh.metadata.digests[&Id(0)].keyslots, ["0"]);
+    // Other tokens are kept, without the removed slot.
+    assert_eq!(
+        lh.metadata.tokens[&Id(0)]["keyslots"],
+        serde_json::json!([])
+    );
+}
+
+#[test]
+fn kill_wipes_the_keyslot_area() {
+    let img = Image::new();
+    let (f, lh) = img.open();
+    let area = lh.metadata.keyslots[&Id(0)].area.clone();
+    let read_area = || {
+        let mut b = vec![0u8; area.size as usize];
+        File::open(&img.path)
+            .unwrap()
+            .read_exact_at(&mut b, area.offset)
+            .unwrap();
+        b
+    };
+    let before = read_area();
+    kill_keyslot(&f, &img.path, &lh, 0).unwrap();
+    assert_ne!(read_area(), before);
+    drop(f);
+    assert!(matches!(
+        img.opens(PASS),
+        Err(VolumeError::NoUsableKeyslot { keyslot: None, .. })
+    ));
+}
+
+/// Every refusal is made before anything is written: the image is byte-identical after.
+#[test]
+fn refused_keyslot_changes_write_nothing() {
+    let img = Image::new();
+    let (f, lh) = img.open();
+    let vk = unlock(&f, &img.path, &lh, PASS, None, None).unwrap().key;
+    let kdf = cheap_kdf();
+    let before = img.bytes();
+    let cases: Vec<(Option<u32>, &str)> = vec![
+        (Some(0), "keyslot 0 is already in use"),
+        (Some(MAX_KEYSLOTS), "out of range"),
+    ];
+    for (slot, needle) in cases {
+        let new = NewKeyslot {
+            passphrase: b"x",
+            slot,
+            kdf: &kdf,
+            token: None,
+        };
+        match add_keyslot(&f, &img.path, &lh, &vk, new) {
+            Err(VolumeError::InvalidArgument(m)) => assert!(m.contains(needle), "{m}"),
+            other => panic!("slot {slot:?}: {other:?}"),
+        }
+    }
+    match kill_keyslot(&f, &img.path, &lh, 7) {
+        Err(VolumeError::InvalidArgument(m)) => assert!(m.contains("not in use"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    let weak = KdfChoice {
+        force_iterations: Some(999),
+        ..cheap_kdf()
+    };
+    let new = NewKeyslot {
+        passphrase: b"x",
+        slot: None,
+        kdf: &weak,
+        token: None,
+    };
+    assert!(matches!(
+        add_keyslot(&f, &img.path, &lh, &vk, new),
+        Err(VolumeError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        replace_token(&f, &img.path, &lh, 3, serde_json::json!({})),
+        Err(VolumeError::InvalidArgument(_))
+    ));
+    assert!(img.bytes() == before, "a refused change wrote to the image");
+}
+
+#[test]
+fn erase_leaves_no_keyslot() {
+    let img = Image::new();
+    let (f, lh) = img.open();
+    erase(&f, &img.path, &lh).unwrap();
+    drop(f);
+    let (_f, lh) = img.open();
+    assert_clean(&lh, 2);
+    assert!(lh.metadata.keyslots.is_empty());
+    assert!(lh.metadata.digests[&Id(0)].keyslots.is_empty());
+    assert!(matches!(
+        img.opens(PASS),
+        Err(VolumeError::NoUsableKeyslot { .. })
+    ));
+}
+
+/// A damaged primary: the reader uses the secondary and warns; `repair` writes both copies as
+/// the next version; a second `repair` has nothing to do.
+#[test]
+fn repair_rewrites_a_damaged_primary() {
+    let img = Image::new();
+    {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&img.path)
+            .unwrap();
+        f.write_all_at(b"X", 4096 + 10).unwrap(); // inside the primary JSON
+    }
+    let (f, lh) = img.open();
+    assert_eq!(lh.header.copy, Copy::Secondary);
+    assert!(
+        lh.warnings[0].contains("primary header is damaged"),
+        "{:?}",
+        lh.warnings
+    );
+    assert!(repair(&f, &img.path, &lh).unwrap());
+    drop(f);
+    let (f, lh) = img.open();
+    assert_clean(&lh, 2);
+    assert!(!repair(&f, &img.path, &lh).unwrap());
+    drop(f);
+    assert_eq!(img.opens(PASS).unwrap(), 0);
+}
+
+/// A header backup is the header area; restoring it brings back its keyslots, as the next
+/// version above the image's.
+#[test]
+fn backup_and_restore_round_trip() {
+    let img = Image::new();
+    let (f, lh) = img.open();
+    let backup = header_bytes(&f, &img.path, &lh).unwrap();
+    assert_eq!(backup.len() as u64, DEFAULT_DATA_OFFSET);
+    let (h, md) = check_backup(Path::new("backup"), &backup).unwrap();
+    assert_eq!((h.seqid, md.clone()), (1, lh.metadata.clone()));
+
+    kill_keyslot(&f, &img.path, &lh, 0).unwrap();
+    drop(f);
+    assert!(img.opens(PASS).is_err());
+    let (f, lh) = img.open();
+    restore_header(&f, &img.path, &backup, Some(lh.max_seqid)).unwrap();
+    drop(f);
+    let (_f, lh) = img.open();
+    assert_clean(&lh, 3);
+    assert_eq!(lh.metadata, md);
+    assert_eq!(img.opens(PASS).unwrap(), 0);
+}
+
+#[test]
+fn check_backup_refusals() {
+    let img = Image::new();
+    let (f, lh) = img.open();
+    let good = header_bytes(&f, &img.path, &lh).unwrap();
+    // (mutation of a good backup, text of the error)
+    type Mutation = fn(&mut Vec<u8>);
+    let rows: Vec<(Mutation, &str)> = vec![
+        (
+            |b| b.truncate(b.len() - 4096),
+            "header says the header area is",
+        ),
+        (|b| b.push(0), "header says the header area is"),
+        (
+            |b| {
+                b[4096 + 10] ^= 1;
+                b[16384 + 4096 + 10] ^= 1;
+            },
+            "not a LUKS2 header backup",
+        ),
+        (|b| b.truncate(100), "not a LUKS2 header backup"),
+    ];
+    for (mutate, needle) in rows {
+        let mut b = good.clone();
+        mutate(&mut b);
+        match check_backup(Path::new("backup"), &b) {
+            Err(VolumeError::Corrupt { reason, .. }) => {
+                assert!(reason.contains(needle), "{reason}")
+            }
+            other => panic!("{needle}: {other:?}"),
+        }
+    }
+    // One damaged copy in the backup is fine: the other is used.
+    let mut b = good.clone();
+    b[4096 + 10] ^= 1;
+    assert_eq!(
+        check_backup(Path::new("backup"), &b).unwrap().1,
+        lh.metadata
+    );
+}
+
+#[test]
+fn replace_token_is_the_next_version() {
+    let img = Image::new();
+    let (f, lh) = img.open();
+    let vk = unlock(&f, &img.path, &lh, PASS, None, None).unwrap().key;
+    let kdf = cheap_kdf();
+    let new = NewKeyslot {
+        passphrase: b"service",
+        slot: Some(5),
+        kdf: &kdf,
+        token: Some(serde_json::json!({"type": "unit-test", "kek_version": 1})),
+    };
+    assert_eq!(add_keyslot(&f, &img.path, &lh, &vk, new).unwrap(), 5);
+    drop(f);
+    let (f, lh) = img.open();
+    let mut t = lh.metadata.tokens[&Id(0)].clone();
+    t["kek_version"] = 2.into();
+    replace_token(&f, &img.path, &lh, 0, t.clone()).unwrap();
+    drop(f);
+    let (_f, after) = img.open();
+    assert_clean(&after, 3);
+    assert_eq!(after.metadata.tokens[&Id(0)], t);
+    assert_eq!(after.metadata.keyslots, lh.metadata.keyslots);
+    assert_eq!(img.opens(b"service").unwrap(), 5);
+}
+
+/// A failed update reports the state it left, read back: here a commit to a file that is not
+/// writable fails before anything changed.
+#[test]
+fn a_failed_write_reports_unchanged() {
+    let img = Image::new();
+    let (_f, lh) = img.open();
+    let ro = File::open(&img.path).unwrap();
+    let before = img.bytes();
+    match repair(
+        &ro,
+        &img.path,
+        &LoadedHeader {
+            warnings: vec!["force a rewrite".into()],
+            ..lh
+        },
+    ) {
+        Err(VolumeError::Update { state, .. }) => assert_eq!(state, UpdateState::Unchanged),
+        other => panic!("{other:?}"),
+    }
+    assert!(img.bytes() == before);
+}
