@@ -5,9 +5,9 @@
 //! - `host`: what the machine offers (memory, from `/proc/meminfo`).
 //! - `store`: every `pread`/`pwrite`/`fdatasync` of the image and the two test hooks (the I/O
 //!   fault injector [`FAULT_IO_ENV`] and the crash-step hook [`FAULT_STEP_ENV`]).
-//! - `image`: opening and locking image files ([`Access`], [`open_image`], [`OpenedImage`]).
 //! - `header_io`: reading and writing both metadata copies ([`load_header`], the encoding
 //!   and write order of a new metadata version).
+//! - `image`: opening and locking image files ([`Access`], [`open_image`], [`OpenedImage`]).
 //! - `outcome`: where a failed header update left the image, read back.
 //! - `commit`: committing a new metadata version, a failure classified by `outcome`.
 //! - `keyslot_create`: a new keyslot: KDF choice and cost, JSON, area placement, wrapped key

@@ -386,3 +386,52 @@ fn a_failed_write_reports_unchanged() {
     }
     assert!(img.bytes() == before);
 }
+
+/// The files of `volume/` import each other in one direction only: each uses only files listed
+/// before it in the module documentation of `mod.rs` (so there is no cycle), and every file
+/// is listed there.
+#[test]
+fn files_import_only_files_listed_before_them() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/volume");
+    let doc = std::fs::read_to_string(dir.join("mod.rs")).unwrap();
+    let order: Vec<String> = doc
+        .lines()
+        .filter_map(|l| l.strip_prefix("//! - "))
+        .flat_map(|l| {
+            let head = l.split_once(':').map_or(l, |(h, _)| h);
+            head.split(", ")
+                .map(|n| n.trim_matches('`').to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_stem().unwrap().to_str().unwrap().to_string();
+        if name == "mod" || name == "tests" {
+            continue;
+        }
+        seen += 1;
+        let at = order
+            .iter()
+            .position(|n| *n == name)
+            .unwrap_or_else(|| panic!("{name}.rs is not listed in mod.rs's documentation"));
+        let src = std::fs::read_to_string(&path).unwrap();
+        let code = src.split("#[cfg(test)]").next().unwrap();
+        for (i, _) in code.match_indices("super::") {
+            let rest = &code[i + "super::".len()..];
+            let Some((dep, _)) = rest.split_once("::") else {
+                continue;
+            };
+            if !dep.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                continue; // `super::Item` in a doc link, not a file
+            }
+            let d = order
+                .iter()
+                .position(|n| n == dep)
+                .unwrap_or_else(|| panic!("{name}.rs uses {dep}, which is not listed"));
+            assert!(d < at, "{name}.rs uses {dep}.rs, which is listed after it");
+        }
+    }
+    assert_eq!(seen, order.len(), "listed: {order:?}");
+}
