@@ -387,6 +387,49 @@ fn a_failed_write_reports_unchanged() {
     assert!(img.bytes() == before);
 }
 
+/// Where a new keyslot area goes: the first 4096-aligned gap of the keyslots area (here
+/// `[32768, 16777216)`) that holds it, or nowhere.
+#[test]
+fn free_area_first_fit() {
+    let img = Image::new();
+    let (_f, lh) = img.open();
+    let size = lh.metadata.keyslots[&Id(0)].area.size;
+    assert_eq!(size, 258048);
+    // (areas in use as (offset, size), expected place)
+    type Row = (Vec<(u64, u64)>, Option<u64>);
+    let rows: Vec<Row> = vec![
+        (vec![], Some(32768)),
+        (vec![(32768, size)], Some(290816)),
+        // A gap too small is skipped; one just large enough is taken.
+        (vec![(32768, size), (331776, size)], Some(589824)),
+        (vec![(32768, size), (548864, size)], Some(290816)),
+        (vec![(548864, size)], Some(32768)),
+        // The end of an area is rounded up to 4096 bytes.
+        (vec![(32768, 258000)], Some(290816)),
+        // Room for exactly one more at the end, then none.
+        (
+            vec![(32768, 16777216 - 32768 - size)],
+            Some(16777216 - size),
+        ),
+        (vec![(32768, 16777216 - 32768 - size + 1)], None),
+    ];
+    for (used, want) in rows {
+        let mut lh = lh.clone();
+        let template = lh.metadata.keyslots[&Id(0)].clone();
+        lh.metadata.keyslots.clear();
+        for (i, (offset, size)) in used.iter().enumerate() {
+            let mut ks = template.clone();
+            (ks.area.offset, ks.area.size) = (*offset, *size);
+            lh.metadata.keyslots.insert(Id(i as u32), ks);
+        }
+        assert_eq!(
+            super::keyslot_create::free_area(&lh, size),
+            want,
+            "{used:?}"
+        );
+    }
+}
+
 /// The files of `volume/` import each other in one direction only: each uses only files listed
 /// before it in the module documentation of `mod.rs` (so there is no cycle), and every file
 /// is listed there.
