@@ -8,9 +8,9 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::format::header::Copy;
-use crate::format::metadata::Id;
-use crate::format::DEFAULT_DATA_OFFSET;
+use crate::format::header::{BinaryHeader, Copy};
+use crate::format::metadata::{Id, Metadata};
+use crate::format::{decode_copy, encode_copy, DEFAULT_DATA_OFFSET};
 
 use super::{
     add_keyslot, change_keyslot, check_backup, erase, format, header_bytes, kill_keyslot,
@@ -385,6 +385,177 @@ fn a_failed_write_reports_unchanged() {
         other => panic!("{other:?}"),
     }
     assert!(img.bytes() == before);
+}
+
+/// Re-encode the copy at `at` of the header bytes `b` after `f` changed it (sealed again).
+fn edit_copy(b: &mut [u8], at: usize, f: impl Fn(&mut BinaryHeader, &mut Metadata)) {
+    let (mut h, mut md) = decode_copy(&b[at..at + 16384], at as u64).unwrap();
+    f(&mut h, &mut md);
+    b[at..at + 16384].copy_from_slice(&encode_copy(&h, &md).unwrap());
+}
+
+/// Which copy the reader takes and what it warns about (`format-spec.md` §2.3), or why it
+/// refuses the image: one row per state of the two copies, applied to a fresh image's first
+/// 32 KiB (both copies), the image optionally cut short. Nothing is ever written by the reader.
+#[test]
+fn load_header_copy_choice_table() {
+    enum Want {
+        /// The copy chosen, its seqid, `max_seqid`, and the warning (empty: none).
+        Loads(Copy, u64, u64, &'static str),
+        /// The error, by the text of its message.
+        Refused(&'static str),
+    }
+    type Row = (&'static str, fn(&mut Vec<u8>), Option<u64>, Want);
+    let rows: Vec<Row> = vec![
+        (
+            "as created",
+            |_| {},
+            None,
+            Want::Loads(Copy::Primary, 1, 1, ""),
+        ),
+        (
+            "newer secondary",
+            |b| edit_copy(b, 16384, |h, _| (h.seqid, h.label) = (2, "newer".into())),
+            None,
+            Want::Loads(
+                Copy::Secondary,
+                2,
+                2,
+                "header copies differ (primary seqid 1, secondary seqid 2); using the newer",
+            ),
+        ),
+        (
+            "newer primary",
+            |b| edit_copy(b, 0, |h, _| h.seqid = 7),
+            None,
+            Want::Loads(Copy::Primary, 7, 7, "header copies differ"),
+        ),
+        (
+            "tie with different contents",
+            |b| edit_copy(b, 16384, |h, _| h.label = "tied".into()),
+            None,
+            Want::Loads(
+                Copy::Primary,
+                1,
+                1,
+                "header copies differ at the same seqid 1; using the primary",
+            ),
+        ),
+        (
+            "primary checksum",
+            |b| b[4096 + 10] ^= 0x20,
+            None,
+            Want::Loads(
+                Copy::Secondary,
+                1,
+                1,
+                "primary header is damaged (header checksum mismatch); using the secondary",
+            ),
+        ),
+        (
+            "secondary checksum",
+            |b| b[16384 + 4096 + 10] ^= 0x20,
+            None,
+            Want::Loads(Copy::Primary, 1, 1, "secondary header is damaged"),
+        ),
+        (
+            "primary with a bad layout and a higher seqid",
+            |b| {
+                edit_copy(b, 0, |h, m| {
+                    h.seqid = 5;
+                    m.keyslots.get_mut(&Id(0)).unwrap().area.offset = 16700000;
+                })
+            },
+            None,
+            // Refused, but its checksum holds: the next version is numbered above it.
+            Want::Loads(
+                Copy::Secondary,
+                1,
+                5,
+                "primary header is damaged (keyslot 0 area",
+            ),
+        ),
+        (
+            "both checksums",
+            |b| {
+                b[4096 + 10] ^= 0x20;
+                b[16384 + 4096 + 10] ^= 0x20;
+            },
+            None,
+            Want::Refused("both header copies are damaged: primary: header checksum mismatch"),
+        ),
+        (
+            "no magic",
+            |b| b.fill(0),
+            None,
+            Want::Refused("is not a valid LUKS device"),
+        ),
+        (
+            "LUKS1 version in both",
+            |b| {
+                for at in [0, 16384] {
+                    b[at + 7] = 1;
+                    crate::format::header::seal(&mut b[at..at + 16384]);
+                }
+            },
+            None,
+            Want::Refused("LUKS version 1 is not supported"),
+        ),
+        (
+            "cut inside the header",
+            |_| {},
+            Some(8192),
+            Want::Refused("truncated"),
+        ),
+        (
+            "cut before the data segment",
+            |_| {},
+            Some(1 << 20),
+            Want::Refused("beyond the end of the image"),
+        ),
+    ];
+    for (what, mutate, cut, want) in rows {
+        let img = Image::new();
+        {
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&img.path)
+                .unwrap();
+            let mut b = vec![0u8; 32768];
+            f.read_exact_at(&mut b, 0).unwrap();
+            mutate(&mut b);
+            f.write_all_at(&b, 0).unwrap();
+            if let Some(len) = cut {
+                f.set_len(len).unwrap();
+            }
+        }
+        let before = img.bytes();
+        let f = open_image(&img.path, Access::Inspect).unwrap();
+        let got = load_header(&f, &img.path);
+        match (&got, want) {
+            (Ok(lh), Want::Loads(copy, seqid, max, warning)) => {
+                assert_eq!(
+                    (lh.header.copy, lh.header.seqid, lh.max_seqid),
+                    (copy, seqid, max),
+                    "{what}"
+                );
+                match warning {
+                    "" => assert!(lh.warnings.is_empty(), "{what}: {:?}", lh.warnings),
+                    w => assert!(
+                        lh.warnings.len() == 1 && lh.warnings[0].contains(w),
+                        "{what}: {:?}",
+                        lh.warnings
+                    ),
+                }
+            }
+            (Err(e), Want::Refused(needle)) => {
+                assert!(e.to_string().contains(needle), "{what}: {e}")
+            }
+            (got, _) => panic!("{what}: {got:?}"),
+        }
+        assert!(img.bytes() == before, "{what}: the reader wrote");
+    }
 }
 
 /// Where a new keyslot area goes: the first 4096-aligned gap of the keyslots area (here
