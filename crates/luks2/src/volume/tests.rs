@@ -15,8 +15,8 @@ use crate::format::{decode_copy, encode_copy, DEFAULT_DATA_OFFSET};
 use super::{
     add_keyslot, change_keyslot, check_backup, erase, format, header_bytes, kill_keyslot,
     load_header, open_image, repair, replace_token, restore_header, unlock, verify_volume_key,
-    Access, FormatOptions, KdfChoice, KdfKind, LoadedHeader, NewKeyslot, UpdateState, VolumeError,
-    MAX_KEYSLOTS,
+    Access, FormatOptions, KdfChoice, KdfKind, LoadedHeader, NewKeyslot, OpenedImage, UpdateState,
+    VolumeError, MAX_KEYSLOTS,
 };
 
 const PASS: &[u8] = b"first passphrase";
@@ -648,4 +648,56 @@ fn files_import_only_files_listed_before_them() {
         }
     }
     assert_eq!(seen, order.len(), "listed: {order:?}");
+}
+
+/// A detached header (cryptsetup `--header`, `format-spec.md` §1.1): created in its own file,
+/// the data segment from offset 0 of the image; read as the image's header it is refused as
+/// one, read with the data file it opens, and a keyslot added to it leaves the data file alone.
+#[test]
+fn detached_header_create_and_update() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, hdr) = (dir.path().join("data.img"), dir.path().join("hdr.img"));
+    let opts = FormatOptions {
+        size: Some(1 << 20),
+        sector_size: 4096,
+        kdf: cheap_kdf(),
+        label: None,
+        header: Some(hdr.clone()),
+    };
+    format(&data, &opts, PASS).unwrap();
+    let f = open_image(&hdr, Access::Inspect).unwrap();
+    assert!(matches!(
+        load_header(&f, &hdr),
+        Err(VolumeError::DetachedHeader { data_offset: 0, .. })
+    ));
+    drop(f);
+    let data_before = std::fs::read(&data).unwrap();
+    let img = OpenedImage::open(&data, Some(&hdr), Access::HeaderWrite).unwrap();
+    let lh = img.load().unwrap();
+    assert!(lh.detached);
+    assert_eq!((lh.segment.offset, lh.segment.size), (0, 1 << 20));
+    assert_eq!(lh.segment.sector_size, 4096);
+    let vk = unlock(&img.header, &hdr, &lh, PASS, None, None)
+        .unwrap()
+        .key;
+    let kdf = cheap_kdf();
+    let new = NewKeyslot {
+        passphrase: b"second",
+        slot: None,
+        kdf: &kdf,
+        token: None,
+    };
+    assert_eq!(add_keyslot(&img.header, &hdr, &lh, &vk, new).unwrap(), 1);
+    let lh = img.load().unwrap();
+    assert_clean(&lh, 2);
+    assert_eq!(
+        unlock(&img.header, &hdr, &lh, b"second", None, None)
+            .unwrap()
+            .keyslot,
+        1
+    );
+    assert!(
+        std::fs::read(&data).unwrap() == data_before,
+        "the data file was written"
+    );
 }
