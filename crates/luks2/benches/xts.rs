@@ -1,5 +1,5 @@
 //! Sector transform throughput: nbdcrypt's `SectorCipher` against OpenSSL's EVP aes-256-xts, in
-//! the same process, one core, per sector size (issue 6 target: ≥ 1.0 × OpenSSL at 4096-byte
+//! the same process, one core, per sector size (the target: ≥ 1.0 × OpenSSL at 4096-byte
 //! sectors, ≥ 0.9 × at 512). Run with `cargo bench -p nbdcrypt-luks2 --bench xts`; prints one table.
 //!
 //! Both sides do the same work per sector: one XTS data unit with its own plain64 tweak

@@ -172,7 +172,7 @@ pub(crate) fn fill_random(buf: &mut [u8]) -> Result<(), CryptoError> {
 
 /// Make this process non-dumpable (`prctl(2)` `PR_SET_DUMPABLE` 0): no core file, and no
 /// ptrace or `/proc/PID/mem` / `environ` access by other processes of the same user without
-/// `CAP_SYS_PTRACE` (issue 7). Errors: the `prctl` error.
+/// `CAP_SYS_PTRACE` (`docs/reliability.md`). Errors: the `prctl` error.
 pub fn make_non_dumpable() -> std::io::Result<()> {
     // SAFETY: PR_SET_DUMPABLE takes an integer argument and touches no memory.
     if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } == 0 {

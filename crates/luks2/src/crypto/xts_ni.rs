@@ -1,4 +1,4 @@
-//! Fused AES-256-XTS on x86_64 AES-NI (issue 6): the tweak XORs are folded into the AES round
+//! Fused AES-256-XTS on x86_64 AES-NI: the tweak XORs are folded into the AES round
 //! pipeline, so each 16-byte block is loaded once, XORed with its tweak and the first round
 //! key, run through the rounds eight blocks at a time (independent blocks fill the AES unit's
 //! pipeline), and stored once with the last round (its key XORed with the tweak), instead of

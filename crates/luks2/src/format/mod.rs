@@ -7,6 +7,8 @@
 pub mod header;
 pub mod metadata;
 mod strict_json;
+#[cfg(test)]
+mod tests;
 
 use header::{BinaryHeader, BINARY_HEADER_SIZE};
 use metadata::{Metadata, SegmentSize};

@@ -2,7 +2,7 @@
 //!
 //! `serde_json` keeps the last of two members with the same name in a map (keyslots,
 //! segments, digests by id) without a word, while another parser may keep the first: a header
-//! whose meaning depends on the parser is refused instead (issue 7, hostile headers).
+//! whose meaning depends on the parser is refused instead (a hostile header).
 
 use std::collections::HashSet;
 use std::fmt;

@@ -1,23 +1,24 @@
+//! The plaintext view of an unlocked volume ([`Volume`]): reads, writes (read-modify-write of
+//! partial sectors under the region locks of `locks.rs`), zeroes, TRIM and the allocation
+//! report, each over XTS sector encryption of the data segment. Which ranges are holes, and
+//! what a discard policy means, is `holes.rs`'s.
+
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
 
 use crate::crypto::SectorCipher;
 use crate::format::DataSegment;
 
-use super::{LoadedHeader, UnlockedKey, VolumeError};
+use super::error::VolumeError;
+use super::header_io::LoadedHeader;
+use super::holes::{allocation_runs, image_holes, Discard, Run};
+use super::locks::RegionLocks;
+use super::store::{read_exact_at, sync_data, write_all_at};
+use super::unlock::UnlockedKey;
 
-/// Number of lock stripes guarding read-modify-write of partial sectors.
-const LOCK_STRIPES: usize = 1024;
-/// Bytes of the volume one lock stripe covers at a time: region `r` (plaintext offsets
-/// `[r × LOCK_REGION, (r + 1) × LOCK_REGION)`) is guarded by stripe `r mod LOCK_STRIPES`. Two
-/// overlapping ranges share a region, hence a stripe. Large enough that a 4 MiB write takes 64
-/// stripes, not every one of them (per-sector stripes made every write of 128 KiB or more
-/// exclude all others).
-const LOCK_REGION: u64 = 64 << 10;
 /// Largest chunk `write_zeroes` encrypts at once, bytes.
 const ZERO_CHUNK: u64 = 1 << 20;
 /// Largest piece of a whole-sector write encrypted and written at once, bytes.
@@ -43,34 +44,6 @@ impl Plaintext<'_> {
     }
 }
 
-/// What TRIM (discard) does to the image: the per-volume discard policy (`--discard`).
-///
-/// cryptsetup(8) on `--allow-discards`: "This command can have a negative security impact
-/// because it can make filesystem-level operations visible on the physical device."
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Discard {
-    /// TRIM succeeds and changes nothing; reads never look for holes (a never-written sector
-    /// of a sparse image decrypts to pseudo-random bytes, as under dm-crypt). Nothing about
-    /// usage leaks through TRIM. The default, as cryptsetup without `--allow-discards`.
-    #[default]
-    Ignore,
-    /// TRIM punches holes in the image file (`fallocate(PUNCH_HOLE | KEEP_SIZE)`) over the
-    /// part of the range that is aligned to [`Volume::punch_granularity`] in image offsets;
-    /// holes read back as plaintext zeroes and are reported by [`Volume::allocation`]. The
-    /// holes show anyone who can read the image which ranges are unused.
-    Passdown,
-}
-
-/// A run of the volume with one allocation state, from [`Volume::allocation`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Run {
-    /// Length in bytes.
-    pub length: u64,
-    /// Every sector of the run is a hole in the image file (reads as zeroes with
-    /// [`Discard::Passdown`]).
-    pub hole: bool,
-}
-
 /// An unlocked volume: the plaintext view of the data segment, addressed in bytes from 0 to
 /// [`Volume::size`]. Any byte range can be read or written; ranges that cover part of an
 /// encryption sector are served by read-modify-write of that sector, serialised against every
@@ -82,7 +55,7 @@ pub struct Volume {
     cipher: SectorCipher,
     read_only: bool,
     keyslot: u32,
-    locks: Box<[Mutex<()>]>,
+    locks: RegionLocks,
     discard: Discard,
     /// Alignment of punched holes in image offsets, bytes (see `punch_granularity`).
     granularity: u64,
@@ -133,7 +106,7 @@ impl Volume {
             cipher,
             read_only,
             keyslot: key.keyslot,
-            locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            locks: RegionLocks::new(),
             discard: Discard::Ignore,
             granularity,
             punch_unsupported: AtomicBool::new(false),
@@ -284,7 +257,7 @@ impl Volume {
     /// Read and decrypt whole sectors, holes or not.
     fn read_sectors_dense(&self, buf: &mut [u8], start: u64) -> Result<(), VolumeError> {
         let at = self.segment.offset + start;
-        super::store::read_exact_at(&self.file, buf, at).map_err(|e| self.io_err("read", at, e))?;
+        read_exact_at(&self.file, buf, at).map_err(|e| self.io_err("read", at, e))?;
         self.cipher
             .decrypt(buf, self.segment.sector_size as usize, start / 512);
         Ok(())
@@ -295,27 +268,7 @@ impl Volume {
         self.cipher
             .encrypt(buf, self.segment.sector_size as usize, start / 512);
         let at = self.segment.offset + start;
-        super::store::write_all_at(&self.file, buf, at).map_err(|e| self.io_err("write", at, e))
-    }
-
-    /// Lock the stripes of every [`LOCK_REGION`] that `[start, end)` (plaintext bytes, `end >
-    /// start`) touches, in a fixed order (no deadlock).
-    fn lock_regions(&self, start: u64, end: u64) -> Vec<MutexGuard<'_, ()>> {
-        let first = start / LOCK_REGION;
-        let count = (end - 1) / LOCK_REGION - first + 1;
-        let mut stripes: Vec<usize> = if count >= LOCK_STRIPES as u64 {
-            (0..LOCK_STRIPES).collect()
-        } else {
-            (first..first + count)
-                .map(|r| (r % LOCK_STRIPES as u64) as usize)
-                .collect()
-        };
-        stripes.sort_unstable();
-        stripes.dedup();
-        stripes
-            .into_iter()
-            .map(|i| self.locks[i].lock().unwrap_or_else(|p| p.into_inner()))
-            .collect()
+        write_all_at(&self.file, buf, at).map_err(|e| self.io_err("write", at, e))
     }
 
     /// Read `buf.len()` plaintext bytes at byte `offset` of the volume.
@@ -336,7 +289,7 @@ impl Volume {
         // take its lock so the read never sees a half-written sector.
         let mut tmp = vec![0u8; (end - start) as usize];
         {
-            let _guards = self.lock_regions(start, end);
+            let _guards = self.locks.lock(start, end);
             self.read_sectors(&mut tmp, start)?;
         }
         let skip = (offset - start) as usize;
@@ -417,7 +370,7 @@ impl Volume {
             (_, false) => vec![0u8; (end - start) as usize],
         };
         {
-            let _guards = self.lock_regions(start, end);
+            let _guards = self.locks.lock(start, end);
             if abandoned.is_some_and(|a| a.load(Ordering::SeqCst)) {
                 return Ok(false);
             }
@@ -531,7 +484,7 @@ impl Volume {
             return Ok(());
         }
         {
-            let _guards = self.lock_regions(a - base, b - base);
+            let _guards = self.locks.lock(a - base, b - base);
             if abandoned.is_some_and(|x| x.load(Ordering::SeqCst)) {
                 return Ok(());
             }
@@ -587,99 +540,20 @@ impl Volume {
         }
         let (start, end) = self.aligned(offset, len);
         let (holes, reached) = self.hole_sectors(start, end, MAX_ALLOCATION_RUNS / 2)?;
-        let mut runs: Vec<(u64, u64, bool)> = Vec::new();
-        let mut pos = start;
-        for (a, b) in holes {
-            if a > pos {
-                runs.push((pos, a, false));
-            }
-            runs.push((a, b, true));
-            pos = b;
-        }
-        // Past the last hole, up to where the search got, is data (a partial sector is data).
-        let ss = self.segment.sector_size as u64;
-        let known = (reached.div_ceil(ss) * ss).min(end);
-        if pos < known {
-            runs.push((pos, known, false));
-        }
-        // Clip to the request (runs are whole sectors, so none becomes empty).
-        let stop = (offset + len).min(runs.last().map_or(offset, |r| r.1));
-        Ok(runs
-            .into_iter()
-            .map(|(a, b, hole)| (a.max(offset), b.min(stop), hole))
-            .filter(|(a, b, _)| b > a)
-            .map(|(a, b, hole)| Run {
-                length: b - a,
-                hole,
-            })
-            .collect())
+        Ok(allocation_runs(
+            offset,
+            len,
+            (start, end),
+            &holes,
+            reached,
+            self.segment.sector_size as u64,
+        ))
     }
 
     /// `fdatasync` the image: every write that returned before this call is on stable storage.
     ///
     /// Errors: [`VolumeError::Io`].
     pub fn flush(&self) -> Result<(), VolumeError> {
-        super::store::sync_data(&self.file).map_err(|e| self.io_err("fdatasync", 0, e))
+        sync_data(&self.file).map_err(|e| self.io_err("fdatasync", 0, e))
     }
-}
-
-/// Holes of `file` within `[from, to)` (file offsets), in order, from `lseek(SEEK_DATA)` and
-/// `lseek(SEEK_HOLE)` (a filesystem without them reports everything as data). At most `limit`
-/// holes; returns them and how far the search got (`to` unless the limit stopped it). Uses
-/// only the offsets `lseek` returns, so the shared file position does not matter.
-fn image_holes(
-    file: &File,
-    from: u64,
-    to: u64,
-    limit: usize,
-) -> std::io::Result<(Vec<(u64, u64)>, u64)> {
-    let fd = file.as_raw_fd();
-    let seek = |pos: u64, whence: libc::c_int| -> std::io::Result<Option<u64>> {
-        // SAFETY: plain syscall on an fd that stays open for the call.
-        let r = unsafe { libc::lseek(fd, pos as libc::off_t, whence) };
-        if r >= 0 {
-            return Ok(Some(r as u64));
-        }
-        let e = std::io::Error::last_os_error();
-        // ENXIO: no data at or after `pos` (or `pos` is at or past the end of the file).
-        if e.raw_os_error() == Some(libc::ENXIO) {
-            return Ok(None);
-        }
-        Err(e)
-    };
-    let mut holes = Vec::new();
-    let mut pos = from;
-    while pos < to {
-        if holes.len() == limit {
-            return Ok((holes, pos));
-        }
-        let data = seek(pos, libc::SEEK_DATA)?.unwrap_or(to).min(to);
-        if data > pos {
-            holes.push((pos, data));
-        }
-        if data >= to {
-            break;
-        }
-        pos = seek(data, libc::SEEK_HOLE)?.unwrap_or(to).min(to);
-    }
-    Ok((holes, to))
-}
-
-/// Bytes of the data segment of `lh` that are holes in the image file (never written, or
-/// discarded with [`Discard::Passdown`]): what the image shows about the volume's usage to
-/// anyone who can read it, without a key.
-///
-/// Errors: [`VolumeError::Io`] when `lseek` fails.
-pub fn segment_hole_bytes(file: &File, path: &Path, lh: &LoadedHeader) -> Result<u64, VolumeError> {
-    let seg = lh.segment;
-    let (holes, _) =
-        image_holes(file, seg.offset, seg.offset + seg.size, usize::MAX).map_err(|e| {
-            VolumeError::Io {
-                op: "seek for holes",
-                path: path.to_owned(),
-                offset: seg.offset,
-                source: e,
-            }
-        })?;
-    Ok(holes.iter().map(|(a, b)| b - a).sum())
 }

@@ -1,7 +1,25 @@
+//! The volume layer's errors: [`VolumeError`], one kind per failure class, each naming the
+//! image; and [`UpdateState`], where a failed header update left the image.
+
 use std::path::PathBuf;
 
 use crate::crypto::CryptoError;
 use crate::format::FormatError;
+
+/// The state a failed header update left the image in ([`VolumeError::Update`]), found by
+/// reading the image back (`outcome.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateState {
+    /// The metadata in force and every keyslot in use are as before the command.
+    Unchanged,
+    /// The new metadata is in force: the command's change took effect, a later step did not.
+    TookEffect,
+    /// The metadata in force is the previous one, but key material it still refers to was
+    /// (partly) overwritten: the keyslots named in the message no longer open.
+    KeysDestroyed,
+    /// The header could not be read back after the failure.
+    Unknown,
+}
 
 /// Errors of the volume layer, one kind per failure class; each carries the image path.
 #[derive(Debug, thiserror::Error)]
@@ -93,7 +111,7 @@ pub enum VolumeError {
         /// Image (or detached header) path.
         path: PathBuf,
         /// Where the image is now.
-        state: super::UpdateState,
+        state: UpdateState,
         /// What is left undone or damaged, one clause.
         detail: String,
         /// What to run to finish or retry (the CLI's hint).
@@ -109,8 +127,8 @@ pub enum VolumeError {
     Crypto(#[from] CryptoError),
 }
 
-fn describe(state: super::UpdateState, detail: &str) -> String {
-    use super::UpdateState as S;
+fn describe(state: UpdateState, detail: &str) -> String {
+    use UpdateState as S;
     match state {
         S::Unchanged => format!("nothing changed: {detail}"),
         S::TookEffect => format!("the change took effect, but {detail}"),

@@ -1,3 +1,10 @@
+//! Reading and writing both metadata copies of an image (`format-spec.md` §2.3, §7): the
+//! reader picks the valid copy with the higher `seqid` and validates it against the image
+//! ([`load_header`]); the writer encodes a new metadata version as both copies and writes them
+//! in crash-safe order, each followed by a sync ([`prepare`], [`write_copies`]). Which bytes
+//! make a copy is the `format` layer's; committing a version and reporting a failed commit
+//! is `commit.rs`'s.
+
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -8,7 +15,8 @@ use crate::format::header::{
 use crate::format::metadata::Metadata;
 use crate::format::{self, DataSegment, FormatError};
 
-use super::VolumeError;
+use super::error::VolumeError;
+use super::store::{image_len, sync_step, write_step};
 
 /// A metadata copy chosen after reading both (`format-spec.md` §2.3), validated against the
 /// image, plus what the reader noticed on the way.
@@ -145,7 +153,7 @@ fn load_header_from(
     path: &Path,
     data_len: Option<u64>,
 ) -> Result<LoadedHeader, VolumeError> {
-    let image_len = super::image_len(file, path)?;
+    let image_len = image_len(file, path)?;
     let primary = read_copy(file, 0, image_len, Copy::Primary);
     // The secondary sits at the primary's hdr_size. Only when the primary is unusable are the
     // other allowed sizes scanned, as cryptsetup does (a copy planted elsewhere must not win
@@ -295,10 +303,73 @@ pub(crate) fn copy_seqids(
     path: &Path,
     hdr_size: u64,
 ) -> Result<(Option<u64>, Option<u64>), VolumeError> {
-    let image_len = super::image_len(file, path)?;
+    let image_len = image_len(file, path)?;
     let seqid = |at, want| match read_copy(file, at, image_len, want) {
         Ok(Some((h, _))) => Some(h.seqid),
         _ => None,
     };
     Ok((seqid(0, Copy::Primary), seqid(hdr_size, Copy::Secondary)))
+}
+
+/// Encode both metadata copies of `md` from `base` (its `hdr_size`, UUID, label, subsystem)
+/// with `seqid`, each with a fresh salt. Errors: [`VolumeError::InvalidArgument`] when the JSON
+/// does not fit the area.
+pub(crate) fn encode_copies(
+    path: &Path,
+    base: &BinaryHeader,
+    md: &Metadata,
+    seqid: u64,
+) -> Result<Vec<(Vec<u8>, u64)>, VolumeError> {
+    let mut copies = Vec::new();
+    for (copy, at) in [(Copy::Secondary, base.hdr_size), (Copy::Primary, 0)] {
+        let mut salt = [0u8; 64];
+        salt.copy_from_slice(&crate::crypto::random_bytes(64)?);
+        let hdr = BinaryHeader {
+            copy,
+            seqid,
+            salt,
+            hdr_offset: at,
+            csum: [0; 64],
+            ..base.clone()
+        };
+        let bytes = format::encode_copy(&hdr, md).map_err(|e| match e {
+            format::FormatError::Invalid(m) => VolumeError::InvalidArgument(m),
+            other => VolumeError::from_format(path, other),
+        })?;
+        copies.push((bytes, at));
+    }
+    Ok(copies)
+}
+
+/// Write `copies` in the order given, each followed by a sync.
+pub(crate) fn write_copies(
+    file: &File,
+    path: &Path,
+    copies: &[(Vec<u8>, u64)],
+) -> Result<(), VolumeError> {
+    for (bytes, at) in copies {
+        let which = if *at == 0 { "primary" } else { "secondary" };
+        write_step(file, path, bytes, *at, &format!("{which} header"))?;
+        sync_step(file, path, &format!("sync {which} header"))?;
+    }
+    Ok(())
+}
+
+/// Encode and check `md` as the next metadata version of the image loaded as `lh`: `seqid`
+/// above every copy whose checksum holds, and in write order — the copy that was *not* chosen
+/// (damaged, or equal) first, so a torn write never hits the only good copy.
+pub(crate) fn prepare(
+    path: &Path,
+    lh: &LoadedHeader,
+    md: &Metadata,
+) -> Result<Vec<(Vec<u8>, u64)>, VolumeError> {
+    let mut copies = encode_copies(path, &lh.header, md, lh.max_seqid + 1)?;
+    // The new version must itself pass every check a reader applies.
+    for (bytes, at) in &copies {
+        format::decode_copy(bytes, *at).map_err(|e| VolumeError::from_format(path, e))?;
+    }
+    if lh.header.copy == Copy::Secondary {
+        copies.reverse(); // the primary was the damaged one: rewrite it first
+    }
+    Ok(copies)
 }

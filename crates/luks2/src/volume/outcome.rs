@@ -1,4 +1,4 @@
-//! Where a failed header update left the image (issue 7): a write or sync of a keyslot or
+//! Where a failed header update left the image: a write or sync of a keyslot or
 //! header command that fails is reported with the state the image is in afterwards, found by
 //! reading it back rather than guessed from which step failed.
 //!
@@ -12,21 +12,8 @@
 use std::fs::File;
 use std::path::Path;
 
-use super::VolumeError;
-
-/// The state a failed header update left the image in ([`VolumeError::Update`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpdateState {
-    /// The metadata in force and every keyslot in use are as before the command.
-    Unchanged,
-    /// The new metadata is in force: the command's change took effect, a later step did not.
-    TookEffect,
-    /// The metadata in force is the previous one, but key material it still refers to was
-    /// (partly) overwritten: the keyslots named in the message no longer open.
-    KeysDestroyed,
-    /// The header could not be read back after the failure.
-    Unknown,
-}
+use super::error::{UpdateState, VolumeError};
+use super::header_io::copy_seqids;
 
 /// Build the [`VolumeError::Update`] for `source`.
 pub(crate) fn update_error(
@@ -64,7 +51,7 @@ pub(crate) enum AfterCommit {
 impl Commit {
     /// Read both copies back from `file` and classify.
     pub(crate) fn read_back(&self, file: &File, path: &Path, failed: &VolumeError) -> AfterCommit {
-        let (p, s) = match super::header_io::copy_seqids(file, path, self.hdr_size) {
+        let (p, s) = match copy_seqids(file, path, self.hdr_size) {
             Ok(v) => v,
             Err(e) => return AfterCommit::Unreadable(e.to_string()),
         };
@@ -147,4 +134,10 @@ pub(crate) fn commit_failed(
 /// The hint when nothing changed.
 pub(crate) fn retry_fix() -> String {
     "free space on the disk (or fix the I/O error) and run the command again".into()
+}
+
+/// A failure before anything the metadata in force uses was written:
+/// [`UpdateState::Unchanged`] with `detail` and the retry hint.
+pub(crate) fn unchanged(path: &Path, detail: &str, e: VolumeError) -> VolumeError {
+    update_error(path, UpdateState::Unchanged, detail.into(), retry_fix(), e)
 }

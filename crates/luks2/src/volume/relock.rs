@@ -1,5 +1,5 @@
 //! A header update on an image this process already holds open for serving (the key-service
-//! rewrap, issue 5): the serving `flock` is raised to a header writer's for the update and
+//! rewrap, `format-spec.md` §9.2): the serving `flock` is raised to a header writer's for the update and
 //! lowered again (`format-spec.md` §5, §7).
 //!
 //! While serving, the header file is held with `flock` shared (so cryptsetup can read it but
@@ -14,7 +14,8 @@ use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use super::{Access, VolumeError};
+use super::error::VolumeError;
+use super::image::Access;
 
 /// Runs `update` (a header update such as [`super::replace_token`]) on the header file `path`,
 /// held open as `held` with the locks of `access` ([`Access::ReadShared`] or

@@ -1,3 +1,7 @@
+//! Unlocking (`format-spec.md` §4): trying a passphrase on the keyslots bound to the data
+//! segment, as `cryptsetup open` does, until one yields a key the segment digest accepts; and
+//! checking a volume key given directly against that digest.
+
 use std::fs::File;
 use std::path::Path;
 
@@ -5,10 +9,12 @@ use crate::crypto::digest::verify_digest;
 use crate::crypto::kdf::ARGON2_MAX_MEMORY_KIB;
 use crate::crypto::keyslot::{keyslot_material_len, unwrap_key, KeyslotParams};
 use crate::crypto::{Argon2Variant, CryptoError, HashAlg, KdfParams, VolumeKey};
-use crate::format::{self, KdfProfile, KeyslotProfile};
+use crate::format::{self, KdfProfile, KeyslotProfile, VOLUME_KEY_SIZE};
 
-use super::update::read_step;
-use super::{meminfo_kib, LoadedHeader, VolumeError};
+use super::error::VolumeError;
+use super::header_io::LoadedHeader;
+use super::host::meminfo_kib;
+use super::store::read_step;
 
 /// A volume key that passed the digest check, and the keyslot it came from.
 pub struct UnlockedKey {
@@ -46,6 +52,7 @@ pub(crate) fn kdf_params(kdf: &KdfProfile) -> KdfParams {
     }
 }
 
+/// Map a keyslot's profile to the crypto layer's keyslot parameters.
 pub(crate) fn keyslot_params(ks: &KeyslotProfile) -> KeyslotParams {
     KeyslotParams {
         kdf: kdf_params(&ks.kdf),
@@ -167,4 +174,18 @@ pub fn unlock(
         }),
         _ => Err(VolumeError::WrongPassphrase),
     }
+}
+
+/// Check that `vk` is this volume's key (the segment digest, constant time), e.g. a key given
+/// with `--volume-key-file`. Errors: [`VolumeError::InvalidArgument`] when it is not.
+pub fn verify_volume_key(path: &Path, lh: &LoadedHeader, vk: &[u8]) -> Result<(), VolumeError> {
+    let d = format::segment_digest(&lh.metadata).map_err(|e| VolumeError::from_format(path, e))?;
+    if vk.len() != VOLUME_KEY_SIZE
+        || !verify_digest(HashAlg::Sha256, d.iterations, &d.salt, vk, &d.digest)?
+    {
+        return Err(VolumeError::InvalidArgument(
+            "the volume key does not match this volume's digest".into(),
+        ));
+    }
+    Ok(())
 }

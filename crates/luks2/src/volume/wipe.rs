@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Volume, VolumeError};
+use super::data::Volume;
+use super::error::VolumeError;
 
 /// Suffix of the wipe state file, added to the image (data file) path:
 /// `vol.img` → `vol.img.nbdcrypt-wipe`.

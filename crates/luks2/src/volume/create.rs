@@ -1,64 +1,29 @@
+//! Creating a volume (cryptsetup `luksFormat`, `format-spec.md` §5): arguments checked and the
+//! KDF chosen before the image is touched, a fresh volume key, keyslot 0 and its digest, the
+//! keyslots area filled, then both header copies. Public as [`format`] and [`FormatOptions`]
+//! (the command's name); the on-disk encoding itself is the `format` layer's.
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::Map;
 
 use crate::crypto::digest::compute_digest;
-use crate::crypto::kdf::{
-    benchmark_argon2, benchmark_pbkdf2, ARGON2_MAX_MEMORY_KIB, ARGON2_MAX_PARALLEL,
-    ARGON2_MIN_MEMORY_KIB, ARGON2_MIN_TIME, PBKDF2_MIN_ITERATIONS,
-};
+use crate::crypto::kdf::{benchmark_pbkdf2, PBKDF2_MIN_ITERATIONS};
 use crate::crypto::keyslot::{keyslot_material_len, wrap_key, KeyslotParams};
 use crate::crypto::secret::random_bytes;
-use crate::crypto::{Argon2Variant, HashAlg, KdfParams, SecretBytes};
+use crate::crypto::{HashAlg, SecretBytes};
 use crate::format::header::{BinaryHeader, Copy};
-use crate::format::metadata::{
-    Af, Area, Config, DigestEntry, Id, Kdf, Keyslot, Metadata, Segment, SegmentSize,
-};
+use crate::format::metadata::{Config, DigestEntry, Id, Metadata, Segment, SegmentSize};
 use crate::format::{
     self, AF_STRIPES, CIPHER, DEFAULT_DATA_OFFSET, DEFAULT_HDR_SIZE, VOLUME_KEY_SIZE,
 };
 
-use super::update::{encode_copies, sync_step, write_copies, write_step};
-use super::{meminfo_kib, Access, VolumeError};
-
-/// Which password-based KDF a new keyslot uses (`--pbkdf`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KdfKind {
-    /// PBKDF2-HMAC-SHA256 (RFC 8018).
-    Pbkdf2,
-    /// Argon2i (RFC 9106).
-    Argon2i,
-    /// Argon2id (RFC 9106), the default.
-    Argon2id,
-}
-
-/// KDF cost for a new keyslot, with cryptsetup's names and units.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KdfChoice {
-    /// The KDF.
-    pub kind: KdfKind,
-    /// `--iter-time`: target unlock time in milliseconds for the benchmark (default 2000).
-    pub iter_time_ms: u32,
-    /// `--pbkdf-memory`: Argon2 memory in KiB (default 1 GiB, capped at half of RAM).
-    pub memory_kib: u32,
-    /// `--pbkdf-parallel`: Argon2 lanes (default 4, at most the number of CPUs).
-    pub parallel: u32,
-    /// `--pbkdf-force-iterations`: PBKDF2 iterations or Argon2 time cost; skips the benchmark.
-    pub force_iterations: Option<u32>,
-}
-
-impl Default for KdfChoice {
-    fn default() -> Self {
-        KdfChoice {
-            kind: KdfKind::Argon2id,
-            iter_time_ms: 2000,
-            memory_kib: 1 << 20,
-            parallel: 4,
-            force_iterations: None,
-        }
-    }
-}
+use super::error::VolumeError;
+use super::header_io::{encode_copies, write_copies};
+use super::image::{lock, Access};
+use super::keyslot_create::{choose_kdf, keyslot_json, KdfChoice, SALT_LEN};
+use super::store::{image_len, sync_step, write_step};
 
 /// What `format` creates.
 #[derive(Debug, Clone, Default)]
@@ -79,129 +44,8 @@ pub struct FormatOptions {
 
 /// Time to spend on the volume key digest's PBKDF2, ms (cryptsetup: 125 ms at `--iter-time` 2000).
 const DIGEST_ITER_TIME_MS: u32 = 125;
-const SALT_LEN: usize = 32;
 
-/// Turn a [`KdfChoice`] into concrete KDF parameters for a new keyslot, benchmarking unless
-/// `force_iterations` is set (`format-spec.md` §5). Argon2 memory is capped at half of RAM.
-pub(crate) fn choose_kdf(choice: &KdfChoice) -> Result<KdfParams, VolumeError> {
-    let salt = random_bytes(SALT_LEN)?;
-    match choice.kind {
-        KdfKind::Pbkdf2 => {
-            let iterations = match choice.force_iterations {
-                Some(n) => n,
-                None => benchmark_pbkdf2(HashAlg::Sha256, choice.iter_time_ms, 64)?,
-            };
-            if iterations < PBKDF2_MIN_ITERATIONS {
-                return Err(VolumeError::InvalidArgument(format!(
-                    "--pbkdf-force-iterations {iterations} is below the PBKDF2 minimum of {PBKDF2_MIN_ITERATIONS}"
-                )));
-            }
-            Ok(KdfParams::Pbkdf2 {
-                hash: HashAlg::Sha256,
-                iterations,
-                salt,
-            })
-        }
-        KdfKind::Argon2i | KdfKind::Argon2id => {
-            let variant = if choice.kind == KdfKind::Argon2id {
-                Argon2Variant::Argon2id
-            } else {
-                Argon2Variant::Argon2i
-            };
-            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-            let parallel = choice.parallel.clamp(1, cpus.max(1));
-            if choice.parallel == 0 || choice.parallel > ARGON2_MAX_PARALLEL {
-                return Err(VolumeError::InvalidArgument(format!(
-                    "--pbkdf-parallel {} is outside 1..{ARGON2_MAX_PARALLEL}",
-                    choice.parallel
-                )));
-            }
-            let half_ram = meminfo_kib("MemTotal").map_or(u64::MAX, |t| t / 2);
-            let memory = (choice.memory_kib as u64).min(half_ram) as u32;
-            if !(ARGON2_MIN_MEMORY_KIB..=ARGON2_MAX_MEMORY_KIB).contains(&memory) {
-                return Err(VolumeError::InvalidArgument(format!(
-                    "--pbkdf-memory {memory} KiB is outside {ARGON2_MIN_MEMORY_KIB}..{ARGON2_MAX_MEMORY_KIB}"
-                )));
-            }
-            let (time, memory_kib) = match choice.force_iterations {
-                Some(t) if t < ARGON2_MIN_TIME => {
-                    return Err(VolumeError::InvalidArgument(format!(
-                        "--pbkdf-force-iterations {t} is below the Argon2 minimum of {ARGON2_MIN_TIME}"
-                    )))
-                }
-                Some(t) => (t, memory),
-                None => benchmark_argon2(variant, choice.iter_time_ms, memory, parallel)?,
-            };
-            Ok(KdfParams::Argon2 {
-                variant,
-                time,
-                memory_kib,
-                parallel,
-                salt,
-            })
-        }
-    }
-}
-
-/// The keyslot JSON for freshly wrapped key material.
-pub(crate) fn keyslot_json(params: &KdfParams, area_offset: u64, area_size: u64) -> Keyslot {
-    let kdf = match params {
-        KdfParams::Pbkdf2 {
-            iterations, salt, ..
-        } => Kdf {
-            kind: "pbkdf2".into(),
-            hash: Some("sha256".into()),
-            iterations: Some(*iterations),
-            time: None,
-            memory: None,
-            cpus: None,
-            salt: salt.clone(),
-            extra: Map::new(),
-        },
-        KdfParams::Argon2 {
-            variant,
-            time,
-            memory_kib,
-            parallel,
-            salt,
-        } => Kdf {
-            kind: match variant {
-                Argon2Variant::Argon2i => "argon2i",
-                Argon2Variant::Argon2id => "argon2id",
-            }
-            .into(),
-            hash: None,
-            iterations: None,
-            time: Some(*time),
-            memory: Some(*memory_kib),
-            cpus: Some(*parallel),
-            salt: salt.clone(),
-            extra: Map::new(),
-        },
-    };
-    Keyslot {
-        kind: "luks2".into(),
-        key_size: VOLUME_KEY_SIZE as u32,
-        af: Some(Af {
-            kind: "luks1".into(),
-            stripes: AF_STRIPES,
-            hash: "sha256".into(),
-            extra: Map::new(),
-        }),
-        area: Area {
-            kind: "raw".into(),
-            offset: area_offset,
-            size: area_size,
-            encryption: Some(CIPHER.into()),
-            key_size: Some(VOLUME_KEY_SIZE as u32),
-            extra: Map::new(),
-        },
-        kdf: Some(kdf),
-        priority: None,
-        extra: Map::new(),
-    }
-}
-
+/// A random (version 4) UUID in its text form, for a new volume's header.
 fn random_uuid() -> Result<String, VolumeError> {
     let mut b = random_bytes(16)?;
     b[6] = (b[6] & 0x0f) | 0x40;
@@ -300,8 +144,8 @@ pub fn format(path: &Path, opts: &FormatOptions, passphrase: &[u8]) -> Result<St
             path: path.to_owned(),
             source: e,
         })?;
-    super::lock(&file, path, Access::HeaderWrite)?;
-    let file_len = super::image_len(&file, path)?;
+    lock(&file, path, Access::HeaderWrite)?;
+    let file_len = image_len(&file, path)?;
     // The file the header goes to: the image itself, or the detached header file.
     let (hfile, hpath) = match &opts.header {
         None => (
@@ -337,7 +181,7 @@ pub fn format(path: &Path, opts: &FormatOptions, passphrase: &[u8]) -> Result<St
                     h.display()
                 )));
             }
-            super::lock(&hf, h, Access::HeaderWrite)?;
+            lock(&hf, h, Access::HeaderWrite)?;
             (hf, h.as_path())
         }
     };
