@@ -12,7 +12,7 @@ export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$HOME/
 # command (test certificates for TLS), systemd (only its systemd-socket-activate, to test socket
 # activation; systemd need not run), groff-base (nroff renders the generated man pages), curl
 # and sqlite3 (the key service's HTTPS client and an editor of its audit table, in
-# tests/keyservice.rs), age (opens escrow packages as an officer would), and the VM harness's
+# tests/it/keyservice.rs), age (opens escrow packages as an officer would), and the VM harness's
 # guest packages (stress-ng: its verifying --hdd pass on the guest's ext4). qemu-system-x86
 # comes only from bookworm and needs the bookworm qemu-utils beside it (a plain install of it
 # removes the preinstalled qemu-utils backport).

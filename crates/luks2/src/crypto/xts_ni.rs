@@ -14,8 +14,8 @@
 //! Ice Lake, AMD Zen 3 and later) in 256-bit registers, two blocks per instruction. The key schedule is the
 //! standard FIPS-197 expansion through `AESKEYGENASSIST` (Intel's AES-NI white paper, §4.3);
 //! decryption round keys are `AESIMC` of the encryption ones (the equivalent inverse cipher).
-//! Checked against the IEEE 1619 vectors and OpenSSL by `tests/crypto_kat.rs`, as the portable
-//! path is.
+//! Checked against the IEEE 1619 vectors and OpenSSL by `crates/luks2/tests/it/crypto_kat.rs`,
+//! as the portable path is.
 
 use std::arch::x86_64::{
     __m128i, _mm_add_epi32, _mm_add_epi64, _mm_aesdeclast_si128, _mm_aesenc_si128,
