@@ -81,7 +81,7 @@ pub struct ServerOptions {
     pub handshake_limit: Option<Duration>,
     /// Serve READs/WRITEs of at most this many bytes inline on each connection's reader,
     /// whatever the export's own limit ([`SessionOptions::inline_limit`]); `Some(0)`: none.
-    /// `None` (the default): each export's [`BlockExport::inline_limit`](super::BlockExport::inline_limit).
+    /// `None` (the default): each export's [`BlockExport::inline_limit`].
     pub inline_limit: Option<u32>,
 }
 

@@ -287,7 +287,7 @@ pub fn block_status_descriptors(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::BASE_ALLOCATION_ID;
+    use crate::proto::options::BASE_ALLOCATION_ID;
 
     #[test]
     fn block_status_extents() {

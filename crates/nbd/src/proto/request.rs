@@ -60,7 +60,7 @@ pub struct Negotiated {
     /// reply) are structured (proto.md "Structured reply chunk message").
     pub structured: bool,
     /// `base:allocation` is selected by `NBD_OPT_SET_META_CONTEXT`, with id
-    /// [`BASE_ALLOCATION_ID`]; `NBD_CMD_BLOCK_STATUS` is allowed (proto.md "Metadata querying").
+    /// [`BASE_ALLOCATION_ID`](super::BASE_ALLOCATION_ID); `NBD_CMD_BLOCK_STATUS` is allowed (proto.md "Metadata querying").
     pub base_allocation: bool,
 }
 

@@ -3,10 +3,10 @@
 //! This file owns the session's entry points ([`run_session`], [`run_transmission`]) and
 //! [`SessionOptions`]; the phases live beside it:
 //! - [`negotiation`]: option haggling as a pure state object ([`negotiation::Negotiation`]);
-//! - [`handshake`]: the handshake's I/O (greeting, option loop, `STARTTLS` upgrade);
-//! - [`transmission`]: the request reader, the serving of requests and the reply writer;
-//! - [`reply`]: queued replies, their vectored write, export errors as NBD error values;
-//! - [`error`], [`stats`], [`stream`]: how a session ends, its counters, small async helpers.
+//! - `handshake.rs`: the handshake's I/O (greeting, option loop, `STARTTLS` upgrade);
+//! - `transmission.rs`: the request reader, the serving of requests and the reply writer;
+//! - `reply.rs`: queued replies, their vectored write, export errors as NBD error values;
+//! - `error.rs`, `stats.rs`, `stream.rs`: how a session ends, its counters, small async helpers.
 //!
 //! Generic over any `AsyncRead + AsyncWrite + Unpin + Send` stream, so tests can drive it over
 //! `tokio::io::duplex`. Section names refer to `doc/proto.md` of NetworkBlockDevice/nbd.
@@ -14,28 +14,30 @@
 //! TLS ("TLS support"): with a [`TlsConfig`] other than off, `NBD_OPT_STARTTLS` is answered
 //! `NBD_REP_ACK`, the TLS handshake runs over the same stream, and option haggling starts over
 //! on the TLS stream with nothing negotiated before it kept (structured replies, meta
-//! contexts); the transmission phase then runs over TLS too. In [`TlsMode::Require`](crate::TlsMode::Require)
-//! (FORCEDTLS) every option before the upgrade except `STARTTLS` and `ABORT` gets
-//! `NBD_REP_ERR_TLS_REQD`, and `EXPORT_NAME` closes the connection.
+//! contexts); the transmission phase then runs over TLS too. In
+//! [`TlsMode::Require`](crate::TlsMode::Require) (FORCEDTLS) every option before the upgrade
+//! except `STARTTLS` and `ABORT` gets `NBD_REP_ERR_TLS_REQD`, and `EXPORT_NAME` closes the
+//! connection.
 //!
 //! Transmission ("Transmission", "Ordering of messages and writes"): a reader parses requests
-//! (bounded by [`MAX_IN_FLIGHT`](transmission::MAX_IN_FLIGHT) requests and [`MAX_BUFFERED_BYTES`](transmission::MAX_BUFFERED_BYTES) of buffers). READs and
-//! WRITEs of at most [`BlockExport::inline_limit`] bytes (or [`SessionOptions::inline_limit`]) it serves itself, on its runtime
-//! thread (no thread hand-off); larger READs and WRITEs go straight to a blocking-pool thread,
-//! which queues the reply; every other request gets a task of its own, which runs any export
-//! call on the blocking pool. A panic in the export during a READ or
-//! WRITE is an `EIO` reply for that request. Replies are queued; a writer sends them in
-//! completion order (a large READ reply's header and data in one vectored write). Data buffers
-//! come from, and go back to, the server-wide [`BufferPool`] (no zero-filling per request).
+//! (bounded by [`MAX_IN_FLIGHT`] requests and [`MAX_BUFFERED_BYTES`] of buffers). READs and
+//! WRITEs of at most [`BlockExport::inline_limit`] bytes (or
+//! [`SessionOptions::inline_limit`]) it serves itself, on its runtime thread (no thread
+//! hand-off); larger READs and WRITEs go straight to a blocking-pool thread, which queues the
+//! reply; every other request gets a task of its own, which runs any export call on the
+//! blocking pool. A panic in the export during a READ or WRITE is an `EIO` reply for that
+//! request. Replies are queued; a writer sends them in completion order (a large READ reply's
+//! header and data in one vectored write). Data buffers come from, and go back to, the
+//! server-wide [`BufferPool`](crate::buffers::BufferPool) (no zero-filling per request).
 //!
 //! Reply style ("Simple reply message", "Structured reply chunk message"): without
 //! `NBD_OPT_STRUCTURED_REPLY` (the kernel client) every reply is simple. Once it is
 //! negotiated every reply is structured: a READ is one `OFFSET_DATA` chunk with `DONE` (so
 //! `NBD_CMD_FLAG_DF` is always honoured, up to the 32 MiB maximum), a BLOCK_STATUS one
 //! `BLOCK_STATUS` chunk with `DONE`, any other success a `NONE` chunk, and every error an
-//! `ERROR` chunk with `DONE` and a message. A reply holds its
-//! permits until it has been written, so a client that stops reading replies stalls its own
-//! reader instead of growing memory.
+//! `ERROR` chunk with `DONE` and a message. A reply holds its permits until it has been
+//! written, so a client that stops reading replies stalls its own reader instead of growing
+//! memory.
 //!
 //! Exports ("Option types"): the client names one of the server's [`Exports`] (`""` = the
 //! default, the first); the session serves that one. What the session negotiated and moved is

@@ -5,7 +5,7 @@
 //! newstyle, FORCEDTLS), option length limits, what was negotiated (structured replies, the
 //! meta context and the export it was selected for), the forgetting of all of it at
 //! `STARTTLS`, and the export the client finally chose. No stream and no await: the async
-//! handshake ([`super::handshake`]) reads an option, calls it, writes what it says and
+//! handshake (`handshake.rs`) reads an option, calls it, writes what it says and
 //! performs the TLS upgrade; the unit tests (`negotiation/tests.rs`) drive it directly.
 
 use tracing::{debug, warn};
