@@ -1,7 +1,7 @@
 //! The option phase of the handshake as bytes (proto.md "Newstyle negotiation", "Fixed
 //! newstyle negotiation", "Option types", "Option reply types", "Metadata querying"): the
 //! greeting, client flags, option headers and the option data this server parses, and every
-//! option reply it encodes. No I/O and no decisions: [`crate::session`]'s negotiation decides
+//! option reply it encodes. No I/O and no decisions: [`crate::session::negotiation`] decides
 //! which reply an option gets.
 
 use super::common::{ProtoError, MAX_STRING};
