@@ -9,7 +9,8 @@
 
 use std::os::fd::RawFd;
 
-use super::server::{Listen, NbdError};
+use crate::error::NbdError;
+use crate::server::Listen;
 
 /// First inherited descriptor (`SD_LISTEN_FDS_START`).
 pub const LISTEN_FDS_START: RawFd = 3;

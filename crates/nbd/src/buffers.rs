@@ -1,5 +1,5 @@
 //! Reused READ/WRITE data buffers, so a request's buffer is neither zero-filled nor freshly
-//! allocated (and faulted in) each time: the profile of issue 6 had 7–12 % of large-request
+//! allocated (and faulted in) each time: a profile of large requests had 7–12 % of their
 //! time in `memset` of buffers that were overwritten right away (`docs/performance.md`).
 //!
 //! One pool for the whole server, shared by every connection. A buffer goes back to the pool

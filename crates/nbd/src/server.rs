@@ -14,14 +14,15 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use thiserror::Error;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn, Instrument};
 
-use super::session::{run_session, SessionEnd, SessionError, SessionOptions, SessionStats};
-use super::{BlockExport, ExportConfig, Exports, TlsConfig};
+pub use crate::error::NbdError;
+use crate::export::{BlockExport, ExportConfig, Exports};
+use crate::session::{run_session, SessionEnd, SessionError, SessionOptions, SessionStats};
+use crate::tls::TlsConfig;
 
 /// Where to listen.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,7 +81,7 @@ pub struct ServerOptions {
     pub handshake_limit: Option<Duration>,
     /// Serve READs/WRITEs of at most this many bytes inline on each connection's reader,
     /// whatever the export's own limit ([`SessionOptions::inline_limit`]); `Some(0)`: none.
-    /// `None` (the default): each export's [`BlockExport::inline_limit`](super::BlockExport::inline_limit).
+    /// `None` (the default): each export's [`BlockExport::inline_limit`].
     pub inline_limit: Option<u32>,
 }
 
@@ -97,68 +98,6 @@ impl Default for ServerOptions {
             inline_limit: None,
         }
     }
-}
-
-/// Errors of [`serve`].
-#[derive(Debug, Error)]
-pub enum NbdError {
-    /// No listener was given.
-    #[error("no listen address given")]
-    NoListeners,
-    /// Binding a listener failed (address in use, permission, missing directory, ...).
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The address, as `tcp:IP:PORT` or `unix:PATH`.
-        addr: String,
-        /// The underlying error.
-        #[source]
-        source: io::Error,
-    },
-    /// The Unix socket path exists and is not a socket; it is not deleted.
-    #[error("cannot listen on unix:{}: path exists and is not a socket", .0.display())]
-    NotASocket(PathBuf),
-    /// The Unix socket path is a socket another process is serving on.
-    #[error("cannot listen on unix:{}: another server is listening there", .0.display())]
-    SocketInUse(PathBuf),
-    /// An inherited descriptor ([`Listen::Fd`]) is not a listening TCP or Unix stream socket.
-    #[error("cannot listen on fd:{fd}: {reason}")]
-    NotAListener {
-        /// The descriptor.
-        fd: RawFd,
-        /// What it is instead, or the error of the check.
-        reason: String,
-    },
-    /// `LISTEN_PID`/`LISTEN_FDS`/`LISTEN_FDNAMES` are malformed (sd_listen_fds(3)).
-    #[error("socket activation: {0}")]
-    Activation(String),
-    /// No export was given.
-    #[error("no export given")]
-    NoExports,
-    /// A configured export name is longer than 4096 bytes (proto.md "Conventions").
-    #[error("export name is {0} bytes, longer than 4096")]
-    NameTooLong(usize),
-    /// Two exports have the same name (or a later export is named `""`, which always selects
-    /// the first).
-    #[error("export name {0:?} is given twice (\"\" always names the first export)")]
-    DuplicateExport(String),
-    /// The pid file could not be written; nothing was served.
-    #[error("cannot write pid file {}: {source}", path.display())]
-    PidFile {
-        /// The pid file.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: io::Error,
-    },
-    /// The final flush of an export at shutdown failed (every export is still flushed).
-    #[error("flushing export {export:?} at shutdown: {source}")]
-    Flush {
-        /// The export's name.
-        export: String,
-        /// The underlying error.
-        #[source]
-        source: io::Error,
-    },
 }
 
 enum Bound {
