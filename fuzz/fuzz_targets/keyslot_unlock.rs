@@ -5,7 +5,7 @@
 //! byte `n`, `n` passphrase bytes, then the first bytes of an image (header copies and
 //! keyslot areas; it is extended, sparse, to 17 MiB). Inputs asking for expensive KDFs
 //! (PBKDF2 over 2000 iterations, Argon2 over 1 MiB or 4 passes) are skipped: their refusal is
-//! covered by tests/hostile_headers.rs. Property: no panic; an unlocked key opens the volume.
+//! covered by tests/it/bad_input.rs. Property: no panic; an unlocked key opens the volume.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
