@@ -445,7 +445,7 @@ pub fn main() -> i32 {
         .with_target(false)
         .try_init();
     // The root key and KEKs live in this process: no core file, no ptrace or /proc/PID/mem
-    // by same-user processes, and (where allowed) no swap (issue 7).
+    // by same-user processes, and (where allowed) no swap.
     if let Err(e) = crate::crypto::secret::make_non_dumpable() {
         tracing::warn!(
             "could not make the process non-dumpable ({e}): a core file could hold keys"
