@@ -193,6 +193,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn sizes() {
@@ -216,5 +217,32 @@ mod tests {
         assert!(parse_named_path("x").is_err());
         assert_eq!(parse_sector_size("4096"), Ok(4096));
         assert!(parse_sector_size("1024").is_err());
+    }
+
+    /// `--recovery-key` (with or without FILE) beats nothing else: clap refuses it beside
+    /// `--key-file`; alone, each flag gives its source, and no flag the prompt.
+    #[test]
+    fn unlocker_flags_give_one_key_source() {
+        #[derive(clap::Parser)]
+        struct T {
+            #[command(flatten)]
+            u: Unlocker,
+        }
+        let source = |args: &[&str]| {
+            <T as clap::Parser>::try_parse_from(std::iter::once("t").chain(args.iter().copied()))
+                .map(|t| t.u.source())
+        };
+        assert!(matches!(source(&[]).unwrap(), KeySource::Prompt));
+        assert!(
+            matches!(source(&["-d", "k"]).unwrap(), KeySource::KeyFile(f) if f == Path::new("k"))
+        );
+        assert!(matches!(
+            source(&["--recovery-key"]).unwrap(),
+            KeySource::Recovery(None)
+        ));
+        assert!(
+            matches!(source(&["--recovery-key", "r"]).unwrap(), KeySource::Recovery(Some(f)) if f == Path::new("r"))
+        );
+        assert!(source(&["-d", "k", "--recovery-key"]).is_err());
     }
 }

@@ -1,4 +1,4 @@
-//! The `nbdcrypt` command line: the parser ([`Cli`], one variant of `Command` per
+//! The `nbdcrypt` command line: the parser (`Cli`, one variant of `Command` per
 //! subcommand), [`main`] and the dispatch to each subcommand's `run`.
 //!
 //! Where things are: each subcommand's arguments (clap derive) and its `run` in the module of

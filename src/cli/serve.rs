@@ -496,6 +496,7 @@ pub fn serve_exports(
 #[cfg(test)]
 mod tests {
     use super::serve_exports;
+    use crate::cli::unlock::KeySource;
     use crate::volume::Discard;
     use std::path::PathBuf;
 
@@ -529,5 +530,53 @@ mod tests {
         assert!(run(&["passdown", "ignore"]).is_err());
         assert!(run(&["c=passdown"]).is_err());
         assert!(run(&["a=sometimes"]).is_err());
+    }
+
+    /// `serve --key-file` and `--recovery-key`: one key source per export, the prompt without
+    /// either; both for one export, or either twice, is refused with the flag's message.
+    #[test]
+    fn serve_key_sources_one_per_export() {
+        let exports = || {
+            ["a", "b", "c"]
+                .iter()
+                .map(|n| (n.to_string(), PathBuf::from(format!("{n}.img"))))
+                .collect::<Vec<_>>()
+        };
+        let named = |v: &[(&str, &str)]| {
+            v.iter()
+                .map(|(n, f)| (n.to_string(), PathBuf::from(f)))
+                .collect::<Vec<_>>()
+        };
+        let run = |keys: &[(&str, &str)], recovery: &[&str]| {
+            serve_exports(
+                exports(),
+                vec![],
+                named(keys),
+                recovery.iter().map(|s| s.to_string()).collect(),
+                vec![],
+                vec![],
+            )
+            .map(|v| v.into_iter().map(|x| x.key).collect::<Vec<_>>())
+            .map_err(|e| e.to_string())
+        };
+        let got = run(&[("a", "a.key")], &["b=b.rk", "c"]).unwrap();
+        assert!(matches!(&got[0], KeySource::KeyFile(f) if f == &PathBuf::from("a.key")));
+        assert!(matches!(&got[1], KeySource::Recovery(Some(f)) if f == &PathBuf::from("b.rk")));
+        assert!(matches!(&got[2], KeySource::Recovery(None)));
+        let got = run(&[], &[]).unwrap();
+        assert!(got.iter().all(|k| matches!(k, KeySource::Prompt)));
+        assert_eq!(
+            run(&[("a", "k")], &["a"]).unwrap_err(),
+            "export a has both --key-file and --recovery-key"
+        );
+        assert_eq!(
+            run(&[("a", "k"), ("a", "k2")], &[]).unwrap_err(),
+            "--key-file is given twice for export a"
+        );
+        assert_eq!(
+            run(&[], &["b", "b=f"]).unwrap_err(),
+            "--recovery-key is given twice for export b"
+        );
+        assert!(run(&[("d", "k")], &[]).is_err());
     }
 }
