@@ -137,18 +137,9 @@ fn in_export(named: bool, x: &ImageExport, e: impl Into<CliError>) -> CliError {
 /// non-terminal stdin (one line each would be ambiguous; an export unlocked through the key
 /// service reads nothing). Checked before anything is opened for serving.
 fn check_stdin_readers(exports: &[ImageExport]) -> Result<(), CliError> {
-    let tty = std::io::stdin().is_terminal();
-    let readers: Vec<&str> = exports
-        .iter()
-        .filter(|x| match &x.key {
-            KeySource::KeyFile(f) | KeySource::Recovery(Some(f)) => f == Path::new("-"),
-            KeySource::Recovery(None) | KeySource::Prompt => !tty,
-            KeySource::KeyService(_) => {
-                !tty && !super::keyservice::has_service_token(&x.image, x.header.as_deref())
-            }
-        })
-        .map(|x| x.name.as_str())
-        .collect();
+    let readers = stdin_readers(exports, std::io::stdin().is_terminal(), |x| {
+        super::keyservice::has_service_token(&x.image, x.header.as_deref())
+    });
     if readers.len() > 1 {
         return Err(CliError::Usage(format!(
             "exports {} would all read their passphrase from stdin; give each a --key-file NAME=FILE (or run at a terminal to be prompted for each)",
@@ -156,6 +147,25 @@ fn check_stdin_readers(exports: &[ImageExport]) -> Result<(), CliError> {
         )));
     }
     Ok(())
+}
+
+/// The names of the exports that would read their secret from stdin, given whether stdin is a
+/// terminal (`tty`) and whether an export's header has a key-service token (`has_token`,
+/// asked only for [`KeySource::KeyService`] without a terminal).
+fn stdin_readers(
+    exports: &[ImageExport],
+    tty: bool,
+    has_token: impl Fn(&ImageExport) -> bool,
+) -> Vec<&str> {
+    exports
+        .iter()
+        .filter(|x| match &x.key {
+            KeySource::KeyFile(f) | KeySource::Recovery(Some(f)) => f == Path::new("-"),
+            KeySource::Recovery(None) | KeySource::Prompt => !tty,
+            KeySource::KeyService(_) => !tty && !has_token(x),
+        })
+        .map(|x| x.name.as_str())
+        .collect()
 }
 
 /// Open, unlock and serve `exports`, printing `banner` once the listeners are up. `named`:
@@ -495,7 +505,8 @@ pub fn serve_exports(
 
 #[cfg(test)]
 mod tests {
-    use super::serve_exports;
+    use super::{serve_exports, stdin_readers, ImageExport};
+    use crate::cli::service_args::ServiceIdentity;
     use crate::cli::unlock::KeySource;
     use crate::volume::Discard;
     use std::path::PathBuf;
@@ -578,5 +589,48 @@ mod tests {
             "--recovery-key is given twice for export b"
         );
         assert!(run(&[("d", "k")], &[]).is_err());
+    }
+
+    /// Who reads stdin: a `-` key file (or recovery file) always; the prompt and a recovery
+    /// key without a file only without a terminal; the key service only without a terminal
+    /// and without a token in the header.
+    #[test]
+    fn stdin_readers_by_key_source() {
+        let service = ServiceIdentity {
+            identity: crate::keyservice::client::Identity {
+                cert: "c".into(),
+                key: "k".into(),
+                ca: "ca".into(),
+            },
+            timeout: std::time::Duration::from_secs(1),
+        };
+        let keys = [
+            ("file", KeySource::KeyFile("k".into())),
+            ("dash", KeySource::KeyFile("-".into())),
+            ("rdash", KeySource::Recovery(Some("-".into()))),
+            ("rfile", KeySource::Recovery(Some("r".into()))),
+            ("rprompt", KeySource::Recovery(None)),
+            ("prompt", KeySource::Prompt),
+            ("token", KeySource::KeyService(service.clone())),
+            ("notoken", KeySource::KeyService(service)),
+        ];
+        let exports: Vec<ImageExport> = keys
+            .into_iter()
+            .map(|(name, key)| ImageExport {
+                name: name.into(),
+                image: PathBuf::from(format!("{name}.img")),
+                header: None,
+                key,
+                key_slot: None,
+                read_only: false,
+                discard: Discard::Ignore,
+            })
+            .collect();
+        let has_token = |x: &ImageExport| x.name == "token";
+        assert_eq!(stdin_readers(&exports, true, has_token), ["dash", "rdash"]);
+        assert_eq!(
+            stdin_readers(&exports, false, has_token),
+            ["dash", "rdash", "rprompt", "prompt", "notoken"]
+        );
     }
 }
