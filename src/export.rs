@@ -71,7 +71,7 @@ impl BlockExport for VolumeExport {
     }
 
     /// 64 KiB: a `pread`/`pwrite` of the page cache or tmpfs plus XTS of up to 64 KiB takes
-    /// microseconds, less than a hand-off to the blocking pool (issue 6 profile,
+    /// microseconds, less than a hand-off to the blocking pool (profiled in
     /// `docs/performance.md`). On an image on a slow disk, a small request then holds up its
     /// connection's next requests for the disk's latency.
     fn inline_limit(&self) -> u32 {
@@ -106,7 +106,8 @@ impl BlockExport for VolumeExport {
         fua: bool,
         abandoned: &AtomicBool,
     ) -> std::io::Result<bool> {
-        // The request buffer is encrypted in place: no copy of the payload (issue 6 profile).
+        // The request buffer is encrypted in place: no copy of the payload (see
+        // `docs/performance.md`).
         Volume::write_in_place_unless(&self.0, data, offset, fua, Some(abandoned)).map_err(io)
     }
 

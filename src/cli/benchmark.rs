@@ -8,14 +8,35 @@ use crate::crypto::kdf::{benchmark_argon2, benchmark_pbkdf2};
 use crate::crypto::{random_bytes, Argon2Variant, HashAlg, SectorCipher};
 use crate::volume::VolumeError;
 
-use super::CliError;
+use super::error::CliError;
+
+/// `nbdcrypt benchmark`.
+#[derive(clap::Args)]
+pub struct BenchmarkArgs {
+    /// KDF target time, milliseconds.
+    #[arg(long, short = 'i', value_name = "MS", default_value_t = 2000)]
+    iter_time: u32,
+    /// Argon2 memory cost in KiB.
+    #[arg(long, value_name = "KIB", default_value_t = 1 << 20)]
+    pbkdf_memory: u32,
+    /// Argon2 parallel lanes.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pbkdf_parallel: u32,
+}
+
+impl BenchmarkArgs {
+    /// Runs `benchmark`.
+    pub fn run(self) -> Result<(), CliError> {
+        benchmark(self.iter_time, self.pbkdf_memory, self.pbkdf_parallel)
+    }
+}
 
 /// Bytes encrypted per XTS measurement.
 const XTS_BYTES: usize = 64 << 20;
 
 /// Run the benchmark and print the table. `iter_time_ms` is the KDF target (cryptsetup's
 /// `--iter-time`); Argon2 uses `memory_kib` and `parallel` as `format` would.
-pub fn run(iter_time_ms: u32, memory_kib: u32, parallel: u32) -> Result<(), CliError> {
+fn benchmark(iter_time_ms: u32, memory_kib: u32, parallel: u32) -> Result<(), CliError> {
     println!("# Tests are approximate using memory only (no storage IO).");
     let iters = benchmark_pbkdf2(HashAlg::Sha256, iter_time_ms, 32).map_err(VolumeError::from)?;
     println!(

@@ -22,8 +22,8 @@ use std::time::Duration;
 use crate::nbd::kernel::{self, Attached, DeviceParams, NbdDevice};
 use crate::nbd::{self, proto, SessionStats, TlsMode};
 
+use super::error::CliError;
 use super::serve::{unlock_all, ImageExport};
-use super::CliError;
 
 /// `open IMAGE --connect DEVICE`; `foreground`: stay in the foreground (no fork);
 /// `pid_file`: written once the device is connected, removed at exit; `inline_limit`:

@@ -12,7 +12,7 @@
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 
-use super::CliError;
+use super::error::CliError;
 
 /// The child's side: [`Readiness::ready`] tells the waiting parent. Without `--fork` it does
 /// nothing.
@@ -89,7 +89,7 @@ pub fn fork_if(fork: bool) -> Result<Readiness, CliError> {
         }
     };
     if ready {
-        std::process::exit(super::EXIT_OK);
+        std::process::exit(super::error::EXIT_OK);
     }
     let mut status = 0;
     // SAFETY: waiting for our own child.
@@ -98,7 +98,7 @@ pub fn fork_if(fork: bool) -> Result<Readiness, CliError> {
         libc::WEXITSTATUS(status)
     } else {
         eprintln!("nbdcrypt: the background process ended before it was ready");
-        super::EXIT_INVALID
+        super::error::EXIT_INVALID
     };
     std::process::exit(code);
 }

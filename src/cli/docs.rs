@@ -2,29 +2,48 @@
 //! drifts from `--help`: man pages (`clap_mangen`), shell completions (`clap_complete`), and
 //! the examples shown after each subcommand's `--help`.
 
-use std::path::Path;
+use std::path::PathBuf;
 
-use clap::CommandFactory;
+use super::error::CliError;
 
-use super::{Cli, CliError};
-
-/// `nbdcrypt man DIR`: write `nbdcrypt.1` and one page per subcommand (`nbdcrypt-format.1`,
-/// `nbdcrypt-recovery-key-add.1`, ...) into DIR, created if missing. Hidden subcommands get
-/// no page. Errors: [`CliError::Usage`] naming DIR when it cannot be written.
-pub fn man(dir: &Path) -> Result<(), CliError> {
-    let fail =
-        |e: std::io::Error| CliError::Usage(format!("cannot write to {}: {e}", dir.display()));
-    std::fs::create_dir_all(dir).map_err(fail)?;
-    clap_mangen::generate_to(Cli::command(), dir).map_err(fail)?;
-    eprintln!("man pages written to {}", dir.display());
-    Ok(())
+/// `nbdcrypt man`.
+#[derive(clap::Args)]
+pub struct ManArgs {
+    /// Directory to write them to (created if missing).
+    dir: PathBuf,
 }
 
-/// `nbdcrypt completions SHELL`: print the completion script for SHELL on stdout.
-pub fn completions(shell: clap_complete::Shell) -> Result<(), CliError> {
-    let mut cmd = Cli::command();
-    clap_complete::generate(shell, &mut cmd, "nbdcrypt", &mut std::io::stdout());
-    Ok(())
+impl ManArgs {
+    /// `nbdcrypt man DIR`: write `nbdcrypt.1` and one page per subcommand of `cli` (the whole
+    /// command line: `nbdcrypt-format.1`, `nbdcrypt-recovery-key-add.1`, ...) into DIR,
+    /// created if missing. Hidden subcommands get no page. Errors: [`CliError::Usage`] naming
+    /// DIR when it cannot be written.
+    pub fn run(self, cli: clap::Command) -> Result<(), CliError> {
+        let dir = &self.dir;
+        let fail =
+            |e: std::io::Error| CliError::Usage(format!("cannot write to {}: {e}", dir.display()));
+        std::fs::create_dir_all(dir).map_err(fail)?;
+        clap_mangen::generate_to(cli, dir).map_err(fail)?;
+        eprintln!("man pages written to {}", dir.display());
+        Ok(())
+    }
+}
+
+/// `nbdcrypt completions`.
+#[derive(clap::Args)]
+pub struct CompletionsArgs {
+    /// bash, elvish, fish, powershell or zsh.
+    #[arg(value_enum)]
+    shell: clap_complete::Shell,
+}
+
+impl CompletionsArgs {
+    /// `nbdcrypt completions SHELL`: print the completion script of `cli` (the whole command
+    /// line) for SHELL on stdout.
+    pub fn run(self, mut cli: clap::Command) -> Result<(), CliError> {
+        clap_complete::generate(self.shell, &mut cli, "nbdcrypt", &mut std::io::stdout());
+        Ok(())
+    }
 }
 
 pub(super) const EX_FORMAT: &str = "Examples:

@@ -4,10 +4,80 @@
 use std::fmt::Write;
 
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::format::metadata::{Metadata, SegmentSize};
-use crate::volume::{self, LoadedHeader, VolumeError};
+use crate::volume::{self, Access, LoadedHeader, VolumeError};
+
+use super::args::{HeaderArg, CRYPTSETUP_DISCARD_WARNING};
+use super::error::CliError;
+use super::unlock::{open_loaded, warn_all};
+
+/// `nbdcrypt dump`.
+#[derive(clap::Args)]
+pub struct DumpArgs {
+    /// Image file.
+    image: PathBuf,
+    #[command(flatten)]
+    header: HeaderArg,
+    /// Print a JSON document instead: the same fields with stable names, and the LUKS2
+    /// metadata verbatim under "metadata" (docs/json.md).
+    #[arg(long, conflicts_with = "dump_json_metadata")]
+    json: bool,
+    /// Print only the LUKS2 JSON metadata, as `cryptsetup luksDump --dump-json-metadata`.
+    #[arg(long)]
+    dump_json_metadata: bool,
+}
+
+impl DumpArgs {
+    /// Runs `dump`: the text, `--json` or `--dump-json-metadata` on stdout; the discard
+    /// warnings on stderr.
+    pub fn run(self) -> Result<(), CliError> {
+        let image = self.image;
+        let header = self.header.header.as_deref();
+        // A detached header file given as IMAGE is dumped on its own, as `cryptsetup
+        // luksDump HEADER` does: without its data file the volume size is unknown (null).
+        let (o, lh, data_known) = match open_loaded(&image, header, Access::Inspect) {
+            Err(CliError::Volume(VolumeError::DetachedHeader { .. })) if header.is_none() => {
+                let o = volume::OpenedImage::open(&image, None, Access::Inspect)?;
+                let lh = volume::load_detached_header(&o.header, &image, 0)?;
+                warn_all(&lh.warnings);
+                (o, lh, false)
+            }
+            r => {
+                let (o, lh) = r?;
+                (o, lh, true)
+            }
+        };
+        if self.json || self.dump_json_metadata {
+            let text = if self.json {
+                let mut doc = json(&lh, &image, header);
+                if !data_known {
+                    doc["segments"][0]["size"] = serde_json::Value::Null;
+                }
+                serde_json::to_string_pretty(&doc)
+            } else {
+                serde_json::to_string_pretty(&lh.metadata)
+            }
+            .map_err(|e| CliError::Usage(e.to_string()))?;
+            println!("{text}");
+        } else {
+            print!("{}", render(&lh));
+        }
+        if !data_known {
+            eprintln!(
+                "note: {} is a detached header; give its data file as IMAGE with --header for the volume's size and holes",
+                image.display()
+            );
+            return Ok(());
+        }
+        // On stderr, so stdout stays luksDump's text line for line.
+        for w in discard_warnings(&o.data, &image, &lh)? {
+            eprintln!("warning: {w}");
+        }
+        Ok(())
+    }
+}
 
 fn hex_block(out: &mut String, bytes: &[u8], indent: &str) {
     for (i, chunk) in bytes.chunks(16).enumerate() {
@@ -170,7 +240,7 @@ pub fn discard_warnings(
     if !w.is_empty() {
         w.push(format!(
             "cryptsetup on discards (--allow-discards): \"{}\"",
-            super::CRYPTSETUP_DISCARD_WARNING
+            CRYPTSETUP_DISCARD_WARNING
         ));
     }
     Ok(w)

@@ -7,7 +7,7 @@
 //! it is known: when `recovery-key add --escrow` creates it, or when `escrow` is unlocked with
 //! it (`--recovery-key`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -18,9 +18,38 @@ use crate::format;
 use crate::keyservice::client::Client;
 use crate::volume::{self, LoadedHeader, VolumeError};
 
-use super::keyservice::{first_ok, ServiceArgs};
-use super::passphrase::{unlock_with_tries, Source};
-use super::CliError;
+use super::args::{HeaderArg, Unlocker};
+use super::error::CliError;
+use super::service_args::{first_ok, ServiceArgs, ServiceIdentityArgs};
+use super::unlock::{open_loaded, try_unlock, unlock_with_tries, KeySource};
+
+/// `nbdcrypt escrow`.
+#[derive(clap::Args)]
+pub struct EscrowArgs {
+    /// Image file.
+    image: PathBuf,
+    #[command(flatten)]
+    header: HeaderArg,
+    #[command(flatten)]
+    unlock: Unlocker,
+    /// The key service (repeatable: tried in order).
+    #[arg(long = "key-service", value_name = "URL", required = true)]
+    key_service: Vec<String>,
+    #[command(flatten)]
+    service: ServiceIdentityArgs,
+}
+
+impl EscrowArgs {
+    /// Runs `escrow`.
+    pub fn run(self) -> Result<(), CliError> {
+        escrow(
+            &self.image,
+            self.header.header.as_deref(),
+            &self.unlock.source(),
+            &self.service.args(&self.key_service)?,
+        )
+    }
+}
 
 /// Format tag of the package's plaintext (`format-spec.md` §9.3). A reader refuses any other.
 pub const ESCROW_FORMAT: &str = "nbdcrypt-escrow/1";
@@ -126,7 +155,8 @@ fn officers(
 
 /// Checks, before anything is changed, that the service answers this host and has officers.
 ///
-/// Errors: [`CliError::Usage`] naming each endpoint's failure, or that there are no officers.
+/// Errors: [`CliError::NoEndpoint`] naming each endpoint's failure; [`CliError::Usage`] when
+/// there are no officers.
 pub fn preflight(service: &ServiceArgs<'_>) -> Result<(), CliError> {
     let client = Client::new(&service.identity, service.timeout)
         .map_err(|e| CliError::Usage(e.to_string()))?;
@@ -147,8 +177,9 @@ fn no_officers(url: &str) -> CliError {
 /// `recovery` to the officers, and uploads it (`PUT /v1/volumes/{uuid}/escrow`, replacing any
 /// earlier package), at the first endpoint of `service` that answers.
 ///
-/// Returns the endpoint and the number of officers. Errors: [`CliError::Usage`] naming each
-/// endpoint's failure, or that the service has no officers; nothing is stored then.
+/// Returns the endpoint and the number of officers. Errors: [`CliError::NoEndpoint`] naming
+/// each endpoint's failure, [`CliError::Usage`] when the service has no officers; nothing is
+/// stored then.
 pub fn escrow_volume(
     uuid: &str,
     vk: &SecretBytes,
@@ -190,24 +221,24 @@ pub fn escrow_volume(
 /// recovery keyslot exists but its key is not known, says so: the new package, which replaces
 /// any earlier one, does not hold it.
 ///
-/// Errors: unlock failures; [`CliError::Usage`] when the service has no officers or every
-/// endpoint fails (each named).
-pub fn escrow(
+/// Errors: unlock failures; [`CliError::Usage`] when the service has no officers,
+/// [`CliError::NoEndpoint`] when every endpoint fails (each named).
+fn escrow(
     image: &Path,
     header: Option<&Path>,
-    source: Source<'_>,
+    source: &KeySource,
     service: &ServiceArgs<'_>,
 ) -> Result<(), CliError> {
-    let (o, lh) = super::open_loaded(image, header, volume::Access::Inspect)?;
+    let (o, lh) = open_loaded(image, header, volume::Access::Inspect)?;
     let mut used: Zeroizing<Vec<u8>> = Zeroizing::new(Vec::new());
     let unlocked = unlock_with_tries(source, image, |p| {
-        let k = super::try_unlock(&o.header, &o.header_path, &lh, p, None)?;
+        let k = try_unlock(&o.header, &o.header_path, &lh, p, None)?;
         used.clear();
         used.extend_from_slice(p);
         Ok(k)
     })?;
-    let recovery = match (&source, recovery_id_of(&lh, unlocked.keyslot)) {
-        (Source::Recovery(_), Some(recovery_id)) => Some(RecoveryEntry {
+    let recovery = match (source, recovery_id_of(&lh, unlocked.keyslot)) {
+        (KeySource::Recovery(_), Some(recovery_id)) => Some(RecoveryEntry {
             keyslot: unlocked.keyslot,
             recovery_id,
             password: String::from_utf8_lossy(&used).into_owned(),
@@ -246,8 +277,8 @@ pub fn after_format(
     service: &ServiceArgs<'_>,
     wipe_pending: bool,
 ) -> Result<(), CliError> {
-    let (o, lh) = super::open_loaded(image, header, volume::Access::Inspect)?;
-    let k = super::try_unlock(&o.header, &o.header_path, &lh, pass, Some(0))?;
+    let (o, lh) = open_loaded(image, header, volume::Access::Inspect)?;
+    let k = try_unlock(&o.header, &o.header_path, &lh, pass, Some(0))?;
     let hint = || {
         let h = header.map_or(String::new(), |h| format!(" --header {}", h.display()));
         let wipe = if wipe_pending {

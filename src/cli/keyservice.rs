@@ -2,7 +2,6 @@
 //! `add-key --key-service`, and unlock through the service for `open` and `serve`.
 
 use std::path::Path;
-use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -11,15 +10,16 @@ use serde_json::json;
 use crate::crypto::SecretBytes;
 use crate::format;
 use crate::keyservice::client::{
-    Client, ClientError, Identity, SecretString, UnwrapReply, UnwrapRequest, WrapReply, WrapRequest,
+    Client, SecretString, UnwrapReply, UnwrapRequest, WrapReply, WrapRequest,
 };
 use crate::volume::{
     self, Access, KdfChoice, KdfKind, LoadedHeader, NewKeyslot, UnlockedKey, VolumeError,
 };
 use zeroize::Zeroizing;
 
-use super::passphrase::{unlock_with_tries, Source};
-use super::CliError;
+use super::error::CliError;
+use super::service_args::{first_ok, ServiceArgs, ServiceIdentity};
+use super::unlock::{open_for_update, try_unlock, unlock_with_tries, KeySource};
 
 /// Length of a key-service keyslot's random secret, bytes.
 pub const SECRET_LEN: usize = 32;
@@ -27,52 +27,22 @@ pub const SECRET_LEN: usize = 32;
 /// nothing but time (1000 is cryptsetup's minimum).
 pub const SECRET_PBKDF2_ITERATIONS: u32 = 1000;
 
-/// The key service settings of a command.
-pub struct ServiceArgs<'a> {
-    /// Endpoint URLs, tried in order.
-    pub urls: &'a [String],
-    /// The host identity.
-    pub identity: Identity,
-    /// Per-endpoint timeout.
-    pub timeout: Duration,
-}
-
-/// Calls `f` on each URL in order until one succeeds; all failures are listed otherwise.
-pub(super) fn first_ok<T>(
-    urls: &[String],
-    mut f: impl FnMut(&str) -> Result<T, ClientError>,
-) -> Result<(String, T), CliError> {
-    let mut failures = Vec::new();
-    for u in urls {
-        match f(u) {
-            Ok(v) => return Ok((u.clone(), v)),
-            Err(e) => failures.push(e.to_string()),
-        }
-    }
-    Err(CliError::Usage(format!(
-        "no key service endpoint worked:\n  {}",
-        failures.join("\n  ")
-    )))
-}
-
 /// `add-key IMAGE --key-service URL... --kek NAME`: a new keyslot for a random 32-byte secret
 /// (PBKDF2, [`SECRET_PBKDF2_ITERATIONS`]), the secret wrapped by the service for this volume
 /// and slot, and an `nbdcrypt-keyservice` token with the wrapped blob, in one header commit.
 ///
-/// Errors: unlock failures as `add-key`; [`CliError::Usage`] naming each endpoint's failure.
+/// Errors: unlock failures as `add-key`; [`CliError::NoEndpoint`] naming each endpoint's
+/// failure; [`CliError::Usage`] for unusable identity files or a wrap reply without a blob.
 pub fn add_key(
     image: &Path,
     header: Option<&Path>,
-    source: Source<'_>,
+    source: &KeySource,
     service: &ServiceArgs<'_>,
     kek: &str,
     slot: Option<u32>,
 ) -> Result<(), CliError> {
-    let (file, hpath, lh) = super::keyslots::open_for_update(image, header)?;
-    let vk = unlock_with_tries(source, image, |p| {
-        super::try_unlock(&file, &hpath, &lh, p, None)
-    })?
-    .key;
+    let (file, hpath, lh) = open_for_update(image, header)?;
+    let vk = unlock_with_tries(source, image, |p| try_unlock(&file, &hpath, &lh, p, None))?.key;
     let slot = match slot {
         Some(s) => s,
         None => (0..volume::MAX_KEYSLOTS)
@@ -132,15 +102,6 @@ pub fn add_key(
         "Key slot {id} created, unlocked by the key service ({url}, KEK {kek} version {version})."
     );
     Ok(())
-}
-
-/// The host identity and per-endpoint timeout used to unlock through the service.
-#[derive(Debug, Clone)]
-pub struct ServiceIdentity {
-    /// Certificate, key and CA files.
-    pub identity: Identity,
-    /// Per-endpoint timeout.
-    pub timeout: Duration,
 }
 
 /// Unlocks through the `nbdcrypt-keyservice` tokens of the header (`format-spec.md` §9.2), only
@@ -226,7 +187,7 @@ pub fn unlock(
                     continue;
                 }
             };
-            match super::try_unlock(file, image, lh, secret.expose(), Some(ks)) {
+            match try_unlock(file, image, lh, secret.expose(), Some(ks)) {
                 Ok(k) => {
                     tracing::info!(keyslot = ks, url = %u, "unlocked through the key service");
                     if reply.current_version > version {
@@ -254,14 +215,11 @@ pub fn unlock(
     Err(failures.join("\n  "))
 }
 
-/// Whether `x` unlocks through the key service: it has a service identity, no key file or
-/// recovery key, and its header (read with [`Access::Inspect`], released at once) has an
-/// `nbdcrypt-keyservice` token. `false` when the header cannot be read (serving reports why).
-pub fn has_service_token(x: &super::serve::ImageExport) -> bool {
-    if x.key_service.is_none() || x.key_file.is_some() || x.recovery.is_some() {
-        return false;
-    }
-    volume::OpenedImage::open(&x.image, x.header.as_deref(), Access::Inspect)
+/// Whether the header of `image` (with its detached `header`, if any; read with
+/// [`Access::Inspect`], released at once) has an `nbdcrypt-keyservice` token. `false` when the
+/// header cannot be read (serving reports why).
+pub fn has_service_token(image: &Path, header: Option<&Path>) -> bool {
+    volume::OpenedImage::open(image, header, Access::Inspect)
         .and_then(|o| o.load())
         .is_ok_and(|lh| {
             lh.metadata

@@ -3,27 +3,168 @@
 //! is busy, exit 5), unlocks what it needs in memory, and changes the header through the
 //! crash-safe update of `volume` (`format-spec.md` §7).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::crypto::SecretBytes;
-use crate::volume::{self, Access, KdfChoice, LoadedHeader, NewKeyslot, VolumeError};
+use crate::volume::{self, KdfChoice, LoadedHeader, NewKeyslot, VolumeError};
 
-use super::passphrase::{read_passphrase, unlock_with_tries, Prompt, Source};
-use super::CliError;
+use super::args::{HeaderArg, KdfArgs, Unlocker};
+use super::error::CliError;
+use super::passphrase::{read_passphrase, Prompt};
+use super::service_args::ServiceIdentityArgs;
+use super::unlock::{open_for_update, try_unlock, unlock_with_tries, KeySource};
 
-pub(super) fn open_for_update(
-    image: &Path,
-    header: Option<&Path>,
-) -> Result<(std::fs::File, std::path::PathBuf, LoadedHeader), CliError> {
-    let (o, lh) = super::open_loaded(image, header, Access::HeaderWrite)?;
-    Ok((o.header, o.header_path, lh))
+/// `nbdcrypt add-key`.
+#[derive(clap::Args)]
+pub struct AddKeyArgs {
+    /// Image file.
+    image: PathBuf,
+    #[command(flatten)]
+    header: HeaderArg,
+    #[command(flatten)]
+    unlock: Unlocker,
+    /// The new passphrase, from FILE byte for byte.
+    #[arg(long, value_name = "FILE")]
+    new_keyfile: Option<PathBuf>,
+    /// Use the raw volume key in FILE (64 bytes) instead of an existing passphrase.
+    #[arg(long, value_name = "FILE", conflicts_with = "key_file")]
+    volume_key_file: Option<PathBuf>,
+    /// The new keyslot's number (default: the lowest free one).
+    #[arg(long, short = 'S', value_name = "N")]
+    key_slot: Option<u32>,
+    #[command(flatten)]
+    kdf: KdfArgs,
+    /// Instead of a new passphrase: a random secret wrapped by the key service at URL
+    /// (repeatable, tried in order), stored in an `nbdcrypt-keyservice` token.
+    #[arg(long = "key-service", value_name = "URL", requires = "kek",
+          conflicts_with_all = ["new_keyfile", "volume_key_file"])]
+    key_service: Vec<String>,
+    /// The key service's KEK that wraps the secret (with --key-service).
+    #[arg(long, value_name = "NAME")]
+    kek: Option<String>,
+    #[command(flatten)]
+    service: ServiceIdentityArgs,
 }
 
-/// `add-key`: see the CLI help.
-pub fn add_key(
+impl AddKeyArgs {
+    /// Runs `add-key`: through the key service with `--key-service`, else a passphrase keyslot.
+    pub fn run(self) -> Result<(), CliError> {
+        let header = self.header.header.as_deref();
+        if !self.key_service.is_empty() {
+            return super::keyservice::add_key(
+                &self.image,
+                header,
+                &self.unlock.source(),
+                &self.service.args(&self.key_service)?,
+                self.kek.as_deref().unwrap_or_default(),
+                self.key_slot,
+            );
+        }
+        add_key(
+            &self.image,
+            header,
+            &self.unlock.source(),
+            self.new_keyfile.as_deref(),
+            self.volume_key_file.as_deref(),
+            self.key_slot,
+            &self.kdf.choice(),
+        )
+    }
+}
+
+/// `nbdcrypt change-key`.
+#[derive(clap::Args)]
+pub struct ChangeKeyArgs {
+    /// Image file.
+    image: PathBuf,
+    #[command(flatten)]
+    header: HeaderArg,
+    #[command(flatten)]
+    unlock: Unlocker,
+    /// The new passphrase, from FILE byte for byte.
+    #[arg(long, value_name = "FILE")]
+    new_keyfile: Option<PathBuf>,
+    /// Only this keyslot.
+    #[arg(long, short = 'S', value_name = "N")]
+    key_slot: Option<u32>,
+    #[command(flatten)]
+    kdf: KdfArgs,
+}
+
+impl ChangeKeyArgs {
+    /// Runs `change-key`.
+    pub fn run(self) -> Result<(), CliError> {
+        change_key(
+            &self.image,
+            self.header.header.as_deref(),
+            &self.unlock.source(),
+            self.new_keyfile.as_deref(),
+            self.key_slot,
+            &self.kdf.choice(),
+        )
+    }
+}
+
+/// `nbdcrypt remove-key`.
+#[derive(clap::Args)]
+pub struct RemoveKeyArgs {
+    /// Image file.
+    image: PathBuf,
+    #[command(flatten)]
+    header: HeaderArg,
+    #[command(flatten)]
+    unlock: Unlocker,
+    /// Allow removing the last keyslot (the volume becomes unusable).
+    #[arg(long, short = 'q')]
+    batch_mode: bool,
+}
+
+impl RemoveKeyArgs {
+    /// Runs `remove-key`.
+    pub fn run(self) -> Result<(), CliError> {
+        remove_key(
+            &self.image,
+            self.header.header.as_deref(),
+            &self.unlock.source(),
+            self.batch_mode,
+        )
+    }
+}
+
+/// `nbdcrypt kill-slot`.
+#[derive(clap::Args)]
+pub struct KillSlotArgs {
+    /// Image file.
+    image: PathBuf,
+    #[command(flatten)]
+    header: HeaderArg,
+    /// Keyslot number.
+    slot: u32,
+    #[command(flatten)]
+    unlock: Unlocker,
+    /// Do not ask for a passphrase of another slot.
+    #[arg(long, short = 'q')]
+    batch_mode: bool,
+}
+
+impl KillSlotArgs {
+    /// Runs `kill-slot`.
+    pub fn run(self) -> Result<(), CliError> {
+        kill_slot(
+            &self.image,
+            self.header.header.as_deref(),
+            self.slot,
+            &self.unlock.source(),
+            self.batch_mode,
+        )
+    }
+}
+
+/// `add-key` with a passphrase (or `--volume-key-file`): see the CLI help.
+fn add_key(
     image: &Path,
     header: Option<&Path>,
-    source: Source<'_>,
+    source: &KeySource,
     new_keyfile: Option<&Path>,
     volume_key_file: Option<&Path>,
     slot: Option<u32>,
@@ -38,12 +179,7 @@ pub fn add_key(
             volume::verify_volume_key(&hpath, &lh, vk.expose())?;
             vk
         }
-        None => {
-            unlock_with_tries(source, image, |p| {
-                super::try_unlock(&file, &hpath, &lh, p, None)
-            })?
-            .key
-        }
+        None => unlock_with_tries(source, image, |p| try_unlock(&file, &hpath, &lh, p, None))?.key,
     };
     add_passphrase_keyslot(&file, &hpath, &lh, &vk, image, new_keyfile, slot, kdf)?;
     Ok(())
@@ -84,18 +220,16 @@ pub(super) fn add_passphrase_keyslot(
 }
 
 /// `change-key`: see the CLI help.
-pub fn change_key(
+fn change_key(
     image: &Path,
     header: Option<&Path>,
-    source: Source<'_>,
+    source: &KeySource,
     new_keyfile: Option<&Path>,
     slot: Option<u32>,
     kdf: &KdfChoice,
 ) -> Result<(), CliError> {
     let (file, hpath, lh) = open_for_update(image, header)?;
-    let old = unlock_with_tries(source, image, |p| {
-        super::try_unlock(&file, &hpath, &lh, p, slot)
-    })?;
+    let old = unlock_with_tries(source, image, |p| try_unlock(&file, &hpath, &lh, p, slot))?;
     let new = read_passphrase(new_keyfile, Prompt::New(image))?;
     volume::change_keyslot(&file, &hpath, &lh, old.keyslot, &old.key, new.expose(), kdf)?;
     eprintln!("Key slot {} changed.", old.keyslot);
@@ -103,16 +237,14 @@ pub fn change_key(
 }
 
 /// `remove-key`: see the CLI help.
-pub fn remove_key(
+fn remove_key(
     image: &Path,
     header: Option<&Path>,
-    source: Source<'_>,
+    source: &KeySource,
     batch: bool,
 ) -> Result<(), CliError> {
     let (file, hpath, lh) = open_for_update(image, header)?;
-    let k = unlock_with_tries(source, image, |p| {
-        super::try_unlock(&file, &hpath, &lh, p, None)
-    })?;
+    let k = unlock_with_tries(source, image, |p| try_unlock(&file, &hpath, &lh, p, None))?;
     if lh.metadata.keyslots.len() == 1 && !batch {
         return Err(CliError::Usage(format!(
             "keyslot {} is the last one: the volume would become unusable (add --batch-mode to remove it anyway)",
@@ -125,11 +257,11 @@ pub fn remove_key(
 }
 
 /// `kill-slot`: see the CLI help.
-pub fn kill_slot(
+fn kill_slot(
     image: &Path,
     header: Option<&Path>,
     slot: u32,
-    source: Source<'_>,
+    source: &KeySource,
     batch: bool,
 ) -> Result<(), CliError> {
     let (file, hpath, lh) = open_for_update(image, header)?;
@@ -156,7 +288,7 @@ pub fn kill_slot(
         }
         unlock_with_tries(source, image, |p| {
             for o in &others {
-                match super::try_unlock(&file, &hpath, &lh, p, Some(*o)) {
+                match try_unlock(&file, &hpath, &lh, p, Some(*o)) {
                     Ok(k) => return Ok(k),
                     Err(
                         VolumeError::WrongPassphrase
@@ -172,185 +304,5 @@ pub fn kill_slot(
     }
     volume::kill_keyslot(&file, &hpath, &lh, slot)?;
     eprintln!("Key slot {slot} removed.");
-    Ok(())
-}
-
-/// `erase`: see the CLI help.
-pub fn erase(image: &Path, header: Option<&Path>, batch: bool) -> Result<(), CliError> {
-    let (file, hpath, lh) = open_for_update(image, header)?;
-    super::confirm(
-        &format!(
-            "erasing {} wipes every keyslot: no passphrase will open it",
-            image.display()
-        ),
-        batch,
-    )?;
-    volume::erase(&file, &hpath, &lh)?;
-    eprintln!("All keyslots of {} erased.", image.display());
-    Ok(())
-}
-
-/// `header-backup`: see the CLI help.
-pub fn header_backup(image: &Path, header: Option<&Path>, backup: &Path) -> Result<(), CliError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let (o, lh) = super::open_loaded(image, header, Access::Inspect)?;
-    let bytes = volume::header_bytes(&o.header, &o.header_path, &lh)?;
-    let mut out = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o400)
-        .open(backup)
-        .map_err(|e| CliError::Usage(format!("cannot create {}: {e}", backup.display())))?;
-    out.write_all(&bytes)
-        .and_then(|()| out.sync_all())
-        .map_err(|e| CliError::Usage(format!("cannot write {}: {e}", backup.display())))?;
-    eprintln!(
-        "Header of {} saved to {}.",
-        image.display(),
-        backup.display()
-    );
-    Ok(())
-}
-
-/// `header-restore`: see the CLI help.
-pub fn header_restore(
-    image: &Path,
-    header: Option<&Path>,
-    backup: &Path,
-    batch: bool,
-) -> Result<(), CliError> {
-    let bytes = std::fs::read(backup)
-        .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", backup.display())))?;
-    let (_, backup_md) = volume::check_backup(backup, &bytes)?;
-    let o = volume::OpenedImage::open(image, header, Access::HeaderWrite)?;
-    let (file, hpath) = (&o.header, o.header_path.as_path());
-    // A valid header of another volume (another volume key) is not overwritten by accident,
-    // nor a file without a valid header (cryptsetup asks too).
-    let image_seqid = match o.load() {
-        Ok(lh) => {
-            let digest = |md| {
-                crate::format::segment_digest(md)
-                    .map(|d| (d.salt, d.digest))
-                    .ok()
-            };
-            if digest(&lh.metadata) != digest(&backup_md) && !batch {
-                return Err(CliError::Usage(format!(
-                    "the backup's volume key digest does not match {}'s data segment: it belongs to another volume (add --batch-mode to restore it anyway)",
-                    image.display()
-                )));
-            }
-            Some(lh.max_seqid)
-        }
-        Err(_) => {
-            super::confirm(
-                &format!(
-                    "{} holds no valid LUKS2 header; restoring overwrites its first {} bytes",
-                    image.display(),
-                    bytes.len()
-                ),
-                batch,
-            )?;
-            None
-        }
-    };
-    // A failed write is a `VolumeError::Update` naming the state and what to run.
-    volume::restore_header(file, hpath, &bytes, image_seqid)?;
-    eprintln!(
-        "Header of {} restored from {}.",
-        image.display(),
-        backup.display()
-    );
-    Ok(())
-}
-
-/// `repair`: see the CLI help.
-pub fn repair(image: &Path, header: Option<&Path>) -> Result<(), CliError> {
-    let (file, hpath, lh) = open_for_update(image, header)?;
-    if volume::repair(&file, &hpath, &lh)? {
-        eprintln!("Both header copies of {} rewritten.", image.display());
-    } else {
-        eprintln!(
-            "Both header copies of {} are good; nothing to repair.",
-            image.display()
-        );
-    }
-    Ok(())
-}
-
-/// `recovery-key add`: see the CLI help and `format-spec.md` §9.1. With `escrow`, the escrow
-/// package (volume key, UUID and this recovery key, `format-spec.md` §9.3) is uploaded before
-/// the keyslot is written, so a failed upload changes nothing (see [`super::escrow`]).
-pub fn recovery_key_add(
-    image: &Path,
-    header: Option<&Path>,
-    source: Source<'_>,
-    slot: Option<u32>,
-    kdf: &KdfChoice,
-    escrow: Option<&super::keyservice::ServiceArgs<'_>>,
-) -> Result<(), CliError> {
-    let (file, hpath, lh) = open_for_update(image, header)?;
-    let vk = unlock_with_tries(source, image, |p| {
-        super::try_unlock(&file, &hpath, &lh, p, None)
-    })?
-    .key;
-    let key = crate::crypto::recovery::generate().map_err(VolumeError::from)?;
-    let id: String = crate::crypto::random_bytes(4)
-        .map_err(VolumeError::from)?
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let token = serde_json::json!({
-        "type": crate::format::RECOVERY_TOKEN,
-        "keyslots": [],
-        "recovery_id": id,
-    });
-    let slot = match escrow {
-        None => slot,
-        Some(service) => {
-            // The package names the keyslot, so it is chosen now (the header lock is held).
-            let slot = match slot {
-                Some(s) => s,
-                None => super::escrow::lowest_free_slot(&lh)?,
-            };
-            let recovery = super::escrow::RecoveryEntry {
-                keyslot: slot,
-                recovery_id: id.clone(),
-                password: String::from_utf8_lossy(key.expose()).into_owned(),
-            };
-            super::escrow::escrow_volume(&lh.header.uuid, &vk, Some(recovery), service)
-                .map_err(|e| {
-                    CliError::Hinted(
-                        Box::new(e),
-                        format!(
-                            "nothing changed: {} has no new recovery key (the package is uploaded before the keyslot is written); run the command again when the key service works",
-                            image.display()
-                        ),
-                    )
-                })?;
-            Some(slot)
-        }
-    };
-    let n = volume::add_keyslot(
-        &file,
-        &hpath,
-        &lh,
-        &vk,
-        NewKeyslot {
-            passphrase: key.expose(),
-            slot,
-            kdf,
-            token: Some(token),
-        },
-    )
-    .map_err(|e| match escrow {
-        None => CliError::from(e),
-        Some(_) => CliError::Hinted(
-            Box::new(e.into()),
-            "the escrow package was uploaded but the keyslot was not written: the package's recovery password opens nothing, its volume key still recovers the volume (`nbdcrypt recover`); run `recovery-key add --escrow` again".into(),
-        ),
-    })?;
-    eprintln!("Recovery key stored in key slot {n} (recovery id {id}). Write it down now; it is not shown again:");
-    println!("{}", String::from_utf8_lossy(key.expose()));
     Ok(())
 }

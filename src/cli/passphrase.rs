@@ -7,80 +7,11 @@ use std::path::Path;
 
 use zeroize::Zeroizing;
 
+use super::error::CliError;
 use crate::crypto::Passphrase;
-use crate::volume::VolumeError;
-
-use super::CliError;
 
 /// Largest key file we read, bytes (cryptsetup's default `--keyfile-size` limit, 8 MiB).
 const MAX_KEYFILE: u64 = 8 << 20;
-
-/// Passphrase attempts at a terminal prompt (cryptsetup's `--tries` default).
-const TRIES: u32 = 3;
-
-/// Where the secret that unlocks a keyslot comes from.
-#[derive(Clone, Copy)]
-pub enum Source<'a> {
-    /// A passphrase: from a key file, or (`None`) the terminal prompt / one stdin line.
-    Passphrase(Option<&'a Path>),
-    /// A recovery key (`format-spec.md` §9.1): from a file, or (`None`) prompted / one stdin
-    /// line; checked group by group before any KDF runs.
-    Recovery(Option<&'a Path>),
-}
-
-/// Read the secret from `source` and try it with `unlock`; at a terminal prompt a wrong
-/// passphrase (or a mistyped recovery key) is asked again, up to three times in all.
-///
-/// Errors: as [`read_passphrase`]; [`CliError::Usage`] naming the mistyped group of a
-/// recovery key; the last error of `unlock`.
-pub fn unlock_with_tries<T>(
-    source: Source<'_>,
-    image: &Path,
-    mut unlock: impl FnMut(&[u8]) -> Result<T, VolumeError>,
-) -> Result<T, CliError> {
-    let file = match source {
-        Source::Passphrase(f) | Source::Recovery(f) => f,
-    };
-    let tries = if file.is_none() && std::io::stdin().is_terminal() {
-        TRIES
-    } else {
-        1
-    };
-    let mut attempt = 1;
-    loop {
-        let pass = match source {
-            Source::Passphrase(f) => read_passphrase(f, Prompt::Unlock(image))?,
-            Source::Recovery(f) => {
-                let typed = read_passphrase(f, Prompt::Recovery(image))?;
-                match crate::crypto::recovery::parse(typed.expose()) {
-                    Ok(k) => k,
-                    Err(e) if attempt < tries => {
-                        eprintln!("{e}");
-                        attempt += 1;
-                        continue;
-                    }
-                    Err(e) => return Err(CliError::Usage(e.to_string())),
-                }
-            }
-        };
-        match unlock(pass.expose()) {
-            Err(VolumeError::WrongPassphrase) if attempt < tries => {
-                eprintln!("{}", VolumeError::WrongPassphrase);
-                attempt += 1;
-            }
-            Err(VolumeError::WrongPassphrase)
-                if matches!(source, Source::Passphrase(_)) && pass.expose().ends_with(b"\n") =>
-            {
-                let file = file.map_or("stdin".into(), |f| f.display().to_string());
-                return Err(CliError::Hinted(
-                    Box::new(VolumeError::WrongPassphrase.into()),
-                    format!("{file} ends with a newline, which is part of the passphrase; if it should not be, remove it (e.g. `truncate -s -1 {file}`)"),
-                ));
-            }
-            r => return Ok(r?),
-        }
-    }
-}
 
 /// How the passphrase is asked for.
 pub enum Prompt<'a> {
@@ -94,8 +25,8 @@ pub enum Prompt<'a> {
 
 /// Read a passphrase from `key_file` or, without one, from the terminal or stdin.
 ///
-/// Errors: [`CliError::Usage`] for an unreadable, empty or oversized key file, an empty
-/// passphrase, or a mismatch on the verify prompt.
+/// Errors: [`CliError::KeyFileTooLarge`]; [`CliError::Usage`] for an unreadable or empty key
+/// file, an empty passphrase, or a mismatch on the verify prompt.
 pub fn read_passphrase(
     key_file: Option<&Path>,
     prompt: Prompt<'_>,
@@ -169,9 +100,10 @@ fn read_limited(mut r: impl Read, what: &str) -> Result<Zeroizing<Vec<u8>>, CliE
         }
     }
     if n as u64 > MAX_KEYFILE {
-        return Err(CliError::Usage(format!(
-            "key file {what} is larger than {MAX_KEYFILE} bytes"
-        )));
+        return Err(CliError::KeyFileTooLarge {
+            what: what.into(),
+            limit: MAX_KEYFILE,
+        });
     }
     buf.truncate(n);
     Ok(buf)
@@ -205,7 +137,7 @@ mod tests {
         }
         let err = read_limited(Trickle(&data, 1 << 20), "t").unwrap_err();
         assert!(
-            err.to_string().contains("larger than 8388608 bytes"),
+            matches!(&err, CliError::KeyFileTooLarge { what, limit: MAX_KEYFILE } if what == "t"),
             "{err}"
         );
         // A short key holds one page, not the limit.

@@ -4,7 +4,7 @@
 //! volume's (UUID, then the volume key against the header's digest), and adds a passphrase
 //! keyslot as `add-key` does (`docs/keyservice-api.md`, `format-spec.md` §9.3).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use zeroize::Zeroizing;
@@ -13,9 +13,75 @@ use crate::crypto::SecretBytes;
 use crate::keyservice::client::Client;
 use crate::volume::{self, KdfChoice};
 
+use super::args::{HeaderArg, KdfArgs};
+use super::error::CliError;
 use super::escrow::{EscrowPackage, ESCROW_FORMAT};
-use super::keyservice::first_ok;
-use super::CliError;
+use super::service_args::{first_ok, ServiceTlsArgs};
+use super::unlock::open_for_update;
+
+/// `nbdcrypt recover`.
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("officer_token").required(true).args(["token", "token_file"])))]
+pub struct RecoverArgs {
+    /// Image file.
+    image: PathBuf,
+    #[command(flatten)]
+    header: HeaderArg,
+    /// The key service (repeatable: tried in order).
+    #[arg(long = "key-service", value_name = "URL", required = true)]
+    key_service: Vec<String>,
+    /// Your officer bearer token (`nbdcrypt-keyd token add NAME --role officer`).
+    #[arg(long, value_name = "TOKEN")]
+    token: Option<String>,
+    /// The token from FILE instead (not shown in the process list).
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Your age identity file (`age-keygen -o OFFICER.key`).
+    #[arg(long, value_name = "OFFICER.key")]
+    identity: PathBuf,
+    #[command(flatten)]
+    tls: ServiceTlsArgs,
+    /// The new passphrase, from FILE byte for byte (default: prompt; `-` = all of stdin).
+    #[arg(long, value_name = "FILE", visible_alias = "key-file")]
+    new_keyfile: Option<PathBuf>,
+    /// The new keyslot's number (default: the lowest free one).
+    #[arg(long, short = 'S', value_name = "N")]
+    key_slot: Option<u32>,
+    #[command(flatten)]
+    kdf: KdfArgs,
+}
+
+impl RecoverArgs {
+    /// Runs `recover`: the officer's token from `--token` or `--token-file`, then [`recover`].
+    pub fn run(self) -> Result<(), CliError> {
+        let token = match (self.token, &self.token_file) {
+            (Some(t), _) => Zeroizing::new(t),
+            (None, Some(f)) => Zeroizing::new(
+                std::fs::read_to_string(f)
+                    .map_err(|e| {
+                        CliError::Usage(format!("cannot read token file {}: {e}", f.display()))
+                    })?
+                    .trim()
+                    .to_string(),
+            ),
+            (None, None) => unreachable!("clap requires --token or --token-file"),
+        };
+        recover(
+            &self.image,
+            self.header.header.as_deref(),
+            &Officer {
+                urls: &self.key_service,
+                token: &token,
+                ca: &self.tls.key_service_ca,
+                timeout: self.tls.timeout()?,
+                identity: &self.identity,
+            },
+            self.new_keyfile.as_deref(),
+            self.key_slot,
+            &self.kdf.choice(),
+        )
+    }
+}
 
 /// The officer's side of `recover`.
 pub struct Officer<'a> {
@@ -128,7 +194,7 @@ fn check_package(
 /// status and problem type: `401 bad-token`, `403 role`, `404 no-escrow`, ...), a package for
 /// another volume or whose key does not match; [`CliError::KeyService`] (exit 2) when the
 /// identity cannot open the package; then as `add-key`.
-pub fn recover(
+fn recover(
     image: &Path,
     header: Option<&Path>,
     officer: &Officer<'_>,
@@ -136,7 +202,7 @@ pub fn recover(
     slot: Option<u32>,
     kdf: &KdfChoice,
 ) -> Result<(), CliError> {
-    let (file, hpath, lh) = super::keyslots::open_for_update(image, header)?;
+    let (file, hpath, lh) = open_for_update(image, header)?;
     let uuid = lh.header.uuid.clone();
     let client = Client::with_token(officer.ca, officer.token, officer.timeout)
         .map_err(|e| CliError::Usage(e.to_string()))?;

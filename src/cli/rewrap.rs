@@ -1,4 +1,4 @@
-//! Rewrap on unlock (issue 5, `format-spec.md` §9.2): when the key service says a token's KEK
+//! Rewrap on unlock (`format-spec.md` §9.2): when the key service says a token's KEK
 //! version is below the current one, the secret just unwrapped is wrapped again with the current
 //! version and the `nbdcrypt-keyservice` token is updated in the header — a crash-safe header
 //! update like every other ([`volume::replace_token`]), done on the image as it is held for

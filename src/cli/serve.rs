@@ -1,24 +1,79 @@
-//! `nbdcrypt open`, `nbdcrypt serve` and `nbdcrypt demo`: unlock one or several volumes and
-//! serve them over NBD until SIGINT or SIGTERM, then finish in-flight requests, flush, wipe
-//! the keys and exit 0.
+//! Serving volumes over NBD, for `nbdcrypt open`, `nbdcrypt serve` and `nbdcrypt demo`: unlock
+//! one or several volumes and serve them until SIGINT or SIGTERM, then finish in-flight
+//! requests, flush, wipe the keys and exit 0. Also `serve`'s arguments ([`ServeArgs`]) and
+//! the exports they describe ([`serve_exports`]).
 
 use std::io::IsTerminal;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use zeroize::Zeroizing;
+use clap::ValueEnum;
 
-use crate::nbd::{
-    self, BlockExport, ExportConfig, Listen, ServerOptions, TlsConfig, TlsFiles, TlsMode,
-};
-use crate::volume::{
-    self, Access, Discard, FormatOptions, KdfChoice, KdfKind, Volume, VolumeError,
-};
+use crate::nbd::{self, BlockExport, ExportConfig, Listen, ServerOptions, TlsMode};
+use crate::volume::{self, Access, Discard, Volume};
 
-use super::passphrase::{read_passphrase, unlock_with_tries, Prompt, Source};
-use super::CliError;
+use super::args::{parse_named_path, DiscardArg, CRYPTSETUP_DISCARD_WARNING};
+use super::error::CliError;
+use super::server_args::{ServerArgs, ServerFlags};
+use super::service_args::ServiceIdentityArgs;
+use super::unlock::{open_loaded, try_unlock, unlock_with_tries, KeySource};
+
+/// `nbdcrypt serve`.
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// An export: NAME=IMAGE (repeatable; the name is everything before the first `=`).
+    #[arg(long = "export", value_name = "NAME=IMAGE", required = true, value_parser = parse_named_path)]
+    exports: Vec<(String, PathBuf)>,
+    /// The passphrase of export NAME, from FILE byte for byte (`-` = all of stdin; one
+    /// export at most). Exports without one are prompted for, each naming its image.
+    #[arg(long, short = 'd', value_name = "NAME=FILE", value_parser = parse_named_path)]
+    key_file: Vec<(String, PathBuf)>,
+    /// Export NAME's detached LUKS2 header (as cryptsetup's --header): its IMAGE then holds
+    /// only the encrypted data (repeatable, once per export).
+    #[arg(long, value_name = "NAME=FILE", value_parser = parse_named_path)]
+    header: Vec<(String, PathBuf)>,
+    /// Unlock export NAME with a recovery key: from FILE, or prompted without `=FILE`.
+    #[arg(long, value_name = "NAME[=FILE]")]
+    recovery_key: Vec<String>,
+    /// Serve read-only (writes fail with EPERM): every export, or with `=NAME` only that
+    /// one (repeatable).
+    #[arg(long, value_name = "NAME", num_args = 0..=1, require_equals = true, default_missing_value = "")]
+    read_only: Vec<String>,
+    /// What TRIM does: `POLICY` for every export, or `NAME=POLICY` for one (repeatable);
+    /// ignore (default) or passdown (punches holes: leaks usage; see `open --help`).
+    #[arg(long, value_name = "[NAME=]POLICY")]
+    discard: Vec<String>,
+    #[command(flatten)]
+    server: ServerFlags,
+    /// Exports without --key-file or --recovery-key whose header has an
+    /// nbdcrypt-keyservice token are unlocked through the key service first (a terminal
+    /// prompt if that fails, else exit 2).
+    #[command(flatten)]
+    service: ServiceIdentityArgs,
+}
+
+impl ServeArgs {
+    /// Runs `serve`: the exports from the flags, each without a key flag unlocked through the
+    /// key service first (`--key-service-cert`, ...).
+    pub fn run(self) -> Result<(), CliError> {
+        let mut exports = serve_exports(
+            self.exports,
+            self.header,
+            self.key_file,
+            self.recovery_key,
+            self.read_only,
+            self.discard,
+        )?;
+        let identity = self.service.identity()?;
+        for x in &mut exports {
+            if let KeySource::Prompt = x.key {
+                x.key = KeySource::KeyService(identity.clone());
+            }
+        }
+        serve(exports, self.server.args())
+    }
+}
 
 /// One image to serve under a name.
 pub struct ImageExport {
@@ -28,113 +83,15 @@ pub struct ImageExport {
     pub image: PathBuf,
     /// `--header`: a detached LUKS2 header file; `image` then holds only the data.
     pub header: Option<PathBuf>,
-    /// `--key-file`; ignored when `recovery` is set. `None`: the terminal prompt (or one line
-    /// of a non-terminal stdin).
-    pub key_file: Option<PathBuf>,
-    /// `--recovery-key [FILE]`.
-    pub recovery: Option<Option<PathBuf>>,
+    /// Where its secret comes from: `--key-file`, `--recovery-key`, the key service (`open`
+    /// and `serve` without either flag) or the prompt.
+    pub key: KeySource,
     /// `--key-slot`.
     pub key_slot: Option<u32>,
     /// Serve read-only: writes fail with `EPERM`, the image is locked shared.
     pub read_only: bool,
     /// What TRIM does (`--discard`).
     pub discard: Discard,
-    /// Unlock through the key service when the header has an `nbdcrypt-keyservice` token and
-    /// neither `key_file` nor `recovery` is given (`open` and `serve`; `None` for `demo`).
-    pub key_service: Option<super::keyservice::ServiceIdentity>,
-}
-
-/// Where and how to serve (shared by `open` and `serve`).
-pub struct ServerArgs {
-    /// `--listen` addresses.
-    pub listen: Vec<SocketAddr>,
-    /// `--socket` paths.
-    pub socket: Vec<PathBuf>,
-    /// `--pid-file`.
-    pub pid_file: Option<PathBuf>,
-    /// `--max-connections` (0 = no limit).
-    pub max_connections: usize,
-    /// `--handshake-limit` in seconds (0 = no limit).
-    pub handshake_limit: u64,
-    /// `--inline-limit` in bytes (0 = nothing served inline).
-    pub inline_limit: u32,
-    /// `--tls`, `--tls-cert`, `--tls-key`, `--tls-ca`.
-    pub tls: TlsArgs,
-    /// `--fork`: run in the background once listening ([`super::daemon`]).
-    pub fork: bool,
-}
-
-/// The TLS flags of `open`, `serve` and `demo`.
-#[derive(clap::Args, Debug, Clone, Default)]
-pub struct TlsArgs {
-    /// TLS mode: off (plain text only), on (TLS offered, plain text allowed), require (clients
-    /// must STARTTLS before anything else). Default: require when --tls-cert/--tls-key are
-    /// given, else off.
-    #[arg(long, value_name = "MODE", value_parser = parse_tls_mode)]
-    pub tls: Option<TlsMode>,
-    /// Server certificate (PEM, leaf first, then any intermediates); needs --tls-key.
-    #[arg(long, value_name = "FILE")]
-    pub tls_cert: Option<PathBuf>,
-    /// Private key of --tls-cert (PEM: PKCS#8, RSA or EC, as openssl writes them).
-    #[arg(long, value_name = "FILE")]
-    pub tls_key: Option<PathBuf>,
-    /// CA certificate(s) (PEM): clients must present a certificate signed by one of them.
-    /// Without it, no client certificate is asked for.
-    #[arg(long, value_name = "FILE")]
-    pub tls_ca: Option<PathBuf>,
-}
-
-fn parse_tls_mode(s: &str) -> Result<TlsMode, String> {
-    s.parse()
-}
-
-impl TlsArgs {
-    /// The mode these flags select, and the files when it is not off.
-    ///
-    /// Rules (as qemu-nbd, where giving TLS credentials means TLS is required): no flag → off;
-    /// `--tls-cert` + `--tls-key` without `--tls` → require; `--tls on|require` needs both
-    /// files; `--tls off` with any file, one file of the pair alone, or `--tls-ca` without the
-    /// pair is a usage error rather than a silent plain-text server.
-    fn resolve(&self) -> Result<Option<(TlsMode, TlsFiles)>, CliError> {
-        let any_file = self.tls_cert.is_some() || self.tls_key.is_some() || self.tls_ca.is_some();
-        let mode = match (self.tls, any_file) {
-            (Some(TlsMode::Off), true) => {
-                return Err(CliError::Usage(
-                    "--tls off contradicts --tls-cert/--tls-key/--tls-ca: drop them, or use --tls on or --tls require".into(),
-                ))
-            }
-            (Some(TlsMode::Off), false) | (None, false) => return Ok(None),
-            (Some(m), _) => m,
-            (None, true) => TlsMode::Require,
-        };
-        match (&self.tls_cert, &self.tls_key) {
-            (Some(cert), Some(key)) => Ok(Some((
-                mode,
-                TlsFiles {
-                    cert: cert.clone(),
-                    key: key.clone(),
-                    ca: self.tls_ca.clone(),
-                },
-            ))),
-            (cert, key) => {
-                let missing = match (cert, key) {
-                    (None, None) => "--tls-cert FILE and --tls-key FILE",
-                    (None, _) => "--tls-cert FILE",
-                    _ => "--tls-key FILE",
-                };
-                Err(CliError::Usage(format!("TLS ({mode}) needs {missing}")))
-            }
-        }
-    }
-
-    /// Read the files and build the server's TLS configuration ([`TlsConfig::off`] without
-    /// TLS flags). Errors: usage errors of [`TlsArgs::resolve`], [`crate::nbd::TlsError`].
-    fn load(&self) -> Result<TlsConfig, CliError> {
-        match self.resolve()? {
-            None => Ok(TlsConfig::off()),
-            Some((mode, files)) => Ok(TlsConfig::from_files(mode, &files)?),
-        }
-    }
 }
 
 /// Default TCP address (IANA's NBD port on loopback).
@@ -180,21 +137,9 @@ fn in_export(named: bool, x: &ImageExport, e: impl Into<CliError>) -> CliError {
 /// non-terminal stdin (one line each would be ambiguous; an export unlocked through the key
 /// service reads nothing). Checked before anything is opened for serving.
 fn check_stdin_readers(exports: &[ImageExport]) -> Result<(), CliError> {
-    let tty = std::io::stdin().is_terminal();
-    let readers: Vec<&str> = exports
-        .iter()
-        .filter(|x| {
-            let file = match &x.recovery {
-                Some(f) => f.as_deref(),
-                None => x.key_file.as_deref(),
-            };
-            match file {
-                Some(f) => f == Path::new("-"),
-                None => !tty && !super::keyservice::has_service_token(x),
-            }
-        })
-        .map(|x| x.name.as_str())
-        .collect();
+    let readers = stdin_readers(exports, std::io::stdin().is_terminal(), |x| {
+        super::keyservice::has_service_token(&x.image, x.header.as_deref())
+    });
     if readers.len() > 1 {
         return Err(CliError::Usage(format!(
             "exports {} would all read their passphrase from stdin; give each a --key-file NAME=FILE (or run at a terminal to be prompted for each)",
@@ -204,9 +149,28 @@ fn check_stdin_readers(exports: &[ImageExport]) -> Result<(), CliError> {
     Ok(())
 }
 
+/// The names of the exports that would read their secret from stdin, given whether stdin is a
+/// terminal (`tty`) and whether an export's header has a key-service token (`has_token`,
+/// asked only for [`KeySource::KeyService`] without a terminal).
+fn stdin_readers(
+    exports: &[ImageExport],
+    tty: bool,
+    has_token: impl Fn(&ImageExport) -> bool,
+) -> Vec<&str> {
+    exports
+        .iter()
+        .filter(|x| match &x.key {
+            KeySource::KeyFile(f) | KeySource::Recovery(Some(f)) => f == Path::new("-"),
+            KeySource::Recovery(None) | KeySource::Prompt => !tty,
+            KeySource::KeyService(_) => !tty && !has_token(x),
+        })
+        .map(|x| x.name.as_str())
+        .collect()
+}
+
 /// Open, unlock and serve `exports`, printing `banner` once the listeners are up. `named`:
 /// errors name the export (`serve`).
-fn serve_with(
+pub(super) fn serve_with(
     exports: Vec<ImageExport>,
     server: ServerArgs,
     banner: Option<String>,
@@ -270,18 +234,14 @@ pub(super) fn unlock_all(
         } else {
             Access::WriteExclusive
         };
-        let (o, lh) = super::open_loaded(&x.image, x.header.as_deref(), access)
+        let (o, lh) = open_loaded(&x.image, x.header.as_deref(), access)
             .map_err(|e| in_export(named, x, e))?;
         opened.push((o, lh));
     }
     let mut vols: Vec<(ExportConfig, Arc<Volume>)> = Vec::with_capacity(exports.len());
     for (x, (o, lh)) in exports.iter().zip(opened) {
-        let source = match &x.recovery {
-            Some(f) => Source::Recovery(f.as_deref()),
-            None => Source::Passphrase(x.key_file.as_deref()),
-        };
         let mut via_service = None;
-        if let (Some(ks), None, None) = (&x.key_service, &x.key_file, &x.recovery) {
+        if let KeySource::KeyService(ks) = &x.key {
             let access = if x.read_only {
                 Access::ReadShared
             } else {
@@ -301,8 +261,8 @@ pub(super) fn unlock_all(
         }
         let key = match via_service {
             Some(k) => k,
-            None => unlock_with_tries(source, &x.image, |pass| {
-                super::try_unlock(&o.header, &o.header_path, &lh, pass, x.key_slot)
+            None => unlock_with_tries(&x.key, &x.image, |pass| {
+                try_unlock(&o.header, &o.header_path, &lh, pass, x.key_slot)
             })
             .map_err(|e| in_export(named, x, e))?,
         };
@@ -339,7 +299,7 @@ fn warn_discard(lh: &volume::LoadedHeader, discard: Discard) {
         Discard::Passdown => tracing::warn!(
             "--discard passdown: TRIM punches holes in the image file, which show which parts \
              of the volume are unused. cryptsetup: \"{}\"",
-            super::CRYPTSETUP_DISCARD_WARNING
+            CRYPTSETUP_DISCARD_WARNING
         ),
         Discard::Ignore if flagged => tracing::info!(
             "the header has the persistent flag allow-discards; TRIM is still ignored \
@@ -415,115 +375,262 @@ fn run_server(
     Ok(())
 }
 
-/// Quick start: create `DIR/demo.img` (64 MiB file, 48 MiB volume, Argon2id with modest cost)
-/// and `DIR/demo.key` once, then serve it on `listen` as export `demo` with discard policy
-/// `discard` (and `tls` as `open` takes it), printing how to attach it once it is listening.
-pub fn demo(
-    dir: &Path,
-    listen: SocketAddr,
-    discard: Discard,
-    tls: TlsArgs,
-) -> Result<(), CliError> {
-    let tls_mode = tls.resolve()?.map(|(m, _)| m);
-    tls.load()?; // bad TLS files fail before the image is created (serve_with loads them again)
-    let image = dir.join("demo.img");
-    let key = dir.join("demo.key");
-    if !image.exists() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| CliError::Usage(format!("cannot create {}: {e}", dir.display())))?;
-        if !key.exists() {
-            let pass = Zeroizing::new(
-                crate::crypto::random_bytes(24)
-                    .map_err(VolumeError::from)?
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<String>(),
-            );
-            write_private(&key, pass.as_bytes())?;
+/// Build `serve`'s exports from its flags: every name given to --key-file, --recovery-key and
+/// --read-only=NAME must be an export, and at most once per flag.
+pub fn serve_exports(
+    exports: Vec<(String, PathBuf)>,
+    header: Vec<(String, PathBuf)>,
+    key_file: Vec<(String, PathBuf)>,
+    recovery_key: Vec<String>,
+    read_only: Vec<String>,
+    discard: Vec<String>,
+) -> Result<Vec<ImageExport>, CliError> {
+    let mut out: Vec<ImageExport> = Vec::with_capacity(exports.len());
+    for (name, image) in exports {
+        if out.iter().any(|x| x.name == name) {
+            return Err(CliError::Usage(format!("export {name} is given twice")));
         }
-        let pass = read_passphrase(Some(&key), Prompt::Unlock(&image))?;
-        let opts = FormatOptions {
-            size: Some(64 << 20),
-            sector_size: 512,
-            kdf: KdfChoice {
-                kind: KdfKind::Argon2id,
-                iter_time_ms: 500,
-                memory_kib: 64 << 10,
-                parallel: 2,
-                force_iterations: None,
-            },
-            label: Some("nbdcrypt-demo".into()),
-            header: None,
-        };
-        eprintln!(
-            "creating {} (key in {}) ...",
-            image.display(),
-            key.display()
-        );
-        volume::format(&image, &opts, pass.expose())?;
-    }
-    let uri = format!("nbd://{listen}/demo");
-    let attach = match tls_mode {
-        None => format!(
-            "Attach it with:\n  \
-             nbdinfo {uri}\n  \
-             qemu-img info -f raw {uri}\n  \
-             sudo modprobe nbd && sudo nbd-client {ip} {port} /dev/nbd0 -N demo   # then mkfs.ext4 /dev/nbd0",
-            ip = listen.ip(),
-            port = listen.port(),
-        ),
-        Some(mode) => format!(
-            "TLS: {mode}. Attach it with (DIR holds ca-cert.pem, and client-cert.pem and \
-             client-key.pem when --tls-ca is given):\n  \
-             nbdinfo 'nbds://{listen}/demo?tls-certificates=DIR'\n  \
-             qemu-img info --object tls-creds-x509,id=tls0,endpoint=client,dir=DIR \
-             --image-opts driver=nbd,host={ip},port={port},export=demo,tls-creds=tls0",
-            ip = listen.ip(),
-            port = listen.port(),
-        ),
-    };
-    let banner = format!(
-        "Serving {img} as NBD export 'demo' on {listen}. {attach}\n\
-         While it is served, cryptsetup can read the header too: cryptsetup luksDump {img}\n\
-         Stop with Ctrl-C.",
-        img = image.display(),
-    );
-    serve_with(
-        vec![ImageExport {
-            name: "demo".into(),
+        out.push(ImageExport {
+            name,
             image,
             header: None,
-            key_file: Some(key),
-            recovery: None,
+            key: KeySource::Prompt,
             key_slot: None,
             read_only: false,
-            discard,
-            key_service: None,
-        }],
-        ServerArgs {
-            listen: vec![listen],
-            socket: vec![],
-            pid_file: None,
-            max_connections: nbd::DEFAULT_MAX_CONNECTIONS,
-            handshake_limit: nbd::DEFAULT_HANDSHAKE_LIMIT.as_secs(),
-            inline_limit: crate::export::VOLUME_INLINE_LIMIT,
-            tls,
-            fork: false,
-        },
-        Some(banner),
-        false,
-    )
+            discard: Discard::Ignore,
+        });
+    }
+    let find = |out: &[ImageExport], name: &str, flag: &str| {
+        let names = || {
+            out.iter()
+                .map(|x| x.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match out.iter().position(|x| x.name == name) {
+            Some(i) => Ok(i),
+            None => Err(CliError::Usage(format!(
+                "{flag} names export {name:?}, which is not among the exports ({})",
+                names()
+            ))),
+        }
+    };
+    for (name, file) in header {
+        let i = find(&out, &name, "--header")?;
+        if out[i].header.replace(file).is_some() {
+            return Err(CliError::Usage(format!(
+                "--header is given twice for export {name}"
+            )));
+        }
+    }
+    for (name, file) in key_file {
+        let i = find(&out, &name, "--key-file")?;
+        if let KeySource::KeyFile(_) = std::mem::replace(&mut out[i].key, KeySource::KeyFile(file))
+        {
+            return Err(CliError::Usage(format!(
+                "--key-file is given twice for export {name}"
+            )));
+        }
+    }
+    for spec in recovery_key {
+        let (name, file) = match spec.split_once('=') {
+            Some((n, f)) => (n.to_string(), Some(PathBuf::from(f))),
+            None => (spec, None),
+        };
+        let i = find(&out, &name, "--recovery-key")?;
+        if let KeySource::KeyFile(_) = out[i].key {
+            return Err(CliError::Usage(format!(
+                "export {name} has both --key-file and --recovery-key"
+            )));
+        }
+        if let KeySource::Recovery(_) =
+            std::mem::replace(&mut out[i].key, KeySource::Recovery(file))
+        {
+            return Err(CliError::Usage(format!(
+                "--recovery-key is given twice for export {name}"
+            )));
+        }
+    }
+    for name in read_only {
+        if name.is_empty() {
+            out.iter_mut().for_each(|x| x.read_only = true);
+        } else {
+            let i = find(&out, &name, "--read-only")?;
+            out[i].read_only = true;
+        }
+    }
+    // `--discard POLICY` sets the default of every export (given once at most);
+    // `--discard NAME=POLICY` overrides it for NAME (once per name), whatever the order.
+    let mut all: Option<Discard> = None;
+    let mut named: Vec<(usize, Discard)> = Vec::new();
+    for spec in discard {
+        let (name, policy) = match spec.split_once('=') {
+            Some((n, p)) => (Some(n), p),
+            None => (None, spec.as_str()),
+        };
+        let policy = match DiscardArg::from_str(policy, false) {
+            Ok(p) => p.policy(),
+            Err(_) => {
+                return Err(CliError::Usage(format!(
+                    "--discard {spec}: the policy is ignore or passdown"
+                )))
+            }
+        };
+        match name {
+            None if all.is_some() => {
+                return Err(CliError::Usage(
+                    "--discard POLICY (for every export) is given twice".into(),
+                ))
+            }
+            None => all = Some(policy),
+            Some(name) => {
+                let i = find(&out, name, "--discard")?;
+                if named.iter().any(|(j, _)| *j == i) {
+                    return Err(CliError::Usage(format!(
+                        "--discard is given twice for export {name}"
+                    )));
+                }
+                named.push((i, policy));
+            }
+        }
+    }
+    if let Some(policy) = all {
+        out.iter_mut().for_each(|x| x.discard = policy);
+    }
+    for (i, policy) in named {
+        out[i].discard = policy;
+    }
+    Ok(out)
 }
 
-fn write_private(path: &Path, data: &[u8]) -> Result<(), CliError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| CliError::Usage(format!("cannot create {}: {e}", path.display())))?;
-    f.write_all(data)
-        .map_err(|e| CliError::Usage(format!("cannot write {}: {e}", path.display())))
+#[cfg(test)]
+mod tests {
+    use super::{serve_exports, stdin_readers, ImageExport};
+    use crate::cli::service_args::ServiceIdentity;
+    use crate::cli::unlock::KeySource;
+    use crate::volume::Discard;
+    use std::path::PathBuf;
+
+    /// `serve --discard`: a `NAME=POLICY` beats the global `POLICY` in either order; a repeat
+    /// of either kind is refused.
+    #[test]
+    fn serve_discard_per_export_beats_the_default_in_any_order() {
+        let exports = || {
+            vec![
+                ("a".to_string(), PathBuf::from("a.img")),
+                ("b".to_string(), PathBuf::from("b.img")),
+            ]
+        };
+        let run = |flags: &[&str]| {
+            serve_exports(
+                exports(),
+                vec![],
+                vec![],
+                vec![],
+                vec![],
+                flags.iter().map(|s| s.to_string()).collect(),
+            )
+            .map(|v| v.iter().map(|x| x.discard).collect::<Vec<_>>())
+        };
+        let (i, p) = (Discard::Ignore, Discard::Passdown);
+        assert_eq!(run(&[]).unwrap(), [i, i]);
+        assert_eq!(run(&["b=ignore", "passdown"]).unwrap(), [p, i]);
+        assert_eq!(run(&["passdown", "b=ignore"]).unwrap(), [p, i]);
+        assert_eq!(run(&["b=passdown", "ignore"]).unwrap(), [i, p]);
+        assert!(run(&["a=passdown", "a=ignore"]).is_err());
+        assert!(run(&["passdown", "ignore"]).is_err());
+        assert!(run(&["c=passdown"]).is_err());
+        assert!(run(&["a=sometimes"]).is_err());
+    }
+
+    /// `serve --key-file` and `--recovery-key`: one key source per export, the prompt without
+    /// either; both for one export, or either twice, is refused with the flag's message.
+    #[test]
+    fn serve_key_sources_one_per_export() {
+        let exports = || {
+            ["a", "b", "c"]
+                .iter()
+                .map(|n| (n.to_string(), PathBuf::from(format!("{n}.img"))))
+                .collect::<Vec<_>>()
+        };
+        let named = |v: &[(&str, &str)]| {
+            v.iter()
+                .map(|(n, f)| (n.to_string(), PathBuf::from(f)))
+                .collect::<Vec<_>>()
+        };
+        let run = |keys: &[(&str, &str)], recovery: &[&str]| {
+            serve_exports(
+                exports(),
+                vec![],
+                named(keys),
+                recovery.iter().map(|s| s.to_string()).collect(),
+                vec![],
+                vec![],
+            )
+            .map(|v| v.into_iter().map(|x| x.key).collect::<Vec<_>>())
+            .map_err(|e| e.to_string())
+        };
+        let got = run(&[("a", "a.key")], &["b=b.rk", "c"]).unwrap();
+        assert!(matches!(&got[0], KeySource::KeyFile(f) if f == &PathBuf::from("a.key")));
+        assert!(matches!(&got[1], KeySource::Recovery(Some(f)) if f == &PathBuf::from("b.rk")));
+        assert!(matches!(&got[2], KeySource::Recovery(None)));
+        let got = run(&[], &[]).unwrap();
+        assert!(got.iter().all(|k| matches!(k, KeySource::Prompt)));
+        assert_eq!(
+            run(&[("a", "k")], &["a"]).unwrap_err(),
+            "export a has both --key-file and --recovery-key"
+        );
+        assert_eq!(
+            run(&[("a", "k"), ("a", "k2")], &[]).unwrap_err(),
+            "--key-file is given twice for export a"
+        );
+        assert_eq!(
+            run(&[], &["b", "b=f"]).unwrap_err(),
+            "--recovery-key is given twice for export b"
+        );
+        assert!(run(&[("d", "k")], &[]).is_err());
+    }
+
+    /// Who reads stdin: a `-` key file (or recovery file) always; the prompt and a recovery
+    /// key without a file only without a terminal; the key service only without a terminal
+    /// and without a token in the header.
+    #[test]
+    fn stdin_readers_by_key_source() {
+        let service = ServiceIdentity {
+            identity: crate::keyservice::client::Identity {
+                cert: "c".into(),
+                key: "k".into(),
+                ca: "ca".into(),
+            },
+            timeout: std::time::Duration::from_secs(1),
+        };
+        let keys = [
+            ("file", KeySource::KeyFile("k".into())),
+            ("dash", KeySource::KeyFile("-".into())),
+            ("rdash", KeySource::Recovery(Some("-".into()))),
+            ("rfile", KeySource::Recovery(Some("r".into()))),
+            ("rprompt", KeySource::Recovery(None)),
+            ("prompt", KeySource::Prompt),
+            ("token", KeySource::KeyService(service.clone())),
+            ("notoken", KeySource::KeyService(service)),
+        ];
+        let exports: Vec<ImageExport> = keys
+            .into_iter()
+            .map(|(name, key)| ImageExport {
+                name: name.into(),
+                image: PathBuf::from(format!("{name}.img")),
+                header: None,
+                key,
+                key_slot: None,
+                read_only: false,
+                discard: Discard::Ignore,
+            })
+            .collect();
+        let has_token = |x: &ImageExport| x.name == "token";
+        assert_eq!(stdin_readers(&exports, true, has_token), ["dash", "rdash"]);
+        assert_eq!(
+            stdin_readers(&exports, false, has_token),
+            ["dash", "rdash", "rprompt", "prompt", "notoken"]
+        );
+    }
 }

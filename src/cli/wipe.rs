@@ -3,13 +3,45 @@
 //! and resumed with `--resume` (`format-spec.md` §10).
 
 use std::io::IsTerminal;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::volume::{self, LoadedHeader, OpenedImage, UnlockedKey, Volume, WipeState};
 
-use super::CliError;
+use super::args::{HeaderArg, KeyArgs};
+use super::error::CliError;
+use super::unlock::{open_loaded, try_unlock, unlock_with_tries};
+
+/// `nbdcrypt wipe`.
+#[derive(clap::Args)]
+pub struct WipeArgs {
+    /// Image file.
+    image: PathBuf,
+    #[command(flatten)]
+    header: HeaderArg,
+    #[command(flatten)]
+    key: KeyArgs,
+    /// Continue an interrupted wipe where it stopped (from IMAGE.nbdcrypt-wipe).
+    #[arg(long)]
+    resume: bool,
+}
+
+impl WipeArgs {
+    /// Runs `wipe`: unlock, then [`wipe_volume`].
+    pub fn run(self) -> Result<(), CliError> {
+        let (image, key) = (self.image, self.key);
+        let (o, lh) = open_loaded(
+            &image,
+            self.header.header.as_deref(),
+            volume::Access::WriteExclusive,
+        )?;
+        let k = unlock_with_tries(&key.unlock.source(), &image, |pass| {
+            try_unlock(&o.header, &o.header_path, &lh, pass, key.key_slot)
+        })?;
+        wipe_volume(o, &lh, k, &image, self.resume)
+    }
+}
 
 /// Set by the signal handler while a wipe runs.
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -137,7 +169,7 @@ impl Reporter {
 ///
 /// Errors: [`CliError::Interrupted`] (exit 130) when stopped by a signal, naming how to
 /// resume; volume errors otherwise.
-pub fn run(
+pub fn wipe_volume(
     o: OpenedImage,
     lh: &LoadedHeader,
     key: UnlockedKey,

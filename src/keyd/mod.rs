@@ -3,16 +3,26 @@
 //! writing the store directly (SQLite allows this while `serve` runs; changes apply to the
 //! server's next request).
 //!
+//! The parser and the dispatch are here; `join` (run on a host, not on the service) is in
+//! `join.rs`, the files this command line reads and writes in `files.rs`, its errors in
+//! `error.rs`.
+//!
 //! Exit status: 0 success, 1 failure (including `audit verify` finding a bad row), 2 usage.
 
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+mod error;
+mod files;
+mod join;
+
+use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use zeroize::Zeroizing;
 
-use crate::keyservice::store::{RootKey, RootSource, Store, StoreError};
+use crate::keyservice::store::{RootKey, RootSource, Store};
 use crate::keyservice::{server, Role};
+
+use error::KeydError;
+use files::{read_passphrase, write_file};
+use join::join;
 
 /// Key service for nbdcrypt volumes: KEK wrapping, escrow, audit.
 #[derive(Parser)]
@@ -183,54 +193,13 @@ enum AuditCmd {
     Verify,
 }
 
-#[derive(Debug, thiserror::Error)]
-enum KeydError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Serve(#[from] server::ServeError),
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("audit chain broken at row {seq}: {problem}")]
-    AuditBroken { seq: i64, problem: String },
-    #[error("join: {0}")]
-    Join(String),
-}
-
-fn read_passphrase(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeydError> {
-    let raw = Zeroizing::new(std::fs::read(path).map_err(|source| KeydError::Io {
-        path: path.into(),
-        source,
-    })?);
-    let line = raw.split(|&b| b == b'\n').next().unwrap_or_default();
-    Ok(Zeroizing::new(line.to_vec()))
-}
-
+/// The store's root key: from `--root-passphrase-file` when given, else the root key file.
 fn unlock(cli: &Cli, store: &Store) -> Result<RootKey, KeydError> {
     let p = match &cli.root_passphrase_file {
         Some(f) => Some(read_passphrase(f)?),
         None => None,
     };
     Ok(store.unlock(p.as_deref().map(|v| &v[..]))?)
-}
-
-fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), KeydError> {
-    use std::io::Write;
-    let err = |source| KeydError::Io {
-        path: path.into(),
-        source,
-    };
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(err)?;
-    f.write_all(bytes).map_err(err)
 }
 
 fn run(cli: Cli) -> Result<(), KeydError> {
@@ -376,65 +345,6 @@ fn run(cli: Cli) -> Result<(), KeydError> {
     Ok(())
 }
 
-/// `join`: a P-256 key made here, its public point sent with the token to `POST /v1/join`,
-/// the certificate written beside the key (0600) and a copy of the CA.
-fn join(url: &str, token: &str, ca: &Path, out: &Path, timeout: f64) -> Result<(), KeydError> {
-    use crate::keyservice::client::{Client, SecretString};
-    let fail = |detail: String| KeydError::Join(detail);
-    if !(timeout > 0.0 && timeout <= 3600.0) {
-        return Err(fail("--timeout takes 0 to 3600 seconds".into()));
-    }
-    let files = [
-        out.join("host.key"),
-        out.join("host.pem"),
-        out.join("ca.pem"),
-    ];
-    if let Some(f) = files.iter().find(|f| f.exists()) {
-        return Err(fail(format!("{} exists already", f.display())));
-    }
-    let key = rcgen::KeyPair::generate().map_err(|e| fail(format!("key generation: {e}")))?;
-    let key_pem = Zeroizing::new(key.serialize_pem());
-    let client = Client::anonymous(ca, std::time::Duration::from_secs_f64(timeout))
-        .map_err(|e| fail(e.to_string()))?;
-    #[derive(serde::Serialize)]
-    struct Req<'a> {
-        token: SecretString,
-        public_key: &'a str,
-    }
-    #[derive(serde::Deserialize)]
-    struct Resp {
-        host: String,
-        certificate: String,
-    }
-    use base64::Engine;
-    let point = base64::engine::general_purpose::STANDARD.encode(key.public_key_raw());
-    let req = Req {
-        token: SecretString(Zeroizing::new(token.to_string())),
-        public_key: &point,
-    };
-    let r: Resp = client
-        .call_secret(url, "POST", "/v1/join", &req)
-        .map_err(|e| fail(e.to_string()))?;
-    let ca_pem = std::fs::read(ca).map_err(|source| KeydError::Io {
-        path: ca.into(),
-        source,
-    })?;
-    std::fs::create_dir_all(out).map_err(|source| KeydError::Io {
-        path: out.into(),
-        source,
-    })?;
-    write_file(&files[0], key_pem.as_bytes(), 0o600)?;
-    write_file(&files[1], r.certificate.as_bytes(), 0o644)?;
-    write_file(&files[2], &ca_pem, 0o644)?;
-    println!(
-        "joined as host {}: certificate {} key {}",
-        r.host,
-        files[1].display(),
-        files[0].display()
-    );
-    Ok(())
-}
-
 /// Runs `nbdcrypt-keyd` with the process arguments; returns the exit status.
 pub fn main() -> i32 {
     let filter = tracing_subscriber::EnvFilter::try_from_env("NBDCRYPT_LOG")
@@ -445,7 +355,7 @@ pub fn main() -> i32 {
         .with_target(false)
         .try_init();
     // The root key and KEKs live in this process: no core file, no ptrace or /proc/PID/mem
-    // by same-user processes, and (where allowed) no swap (issue 7).
+    // by same-user processes, and (where allowed) no swap.
     if let Err(e) = crate::crypto::secret::make_non_dumpable() {
         tracing::warn!(
             "could not make the process non-dumpable ({e}): a core file could hold keys"

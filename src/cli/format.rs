@@ -1,0 +1,121 @@
+//! `nbdcrypt format`: create a LUKS2 volume (keyslot 0) in an image, asking before an existing
+//! header is overwritten; then, as asked, escrow its volume key (`escrow.rs`) and wipe it
+//! (`wipe.rs`).
+
+use std::path::{Path, PathBuf};
+
+use crate::volume::{self, Access, FormatOptions, VolumeError};
+
+use super::args::{parse_sector_size, parse_size, HeaderArg, KdfArgs};
+use super::error::CliError;
+use super::escrow;
+use super::passphrase::{read_passphrase, Prompt};
+use super::service_args::ServiceIdentityArgs;
+use super::unlock::{confirm, open_loaded, try_unlock};
+use super::wipe;
+
+/// `nbdcrypt format`.
+#[derive(clap::Args)]
+pub struct FormatArgs {
+    /// Image file.
+    image: PathBuf,
+    #[command(flatten)]
+    header: HeaderArg,
+    /// Create or extend the image to this size (bytes, or with K/M/G/T suffix, binary units).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    size: Option<u64>,
+    /// Passphrase file, used byte for byte (`-` = all of stdin).
+    #[arg(long, short = 'd', value_name = "FILE")]
+    key_file: Option<PathBuf>,
+    /// Encryption sector size in bytes.
+    #[arg(long, default_value_t = 512, value_parser = parse_sector_size)]
+    sector_size: u32,
+    #[command(flatten)]
+    kdf: KdfArgs,
+    /// Volume label (at most 47 bytes).
+    #[arg(long)]
+    label: Option<String>,
+    /// Do not ask before overwriting an existing LUKS header.
+    #[arg(long, short = 'q')]
+    batch_mode: bool,
+    /// Then write encrypted zeros over the whole volume (as `nbdcrypt wipe`): it reads as
+    /// zeros and the image's free space hides nothing. Interrupted, it is continued with
+    /// `nbdcrypt wipe IMAGE --resume`.
+    #[arg(long)]
+    wipe: bool,
+    /// Then escrow the volume key and UUID to the key service at URL (repeatable, tried in
+    /// order), as `nbdcrypt escrow`; the service is checked before formatting.
+    #[arg(long, value_name = "URL")]
+    escrow: Vec<String>,
+    #[command(flatten)]
+    service: ServiceIdentityArgs,
+}
+
+impl FormatArgs {
+    /// Runs `format`: the question, the escrow preflight, the passphrase, the volume, then
+    /// the escrow and the wipe.
+    pub fn run(self) -> Result<(), CliError> {
+        let image = self.image;
+        confirm_overwrite(
+            self.header.header.as_deref().unwrap_or(&image),
+            self.batch_mode,
+        )?;
+        let escrow_to = if self.escrow.is_empty() {
+            None
+        } else {
+            let args = self.service.args(&self.escrow)?;
+            escrow::preflight(&args)?;
+            Some(args)
+        };
+        let pass = read_passphrase(self.key_file.as_deref(), Prompt::New(&image))?;
+        let opts = FormatOptions {
+            size: self.size,
+            sector_size: self.sector_size,
+            kdf: self.kdf.choice(),
+            label: self.label,
+            header: self.header.header,
+        };
+        let uuid = volume::format(&image, &opts, pass.expose())?;
+        eprintln!("formatted {} as LUKS2 (UUID {uuid})", image.display());
+        if let Some(args) = &escrow_to {
+            escrow::after_format(
+                &image,
+                opts.header.as_deref(),
+                pass.expose(),
+                args,
+                self.wipe,
+            )?;
+        }
+        if self.wipe {
+            let (o, lh) = open_loaded(&image, opts.header.as_deref(), Access::WriteExclusive)?;
+            let key = try_unlock(&o.header, &o.header_path, &lh, pass.expose(), Some(0))?;
+            wipe::wipe_volume(o, &lh, key, &image, false)?;
+        }
+        Ok(())
+    }
+}
+
+/// Ask before `format` overwrites an existing LUKS header (cryptsetup always asks; we ask only
+/// when there is something to lose). `--batch-mode` skips the question.
+fn confirm_overwrite(image: &Path, batch: bool) -> Result<(), CliError> {
+    let Ok(file) = volume::open_image(image, Access::Inspect) else {
+        return Ok(());
+    };
+    let has_header = matches!(
+        volume::load_header(&file, image),
+        Ok(_)
+            | Err(VolumeError::Corrupt { .. })
+            | Err(VolumeError::DetachedHeader { .. })
+            | Err(VolumeError::Unsupported { .. })
+    );
+    if !has_header {
+        return Ok(());
+    }
+    confirm(
+        &format!(
+            "{} already holds a LUKS header; formatting destroys it and every keyslot",
+            image.display()
+        ),
+        batch,
+    )
+}

@@ -1,0 +1,200 @@
+//! Whole-header commands: `erase` (wipe every keyslot), `header-backup`, `header-restore`
+//! (cryptsetup's backup format, both ways) and `repair` (rewrite a damaged header copy from
+//! the good one). Each writes through the crash-safe updates of `volume` (`format-spec.md`
+//! §7) with the header-write locks, so a served image is busy (exit 5).
+
+use std::path::{Path, PathBuf};
+
+use crate::volume::{self, Access};
+
+use super::args::HeaderArg;
+use super::error::CliError;
+use super::unlock::{confirm, open_for_update, open_loaded};
+
+/// `nbdcrypt erase`.
+#[derive(clap::Args)]
+pub struct EraseArgs {
+    /// Image file.
+    image: PathBuf,
+    #[command(flatten)]
+    header: HeaderArg,
+    /// Do not ask for confirmation.
+    #[arg(long, short = 'q')]
+    batch_mode: bool,
+}
+
+impl EraseArgs {
+    /// Runs `erase`.
+    pub fn run(self) -> Result<(), CliError> {
+        erase(&self.image, self.header.header.as_deref(), self.batch_mode)
+    }
+}
+
+/// `nbdcrypt header-backup`.
+#[derive(clap::Args)]
+pub struct HeaderBackupArgs {
+    /// Image file.
+    image: PathBuf,
+    #[command(flatten)]
+    header: HeaderArg,
+    /// The backup file to create (must not exist).
+    #[arg(long, value_name = "FILE")]
+    header_backup_file: PathBuf,
+}
+
+impl HeaderBackupArgs {
+    /// Runs `header-backup`.
+    pub fn run(self) -> Result<(), CliError> {
+        header_backup(
+            &self.image,
+            self.header.header.as_deref(),
+            &self.header_backup_file,
+        )
+    }
+}
+
+/// `nbdcrypt header-restore`.
+#[derive(clap::Args)]
+pub struct HeaderRestoreArgs {
+    /// Image file.
+    image: PathBuf,
+    #[command(flatten)]
+    header: HeaderArg,
+    /// The backup file.
+    #[arg(long, value_name = "FILE")]
+    header_backup_file: PathBuf,
+    /// Restore even if the backup belongs to another volume.
+    #[arg(long, short = 'q')]
+    batch_mode: bool,
+}
+
+impl HeaderRestoreArgs {
+    /// Runs `header-restore`.
+    pub fn run(self) -> Result<(), CliError> {
+        header_restore(
+            &self.image,
+            self.header.header.as_deref(),
+            &self.header_backup_file,
+            self.batch_mode,
+        )
+    }
+}
+
+/// `nbdcrypt repair`.
+#[derive(clap::Args)]
+pub struct RepairArgs {
+    /// Image file.
+    image: PathBuf,
+    #[command(flatten)]
+    header: HeaderArg,
+}
+
+impl RepairArgs {
+    /// Runs `repair`.
+    pub fn run(self) -> Result<(), CliError> {
+        repair(&self.image, self.header.header.as_deref())
+    }
+}
+
+/// `erase`: see the CLI help.
+fn erase(image: &Path, header: Option<&Path>, batch: bool) -> Result<(), CliError> {
+    let (file, hpath, lh) = open_for_update(image, header)?;
+    confirm(
+        &format!(
+            "erasing {} wipes every keyslot: no passphrase will open it",
+            image.display()
+        ),
+        batch,
+    )?;
+    volume::erase(&file, &hpath, &lh)?;
+    eprintln!("All keyslots of {} erased.", image.display());
+    Ok(())
+}
+
+/// `header-backup`: see the CLI help.
+fn header_backup(image: &Path, header: Option<&Path>, backup: &Path) -> Result<(), CliError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let (o, lh) = open_loaded(image, header, Access::Inspect)?;
+    let bytes = volume::header_bytes(&o.header, &o.header_path, &lh)?;
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o400)
+        .open(backup)
+        .map_err(|e| CliError::Usage(format!("cannot create {}: {e}", backup.display())))?;
+    out.write_all(&bytes)
+        .and_then(|()| out.sync_all())
+        .map_err(|e| CliError::Usage(format!("cannot write {}: {e}", backup.display())))?;
+    eprintln!(
+        "Header of {} saved to {}.",
+        image.display(),
+        backup.display()
+    );
+    Ok(())
+}
+
+/// `header-restore`: see the CLI help.
+fn header_restore(
+    image: &Path,
+    header: Option<&Path>,
+    backup: &Path,
+    batch: bool,
+) -> Result<(), CliError> {
+    let bytes = std::fs::read(backup)
+        .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", backup.display())))?;
+    let (_, backup_md) = volume::check_backup(backup, &bytes)?;
+    let o = volume::OpenedImage::open(image, header, Access::HeaderWrite)?;
+    let (file, hpath) = (&o.header, o.header_path.as_path());
+    // A valid header of another volume (another volume key) is not overwritten by accident,
+    // nor a file without a valid header (cryptsetup asks too).
+    let image_seqid = match o.load() {
+        Ok(lh) => {
+            let digest = |md| {
+                crate::format::segment_digest(md)
+                    .map(|d| (d.salt, d.digest))
+                    .ok()
+            };
+            if digest(&lh.metadata) != digest(&backup_md) && !batch {
+                return Err(CliError::Usage(format!(
+                    "the backup's volume key digest does not match {}'s data segment: it belongs to another volume (add --batch-mode to restore it anyway)",
+                    image.display()
+                )));
+            }
+            Some(lh.max_seqid)
+        }
+        Err(_) => {
+            confirm(
+                &format!(
+                    "{} holds no valid LUKS2 header; restoring overwrites its first {} bytes",
+                    image.display(),
+                    bytes.len()
+                ),
+                batch,
+            )?;
+            None
+        }
+    };
+    // A failed write is a `VolumeError::Update` naming the state and what to run.
+    volume::restore_header(file, hpath, &bytes, image_seqid)?;
+    eprintln!(
+        "Header of {} restored from {}.",
+        image.display(),
+        backup.display()
+    );
+    Ok(())
+}
+
+/// `repair`: see the CLI help.
+fn repair(image: &Path, header: Option<&Path>) -> Result<(), CliError> {
+    let (file, hpath, lh) = open_for_update(image, header)?;
+    if volume::repair(&file, &hpath, &lh)? {
+        eprintln!("Both header copies of {} rewritten.", image.display());
+    } else {
+        eprintln!(
+            "Both header copies of {} are good; nothing to repair.",
+            image.display()
+        );
+    }
+    Ok(())
+}

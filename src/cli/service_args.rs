@@ -1,0 +1,126 @@
+//! How a command reaches the key service: the host's identity files and the service's CA
+//! (clap arguments shared by `format`, `open`, `serve`, `add-key`, `escrow`, `recovery-key
+//! add` and `recover`), their checked form ([`ServiceArgs`], [`ServiceIdentity`]), and
+//! [`first_ok`], which tries the endpoints in order.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::keyservice::client::{ClientError, Identity};
+
+use super::error::CliError;
+
+/// How this host authenticates to the key service (files from `nbdcrypt-keyd host add` and
+/// the service's `ca.pem`), and how long each endpoint may take.
+#[derive(clap::Args)]
+pub struct ServiceIdentityArgs {
+    /// This host's client certificate (PEM).
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "/etc/nbdcrypt/keyservice/host.pem"
+    )]
+    key_service_cert: PathBuf,
+    /// Its private key (PEM).
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "/etc/nbdcrypt/keyservice/host.key"
+    )]
+    key_service_key: PathBuf,
+    #[command(flatten)]
+    tls: ServiceTlsArgs,
+}
+
+/// Which CA the key service's certificate must chain to, and how long each endpoint may take:
+/// for hosts ([`ServiceIdentityArgs`]) and for officers (`recover`).
+#[derive(clap::Args)]
+pub struct ServiceTlsArgs {
+    /// The key service's CA certificate (PEM).
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "/etc/nbdcrypt/keyservice/ca.pem"
+    )]
+    pub key_service_ca: PathBuf,
+    /// Seconds each endpoint may take (connect, TLS, reply) before the next is tried.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
+    key_service_timeout: f64,
+}
+
+impl ServiceTlsArgs {
+    /// `--key-service-timeout SECONDS`, more than 0 and at most 3600.
+    ///
+    /// Errors: [`CliError::Usage`] for any other value.
+    pub fn timeout(&self) -> Result<Duration, CliError> {
+        let secs = self.key_service_timeout;
+        if !(secs > 0.0 && secs <= 3600.0) {
+            return Err(CliError::Usage(
+                "--key-service-timeout takes seconds, more than 0 and at most 3600".into(),
+            ));
+        }
+        Ok(Duration::from_secs_f64(secs))
+    }
+}
+
+/// The key service settings of a command.
+pub struct ServiceArgs<'a> {
+    /// Endpoint URLs, tried in order.
+    pub urls: &'a [String],
+    /// The host identity.
+    pub identity: Identity,
+    /// Per-endpoint timeout.
+    pub timeout: Duration,
+}
+
+/// The host identity and per-endpoint timeout used to unlock through the service.
+#[derive(Debug, Clone)]
+pub struct ServiceIdentity {
+    /// Certificate, key and CA files.
+    pub identity: Identity,
+    /// Per-endpoint timeout.
+    pub timeout: Duration,
+}
+
+impl ServiceIdentityArgs {
+    /// The identity files and the checked timeout.
+    ///
+    /// Errors: [`CliError::Usage`] for a timeout out of range.
+    pub fn identity(&self) -> Result<ServiceIdentity, CliError> {
+        Ok(ServiceIdentity {
+            identity: Identity {
+                cert: self.key_service_cert.clone(),
+                key: self.key_service_key.clone(),
+                ca: self.tls.key_service_ca.clone(),
+            },
+            timeout: self.tls.timeout()?,
+        })
+    }
+
+    /// [`ServiceIdentityArgs::identity`] with the endpoints `urls`.
+    pub fn args<'a>(&self, urls: &'a [String]) -> Result<ServiceArgs<'a>, CliError> {
+        let id = self.identity()?;
+        Ok(ServiceArgs {
+            urls,
+            identity: id.identity,
+            timeout: id.timeout,
+        })
+    }
+}
+
+/// Calls `f` on each URL in order until one succeeds; all failures are listed otherwise.
+///
+/// Returns the URL that answered and its result. Errors: [`CliError::NoEndpoint`].
+pub fn first_ok<T>(
+    urls: &[String],
+    mut f: impl FnMut(&str) -> Result<T, ClientError>,
+) -> Result<(String, T), CliError> {
+    let mut failures = Vec::new();
+    for u in urls {
+        match f(u) {
+            Ok(v) => return Ok((u.clone(), v)),
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    Err(CliError::NoEndpoint { failures })
+}
