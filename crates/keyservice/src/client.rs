@@ -2,7 +2,8 @@
 //! host's client certificate (rustls, ring provider), HTTP/1.1 through hyper, one request per
 //! connection, and a whole-request timeout per endpoint so a dead server costs seconds.
 //!
-//! Blocking: each call runs on a private current-thread tokio runtime.
+//! Blocking: each call runs on a private current-thread tokio runtime. The request and reply
+//! bodies are the shared wire types of [`crate::api`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,6 +19,10 @@ use rustls::{ClientConfig, RootCertStore};
 use serde_json::Value;
 use tokio_rustls::TlsConnector;
 use zeroize::Zeroizing;
+
+use crate::api::ProblemBody;
+/// The wire types the volume CLI sends and reads, at their former place.
+pub use crate::api::{SecretString, UnwrapReply, UnwrapRequest, WrapReply, WrapRequest};
 
 /// The host identity files: certificate and key from `nbdcrypt-keyd host add`, and the
 /// service's CA certificate (`ca.pem` of its data directory).
@@ -247,17 +252,12 @@ impl Client {
                 secs: self.timeout.as_secs_f64(),
             })??;
         if !(200..300).contains(&status) {
-            let json: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            let kind = json["type"]
-                .as_str()
-                .and_then(|t| t.rsplit(':').next())
-                .unwrap_or("")
-                .to_string();
+            let problem: ProblemBody = serde_json::from_slice(&bytes).unwrap_or_default();
             return Err(ClientError::Refused {
                 url: url.into(),
                 status,
-                kind,
-                detail: json["detail"].as_str().unwrap_or("").to_string(),
+                kind: problem.kind().to_string(),
+                detail: problem.detail,
             });
         }
         Ok(bytes)
@@ -340,71 +340,6 @@ impl Buf for SecretBuf {
     fn advance(&mut self, n: usize) {
         self.pos = (self.pos + n).min(self.data.len());
     }
-}
-
-/// A secret text field of a request or reply (base64 of a keyslot secret): zeroised on drop.
-#[derive(Clone, serde::Deserialize)]
-#[serde(from = "String")]
-pub struct SecretString(pub Zeroizing<String>);
-
-impl From<String> for SecretString {
-    fn from(s: String) -> SecretString {
-        SecretString(Zeroizing::new(s))
-    }
-}
-
-impl serde::Serialize for SecretString {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
-    }
-}
-
-impl std::fmt::Debug for SecretString {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SecretString(..)")
-    }
-}
-
-/// Body of `POST /v1/volumes/{uuid}/wrap` (`docs/keyservice-api.md`).
-#[derive(serde::Serialize)]
-pub struct WrapRequest<'a> {
-    /// Keyslot number the secret opens.
-    pub slot: u32,
-    /// KEK name.
-    pub kek: &'a str,
-    /// The secret, base64.
-    pub secret: &'a SecretString,
-}
-
-/// Reply of the wrap endpoint.
-#[derive(Debug, serde::Deserialize)]
-pub struct WrapReply {
-    /// KEK version that wrapped the secret (the current one).
-    pub version: u32,
-    /// The wrapped blob, base64 (not secret: only the service's KEK opens it).
-    pub blob: String,
-}
-
-/// Body of `POST /v1/volumes/{uuid}/unwrap`.
-#[derive(serde::Serialize)]
-pub struct UnwrapRequest<'a> {
-    /// Keyslot number.
-    pub slot: u32,
-    /// KEK name.
-    pub kek: &'a str,
-    /// KEK version of the blob.
-    pub version: u64,
-    /// The wrapped blob, base64.
-    pub blob: &'a str,
-}
-
-/// Reply of the unwrap endpoint.
-#[derive(Debug, serde::Deserialize)]
-pub struct UnwrapReply {
-    /// The secret, base64.
-    pub secret: SecretString,
-    /// The KEK's current version (above the blob's: the caller should rewrap).
-    pub current_version: u64,
 }
 
 #[cfg(test)]

@@ -33,6 +33,7 @@ use nbdcrypt_luks2::crypto::kdf::argon2_derive;
 use nbdcrypt_luks2::crypto::Argon2Variant;
 
 mod join;
+pub use crate::api::{AuditRow, KekInfo, KekVersion, VerifyReport};
 pub use join::JoinOutcome;
 
 /// File name of the database in the data directory.
@@ -175,64 +176,6 @@ pub struct AuditEntry {
     pub outcome: String,
     /// More facts (keyslot, KEK version, ...); never a secret.
     pub detail: String,
-}
-
-/// One stored audit row.
-#[derive(Debug, Clone, Serialize)]
-pub struct AuditRow {
-    /// Sequence number, from 1, no gaps.
-    pub seq: i64,
-    /// Milliseconds since the Unix epoch.
-    pub time_ms: i64,
-    /// See [`AuditEntry`].
-    pub actor: String,
-    /// See [`AuditEntry`].
-    pub action: String,
-    /// See [`AuditEntry`].
-    pub target: String,
-    /// See [`AuditEntry`].
-    pub outcome: String,
-    /// See [`AuditEntry`].
-    pub detail: String,
-    /// Hex SHA-256 of the previous row.
-    pub prev: String,
-    /// Hex SHA-256 of this row.
-    pub hash: String,
-}
-
-/// Result of [`Store::audit_verify`].
-#[derive(Debug, Clone, Serialize)]
-pub struct VerifyReport {
-    /// Rows checked.
-    pub rows: i64,
-    /// `true` when every row's hash and link are right and the numbers have no gap.
-    pub ok: bool,
-    /// The first row that is wrong, if any.
-    pub bad_seq: Option<i64>,
-    /// Why it is wrong.
-    pub problem: Option<String>,
-}
-
-/// A KEK version and how many keyslots hosts last reported using it.
-#[derive(Debug, Clone, Serialize)]
-pub struct KekVersion {
-    /// Version number, from 1.
-    pub version: u32,
-    /// Keyslots whose last wrap or unwrap used this version.
-    pub keyslots: i64,
-}
-
-/// What `kek show` prints.
-#[derive(Debug, Clone, Serialize)]
-pub struct KekInfo {
-    /// The KEK's name.
-    pub name: String,
-    /// The version new wraps use.
-    pub current: u32,
-    /// Versions below this are refused for unwrapping.
-    pub min_unwrap_version: u32,
-    /// Every version.
-    pub versions: Vec<KekVersion>,
 }
 
 /// What `init` created (the admin token is shown once, never stored in clear).
