@@ -1,12 +1,16 @@
 //! One-time join tokens (`docs/keyservice-api.md` "Joining"): `host join-token NAME` stores the
 //! SHA-256 of a random token with an expiry; a host without a certificate redeems it once at
 //! `POST /v1/join` with its own P-256 public key and gets a client certificate for NAME. The
-//! private key never leaves the host. Part of [`super::Store`] (a child module of the store).
+//! private key never leaves the host.
 
 use rusqlite::{params, Connection, OptionalExtension};
 use zeroize::Zeroizing;
 
-use super::{check_name, db, now_ms, token_digest, AuditEntry, RootKey, Store, StoreError};
+use super::audit::AuditEntry;
+use super::conn::{check_name, now_ms, Store};
+use super::error::{db, StoreError};
+use super::root::RootKey;
+use super::tokens::{new_token, token_digest, TOKEN_PREFIX};
 use crate::pki;
 use crate::refusal::Refusal;
 
@@ -65,10 +69,10 @@ impl Store {
                 name: name.into(),
             });
         }
-        let raw = super::new_token()?;
+        let raw = new_token()?;
         let token = Zeroizing::new(format!(
             "{JOIN_PREFIX}{}",
-            raw.trim_start_matches(super::TOKEN_PREFIX)
+            raw.trim_start_matches(TOKEN_PREFIX)
         ));
         let digest = token_digest(&token);
         let now = now_ms();
@@ -89,15 +93,6 @@ impl Store {
             Ok(())
         })?;
         Ok(token)
-    }
-
-    fn host_exists(&self, name: &str) -> Result<bool, StoreError> {
-        Ok(self
-            .conn
-            .query_row("SELECT 1 FROM hosts WHERE name = ?1", [name], |_| Ok(()))
-            .optional()
-            .map_err(db("looking up the host"))?
-            .is_some())
     }
 
     /// Redeems join `token` for the host's P-256 public key `point` (uncompressed, 65 bytes):
