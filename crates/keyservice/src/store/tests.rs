@@ -102,7 +102,10 @@ fn kek_create_rotate_and_version_lookup() {
         assert_eq!(m.is_some(), some, "{name} v{v}");
         if let Some(m) = m {
             assert_eq!(m.len(), crate::wrap::KEY_LEN);
-            assert!(!seen.iter().any(|s: &Vec<u8>| s[..] == m[..]), "versions share material");
+            assert!(
+                !seen.iter().any(|s: &Vec<u8>| s[..] == m[..]),
+                "versions share material"
+            );
             seen.push(m.to_vec());
         }
     }
