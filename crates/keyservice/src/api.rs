@@ -7,9 +7,10 @@
 //! defaults, so one struct serves both sides. Secret fields are [`SecretString`] (zeroised on
 //! drop, redacted in `Debug`).
 //!
-//! Each request struct keeps, through `#[serde(rename)]`, the name the server's parser had
-//! before these types were shared: serde quotes it in the `detail` of a 400 `bad-request` for a
-//! body of the wrong shape (`expected struct WrapReq`), and replies do not change.
+//! The request structs keep the short names the server's parser always had (`WrapReq`, ...),
+//! because serde quotes the type's name in the `detail` of a 400 `bad-request` for a body of
+//! the wrong shape (`expected struct WrapReq with 3 elements`); each has an alias with the
+//! longer name (`WrapRequest`, ...) that the client has always used.
 
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
@@ -51,13 +52,15 @@ pub struct HealthReply {
 
 /// Body of `POST /v1/join` (anyone holding a join token).
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(rename = "JoinReq")]
-pub struct JoinRequest<Text = String> {
+pub struct JoinReq<Text = String> {
     /// The one-time join token (`nbj_...`).
     pub token: SecretString,
     /// The host's P-256 public key: the uncompressed point (65 bytes), standard base64.
     pub public_key: Text,
 }
+
+/// [`JoinReq`] by its endpoint-neutral name.
+pub type JoinRequest<Text = String> = JoinReq<Text>;
 
 /// Reply of `POST /v1/join`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,11 +73,13 @@ pub struct JoinReply {
 
 /// Body of `POST /v1/volumes` (a host; it becomes the owner).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename = "RegisterReq")]
-pub struct RegisterRequest<Text = String> {
+pub struct RegisterReq<Text = String> {
     /// The volume UUID as in its LUKS2 header (36 characters).
     pub uuid: Text,
 }
+
+/// [`RegisterReq`] by its endpoint-neutral name.
+pub type RegisterRequest<Text = String> = RegisterReq<Text>;
 
 /// Reply of `POST /v1/volumes`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,8 +92,7 @@ pub struct RegisterReply {
 
 /// Body of `POST /v1/volumes/{uuid}/wrap` (the owner host).
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(rename = "WrapReq")]
-pub struct WrapRequest<Text = String, Secret = SecretString> {
+pub struct WrapReq<Text = String, Secret = SecretString> {
     /// Keyslot number the secret opens.
     pub slot: u32,
     /// KEK name.
@@ -96,6 +100,9 @@ pub struct WrapRequest<Text = String, Secret = SecretString> {
     /// The secret (1 to 64 bytes), standard base64.
     pub secret: Secret,
 }
+
+/// [`WrapReq`] by its endpoint-neutral name.
+pub type WrapRequest<Text = String, Secret = SecretString> = WrapReq<Text, Secret>;
 
 /// Reply of `POST /v1/volumes/{uuid}/wrap`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -114,8 +121,7 @@ pub struct WrapReply {
 /// server (a larger number is a 400 `bad-request`); a client may send the `u64` it read from
 /// the volume's LUKS2 token.
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(rename = "UnwrapReq")]
-pub struct UnwrapRequest<Text = String, Version = u32> {
+pub struct UnwrapReq<Text = String, Version = u32> {
     /// Keyslot number.
     pub slot: u32,
     /// KEK name.
@@ -125,6 +131,9 @@ pub struct UnwrapRequest<Text = String, Version = u32> {
     /// The wrapped blob, standard base64.
     pub blob: Text,
 }
+
+/// [`UnwrapReq`] by its endpoint-neutral name.
+pub type UnwrapRequest<Text = String, Version = u32> = UnwrapReq<Text, Version>;
 
 /// Reply of `POST /v1/volumes/{uuid}/unwrap`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -137,11 +146,13 @@ pub struct UnwrapReply {
 
 /// Body of `PUT /v1/volumes/{uuid}/escrow` (the owner host).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename = "EscrowReq")]
-pub struct EscrowStoreRequest<Text = String> {
+pub struct EscrowReq<Text = String> {
     /// The escrow package: an armored `age` file (`format-spec.md` §9.3).
     pub package: Text,
 }
+
+/// [`EscrowReq`] by its endpoint-neutral name.
+pub type EscrowStoreRequest<Text = String> = EscrowReq<Text>;
 
 /// Reply of `PUT /v1/volumes/{uuid}/escrow`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -23,6 +23,9 @@ mod problem;
 pub mod routes;
 mod volumes;
 
+#[cfg(test)]
+mod tests;
+
 pub use app::App;
 pub use listen::{serve, tls_config, ServeError};
 pub use problem::Problem;
