@@ -59,7 +59,7 @@ pub struct JoinReq<Text = String> {
     pub public_key: Text,
 }
 
-/// [`JoinReq`] by its endpoint-neutral name.
+/// [`JoinReq`] by the name the client has always used for it.
 pub type JoinRequest<Text = String> = JoinReq<Text>;
 
 /// Reply of `POST /v1/join`.
@@ -78,7 +78,7 @@ pub struct RegisterReq<Text = String> {
     pub uuid: Text,
 }
 
-/// [`RegisterReq`] by its endpoint-neutral name.
+/// [`RegisterReq`] by the name the client has always used for it.
 pub type RegisterRequest<Text = String> = RegisterReq<Text>;
 
 /// Reply of `POST /v1/volumes`.
@@ -101,7 +101,7 @@ pub struct WrapReq<Text = String, Secret = SecretString> {
     pub secret: Secret,
 }
 
-/// [`WrapReq`] by its endpoint-neutral name.
+/// [`WrapReq`] by the name the client has always used for it.
 pub type WrapRequest<Text = String, Secret = SecretString> = WrapReq<Text, Secret>;
 
 /// Reply of `POST /v1/volumes/{uuid}/wrap`.
@@ -132,7 +132,7 @@ pub struct UnwrapReq<Text = String, Version = u32> {
     pub blob: Text,
 }
 
-/// [`UnwrapReq`] by its endpoint-neutral name.
+/// [`UnwrapReq`] by the name the client has always used for it.
 pub type UnwrapRequest<Text = String, Version = u32> = UnwrapReq<Text, Version>;
 
 /// Reply of `POST /v1/volumes/{uuid}/unwrap`.
@@ -151,7 +151,7 @@ pub struct EscrowReq<Text = String> {
     pub package: Text,
 }
 
-/// [`EscrowReq`] by its endpoint-neutral name.
+/// [`EscrowReq`] by the name the client has always used for it.
 pub type EscrowStoreRequest<Text = String> = EscrowReq<Text>;
 
 /// Reply of `PUT /v1/volumes/{uuid}/escrow`.
