@@ -2,7 +2,8 @@
 //! host's client certificate (rustls, ring provider), HTTP/1.1 through hyper, one request per
 //! connection, and a whole-request timeout per endpoint so a dead server costs seconds.
 //!
-//! Blocking: each call runs on a private current-thread tokio runtime.
+//! Blocking: each call runs on a private current-thread tokio runtime. The request and reply
+//! bodies are the shared wire types of [`crate::api`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,6 +19,14 @@ use rustls::{ClientConfig, RootCertStore};
 use serde_json::Value;
 use tokio_rustls::TlsConnector;
 use zeroize::Zeroizing;
+
+use crate::api::{
+    AuditListReply, AuditQuery, EscrowFetchReply, EscrowStoreReply, EscrowStoreRequest,
+    HealthReply, JoinReply, JoinRequest, KekInfo, OfficersReply, ProblemBody, RegisterReply,
+    RegisterRequest, VerifyReport,
+};
+/// The wire types the volume CLI sends and reads, at their former place.
+pub use crate::api::{SecretString, UnwrapReply, UnwrapRequest, WrapReply, WrapRequest};
 
 /// The host identity files: certificate and key from `nbdcrypt-keyd host add`, and the
 /// service's CA certificate (`ca.pem` of its data directory).
@@ -207,11 +216,7 @@ impl Client {
         path: &str,
         body: &impl serde::Serialize,
     ) -> Result<T, ClientError> {
-        let bytes = self.call_bytes(url, method, path, Some(body))?;
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Transport {
-            url: url.into(),
-            detail: format!("reply of {path}: {e}"),
-        })
+        self.call_typed(url, method, path, Some(body))
     }
 
     /// The body bytes of a 2xx reply, in a zeroised buffer; the request body is serialised
@@ -247,17 +252,12 @@ impl Client {
                 secs: self.timeout.as_secs_f64(),
             })??;
         if !(200..300).contains(&status) {
-            let json: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            let kind = json["type"]
-                .as_str()
-                .and_then(|t| t.rsplit(':').next())
-                .unwrap_or("")
-                .to_string();
+            let problem: ProblemBody = serde_json::from_slice(&bytes).unwrap_or_default();
             return Err(ClientError::Refused {
                 url: url.into(),
                 status,
-                kind,
-                detail: json["detail"].as_str().unwrap_or("").to_string(),
+                kind: problem.kind().to_string(),
+                detail: problem.detail,
             });
         }
         Ok(bytes)
@@ -321,6 +321,130 @@ impl Client {
     }
 }
 
+/// One method per endpoint (`docs/keyservice-api.md` "Endpoints"), with the shared wire types
+/// of [`crate::api`]: the path is built here, the reply parsed as its type.
+///
+/// Errors (every method): as [`Client::call_secret`]; [`ClientError::Refused`] carries the
+/// refusal's status and kind ([`crate::refusal::Refusal`]).
+impl Client {
+    /// `GET /v1/health`.
+    pub fn health(&self, url: &str) -> Result<HealthReply, ClientError> {
+        self.call_typed(url, "GET", "/v1/health", None::<&()>)
+    }
+
+    /// `POST /v1/join` with a join token and the host's public key (no client certificate:
+    /// use [`Client::anonymous`]).
+    pub fn join(&self, url: &str, req: &JoinRequest<&str>) -> Result<JoinReply, ClientError> {
+        self.call_typed(url, "POST", "/v1/join", Some(req))
+    }
+
+    /// `POST /v1/volumes`: registers volume `uuid` to this host.
+    pub fn register(&self, url: &str, uuid: &str) -> Result<RegisterReply, ClientError> {
+        let req = RegisterRequest { uuid };
+        self.call_typed(url, "POST", "/v1/volumes", Some(&req))
+    }
+
+    /// `POST /v1/volumes/{uuid}/wrap`.
+    pub fn wrap(
+        &self,
+        url: &str,
+        uuid: &str,
+        req: &WrapRequest<&str, &SecretString>,
+    ) -> Result<WrapReply, ClientError> {
+        self.call_typed(url, "POST", &format!("/v1/volumes/{uuid}/wrap"), Some(req))
+    }
+
+    /// `POST /v1/volumes/{uuid}/unwrap`; the reply's secret is zeroised on drop.
+    pub fn unwrap(
+        &self,
+        url: &str,
+        uuid: &str,
+        req: &UnwrapRequest<&str, u64>,
+    ) -> Result<UnwrapReply, ClientError> {
+        self.call_typed(
+            url,
+            "POST",
+            &format!("/v1/volumes/{uuid}/unwrap"),
+            Some(req),
+        )
+    }
+
+    /// `PUT /v1/volumes/{uuid}/escrow` with an armored `age` package.
+    pub fn escrow_store(
+        &self,
+        url: &str,
+        uuid: &str,
+        package: &str,
+    ) -> Result<EscrowStoreReply, ClientError> {
+        let req = EscrowStoreRequest { package };
+        self.call_typed(
+            url,
+            "PUT",
+            &format!("/v1/volumes/{uuid}/escrow"),
+            Some(&req),
+        )
+    }
+
+    /// `GET /v1/volumes/{uuid}/escrow` (an officer's token).
+    pub fn escrow_fetch(&self, url: &str, uuid: &str) -> Result<EscrowFetchReply, ClientError> {
+        self.call_typed(
+            url,
+            "GET",
+            &format!("/v1/volumes/{uuid}/escrow"),
+            None::<&()>,
+        )
+    }
+
+    /// `GET /v1/officers`.
+    pub fn officers(&self, url: &str) -> Result<OfficersReply, ClientError> {
+        self.call_typed(url, "GET", "/v1/officers", None::<&()>)
+    }
+
+    /// `GET /v1/keks/{name}` (an admin's or auditor's token).
+    pub fn kek(&self, url: &str, name: &str) -> Result<KekInfo, ClientError> {
+        self.call_typed(url, "GET", &format!("/v1/keks/{name}"), None::<&()>)
+    }
+
+    /// `GET /v1/audit` (an admin's or auditor's token).
+    pub fn audit_list(&self, url: &str, q: &AuditQuery) -> Result<AuditListReply, ClientError> {
+        let path = audit_path(q);
+        self.call_typed(url, "GET", &path, None::<&()>)
+    }
+
+    /// `GET /v1/audit/verify` (an admin's or auditor's token).
+    pub fn audit_verify(&self, url: &str) -> Result<VerifyReport, ClientError> {
+        self.call_typed(url, "GET", "/v1/audit/verify", None::<&()>)
+    }
+
+    /// A call whose 2xx reply is parsed as `T`.
+    fn call_typed<T: serde::de::DeserializeOwned>(
+        &self,
+        url: &str,
+        method: &str,
+        path: &str,
+        body: Option<&impl serde::Serialize>,
+    ) -> Result<T, ClientError> {
+        let bytes = self.call_bytes(url, method, path, body)?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Transport {
+            url: url.into(),
+            detail: format!("reply of {path}: {e}"),
+        })
+    }
+}
+
+/// `/v1/audit` with the query's `after` and `limit` when set.
+fn audit_path(q: &AuditQuery) -> String {
+    let params: Vec<String> = [("after", q.after), ("limit", q.limit)]
+        .iter()
+        .filter_map(|(k, v)| v.map(|v| format!("{k}={v}")))
+        .collect();
+    if params.is_empty() {
+        "/v1/audit".into()
+    } else {
+        format!("/v1/audit?{}", params.join("&"))
+    }
+}
+
 /// The largest reply read, bytes (escrow packages are the largest, a few KiB).
 const MAX_REPLY: usize = 16 << 20;
 
@@ -342,74 +466,23 @@ impl Buf for SecretBuf {
     }
 }
 
-/// A secret text field of a request or reply (base64 of a keyslot secret): zeroised on drop.
-#[derive(Clone, serde::Deserialize)]
-#[serde(from = "String")]
-pub struct SecretString(pub Zeroizing<String>);
-
-impl From<String> for SecretString {
-    fn from(s: String) -> SecretString {
-        SecretString(Zeroizing::new(s))
-    }
-}
-
-impl serde::Serialize for SecretString {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
-    }
-}
-
-impl std::fmt::Debug for SecretString {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SecretString(..)")
-    }
-}
-
-/// Body of `POST /v1/volumes/{uuid}/wrap` (`docs/keyservice-api.md`).
-#[derive(serde::Serialize)]
-pub struct WrapRequest<'a> {
-    /// Keyslot number the secret opens.
-    pub slot: u32,
-    /// KEK name.
-    pub kek: &'a str,
-    /// The secret, base64.
-    pub secret: &'a SecretString,
-}
-
-/// Reply of the wrap endpoint.
-#[derive(Debug, serde::Deserialize)]
-pub struct WrapReply {
-    /// KEK version that wrapped the secret (the current one).
-    pub version: u32,
-    /// The wrapped blob, base64 (not secret: only the service's KEK opens it).
-    pub blob: String,
-}
-
-/// Body of `POST /v1/volumes/{uuid}/unwrap`.
-#[derive(serde::Serialize)]
-pub struct UnwrapRequest<'a> {
-    /// Keyslot number.
-    pub slot: u32,
-    /// KEK name.
-    pub kek: &'a str,
-    /// KEK version of the blob.
-    pub version: u64,
-    /// The wrapped blob, base64.
-    pub blob: &'a str,
-}
-
-/// Reply of the unwrap endpoint.
-#[derive(Debug, serde::Deserialize)]
-pub struct UnwrapReply {
-    /// The secret, base64.
-    pub secret: SecretString,
-    /// The KEK's current version (above the blob's: the caller should rewrap).
-    pub current_version: u64,
-}
-
 #[cfg(test)]
 mod tests {
-    use super::parse_url;
+    use super::{audit_path, parse_url, AuditQuery};
+
+    #[test]
+    fn audit_paths() {
+        let q = |after, limit| AuditQuery { after, limit };
+        let cases = [
+            (q(None, None), "/v1/audit"),
+            (q(Some(7), None), "/v1/audit?after=7"),
+            (q(None, Some(5)), "/v1/audit?limit=5"),
+            (q(Some(0), Some(10)), "/v1/audit?after=0&limit=10"),
+        ];
+        for (query, path) in cases {
+            assert_eq!(audit_path(&query), path);
+        }
+    }
 
     #[test]
     fn urls() {

@@ -1,13 +1,18 @@
 //! One-time join tokens (`docs/keyservice-api.md` "Joining"): `host join-token NAME` stores the
 //! SHA-256 of a random token with an expiry; a host without a certificate redeems it once at
 //! `POST /v1/join` with its own P-256 public key and gets a client certificate for NAME. The
-//! private key never leaves the host. Part of [`super::Store`] (a child module of the store).
+//! private key never leaves the host.
 
 use rusqlite::{params, Connection, OptionalExtension};
 use zeroize::Zeroizing;
 
-use super::{check_name, db, now_ms, token_digest, AuditEntry, RootKey, Store, StoreError};
+use super::audit::AuditEntry;
+use super::conn::{check_name, now_ms, Store};
+use super::error::{db, StoreError};
+use super::root::RootKey;
+use super::tokens::{new_token, token_digest, TOKEN_PREFIX};
 use crate::pki;
+use crate::refusal::Refusal;
 
 /// Prefix of join tokens as printed (`nbj_` + 43 base64url characters).
 pub const JOIN_PREFIX: &str = "nbj_";
@@ -30,14 +35,12 @@ pub enum JoinOutcome {
         /// Its client certificate.
         cert_pem: String,
     },
-    /// Refused: the caller writes the audit row (`actor`, HTTP `status`, problem `kind`).
+    /// Refused: the caller writes the audit row (`actor`, and the refusal's outcome).
     Refused {
         /// `anonymous` or `join:HOST`.
         actor: String,
-        /// HTTP status.
-        status: u16,
-        /// Problem type.
-        kind: &'static str,
+        /// Which refusal.
+        refusal: Refusal,
         /// Why.
         detail: String,
     },
@@ -66,10 +69,10 @@ impl Store {
                 name: name.into(),
             });
         }
-        let raw = super::new_token()?;
+        let raw = new_token()?;
         let token = Zeroizing::new(format!(
             "{JOIN_PREFIX}{}",
-            raw.trim_start_matches(super::TOKEN_PREFIX)
+            raw.trim_start_matches(TOKEN_PREFIX)
         ));
         let digest = token_digest(&token);
         let now = now_ms();
@@ -92,20 +95,12 @@ impl Store {
         Ok(token)
     }
 
-    fn host_exists(&self, name: &str) -> Result<bool, StoreError> {
-        Ok(self
-            .conn
-            .query_row("SELECT 1 FROM hosts WHERE name = ?1", [name], |_| Ok(()))
-            .optional()
-            .map_err(db("looking up the host"))?
-            .is_some())
-    }
-
     /// Redeems join `token` for the host's P-256 public key `point` (uncompressed, 65 bytes):
-    /// refuses an unknown token (401 `bad-join-token`), a used one (403 `join-token-used`), an
-    /// expired one (403 `join-token-expired`), a host that exists already (409 `host-exists`)
-    /// and a bad key (400 `bad-request`); otherwise issues the certificate and, in one
-    /// transaction, records the host, marks the token used and appends the `join` audit row.
+    /// refuses an unknown token ([`Refusal::BadJoinToken`]), a used one
+    /// ([`Refusal::JoinTokenUsed`]), an expired one ([`Refusal::JoinTokenExpired`]), a host that
+    /// exists already ([`Refusal::HostExists`]) and a bad key ([`Refusal::BadRequest`]);
+    /// otherwise issues the certificate and, in one transaction, records the host, marks the
+    /// token used and appends the `join` audit row.
     ///
     /// Errors: database, root key (the CA key).
     pub fn join_redeem(
@@ -124,19 +119,17 @@ impl Store {
             )
             .optional()
             .map_err(db("looking up the join token"))?;
-        let refused = |actor: String, status, kind, detail: String| {
+        let refused = |actor: String, refusal, detail: String| {
             Ok(JoinOutcome::Refused {
                 actor,
-                status,
-                kind,
+                refusal,
                 detail,
             })
         };
         let Some((host, expires, used)) = row else {
             return refused(
                 "anonymous".into(),
-                401,
-                "bad-join-token",
+                Refusal::BadJoinToken,
                 "unknown join token".into(),
             );
         };
@@ -144,31 +137,28 @@ impl Store {
         if let Some(at) = used {
             return refused(
                 actor,
-                403,
-                "join-token-used",
+                Refusal::JoinTokenUsed,
                 format!("the join token of host {host} was used at {at} ms"),
             );
         }
         if now_ms() >= expires {
             return refused(
                 actor,
-                403,
-                "join-token-expired",
+                Refusal::JoinTokenExpired,
                 format!("the join token of host {host} expired at {expires} ms"),
             );
         }
         if self.host_exists(&host)? {
             return refused(
                 actor,
-                409,
-                "host-exists",
+                Refusal::HostExists,
                 format!("host {host} exists already"),
             );
         }
         let ca_key = self.ca_key(root)?;
         let (cert_pem, der) = match pki::host_cert_for_key(&ca_key, &host, point) {
             Ok(c) => c,
-            Err(e) => return refused(actor, 400, "bad-request", e.to_string()),
+            Err(e) => return refused(actor, Refusal::BadRequest, e.to_string()),
         };
         let fpr = pki::fingerprint(&der);
         let entry = AuditEntry {

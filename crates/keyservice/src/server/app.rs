@@ -1,0 +1,308 @@
+//! The handlers' shared state ([`App`]: the store and the root key) and the checks every
+//! handler starts with: who is calling (certificate or bearer token), whether it may, whether
+//! it owns the volume, and whether the body and UUID parse. Each refusal is written to the
+//! audit log here ([`App::refuse`]) before its reply is built.
+
+use std::sync::{Arc, Mutex};
+
+use axum::http::{header, HeaderMap};
+use serde::Deserialize;
+
+use super::problem::Problem;
+use crate::refusal::Refusal;
+use crate::store::{AuditEntry, Role, RootKey, Store};
+
+/// Shared state of the handlers.
+pub struct App {
+    pub(super) store: Mutex<Store>,
+    pub(super) root: RootKey,
+}
+
+/// The client certificate fingerprint of a connection (hex SHA-256), if one was presented.
+#[derive(Clone)]
+pub(super) struct Peer(pub(super) Option<String>);
+
+/// Who is calling.
+pub(super) enum Caller {
+    /// A host, by name.
+    Host(String),
+    /// A person: token name and role.
+    Person(String, Role),
+}
+
+impl Caller {
+    /// The audit actor: `host:NAME` or `token:NAME(ROLE)`.
+    pub(super) fn actor(&self) -> String {
+        match self {
+            Caller::Host(n) => format!("host:{n}"),
+            Caller::Person(n, r) => format!("token:{n}({})", r.as_str()),
+        }
+    }
+}
+
+/// The bearer token of `Authorization: Bearer T`, trimmed.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+/// Whether `uuid` is a volume UUID as LUKS2 headers write it: 36 characters, hex digits with
+/// `-` at offsets 8, 13, 18 and 23.
+pub(super) fn is_volume_uuid(uuid: &str) -> bool {
+    uuid.len() == 36
+        && uuid.bytes().enumerate().all(|(i, b)| {
+            if [8, 13, 18, 23].contains(&i) {
+                b == b'-'
+            } else {
+                b.is_ascii_hexdigit()
+            }
+        })
+}
+
+impl App {
+    /// State over an open store and its unlocked root key.
+    pub fn new(store: Store, root: RootKey) -> App {
+        App {
+            store: Mutex::new(store),
+            root,
+        }
+    }
+
+    /// Writes the refusal's audit row (if the refusal is audited) and returns the problem to
+    /// send (500 if the audit write itself fails).
+    pub(super) fn refuse(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        refusal: Refusal,
+        detail: String,
+    ) -> Problem {
+        let Some(outcome) = refusal.audit_outcome() else {
+            return Problem::new(refusal, detail, None);
+        };
+        let entry = AuditEntry {
+            actor: actor.into(),
+            action: action.into(),
+            target: target.into(),
+            outcome,
+            detail: detail.clone(),
+        };
+        match self.store.lock().unwrap().audit(entry) {
+            Ok(seq) => Problem::new(refusal, detail, Some(seq)),
+            Err(e) => Problem::internal(format!("audit write failed: {e}")),
+        }
+    }
+
+    /// Identifies the caller, or refuses (audited).
+    pub(super) fn identify(
+        &self,
+        peer: &Peer,
+        headers: &HeaderMap,
+        action: &str,
+        target: &str,
+    ) -> Result<Caller, Problem> {
+        if let Some(fpr) = &peer.0 {
+            let found = self.store.lock().unwrap().host_by_fingerprint(fpr)?;
+            return match found {
+                Some((name, false)) => Ok(Caller::Host(name)),
+                Some((name, true)) => Err(self.refuse(
+                    &format!("host:{name}"),
+                    action,
+                    target,
+                    Refusal::HostRevoked,
+                    format!("host {name} is revoked"),
+                )),
+                None => Err(self.refuse(
+                    "anonymous",
+                    action,
+                    target,
+                    Refusal::UnknownHost,
+                    format!("no host has the client certificate {fpr}"),
+                )),
+            };
+        }
+        match bearer(headers) {
+            Some(t) => {
+                let found = self.store.lock().unwrap().token_lookup(t)?;
+                match found {
+                    Some((name, role)) => Ok(Caller::Person(name, role)),
+                    None => Err(self.refuse(
+                        "anonymous",
+                        action,
+                        target,
+                        Refusal::BadToken,
+                        "unknown or revoked bearer token".into(),
+                    )),
+                }
+            }
+            None => Err(self.refuse(
+                "anonymous",
+                action,
+                target,
+                Refusal::NoCredentials,
+                "no client certificate and no bearer token".into(),
+            )),
+        }
+    }
+
+    /// Identifies a host, refusing people (audited).
+    pub(super) fn host(
+        &self,
+        peer: &Peer,
+        headers: &HeaderMap,
+        action: &str,
+        target: &str,
+    ) -> Result<String, Problem> {
+        match self.identify(peer, headers, action, target)? {
+            Caller::Host(n) => Ok(n),
+            p @ Caller::Person(..) => Err(self.refuse(
+                &p.actor(),
+                action,
+                target,
+                Refusal::HostsOnly,
+                format!("{action} is for hosts (client certificate), not bearer tokens"),
+            )),
+        }
+    }
+
+    /// Identifies a person of one of `roles`, refusing others (audited).
+    pub(super) fn person(
+        &self,
+        peer: &Peer,
+        headers: &HeaderMap,
+        action: &str,
+        target: &str,
+        roles: &[Role],
+    ) -> Result<String, Problem> {
+        let c = self.identify(peer, headers, action, target)?;
+        match &c {
+            Caller::Person(n, r) if roles.contains(r) => Ok(n.clone()),
+            _ => Err(self.refuse(
+                &c.actor(),
+                action,
+                target,
+                Refusal::Role,
+                format!(
+                    "{action} needs role {}",
+                    roles
+                        .iter()
+                        .map(|r| r.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" or ")
+                ),
+            )),
+        }
+    }
+
+    /// Checks that `uuid` is registered to `host` (audited refusals).
+    pub(super) fn owned(&self, host: &str, uuid: &str, action: &str) -> Result<(), Problem> {
+        let actor = format!("host:{host}");
+        let owner = self.store.lock().unwrap().volume_owner(uuid)?;
+        match owner {
+            Some(o) if o == host => Ok(()),
+            Some(o) => Err(self.refuse(
+                &actor,
+                action,
+                uuid,
+                Refusal::NotOwner,
+                format!("volume {uuid} belongs to host {o}"),
+            )),
+            None => Err(self.refuse(
+                &actor,
+                action,
+                uuid,
+                Refusal::UnknownVolume,
+                format!("volume {uuid} is not registered"),
+            )),
+        }
+    }
+
+    /// The JSON request body as `T`, or a 400 `bad-request` (audited).
+    pub(super) fn parse<T: for<'de> Deserialize<'de>>(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        body: &[u8],
+    ) -> Result<T, Problem> {
+        serde_json::from_slice(body).map_err(|e| {
+            self.refuse(
+                actor,
+                action,
+                target,
+                Refusal::BadRequest,
+                format!("request body: {e}"),
+            )
+        })
+    }
+
+    /// Refuses (400 `bad-request`, audited as `anonymous`) a `uuid` that is no volume UUID.
+    pub(super) fn check_uuid(&self, uuid: &str, action: &str) -> Result<(), Problem> {
+        if is_volume_uuid(uuid) {
+            Ok(())
+        } else {
+            Err(self.refuse(
+                "anonymous",
+                action,
+                "",
+                Refusal::BadRequest,
+                format!("{uuid:?} is not a volume UUID"),
+            ))
+        }
+    }
+}
+
+/// Runs blocking store work off the async threads.
+pub(super) async fn blocking<T: Send + 'static>(
+    app: Arc<App>,
+    f: impl FnOnce(&App) -> Result<T, Problem> + Send + 'static,
+) -> Result<T, Problem> {
+    tokio::task::spawn_blocking(move || f(&app))
+        .await
+        .unwrap_or_else(|_| Err(Problem::internal("worker failed")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volume_uuids() {
+        let cases = [
+            ("0f2b6c4e-1a2b-4c3d-8e9f-00112233aabb", true),
+            ("0F2B6C4E-1A2B-4C3D-8E9F-00112233AABB", true),
+            ("0f2b6c4e-1a2b-4c3d-8e9f-00112233aab", false),
+            ("0f2b6c4e-1a2b-4c3d-8e9f-00112233aabbc", false),
+            ("0f2b6c4e11a2b-4c3d-8e9f-00112233aabb", false),
+            ("0f2b6c4e-1a2b-4c3d-8e9f-00112233aabg", false),
+            ("../../../../etc/passwd-aaaaaaaaaaaaa", false),
+            ("", false),
+        ];
+        for (u, ok) in cases {
+            assert_eq!(is_volume_uuid(u), ok, "{u:?}");
+        }
+    }
+
+    #[test]
+    fn bearer_tokens() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer(&h), None);
+        h.insert(header::AUTHORIZATION, "Bearer  nbk_x ".parse().unwrap());
+        assert_eq!(bearer(&h), Some("nbk_x"));
+        h.insert(header::AUTHORIZATION, "Basic abc".parse().unwrap());
+        assert_eq!(bearer(&h), None);
+    }
+
+    #[test]
+    fn actors() {
+        assert_eq!(Caller::Host("a".into()).actor(), "host:a");
+        assert_eq!(
+            Caller::Person("olga".into(), Role::Officer).actor(),
+            "token:olga(officer)"
+        );
+    }
+}

@@ -1,0 +1,201 @@
+//! The audit chain (`docs/keyservice-api.md` "Audit log"): appending a row in the same
+//! transaction as the change it records ([`Store::with_audit`]), listing rows, and verifying the
+//! hash chain. `hash` = SHA-256 over `prev ‖ seq ‖ time ‖ actor ‖ action ‖ target ‖ outcome ‖
+//! detail` (integers 8-byte big endian, text 4-byte big-endian length then UTF-8).
+
+use rusqlite::{params, OptionalExtension, Transaction, TransactionBehavior};
+use sha2::{Digest, Sha256};
+
+use super::conn::{now_ms, Store};
+use super::error::{db, StoreError};
+use crate::api::{AuditRow, VerifyReport};
+use crate::pki;
+
+/// One audit row to append.
+#[derive(Debug, Clone)]
+pub struct AuditEntry {
+    /// Who: `host:NAME`, `token:NAME(ROLE)`, `join:HOST`, `cli`, or `anonymous`.
+    pub actor: String,
+    /// What: `unwrap`, `wrap`, `register`, `escrow-store`, `kek-create`, ...
+    pub action: String,
+    /// On what: a volume UUID, KEK, host or token name; may be empty.
+    pub target: String,
+    /// `ok`, or `refused STATUS: KIND` ([`crate::refusal::Refusal::audit_outcome`]).
+    pub outcome: String,
+    /// More facts (keyslot, KEK version, ...); never a secret.
+    pub detail: String,
+}
+
+/// An `ok` row of the administration command line (actor `cli`).
+pub(super) fn cli_entry(action: &str, target: &str, detail: &str) -> AuditEntry {
+    AuditEntry {
+        actor: "cli".into(),
+        action: action.into(),
+        target: target.into(),
+        outcome: "ok".into(),
+        detail: detail.into(),
+    }
+}
+
+/// SHA-256 of an audit row (see the module documentation for the layout).
+fn row_hash(prev: &[u8], seq: i64, time_ms: i64, fields: [&str; 5]) -> Vec<u8> {
+    let mut h = Sha256::new();
+    h.update(prev);
+    h.update(seq.to_be_bytes());
+    h.update(time_ms.to_be_bytes());
+    for f in fields {
+        h.update((f.len() as u32).to_be_bytes());
+        h.update(f.as_bytes());
+    }
+    h.finalize().to_vec()
+}
+
+/// Appends `e` to the audit chain inside `tx`; returns its sequence number.
+pub(super) fn append_audit(tx: &Transaction<'_>, e: &AuditEntry) -> Result<i64, StoreError> {
+    let last: Option<(i64, Vec<u8>)> = tx
+        .query_row(
+            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(db("reading the audit chain"))?;
+    let (seq, prev) = match last {
+        Some((s, h)) => (s + 1, h),
+        None => (1, vec![0u8; 32]),
+    };
+    let t = now_ms();
+    let fields = [
+        e.actor.as_str(),
+        e.action.as_str(),
+        e.target.as_str(),
+        e.outcome.as_str(),
+        e.detail.as_str(),
+    ];
+    let hash = row_hash(&prev, seq, t, fields);
+    tx.execute(
+        "INSERT INTO audit (seq, time_ms, actor, action, target, outcome, detail, prev, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![seq, t, e.actor, e.action, e.target, e.outcome, e.detail, prev, hash],
+    )
+    .map_err(db("writing the audit row"))?;
+    Ok(seq)
+}
+
+impl Store {
+    /// Runs `f` and appends `entry` in one IMMEDIATE transaction; commits only if both
+    /// succeed. `f` may change `entry` (to fill in details it learns).
+    ///
+    /// Errors: whatever `f` returns, or the database's (the change is then not made).
+    pub fn with_audit<T>(
+        &mut self,
+        mut entry: AuditEntry,
+        f: impl FnOnce(&Transaction<'_>, &mut AuditEntry) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db("starting a transaction"))?;
+        let out = f(&tx, &mut entry)?;
+        append_audit(&tx, &entry)?;
+        tx.commit().map_err(db("committing"))?;
+        Ok(out)
+    }
+
+    /// Appends one audit row on its own (a refusal, which changes nothing else).
+    ///
+    /// Errors: database.
+    pub fn audit(&mut self, entry: AuditEntry) -> Result<i64, StoreError> {
+        self.with_audit(entry, |_, _| Ok(()))?;
+        self.conn
+            .query_row("SELECT max(seq) FROM audit", [], |r| r.get(0))
+            .map_err(db("reading the audit chain"))
+    }
+
+    /// Audit rows with `seq > after`, at most `limit`, in order.
+    ///
+    /// Errors: database.
+    pub fn audit_list(&self, after: i64, limit: i64) -> Result<Vec<AuditRow>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT seq, time_ms, actor, action, target, outcome, detail, prev, hash
+                 FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )
+            .map_err(db("reading the audit log"))?;
+        let rows = st
+            .query_map(params![after, limit], |r| {
+                Ok(AuditRow {
+                    seq: r.get(0)?,
+                    time_ms: r.get(1)?,
+                    actor: r.get(2)?,
+                    action: r.get(3)?,
+                    target: r.get(4)?,
+                    outcome: r.get(5)?,
+                    detail: r.get(6)?,
+                    prev: pki::hex(&r.get::<_, Vec<u8>>(7)?),
+                    hash: pki::hex(&r.get::<_, Vec<u8>>(8)?),
+                })
+            })
+            .map_err(db("reading the audit log"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(db("reading the audit log"))
+    }
+
+    /// Checks the whole chain: numbers 1, 2, ... without gaps, each `prev` equal to the
+    /// previous row's `hash`, each `hash` recomputed from the row. Reports the first bad row.
+    ///
+    /// Errors: database.
+    pub fn audit_verify(&self) -> Result<VerifyReport, StoreError> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT seq, time_ms, actor, action, target, outcome, detail, prev, hash
+                 FROM audit ORDER BY seq",
+            )
+            .map_err(db("reading the audit log"))?;
+        let mut rows = st.query([]).map_err(db("reading the audit log"))?;
+        let mut expect_prev = vec![0u8; 32];
+        let mut n = 0i64;
+        let bad = |seq: i64, n: i64, why: String| VerifyReport {
+            rows: n,
+            ok: false,
+            bad_seq: Some(seq),
+            problem: Some(why),
+        };
+        while let Some(r) = rows.next().map_err(db("reading the audit log"))? {
+            let get = |i| -> Result<String, StoreError> {
+                r.get::<_, String>(i).map_err(db("reading the audit log"))
+            };
+            let seq: i64 = r.get(0).map_err(db("reading the audit log"))?;
+            let time_ms: i64 = r.get(1).map_err(db("reading the audit log"))?;
+            let fields = [get(2)?, get(3)?, get(4)?, get(5)?, get(6)?];
+            let prev: Vec<u8> = r.get(7).map_err(db("reading the audit log"))?;
+            let hash: Vec<u8> = r.get(8).map_err(db("reading the audit log"))?;
+            n += 1;
+            if seq != n {
+                return Ok(bad(n, n, format!("row {n} is missing (next row is {seq})")));
+            }
+            if prev != expect_prev {
+                return Ok(bad(seq, n, "its link to the previous row is wrong".into()));
+            }
+            let f = [
+                fields[0].as_str(),
+                fields[1].as_str(),
+                fields[2].as_str(),
+                fields[3].as_str(),
+                fields[4].as_str(),
+            ];
+            if row_hash(&prev, seq, time_ms, f) != hash {
+                return Ok(bad(seq, n, "its content does not match its hash".into()));
+            }
+            expect_prev = hash;
+        }
+        Ok(VerifyReport {
+            rows: n,
+            ok: true,
+            bad_seq: None,
+            problem: None,
+        })
+    }
+}

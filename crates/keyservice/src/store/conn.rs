@@ -1,0 +1,99 @@
+//! The open store: its data directory, the names of the files in it, the SQLite connection
+//! (WAL, `synchronous=FULL`, foreign keys), the `meta` table, and the small helpers every part
+//! of the store shares (clock, name rule, writing a new file).
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension};
+
+use super::error::{db, io, StoreError};
+
+/// File name of the database in the data directory.
+pub const DB_FILE: &str = "keyd.db";
+/// File name of the root key file (key-file mode).
+pub const ROOT_KEY_FILE: &str = "root.key";
+/// File name of the CA certificate.
+pub const CA_FILE: &str = "ca.pem";
+/// File name of the server certificate.
+pub const SERVER_CERT_FILE: &str = "server.pem";
+/// File name of the server private key (mode 0600).
+pub const SERVER_KEY_FILE: &str = "server.key";
+
+/// An open store.
+pub struct Store {
+    pub(super) conn: Connection,
+    pub(super) dir: PathBuf,
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub(super) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Checks an object name: 1 to 64 characters of `A-Z a-z 0-9 - _ .`.
+///
+/// Errors: [`StoreError::Invalid`] naming `what`.
+pub(super) fn check_name(what: &str, name: &str) -> Result<(), StoreError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(format!(
+            "{what} name {name:?}: 1 to 64 characters of A-Z a-z 0-9 - _ ."
+        )))
+    }
+}
+
+/// Creates `path` (it must not exist) with `mode`, writes `bytes` and syncs.
+///
+/// Errors: [`StoreError::Io`].
+pub(super) fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StoreError> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(io(path))?;
+    f.write_all(bytes).map_err(io(path))?;
+    f.sync_all().map_err(io(path))
+}
+
+impl Store {
+    /// Opens the SQLite database of `dir` with the store's settings.
+    pub(super) fn connect(dir: &Path) -> Result<Connection, StoreError> {
+        let conn = Connection::open(dir.join(DB_FILE)).map_err(db("opening"))?;
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(db("setting the busy timeout"))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db("setting WAL mode"))?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(db("setting synchronous=FULL"))?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(db("enabling foreign keys"))?;
+        Ok(conn)
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The `meta` value of key `k`.
+    pub(super) fn meta(&self, k: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.conn
+            .query_row("SELECT v FROM meta WHERE k = ?1", [k], |r| r.get(0))
+            .optional()
+            .map_err(db("reading meta"))
+    }
+}
