@@ -10,17 +10,17 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::crypto::SecretBytes;
 use crate::format;
-use crate::keyservice::client::Client;
+use crate::keyservice::api::{EscrowStoreRequest, OfficersReply};
+use crate::keyservice::client::{Client, ClientError};
 use crate::volume::{self, LoadedHeader, VolumeError};
 
 use super::args::{HeaderArg, Unlocker};
 use super::error::CliError;
-use super::service_args::{first_ok, ServiceArgs, ServiceIdentityArgs};
+use super::service_args::{call_lenient, first_ok, register, ServiceArgs, ServiceIdentityArgs};
 use super::unlock::{open_loaded, try_unlock, unlock_with_tries, KeySource};
 
 /// `nbdcrypt escrow`.
@@ -138,19 +138,18 @@ pub fn seal_to_officers(recipients: &[String], plain: &[u8]) -> Result<String, C
 }
 
 /// The recovery officers' `age` recipients published by the service (`GET /v1/officers`).
-fn officers(
-    client: &Client,
-    url: &str,
-) -> Result<Vec<String>, crate::keyservice::client::ClientError> {
-    let o = client.call(url, "GET", "/v1/officers", None)?;
-    Ok(o["officers"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x["recipient"].as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default())
+fn officers(client: &Client, url: &str) -> Result<Vec<String>, ClientError> {
+    let reply = call_lenient(client, url, "GET", "/v1/officers", None::<&()>)?;
+    Ok(officer_recipients(reply))
+}
+
+/// The recipients of a `GET /v1/officers` reply. A reply that is no [`OfficersReply`] (or no
+/// JSON: [`serde_json::Value::Null`]) counts as no officers, which the caller reports, not as
+/// a failure of the endpoint.
+fn officer_recipients(reply: serde_json::Value) -> Vec<String> {
+    serde_json::from_value::<OfficersReply>(reply)
+        .map(|r| r.officers.into_iter().map(|o| o.recipient).collect())
+        .unwrap_or_default()
 }
 
 /// Checks, before anything is changed, that the service answers this host and has officers.
@@ -189,7 +188,7 @@ pub fn escrow_volume(
     let client = Client::new(&service.identity, service.timeout)
         .map_err(|e| CliError::Usage(e.to_string()))?;
     let (url, list) = first_ok(service.urls, |u| {
-        client.call(u, "POST", "/v1/volumes", Some(&json!({ "uuid": uuid })))?;
+        register(&client, u, uuid)?;
         officers(&client, u)
     })?;
     if list.is_empty() {
@@ -205,14 +204,17 @@ pub fn escrow_volume(
         serde_json::to_vec(&package).map_err(|e| CliError::Usage(format!("package: {e}")))?,
     );
     let sealed = seal_to_officers(&list, &plain)?;
-    client
-        .call(
-            &url,
-            "PUT",
-            &format!("/v1/volumes/{uuid}/escrow"),
-            Some(&json!({ "package": sealed })),
-        )
-        .map_err(|e| CliError::Usage(format!("escrow upload failed: {e}")))?;
+    let req = EscrowStoreRequest {
+        package: sealed.as_str(),
+    };
+    call_lenient(
+        &client,
+        &url,
+        "PUT",
+        &format!("/v1/volumes/{uuid}/escrow"),
+        Some(&req),
+    )
+    .map_err(|e| CliError::Usage(format!("escrow upload failed: {e}")))?;
     Ok((url, list.len()))
 }
 
@@ -303,5 +305,28 @@ pub fn after_format(
             Ok(())
         }
         Err(e) => Err(CliError::Hinted(Box::new(e), hint())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::officer_recipients;
+    use serde_json::json;
+
+    #[test]
+    fn officers_reply_is_read_leniently() {
+        let reply = json!({"officers": [
+            {"name": "olga", "recipient": "age1a"},
+            {"name": "otto", "recipient": "age1b"},
+        ]});
+        assert_eq!(officer_recipients(reply), ["age1a", "age1b"]);
+        for other in [
+            serde_json::Value::Null,
+            json!({}),
+            json!({"officers": 3}),
+            json!({"officers": []}),
+        ] {
+            assert!(officer_recipients(other).is_empty());
+        }
     }
 }

@@ -9,16 +9,15 @@ use serde_json::json;
 
 use crate::crypto::SecretBytes;
 use crate::format;
-use crate::keyservice::client::{
-    Client, SecretString, UnwrapReply, UnwrapRequest, WrapReply, WrapRequest,
-};
+use crate::keyservice::api::{SecretString, UnwrapRequest, WrapRequest};
+use crate::keyservice::client::Client;
 use crate::volume::{
     self, Access, KdfChoice, KdfKind, LoadedHeader, NewKeyslot, UnlockedKey, VolumeError,
 };
 use zeroize::Zeroizing;
 
 use super::error::CliError;
-use super::service_args::{first_ok, ServiceArgs, ServiceIdentity};
+use super::service_args::{first_ok, register, ServiceArgs, ServiceIdentity};
 use super::unlock::{open_for_update, try_unlock, unlock_with_tries, KeySource};
 
 /// Length of a key-service keyslot's random secret, bytes.
@@ -55,11 +54,10 @@ pub fn add_key(
         .map_err(|e| CliError::Usage(e.to_string()))?;
     let encoded = SecretString(Zeroizing::new(B64.encode(secret.expose())));
     let (url, wrapped) = first_ok(service.urls, |u| {
-        client.call(u, "POST", "/v1/volumes", Some(&json!({ "uuid": uuid })))?;
-        client.call_secret::<WrapReply>(
+        register(&client, u, &uuid)?;
+        client.wrap(
             u,
-            "POST",
-            &format!("/v1/volumes/{uuid}/wrap"),
+            &uuid,
             &WrapRequest {
                 slot,
                 kek,
@@ -172,14 +170,13 @@ pub fn unlock(
             blob: t["blob"].as_str().unwrap_or(""),
         };
         for u in &urls {
-            let reply: UnwrapReply =
-                match client.call_secret(u, "POST", &format!("/v1/volumes/{uuid}/unwrap"), &body) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        failures.push(e.to_string());
-                        continue;
-                    }
-                };
+            let reply = match client.unwrap(u, uuid, &body) {
+                Ok(r) => r,
+                Err(e) => {
+                    failures.push(e.to_string());
+                    continue;
+                }
+            };
             let secret = match B64.decode(reply.secret.0.as_bytes()) {
                 Ok(s) => SecretBytes::new(s),
                 _ => {

@@ -10,13 +10,14 @@ use std::time::Duration;
 use zeroize::Zeroizing;
 
 use crate::crypto::SecretBytes;
+use crate::keyservice::api::EscrowFetchReply;
 use crate::keyservice::client::Client;
 use crate::volume::{self, KdfChoice};
 
 use super::args::{HeaderArg, KdfArgs};
 use super::error::CliError;
 use super::escrow::{EscrowPackage, ESCROW_FORMAT};
-use super::service_args::{first_ok, ServiceTlsArgs};
+use super::service_args::{call_lenient, first_ok, ServiceTlsArgs};
 use super::unlock::open_for_update;
 
 /// `nbdcrypt recover`.
@@ -207,17 +208,19 @@ fn recover(
     let client = Client::with_token(officer.ca, officer.token, officer.timeout)
         .map_err(|e| CliError::Usage(e.to_string()))?;
     let path = format!("/v1/volumes/{uuid}/escrow");
-    let (url, reply) =
-        first_ok(officer.urls, |u| client.call(u, "GET", &path, None)).map_err(|e| {
-            CliError::Usage(format!(
-                "cannot fetch the escrow package of {} (UUID {uuid}): {e}",
-                image.display()
-            ))
-        })?;
-    let package = reply["package"]
-        .as_str()
-        .ok_or_else(|| CliError::Usage(format!("{url}: the escrow reply has no package")))?;
-    let plain = open_package(package, officer.identity)?;
+    let (url, reply) = first_ok(officer.urls, |u| {
+        call_lenient(&client, u, "GET", &path, None::<&()>)
+    })
+    .map_err(|e| {
+        CliError::Usage(format!(
+            "cannot fetch the escrow package of {} (UUID {uuid}): {e}",
+            image.display()
+        ))
+    })?;
+    // A 2xx reply of another shape is this endpoint's answer, not a failure to try the next.
+    let reply: EscrowFetchReply = serde_json::from_value(reply)
+        .map_err(|_| CliError::Usage(format!("{url}: the escrow reply has no package")))?;
+    let plain = open_package(&reply.package, officer.identity)?;
     let vk = check_package(&plain, image, &hpath, &lh)?;
     let id = super::keyslots::add_passphrase_keyslot(
         &file,

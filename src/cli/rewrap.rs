@@ -16,7 +16,8 @@ use base64::Engine;
 use zeroize::Zeroizing;
 
 use crate::crypto::SecretBytes;
-use crate::keyservice::client::{Client, SecretString, WrapReply, WrapRequest};
+use crate::keyservice::api::{SecretString, WrapRequest};
+use crate::keyservice::client::Client;
 use crate::volume::{self, Access, LoadedHeader};
 
 /// The token to rewrap and where it lives.
@@ -98,8 +99,7 @@ pub(super) fn rewrap(
     let mut failures = Vec::new();
     let mut wrapped = None;
     for u in order {
-        match client.call_secret::<WrapReply>(u, "POST", &format!("/v1/volumes/{uuid}/wrap"), &body)
-        {
+        match client.wrap(u, uuid, &body) {
             Ok(w) => {
                 wrapped = Some(w);
                 break;

@@ -1,12 +1,14 @@
 //! How a command reaches the key service: the host's identity files and the service's CA
 //! (clap arguments shared by `format`, `open`, `serve`, `add-key`, `escrow`, `recovery-key
-//! add` and `recover`), their checked form ([`ServiceArgs`], [`ServiceIdentity`]), and
-//! [`first_ok`], which tries the endpoints in order.
+//! add` and `recover`), their checked form ([`ServiceArgs`], [`ServiceIdentity`]),
+//! [`first_ok`], which tries the endpoints in order, [`call_lenient`], which sends a typed
+//! request of [`crate::keyservice::api`] and reads its reply leniently, and [`register`].
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::keyservice::client::{ClientError, Identity};
+use crate::keyservice::api::RegisterRequest;
+use crate::keyservice::client::{Client, ClientError, Identity};
 
 use super::error::CliError;
 
@@ -123,4 +125,56 @@ pub fn first_ok<T>(
         }
     }
     Err(CliError::NoEndpoint { failures })
+}
+
+/// `method` `url` + `path` with the wire request `body` (a type of
+/// [`crate::keyservice::api`]), through [`Client::call`]: the reply of a 2xx status as JSON,
+/// [`serde_json::Value::Null`] when it is not JSON. For the calls whose reply the CLI ignores
+/// or reads leniently (register, escrow upload, officers, escrow fetch), where the client's
+/// typed methods would turn a reply of another shape into a failure of the endpoint.
+///
+/// Errors: as [`Client::call`]; [`ClientError::Transport`] (`request body: ...`) when `body`
+/// does not serialise, as [`Client::call_secret`] words it.
+pub fn call_lenient(
+    client: &Client,
+    url: &str,
+    method: &str,
+    path: &str,
+    body: Option<&impl serde::Serialize>,
+) -> Result<serde_json::Value, ClientError> {
+    let body = body
+        .map(serde_json::to_value)
+        .transpose()
+        .map_err(|e| ClientError::Transport {
+            url: url.into(),
+            detail: format!("request body: {e}"),
+        })?;
+    client.call(url, method, path, body.as_ref())
+}
+
+/// `POST /v1/volumes`: registers volume `uuid` to this host (again is fine: the owner's
+/// repeat is accepted). Any 2xx reply means registered; its body is not read.
+pub fn register(client: &Client, url: &str, uuid: &str) -> Result<(), ClientError> {
+    let req = RegisterRequest { uuid };
+    call_lenient(client, url, "POST", "/v1/volumes", Some(&req)).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::keyservice::api::{EscrowStoreRequest, RegisterRequest};
+    use serde_json::json;
+
+    /// The typed requests sent through [`super::call_lenient`] are the bodies the CLI built
+    /// with `json!` before.
+    #[test]
+    fn typed_requests_are_the_former_bodies() {
+        let got = serde_json::to_value(RegisterRequest { uuid: "u-1" }).unwrap();
+        assert_eq!(got, json!({"uuid": "u-1"}));
+        let got = serde_json::to_value(EscrowStoreRequest {
+            package: "-----BEGIN",
+        })
+        .unwrap();
+        assert_eq!(got, json!({"package": "-----BEGIN"}));
+        assert_eq!(got.to_string(), r#"{"package":"-----BEGIN"}"#);
+    }
 }

@@ -12,7 +12,8 @@ use super::files::write_file;
 /// `join`: a P-256 key made here, its public point sent with the token to `POST /v1/join`,
 /// the certificate written beside the key (0600) and a copy of the CA.
 pub fn join(url: &str, token: &str, ca: &Path, out: &Path, timeout: f64) -> Result<(), KeydError> {
-    use crate::keyservice::client::{Client, SecretString};
+    use crate::keyservice::api::{JoinRequest, SecretString};
+    use crate::keyservice::client::Client;
     let fail = |detail: String| KeydError::Join(detail);
     if !(timeout > 0.0 && timeout <= 3600.0) {
         return Err(fail("--timeout takes 0 to 3600 seconds".into()));
@@ -29,25 +30,13 @@ pub fn join(url: &str, token: &str, ca: &Path, out: &Path, timeout: f64) -> Resu
     let key_pem = Zeroizing::new(key.serialize_pem());
     let client = Client::anonymous(ca, std::time::Duration::from_secs_f64(timeout))
         .map_err(|e| fail(e.to_string()))?;
-    #[derive(serde::Serialize)]
-    struct Req<'a> {
-        token: SecretString,
-        public_key: &'a str,
-    }
-    #[derive(serde::Deserialize)]
-    struct Resp {
-        host: String,
-        certificate: String,
-    }
     use base64::Engine;
     let point = base64::engine::general_purpose::STANDARD.encode(key.public_key_raw());
-    let req = Req {
+    let req = JoinRequest {
         token: SecretString(Zeroizing::new(token.to_string())),
-        public_key: &point,
+        public_key: point.as_str(),
     };
-    let r: Resp = client
-        .call_secret(url, "POST", "/v1/join", &req)
-        .map_err(|e| fail(e.to_string()))?;
+    let r = client.join(url, &req).map_err(|e| fail(e.to_string()))?;
     let ca_pem = std::fs::read(ca).map_err(|source| KeydError::Io {
         path: ca.into(),
         source,
