@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# End-to-end NBD benchmark (issue 6): nbdcrypt against qemu-nbd (LUKS1), nbdkit + luks filter
+# End-to-end NBD benchmark: nbdcrypt against qemu-nbd (LUKS1), nbdkit + luks filter
 # (LUKS1) and unencrypted nbdkit file, each serving an equal 1 GiB volume from tmpfs over a Unix
 # socket, driven by the same fio nbd-engine jobs and nbdcopy, interleaved (every repetition
 # runs each job on every server in turn, the server order rotating), medians reported.
@@ -24,7 +24,7 @@
 #                (the fio jobs of JOBS; copyin/copyout are skipped)
 # Prints one Markdown table of medians (MB/s = 10^6 bytes/s) with ratio rows, the server's CPU
 # time per MB moved (what a job costs the server, less sensitive to other load than
-# throughput), the spread of every cell, and the targets of issue 6 whose servers ran (ratios
+# throughput), the spread of every cell, and the performance targets whose servers ran (ratios
 # to nbdkit+luks need SERVERS to hold nbdkit-luks, to nbdkit file nbdkit-file). Run by hand;
 # not part of tests/run.sh.
 set -euo pipefail
@@ -418,10 +418,10 @@ for s in "${SERVERS[@]}"; do
     echo "$row"
 done
 
-# Targets of issue 6 (ratios of medians from this run), those whose servers ran.
+# Performance targets (ratios of medians from this run), those whose servers ran.
 if has nbdcrypt && { has nbdkit-luks || has nbdkit-file; }; then
     echo
-    echo "Targets (issue 6):"
+    echo "Targets:"
     check() { # DESCRIPTION VALUE OP LIMIT
         awk -v d="$1" -v v="$2" -v op="$3" -v l="$4" 'BEGIN {
             ok = (op == ">=") ? v >= l : v <= l

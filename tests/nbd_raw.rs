@@ -2,6 +2,9 @@
 //! lying lengths, oversize payloads, read-only and overflow errors, DISC with writes in flight,
 //! many concurrent clients. A counting global allocator checks that no client-declared length
 //! is ever allocated blindly.
+//!
+//! Over 800 lines: a binary of its own (its global allocator counts every allocation of the
+//! process), so its raw-socket cases cannot be spread over modules of `tests/it`.
 
 // The NBD helpers of tests/it, included: this binary is separate, for its allocator
 // (tests/README.md).

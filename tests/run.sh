@@ -45,7 +45,7 @@ for impl in aesni portable; do
     NBDCRYPT_XTS_IMPL=$impl cargo test --locked -p nbdcrypt-luks2 --test it -- crypto_kat:: volume_model::
 done
 
-# Issue 7: 60 s per target (FUZZ_SECONDS overrides it).
+# 60 s per target (FUZZ_SECONDS overrides it).
 export FUZZ_SECONDS=${FUZZ_SECONDS:-60}
 echo "tests/run.sh: fuzz, $FUZZ_SECONDS s per target (fuzz/run.sh; long run: docs/reliability.md)"
 bash fuzz/run.sh "$PWD/target/debug/nbdcrypt"

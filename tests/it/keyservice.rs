@@ -3,6 +3,9 @@
 //! during a burst of wraps, and `audit verify` against a row edited with `sqlite3`; and the
 //! volume CLI against it: `add-key --key-service`, unlock through the service, escrow
 //! (`escrow`, `format --escrow`, `recovery-key add --escrow`) and `recover`.
+//!
+//! Over 800 lines: one service started per test with its hosts, tokens and officers; the
+//! refusal table and routes are unit-tested in the key-service crate, this is the end to end.
 
 use crate::common;
 

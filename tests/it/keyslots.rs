@@ -1,6 +1,10 @@
 //! Keyslot lifecycle (`add-key`, `change-key`, `remove-key`, `kill-slot`): interop with real
 //! cryptsetup both ways, crash safety by stopping the process after every write and sync step,
 //! and refused operations that change no byte.
+//!
+//! Over 800 lines: each operation is tested three ways (interop, every crash stop, refusals)
+//! around shared image fixtures; the keyslot-module tables of the volume crate test the same
+//! operations without the CLI.
 
 use crate::common;
 

@@ -1,6 +1,10 @@
 //! Listener behaviour of `serve()`: TCP and Unix together, typed binding errors naming the
 //! address, stale-socket replacement, non-socket files left alone; plus a session driven over
 //! `tokio::io::duplex`.
+//!
+//! Over 800 lines: one test per listener and session behaviour, each a few dozen lines of
+//! setup around its exports (gated, crowded, panicking); split by concern it would scatter
+//! those fixtures.
 
 use crate::common;
 

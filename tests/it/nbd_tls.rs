@@ -2,6 +2,9 @@
 //! `STARTTLS` in each mode against the in-process server (rustls as the client), and the real
 //! `nbdcrypt open` / `demo` with `--tls*` against libnbd (`nbdinfo`, `nbdcopy` with `nbds://`)
 //! and qemu (`tls-creds-x509`). Certificates are made by the `openssl` command per test.
+//!
+//! Over 800 lines: every TLS mode against three clients (rustls, libnbd, qemu), with the
+//! certificate fixtures they share.
 
 use crate::common;
 

@@ -264,7 +264,7 @@ pub struct VerifyReport {
 }
 
 /// The body of every refusal: `application/problem+json` (RFC 9457 §3), field order as sent.
-/// A client reads it leniently (missing fields are empty).
+/// The client reads only its `type` and `detail`, field by field (`client::refusal_fields`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ProblemBody {

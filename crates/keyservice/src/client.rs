@@ -22,8 +22,8 @@ use zeroize::Zeroizing;
 
 use crate::api::{
     AuditListReply, AuditQuery, EscrowFetchReply, EscrowStoreReply, EscrowStoreRequest,
-    HealthReply, JoinReply, JoinRequest, KekInfo, OfficersReply, ProblemBody, RegisterReply,
-    RegisterRequest, VerifyReport,
+    HealthReply, JoinReply, JoinRequest, KekInfo, OfficersReply, RegisterReply, RegisterRequest,
+    VerifyReport,
 };
 /// The wire types the volume CLI sends and reads, at their former place.
 pub use crate::api::{SecretString, UnwrapReply, UnwrapRequest, WrapReply, WrapRequest};
@@ -252,12 +252,12 @@ impl Client {
                 secs: self.timeout.as_secs_f64(),
             })??;
         if !(200..300).contains(&status) {
-            let problem: ProblemBody = serde_json::from_slice(&bytes).unwrap_or_default();
+            let (kind, detail) = refusal_fields(&bytes);
             return Err(ClientError::Refused {
                 url: url.into(),
                 status,
-                kind: problem.kind().to_string(),
-                detail: problem.detail,
+                kind,
+                detail,
             });
         }
         Ok(bytes)
@@ -466,9 +466,48 @@ impl Buf for SecretBuf {
     }
 }
 
+/// The kind (last part of `type`) and the `detail` of an error reply's body, each empty when
+/// absent or not a string. Read field by field rather than as a whole [`crate::api::ProblemBody`], so a
+/// body from something other than the service (a proxy's error page, a field of another type)
+/// still yields what it has.
+fn refusal_fields(body: &[u8]) -> (String, String) {
+    let json: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let kind = json["type"]
+        .as_str()
+        .and_then(|t| t.rsplit(':').next())
+        .unwrap_or("")
+        .to_string();
+    let detail = json["detail"].as_str().unwrap_or("").to_string();
+    (kind, detail)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{audit_path, parse_url, AuditQuery};
+    use super::{audit_path, parse_url, refusal_fields, AuditQuery};
+
+    #[test]
+    fn refusal_fields_take_what_the_body_has() {
+        let cases: [(&[u8], &str, &str); 5] = [
+            (
+                br#"{"type":"urn:nbdcrypt:keyd:not-owner","title":"Forbidden","status":403,"detail":"d","audit_seq":4}"#,
+                "not-owner",
+                "d",
+            ),
+            // A field of another type loses only itself.
+            (br#"{"type":"urn:nbdcrypt:keyd:role","detail":null}"#, "role", ""),
+            (br#"{"status":"Forbidden","detail":"by proxy"}"#, "", "by proxy"),
+            (b"<html>502 Bad Gateway</html>", "", ""),
+            (b"", "", ""),
+        ];
+        for (body, kind, detail) in cases {
+            assert_eq!(
+                refusal_fields(body),
+                (kind.to_string(), detail.to_string()),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
 
     #[test]
     fn audit_paths() {
