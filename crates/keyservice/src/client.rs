@@ -467,9 +467,9 @@ impl Buf for SecretBuf {
 }
 
 /// The kind (last part of `type`) and the `detail` of an error reply's body, each empty when
-/// absent or not a string. Read field by field rather than as a whole [`crate::api::ProblemBody`], so a
-/// body from something other than the service (a proxy's error page, a field of another type)
-/// still yields what it has.
+/// absent or not a string. Read field by field rather than as a whole
+/// [`crate::api::ProblemBody`], so a body from something other than the service (a proxy's
+/// error page, a field of another type) still yields what it has.
 fn refusal_fields(body: &[u8]) -> (String, String) {
     let json: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
     let kind = json["type"]
