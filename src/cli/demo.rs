@@ -132,15 +132,8 @@ fn demo(dir: &Path, listen: SocketAddr, discard: Discard, tls: TlsArgs) -> Resul
     )
 }
 
+/// Creates `path` (new, 0600, never through a symlink) holding `data`.
 fn write_private(path: &Path, data: &[u8]) -> Result<(), CliError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| CliError::Usage(format!("cannot create {}: {e}", path.display())))?;
-    f.write_all(data)
-        .map_err(|e| CliError::Usage(format!("cannot write {}: {e}", path.display())))
+    nbdcrypt_luks2::fsutil::write_new(path, data, 0o600)
+        .map_err(|e| CliError::Usage(format!("cannot create {}: {e}", path.display())))
 }

@@ -16,17 +16,32 @@ pub struct ManArgs {
 impl ManArgs {
     /// `nbdcrypt man DIR`: write `nbdcrypt.1` and one page per subcommand of `cli` (the whole
     /// command line: `nbdcrypt-format.1`, `nbdcrypt-recovery-key-add.1`, ...) into DIR,
-    /// created if missing. Hidden subcommands get no page. Errors: [`CliError::Usage`] naming
-    /// DIR when it cannot be written.
+    /// created if missing. Hidden subcommands get no page. Each page replaces its file without
+    /// following a symlink there ([`nbdcrypt_luks2::fsutil::replace`], mode 0644). Errors:
+    /// [`CliError::Usage`] naming DIR when it cannot be written.
     pub fn run(self, cli: clap::Command) -> Result<(), CliError> {
         let dir = &self.dir;
         let fail =
             |e: std::io::Error| CliError::Usage(format!("cannot write to {}: {e}", dir.display()));
         std::fs::create_dir_all(dir).map_err(fail)?;
-        clap_mangen::generate_to(cli, dir).map_err(fail)?;
+        let mut cli = cli.disable_help_subcommand(true);
+        cli.build();
+        write_man_pages(cli, dir).map_err(fail)?;
         eprintln!("man pages written to {}", dir.display());
         Ok(())
     }
+}
+
+/// The page of `cmd` and of each of its visible subcommands, recursively, into `dir` (as
+/// `clap_mangen::generate_to` names them, but never written through a symlink).
+fn write_man_pages(cmd: clap::Command, dir: &std::path::Path) -> std::io::Result<()> {
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()).cloned() {
+        write_man_pages(sub, dir)?;
+    }
+    let man = clap_mangen::Man::new(cmd);
+    let mut page = Vec::new();
+    man.render(&mut page)?;
+    nbdcrypt_luks2::fsutil::replace(&dir.join(man.get_filename()), &page, 0o644)
 }
 
 /// `nbdcrypt completions`.

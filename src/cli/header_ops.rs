@@ -113,19 +113,11 @@ fn erase(image: &Path, header: Option<&Path>, batch: bool) -> Result<(), CliErro
 
 /// `header-backup`: see the CLI help.
 fn header_backup(image: &Path, header: Option<&Path>, backup: &Path) -> Result<(), CliError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let (o, lh) = open_loaded(image, header, Access::Inspect)?;
     let bytes = volume::header_bytes(&o.header, &o.header_path, &lh)?;
-    let mut out = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o400)
-        .open(backup)
+    // A new file, never a symlink's target (read-only: a backup is not edited).
+    nbdcrypt_luks2::fsutil::write_new(backup, &bytes, 0o400)
         .map_err(|e| CliError::Usage(format!("cannot create {}: {e}", backup.display())))?;
-    out.write_all(&bytes)
-        .and_then(|()| out.sync_all())
-        .map_err(|e| CliError::Usage(format!("cannot write {}: {e}", backup.display())))?;
     eprintln!(
         "Header of {} saved to {}.",
         image.display(),

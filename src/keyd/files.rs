@@ -1,7 +1,6 @@
 //! The files `nbdcrypt-keyd` reads and writes itself: the root passphrase file and the
 //! certificates and keys it hands out (created new, never overwritten, keys 0600).
 
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use zeroize::Zeroizing;
@@ -18,18 +17,11 @@ pub fn read_passphrase(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeydError> {
     Ok(Zeroizing::new(line.to_vec()))
 }
 
-/// Creates `path` (it must not exist) with permissions `mode` and writes `bytes`.
+/// Creates `path` (it must not exist, not even as a symlink) with permissions `mode`, writes
+/// `bytes` and syncs ([`nbdcrypt_luks2::fsutil::write_new`]).
 pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), KeydError> {
-    use std::io::Write;
-    let err = |source| KeydError::Io {
+    nbdcrypt_luks2::fsutil::write_new(path, bytes, mode).map_err(|source| KeydError::Io {
         path: path.into(),
         source,
-    };
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(err)?;
-    f.write_all(bytes).map_err(err)
+    })
 }

@@ -101,3 +101,20 @@ fn completions_name_every_subcommand() {
     let out = run(nbdcrypt().args(["completions", "tcsh"]));
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// A symlink planted at a page's name in DIR is replaced by the page, never written through:
+/// the file it points to is unchanged.
+#[test]
+fn man_does_not_write_through_a_planted_symlink() {
+    let dir = tempdir();
+    let out = dir.path().join("man1");
+    std::fs::create_dir(&out).unwrap();
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, b"precious\n").unwrap();
+    let page = out.join("nbdcrypt-open.1");
+    std::os::unix::fs::symlink(&victim, &page).unwrap();
+    ok(nbdcrypt().arg("man").arg(&out));
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious\n");
+    assert!(std::fs::symlink_metadata(&page).unwrap().is_file());
+    assert!(std::fs::read_to_string(&page).unwrap().contains(".TH"));
+}

@@ -128,3 +128,22 @@ fn interrupted_wipe_resumes_where_it_stopped() {
     assert_eq!(zero_blocks(&img, 0, size), 0);
     export_is_zeros(&img, &key, &[]);
 }
+
+/// A symlink planted at the wipe's state or temporary file name (another user's, in a shared
+/// directory) is never written through: the file it points to is unchanged.
+#[test]
+fn wipe_does_not_write_through_a_planted_symlink() {
+    let dir = tempdir();
+    let key = key_file(dir.path());
+    let img = dir.path().join("s.img");
+    format_plain(&img, &key, "20M", &[]);
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, b"precious\n").unwrap();
+    let tmp = dir.path().join("s.img.nbdcrypt-wipe.tmp");
+    std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+    let out = run(nbdcrypt().arg("wipe").arg(&img).arg("--key-file").arg(&key));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious\n");
+    assert!(std::fs::symlink_metadata(&tmp).unwrap().is_symlink());
+    assert!(!dir.path().join("s.img.nbdcrypt-wipe").exists());
+}

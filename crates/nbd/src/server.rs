@@ -437,6 +437,7 @@ fn unix_peer(l: &UnixListener) -> String {
 /// Write `pid_file` atomically (this process's id, decimal, newline-terminated): a temporary
 /// file beside it, renamed over it. Errors: [`NbdError::PidFile`].
 pub fn write_pid_file(path: &Path) -> Result<(), NbdError> {
+    use std::os::unix::fs::OpenOptionsExt;
     let err = |source| NbdError::PidFile {
         path: path.to_owned(),
         source,
@@ -445,11 +446,15 @@ pub fn write_pid_file(path: &Path) -> Result<(), NbdError> {
     tmp.push(format!(".{}.tmp", std::process::id()));
     let tmp = PathBuf::from(tmp);
     // A leftover of an earlier process with our pid is removed (a symlink itself, never its
-    // target); `create_new` then refuses anything planted in between instead of following it.
+    // target); `create_new` + `O_NOFOLLOW` then refuse anything planted in between instead of
+    // following it, and the rename replaces a symlink at `path` rather than writing through
+    // it: the rule of `nbdcrypt_luks2::fsutil`, which this crate (no LUKS) cannot import.
     let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&tmp)
         .map_err(err)?;
     std::io::Write::write_all(&mut f, format!("{}\n", std::process::id()).as_bytes())

@@ -240,10 +240,12 @@ impl App {
         })
     }
 
+    /// The volume UUID `uuid` in its one spelling, lower case (as LUKS2 headers write it), so
+    /// that one volume is never registered, wrapped for or escrowed under two spellings.
     /// Refuses (400 `bad-request`, audited as `anonymous`) a `uuid` that is no volume UUID.
-    pub(super) fn check_uuid(&self, uuid: &str, action: &str) -> Result<(), Problem> {
+    pub(super) fn check_uuid(&self, uuid: &str, action: &str) -> Result<String, Problem> {
         if is_volume_uuid(uuid) {
-            Ok(())
+            Ok(uuid.to_ascii_lowercase())
         } else {
             Err(self.refuse(
                 "anonymous",

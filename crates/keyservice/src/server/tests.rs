@@ -392,3 +392,50 @@ fn wrap_then_unwrap_then_rewrap_after_rotation() {
     assert!(text.contains("urn:nbdcrypt:keyd:version-retired"), "{text}");
     assert!(f.app.store.lock().unwrap().audit_verify().unwrap().ok);
 }
+
+#[test]
+fn a_volume_uuid_has_one_spelling() {
+    let f = fixture();
+    let upper = UUID.to_ascii_uppercase();
+    let (status, _, text) = f.call(
+        Who::Cert(&f.host_a),
+        "POST",
+        "/v1/volumes",
+        &format!(r#"{{"uuid":"{upper}"}}"#),
+    );
+    assert_eq!(status, 200, "{text}");
+    // Registered, answered and audited in lower case.
+    assert!(text.contains(UUID), "{text}");
+    assert_eq!(f.last_row().target, UUID);
+    assert_eq!(
+        f.app.store.lock().unwrap().volume_owner(UUID).unwrap(),
+        Some("hostA".to_string())
+    );
+    // Another host cannot register the same volume under another spelling.
+    for spelling in [UUID.to_string(), upper.clone()] {
+        let (status, _, text) = f.call(
+            Who::Cert(&f.host_b),
+            "POST",
+            "/v1/volumes",
+            &format!(r#"{{"uuid":"{spelling}"}}"#),
+        );
+        assert_eq!(status, 409, "{spelling}: {text}");
+    }
+    // A wrap under one spelling unwraps under the other.
+    let (status, _, text) = f.call(
+        Who::Cert(&f.host_a),
+        "POST",
+        &format!("/v1/volumes/{upper}/wrap"),
+        r#"{"slot":2,"kek":"k","secret":"c2VjcmV0"}"#,
+    );
+    assert_eq!(status, 200, "{text}");
+    let w: crate::api::WrapReply = serde_json::from_str(&text).unwrap();
+    let body = format!(r#"{{"slot":2,"kek":"k","version":1,"blob":"{}"}}"#, w.blob);
+    let (status, _, text) = f.call(
+        Who::Cert(&f.host_a),
+        "POST",
+        &format!("/v1/volumes/{UUID}/unwrap"),
+        &body,
+    );
+    assert_eq!(status, 200, "{text}");
+}

@@ -44,26 +44,23 @@ pub(super) async fn register(
         let host = app.host(&peer, &headers, "register", "")?;
         let actor = format!("host:{host}");
         let req: RegisterRequest = app.parse(&actor, "register", "", &body)?;
-        app.check_uuid(&req.uuid, "register")?;
-        let owner = app.store.lock().unwrap().volume_owner(&req.uuid)?;
+        let uuid = app.check_uuid(&req.uuid, "register")?;
+        let owner = app.store.lock().unwrap().volume_owner(&uuid)?;
         match owner {
             Some(o) if o != host => Err(app.refuse(
                 &actor,
                 "register",
-                &req.uuid,
+                &uuid,
                 Refusal::VolumeTaken,
-                format!("volume {} belongs to host {o}", req.uuid),
+                format!("volume {uuid} belongs to host {o}"),
             )),
             _ => {
-                let entry = ok_entry(actor, "register", &req.uuid, String::new());
+                let entry = ok_entry(actor, "register", &uuid, String::new());
                 app.store
                     .lock()
                     .unwrap()
-                    .with_audit(entry, |tx, _| store::register_volume(tx, &req.uuid, &host))?;
-                Ok(Json(RegisterReply {
-                    uuid: req.uuid,
-                    owner: host,
-                }))
+                    .with_audit(entry, |tx, _| store::register_volume(tx, &uuid, &host))?;
+                Ok(Json(RegisterReply { uuid, owner: host }))
             }
         }
     })
@@ -108,7 +105,7 @@ pub(super) async fn wrap_secret(
     body: Bytes,
 ) -> Reply<WrapReply> {
     blocking(app, move |app| {
-        app.check_uuid(&uuid, "wrap")?;
+        let uuid = app.check_uuid(&uuid, "wrap")?;
         let host = app.host(&peer, &headers, "wrap", &uuid)?;
         let actor = format!("host:{host}");
         app.owned(&host, &uuid, "wrap")?;
@@ -154,7 +151,7 @@ pub(super) async fn unwrap_secret(
     body: Bytes,
 ) -> Reply<UnwrapReply> {
     blocking(app, move |app| {
-        app.check_uuid(&uuid, "unwrap")?;
+        let uuid = app.check_uuid(&uuid, "unwrap")?;
         let host = app.host(&peer, &headers, "unwrap", &uuid)?;
         let actor = format!("host:{host}");
         app.owned(&host, &uuid, "unwrap")?;
@@ -233,7 +230,7 @@ pub(super) async fn escrow_store(
     body: Bytes,
 ) -> Reply<EscrowStoreReply> {
     blocking(app, move |app| {
-        app.check_uuid(&uuid, "escrow-store")?;
+        let uuid = app.check_uuid(&uuid, "escrow-store")?;
         let host = app.host(&peer, &headers, "escrow-store", &uuid)?;
         let actor = format!("host:{host}");
         app.owned(&host, &uuid, "escrow-store")?;
@@ -268,7 +265,7 @@ pub(super) async fn escrow_fetch(
     UrlPath(uuid): UrlPath<String>,
 ) -> Reply<EscrowFetchReply> {
     blocking(app, move |app| {
-        app.check_uuid(&uuid, "escrow-fetch")?;
+        let uuid = app.check_uuid(&uuid, "escrow-fetch")?;
         let who = app.person(&peer, &headers, "escrow-fetch", &uuid, &[Role::Officer])?;
         let actor = format!("token:{who}(officer)");
         let entry = ok_entry(actor.clone(), "escrow-fetch", &uuid, String::new());

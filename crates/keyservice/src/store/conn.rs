@@ -3,8 +3,7 @@
 //! of the store shares (clock, name rule, writing a new file).
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -55,23 +54,28 @@ pub(super) fn check_name(what: &str, name: &str) -> Result<(), StoreError> {
     }
 }
 
-/// Creates `path` (it must not exist) with `mode`, writes `bytes` and syncs.
+/// Creates `path` (it must not exist, not even as a symlink) with `mode`, writes `bytes` and
+/// syncs ([`nbdcrypt_luks2::fsutil::write_new`]).
 ///
 /// Errors: [`StoreError::Io`].
 pub(super) fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StoreError> {
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(io(path))?;
-    f.write_all(bytes).map_err(io(path))?;
-    f.sync_all().map_err(io(path))
+    nbdcrypt_luks2::fsutil::write_new(path, bytes, mode).map_err(io(path))
 }
 
 impl Store {
-    /// Opens the SQLite database of `dir` with the store's settings.
+    /// Opens the SQLite database of `dir` with the store's settings. The database and its
+    /// `-wal` and `-shm` files are made 0600 first where they are more open (a store of an
+    /// earlier version); SQLite creates `-wal` and `-shm` with the database's permissions.
     pub(super) fn connect(dir: &Path) -> Result<Connection, StoreError> {
+        for suffix in ["", "-wal", "-shm"] {
+            let p = dir.join(format!("{DB_FILE}{suffix}"));
+            match fs::symlink_metadata(&p) {
+                Ok(m) if m.is_file() && m.permissions().mode() & 0o077 != 0 => {
+                    fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).map_err(io(&p))?;
+                }
+                _ => {}
+            }
+        }
         let conn = Connection::open(dir.join(DB_FILE)).map_err(db("opening"))?;
         conn.busy_timeout(Duration::from_secs(10))
             .map_err(db("setting the busy timeout"))?;

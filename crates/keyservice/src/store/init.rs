@@ -66,6 +66,9 @@ impl Store {
         if dir.join(DB_FILE).exists() {
             return Err(StoreError::AlreadyInitialised(dir.to_path_buf()));
         }
+        // The database is created 0600 before SQLite opens it (SQLite would create it 0644);
+        // SQLite gives its `-wal` and `-shm` files the database file's permissions.
+        write_new(&dir.join(DB_FILE), b"", 0o600)?;
         let mut conn = Store::connect(dir)?;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)

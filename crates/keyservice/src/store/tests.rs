@@ -530,3 +530,44 @@ fn join_refusals() {
     }
     assert!(audit_ok(&store));
 }
+
+/// The mode bits of `p` (not following a symlink).
+fn mode_of(p: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn the_database_and_its_wal_and_shm_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let (mut store, _root, dir) = new_store();
+    let path = dir.path().join("data");
+    // A write, so the -wal and -shm files exist while the connection is open.
+    store.token_add("t1", Role::Admin).unwrap();
+    for suffix in ["", "-wal", "-shm"] {
+        let f = path.join(format!("{DB_FILE}{suffix}"));
+        assert_eq!(mode_of(&f), 0o600, "{}", f.display());
+    }
+    drop(store);
+    // A store left world-readable (an earlier version) is made private when opened.
+    let db = path.join(DB_FILE);
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut store = Store::open(&path).unwrap();
+    store.token_add("t2", Role::Admin).unwrap();
+    for suffix in ["", "-wal", "-shm"] {
+        let f = path.join(format!("{DB_FILE}{suffix}"));
+        assert_eq!(mode_of(&f), 0o600, "{}", f.display());
+    }
+}
+
+#[test]
+fn init_does_not_write_through_a_planted_symlink() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data");
+    std::fs::create_dir(&path).unwrap();
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    std::os::unix::fs::symlink(&victim, path.join(ROOT_KEY_FILE)).unwrap();
+    assert!(Store::init(&path, &RootSource::KeyFile, &["localhost".to_string()]).is_err());
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+}

@@ -64,26 +64,19 @@ pub fn read_wipe_state(image: &Path) -> Result<Option<WipeState>, VolumeError> {
         })
 }
 
-/// Write `state` to the state file of `image`: a temporary file, synced, renamed over it.
+/// Write `state` to the state file of `image` (0600): a fresh temporary file, synced, renamed
+/// over it; no symlink at either name is followed ([`crate::fsutil::replace`]).
 ///
 /// Errors: [`VolumeError::Io`].
 pub fn write_wipe_state(image: &Path, state: &WipeState) -> Result<(), VolumeError> {
-    use std::io::Write;
     let path = wipe_state_path(image);
-    let mut tmp = path.clone().into_os_string();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let io = |op: &'static str, e: std::io::Error| VolumeError::Io {
-        op,
+    let text = serde_json::to_vec(state).expect("state serialises");
+    crate::fsutil::replace(&path, &text, 0o600).map_err(|e| VolumeError::Io {
+        op: "write",
         path: path.clone(),
         offset: 0,
         source: e,
-    };
-    let text = serde_json::to_vec(state).expect("state serialises");
-    let mut f = std::fs::File::create(&tmp).map_err(|e| io("create", e))?;
-    f.write_all(&text).map_err(|e| io("write", e))?;
-    f.sync_all().map_err(|e| io("fsync", e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| io("rename", e))
+    })
 }
 
 /// Remove the state file of `image`, if any. Errors: [`VolumeError::Io`].
