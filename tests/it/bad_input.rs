@@ -661,3 +661,40 @@ fn header_strings_are_escaped_for_the_terminal() {
         "{err:?}"
     );
 }
+
+/// A header at the largest seqid: `erase` is refused with exit 1 naming the seqid, before
+/// the keyslots are wiped (the image is byte-identical and the passphrase still opens it).
+#[test]
+fn erase_at_the_largest_seqid_is_refused() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempdir();
+    let key = key_file(dir.path());
+    let img = fresh(dir.path(), "v.img", &key);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&img)
+        .unwrap();
+    for at in [0u64, 16384] {
+        let mut copy = vec![0u8; 16384];
+        file.read_exact_at(&mut copy, at).unwrap();
+        let (mut hdr, md) = format::decode_copy(&copy, at).unwrap();
+        hdr.seqid = u64::MAX;
+        file.write_all_at(&format::encode_copy(&hdr, &md).unwrap(), at)
+            .unwrap();
+    }
+    let before = file_hash(&img);
+    let out = run(nbdcrypt().arg("erase").arg(&img).arg("--batch-mode"));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("seqid 18446744073709551615 is the largest possible"),
+        "{err}"
+    );
+    assert_eq!(
+        before,
+        file_hash(&img),
+        "a refused erase wrote to the image"
+    );
+    assert!(test_passphrase(&img, &key, &[]).status.success());
+}
