@@ -7,6 +7,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use crate::format::metadata::{Metadata, SegmentSize};
+use crate::format::Printable as P;
 use crate::volume::{self, Access, LoadedHeader, VolumeError};
 
 use super::args::{HeaderArg, CRYPTSETUP_DISCARD_WARNING};
@@ -91,15 +92,18 @@ fn hex_block(out: &mut String, bytes: &[u8], indent: &str) {
     }
 }
 
+/// `s` escaped for the terminal, or `(no WHAT)` when empty.
 fn or_none(s: &str, what: &str) -> String {
     if s.is_empty() {
         format!("(no {what})")
     } else {
-        s.to_string()
+        P(s).to_string()
     }
 }
 
-/// Render the luksDump-style text of a loaded header.
+/// Render the luksDump-style text of a loaded header. Every string of the header is
+/// escaped for the terminal ([`crate::format::escape_for_terminal`]): a header is attacker
+/// controlled, and a newline or an escape sequence in it must not forge output.
 pub fn render(lh: &LoadedHeader) -> String {
     let h = &lh.header;
     let md: &Metadata = &lh.metadata;
@@ -109,7 +113,7 @@ pub fn render(lh: &LoadedHeader) -> String {
     let _ = writeln!(o, "Epoch:         \t{}", h.seqid);
     let _ = writeln!(o, "Metadata area: \t{} [bytes]", h.hdr_size);
     let _ = writeln!(o, "Keyslots area: \t{} [bytes]", md.config.keyslots_size);
-    let _ = writeln!(o, "UUID:          \t{}", h.uuid);
+    let _ = writeln!(o, "UUID:          \t{}", P(&h.uuid));
     let _ = writeln!(o, "Label:         \t{}", or_none(&h.label, "label"));
     let _ = writeln!(o, "Subsystem:     \t{}", or_none(&h.subsystem, "subsystem"));
     let flags = md.config.flags.as_ref().filter(|f| !f.is_empty());
@@ -119,12 +123,12 @@ pub fn render(lh: &LoadedHeader) -> String {
         // luksDump prints each flag followed by a space.
         flags.map_or("(no flags)".to_string(), |f| f
             .iter()
-            .map(|x| format!("{x} "))
+            .map(|x| format!("{} ", P(x)))
             .collect::<String>())
     );
     let _ = writeln!(o, "\nData segments:");
     for (id, s) in &md.segments {
-        let _ = writeln!(o, "  {id}: {}", s.kind);
+        let _ = writeln!(o, "  {id}: {}", P(&s.kind));
         let _ = writeln!(o, "\toffset: {} [bytes]", s.offset);
         match s.size {
             SegmentSize::Dynamic => {
@@ -134,12 +138,12 @@ pub fn render(lh: &LoadedHeader) -> String {
                 let _ = writeln!(o, "\tlength: {n} [bytes]");
             }
         }
-        let _ = writeln!(o, "\tcipher: {}", s.encryption);
+        let _ = writeln!(o, "\tcipher: {}", P(&s.encryption));
         let _ = writeln!(o, "\tsector: {} [bytes]", s.sector_size);
     }
     let _ = writeln!(o, "\nKeyslots:");
     for (id, k) in &md.keyslots {
-        let _ = writeln!(o, "  {id}: {}", k.kind);
+        let _ = writeln!(o, "  {id}: {}", P(&k.kind));
         let _ = writeln!(o, "\tKey:        {} bits", u64::from(k.key_size) * 8);
         let prio = match k.priority.unwrap_or(1) {
             0 => "ignored",
@@ -148,15 +152,15 @@ pub fn render(lh: &LoadedHeader) -> String {
         };
         let _ = writeln!(o, "\tPriority:   {prio}");
         if let Some(enc) = &k.area.encryption {
-            let _ = writeln!(o, "\tCipher:     {enc}");
+            let _ = writeln!(o, "\tCipher:     {}", P(enc));
         }
         if let Some(ks) = k.area.key_size {
             let _ = writeln!(o, "\tCipher key: {} bits", u64::from(ks) * 8);
         }
         if let Some(kdf) = &k.kdf {
-            let _ = writeln!(o, "\tPBKDF:      {}", kdf.kind);
+            let _ = writeln!(o, "\tPBKDF:      {}", P(&kdf.kind));
             if kdf.kind == "pbkdf2" {
-                let _ = writeln!(o, "\tHash:       {}", kdf.hash.as_deref().unwrap_or("?"));
+                let _ = writeln!(o, "\tHash:       {}", P(kdf.hash.as_deref().unwrap_or("?")));
                 let _ = writeln!(o, "\tIterations: {}", kdf.iterations.unwrap_or(0));
             } else {
                 let _ = writeln!(o, "\tTime cost:  {}", kdf.time.unwrap_or(0));
@@ -168,7 +172,7 @@ pub fn render(lh: &LoadedHeader) -> String {
         }
         if let Some(af) = &k.af {
             let _ = writeln!(o, "\tAF stripes: {}", af.stripes);
-            let _ = writeln!(o, "\tAF hash:    {}", af.hash);
+            let _ = writeln!(o, "\tAF hash:    {}", P(&af.hash));
         }
         let _ = writeln!(o, "\tArea offset:{} [bytes]", k.area.offset);
         let _ = writeln!(o, "\tArea length:{} [bytes]", k.area.size);
@@ -180,12 +184,12 @@ pub fn render(lh: &LoadedHeader) -> String {
     let _ = writeln!(o, "Tokens:");
     for (id, t) in &md.tokens {
         let kind = t.get("type").and_then(|v| v.as_str()).unwrap_or("?");
-        let _ = writeln!(o, "  {id}: {kind}");
+        let _ = writeln!(o, "  {id}: {}", P(kind));
         if let Some(id) = t.get("recovery_id").and_then(|v| v.as_str()) {
-            let _ = writeln!(o, "\tRecovery ID: {id}");
+            let _ = writeln!(o, "\tRecovery ID: {}", P(id));
         }
         if let Some(desc) = t.get("key_description").and_then(|v| v.as_str()) {
-            let _ = writeln!(o, "\tKey description: {desc}");
+            let _ = writeln!(o, "\tKey description: {}", P(desc));
         }
         for ks in t
             .get("keyslots")
@@ -193,13 +197,13 @@ pub fn render(lh: &LoadedHeader) -> String {
             .into_iter()
             .flatten()
         {
-            let _ = writeln!(o, "\tKeyslot:    {}", ks.as_str().unwrap_or("?"));
+            let _ = writeln!(o, "\tKeyslot:    {}", P(ks.as_str().unwrap_or("?")));
         }
     }
     let _ = writeln!(o, "Digests:");
     for (id, d) in &md.digests {
-        let _ = writeln!(o, "  {id}: {}", d.kind);
-        let _ = writeln!(o, "\tHash:       {}", d.hash);
+        let _ = writeln!(o, "  {id}: {}", P(&d.kind));
+        let _ = writeln!(o, "\tHash:       {}", P(&d.hash));
         let _ = writeln!(o, "\tIterations: {}", d.iterations);
         o.push_str("\tSalt:       ");
         hex_block(&mut o, &d.salt, "\t            ");

@@ -50,8 +50,9 @@ pub enum CliError {
     /// (exit 1).
     #[error("operation aborted")]
     Aborted,
-    /// Every key service endpoint failed (exit 1); one line per endpoint.
-    #[error("no key service endpoint worked:\n  {}", failures.join("\n  "))]
+    /// Every key service endpoint failed (exit 1); one line per endpoint, each escaped for
+    /// the terminal (it quotes the endpoint URL of a header token).
+    #[error("no key service endpoint worked:\n  {}", failures.iter().map(|f| crate::format::escape_for_terminal(f)).collect::<Vec<_>>().join("\n  "))]
     NoEndpoint {
         /// Each endpoint's failure, in the order tried.
         failures: Vec<String>,

@@ -186,7 +186,7 @@ pub fn unlock(
             };
             match try_unlock(file, image, lh, secret.expose(), Some(ks)) {
                 Ok(k) => {
-                    tracing::info!(keyslot = ks, url = %u, "unlocked through the key service");
+                    tracing::info!(keyslot = ks, url = %format::Printable(u), "unlocked through the key service");
                     if reply.current_version > version {
                         let target = super::rewrap::Target {
                             file,
@@ -209,7 +209,12 @@ pub fn unlock(
     if failures.is_empty() {
         failures.push("no nbdcrypt-keyservice token for this keyslot".into());
     }
-    Err(failures.join("\n  "))
+    // Each failure quotes a URL of a header token: escaped, one line each.
+    Err(failures
+        .iter()
+        .map(|f| format::escape_for_terminal(f))
+        .collect::<Vec<_>>()
+        .join("\n  "))
 }
 
 /// Whether the header of `image` (with its detached `header`, if any; read with

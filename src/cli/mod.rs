@@ -195,9 +195,11 @@ pub fn main() -> i32 {
     match run(cli.command) {
         Ok(()) => EXIT_OK,
         Err(e) => {
-            eprintln!("nbdcrypt: {e}");
+            // Messages may quote header strings: no control character reaches the terminal.
+            let esc = crate::format::escape_lines_for_terminal;
+            eprintln!("nbdcrypt: {}", esc(&e.to_string()));
             if let Some(h) = e.hint() {
-                eprintln!("hint: {h}");
+                eprintln!("hint: {}", esc(h));
             }
             e.exit_code()
         }

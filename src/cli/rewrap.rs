@@ -61,7 +61,9 @@ pub(super) fn rewrap_or_warn(
             version = old,
             "unlocked, but rewrapping the key-service token to the KEK's current version \
              failed (it stays at version {old} and still unlocks until that version is \
-             retired): {e}"
+             retired): {}",
+            // It may quote a URL of the header's token.
+            crate::format::Printable(&e.to_string())
         ),
     }
 }

@@ -73,7 +73,8 @@ pub fn try_unlock(
 /// Prints the header's warnings on stderr, one `warning: ` line each.
 pub fn warn_all(warnings: &[String]) {
     for w in warnings {
-        eprintln!("warning: {w}");
+        // Warnings may quote header strings.
+        eprintln!("warning: {}", crate::format::escape_lines_for_terminal(w));
     }
 }
 

@@ -593,3 +593,108 @@ fn hostile_non_utf8_json() {
     });
     refused(&img, &key, 1, "JSON metadata is not valid LUKS2 JSON");
 }
+
+/// Header strings reach the terminal escaped: a label, a token type and a token field with a
+/// newline and an escape sequence are dumped as `\n` and `\x1b` (no forged line, no control
+/// byte), `dump --json` keeps them verbatim in valid JSON, and an unsupported cipher with them
+/// is named escaped in the one error line.
+#[test]
+fn header_strings_are_escaped_for_the_terminal() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempdir();
+    let key = key_file(dir.path());
+    let img = fresh(dir.path(), "v.img", &key);
+    let evil = "x\n\x1b[2J\r\x08\u{9b}1m\u{202e}";
+    let shown = r"x\n\x1b[2J\r\x08\x9b1m\u{202e}";
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&img)
+        .unwrap();
+    for at in [0u64, 16384] {
+        let mut copy = vec![0u8; 16384];
+        file.read_exact_at(&mut copy, at).unwrap();
+        let (mut hdr, mut md) = format::decode_copy(&copy, at).unwrap();
+        hdr.label = evil.into();
+        md.tokens.insert(
+            format::metadata::Id(0),
+            serde_json::json!({"type": evil, "keyslots": [], "key_description": evil}),
+        );
+        file.write_all_at(&format::encode_copy(&hdr, &md).unwrap(), at)
+            .unwrap();
+    }
+    let out = ok(nbdcrypt().arg("dump").arg(&img));
+    assert!(
+        !out.chars()
+            .any(|c| c.is_control() && c != '\n' && c != '\t'),
+        "a control character reached stdout: {out:?}"
+    );
+    assert!(
+        out.contains(&format!("Label:         \t{shown}\n")),
+        "{out}"
+    );
+    assert!(out.contains(&format!("  0: {shown}\n")), "{out}");
+    assert!(
+        out.contains(&format!("\tKey description: {shown}\n")),
+        "{out}"
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&ok(nbdcrypt().arg("dump").arg("--json").arg(&img))).unwrap();
+    assert_eq!(doc["label"], evil);
+    assert_eq!(doc["metadata"]["tokens"]["0"]["type"], evil);
+
+    edit_metadata(&img, |v| v["segments"]["0"]["encryption"] = evil.into());
+    let out = run(nbdcrypt().arg("dump").arg(&img));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("cipher {shown} is not supported")),
+        "{err}"
+    );
+    assert!(
+        !err.chars().any(|c| c.is_control() && c != '\n'),
+        "a control character reached stderr: {err:?}"
+    );
+    assert_eq!(
+        err.lines().filter(|l| !l.starts_with("hint:")).count(),
+        1,
+        "{err:?}"
+    );
+}
+
+/// A header at the largest seqid: `erase` is refused with exit 1 naming the seqid, before
+/// the keyslots are wiped (the image is byte-identical and the passphrase still opens it).
+#[test]
+fn erase_at_the_largest_seqid_is_refused() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempdir();
+    let key = key_file(dir.path());
+    let img = fresh(dir.path(), "v.img", &key);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&img)
+        .unwrap();
+    for at in [0u64, 16384] {
+        let mut copy = vec![0u8; 16384];
+        file.read_exact_at(&mut copy, at).unwrap();
+        let (mut hdr, md) = format::decode_copy(&copy, at).unwrap();
+        hdr.seqid = u64::MAX;
+        file.write_all_at(&format::encode_copy(&hdr, &md).unwrap(), at)
+            .unwrap();
+    }
+    let before = file_hash(&img);
+    let out = run(nbdcrypt().arg("erase").arg(&img).arg("--batch-mode"));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("seqid 18446744073709551615 is the largest possible"),
+        "{err}"
+    );
+    assert_eq!(
+        before,
+        file_hash(&img),
+        "a refused erase wrote to the image"
+    );
+    assert!(test_passphrase(&img, &key, &[]).status.success());
+}

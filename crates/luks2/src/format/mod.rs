@@ -4,12 +4,14 @@
 //! validates a metadata copy against the profile nbdcrypt supports and yields the typed views the
 //! upper layers use ([`DataSegment`], [`KeyslotProfile`], [`DigestProfile`]).
 
+pub mod escape;
 pub mod header;
 pub mod metadata;
 mod strict_json;
 #[cfg(test)]
 mod tests;
 
+pub use escape::{escape_for_terminal, escape_lines_for_terminal, Printable};
 use header::{BinaryHeader, BINARY_HEADER_SIZE};
 use metadata::{Metadata, SegmentSize};
 
@@ -63,8 +65,11 @@ pub fn decode_json_area(area: &[u8]) -> Result<Metadata, FormatError> {
             "JSON metadata is ambiguous: {dup}"
         )));
     }
-    serde_json::from_slice(&area[..end])
-        .map_err(|e| FormatError::Corrupt(format!("JSON metadata is not valid LUKS2 JSON: {e}")))
+    serde_json::from_slice(&area[..end]).map_err(|e| {
+        // serde quotes unknown names verbatim.
+        let e = escape_for_terminal(&e.to_string()).into_owned();
+        FormatError::Corrupt(format!("JSON metadata is not valid LUKS2 JSON: {e}"))
+    })
 }
 
 /// Encode metadata as compact JSON padded with NULs to `json_size` bytes. Errors:
@@ -204,8 +209,10 @@ pub struct DigestProfile {
     pub keyslots: Vec<u32>,
 }
 
+/// An [`FormatError::Unsupported`] whose message (which quotes header strings) is escaped
+/// for a terminal.
 fn unsupported(msg: String) -> FormatError {
-    FormatError::Unsupported(msg)
+    FormatError::Unsupported(escape_for_terminal(&msg).into_owned())
 }
 
 /// Check a decoded metadata copy on its own (`format-spec.md` §3.2, §3.4): no mandatory

@@ -9,7 +9,7 @@ use std::path::Path;
 use crate::format::metadata::Metadata;
 
 use super::error::{UpdateState, VolumeError};
-use super::header_io::{prepare, write_copies, LoadedHeader};
+use super::header_io::{next_seqid, prepare, write_copies, LoadedHeader};
 use super::outcome::{commit_failed, retry_fix, Commit};
 
 /// What a failed commit that left the previous metadata in force means: the detail, state
@@ -48,7 +48,7 @@ pub(crate) fn write_prepared(
     before: Before,
 ) -> Result<(), VolumeError> {
     let c = Commit {
-        new_seqid: lh.max_seqid + 1,
+        new_seqid: next_seqid(path, lh.max_seqid)?,
         hdr_size: lh.header.hdr_size,
     };
     write_copies(file, path, copies).map_err(|e| commit_failed(file, path, &c, e, before))

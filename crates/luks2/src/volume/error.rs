@@ -138,14 +138,21 @@ fn describe(state: UpdateState, detail: &str) -> String {
 }
 
 impl VolumeError {
+    /// `e` for the image at `path`; its reason (which may quote header strings) escaped for a
+    /// terminal.
     pub(crate) fn from_format(path: &std::path::Path, e: FormatError) -> VolumeError {
         let path = path.to_owned();
+        let esc = |r: String| crate::format::escape_for_terminal(&r).into_owned();
         match e {
             FormatError::NotLuks => VolumeError::NotLuks { path },
-            FormatError::Unsupported(reason) => VolumeError::Unsupported { path, reason },
-            FormatError::Corrupt(reason) | FormatError::Invalid(reason) => {
-                VolumeError::Corrupt { path, reason }
-            }
+            FormatError::Unsupported(reason) => VolumeError::Unsupported {
+                path,
+                reason: esc(reason),
+            },
+            FormatError::Corrupt(reason) | FormatError::Invalid(reason) => VolumeError::Corrupt {
+                path,
+                reason: esc(reason),
+            },
         }
     }
 }

@@ -311,6 +311,21 @@ pub(crate) fn copy_seqids(
     Ok((seqid(0, Copy::Primary), seqid(hdr_size, Copy::Secondary)))
 }
 
+/// The `seqid` of the next metadata version after `current` (the highest valid copy's).
+/// Errors: [`VolumeError::Unsupported`] when `current` is `u64::MAX`: the next one would
+/// wrap to 0 and lose to every older copy ("higher seqid wins"), so nothing is written.
+pub(crate) fn next_seqid(path: &Path, current: u64) -> Result<u64, VolumeError> {
+    current
+        .checked_add(1)
+        .ok_or_else(|| VolumeError::Unsupported {
+            path: path.to_owned(),
+            reason: format!(
+                "header seqid {current} is the largest possible: an update would wrap it to 0 \
+                 (restore a header backup or re-create the volume)"
+            ),
+        })
+}
+
 /// Encode both metadata copies of `md` from `base` (its `hdr_size`, UUID, label, subsystem)
 /// with `seqid`, each with a fresh salt. Errors: [`VolumeError::InvalidArgument`] when the JSON
 /// does not fit the area.
@@ -363,7 +378,7 @@ pub(crate) fn prepare(
     lh: &LoadedHeader,
     md: &Metadata,
 ) -> Result<Vec<(Vec<u8>, u64)>, VolumeError> {
-    let mut copies = encode_copies(path, &lh.header, md, lh.max_seqid + 1)?;
+    let mut copies = encode_copies(path, &lh.header, md, next_seqid(path, lh.max_seqid)?)?;
     // The new version must itself pass every check a reader applies.
     for (bytes, at) in &copies {
         format::decode_copy(bytes, *at).map_err(|e| VolumeError::from_format(path, e))?;

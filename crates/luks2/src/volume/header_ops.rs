@@ -13,7 +13,7 @@ use crate::format::metadata::{Id, Metadata};
 
 use super::commit::{commit, nothing_before};
 use super::error::{UpdateState, VolumeError};
-use super::header_io::{encode_copies, header_area_len, write_copies, LoadedHeader};
+use super::header_io::{encode_copies, header_area_len, next_seqid, write_copies, LoadedHeader};
 use super::outcome::{commit_failed, unchanged, update_error, Commit};
 use super::store::{image_len, read_step, sync_step, write_step};
 
@@ -21,6 +21,8 @@ use super::store::{image_len, read_step, sync_step, write_step};
 /// overwritten with random bytes and synced, then metadata without keyslots is committed (the
 /// digest stays, bound to no keyslot). Afterwards no passphrase opens either header copy.
 pub fn erase(file: &File, path: &Path, lh: &LoadedHeader) -> Result<(), VolumeError> {
+    // Refused before the keyslots are wiped: the header could not list the change.
+    next_seqid(path, lh.max_seqid)?;
     let start = 2 * lh.header.hdr_size;
     let end = start + lh.metadata.config.keyslots_size;
     let mut at = start;
@@ -155,7 +157,7 @@ pub fn restore_header(
             bytes.len()
         )));
     }
-    let seqid = image_seqid.unwrap_or(0).max(h.seqid) + 1;
+    let seqid = next_seqid(path, image_seqid.unwrap_or(0).max(h.seqid))?;
     let copies = encode_copies(path, &h, &md, seqid)?;
     for (c, at) in &copies {
         format::decode_copy(c, *at).map_err(|e| VolumeError::from_format(path, e))?;

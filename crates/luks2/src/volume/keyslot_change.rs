@@ -14,7 +14,7 @@ use crate::format::metadata::{Id, Metadata};
 
 use super::commit::{commit, nothing_before, write_prepared};
 use super::error::{UpdateState, VolumeError};
-use super::header_io::{prepare, LoadedHeader};
+use super::header_io::{next_seqid, prepare, LoadedHeader};
 use super::keyslot_create::{free_area, keyslot_json, new_area, write_area, KdfChoice};
 use super::outcome::{unchanged, update_error};
 use super::store::{read_step, sync_step, write_step};
@@ -139,6 +139,8 @@ pub fn kill_keyslot(
             "keyslot {slot} is not in use"
         )));
     }
+    // Refused before the area is wiped: the header could not list the change.
+    next_seqid(path, lh.max_seqid)?;
     let area = &lh.metadata.keyslots[&Id(slot)].area;
     let mut old = vec![0u8; area.size as usize];
     read_step(file, path, &mut old, area.offset, "read keyslot area")?;

@@ -387,6 +387,62 @@ fn a_failed_write_reports_unchanged() {
     assert!(img.bytes() == before);
 }
 
+/// A header at the largest `seqid`: every update is refused (the next `seqid` would wrap to
+/// 0 and lose to the older copy), naming the seqid, before anything is written.
+#[test]
+fn an_update_at_the_largest_seqid_is_refused() {
+    let img = Image::new();
+    let mut b = img.bytes();
+    let backup = b[..DEFAULT_DATA_OFFSET as usize].to_vec();
+    for at in [0, 16384] {
+        edit_copy(&mut b, at, |h, _| h.seqid = u64::MAX);
+    }
+    std::fs::write(&img.path, &b).unwrap();
+    let (f, lh) = img.open();
+    assert_clean(&lh, u64::MAX);
+    let vk = unlock(&f, &img.path, &lh, PASS, None, None).unwrap().key;
+    let kdf = cheap_kdf();
+    let forced = LoadedHeader {
+        warnings: vec!["force a rewrite".into()],
+        ..lh.clone()
+    };
+    let new = || NewKeyslot {
+        passphrase: b"x",
+        slot: None,
+        kdf: &kdf,
+        token: None,
+    };
+    let results: Vec<(&str, Result<(), VolumeError>)> = vec![
+        (
+            "add",
+            add_keyslot(&f, &img.path, &lh, &vk, new()).map(|_| ()),
+        ),
+        (
+            "change",
+            change_keyslot(&f, &img.path, &lh, 0, &vk, b"y", &kdf),
+        ),
+        ("kill", kill_keyslot(&f, &img.path, &lh, 0)),
+        ("erase", erase(&f, &img.path, &lh)),
+        ("repair", repair(&f, &img.path, &forced).map(|_| ())),
+        (
+            "restore",
+            restore_header(&f, &img.path, &backup, Some(lh.max_seqid)),
+        ),
+    ];
+    for (op, r) in results {
+        match r {
+            Err(VolumeError::Unsupported { reason, .. }) => {
+                assert!(reason.contains(&u64::MAX.to_string()), "{op}: {reason}")
+            }
+            other => panic!("{op}: {other:?}"),
+        }
+        assert!(
+            img.bytes() == b,
+            "{op}: a refused update wrote to the image"
+        );
+    }
+}
+
 /// Re-encode the copy at `at` of the header bytes `b` after `f` changed it (sealed again).
 fn edit_copy(b: &mut [u8], at: usize, f: impl Fn(&mut BinaryHeader, &mut Metadata)) {
     let (mut h, mut md) = decode_copy(&b[at..at + 16384], at as u64).unwrap();
