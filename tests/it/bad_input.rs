@@ -594,35 +594,46 @@ fn hostile_non_utf8_json() {
     refused(&img, &key, 1, "JSON metadata is not valid LUKS2 JSON");
 }
 
+/// Both 16 KiB header copies of `img` (a fresh volume), decoded, changed by `edit` and written
+/// back with correct checksums (the crate's own encoder).
+fn rewrite_both_copies(
+    img: &Path,
+    edit: &mut dyn FnMut(&mut format::header::BinaryHeader, &mut format::metadata::Metadata),
+) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(img)
+        .unwrap();
+    for at in [0u64, 16384] {
+        let mut copy = vec![0u8; 16384];
+        file.read_exact_at(&mut copy, at).unwrap();
+        let (mut hdr, mut md) = format::decode_copy(&copy, at).unwrap();
+        edit(&mut hdr, &mut md);
+        file.write_all_at(&format::encode_copy(&hdr, &md).unwrap(), at)
+            .unwrap();
+    }
+}
+
 /// Header strings reach the terminal escaped: a label, a token type and a token field with a
 /// newline and an escape sequence are dumped as `\n` and `\x1b` (no forged line, no control
 /// byte), `dump --json` keeps them verbatim in valid JSON, and an unsupported cipher with them
 /// is named escaped in the one error line.
 #[test]
 fn header_strings_are_escaped_for_the_terminal() {
-    use std::os::unix::fs::FileExt;
     let dir = tempdir();
     let key = key_file(dir.path());
     let img = fresh(dir.path(), "v.img", &key);
     let evil = "x\n\x1b[2J\r\x08\u{9b}1m\u{202e}";
     let shown = r"x\n\x1b[2J\r\x08\x9b1m\u{202e}";
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&img)
-        .unwrap();
-    for at in [0u64, 16384] {
-        let mut copy = vec![0u8; 16384];
-        file.read_exact_at(&mut copy, at).unwrap();
-        let (mut hdr, mut md) = format::decode_copy(&copy, at).unwrap();
+    rewrite_both_copies(&img, &mut |hdr, md| {
         hdr.label = evil.into();
         md.tokens.insert(
             format::metadata::Id(0),
             serde_json::json!({"type": evil, "keyslots": [], "key_description": evil}),
         );
-        file.write_all_at(&format::encode_copy(&hdr, &md).unwrap(), at)
-            .unwrap();
-    }
+    });
     let out = ok(nbdcrypt().arg("dump").arg(&img));
     assert!(
         !out.chars()
@@ -666,23 +677,10 @@ fn header_strings_are_escaped_for_the_terminal() {
 /// the keyslots are wiped (the image is byte-identical and the passphrase still opens it).
 #[test]
 fn erase_at_the_largest_seqid_is_refused() {
-    use std::os::unix::fs::FileExt;
     let dir = tempdir();
     let key = key_file(dir.path());
     let img = fresh(dir.path(), "v.img", &key);
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&img)
-        .unwrap();
-    for at in [0u64, 16384] {
-        let mut copy = vec![0u8; 16384];
-        file.read_exact_at(&mut copy, at).unwrap();
-        let (mut hdr, md) = format::decode_copy(&copy, at).unwrap();
-        hdr.seqid = u64::MAX;
-        file.write_all_at(&format::encode_copy(&hdr, &md).unwrap(), at)
-            .unwrap();
-    }
+    rewrite_both_copies(&img, &mut |hdr, _| hdr.seqid = u64::MAX);
     let before = file_hash(&img);
     let out = run(nbdcrypt().arg("erase").arg(&img).arg("--batch-mode"));
     let err = stderr(&out);
