@@ -116,6 +116,7 @@ fn demo(dir: &Path, listen: SocketAddr, discard: Discard, tls: TlsArgs) -> Resul
             key_slot: None,
             read_only: false,
             discard,
+            description: None,
         }],
         ServerArgs {
             listen: vec![listen],

@@ -37,6 +37,10 @@ pub struct OpenArgs {
     /// Export name (default: the image file's stem); the default export "" works too.
     #[arg(long, value_name = "NAME")]
     export_name: Option<String>,
+    /// The export's description for clients (`nbdinfo --list`); default "nbdcrypt LUKS2
+    /// volume", which names no server path.
+    #[arg(long, value_name = "TEXT")]
+    export_description: Option<String>,
     /// Serve read-only: writes fail with EPERM.
     #[arg(long)]
     read_only: bool,
@@ -59,6 +63,9 @@ impl OpenArgs {
         let image = self
             .image
             .expect("clap requires IMAGE without --disconnect");
+        if let Some(text) = &self.export_description {
+            serve::check_description(text)?;
+        }
         let identity = self.service.identity()?;
         let key = match self.key.unlock.source() {
             KeySource::Prompt => KeySource::KeyService(identity),
@@ -74,6 +81,7 @@ impl OpenArgs {
             key_slot: self.key.key_slot,
             read_only: self.read_only,
             discard: self.discard.policy(),
+            description: self.export_description,
         };
         match self.connect {
             Some(device) => super::connect::open_connect(

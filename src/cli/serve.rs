@@ -29,6 +29,10 @@ pub struct ServeArgs {
     /// export at most). Exports without one are prompted for, each naming its image.
     #[arg(long, short = 'd', value_name = "NAME=FILE", value_parser = parse_named_path)]
     key_file: Vec<(String, PathBuf)>,
+    /// Export NAME's description for clients (`nbdinfo --list`), instead of the default
+    /// "nbdcrypt LUKS2 volume", which names no server path (repeatable, once per export).
+    #[arg(long, value_name = "NAME=TEXT", value_parser = parse_named_text)]
+    export_description: Vec<(String, String)>,
     /// Export NAME's detached LUKS2 header (as cryptsetup's --header): its IMAGE then holds
     /// only the encrypted data (repeatable, once per export).
     #[arg(long, value_name = "NAME=FILE", value_parser = parse_named_path)]
@@ -65,6 +69,9 @@ impl ServeArgs {
             self.read_only,
             self.discard,
         )?;
+        for (name, text) in self.export_description {
+            set_description(&mut exports, &name, text)?;
+        }
         let identity = self.service.identity()?;
         for x in &mut exports {
             if let KeySource::Prompt = x.key {
@@ -92,6 +99,57 @@ pub struct ImageExport {
     pub read_only: bool,
     /// What TRIM does (`--discard`).
     pub discard: Discard,
+    /// `--export-description`: what clients are told the export is; `None` =
+    /// [`DEFAULT_DESCRIPTION`].
+    pub description: Option<String>,
+}
+
+/// The description every export gets unless the operator gives one: it names no server path,
+/// since clients read it before they authenticate (`NBD_OPT_LIST`, `NBD_INFO_DESCRIPTION`).
+pub const DEFAULT_DESCRIPTION: &str = "nbdcrypt LUKS2 volume";
+
+/// The description sent to clients for an export: the operator's `custom` text, else
+/// [`DEFAULT_DESCRIPTION`] (never the image's path).
+pub fn export_description(custom: Option<&str>) -> String {
+    custom.unwrap_or(DEFAULT_DESCRIPTION).to_string()
+}
+
+/// Check an `--export-description` TEXT: at most the protocol's 4096 bytes.
+pub fn check_description(text: &str) -> Result<(), CliError> {
+    if text.len() > crate::nbd::proto::MAX_STRING {
+        return Err(CliError::Usage(format!(
+            "--export-description is {} bytes, over the protocol's {} bytes",
+            text.len(),
+            crate::nbd::proto::MAX_STRING
+        )));
+    }
+    Ok(())
+}
+
+/// Parse `serve --export-description NAME=TEXT` (the name is everything before the first `=`;
+/// TEXT may be empty).
+fn parse_named_text(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, text)) if !name.is_empty() => Ok((name.to_string(), text.to_string())),
+        _ => Err(format!("{s:?} is not NAME=TEXT")),
+    }
+}
+
+/// Give export `name` of `exports` the description `text` (once per export).
+fn set_description(exports: &mut [ImageExport], name: &str, text: String) -> Result<(), CliError> {
+    check_description(&text)?;
+    let Some(x) = exports.iter_mut().find(|x| x.name == name) else {
+        return Err(CliError::Usage(format!(
+            "--export-description names export {name:?}, which is not among the exports"
+        )));
+    };
+    if x.description.is_some() {
+        return Err(CliError::Usage(format!(
+            "--export-description is given twice for export {name}"
+        )));
+    }
+    x.description = Some(text);
+    Ok(())
 }
 
 /// Default TCP address (IANA's NBD port on loopback).
@@ -283,7 +341,7 @@ pub(super) fn unlock_all(
         );
         let config = ExportConfig {
             name: x.name.clone(),
-            description: Some(format!("nbdcrypt LUKS2 volume {}", x.image.display())),
+            description: Some(export_description(x.description.as_deref())),
             read_only: x.read_only,
         };
         vols.push((config, Arc::new(vol)));
@@ -398,6 +456,7 @@ pub fn serve_exports(
             key_slot: None,
             read_only: false,
             discard: Discard::Ignore,
+            description: None,
         });
     }
     let find = |out: &[ImageExport], name: &str, flag: &str| {
@@ -505,11 +564,47 @@ pub fn serve_exports(
 
 #[cfg(test)]
 mod tests {
-    use super::{serve_exports, stdin_readers, ImageExport};
+    use super::{
+        export_description, parse_named_text, serve_exports, set_description, stdin_readers,
+        ImageExport,
+    };
     use crate::cli::service_args::ServiceIdentity;
     use crate::cli::unlock::KeySource;
     use crate::volume::Discard;
     use std::path::PathBuf;
+
+    #[test]
+    fn descriptions_name_no_server_path_unless_given() {
+        assert_eq!(export_description(None), "nbdcrypt LUKS2 volume");
+        assert_eq!(export_description(Some("backup disk")), "backup disk");
+        let mut exports = serve_exports(
+            vec![
+                ("a".into(), "/srv/secret/a.img".into()),
+                ("b".into(), "b.img".into()),
+            ],
+            vec![],
+            vec![],
+            vec![],
+            vec![],
+            vec![],
+        )
+        .unwrap();
+        set_description(&mut exports, "b", "second".into()).unwrap();
+        assert!(set_description(&mut exports, "b", "again".into()).is_err());
+        assert!(set_description(&mut exports, "c", "none".into()).is_err());
+        assert!(set_description(&mut exports, "a", "x".repeat(4097)).is_err());
+        let described: Vec<String> = exports
+            .iter()
+            .map(|x| export_description(x.description.as_deref()))
+            .collect();
+        assert_eq!(described, ["nbdcrypt LUKS2 volume", "second"]);
+        assert_eq!(
+            parse_named_text("a=b=c").unwrap(),
+            ("a".into(), "b=c".into())
+        );
+        assert_eq!(parse_named_text("a=").unwrap(), ("a".into(), String::new()));
+        assert!(parse_named_text("=x").is_err());
+    }
 
     /// `serve --discard`: a `NAME=POLICY` beats the global `POLICY` in either order; a repeat
     /// of either kind is refused.
@@ -624,6 +719,7 @@ mod tests {
                 key_slot: None,
                 read_only: false,
                 discard: Discard::Ignore,
+                description: None,
             })
             .collect();
         let has_token = |x: &ImageExport| x.name == "token";

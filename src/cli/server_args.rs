@@ -54,13 +54,26 @@ fn parse_tls_mode(s: &str) -> Result<TlsMode, String> {
     s.parse()
 }
 
+/// Refuse a TLS mode that would serve clients without the certificate `--tls-ca` demands:
+/// under [`TlsMode::On`] a client that never sends `STARTTLS` is served in plain text, so it
+/// skips the certificate check. `has_ca`: `--tls-ca` is given.
+pub fn check_client_auth(mode: TlsMode, has_ca: bool) -> Result<(), CliError> {
+    if mode == TlsMode::On && has_ca {
+        return Err(CliError::Usage(
+            "--tls on serves plain-text clients without the certificate --tls-ca asks for: use --tls require (or drop --tls-ca)".into(),
+        ));
+    }
+    Ok(())
+}
+
 impl TlsArgs {
     /// The mode these flags select, and the files when it is not off.
     ///
     /// Rules (as qemu-nbd, where giving TLS credentials means TLS is required): no flag → off;
     /// `--tls-cert` + `--tls-key` without `--tls` → require; `--tls on|require` needs both
     /// files; `--tls off` with any file, one file of the pair alone, or `--tls-ca` without the
-    /// pair is a usage error rather than a silent plain-text server.
+    /// pair is a usage error rather than a silent plain-text server; so is `--tls on` with
+    /// `--tls-ca` ([`check_client_auth`]).
     pub fn resolve(&self) -> Result<Option<(TlsMode, TlsFiles)>, CliError> {
         let any_file = self.tls_cert.is_some() || self.tls_key.is_some() || self.tls_ca.is_some();
         let mode = match (self.tls, any_file) {
@@ -73,6 +86,7 @@ impl TlsArgs {
             (Some(m), _) => m,
             (None, true) => TlsMode::Require,
         };
+        check_client_auth(mode, self.tls_ca.is_some())?;
         match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => Ok(Some((
                 mode,
@@ -151,5 +165,33 @@ impl ServerFlags {
             tls: self.tls,
             fork: self.fork,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_certificates_need_required_tls() {
+        assert!(check_client_auth(TlsMode::On, true).is_err());
+        assert!(check_client_auth(TlsMode::On, false).is_ok());
+        assert!(check_client_auth(TlsMode::Require, true).is_ok());
+        assert!(check_client_auth(TlsMode::Off, false).is_ok());
+    }
+
+    #[test]
+    fn resolve_refuses_tls_on_with_a_ca() {
+        let args = |mode| TlsArgs {
+            tls: mode,
+            tls_cert: Some("c.pem".into()),
+            tls_key: Some("k.pem".into()),
+            tls_ca: Some("ca.pem".into()),
+        };
+        let e = args(Some(TlsMode::On)).resolve().unwrap_err();
+        assert!(e.to_string().contains("--tls require"), "{e}");
+        let (mode, files) = args(None).resolve().unwrap().unwrap();
+        assert_eq!((mode, files.ca.is_some()), (TlsMode::Require, true));
+        assert!(args(Some(TlsMode::Require)).resolve().is_ok());
     }
 }

@@ -83,7 +83,7 @@ fn probe_against_nbdcrypt_open() {
     check(
         &out,
         "EXPORT(size=83886080,flags=0xd6d) BLOCK_SIZE(min=512,pref=4096,max=33554432) \
-         NAME('probe') DESCRIPTION('nbdcrypt LUKS2 volume",
+         NAME('probe') DESCRIPTION('nbdcrypt LUKS2 volume') ACK",
     );
     let (st, err) = srv.stop();
     assert!(

@@ -736,6 +736,19 @@ fn cli_refuses_unusable_tls_flags_before_unlocking() {
             vec!["--tls".into(), "maybe".into()],
             "unknown TLS mode".into(),
         ),
+        (
+            vec![
+                "--tls".into(),
+                "on".into(),
+                "--tls-cert".into(),
+                s(&cert),
+                "--tls-key".into(),
+                s(&key),
+                "--tls-ca".into(),
+                s(&pki.cert("ca")),
+            ],
+            "use --tls require".into(),
+        ),
     ];
     for (flags, text) in cases {
         // No --key-file and no stdin: had the passphrase been asked for first, this would be
@@ -759,6 +772,69 @@ fn cli_refuses_unusable_tls_flags_before_unlocking() {
         assert!(err.lines().count() <= 2, "one line plus a hint: {err}");
         assert!(!sock.exists(), "{flags:?}: a listener was started");
     }
+}
+
+/// `--tls on` would serve plain-text clients that skip the certificate `--tls-ca` asks for:
+/// `serve` and `demo` refuse it too, before any passphrase or image (exit 1, one line).
+#[test]
+fn tls_on_with_a_client_ca_is_refused_by_every_server_command() {
+    let dir = common::tempdir();
+    let pki = Pki::new(dir.path());
+    let (img, key) = volume(dir.path());
+    let sock = dir.path().join("s.sock");
+    let demo_dir = dir.path().join("demo");
+    let tls = |cmd: &mut std::process::Command| {
+        cmd.args(["--tls", "on", "--tls-cert"])
+            .arg(pki.cert("server"))
+            .arg("--tls-key")
+            .arg(pki.key("server"))
+            .arg("--tls-ca")
+            .arg(pki.cert("ca"))
+            .stdin(Stdio::null());
+    };
+    let mut serve = nbdcrypt();
+    serve
+        .arg("serve")
+        .arg("--export")
+        .arg(format!("vol={}", img.display()))
+        .arg("--key-file")
+        .arg(format!("vol={}", key.display()))
+        .arg("--socket")
+        .arg(&sock);
+    let mut demo = nbdcrypt();
+    demo.args(["demo", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .arg("--dir")
+        .arg(&demo_dir);
+    for cmd in [&mut serve, &mut demo] {
+        tls(cmd);
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{cmd:?} started serving instead of refusing");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().unwrap();
+        let err = common::stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{cmd:?}: {err}");
+        let first = err.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with("nbdcrypt: ")
+                && first.contains("--tls-ca")
+                && first.contains("use --tls require"),
+            "{cmd:?}: {err}"
+        );
+        assert!(err.lines().count() <= 2, "one line plus a hint: {err}");
+    }
+    assert!(!sock.exists(), "serve started a listener");
+    assert!(!demo_dir.exists(), "demo created its image");
 }
 
 #[test]

@@ -51,6 +51,12 @@ fn nbdinfo_reports_size_and_block_sizes() {
             list.contains(&format!("\"export-name\": \"v{sector}\"")),
             "{list}"
         );
+        // No server path in what any client can read before authenticating.
+        let v: serde_json::Value = serde_json::from_str(&list).unwrap();
+        assert_eq!(
+            v["exports"][0]["description"], "nbdcrypt LUKS2 volume",
+            "{list}"
+        );
         let (st, err) = srv.stop();
         assert!(st.success(), "{err}");
     }

@@ -34,7 +34,10 @@ fn nbdinfo_lists_two_volumes_and_each_keeps_its_own_data() {
     let dir = tempdir();
     let (a, ka) = volume(dir.path(), "A", "20M", 512, b"passphrase of A");
     let (b, kb) = volume(dir.path(), "B", "24M", 4096, b"passphrase of B");
-    let mut srv = Server::serve(&[("a", &a, &ka), ("b", &b, &kb)], &["--read-only=b"]);
+    let mut srv = Server::serve(
+        &[("a", &a, &ka), ("b", &b, &kb)],
+        &["--read-only=b", "--export-description", "b=backup disk B"],
+    );
     let list = ok(nbd_tool("nbdinfo").args(["--list", "--json", &srv.uri()]));
     let v = json(&list);
     let exports = v["exports"].as_array().unwrap();
@@ -42,13 +45,20 @@ fn nbdinfo_lists_two_volumes_and_each_keeps_its_own_data() {
     let (ea, eb) = (&exports[0], &exports[1]);
     assert_eq!(ea["export-name"], "a", "{list}");
     assert_eq!(eb["export-name"], "b", "{list}");
-    assert!(
-        ea["description"].as_str().unwrap().contains("A.img"),
-        "{list}"
-    );
-    assert!(
-        eb["description"].as_str().unwrap().contains("B.img"),
-        "{list}"
+    // Clients read descriptions before they authenticate: no server path unless the
+    // operator writes one.
+    assert_eq!(ea["description"], "nbdcrypt LUKS2 volume", "{list}");
+    assert_eq!(eb["description"], "backup disk B", "{list}");
+    let plain = ok(nbd_tool("nbdinfo").args(["--list", &srv.uri()]));
+    let described: Vec<&str> = plain
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("description:"))
+        .map(str::trim)
+        .collect();
+    assert_eq!(
+        described,
+        ["nbdcrypt LUKS2 volume", "backup disk B"],
+        "{plain}"
     );
     assert_eq!(ea["export-size"], 4u64 << 20);
     assert_eq!(eb["export-size"], 8u64 << 20);
