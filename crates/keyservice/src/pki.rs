@@ -134,24 +134,78 @@ impl rcgen::PublicKeyData for P256Public<'_> {
     }
 }
 
-/// A client certificate for host `name` over the host's own P-256 public key `point`
-/// (uncompressed, 65 bytes): PEM and DER.
+/// Checks that `point` is a P-256 public key as a host sends it: uncompressed (65 bytes,
+/// `0x04 ‖ X ‖ Y`), coordinates below the field prime, on the curve (so neither (0,0) nor the
+/// point at infinity).
 ///
-/// Errors: [`PkiError`] for a key that is not an uncompressed P-256 point.
-pub fn host_cert_for_key(
-    ca_key_pem: &str,
-    name: &str,
-    point: &[u8],
-) -> Result<(String, Vec<u8>), PkiError> {
+/// Errors: [`PkiError`] naming which of these failed.
+pub fn check_p256_point(point: &[u8]) -> Result<(), PkiError> {
     if point.len() != 65 || point[0] != 4 {
         return Err(PkiError(
             "the public key is not an uncompressed P-256 point (65 bytes, 0x04 first)".into(),
         ));
     }
+    p256::PublicKey::from_sec1_bytes(point)
+        .map(|_| ())
+        .map_err(|_| PkiError("the public key is not a point on the P-256 curve".into()))
+}
+
+/// A client certificate for host `name` over the host's own P-256 public key `point`
+/// (uncompressed, 65 bytes): PEM and DER.
+///
+/// Errors: [`PkiError`] for a key that is not an uncompressed P-256 point on the curve
+/// ([`check_p256_point`]).
+pub fn host_cert_for_key(
+    ca_key_pem: &str,
+    name: &str,
+    point: &[u8],
+) -> Result<(String, Vec<u8>), PkiError> {
+    check_p256_point(point)?;
     let ca_key = KeyPair::from_pem(ca_key_pem).map_err(err)?;
     let issuer = Issuer::new(ca_params(), ca_key);
     let mut p = host_params(name);
     p.serial_number = Some(serial()?);
     let cert = p.signed_by(&P256Public(point), &issuer).map_err(err)?;
     Ok((cert.pem(), cert.der().to_vec()))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Points that are not P-256 public keys: (0,0), a valid point with Y changed (off the
+    /// curve), coordinates of all ones (not below the field prime), compressed, short.
+    pub(crate) fn bad_points() -> Vec<(&'static str, Vec<u8>)> {
+        let mut zero = vec![0u8; 65];
+        zero[0] = 4;
+        let mut off = KeyPair::generate().unwrap().public_key_raw().to_vec();
+        off[64] ^= 1;
+        let mut ones = vec![0xffu8; 65];
+        ones[0] = 4;
+        let valid = KeyPair::generate().unwrap().public_key_raw().to_vec();
+        let mut compressed = valid[..33].to_vec();
+        compressed[0] = 2;
+        vec![
+            ("(0,0)", zero),
+            ("off the curve", off),
+            ("coordinates >= p", ones),
+            ("compressed", compressed),
+            ("short", vec![4u8; 10]),
+            ("empty", vec![]),
+        ]
+    }
+
+    #[test]
+    fn only_points_on_p256_are_keys() {
+        for (what, p) in bad_points() {
+            assert!(check_p256_point(&p).is_err(), "{what}");
+        }
+        let valid = KeyPair::generate().unwrap();
+        check_p256_point(valid.public_key_raw()).unwrap();
+        let ca = new_ca().unwrap();
+        let mut zero = vec![0u8; 65];
+        zero[0] = 4;
+        assert!(host_cert_for_key(&ca.key_pem, "h", &zero).is_err());
+        host_cert_for_key(&ca.key_pem, "h", valid.public_key_raw()).unwrap();
+    }
 }

@@ -439,3 +439,43 @@ fn a_volume_uuid_has_one_spelling() {
     );
     assert_eq!(status, 200, "{text}");
 }
+
+#[test]
+fn join_issues_certificates_only_for_points_on_p256() {
+    use base64::Engine;
+    let f = fixture();
+    let token = f
+        .app
+        .store
+        .lock()
+        .unwrap()
+        .join_token_add("hostJ", 600)
+        .unwrap();
+    let body = |point: &[u8]| {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(point);
+        format!(r#"{{"token":"{}","public_key":"{b64}"}}"#, &*token)
+    };
+    for (what, point) in pki::tests::bad_points() {
+        let (status, _, text) = f.call(Who::Nobody, "POST", "/v1/join", &body(&point));
+        assert_eq!(status, 400, "{what}: {text}");
+        let p: ProblemBody = serde_json::from_str(&text).unwrap();
+        assert_eq!(p.problem_type, Refusal::BadRequest.problem_type(), "{what}");
+        let row = f.last_row();
+        assert_eq!(row.actor, "join:hostJ", "{what}");
+        assert_eq!(
+            Some(row.outcome),
+            Refusal::BadRequest.audit_outcome(),
+            "{what}"
+        );
+    }
+    // The token was not spent on the refused keys: a real key still redeems it.
+    let valid = rcgen::KeyPair::generate().unwrap();
+    let (status, _, text) = f.call(
+        Who::Nobody,
+        "POST",
+        "/v1/join",
+        &body(valid.public_key_raw()),
+    );
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("hostJ"), "{text}");
+}

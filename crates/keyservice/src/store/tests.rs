@@ -493,7 +493,11 @@ fn join_refusals() {
     let add_host: Setup = |s, root, _, host| {
         s.host_add(root, host).unwrap();
     };
-    let cases: [(&str, Setup, Vec<u8>, &str, Refusal); 3] = [
+    let mut zero = vec![0u8; 65];
+    zero[0] = 4;
+    let mut off_curve = p256_point();
+    off_curve[64] ^= 1;
+    let cases: [(&str, Setup, Vec<u8>, &str, Refusal); 5] = [
         (
             "h2",
             expire,
@@ -503,6 +507,8 @@ fn join_refusals() {
         ),
         ("h3", add_host, p256_point(), "join:h3", Refusal::HostExists),
         ("h4", none, vec![4u8; 10], "join:h4", Refusal::BadRequest),
+        ("h5", none, zero, "join:h5", Refusal::BadRequest),
+        ("h6", none, off_curve, "join:h6", Refusal::BadRequest),
     ];
     for (host, setup, point, actor, refusal) in cases {
         let token = store.join_token_add(host, 3600).unwrap();
