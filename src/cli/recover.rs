@@ -1,4 +1,4 @@
-//! `recover IMAGE --key-service URL --token T --identity OFFICER.key`: a recovery officer
+//! `recover IMAGE --key-service URL --token-file T --identity OFFICER.key`: a recovery officer
 //! fetches the volume's escrow package (`GET /v1/volumes/{uuid}/escrow`, officer role, audited
 //! by the service), opens it locally with the officer's `age` identity, checks that it is this
 //! volume's (UUID, then the volume key against the header's digest), and adds a passphrase
@@ -31,10 +31,11 @@ pub struct RecoverArgs {
     /// The key service (repeatable: tried in order).
     #[arg(long = "key-service", value_name = "URL", required = true)]
     key_service: Vec<String>,
-    /// Your officer bearer token (`nbdcrypt-keyd token add NAME --role officer`).
+    /// Your officer bearer token (`nbdcrypt-keyd token add NAME --role officer`) on the command
+    /// line. Discouraged: any local user sees it in the process list; use --token-file.
     #[arg(long, value_name = "TOKEN")]
     token: Option<String>,
-    /// The token from FILE instead (not shown in the process list).
+    /// Your officer bearer token from FILE (`-` = stdin; one trailing newline is dropped).
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
     /// Your age identity file (`age-keygen -o OFFICER.key`).
@@ -57,14 +58,15 @@ impl RecoverArgs {
     pub fn run(self) -> Result<(), CliError> {
         let token = match (self.token, &self.token_file) {
             (Some(t), _) => Zeroizing::new(t),
-            (None, Some(f)) => Zeroizing::new(
-                std::fs::read_to_string(f)
-                    .map_err(|e| {
-                        CliError::Usage(format!("cannot read token file {}: {e}", f.display()))
-                    })?
-                    .trim()
-                    .to_string(),
-            ),
+            (None, Some(f)) => {
+                let stdin = Path::new("-");
+                if f == stdin && self.new_keyfile.as_deref() == Some(stdin) {
+                    return Err(CliError::Usage(
+                        "--token-file - and --new-keyfile - cannot both read stdin".into(),
+                    ));
+                }
+                crate::keyservice::token_file::read_token_file(f).map_err(CliError::Usage)?
+            }
             (None, None) => unreachable!("clap requires --token or --token-file"),
         };
         recover(

@@ -24,6 +24,12 @@ use error::KeydError;
 use files::{read_passphrase, write_file};
 use join::join;
 
+/// `join`'s examples (the token from a file or stdin, never on the command line).
+const EX_JOIN: &str = "Examples:
+  nbdcrypt-keyd join https://keyd:8443 --token-file hostJ.token --ca ca.pem
+  ssh admin@keyd nbdcrypt-keyd host join-token hostJ \\
+      | nbdcrypt-keyd join https://keyd:8443 --token-file - --ca ca.pem";
+
 /// Key service for nbdcrypt volumes: KEK wrapping, escrow, audit.
 #[derive(Parser)]
 #[command(name = "nbdcrypt-keyd", version)]
@@ -82,12 +88,20 @@ enum Cmd {
     /// On a host: redeem a join token at the service URL for a client certificate. The key is
     /// made here and never sent; writes OUT/host.key (0600), OUT/host.pem and OUT/ca.pem, the
     /// files `nbdcrypt` reads by default from /etc/nbdcrypt/keyservice.
+    #[command(
+        group(clap::ArgGroup::new("join_token").required(true).args(["token", "token_file"])),
+        after_help = EX_JOIN
+    )]
     Join {
         /// The service, https://HOST[:PORT].
         url: String,
-        /// The join token (`nbj_...`) from `host join-token`.
-        #[arg(long)]
-        token: String,
+        /// The join token (`nbj_...`) on the command line. Discouraged: any local user sees it
+        /// in the process list; use --token-file.
+        #[arg(long, value_name = "TOKEN")]
+        token: Option<String>,
+        /// The join token from FILE (`-` = stdin; one trailing newline is dropped).
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
         /// The service's CA certificate (its `ca.pem`), given with the token.
         #[arg(long, value_name = "FILE")]
         ca: PathBuf,
@@ -116,7 +130,7 @@ enum HostCmd {
         name: String,
     },
     /// Print a one-time join token for new host NAME (only its SHA-256 is stored): the host
-    /// runs `nbdcrypt-keyd join URL --token T --ca ca.pem` to get its certificate.
+    /// runs `nbdcrypt-keyd join URL --token-file T --ca ca.pem` to get its certificate.
     JoinToken {
         /// Host name (A-Z a-z 0-9 - _ .).
         name: String,
@@ -320,10 +334,20 @@ fn run(cli: Cli) -> Result<(), KeydError> {
         Cmd::Join {
             url,
             token,
+            token_file,
             ca,
             out,
             timeout,
-        } => join(url, token, ca, out, *timeout)?,
+        } => {
+            let token = match (token, token_file) {
+                (_, Some(f)) => {
+                    crate::keyservice::token_file::read_token_file(f).map_err(KeydError::Join)?
+                }
+                (Some(t), None) => zeroize::Zeroizing::new(t.clone()),
+                (None, None) => unreachable!("clap requires --token or --token-file"),
+            };
+            join(url, &token, ca, out, *timeout)?
+        }
         Cmd::Audit { cmd } => {
             let store = Store::open(dir)?;
             match cmd {

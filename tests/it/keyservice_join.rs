@@ -1,13 +1,14 @@
 //! One-time join tokens of the key service (docs/keyservice-api.md "Joining"): `host
-//! join-token NAME` on the service, `nbdcrypt-keyd join URL --token T --ca ca.pem --out DIR` on
+//! join-token NAME` on the service, `nbdcrypt-keyd join URL --token-file T --ca ca.pem --out DIR` on
 //! the host (key made there, 0600), the certificate then works as host NAME; a second use, an
 //! expired token and a wrong token are refused with their status and audit row.
 
 use crate::common;
 
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 use common::keyd::{keyd, Keyd};
 use common::{require, run, stderr, tempdir};
@@ -15,12 +16,21 @@ use serde_json::{json, Value};
 
 const VOL: &str = "0a1b2c3d-0000-4000-8000-00000000001f";
 
+/// `join` with the token in a file (with its trailing newline), as the examples do.
 fn join(k: &Keyd, token: &str, out: &Path) -> Output {
-    run(keyd()
-        .args(["join", &k.url, "--token", token, "--ca"])
+    let file = out.with_extension("token");
+    std::fs::write(&file, format!("{token}\n")).unwrap();
+    run(join_cmd(k, out).arg("--token-file").arg(&file))
+}
+
+/// `nbdcrypt-keyd join URL --ca CA --out OUT`, without its token.
+fn join_cmd(k: &Keyd, out: &Path) -> Command {
+    let mut c = keyd();
+    c.args(["join", &k.url, "--ca"])
         .arg(k.data.join("ca.pem"))
         .arg("--out")
-        .arg(out))
+        .arg(out);
+    c
 }
 
 /// The last audit row: its outcome and actor.
@@ -127,4 +137,50 @@ fn join_token_is_exchanged_once_for_a_working_certificate() {
         .args(["host", "join-token", "hostJ"]));
     assert_eq!(dup.status.code(), Some(1), "{dup:?}");
     assert!(k.admin(&["audit", "verify"]).contains("audit chain ok"));
+}
+
+#[test]
+fn join_reads_the_token_from_stdin_a_file_or_the_command_line() {
+    let dir = tempdir();
+    let mut k = Keyd::init(dir.path());
+    let token = |k: &Keyd, host: &str| k.admin(&["host", "join-token", host]).trim().to_string();
+    let (t_stdin, t_argv) = (token(&k, "hostS"), token(&k, "hostV"));
+    k.serve();
+    // `--token-file -`: the token (and its newline) on stdin, so never in the process's argv.
+    let out_dir = dir.path().join("hostS");
+    let mut child = join_cmd(&k, &out_dir)
+        .args(["--token-file", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{t_stdin}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(out_dir.join("host.pem").exists());
+    assert_eq!(last_row(&k)["target"], "hostS");
+    // An empty token file is refused before anything is sent or written.
+    let empty = dir.path().join("empty.token");
+    std::fs::write(&empty, "\n").unwrap();
+    let bad_dir = dir.path().join("bad");
+    let bad = run(join_cmd(&k, &bad_dir).arg("--token-file").arg(&empty));
+    assert_eq!(bad.status.code(), Some(1), "{bad:?}");
+    assert!(stderr(&bad).contains("empty.token"), "{}", stderr(&bad));
+    assert!(!bad_dir.exists());
+    // Neither form: a usage error (exit 2); the discouraged argv form still works.
+    let none = run(&mut join_cmd(&k, &bad_dir));
+    assert_eq!(none.status.code(), Some(2), "{none:?}");
+    let argv_dir = dir.path().join("hostV");
+    let argv = run(join_cmd(&k, &argv_dir).args(["--token", &t_argv]));
+    assert!(argv.status.success(), "{argv:?}");
+    let help = run(keyd().args(["join", "--help"]));
+    let help = String::from_utf8_lossy(&help.stdout).to_string();
+    assert!(help.contains("Discouraged"), "{help}");
+    assert!(help.contains("--token-file -"), "{help}");
 }

@@ -19,6 +19,7 @@ pub mod pki;
 pub mod refusal;
 pub mod server;
 pub mod store;
+pub mod token_file;
 pub mod wrap;
 
 pub use refusal::Refusal;
