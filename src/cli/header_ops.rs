@@ -114,10 +114,23 @@ fn erase(image: &Path, header: Option<&Path>, batch: bool) -> Result<(), CliErro
 /// `header-backup`: see the CLI help.
 fn header_backup(image: &Path, header: Option<&Path>, backup: &Path) -> Result<(), CliError> {
     let (o, lh) = open_loaded(image, header, Access::Inspect)?;
-    let bytes = volume::header_bytes(&o.header, &o.header_path, &lh)?;
-    // A new file, never a symlink's target (read-only: a backup is not edited).
-    nbdcrypt_luks2::fsutil::write_new(backup, &bytes, 0o400)
+    // A new file, never a symlink's target (read-only: a backup is not edited), written in
+    // pieces (the header area is as long as the data offset) and synced; removed on failure.
+    let mut out = nbdcrypt_luks2::fsutil::create_new(backup, 0o400)
         .map_err(|e| CliError::Usage(format!("cannot create {}: {e}", backup.display())))?;
+    let copied = volume::copy_header_area(&o.header, &o.header_path, &lh, &mut out, backup)
+        .and_then(|()| {
+            out.sync_all().map_err(|e| volume::VolumeError::Io {
+                op: "fsync",
+                path: backup.to_owned(),
+                offset: 0,
+                source: e,
+            })
+        });
+    if let Err(e) = copied {
+        let _ = std::fs::remove_file(backup);
+        return Err(e.into());
+    }
     eprintln!(
         "Header of {} saved to {}.",
         image.display(),
@@ -133,15 +146,27 @@ fn header_restore(
     backup: &Path,
     batch: bool,
 ) -> Result<(), CliError> {
-    let bytes = std::fs::read(backup)
+    // Read in pieces, never whole: a backup is as long as its data offset.
+    let bytes = std::fs::File::open(backup)
         .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", backup.display())))?;
-    let (_, backup_md) = volume::check_backup(backup, &bytes)?;
+    let (backup_hdr, backup_md) = volume::check_backup(backup, &bytes)?;
     let o = volume::OpenedImage::open(image, header, Access::HeaderWrite)?;
     let (file, hpath) = (&o.header, o.header_path.as_path());
     // A valid header of another volume (another volume key) is not overwritten by accident,
     // nor a file without a valid header (cryptsetup asks too).
     let image_seqid = match o.load() {
         Ok(lh) => {
+            // Another data offset or layout would move or overwrite the start of the data:
+            // refused even with --batch-mode, as cryptsetup does. Nothing is written.
+            volume::check_backup_fits((&lh.header, &lh.metadata), (&backup_hdr, &backup_md))?;
+            if lh.header.uuid != backup_hdr.uuid && !batch {
+                return Err(CliError::Usage(format!(
+                    "the backup's UUID {} is not {}'s UUID {}: it belongs to another volume (add --batch-mode to restore it anyway)",
+                    crate::format::escape_for_terminal(&backup_hdr.uuid),
+                    image.display(),
+                    crate::format::escape_for_terminal(&lh.header.uuid),
+                )));
+            }
             let digest = |md| {
                 crate::format::segment_digest(md)
                     .map(|d| (d.salt, d.digest))
@@ -160,7 +185,7 @@ fn header_restore(
                 &format!(
                     "{} holds no valid LUKS2 header; restoring overwrites its first {} bytes",
                     image.display(),
-                    bytes.len()
+                    bytes.metadata().map(|m| m.len()).unwrap_or(0)
                 ),
                 batch,
             )?;

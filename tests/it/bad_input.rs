@@ -696,3 +696,34 @@ fn erase_at_the_largest_seqid_is_refused() {
     );
     assert!(test_passphrase(&img, &key, &[]).status.success());
 }
+
+/// A keyslots area above cryptsetup's 128 MiB limit is refused by every command (the header
+/// is outside what cryptsetup accepts), and `header-backup` neither reads it nor creates a file.
+#[test]
+fn keyslots_area_above_the_limit_is_refused() {
+    let dir = tempdir();
+    let key = key_file(dir.path());
+    let img = fresh(dir.path(), "v.img", &key);
+    let big = 256u64 << 20;
+    rewrite_both_copies(&img, &mut |_, md| {
+        md.config.keyslots_size = big;
+        md.segments.values_mut().next().unwrap().offset = 2 * 16384 + big;
+    });
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_len(2 * 16384 + big + (1 << 20))
+        .unwrap();
+    let needle = "config.keyslots_size 268435456 is not supported";
+    refused(&img, &key, 1, needle);
+    let bak = dir.path().join("v.bak");
+    let out = run(nbdcrypt()
+        .arg("header-backup")
+        .arg(&img)
+        .arg("--header-backup-file")
+        .arg(&bak));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains(needle), "{}", stderr(&out));
+    assert!(!bak.exists());
+}

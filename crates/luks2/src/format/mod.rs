@@ -34,6 +34,11 @@ pub const ARGON2_MAX_TIME: u32 = 1 << 24;
 pub const DEFAULT_HDR_SIZE: u64 = 16 << 10;
 /// Default offset of the data segment, bytes (the whole LUKS2 header with keyslots area).
 pub const DEFAULT_DATA_OFFSET: u64 = 16 << 20;
+/// Largest keyslots area (`config.keyslots_size`) a header may declare, bytes: cryptsetup's
+/// `LUKS2_MAX_KEYSLOTS_SIZE` (128 MiB); a larger one is refused, as cryptsetup does.
+pub const MAX_KEYSLOTS_SIZE: u64 = 128 << 20;
+/// Alignment of `config.keyslots_size`, bytes (cryptsetup refuses a size not a multiple of 4 KiB).
+pub const KEYSLOTS_SIZE_ALIGN: u64 = 4096;
 
 /// Why metadata bytes were refused. One kind per failure class.
 #[derive(Debug, thiserror::Error)]
@@ -216,7 +221,8 @@ fn unsupported(msg: String) -> FormatError {
 }
 
 /// Check a decoded metadata copy on its own (`format-spec.md` §3.2, §3.4): no mandatory
-/// requirements, keyslot areas inside the keyslots area, not overlapping and large enough for
+/// requirements, a keyslots area of at most [`MAX_KEYSLOTS_SIZE`] bytes in whole 4 KiB units
+/// (cryptsetup's limits, so no header makes a copy of the header area unbounded), keyslot areas inside the keyslots area, not overlapping and large enough for
 /// their key material, exactly one `crypt` segment with our cipher, a supported sector size,
 /// `iv_tweak` 0, sector-aligned and after the keyslots area; every keyslot and segment a
 /// digest names exists (as cryptsetup requires).
@@ -234,6 +240,12 @@ pub fn check_layout(hdr: &BinaryHeader, md: &Metadata) -> Result<(), FormatError
                 "config.requirements {req} is not supported"
             )));
         }
+    }
+    let ks_size = md.config.keyslots_size;
+    if ks_size > MAX_KEYSLOTS_SIZE || !ks_size.is_multiple_of(KEYSLOTS_SIZE_ALIGN) {
+        return Err(unsupported(format!(
+            "config.keyslots_size {ks_size} is not supported (at most {MAX_KEYSLOTS_SIZE} bytes, a multiple of {KEYSLOTS_SIZE_ALIGN}, as cryptsetup requires)"
+        )));
     }
     let ks_start = 2 * hdr.hdr_size;
     let ks_end = ks_start

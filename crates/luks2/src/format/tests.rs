@@ -451,6 +451,21 @@ fn rows() -> Vec<(&'static str, Defect, Kind, &'static str)> {
             "segment flags",
         ),
         (
+            "keyslots area above cryptsetup's 128 MiB",
+            D::Json(|v| {
+                v["config"]["keyslots_size"] = "8589934592".into();
+                v["segments"]["0"]["offset"] = "8589967360".into();
+            }),
+            K::Unsupported,
+            "config.keyslots_size 8589934592 is not supported",
+        ),
+        (
+            "keyslots area not in whole 4 KiB",
+            D::Json(|v| v["config"]["keyslots_size"] = "16711168".into()),
+            K::Unsupported,
+            "config.keyslots_size 16711168 is not supported",
+        ),
+        (
             "keyslots area reaching into the data segment",
             D::Json(|v| {
                 v["config"]["keyslots_size"] = "17039360".into();

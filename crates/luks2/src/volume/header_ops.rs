@@ -4,8 +4,11 @@
 //! every header update: whatever the metadata in force uses is written and synced first.
 
 use std::fs::File;
+use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+
+use sha2::{Digest, Sha256};
 
 use crate::format;
 use crate::format::header::BinaryHeader;
@@ -73,32 +76,125 @@ pub fn repair(file: &File, path: &Path, lh: &LoadedHeader) -> Result<bool, Volum
     Ok(true)
 }
 
+/// Largest piece of a header area held in memory at once when it is copied (`header-backup`,
+/// `header-restore`): a copy streams in pieces of this size, whatever the header area's size.
+pub const COPY_CHUNK: u64 = 1 << 20;
+
 /// The header area of the image (both metadata copies and the keyslots area,
 /// [`LoadedHeader::header_area_len`] bytes from 0: up to the data segment in an image, the
 /// whole header of a detached header file), which is what `cryptsetup luksHeaderBackup` saves.
+/// In memory whole: for tests and small headers; copies use [`copy_header_area`].
 pub fn header_bytes(file: &File, path: &Path, lh: &LoadedHeader) -> Result<Vec<u8>, VolumeError> {
-    let mut buf = vec![0u8; lh.header_area_len() as usize];
-    read_step(file, path, &mut buf, 0, "read header area")?;
-    Ok(buf)
+    let mut out = Vec::new();
+    copy_header_area(file, path, lh, &mut out, path)?;
+    Ok(out)
+}
+
+/// Copy the header area of the image (as [`header_bytes`]) to `out`, named `out_path` in
+/// errors, in pieces of at most [`COPY_CHUNK`] bytes. Errors: [`VolumeError::Io`] of the read
+/// or of the write.
+pub fn copy_header_area(
+    file: &File,
+    path: &Path,
+    lh: &LoadedHeader,
+    out: &mut dyn Write,
+    out_path: &Path,
+) -> Result<(), VolumeError> {
+    let len = lh.header_area_len();
+    let mut buf = vec![0u8; len.min(COPY_CHUNK) as usize];
+    let mut at = 0;
+    while at < len {
+        let n = (len - at).min(COPY_CHUNK) as usize;
+        read_step(file, path, &mut buf[..n], at, "read header area")?;
+        out.write_all(&buf[..n]).map_err(|e| VolumeError::Io {
+            op: "write header backup",
+            path: out_path.to_owned(),
+            offset: at,
+            source: e,
+        })?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// A header backup to check or restore: bytes in memory, or a file read in pieces of at most
+/// [`COPY_CHUNK`] bytes (a backup is as long as its data offset, which has no bound).
+#[derive(Clone, Copy)]
+pub enum BackupSource<'a> {
+    /// The whole backup in memory.
+    Bytes(&'a [u8]),
+    /// An open backup file.
+    File(&'a File),
+}
+
+impl<'a> From<&'a [u8]> for BackupSource<'a> {
+    fn from(b: &'a [u8]) -> Self {
+        BackupSource::Bytes(b)
+    }
+}
+
+impl<'a> From<&'a Vec<u8>> for BackupSource<'a> {
+    fn from(b: &'a Vec<u8>) -> Self {
+        BackupSource::Bytes(b)
+    }
+}
+
+impl<'a> From<&'a File> for BackupSource<'a> {
+    fn from(f: &'a File) -> Self {
+        BackupSource::File(f)
+    }
+}
+
+impl BackupSource<'_> {
+    /// Length in bytes.
+    fn len(&self) -> std::io::Result<u64> {
+        match self {
+            BackupSource::Bytes(b) => Ok(b.len() as u64),
+            BackupSource::File(f) => Ok(f.metadata()?.len()),
+        }
+    }
+
+    /// Fill `buf` from byte `at`; `UnexpectedEof` past the end.
+    fn read_at(&self, buf: &mut [u8], at: u64) -> std::io::Result<()> {
+        match self {
+            BackupSource::Bytes(b) => {
+                let src = usize::try_from(at)
+                    .ok()
+                    .and_then(|a| b.get(a..a.checked_add(buf.len())?))
+                    .ok_or(std::io::ErrorKind::UnexpectedEof)?;
+                buf.copy_from_slice(src);
+                Ok(())
+            }
+            BackupSource::File(f) => f.read_exact_at(buf, at),
+        }
+    }
 }
 
 /// Check a header backup (the bytes of `cryptsetup luksHeaderBackup`): at least one valid
 /// metadata copy, and exactly as long as its data offset. Returns the valid copy with the
 /// higher `seqid`. Errors: [`VolumeError::Corrupt`] naming what is wrong, with `backup` as path.
-pub fn check_backup(backup: &Path, bytes: &[u8]) -> Result<(BinaryHeader, Metadata), VolumeError> {
+pub fn check_backup<'a>(
+    backup: &Path,
+    source: impl Into<BackupSource<'a>>,
+) -> Result<(BinaryHeader, Metadata), VolumeError> {
+    let source = source.into();
     let corrupt = |reason: String| VolumeError::Corrupt {
         path: backup.to_owned(),
         reason,
     };
+    let read = |len: u64, at: u64| -> Result<Vec<u8>, String> {
+        let mut buf = vec![0u8; len as usize];
+        source.read_at(&mut buf, at).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => "too short".to_string(),
+            _ => format!("read failed: {e}"),
+        })?;
+        Ok(buf)
+    };
+    // `hdr_size` is one of the allowed sizes (at most 4 MiB) once the binary header decodes.
     let copy_at = |at: u64| -> Result<(BinaryHeader, Metadata), String> {
-        let first = bytes
-            .get(at as usize..at as usize + format::header::BINARY_HEADER_SIZE)
-            .ok_or("too short")?;
-        let h = BinaryHeader::decode(first).map_err(|e| e.to_string())?;
-        let all = bytes
-            .get(at as usize..(at + h.hdr_size) as usize)
-            .ok_or("too short")?;
-        format::decode_copy(all, at).map_err(|e| e.to_string())
+        let first = read(format::header::BINARY_HEADER_SIZE as u64, at)?;
+        let h = BinaryHeader::decode(&first).map_err(|e| e.to_string())?;
+        format::decode_copy(&read(h.hdr_size, at)?, at).map_err(|e| e.to_string())
     };
     let primary = copy_at(0);
     let secondary = match &primary {
@@ -126,13 +222,70 @@ pub fn check_backup(backup: &Path, bytes: &[u8]) -> Result<(BinaryHeader, Metada
     };
     format::data_segment(&md, u64::MAX).map_err(|e| corrupt(e.to_string()))?;
     let want = header_area_len(&h, &md);
-    if bytes.len() as u64 != want {
+    let len = source
+        .len()
+        .map_err(|e| corrupt(format!("cannot read the backup's length: {e}")))?;
+    if len != want {
         return Err(corrupt(format!(
-            "backup is {} bytes, its header says the header area is {want}",
-            bytes.len(),
+            "backup is {len} bytes, its header says the header area is {want}",
         )));
     }
     Ok((h, md))
+}
+
+/// Check that a header backup fits the volume whose header it would replace, as cryptsetup's
+/// `luksHeaderRestore` does: the same data segment (offset, size or `dynamic`, sector size,
+/// cipher, `iv_tweak`) and the same layout (`hdr_size`, `keyslots_size`). Restoring a backup
+/// that differs would move the start of the data or reshape the header over it. A different
+/// UUID or volume key is not checked here (the caller asks for confirmation).
+///
+/// Errors: [`VolumeError::InvalidArgument`] naming the first difference, with cryptsetup's
+/// wording ("Data offset differ on device and backup, restore failed.", "Binary header with
+/// keyslot areas size differ on device and backup, restore failed.").
+pub fn check_backup_fits(
+    device: (&BinaryHeader, &Metadata),
+    backup: (&BinaryHeader, &Metadata),
+) -> Result<(), VolumeError> {
+    let (dh, dmd) = device;
+    let (bh, bmd) = backup;
+    let (Some(ds), Some(bs)) = (dmd.segments.values().next(), bmd.segments.values().next()) else {
+        return Err(VolumeError::InvalidArgument(
+            "Data segment differ on device and backup, restore failed. (one has no data segment)"
+                .into(),
+        ));
+    };
+    if ds.offset != bs.offset {
+        return Err(VolumeError::InvalidArgument(format!(
+            "Data offset differ on device and backup, restore failed. (device: {} bytes, backup: {})",
+            ds.offset, bs.offset
+        )));
+    }
+    if dh.hdr_size != bh.hdr_size || dmd.config.keyslots_size != bmd.config.keyslots_size {
+        return Err(VolumeError::InvalidArgument(format!(
+            "Binary header with keyslot areas size differ on device and backup, restore failed. (device: hdr_size {} keyslots_size {}, backup: hdr_size {} keyslots_size {})",
+            dh.hdr_size, dmd.config.keyslots_size, bh.hdr_size, bmd.config.keyslots_size
+        )));
+    }
+    let show = |s: &format::metadata::Segment| {
+        let size = match s.size {
+            format::metadata::SegmentSize::Dynamic => "dynamic".to_string(),
+            format::metadata::SegmentSize::Bytes(n) => n.to_string(),
+        };
+        format!(
+            "size {size}, sector_size {}, cipher {}, iv_tweak {}",
+            s.sector_size, s.encryption, s.iv_tweak
+        )
+    };
+    let (d, b) = (show(ds), show(bs));
+    if d != b {
+        return Err(VolumeError::InvalidArgument(
+            format::escape_for_terminal(&format!(
+                "Data segment differ on device and backup, restore failed. (device: {d}; backup: {b})"
+            ))
+            .into_owned(),
+        ));
+    }
+    Ok(())
 }
 
 /// Write a checked header backup over the image's header area (`header-restore`,
@@ -141,20 +294,30 @@ pub fn check_backup(backup: &Path, bytes: &[u8]) -> Result<(BinaryHeader, Metada
 /// backup's own) to the secondary and the primary place, each synced — a damaged copy in the
 /// backup is never written. The image must be longer than the backup (a detached header
 /// file: at least as long). A restore stopped before its header writes leaves neither header able to open: run it again.
-pub fn restore_header(
+pub fn restore_header<'a>(
     file: &File,
     path: &Path,
-    bytes: &[u8],
+    backup: impl Into<BackupSource<'a>>,
     image_seqid: Option<u64>,
 ) -> Result<(), VolumeError> {
-    let (h, md) = check_backup(path, bytes)?;
+    let backup = backup.into();
+    let (h, md) = check_backup(path, backup)?;
+    let read_backup = |buf: &mut [u8], at: u64| {
+        backup.read_at(buf, at).map_err(|e| VolumeError::Io {
+            op: "read header backup",
+            path: path.to_owned(),
+            offset: at,
+            source: e,
+        })
+    };
+    // check_backup made the backup exactly this long.
+    let backup_len = header_area_len(&h, &md);
     let len = image_len(file, path)?;
     // A detached header file (data at offset 0 elsewhere) is exactly the backup's size.
     let detached = md.segments.values().next().is_some_and(|s| s.offset == 0);
-    if len < bytes.len() as u64 || (len == bytes.len() as u64 && !detached) {
+    if len < backup_len || (len == backup_len && !detached) {
         return Err(VolumeError::InvalidArgument(format!(
-            "the image ({len} bytes) is not larger than the header backup ({} bytes)",
-            bytes.len()
+            "the image ({len} bytes) is not larger than the header backup ({backup_len} bytes)"
         )));
     }
     let seqid = next_seqid(path, image_seqid.unwrap_or(0).max(h.seqid))?;
@@ -163,29 +326,49 @@ pub fn restore_header(
         format::decode_copy(c, *at).map_err(|e| VolumeError::from_format(path, e))?;
     }
     let ks_start = 2 * h.hdr_size;
-    let area = &bytes[ks_start as usize..];
-    let mut old = vec![0u8; area.len()];
-    read_step(file, path, &mut old, ks_start, "read keyslots area")?;
+    // The keyslots area is compared and copied in pieces: the image's old area is kept as
+    // its hash only, to tell after a failed write whether anything changed.
+    let pieces = || {
+        (ks_start..backup_len)
+            .step_by(COPY_CHUNK as usize)
+            .map(move |at| (at, (backup_len - at).min(COPY_CHUNK) as usize))
+    };
+    let mut img_buf = vec![0u8; (backup_len - ks_start).min(COPY_CHUNK) as usize];
+    let mut bak_buf = img_buf.clone();
+    let image_area_hash = |buf: &mut [u8]| -> std::io::Result<Vec<u8>> {
+        let mut hash = Sha256::new();
+        for (at, n) in pieces() {
+            file.read_exact_at(&mut buf[..n], at)?;
+            hash.update(&buf[..n]);
+        }
+        Ok(hash.finalize().to_vec())
+    };
+    let mut old_hash = Sha256::new();
+    let mut same = true;
+    for (at, n) in pieces() {
+        read_step(file, path, &mut img_buf[..n], at, "read keyslots area")?;
+        read_backup(&mut bak_buf[..n], at)?;
+        old_hash.update(&img_buf[..n]);
+        same &= img_buf[..n] == bak_buf[..n];
+    }
+    let old_hash = old_hash.finalize().to_vec();
     let again = "run header-restore again with the same backup".to_string();
     let replaced = (
         "the keyslots area is partly or wholly the backup's, so keyslots of the header in force may no longer open".to_string(),
         UpdateState::KeysDestroyed,
         again.clone(),
     );
-    let keyslots_failed = |e| {
-        let mut now = vec![0u8; old.len()];
-        match file.read_exact_at(&mut now, ks_start) {
-            Ok(()) if now == old => unchanged(path, "the keyslots area was not overwritten", e),
-            _ => update_error(path, replaced.1, replaced.0.clone(), again.clone(), e),
-        }
+    let keyslots_failed = |e, buf: &mut [u8]| match image_area_hash(buf) {
+        Ok(now) if now == old_hash => unchanged(path, "the keyslots area was not overwritten", e),
+        _ => update_error(path, replaced.1, replaced.0.clone(), again.clone(), e),
     };
-    write_step(file, path, area, ks_start, "keyslots area").map_err(keyslots_failed)?;
-    sync_step(file, path, "sync keyslots area").map_err(keyslots_failed)?;
-    let before = if old == area {
-        nothing_before()
-    } else {
-        replaced
-    };
+    for (at, n) in pieces() {
+        read_backup(&mut bak_buf[..n], at).map_err(|e| keyslots_failed(e, &mut img_buf))?;
+        write_step(file, path, &bak_buf[..n], at, "keyslots area")
+            .map_err(|e| keyslots_failed(e, &mut img_buf))?;
+    }
+    sync_step(file, path, "sync keyslots area").map_err(|e| keyslots_failed(e, &mut img_buf))?;
+    let before = if same { nothing_before() } else { replaced };
     let c = Commit {
         new_seqid: seqid,
         hdr_size: h.hdr_size,

@@ -51,7 +51,10 @@ pub use create::{format, FormatOptions};
 pub use data::{Volume, MAX_ALLOCATION_RUNS, PUNCH_ALIGN};
 pub use error::{UpdateState, VolumeError};
 pub use header_io::{load_detached_header, load_header, LoadedHeader};
-pub use header_ops::{check_backup, erase, header_bytes, repair, replace_token, restore_header};
+pub use header_ops::{
+    check_backup, check_backup_fits, copy_header_area, erase, header_bytes, repair, replace_token,
+    restore_header, BackupSource, COPY_CHUNK,
+};
 pub use holes::{segment_hole_bytes, Discard, Run};
 pub use image::{open_image, Access, OpenedImage};
 pub use keyslot_change::{add_keyslot, change_keyslot, kill_keyslot, NewKeyslot, MAX_KEYSLOTS};

@@ -13,10 +13,10 @@ use crate::format::metadata::{Id, Metadata};
 use crate::format::{decode_copy, encode_copy, DEFAULT_DATA_OFFSET};
 
 use super::{
-    add_keyslot, change_keyslot, check_backup, erase, format, header_bytes, kill_keyslot,
-    load_header, open_image, repair, replace_token, restore_header, unlock, verify_volume_key,
-    Access, FormatOptions, KdfChoice, KdfKind, LoadedHeader, NewKeyslot, OpenedImage, UpdateState,
-    VolumeError, MAX_KEYSLOTS,
+    add_keyslot, change_keyslot, check_backup, check_backup_fits, erase, format, header_bytes,
+    kill_keyslot, load_header, open_image, repair, replace_token, restore_header, unlock,
+    verify_volume_key, Access, FormatOptions, KdfChoice, KdfKind, LoadedHeader, NewKeyslot,
+    OpenedImage, UpdateState, VolumeError, MAX_KEYSLOTS,
 };
 
 const PASS: &[u8] = b"first passphrase";
@@ -337,6 +337,61 @@ fn check_backup_refusals() {
         check_backup(Path::new("backup"), &b).unwrap().1,
         lh.metadata
     );
+}
+
+#[test]
+fn backup_must_fit_the_device() {
+    use crate::format::metadata::SegmentSize;
+    let img = Image::new();
+    let (_f, lh) = img.open();
+    let dev = (&lh.header, &lh.metadata);
+    type Mutation = fn(&mut BinaryHeader, &mut Metadata);
+    fn seg(md: &mut Metadata) -> &mut crate::format::metadata::Segment {
+        md.segments.values_mut().next().unwrap()
+    }
+    // (mutation of the device's own header, text of the refusal; "" = accepted)
+    let rows: Vec<(Mutation, &str)> = vec![
+        (|_, _| {}, ""),
+        (|h, _| h.uuid = "another".into(), ""),
+        (
+            |_, m| seg(m).offset += 4096,
+            "Data offset differ on device and backup",
+        ),
+        (
+            |_, m| seg(m).offset = 0,
+            "Data offset differ on device and backup",
+        ),
+        (
+            |h, _| h.hdr_size = 32768,
+            "Binary header with keyslot areas size differ",
+        ),
+        (
+            |_, m| m.config.keyslots_size -= 4096,
+            "Binary header with keyslot areas size differ",
+        ),
+        (
+            |_, m| seg(m).size = SegmentSize::Bytes(1 << 20),
+            "Data segment differ",
+        ),
+        (
+            |_, m| seg(m).sector_size = 512 + 4096 - seg(m).sector_size,
+            "Data segment differ",
+        ),
+        (
+            |_, m| seg(m).encryption = "aes-cbc-essiv:sha256".into(),
+            "Data segment differ",
+        ),
+        (|_, m| seg(m).iv_tweak = 1, "Data segment differ"),
+    ];
+    for (mutate, needle) in rows {
+        let (mut h, mut md) = (lh.header.clone(), lh.metadata.clone());
+        mutate(&mut h, &mut md);
+        match (check_backup_fits(dev, (&h, &md)), needle) {
+            (Ok(()), "") => {}
+            (Err(VolumeError::InvalidArgument(m)), n) if !n.is_empty() && m.contains(n) => {}
+            (other, n) => panic!("{n}: {other:?}"),
+        }
+    }
 }
 
 #[test]
