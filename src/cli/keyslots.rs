@@ -294,7 +294,8 @@ fn kill_slot(
                         VolumeError::WrongPassphrase
                         | VolumeError::NoUsableKeyslot { .. }
                         | VolumeError::Unsupported { .. }
-                        | VolumeError::OutOfMemory { .. },
+                        | VolumeError::OutOfMemory { .. }
+                        | VolumeError::TooSlow { .. },
                     ) => {}
                     Err(e) => return Err(e),
                 }
