@@ -596,7 +596,7 @@ fn hostile_non_utf8_json() {
 
 /// Both 16 KiB header copies of `img` (a fresh volume), decoded, changed by `edit` and written
 /// back with correct checksums (the crate's own encoder).
-fn rewrite_both_copies(
+pub(crate) fn rewrite_both_copies(
     img: &Path,
     edit: &mut dyn FnMut(&mut format::header::BinaryHeader, &mut format::metadata::Metadata),
 ) {
