@@ -78,12 +78,26 @@ pub fn try_unlock(
     keyslot: Option<u32>,
 ) -> Result<UnlockedKey, VolumeError> {
     let limit = MEMORY_LIMIT.get().copied().flatten();
-    let secs = TIME_LIMIT
+    volume::unlock_limited(file, image, lh, passphrase, keyslot, limit, time_limit())
+}
+
+/// `--unlock-time-limit`, or its default.
+fn time_limit() -> u64 {
+    TIME_LIMIT
         .get()
         .copied()
         .flatten()
-        .unwrap_or(DEFAULT_UNLOCK_TIME_LIMIT_SECS);
-    volume::unlock_limited(file, image, lh, passphrase, keyslot, limit, secs)
+        .unwrap_or(DEFAULT_UNLOCK_TIME_LIMIT_SECS)
+}
+
+/// [`volume::verify_volume_key_limited`] with the command line's time limit (a volume key
+/// given directly, e.g. `--volume-key-file`).
+pub fn try_verify_volume_key(
+    image: &Path,
+    lh: &LoadedHeader,
+    vk: &[u8],
+) -> Result<(), VolumeError> {
+    volume::verify_volume_key_limited(image, lh, vk, time_limit())
 }
 
 /// Prints the header's warnings on stderr, one `warning: ` line each.

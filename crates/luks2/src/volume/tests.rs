@@ -788,6 +788,10 @@ fn unlock_refuses_kdf_costs_above_the_time_limit() {
         .err()
         .unwrap();
     assert!(e.to_string().starts_with("digest 0 would take"), "{e}");
+    let mut hostile = lh.clone();
+    hostile.metadata.digests.get_mut(&Id(0)).unwrap().iterations = u32::MAX;
+    let e = super::verify_volume_key_limited(&img.path, &hostile, &[0; 64], 60).unwrap_err();
+    assert!(matches!(e, VolumeError::TooSlow { .. }), "{e:?}");
     let e = slow(|m| {
         let k = m.keyslots.get_mut(&Id(0)).unwrap().kdf.as_mut().unwrap();
         (k.kind, k.iterations, k.hash) = ("argon2id".into(), None, None);

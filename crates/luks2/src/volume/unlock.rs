@@ -228,13 +228,24 @@ pub fn unlock_limited(
 /// Check that `vk` is this volume's key (the segment digest, constant time), e.g. a key given
 /// with `--volume-key-file`. Errors: [`VolumeError::InvalidArgument`] when it is not.
 pub fn verify_volume_key(path: &Path, lh: &LoadedHeader, vk: &[u8]) -> Result<(), VolumeError> {
+    verify_volume_key_limited(path, lh, vk, DEFAULT_UNLOCK_TIME_LIMIT_SECS)
+}
+
+/// [`verify_volume_key`] with a bound on the digest's estimated time, `time_limit_secs`.
+/// Errors: as [`verify_volume_key`]; [`VolumeError::TooSlow`] naming the digest.
+pub fn verify_volume_key_limited(
+    path: &Path,
+    lh: &LoadedHeader,
+    vk: &[u8],
+    time_limit_secs: u64,
+) -> Result<(), VolumeError> {
     let d = format::segment_digest(&lh.metadata).map_err(|e| VolumeError::from_format(path, e))?;
     let ms = pbkdf2_estimated_ms(d.iterations);
-    if ms > DEFAULT_UNLOCK_TIME_LIMIT_SECS * 1000 {
+    if ms > time_limit_secs.saturating_mul(1000) {
         return Err(VolumeError::TooSlow {
             what: format!("digest {}", d.id),
             est_secs: ms / 1000,
-            limit_secs: DEFAULT_UNLOCK_TIME_LIMIT_SECS,
+            limit_secs: time_limit_secs,
         });
     }
     if vk.len() != VOLUME_KEY_SIZE
