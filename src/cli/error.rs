@@ -177,6 +177,7 @@ impl CliError {
                 VolumeError::Corrupt { .. } => Some("restore a header backup, or run `cryptsetup repair` on a copy of the image"),
                 VolumeError::Busy { .. } => Some("another nbdcrypt (or cryptsetup) has the image open; stop it first"),
                 VolumeError::OutOfMemory { .. } => Some("free memory, or add a keyslot with a smaller --pbkdf-memory"),
+                VolumeError::TooSlow { .. } => Some("a header from an untrusted source may ask for hours of KDF work; if this one is yours, raise --unlock-time-limit"),
                 VolumeError::Update { fix, .. } => Some(fix),
                 _ => None,
             },

@@ -26,6 +26,24 @@ pub const SECRET_LEN: usize = 32;
 /// nothing but time (1000 is cryptsetup's minimum).
 pub const SECRET_PBKDF2_ITERATIONS: u32 = 1000;
 
+/// Key-service URLs of one token tried at unlock (and at most given to `add-key
+/// --key-service`): a header listing hundreds of dead URLs cannot stall an unlock.
+pub const MAX_TOKEN_URLS: usize = 8;
+/// Time spent on the key service for one unlock, in `--key-service-timeout`s (default 5 s:
+/// 15 s): no endpoint is tried after it, and the unlock falls back or fails.
+pub const SERVICE_BUDGET_TIMEOUTS: u32 = 3;
+
+/// The URLs of a key-service token to try, at most [`MAX_TOKEN_URLS`], and how many it lists.
+pub fn token_urls(t: &serde_json::Value) -> (Vec<String>, usize) {
+    let all = t["urls"].as_array().map_or(&[][..], |a| &a[..]);
+    let urls = all
+        .iter()
+        .filter_map(|u| u.as_str().map(String::from))
+        .take(MAX_TOKEN_URLS)
+        .collect();
+    (urls, all.len())
+}
+
 /// `add-key IMAGE --key-service URL... --kek NAME`: a new keyslot for a random 32-byte secret
 /// (PBKDF2, [`SECRET_PBKDF2_ITERATIONS`]), the secret wrapped by the service for this volume
 /// and slot, and an `nbdcrypt-keyservice` token with the wrapped blob, in one header commit.
@@ -40,6 +58,12 @@ pub fn add_key(
     kek: &str,
     slot: Option<u32>,
 ) -> Result<(), CliError> {
+    if service.urls.len() > MAX_TOKEN_URLS {
+        return Err(CliError::Usage(format!(
+            "{} --key-service URLs given; a token holds at most {MAX_TOKEN_URLS}",
+            service.urls.len()
+        )));
+    }
     let (file, hpath, lh) = open_for_update(image, header)?;
     let vk = unlock_with_tries(source, image, |p| try_unlock(&file, &hpath, &lh, p, None))?.key;
     let slot = match slot {
@@ -132,7 +156,9 @@ pub fn unlock(
     }
     let uuid = &lh.header.uuid;
     let mut failures = Vec::new();
-    for (tid, t) in tokens {
+    let started = std::time::Instant::now();
+    let budget = service.timeout * SERVICE_BUDGET_TIMEOUTS;
+    'tokens: for (tid, t) in tokens {
         let Some(ks) = t["keyslots"]
             .as_array()
             .and_then(|a| a.first())
@@ -151,14 +177,12 @@ pub fn unlock(
                 break;
             }
         };
-        let urls: Vec<String> = t["urls"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|u| u.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let (urls, listed) = token_urls(t);
+        if listed > urls.len() {
+            failures.push(format!(
+                "token {tid} lists {listed} URLs; only the first {MAX_TOKEN_URLS} are tried"
+            ));
+        }
         let (kek, version) = (
             t["kek"].as_str().unwrap_or(""),
             t["kek_version"].as_u64().unwrap_or(0),
@@ -170,6 +194,13 @@ pub fn unlock(
             blob: t["blob"].as_str().unwrap_or(""),
         };
         for u in &urls {
+            if started.elapsed() >= budget {
+                failures.push(format!(
+                    "gave up on the key service after {} s ({SERVICE_BUDGET_TIMEOUTS} x --key-service-timeout)",
+                    budget.as_secs_f64()
+                ));
+                break 'tokens;
+            }
             let reply = match client.unwrap(u, uuid, &body) {
                 Ok(r) => r,
                 Err(e) => {
@@ -229,4 +260,21 @@ pub fn has_service_token(image: &Path, header: Option<&Path>) -> bool {
                 .values()
                 .any(|t| t["type"] == format::KEYSERVICE_TOKEN)
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A token listing 200 URLs yields the first [`MAX_TOKEN_URLS`] and the count listed.
+    #[test]
+    fn token_urls_are_capped() {
+        let many: Vec<String> = (0..200).map(|i| format!("https://h{i}:1/")).collect();
+        let (urls, listed) = token_urls(&json!({ "urls": many }));
+        assert_eq!((urls.len(), listed), (MAX_TOKEN_URLS, 200));
+        assert_eq!(urls[0], "https://h0:1/");
+        let (urls, listed) = token_urls(&json!({ "urls": ["https://a/", 5] }));
+        assert_eq!((urls, listed), (vec!["https://a/".to_string()], 2));
+        assert_eq!(token_urls(&json!({})), (vec![], 0));
+    }
 }

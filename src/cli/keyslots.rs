@@ -176,7 +176,7 @@ fn add_key(
             let vk = SecretBytes::new(std::fs::read(f).map_err(|e| {
                 CliError::Usage(format!("cannot read volume key file {}: {e}", f.display()))
             })?);
-            volume::verify_volume_key(&hpath, &lh, vk.expose())?;
+            super::unlock::try_verify_volume_key(&hpath, &lh, vk.expose())?;
             vk
         }
         None => unlock_with_tries(source, image, |p| try_unlock(&file, &hpath, &lh, p, None))?.key,
@@ -294,7 +294,8 @@ fn kill_slot(
                         VolumeError::WrongPassphrase
                         | VolumeError::NoUsableKeyslot { .. }
                         | VolumeError::Unsupported { .. }
-                        | VolumeError::OutOfMemory { .. },
+                        | VolumeError::OutOfMemory { .. }
+                        | VolumeError::TooSlow { .. },
                     ) => {}
                     Err(e) => return Err(e),
                 }

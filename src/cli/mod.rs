@@ -57,6 +57,11 @@ struct Cli {
     /// of RAM); such slots are skipped before anything is allocated.
     #[arg(long, global = true, value_name = "KIB")]
     pbkdf_memory_limit: Option<u64>,
+    /// Refuse keyslots (and digests) whose KDF is estimated to take longer than this many
+    /// seconds per try (at a fast machine's speed; default 60); such slots are skipped before
+    /// their KDF runs, so a hostile header cannot make an unlock run for hours.
+    #[arg(long, global = true, value_name = "SECS")]
+    unlock_time_limit: Option<u64>,
     /// Log line format on stderr: text (default) or json (one JSON object per line, for log
     /// collectors). The level comes from NBDCRYPT_LOG (default info).
     #[arg(
@@ -192,6 +197,7 @@ pub fn main() -> i32 {
         );
     }
     unlock::set_memory_limit(cli.pbkdf_memory_limit);
+    unlock::set_time_limit(cli.unlock_time_limit);
     match run(cli.command) {
         Ok(()) => EXIT_OK,
         Err(e) => {

@@ -182,11 +182,12 @@ fn check_package(
         bytes
             .ok_or_else(|| CliError::Usage("the escrow package's volume_key is not hex".into()))?,
     );
-    volume::verify_volume_key(hpath, lh, vk.expose()).map_err(|_| {
-        CliError::Usage(format!(
+    super::unlock::try_verify_volume_key(hpath, lh, vk.expose()).map_err(|e| match e {
+        e @ volume::VolumeError::TooSlow { .. } => CliError::from(e),
+        _ => CliError::Usage(format!(
             "the escrow package's volume key does not match the header digest of {} (a package from before a reencryption, or a header restored from another volume?)",
             image.display()
-        ))
+        )),
     })?;
     Ok(vk)
 }

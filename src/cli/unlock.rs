@@ -1,6 +1,7 @@
 //! Opening an image and unlocking a keyslot, shared by every command that needs the volume
 //! key: where the secret comes from ([`KeySource`]), the tries at a prompt
-//! ([`unlock_with_tries`]), the `--pbkdf-memory-limit` every unlock obeys ([`try_unlock`]),
+//! ([`unlock_with_tries`]), the `--pbkdf-memory-limit` and
+//! `--unlock-time-limit` every unlock obeys ([`try_unlock`]),
 //! opening an image with its locks ([`open_loaded`], [`open_for_update`]), and the `YES`
 //! question of destructive commands ([`confirm`]). Unlock through the key service is in
 //! `keyservice.rs`; reading a passphrase is in `passphrase.rs`.
@@ -8,6 +9,7 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
+use crate::crypto::kdf::DEFAULT_UNLOCK_TIME_LIMIT_SECS;
 use crate::volume::{self, Access, LoadedHeader, UnlockedKey, VolumeError};
 
 use super::error::CliError;
@@ -58,7 +60,16 @@ pub fn set_memory_limit(kib: Option<u64>) {
     let _ = MEMORY_LIMIT.set(kib);
 }
 
-/// [`volume::unlock`] with the command line's memory limit.
+/// `--unlock-time-limit`, set once at start.
+static TIME_LIMIT: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+
+/// Sets `--unlock-time-limit` (seconds of estimated KDF work per try; `None`:
+/// [`DEFAULT_UNLOCK_TIME_LIMIT_SECS`]) for every later [`try_unlock`]. Only the first call counts.
+pub fn set_time_limit(secs: Option<u64>) {
+    let _ = TIME_LIMIT.set(secs);
+}
+
+/// [`volume::unlock_limited`] with the command line's memory and time limits.
 pub fn try_unlock(
     file: &std::fs::File,
     image: &Path,
@@ -67,7 +78,26 @@ pub fn try_unlock(
     keyslot: Option<u32>,
 ) -> Result<UnlockedKey, VolumeError> {
     let limit = MEMORY_LIMIT.get().copied().flatten();
-    volume::unlock(file, image, lh, passphrase, keyslot, limit)
+    volume::unlock_limited(file, image, lh, passphrase, keyslot, limit, time_limit())
+}
+
+/// `--unlock-time-limit`, or its default.
+fn time_limit() -> u64 {
+    TIME_LIMIT
+        .get()
+        .copied()
+        .flatten()
+        .unwrap_or(DEFAULT_UNLOCK_TIME_LIMIT_SECS)
+}
+
+/// [`volume::verify_volume_key_limited`] with the command line's time limit (a volume key
+/// given directly, e.g. `--volume-key-file`).
+pub fn try_verify_volume_key(
+    image: &Path,
+    lh: &LoadedHeader,
+    vk: &[u8],
+) -> Result<(), VolumeError> {
+    volume::verify_volume_key_limited(image, lh, vk, time_limit())
 }
 
 /// Prints the header's warnings on stderr, one `warning: ` line each.

@@ -596,7 +596,7 @@ fn hostile_non_utf8_json() {
 
 /// Both 16 KiB header copies of `img` (a fresh volume), decoded, changed by `edit` and written
 /// back with correct checksums (the crate's own encoder).
-fn rewrite_both_copies(
+pub(crate) fn rewrite_both_copies(
     img: &Path,
     edit: &mut dyn FnMut(&mut format::header::BinaryHeader, &mut format::metadata::Metadata),
 ) {
@@ -726,4 +726,72 @@ fn keyslots_area_above_the_limit_is_refused() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains(needle), "{}", stderr(&out));
     assert!(!bak.exists());
+}
+
+/// A header asking for minutes of KDF work per try (PBKDF2 or digest iterations 2^32-1) is
+/// refused at once, naming the slot (or digest) and `--unlock-time-limit`, by every command that
+/// unlocks; a digest listing a slot twice or a 1-byte digest value is refused as corrupt.
+#[test]
+fn hostile_kdf_costs_are_refused_before_running() {
+    let dir = tempdir();
+    let key = key_file(dir.path());
+    type Edit = fn(&mut format::metadata::Metadata);
+    let cases: [(&str, Edit, i32, &str); 4] = [
+        (
+            "slot.img",
+            |md| {
+                let ks = md.keyslots.values_mut().next().unwrap();
+                ks.kdf.as_mut().unwrap().iterations = Some(u32::MAX);
+            },
+            1,
+            "keyslot 0 would take about 429 s per try, above the 60 s limit (--unlock-time-limit)",
+        ),
+        (
+            "digest.img",
+            |md| md.digests.values_mut().next().unwrap().iterations = u32::MAX,
+            1,
+            "digest 0 would take about 429 s per try",
+        ),
+        (
+            "dup.img",
+            |md| {
+                let d = md.digests.values_mut().next().unwrap();
+                d.keyslots = vec!["0".into(); 2000];
+            },
+            1,
+            "names keyslot \"0\" more than once",
+        ),
+        (
+            "short.img",
+            |md| md.digests.values_mut().next().unwrap().digest = vec![0],
+            1,
+            "value is 1 bytes, but a sha256 digest is 32 bytes",
+        ),
+    ];
+    for (name, edit, code, needle) in cases {
+        let img = fresh(dir.path(), name, &key);
+        rewrite_both_copies(&img, &mut |_, md| edit(md));
+        for cmd in ["test-passphrase", "open"] {
+            let started = std::time::Instant::now();
+            let mut c = nbdcrypt();
+            c.arg(cmd).arg(&img).arg("--key-file").arg(&key);
+            if cmd == "open" {
+                c.arg("--socket").arg(img.with_extension("sock"));
+            }
+            let out = run(&mut c);
+            let err = stderr(&out);
+            assert_eq!(out.status.code(), Some(code), "{name} {cmd}: {err}");
+            assert!(
+                err.contains(needle),
+                "{name} {cmd}: {needle:?} not in {err:?}"
+            );
+            // Refused before any KDF runs: far below the minutes the KDF would take (10 s
+            // leaves room for a loaded machine starting a debug binary).
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "{name} {cmd}: took {:?}",
+                started.elapsed()
+            );
+        }
+    }
 }

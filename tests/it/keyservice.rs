@@ -920,3 +920,48 @@ fn format_escrow_checks_the_service_first_and_escrows_the_new_volume() {
     let plain = age_decrypt(&officer_key, &k.fetch_package(&officer, &second_uuid));
     assert_eq!(plain["volume_uuid"], second_uuid.as_str());
 }
+
+/// A header token listing 200 silent key-service URLs costs at most the first 8 and
+/// 3 × `--key-service-timeout` in all, then the unlock fails (exit 2) naming the cap.
+#[test]
+fn a_token_with_hundreds_of_dead_urls_is_bounded() {
+    use common::{format_cheap, key_file, nbdcrypt};
+    let dir = tempdir();
+    let k = Keyd::init(dir.path());
+    k.host("hostA");
+    let image = dir.path().join("vol.img");
+    let key = key_file(dir.path());
+    format_cheap(&image, &key, "20M", 512, "pbkdf2");
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("https://{}", silent.local_addr().unwrap());
+    crate::bad_input::rewrite_both_copies(&image, &mut |_, md| {
+        md.tokens.insert(
+            nbdcrypt::format::metadata::Id(0),
+            json!({"type": "nbdcrypt-keyservice", "keyslots": ["0"], "urls": vec![&url; 200],
+                   "kek": "k1", "kek_version": 1, "blob": "AAAA"}),
+        );
+    });
+    let started = std::time::Instant::now();
+    let mut c = nbdcrypt();
+    c.arg("open")
+        .arg(&image)
+        .arg("--socket")
+        .arg(dir.path().join("vol.sock"))
+        .arg("--key-service-cert")
+        .arg(dir.path().join("hostA.pem"))
+        .arg("--key-service-key")
+        .arg(dir.path().join("hostA.key"))
+        .arg("--key-service-ca")
+        .arg(k.data.join("ca.pem"))
+        .args(["--key-service-timeout", "1"]);
+    let out = run(&mut c);
+    let took = started.elapsed();
+    let err = common::stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("lists 200 URLs; only the first 8"), "{err}");
+    assert!(
+        took < std::time::Duration::from_secs(8),
+        "took {took:?}: {err}"
+    );
+    drop(silent);
+}

@@ -18,6 +18,38 @@ pub const ARGON2_MAX_PARALLEL: u32 = 4;
 /// cryptsetup's minimum PBKDF2 iteration count.
 pub const PBKDF2_MIN_ITERATIONS: u32 = 1000;
 
+/// PBKDF2-HMAC-SHA256 iterations per second assumed by [`estimated_ms`]: a fast machine (a
+/// loaded 2-core test machine measured 3.7 M/s), so the estimate errs low and a header made on
+/// a faster machine is not refused on a slower one.
+pub const PBKDF2_ITERATIONS_PER_SEC: u64 = 10_000_000;
+/// Argon2 work (passes x KiB) per second assumed by [`estimated_ms`]: 2 GiB per second, four lanes
+/// on a fast machine (a loaded 2-core test machine measured 0.6 GiB/s).
+pub const ARGON2_KIB_PASSES_PER_SEC: u64 = 2 * 1024 * 1024;
+/// Default bound on the estimated time of one keyslot try (KDF plus digest), seconds: every
+/// cost cryptsetup picks (`--iter-time` up to 60 s, Argon2 at up to 4 GiB) is under it, a header
+/// asking for hours (PBKDF2 2^32-1 iterations, Argon2 time 2^24) is over it.
+pub const DEFAULT_UNLOCK_TIME_LIMIT_SECS: u64 = 60;
+
+/// The estimated time of one derivation with `params`, in milliseconds, at the fast-machine rates
+/// [`PBKDF2_ITERATIONS_PER_SEC`] and [`ARGON2_KIB_PASSES_PER_SEC`] (a work measure, not a promise:
+/// a slower machine takes longer). Computed from the header's numbers only, before anything runs.
+pub fn estimated_ms(params: &KdfParams) -> u64 {
+    match params {
+        KdfParams::Pbkdf2 { iterations, .. } => pbkdf2_estimated_ms(*iterations),
+        KdfParams::Argon2 {
+            time, memory_kib, ..
+        } => {
+            (u64::from(*time) * u64::from(*memory_kib)).saturating_mul(1000)
+                / ARGON2_KIB_PASSES_PER_SEC
+        }
+    }
+}
+
+/// [`estimated_ms`] of PBKDF2-HMAC-SHA256 with `iterations` (a keyslot's KDF or a digest).
+pub fn pbkdf2_estimated_ms(iterations: u32) -> u64 {
+    u64::from(iterations) * 1000 / PBKDF2_ITERATIONS_PER_SEC
+}
+
 /// Derives `out_len` bytes from `passphrase` with the KDF described by `params`.
 ///
 /// - PBKDF2: PBKDF2-HMAC-`hash` (RFC 8018 §5.2), `iterations` >= 1, any salt length.
@@ -296,6 +328,33 @@ pub fn benchmark_pbkdf2(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn estimated_cost_separates_real_from_hostile_headers() {
+        use super::{estimated_ms, Argon2Variant, HashAlg, KdfParams};
+        let limit = super::DEFAULT_UNLOCK_TIME_LIMIT_SECS * 1000;
+        let pbkdf2 = |iterations| KdfParams::Pbkdf2 {
+            hash: HashAlg::Sha256,
+            iterations,
+            salt: vec![0; 32],
+        };
+        let argon2 = |time, memory_kib| KdfParams::Argon2 {
+            variant: Argon2Variant::Argon2id,
+            time,
+            memory_kib,
+            parallel: 4,
+            salt: vec![0; 32],
+        };
+        // What cryptsetup writes: --iter-time 60 s on a fast core; Argon2 at its 4 GiB maximum.
+        assert!(estimated_ms(&pbkdf2(300_000_000)) < limit);
+        assert!(estimated_ms(&argon2(4, 4 * 1024 * 1024)) < limit);
+        assert!(estimated_ms(&argon2(12, 1024 * 1024)) < limit);
+        // Hostile: hours to a year per try.
+        assert!(estimated_ms(&pbkdf2(u32::MAX)) > 400_000);
+        assert!(estimated_ms(&argon2(1 << 24, 32)) > limit);
+        assert!(estimated_ms(&argon2(u32::MAX, 4 * 1024 * 1024)) > limit);
+        assert_eq!(estimated_ms(&pbkdf2(1000)), 0);
+    }
+
     use super::*;
 
     #[test]

@@ -320,6 +320,30 @@ pub fn check_layout(hdr: &BinaryHeader, md: &Metadata) -> Result<(), FormatError
         }
     }
     for (did, d) in &md.digests {
+        // One KDF runs per listed slot: a slot listed thousands of times is a cost attack.
+        if let Some(k) = first_duplicate(&d.keyslots) {
+            return Err(FormatError::Corrupt(format!(
+                "digest {did} names keyslot {k:?} more than once"
+            )));
+        }
+        if let Some(s) = first_duplicate(&d.segments) {
+            return Err(FormatError::Corrupt(format!(
+                "digest {did} names segment {s:?} more than once"
+            )));
+        }
+        if d.salt.is_empty() || d.salt.len() > MAX_DIGEST_SALT {
+            return Err(FormatError::Corrupt(format!(
+                "digest {did} salt is {} bytes, outside 1..={MAX_DIGEST_SALT}",
+                d.salt.len()
+            )));
+        }
+        if let Some(n) = hash_output_len(&d.hash).filter(|n| *n != d.digest.len()) {
+            return Err(FormatError::Corrupt(format!(
+                "digest {did} value is {} bytes, but a {} digest is {n} bytes",
+                d.digest.len(),
+                Printable(&d.hash)
+            )));
+        }
         for k in &d.keyslots {
             let exists = metadata::u64_string::parse(k)
                 .ok()
@@ -337,6 +361,18 @@ pub fn check_layout(hdr: &BinaryHeader, md: &Metadata) -> Result<(), FormatError
             )));
         }
     }
+    for (tid, t) in &md.tokens {
+        let ids: Vec<String> = t["keyslots"]
+            .as_array()
+            .map(|a| a.iter().map(|v| v.to_string()).collect())
+            .unwrap_or_default();
+        if let Some(k) = first_duplicate(&ids) {
+            return Err(FormatError::Corrupt(format!(
+                "token {tid} names keyslot {} more than once",
+                Printable(k)
+            )));
+        }
+    }
     // Offset 0 is a detached header's data segment (cryptsetup `--header`): the data file
     // holds only ciphertext. Whether the header really is detached is the volume layer's
     // check (`volume::load_header` refuses offset 0 in an image that holds its header).
@@ -347,6 +383,28 @@ pub fn check_layout(hdr: &BinaryHeader, md: &Metadata) -> Result<(), FormatError
         )));
     }
     Ok(())
+}
+
+/// The largest digest salt accepted, bytes (cryptsetup writes 32).
+pub const MAX_DIGEST_SALT: usize = 256;
+
+/// The output length of a digest hash LUKS2 headers name, bytes (`None`: unknown name, refused
+/// later as unsupported where it matters).
+fn hash_output_len(hash: &str) -> Option<usize> {
+    match hash {
+        "sha1" | "ripemd160" => Some(20),
+        "sha224" | "sha3-224" => Some(28),
+        "sha256" | "sha3-256" | "blake2s-256" | "sm3" => Some(32),
+        "sha384" | "sha3-384" => Some(48),
+        "sha512" | "sha3-512" | "blake2b-512" | "whirlpool" => Some(64),
+        _ => None,
+    }
+}
+
+/// The first value that occurs twice in `v` (`None`: all distinct).
+fn first_duplicate<T: Ord>(v: &[T]) -> Option<&T> {
+    let mut seen = std::collections::BTreeSet::new();
+    v.iter().find(|x| !seen.insert(*x))
 }
 
 /// The data segment of metadata that passed [`check_layout`], against an image of `image_len`
@@ -411,6 +469,12 @@ pub fn segment_digest(md: &Metadata) -> Result<DigestProfile, FormatError> {
         return Err(unsupported(format!(
             "digest {id} hash {} is not supported",
             d.hash
+        )));
+    }
+    if d.digest.len() != 32 {
+        return Err(FormatError::Corrupt(format!(
+            "digest {id} value is {} bytes, but a sha256 digest is 32 bytes",
+            d.digest.len()
         )));
     }
     let keyslots = d

@@ -509,6 +509,50 @@ fn rows() -> Vec<(&'static str, Defect, Kind, &'static str)> {
             "digest 0 names keyslot \"5\", which does not exist",
         ),
         (
+            "digest naming a keyslot twice",
+            D::Json(|v| v["digests"]["0"]["keyslots"] = json!(["0", "0"])),
+            K::Corrupt,
+            "digest 0 names keyslot \"0\" more than once",
+        ),
+        (
+            "digest naming a segment twice",
+            D::Json(|v| v["digests"]["0"]["segments"] = json!(["0", "0"])),
+            K::Corrupt,
+            "digest 0 names segment \"0\" more than once",
+        ),
+        (
+            "digest value shorter than its hash",
+            D::Metadata(|m| m.digests.get_mut(&Id(0)).unwrap().digest = vec![2]),
+            K::Corrupt,
+            "digest 0 value is 1 bytes, but a sha256 digest is 32 bytes",
+        ),
+        (
+            "digest value longer than its hash",
+            D::Metadata(|m| m.digests.get_mut(&Id(0)).unwrap().digest = vec![2; 4096]),
+            K::Corrupt,
+            "digest 0 value is 4096 bytes",
+        ),
+        (
+            "digest salt of absurd size",
+            D::Metadata(|m| m.digests.get_mut(&Id(0)).unwrap().salt = vec![1; 4096]),
+            K::Corrupt,
+            "digest 0 salt is 4096 bytes",
+        ),
+        (
+            "digest without a salt",
+            D::Metadata(|m| m.digests.get_mut(&Id(0)).unwrap().salt = vec![]),
+            K::Corrupt,
+            "digest 0 salt is 0 bytes",
+        ),
+        (
+            "token naming a keyslot twice",
+            D::Json(|v| {
+                v["tokens"]["0"] = json!({"type": "x", "keyslots": ["0", "0"]});
+            }),
+            K::Corrupt,
+            "token 0 names keyslot \"0\" more than once",
+        ),
+        (
             "digest naming a missing segment",
             D::Json(|v| v["digests"]["0"]["segments"] = json!(["0", "1"])),
             K::Corrupt,
@@ -522,7 +566,11 @@ fn rows() -> Vec<(&'static str, Defect, Kind, &'static str)> {
         ),
         (
             "digest hash",
-            D::Metadata(|m| m.digests.get_mut(&Id(0)).unwrap().hash = "sha1".into()),
+            D::Metadata(|m| {
+                let d = m.digests.get_mut(&Id(0)).unwrap();
+                d.hash = "sha1".into();
+                d.digest = vec![2; 20];
+            }),
             K::Unsupported,
             "digest 0 hash sha1 is not supported",
         ),

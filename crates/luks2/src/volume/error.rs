@@ -85,6 +85,17 @@ pub enum VolumeError {
         /// Memory allowed or available, KiB.
         avail_kib: u64,
     },
+    /// A keyslot's KDF (with the digest check) or the digest alone is estimated to take longer
+    /// than the limit: refused before it runs (a hostile header's costs, e.g. 2^32-1 iterations).
+    #[error("{what} would take about {est_secs} s per try, above the {limit_secs} s limit (--unlock-time-limit)")]
+    TooSlow {
+        /// What is refused, e.g. `keyslot 0` or `digest 0`.
+        what: String,
+        /// Estimated seconds (at a fast machine's speed).
+        est_secs: u64,
+        /// The limit, seconds.
+        limit_secs: u64,
+    },
     /// Another process holds the image (`flock`).
     #[error("{} is in use by another process", path.display())]
     Busy {

@@ -812,3 +812,55 @@ fn detached_header_create_and_update() {
         "the data file was written"
     );
 }
+
+/// A keyslot or digest whose estimated KDF time is above the limit is refused before it runs
+/// (a hostile header's 2^32-1 iterations would take minutes), naming what and the flag.
+#[test]
+fn unlock_refuses_kdf_costs_above_the_time_limit() {
+    use super::unlock::unlock_limited;
+    let img = Image::new();
+    let (f, lh) = img.open();
+    let started = std::time::Instant::now();
+    let slow = |edit: fn(&mut Metadata)| {
+        let mut lh = lh.clone();
+        edit(&mut lh.metadata);
+        unlock_limited(&f, &img.path, &lh, PASS, None, None, 60)
+    };
+    let e = slow(|m| {
+        m.keyslots
+            .get_mut(&Id(0))
+            .unwrap()
+            .kdf
+            .as_mut()
+            .unwrap()
+            .iterations = Some(u32::MAX)
+    })
+    .err()
+    .unwrap();
+    assert!(matches!(e, VolumeError::TooSlow { .. }), "{e:?}");
+    assert!(e.to_string().contains("keyslot 0") && e.to_string().contains("--unlock-time-limit"));
+    let e = slow(|m| m.digests.get_mut(&Id(0)).unwrap().iterations = u32::MAX)
+        .err()
+        .unwrap();
+    assert!(e.to_string().starts_with("digest 0 would take"), "{e}");
+    let mut hostile = lh.clone();
+    hostile.metadata.digests.get_mut(&Id(0)).unwrap().iterations = u32::MAX;
+    let e = super::verify_volume_key_limited(&img.path, &hostile, &[0; 64], 60).unwrap_err();
+    assert!(matches!(e, VolumeError::TooSlow { .. }), "{e:?}");
+    let e = slow(|m| {
+        let k = m.keyslots.get_mut(&Id(0)).unwrap().kdf.as_mut().unwrap();
+        (k.kind, k.iterations, k.hash) = ("argon2id".into(), None, None);
+        (k.time, k.memory, k.cpus) = (Some(1 << 24), Some(32), Some(1));
+    })
+    .err()
+    .unwrap();
+    assert!(matches!(e, VolumeError::TooSlow { .. }), "{e:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    // Within the limit it opens; a limit of 0 s still lets the cheap slot through.
+    assert_eq!(
+        unlock_limited(&f, &img.path, &lh, PASS, None, None, 0)
+            .unwrap()
+            .keyslot,
+        0
+    );
+}

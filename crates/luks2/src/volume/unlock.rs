@@ -6,7 +6,9 @@ use std::fs::File;
 use std::path::Path;
 
 use crate::crypto::digest::verify_digest;
-use crate::crypto::kdf::ARGON2_MAX_MEMORY_KIB;
+use crate::crypto::kdf::{
+    estimated_ms, pbkdf2_estimated_ms, ARGON2_MAX_MEMORY_KIB, DEFAULT_UNLOCK_TIME_LIMIT_SECS,
+};
 use crate::crypto::keyslot::{keyslot_material_len, unwrap_key, KeyslotParams};
 use crate::crypto::{Argon2Variant, CryptoError, HashAlg, KdfParams, VolumeKey};
 use crate::format::{self, KdfProfile, KeyslotProfile, VOLUME_KEY_SIZE};
@@ -83,9 +85,44 @@ pub fn unlock(
     only: Option<u32>,
     memory_limit_kib: Option<u64>,
 ) -> Result<UnlockedKey, VolumeError> {
+    unlock_limited(
+        file,
+        path,
+        lh,
+        passphrase,
+        only,
+        memory_limit_kib,
+        DEFAULT_UNLOCK_TIME_LIMIT_SECS,
+    )
+}
+
+/// [`unlock`] with a bound on the estimated time of one try ([`estimated_ms`] of the keyslot's
+/// KDF plus the digest's PBKDF2), `time_limit_secs`: slots above it are skipped before their
+/// KDF runs, and a digest above it alone is refused at once.
+///
+/// Errors: as [`unlock`]; [`VolumeError::TooSlow`] naming the digest, or the first slot
+/// skipped when no candidate slot was tried.
+pub fn unlock_limited(
+    file: &File,
+    path: &Path,
+    lh: &LoadedHeader,
+    passphrase: &[u8],
+    only: Option<u32>,
+    memory_limit_kib: Option<u64>,
+    time_limit_secs: u64,
+) -> Result<UnlockedKey, VolumeError> {
     let limit = memory_limit_kib.or_else(|| meminfo_kib("MemTotal").map(|t| t / 2));
     let digest =
         format::segment_digest(&lh.metadata).map_err(|e| VolumeError::from_format(path, e))?;
+    let limit_ms = time_limit_secs.saturating_mul(1000);
+    let digest_ms = pbkdf2_estimated_ms(digest.iterations);
+    if digest_ms > limit_ms {
+        return Err(VolumeError::TooSlow {
+            what: format!("digest {}", digest.id),
+            est_secs: digest_ms / 1000,
+            limit_secs: time_limit_secs,
+        });
+    }
     let mut candidates: Vec<(i64, u32)> = Vec::new();
     for id in &digest.keyslots {
         if only.is_some_and(|o| o != *id) {
@@ -103,6 +140,8 @@ pub fn unlock(
         candidates.push((-prio, *id));
     }
     candidates.sort();
+    // A slot listed twice is tried once (the format layer refuses such digests anyway).
+    candidates.dedup();
     if candidates.is_empty() {
         return Err(VolumeError::NoUsableKeyslot {
             path: path.to_owned(),
@@ -137,22 +176,32 @@ pub fn unlock(
                 continue;
             }
         }
+        let params = keyslot_params(&ks);
+        let ms = estimated_ms(&params.kdf).saturating_add(digest_ms);
+        if ms > limit_ms {
+            // Refused before the KDF runs; the next slot is tried.
+            over_limit.get_or_insert(VolumeError::TooSlow {
+                what: format!("keyslot {id}"),
+                est_secs: ms / 1000,
+                limit_secs: time_limit_secs,
+            });
+            continue;
+        }
         let len = keyslot_material_len(ks.key_size, ks.stripes);
         let mut area = vec![0u8; len];
         read_step(file, path, &mut area, ks.area_offset, "read keyslot area")?;
         tried += 1;
-        let candidate =
-            unwrap_key(&keyslot_params(&ks), passphrase, &area).map_err(|e| match e {
-                CryptoError::OutOfMemory { memory_kib } => VolumeError::OutOfMemory {
-                    keyslot: id,
-                    need_kib: memory_kib.into(),
-                    avail_kib: meminfo_kib("MemAvailable").unwrap_or(0),
-                },
-                e => VolumeError::Corrupt {
-                    path: path.to_owned(),
-                    reason: format!("keyslot {id}: {e}"),
-                },
-            })?;
+        let candidate = unwrap_key(&params, passphrase, &area).map_err(|e| match e {
+            CryptoError::OutOfMemory { memory_kib } => VolumeError::OutOfMemory {
+                keyslot: id,
+                need_kib: memory_kib.into(),
+                avail_kib: meminfo_kib("MemAvailable").unwrap_or(0),
+            },
+            e => VolumeError::Corrupt {
+                path: path.to_owned(),
+                reason: format!("keyslot {id}: {e}"),
+            },
+        })?;
         if verify_digest(
             HashAlg::Sha256,
             digest.iterations,
@@ -179,7 +228,26 @@ pub fn unlock(
 /// Check that `vk` is this volume's key (the segment digest, constant time), e.g. a key given
 /// with `--volume-key-file`. Errors: [`VolumeError::InvalidArgument`] when it is not.
 pub fn verify_volume_key(path: &Path, lh: &LoadedHeader, vk: &[u8]) -> Result<(), VolumeError> {
+    verify_volume_key_limited(path, lh, vk, DEFAULT_UNLOCK_TIME_LIMIT_SECS)
+}
+
+/// [`verify_volume_key`] with a bound on the digest's estimated time, `time_limit_secs`.
+/// Errors: as [`verify_volume_key`]; [`VolumeError::TooSlow`] naming the digest.
+pub fn verify_volume_key_limited(
+    path: &Path,
+    lh: &LoadedHeader,
+    vk: &[u8],
+    time_limit_secs: u64,
+) -> Result<(), VolumeError> {
     let d = format::segment_digest(&lh.metadata).map_err(|e| VolumeError::from_format(path, e))?;
+    let ms = pbkdf2_estimated_ms(d.iterations);
+    if ms > time_limit_secs.saturating_mul(1000) {
+        return Err(VolumeError::TooSlow {
+            what: format!("digest {}", d.id),
+            est_secs: ms / 1000,
+            limit_secs: time_limit_secs,
+        });
+    }
     if vk.len() != VOLUME_KEY_SIZE
         || !verify_digest(HashAlg::Sha256, d.iterations, &d.salt, vk, &d.digest)?
     {
