@@ -337,12 +337,8 @@ pub fn check_layout(hdr: &BinaryHeader, md: &Metadata) -> Result<(), FormatError
                 d.salt.len()
             )));
         }
-        if let Some(n) = hash_output_len(&d.hash).filter(|n| *n != d.digest.len()) {
-            return Err(FormatError::Corrupt(format!(
-                "digest {did} value is {} bytes, but a {} digest is {n} bytes",
-                d.digest.len(),
-                Printable(&d.hash)
-            )));
+        if let Some(n) = hash_output_len(&d.hash).filter(|n| !digest_len_ok(*n, d.digest.len())) {
+            return Err(digest_len_error(did, d.digest.len(), &d.hash, n));
         }
         for k in &d.keyslots {
             let exists = metadata::u64_string::parse(k)
@@ -387,6 +383,30 @@ pub fn check_layout(hdr: &BinaryHeader, md: &Metadata) -> Result<(), FormatError
 
 /// The largest digest salt accepted, bytes (cryptsetup writes 32).
 pub const MAX_DIGEST_SALT: usize = 256;
+
+/// Length of a LUKS1 volume-key digest (`mkDigest`, LUKS_DIGESTSIZE in cryptsetup), bytes,
+/// whatever its hash: `cryptsetup convert --type luks2` keeps it, so a LUKS2 digest converted
+/// from LUKS1 is 20 bytes even over sha256.
+pub const LUKS1_DIGEST_LEN: usize = 20;
+
+/// Whether a digest value of `len` bytes is acceptable for a hash of `hash_len` output bytes:
+/// the hash's full output, or LUKS1's 20 bytes (a converted volume). Anything shorter would
+/// let wrong passphrases pass the check by chance (a 1-byte digest: one in 256).
+fn digest_len_ok(hash_len: usize, len: usize) -> bool {
+    len == hash_len || (len == LUKS1_DIGEST_LEN && hash_len > LUKS1_DIGEST_LEN)
+}
+
+fn digest_len_error(
+    id: impl std::fmt::Display,
+    len: usize,
+    hash: &str,
+    hash_len: usize,
+) -> FormatError {
+    FormatError::Corrupt(format!(
+        "digest {id} value is {len} bytes, but a {} digest is {hash_len} bytes (or {LUKS1_DIGEST_LEN}, converted from LUKS1)",
+        Printable(hash)
+    ))
+}
 
 /// The output length of a digest hash LUKS2 headers name, bytes (`None`: unknown name, refused
 /// later as unsupported where it matters).
@@ -471,11 +491,8 @@ pub fn segment_digest(md: &Metadata) -> Result<DigestProfile, FormatError> {
             d.hash
         )));
     }
-    if d.digest.len() != 32 {
-        return Err(FormatError::Corrupt(format!(
-            "digest {id} value is {} bytes, but a sha256 digest is 32 bytes",
-            d.digest.len()
-        )));
+    if !digest_len_ok(32, d.digest.len()) {
+        return Err(digest_len_error(id, d.digest.len(), &d.hash, 32));
     }
     let keyslots = d
         .keyslots

@@ -533,6 +533,12 @@ fn rows() -> Vec<(&'static str, Defect, Kind, &'static str)> {
             "digest 0 value is 4096 bytes",
         ),
         (
+            "digest value between LUKS1's and its hash's",
+            D::Metadata(|m| m.digests.get_mut(&Id(0)).unwrap().digest = vec![2; 24]),
+            K::Corrupt,
+            "digest 0 value is 24 bytes, but a sha256 digest is 32 bytes (or 20, converted from LUKS1)",
+        ),
+        (
             "digest salt of absurd size",
             D::Metadata(|m| m.digests.get_mut(&Id(0)).unwrap().salt = vec![1; 4096]),
             K::Corrupt,
@@ -772,4 +778,12 @@ fn unknown_members_survive_a_rewrite() {
     let again = encode_copy(&h, &md2).unwrap();
     let (_, md3) = decode_copy(&again, 0).unwrap();
     assert_eq!(serde_json::to_value(&md3).unwrap(), v);
+}
+
+#[test]
+fn a_digest_converted_from_luks1_passes_every_check() {
+    // `cryptsetup convert --type luks2` keeps LUKS1's 20-byte digest under sha256.
+    let (h, mut md) = valid();
+    md.digests.get_mut(&Id(0)).unwrap().digest = vec![7; LUKS1_DIGEST_LEN];
+    check(&encode_copy(&h, &md).unwrap(), IMAGE_LEN).unwrap();
 }
