@@ -3,6 +3,10 @@
 //! then [`load_header`](super::load_header) and [`unlock`](super::unlock) as a later command
 //! would. The crash steps and injected faults are the integration tests' (`keyslots`,
 //! `header_ops`, `faults`): those need a process to stop.
+//!
+//! Over 800 lines: one test per header operation (keyslot changes, erase, repair, backup and
+//! restore, seqid and cost limits), all on the same image fixture; split by operation they
+//! would each repeat it.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
