@@ -328,10 +328,11 @@ pub fn benchmark_pbkdf2(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn estimated_cost_separates_real_from_hostile_headers() {
-        use super::{estimated_ms, Argon2Variant, HashAlg, KdfParams};
-        let limit = super::DEFAULT_UNLOCK_TIME_LIMIT_SECS * 1000;
+        let limit = DEFAULT_UNLOCK_TIME_LIMIT_SECS * 1000;
         let pbkdf2 = |iterations| KdfParams::Pbkdf2 {
             hash: HashAlg::Sha256,
             iterations,
@@ -354,8 +355,6 @@ mod tests {
         assert!(estimated_ms(&argon2(u32::MAX, 4 * 1024 * 1024)) > limit);
         assert_eq!(estimated_ms(&pbkdf2(1000)), 0);
     }
-
-    use super::*;
 
     #[test]
     fn pbkdf2_zero_iterations_rejected() {
