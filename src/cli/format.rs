@@ -35,9 +35,6 @@ pub struct FormatArgs {
     /// Volume label (at most 47 bytes).
     #[arg(long)]
     label: Option<String>,
-    /// Do not ask before overwriting an existing LUKS header.
-    #[arg(long, short = 'q')]
-    batch_mode: bool,
     /// Then write encrypted zeros over the whole volume (as `nbdcrypt wipe`): it reads as
     /// zeros and the image's free space hides nothing. Interrupted, it is continued with
     /// `nbdcrypt wipe IMAGE --resume`.
@@ -54,12 +51,10 @@ pub struct FormatArgs {
 impl FormatArgs {
     /// Runs `format`: the question, the escrow preflight, the passphrase, the volume, then
     /// the escrow and the wipe.
-    pub fn run(self) -> Result<(), CliError> {
+    /// `batch_mode`: the global `--batch-mode` (no question before overwriting).
+    pub fn run(self, batch_mode: bool) -> Result<(), CliError> {
         let image = self.image;
-        confirm_overwrite(
-            self.header.header.as_deref().unwrap_or(&image),
-            self.batch_mode,
-        )?;
+        confirm_overwrite(self.header.header.as_deref().unwrap_or(&image), batch_mode)?;
         let escrow_to = if self.escrow.is_empty() {
             None
         } else {

@@ -18,15 +18,13 @@ pub struct EraseArgs {
     image: PathBuf,
     #[command(flatten)]
     header: HeaderArg,
-    /// Do not ask for confirmation.
-    #[arg(long, short = 'q')]
-    batch_mode: bool,
 }
 
 impl EraseArgs {
     /// Runs `erase`.
-    pub fn run(self) -> Result<(), CliError> {
-        erase(&self.image, self.header.header.as_deref(), self.batch_mode)
+    /// `batch_mode`: the global `--batch-mode` (no confirmation).
+    pub fn run(self, batch_mode: bool) -> Result<(), CliError> {
+        erase(&self.image, self.header.header.as_deref(), batch_mode)
     }
 }
 
@@ -63,19 +61,17 @@ pub struct HeaderRestoreArgs {
     /// The backup file.
     #[arg(long, value_name = "FILE")]
     header_backup_file: PathBuf,
-    /// Restore even if the backup belongs to another volume.
-    #[arg(long, short = 'q')]
-    batch_mode: bool,
 }
 
 impl HeaderRestoreArgs {
     /// Runs `header-restore`.
-    pub fn run(self) -> Result<(), CliError> {
+    /// `batch_mode`: the global `--batch-mode` (restore even a backup of another volume).
+    pub fn run(self, batch_mode: bool) -> Result<(), CliError> {
         header_restore(
             &self.image,
             self.header.header.as_deref(),
             &self.header_backup_file,
-            self.batch_mode,
+            batch_mode,
         )
     }
 }

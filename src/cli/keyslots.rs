@@ -114,19 +114,17 @@ pub struct RemoveKeyArgs {
     header: HeaderArg,
     #[command(flatten)]
     unlock: Unlocker,
-    /// Allow removing the last keyslot (the volume becomes unusable).
-    #[arg(long, short = 'q')]
-    batch_mode: bool,
 }
 
 impl RemoveKeyArgs {
     /// Runs `remove-key`.
-    pub fn run(self) -> Result<(), CliError> {
+    /// `batch_mode`: the global `--batch-mode` (allow removing the last keyslot).
+    pub fn run(self, batch_mode: bool) -> Result<(), CliError> {
         remove_key(
             &self.image,
             self.header.header.as_deref(),
             &self.unlock.source(),
-            self.batch_mode,
+            batch_mode,
         )
     }
 }
@@ -142,20 +140,18 @@ pub struct KillSlotArgs {
     slot: u32,
     #[command(flatten)]
     unlock: Unlocker,
-    /// Do not ask for a passphrase of another slot.
-    #[arg(long, short = 'q')]
-    batch_mode: bool,
 }
 
 impl KillSlotArgs {
     /// Runs `kill-slot`.
-    pub fn run(self) -> Result<(), CliError> {
+    /// `batch_mode`: the global `--batch-mode` (no passphrase of another slot asked).
+    pub fn run(self, batch_mode: bool) -> Result<(), CliError> {
         kill_slot(
             &self.image,
             self.header.header.as_deref(),
             self.slot,
             &self.unlock.source(),
-            self.batch_mode,
+            batch_mode,
         )
     }
 }

@@ -48,6 +48,7 @@ pub use error::{
 #[command(
     name = "nbdcrypt",
     version,
+    arg_required_else_help = true,
     about = "LUKS2 volume images served as NBD block devices, in userspace"
 )]
 struct Cli {
@@ -62,6 +63,11 @@ struct Cli {
     /// their KDF runs, so a hostile header cannot make an unlock run for hours.
     #[arg(long, global = true, value_name = "SECS")]
     unlock_time_limit: Option<u64>,
+    /// Ask no confirmation question (cryptsetup's -q): overwrite an existing header, remove
+    /// or kill the last keyslot, kill a slot without another slot's passphrase, erase,
+    /// restore a backup of another volume. Accepted by every command.
+    #[arg(long, short = 'q', global = true)]
+    batch_mode: bool,
     /// Log line format on stderr: text (default) or json (one JSON object per line, for log
     /// collectors). The level comes from NBDCRYPT_LOG (default info).
     #[arg(
@@ -177,18 +183,7 @@ pub fn main() -> i32 {
     let non_dumpable = crate::crypto::secret::make_non_dumpable();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
-        Err(e) if e.use_stderr() => {
-            // One line, as every other error: clap's first line, without its "error: ".
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!("nbdcrypt: {}", first.trim_start_matches("error: "));
-            eprintln!("hint: see `nbdcrypt --help` or `nbdcrypt COMMAND --help`");
-            return EXIT_INVALID;
-        }
-        Err(e) => {
-            let _ = e.print(); // --help, --version
-            return EXIT_OK;
-        }
+        Err(e) => return usage_error(&e),
     };
     init_logging(cli.log_format);
     if let Err(e) = non_dumpable {
@@ -198,7 +193,7 @@ pub fn main() -> i32 {
     }
     unlock::set_memory_limit(cli.pbkdf_memory_limit);
     unlock::set_time_limit(cli.unlock_time_limit);
-    match run(cli.command) {
+    match run(cli.command, cli.batch_mode) {
         Ok(()) => EXIT_OK,
         Err(e) => {
             // Messages may quote header strings: no control character reaches the terminal.
@@ -209,6 +204,20 @@ pub fn main() -> i32 {
             }
             e.exit_code()
         }
+    }
+}
+
+/// What a command line clap did not take prints, and the exit code: `--help` and
+/// `--version` print to stdout (exit 0); `nbdcrypt` alone (or a command group alone) prints
+/// its help; any other usage error prints clap's whole message — what is missing, the
+/// similar argument or command it suggests, the accepted values, the usage line — and exits
+/// with cryptsetup's code for wrong parameters ([`EXIT_INVALID`]).
+fn usage_error(e: &clap::Error) -> i32 {
+    use clap::error::ErrorKind;
+    let _ = e.print();
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => EXIT_OK,
+        _ => EXIT_INVALID,
     }
 }
 
@@ -249,9 +258,11 @@ fn stderr_is_journal() -> bool {
 }
 
 /// Runs one subcommand.
-fn run(cmd: Command) -> Result<(), CliError> {
+///
+/// `batch_mode` is the global `--batch-mode`, for the commands that ask.
+fn run(cmd: Command, batch_mode: bool) -> Result<(), CliError> {
     match cmd {
-        Command::Format(a) => a.run(),
+        Command::Format(a) => a.run(batch_mode),
         Command::Wipe(a) => a.run(),
         Command::Dump(a) => a.run(),
         Command::TestPassphrase(a) => a.run(),
@@ -262,12 +273,12 @@ fn run(cmd: Command) -> Result<(), CliError> {
         Command::Escrow(a) => a.run(),
         Command::Recover(a) => a.run(),
         Command::ChangeKey(a) => a.run(),
-        Command::RemoveKey(a) => a.run(),
-        Command::KillSlot(a) => a.run(),
+        Command::RemoveKey(a) => a.run(batch_mode),
+        Command::KillSlot(a) => a.run(batch_mode),
         Command::RecoveryKey(a) => a.run(),
-        Command::Erase(a) => a.run(),
+        Command::Erase(a) => a.run(batch_mode),
         Command::HeaderBackup(a) => a.run(),
-        Command::HeaderRestore(a) => a.run(),
+        Command::HeaderRestore(a) => a.run(batch_mode),
         Command::Repair(a) => a.run(),
         Command::Benchmark(a) => a.run(),
         Command::Demo(a) => a.run(),

@@ -37,4 +37,5 @@ mod nbd_tls;
 mod secrets;
 mod serve_clients;
 mod serve_exports;
+mod usage;
 mod wipe;
