@@ -13,12 +13,13 @@ export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$HOME/
 # activation; systemd need not run), groff-base (nroff renders the generated man pages), curl
 # and sqlite3 (the key service's HTTPS client and an editor of its audit table, in
 # tests/it/keyservice.rs), age (opens escrow packages as an officer would), and the VM harness's
-# guest packages (stress-ng: its verifying --hdd pass on the guest's ext4). qemu-system-x86
-# comes only from bookworm and needs the bookworm qemu-utils beside it (a plain install of it
+# guest packages (stress-ng: its verifying --hdd pass on the guest's ext4), fdisk (sfdisk) and
+# dosfstools (partition tables and FAT that `format` must recognise before destroying them).
+# qemu-system-x86 comes only from bookworm and needs the bookworm qemu-utils beside it (a plain install of it
 # removes the preinstalled qemu-utils backport).
 pkgs=(cryptsetup-bin libnbd-bin python3-libnbd python3-cryptography nbd-client nbdkit
       qemu-system-x86 busybox-static cpio e2fsprogs libssl-dev pkg-config systemd openssl
-      groff-base curl sqlite3 age stress-ng)
+      groff-base curl sqlite3 age stress-ng fdisk dosfstools)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")

@@ -105,7 +105,7 @@ fn export_message(name: &str, image: &Path, e: &CliError) -> String {
 fn volume_error_names(v: &VolumeError, path: &Path) -> bool {
     match v {
         VolumeError::Device { path: p, .. }
-        | VolumeError::NotLuks { path: p }
+        | VolumeError::NotLuks { path: p, .. }
         | VolumeError::Corrupt { path: p, .. }
         | VolumeError::DetachedHeader { path: p, .. }
         | VolumeError::Unsupported { path: p, .. }
@@ -170,11 +170,12 @@ impl CliError {
                 VolumeError::WrongPassphrase => {
                     Some("check the passphrase; a --key-file is used byte for byte, a trailing newline included")
                 }
-                VolumeError::NotLuks { .. } => Some("create a volume with `nbdcrypt format IMAGE`"),
+                VolumeError::NotLuks { found: None, .. } => Some("create a volume with `nbdcrypt format IMAGE`"),
+                VolumeError::NotLuks { found: Some(_), .. } => Some("this is not an nbdcrypt volume; `nbdcrypt format` would destroy what it holds"),
                 VolumeError::DetachedHeader { .. } => {
                     Some("a detached header needs its data file: nbdcrypt COMMAND DATA-FILE --header HEADER-FILE")
                 }
-                VolumeError::Corrupt { .. } => Some("restore a header backup, or run `cryptsetup repair` on a copy of the image"),
+                VolumeError::Corrupt { .. } => Some("restore a header backup (`nbdcrypt header-restore`), or try `nbdcrypt repair` on a copy of the image"),
                 VolumeError::Busy { .. } => Some("another nbdcrypt (or cryptsetup) has the image open; stop it first"),
                 VolumeError::OutOfMemory { .. } => Some("free memory, or add a keyslot with a smaller --pbkdf-memory"),
                 VolumeError::TooSlow { .. } => Some("a header from an untrusted source may ask for hours of KDF work; if this one is yours, raise --unlock-time-limit"),
@@ -228,7 +229,13 @@ mod tests {
             "export a (/v/a.img): cannot read key file /v/a.img.key: gone"
         );
         let hinted = export(CliError::Hinted(
-            Box::new(VolumeError::NotLuks { path: img.clone() }.into()),
+            Box::new(
+                VolumeError::NotLuks {
+                    path: img.clone(),
+                    found: None,
+                }
+                .into(),
+            ),
             "h".into(),
         ));
         assert_eq!(

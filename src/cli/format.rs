@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::format::escape_for_terminal;
+use crate::format::probe::Signature;
 use crate::volume::{self, Access, FormatOptions, VolumeError};
 
 use super::args::{parse_sector_size, parse_size, HeaderArg, KdfArgs};
@@ -90,12 +92,24 @@ impl FormatArgs {
     }
 }
 
-/// Ask before `format` overwrites an existing LUKS header (cryptsetup always asks; we ask only
-/// when there is something to lose). `--batch-mode` skips the question.
+/// Ask before `format` overwrites an existing LUKS header or recognisable data — a file
+/// system, partition table, swap area, LVM volume ([`volume::probe_content`], cryptsetup's
+/// "already contains a '...' superblock signature"). cryptsetup always asks; we ask only when
+/// there is something to lose. `--batch-mode` skips the question.
 fn confirm_overwrite(image: &Path, batch: bool) -> Result<(), CliError> {
     let Ok(file) = volume::open_image(image, Access::Inspect) else {
         return Ok(());
     };
+    let found = volume::probe_content(&file);
+    if let Some(found) = found.filter(|s| !matches!(s, Signature::Luks1 | Signature::Luks2)) {
+        let what = format!(
+            "{} already contains {} ('{}' signature); formatting destroys it",
+            image.display(),
+            found.describe(),
+            found.name()
+        );
+        return confirm(&escape_for_terminal(&what), batch);
+    }
     let has_header = matches!(
         volume::load_header(&file, image),
         Ok(_)

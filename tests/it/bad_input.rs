@@ -247,6 +247,114 @@ fn format_refuses_to_clobber_without_batch_mode() {
     assert_eq!(before, file_hash(&img));
 }
 
+/// Images that hold data made by the real tools: (name, how to make it, blkid's name).
+fn data_images(dir: &Path) -> Vec<(std::path::PathBuf, &'static str)> {
+    let sh = |script: &str, img: &Path| {
+        let out = run(std::process::Command::new("sh")
+            .args(["-ec", script, "sh"])
+            .arg(img)
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"));
+        assert!(out.status.success(), "{script}: {}", stderr(&out));
+    };
+    require("mkfs.ext4", "e2fsprogs");
+    require("sfdisk", "fdisk");
+    require("mkfs.vfat", "dosfstools");
+    require("qemu-img", "qemu-utils");
+    let cases = [
+        (
+            "ext4.img",
+            "truncate -s 32M \"$1\"; mkfs.ext4 -q \"$1\"",
+            "ext4",
+        ),
+        (
+            "swap.img",
+            "truncate -s 32M \"$1\"; mkswap \"$1\" >/dev/null",
+            "swap",
+        ),
+        (
+            "gpt.img",
+            "truncate -s 32M \"$1\"; echo 'label: gpt' | sfdisk -q \"$1\"",
+            "gpt",
+        ),
+        (
+            "dos.img",
+            "truncate -s 32M \"$1\"; echo ',,83' | sfdisk -q \"$1\"",
+            "dos",
+        ),
+        (
+            "fat.img",
+            "truncate -s 32M \"$1\"; mkfs.vfat -F 32 \"$1\" >/dev/null",
+            "vfat",
+        ),
+        (
+            "disk.qcow2",
+            "qemu-img create -q -f qcow2 \"$1\" 32M",
+            "qcow2",
+        ),
+    ];
+    cases
+        .into_iter()
+        .map(|(name, script, kind)| {
+            let img = dir.join(name);
+            sh(script, &img);
+            (img, kind)
+        })
+        .collect()
+}
+
+#[test]
+fn format_asks_before_destroying_recognisable_data() {
+    let dir = tempdir();
+    let key = key_file(dir.path());
+    for (img, kind) in data_images(dir.path()) {
+        let before = file_hash(&img);
+        // No terminal, no --batch-mode: refused, naming what was found, nothing written.
+        let out = run(nbdcrypt()
+            .arg("format")
+            .arg(&img)
+            .arg("--key-file")
+            .arg(&key));
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{kind}: {err}");
+        assert!(
+            err.contains(&format!("'{kind}' signature")) && err.contains("--batch-mode"),
+            "{kind}: {err}"
+        );
+        assert_eq!(before, file_hash(&img), "{kind}: the image was written");
+        // Opening it says what it holds and does not suggest `format`.
+        let out = run(nbdcrypt().arg("dump").arg(&img));
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{kind}: {err}");
+        assert!(
+            err.contains("is not a valid LUKS device (it holds"),
+            "{kind}: {err}"
+        );
+        assert!(!err.contains("nbdcrypt format IMAGE"), "{kind}: {err}");
+    }
+    // --batch-mode goes ahead, as cryptsetup -q does.
+    let img = dir.path().join("ext4.img");
+    let mut c = nbdcrypt();
+    c.arg("format")
+        .arg(&img)
+        .arg("-q")
+        .arg("--key-file")
+        .arg(&key);
+    c.args(cheap_kdf_args("argon2id"));
+    ok(&mut c);
+    ok(nbdcrypt()
+        .arg("test-passphrase")
+        .arg(&img)
+        .arg("--key-file")
+        .arg(&key));
+    // Random bytes and zeros are nothing to lose: no question.
+    let plain = dir.path().join("noise.img");
+    std::fs::write(&plain, pattern(32 << 20, 9)).unwrap();
+    let mut c = nbdcrypt();
+    c.arg("format").arg(&plain).arg("--key-file").arg(&key);
+    c.args(cheap_kdf_args("argon2id"));
+    ok(&mut c);
+}
+
 #[test]
 fn empty_key_file_and_bad_flags() {
     let dir = tempdir();

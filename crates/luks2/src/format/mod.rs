@@ -7,6 +7,7 @@
 pub mod escape;
 pub mod header;
 pub mod metadata;
+pub mod probe;
 mod strict_json;
 #[cfg(test)]
 mod tests;

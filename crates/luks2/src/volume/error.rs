@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use crate::crypto::CryptoError;
+use crate::format::probe::Signature;
 use crate::format::FormatError;
 
 /// The state a failed header update left the image in ([`VolumeError::Update`]), found by
@@ -33,10 +34,13 @@ pub enum VolumeError {
         source: std::io::Error,
     },
     /// No LUKS2 header in either place.
-    #[error("{} is not a valid LUKS device", path.display())]
+    #[error("{} is not a valid LUKS device{}", path.display(), found.map(|s| format!(" (it holds {})", s.describe())).unwrap_or_default())]
     NotLuks {
         /// Image path.
         path: PathBuf,
+        /// What the image's first bytes look like instead, if recognised
+        /// ([`crate::format::probe`]): data that `format` would destroy.
+        found: Option<Signature>,
     },
     /// Both metadata copies are damaged, or the metadata is inconsistent with the image.
     #[error("{}: {reason}", path.display())]
@@ -155,7 +159,7 @@ impl VolumeError {
         let path = path.to_owned();
         let esc = |r: String| crate::format::escape_for_terminal(&r).into_owned();
         match e {
-            FormatError::NotLuks => VolumeError::NotLuks { path },
+            FormatError::NotLuks => VolumeError::NotLuks { path, found: None },
             FormatError::Unsupported(reason) => VolumeError::Unsupported {
                 path,
                 reason: esc(reason),

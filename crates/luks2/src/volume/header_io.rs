@@ -13,7 +13,7 @@ use crate::format::header::{
     BinaryHeader, Copy, ALLOWED_HDR_SIZES, BINARY_HEADER_SIZE, MAGIC_PRIMARY, MAGIC_SECONDARY,
 };
 use crate::format::metadata::Metadata;
-use crate::format::{self, DataSegment, FormatError};
+use crate::format::{self, probe, DataSegment, FormatError};
 
 use super::error::VolumeError;
 use super::store::{image_len, sync_step, write_step};
@@ -78,6 +78,22 @@ fn read_exact(file: &File, len: u64, at: u64, image_len: u64) -> Result<Vec<u8>,
     file.read_exact_at(&mut buf, at)
         .map_err(|e| FormatError::Corrupt(format!("read of {len} bytes at {at} failed: {e}")))?;
     Ok(buf)
+}
+
+/// What an open image's first [`probe::PROBE_BYTES`] look like ([`probe::probe`]): a file
+/// system, partition table, swap, LVM or LUKS signature, so `format` can warn before it
+/// destroys them. Never writes; a read error is "nothing recognised".
+pub fn probe_content(file: &File) -> Option<probe::Signature> {
+    let image_len = file.metadata().ok()?.len();
+    probe_head(file, image_len)
+}
+
+/// [`probe_content`] for a file of `image_len` bytes.
+fn probe_head(file: &File, image_len: u64) -> Option<probe::Signature> {
+    let len = image_len.min(probe::PROBE_BYTES as u64);
+    let mut head = vec![0u8; len as usize];
+    file.read_exact_at(&mut head, 0).ok()?;
+    probe::probe(&head)
 }
 
 /// Read and check the copy at `at`; `Ok(None)` when there is no magic of the expected kind there.
@@ -221,6 +237,7 @@ fn load_header_from(
         (Ok(None), Ok(None)) => {
             return Err(VolumeError::NotLuks {
                 path: path.to_owned(),
+                found: probe_head(file, image_len),
             })
         }
         (p, s) => {

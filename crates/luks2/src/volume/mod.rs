@@ -50,7 +50,7 @@ mod tests;
 pub use create::{format, FormatOptions};
 pub use data::{Volume, MAX_ALLOCATION_RUNS, PUNCH_ALIGN};
 pub use error::{UpdateState, VolumeError};
-pub use header_io::{load_detached_header, load_header, LoadedHeader};
+pub use header_io::{load_detached_header, load_header, probe_content, LoadedHeader};
 pub use header_ops::{
     check_backup, check_backup_fits, copy_header_area, erase, header_bytes, repair, replace_token,
     restore_header, BackupSource, COPY_CHUNK,
