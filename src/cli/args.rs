@@ -57,7 +57,7 @@ pub struct KeyArgs {
     #[command(flatten)]
     pub unlock: Unlocker,
     /// Try only this keyslot.
-    #[arg(long, short = 'S', value_name = "N")]
+    #[arg(long, short = 'S', value_name = "N", value_parser = parse_keyslot)]
     pub key_slot: Option<u32>,
 }
 
@@ -157,6 +157,16 @@ pub fn parse_named_path(s: &str) -> Result<(String, PathBuf), String> {
             Ok((name.to_string(), PathBuf::from(path)))
         }
         _ => Err(format!("{s:?} is not NAME=PATH")),
+    }
+}
+
+/// Parse a keyslot number: 0 to 31 (LUKS2 has 32 keyslots, `volume::MAX_KEYSLOTS`), so 40 is
+/// "out of range", not "not active" (cryptsetup: "Key slot 40 is invalid").
+pub fn parse_keyslot(s: &str) -> Result<u32, String> {
+    let max = crate::volume::MAX_KEYSLOTS - 1;
+    match s.parse::<u32>() {
+        Ok(n) if n <= max => Ok(n),
+        _ => Err(format!("keyslot {s} is out of range 0-{max}")),
     }
 }
 

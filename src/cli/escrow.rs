@@ -20,6 +20,7 @@ use crate::volume::{self, LoadedHeader, VolumeError};
 
 use super::args::{HeaderArg, Unlocker};
 use super::error::CliError;
+use super::passphrase::Prompt;
 use super::service_args::{call_lenient, first_ok, register, ServiceArgs, ServiceIdentityArgs};
 use super::unlock::{open_loaded, try_unlock, unlock_with_tries, KeySource};
 
@@ -233,7 +234,7 @@ fn escrow(
 ) -> Result<(), CliError> {
     let (o, lh) = open_loaded(image, header, volume::Access::Inspect)?;
     let mut used: Zeroizing<Vec<u8>> = Zeroizing::new(Vec::new());
-    let unlocked = unlock_with_tries(source, image, |p| {
+    let unlocked = unlock_with_tries(source, image, Prompt::Unlock(image), |p| {
         let k = try_unlock(&o.header, &o.header_path, &lh, p, None)?;
         used.clear();
         used.extend_from_slice(p);

@@ -17,6 +17,7 @@ use crate::volume::{
 use zeroize::Zeroizing;
 
 use super::error::CliError;
+use super::passphrase::Prompt;
 use super::service_args::{first_ok, register, ServiceArgs, ServiceIdentity};
 use super::unlock::{open_for_update, try_unlock, unlock_with_tries, KeySource};
 
@@ -65,7 +66,10 @@ pub fn add_key(
         )));
     }
     let (file, hpath, lh) = open_for_update(image, header)?;
-    let vk = unlock_with_tries(source, image, |p| try_unlock(&file, &hpath, &lh, p, None))?.key;
+    let vk = unlock_with_tries(source, image, Prompt::Existing, |p| {
+        try_unlock(&file, &hpath, &lh, p, None)
+    })?
+    .key;
     let slot = match slot {
         Some(s) => s,
         None => (0..volume::MAX_KEYSLOTS)

@@ -30,7 +30,7 @@ pub struct AddKeyArgs {
     #[arg(long, value_name = "FILE", conflicts_with = "key_file")]
     volume_key_file: Option<PathBuf>,
     /// The new keyslot's number (default: the lowest free one).
-    #[arg(long, short = 'S', value_name = "N")]
+    #[arg(long, short = 'S', value_name = "N", value_parser = super::args::parse_keyslot)]
     key_slot: Option<u32>,
     #[command(flatten)]
     kdf: KdfArgs,
@@ -85,7 +85,7 @@ pub struct ChangeKeyArgs {
     #[arg(long, value_name = "FILE")]
     new_keyfile: Option<PathBuf>,
     /// Only this keyslot.
-    #[arg(long, short = 'S', value_name = "N")]
+    #[arg(long, short = 'S', value_name = "N", value_parser = super::args::parse_keyslot)]
     key_slot: Option<u32>,
     #[command(flatten)]
     kdf: KdfArgs,
@@ -136,7 +136,8 @@ pub struct KillSlotArgs {
     image: PathBuf,
     #[command(flatten)]
     header: HeaderArg,
-    /// Keyslot number.
+    /// Keyslot number (0-31).
+    #[arg(value_parser = super::args::parse_keyslot)]
     slot: u32,
     #[command(flatten)]
     unlock: Unlocker,
@@ -175,30 +176,33 @@ fn add_key(
             super::unlock::try_verify_volume_key(&hpath, &lh, vk.expose())?;
             vk
         }
-        None => unlock_with_tries(source, image, |p| try_unlock(&file, &hpath, &lh, p, None))?.key,
+        None => {
+            unlock_with_tries(source, image, Prompt::Existing, |p| {
+                try_unlock(&file, &hpath, &lh, p, None)
+            })?
+            .key
+        }
     };
-    add_passphrase_keyslot(&file, &hpath, &lh, &vk, image, new_keyfile, slot, kdf)?;
+    add_passphrase_keyslot(&file, &hpath, &lh, &vk, new_keyfile, slot, kdf)?;
     Ok(())
 }
 
 /// The second half of `add-key` (and of `recover`): reads the new passphrase (`new_keyfile`
-/// byte for byte, or the prompt for `image`), adds a keyslot for `vk` under it (`slot`, or the
+/// byte for byte, or "Enter new passphrase for key slot" at a terminal), adds a keyslot for `vk` under it (`slot`, or the
 /// lowest free one) with `kdf`, and says so. `vk` must already be known to be the volume key.
 ///
 /// Returns the new keyslot's number. Errors: as [`read_passphrase`] and
 /// [`volume::add_keyslot`].
-#[allow(clippy::too_many_arguments)]
 pub(super) fn add_passphrase_keyslot(
     file: &std::fs::File,
     hpath: &Path,
     lh: &LoadedHeader,
     vk: &SecretBytes,
-    image: &Path,
     new_keyfile: Option<&Path>,
     slot: Option<u32>,
     kdf: &KdfChoice,
 ) -> Result<u32, CliError> {
-    let new = read_passphrase(new_keyfile, Prompt::New(image))?;
+    let new = read_passphrase(new_keyfile, Prompt::NewSlot)?;
     let id = volume::add_keyslot(
         file,
         hpath,
@@ -225,8 +229,10 @@ fn change_key(
     kdf: &KdfChoice,
 ) -> Result<(), CliError> {
     let (file, hpath, lh) = open_for_update(image, header)?;
-    let old = unlock_with_tries(source, image, |p| try_unlock(&file, &hpath, &lh, p, slot))?;
-    let new = read_passphrase(new_keyfile, Prompt::New(image))?;
+    let old = unlock_with_tries(source, image, Prompt::ToChange, |p| {
+        try_unlock(&file, &hpath, &lh, p, slot)
+    })?;
+    let new = read_passphrase(new_keyfile, Prompt::Changed)?;
     volume::change_keyslot(&file, &hpath, &lh, old.keyslot, &old.key, new.expose(), kdf)?;
     eprintln!("Key slot {} changed.", old.keyslot);
     Ok(())
@@ -240,7 +246,9 @@ fn remove_key(
     batch: bool,
 ) -> Result<(), CliError> {
     let (file, hpath, lh) = open_for_update(image, header)?;
-    let k = unlock_with_tries(source, image, |p| try_unlock(&file, &hpath, &lh, p, None))?;
+    let k = unlock_with_tries(source, image, Prompt::ToDelete, |p| {
+        try_unlock(&file, &hpath, &lh, p, None)
+    })?;
     if lh.metadata.keyslots.len() == 1 && !batch {
         return Err(CliError::Usage(format!(
             "keyslot {} is the last one: the volume would become unusable (add --batch-mode to remove it anyway)",
@@ -282,7 +290,7 @@ fn kill_slot(
                 "keyslot {slot} is the last one: the volume would become unusable (add --batch-mode to kill it anyway)"
             )));
         }
-        unlock_with_tries(source, image, |p| {
+        unlock_with_tries(source, image, Prompt::Remaining, |p| {
             for o in &others {
                 match try_unlock(&file, &hpath, &lh, p, Some(*o)) {
                     Ok(k) => return Ok(k),

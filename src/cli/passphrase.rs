@@ -13,14 +13,53 @@ use crate::crypto::Passphrase;
 /// Largest key file we read, bytes (cryptsetup's default `--keyfile-size` limit, 8 MiB).
 const MAX_KEYFILE: u64 = 8 << 20;
 
-/// How the passphrase is asked for.
+/// Which passphrase is asked for at a terminal, in cryptsetup's words, so the user knows
+/// whether the old or the new one, any slot's or a particular one, is wanted.
+#[derive(Clone, Copy)]
 pub enum Prompt<'a> {
-    /// Ask once: "Enter passphrase for IMAGE: ".
+    /// To unlock (open, serve, test-passphrase, wipe, escrow): "Enter passphrase for IMAGE: ".
     Unlock(&'a Path),
-    /// Ask twice and compare: a new passphrase for `format`.
+    /// The passphrase of any keyslot, proving authority to add one (add-key,
+    /// recovery-key add, add-key --key-service): "Enter any existing passphrase: ".
+    Existing,
+    /// The passphrase whose keyslot change-key changes: "Enter passphrase to be changed: ".
+    ToChange,
+    /// The passphrase whose keyslot remove-key removes: "Enter passphrase to be deleted: ".
+    ToDelete,
+    /// The passphrase of a keyslot other than the one kill-slot wipes: "Enter any remaining
+    /// passphrase: ".
+    Remaining,
+    /// A new passphrase for `format`, asked twice: "Enter passphrase for IMAGE: ".
     New(&'a Path),
-    /// Ask once: "Enter recovery key for IMAGE: ".
+    /// A new passphrase for an added keyslot, asked twice: "Enter new passphrase for key
+    /// slot: ".
+    NewSlot,
+    /// The new passphrase of change-key, asked twice: "Enter new passphrase: ".
+    Changed,
+    /// A recovery key: "Enter recovery key for IMAGE: ".
     Recovery(&'a Path),
+}
+
+impl Prompt<'_> {
+    /// The prompt's text, and whether the answer is asked again to verify it.
+    pub fn text(&self) -> (String, bool) {
+        match self {
+            Prompt::Unlock(p) => (format!("Enter passphrase for {}: ", shown(p)), false),
+            Prompt::Existing => ("Enter any existing passphrase: ".into(), false),
+            Prompt::ToChange => ("Enter passphrase to be changed: ".into(), false),
+            Prompt::ToDelete => ("Enter passphrase to be deleted: ".into(), false),
+            Prompt::Remaining => ("Enter any remaining passphrase: ".into(), false),
+            Prompt::New(p) => (format!("Enter passphrase for {}: ", shown(p)), true),
+            Prompt::NewSlot => ("Enter new passphrase for key slot: ".into(), true),
+            Prompt::Changed => ("Enter new passphrase: ".into(), true),
+            Prompt::Recovery(p) => (format!("Enter recovery key for {}: ", shown(p)), false),
+        }
+    }
+}
+
+/// A path as a prompt shows it: control characters escaped (a file name can hold them).
+fn shown(p: &Path) -> String {
+    crate::format::escape_for_terminal(&p.display().to_string()).into_owned()
 }
 
 /// Read a passphrase from `key_file` or, without one, from the terminal or stdin.
@@ -41,17 +80,13 @@ pub fn read_passphrase(
             read_limited(f, &p.display().to_string())?
         }
         None if std::io::stdin().is_terminal() => {
-            let (what, path, twice) = match prompt {
-                Prompt::Unlock(p) => ("passphrase", p, false),
-                Prompt::New(p) => ("passphrase", p, true),
-                Prompt::Recovery(p) => ("recovery key", p, false),
-            };
+            let (text, twice) = prompt.text();
             let ask = |text: String| {
                 rpassword::prompt_password(text)
                     .map(Zeroizing::new)
                     .map_err(|e| CliError::Usage(format!("cannot read passphrase: {e}")))
             };
-            let first = ask(format!("Enter {what} for {}: ", path.display()))?;
+            let first = ask(text)?;
             if twice && *ask("Verify passphrase: ".into())? != *first {
                 return Err(CliError::Usage("passphrases do not match".into()));
             }

@@ -47,7 +47,7 @@ pub struct RecoverArgs {
     #[arg(long, value_name = "FILE", visible_alias = "key-file")]
     new_keyfile: Option<PathBuf>,
     /// The new keyslot's number (default: the lowest free one).
-    #[arg(long, short = 'S', value_name = "N")]
+    #[arg(long, short = 'S', value_name = "N", value_parser = super::args::parse_keyslot)]
     key_slot: Option<u32>,
     #[command(flatten)]
     kdf: KdfArgs,
@@ -225,16 +225,8 @@ fn recover(
         .map_err(|_| CliError::Usage(format!("{url}: the escrow reply has no package")))?;
     let plain = open_package(&reply.package, officer.identity)?;
     let vk = check_package(&plain, image, &hpath, &lh)?;
-    let id = super::keyslots::add_passphrase_keyslot(
-        &file,
-        &hpath,
-        &lh,
-        &vk,
-        image,
-        new_keyfile,
-        slot,
-        kdf,
-    )?;
+    let id =
+        super::keyslots::add_passphrase_keyslot(&file, &hpath, &lh, &vk, new_keyfile, slot, kdf)?;
     eprintln!(
         "{} recovered from its escrow package at {url}: key slot {id} opens it with the new passphrase.",
         image.display()

@@ -9,6 +9,7 @@ use crate::volume::{self, KdfChoice, NewKeyslot, VolumeError};
 use super::args::{HeaderArg, KdfArgs, Unlocker};
 use super::error::CliError;
 use super::escrow;
+use super::passphrase::Prompt;
 use super::service_args::{ServiceArgs, ServiceIdentityArgs};
 use super::unlock::{open_for_update, try_unlock, unlock_with_tries, KeySource};
 
@@ -40,7 +41,7 @@ pub struct RecoveryAddArgs {
     #[command(flatten)]
     unlock: Unlocker,
     /// The new keyslot's number (default: the lowest free one).
-    #[arg(long, short = 'S', value_name = "N")]
+    #[arg(long, short = 'S', value_name = "N", value_parser = super::args::parse_keyslot)]
     key_slot: Option<u32>,
     #[command(flatten)]
     kdf: KdfArgs,
@@ -83,7 +84,10 @@ fn recovery_key_add(
     escrow: Option<&ServiceArgs<'_>>,
 ) -> Result<(), CliError> {
     let (file, hpath, lh) = open_for_update(image, header)?;
-    let vk = unlock_with_tries(source, image, |p| try_unlock(&file, &hpath, &lh, p, None))?.key;
+    let vk = unlock_with_tries(source, image, Prompt::Existing, |p| {
+        try_unlock(&file, &hpath, &lh, p, None)
+    })?
+    .key;
     let key = crate::crypto::recovery::generate().map_err(VolumeError::from)?;
     let id: String = crate::crypto::random_bytes(4)
         .map_err(VolumeError::from)?

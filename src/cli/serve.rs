@@ -15,6 +15,7 @@ use crate::volume::{self, Access, Discard, Volume};
 
 use super::args::{parse_named_path, DiscardArg, CRYPTSETUP_DISCARD_WARNING};
 use super::error::CliError;
+use super::passphrase::Prompt;
 use super::server_args::{ServerArgs, ServerFlags};
 use super::service_args::ServiceIdentityArgs;
 use super::unlock::{open_loaded, try_unlock, unlock_with_tries, KeySource};
@@ -319,7 +320,7 @@ pub(super) fn unlock_all(
         }
         let key = match via_service {
             Some(k) => k,
-            None => unlock_with_tries(&x.key, &x.image, |pass| {
+            None => unlock_with_tries(&x.key, &x.image, Prompt::Unlock(&x.image), |pass| {
                 try_unlock(&o.header, &o.header_path, &lh, pass, x.key_slot)
             })
             .map_err(|e| in_export(named, x, e))?,

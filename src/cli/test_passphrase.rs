@@ -7,6 +7,7 @@ use crate::volume::Access;
 
 use super::args::{HeaderArg, KeyArgs};
 use super::error::CliError;
+use super::passphrase::Prompt;
 use super::unlock::{open_loaded, try_unlock, unlock_with_tries};
 
 /// `nbdcrypt test-passphrase`.
@@ -25,9 +26,12 @@ impl TestPassphraseArgs {
     pub fn run(self) -> Result<(), CliError> {
         let (image, key) = (self.image, self.key);
         let (o, lh) = open_loaded(&image, self.header.header.as_deref(), Access::Inspect)?;
-        let k = unlock_with_tries(&key.unlock.source(), &image, |pass| {
-            try_unlock(&o.header, &o.header_path, &lh, pass, key.key_slot)
-        })?;
+        let k = unlock_with_tries(
+            &key.unlock.source(),
+            &image,
+            Prompt::Unlock(&image),
+            |pass| try_unlock(&o.header, &o.header_path, &lh, pass, key.key_slot),
+        )?;
         eprintln!("Key slot {} unlocked.", k.keyslot);
         Ok(())
     }

@@ -151,7 +151,8 @@ pub fn confirm(what: &str, batch: bool) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Read the secret from `source` and try it with `unlock`; at a terminal prompt a wrong
+/// Read the secret from `source` (at a terminal: asking with `prompt`) and try it with
+/// `unlock`; at a terminal prompt a wrong
 /// passphrase (or a mistyped recovery key) is asked again, up to three times in all.
 /// [`KeySource::KeyService`] reads a passphrase as [`KeySource::Prompt`] (the service was
 /// tried before).
@@ -161,6 +162,7 @@ pub fn confirm(what: &str, batch: bool) -> Result<(), CliError> {
 pub fn unlock_with_tries<T>(
     source: &KeySource,
     image: &Path,
+    prompt: Prompt<'_>,
     mut unlock: impl FnMut(&[u8]) -> Result<T, VolumeError>,
 ) -> Result<T, CliError> {
     let file = source.file();
@@ -183,12 +185,22 @@ pub fn unlock_with_tries<T>(
                 Err(e) => return Err(CliError::Usage(e.to_string())),
             }
         } else {
-            read_passphrase(file, Prompt::Unlock(image))?
+            read_passphrase(file, prompt)?
         };
         match unlock(pass.expose()) {
             Err(VolumeError::WrongPassphrase) if attempt < tries => {
                 eprintln!("{}", VolumeError::WrongPassphrase);
                 attempt += 1;
+            }
+            // Typed at the terminal: the key-file hint does not apply.
+            Err(VolumeError::WrongPassphrase) if tries > 1 => {
+                return Err(CliError::Hinted(
+                    Box::new(VolumeError::WrongPassphrase.into()),
+                    format!(
+                        "{tries} tries failed; `nbdcrypt dump {}` lists the keyslots",
+                        crate::format::escape_for_terminal(&image.display().to_string())
+                    ),
+                ));
             }
             Err(VolumeError::WrongPassphrase)
                 if !source.is_recovery() && pass.expose().ends_with(b"\n") =>

@@ -11,6 +11,7 @@ use crate::volume::{self, LoadedHeader, OpenedImage, UnlockedKey, Volume, WipeSt
 
 use super::args::{HeaderArg, KeyArgs};
 use super::error::CliError;
+use super::passphrase::Prompt;
 use super::unlock::{open_loaded, try_unlock, unlock_with_tries};
 
 /// `nbdcrypt wipe`.
@@ -36,9 +37,12 @@ impl WipeArgs {
             self.header.header.as_deref(),
             volume::Access::WriteExclusive,
         )?;
-        let k = unlock_with_tries(&key.unlock.source(), &image, |pass| {
-            try_unlock(&o.header, &o.header_path, &lh, pass, key.key_slot)
-        })?;
+        let k = unlock_with_tries(
+            &key.unlock.source(),
+            &image,
+            Prompt::Unlock(&image),
+            |pass| try_unlock(&o.header, &o.header_path, &lh, pass, key.key_slot),
+        )?;
         wipe_volume(o, &lh, k, &image, self.resume)
     }
 }

@@ -1,8 +1,12 @@
 //! Command-line usage as a cryptsetup user meets it: clap's whole message on a usage error
 //! (what is missing, the suggestion, the accepted values) with cryptsetup's exit code 1,
-//! help for `nbdcrypt` alone, and `-q`/`--batch-mode` accepted by every command.
+//! help for `nbdcrypt` alone, `-q`/`--batch-mode` accepted by every command, keyslot numbers
+//! checked against 0-31, and terminal prompts in cryptsetup's words.
 
-use crate::common::{nbdcrypt, run};
+use std::path::Path;
+use std::process::Command;
+
+use crate::common::{format_cheap, key_file, nbdcrypt, require, run, tempdir};
 
 /// cryptsetup's exit codes: wrong parameters, wrong device.
 const EXIT_INVALID: i32 = 1;
@@ -81,4 +85,124 @@ fn batch_mode_is_accepted_by_every_command() {
             );
         }
     }
+}
+
+#[test]
+fn keyslot_numbers_beyond_31_are_out_of_range() {
+    for args in [
+        &["kill-slot", "x.img", "40"][..],
+        &["open", "x.img", "--key-slot", "32"],
+        &["add-key", "x.img", "-S", "99"],
+    ] {
+        let (code, err) = usage(args);
+        assert_eq!(code, EXIT_INVALID, "{args:?}: {err}");
+        assert!(err.contains("out of range 0-31"), "{args:?}: {err}");
+    }
+}
+
+/// Runs `nbdcrypt ARGS` on a pseudo-terminal (util-linux `script`), typing `input`; returns
+/// (exit code, everything the terminal showed).
+fn on_terminal(args: &[&str], input: &str) -> (i32, String) {
+    let script = require("script", "bsdutils");
+    let bin = env!("CARGO_BIN_EXE_nbdcrypt");
+    let line = std::iter::once(bin)
+        .chain(args.iter().copied())
+        .map(|a| format!("'{a}'"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut child = Command::new(script)
+        .args(["-qec", &line, "/dev/null"])
+        .env("NBDCRYPT_LOG", "warn")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("script");
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().expect("exit code"),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// The prompt lines a terminal showed, in order.
+fn prompts(screen: &str) -> Vec<&str> {
+    screen
+        .lines()
+        .filter_map(|l| {
+            l.find("Enter ")
+                .or(l.find("Verify "))
+                .map(|i| l[i..].trim_end())
+        })
+        .collect()
+}
+
+#[test]
+fn prompts_say_which_passphrase_is_wanted() {
+    let dir = tempdir();
+    let key = key_file(dir.path());
+    let img = dir.path().join("p.img");
+    format_cheap(&img, &key, "17M", 512, "pbkdf2");
+    let pass = String::from_utf8(std::fs::read(&key).unwrap()).unwrap();
+    let img_s = img.to_str().unwrap();
+    let cheap = |cmd: &'static str| {
+        [
+            cmd,
+            img_s,
+            "--pbkdf",
+            "pbkdf2",
+            "--pbkdf-force-iterations",
+            "1000",
+        ]
+    };
+
+    let (code, screen) = on_terminal(&cheap("add-key"), &format!("{pass}\nsecond\nsecond\n"));
+    assert_eq!(code, 0, "{screen}");
+    assert_eq!(
+        prompts(&screen),
+        [
+            "Enter any existing passphrase:",
+            "Enter new passphrase for key slot:",
+            "Verify passphrase:"
+        ],
+        "{screen}"
+    );
+
+    let (code, screen) = on_terminal(&cheap("change-key"), "second\nthird\nthird\n");
+    assert_eq!(code, 0, "{screen}");
+    assert_eq!(
+        prompts(&screen),
+        [
+            "Enter passphrase to be changed:",
+            "Enter new passphrase:",
+            "Verify passphrase:"
+        ],
+        "{screen}"
+    );
+
+    // kill-slot 1 with slot 1's own passphrase, three times: refused, and the hint is about
+    // keyslots, not about key files (nothing was read from a file).
+    let (code, screen) = on_terminal(&["kill-slot", img_s, "1"], "third\nthird\nthird\n");
+    assert_eq!(code, 2, "{screen}");
+    assert_eq!(
+        prompts(&screen),
+        ["Enter any remaining passphrase:"; 3],
+        "{screen}"
+    );
+    assert!(!screen.contains("key-file"), "{screen}");
+    assert!(screen.contains("lists the keyslots"), "{screen}");
+
+    let (code, screen) = on_terminal(&["remove-key", img_s], "third\n");
+    assert_eq!(code, 0, "{screen}");
+    assert_eq!(
+        prompts(&screen),
+        ["Enter passphrase to be deleted:"],
+        "{screen}"
+    );
+
+    let (code, screen) = on_terminal(&["test-passphrase", img_s], &format!("{pass}\n"));
+    assert_eq!(code, 0, "{screen}");
+    let want = format!("Enter passphrase for {}:", Path::new(img_s).display());
+    assert_eq!(prompts(&screen), [want.as_str()], "{screen}");
 }
