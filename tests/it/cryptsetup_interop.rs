@@ -4,7 +4,6 @@
 use crate::common;
 
 use common::*;
-use std::process::Command;
 
 fn wrong_key(dir: &std::path::Path) -> std::path::PathBuf {
     let p = dir.join("wrong");
@@ -272,28 +271,6 @@ fn passphrase_sources_match_cryptsetup() {
     }
     // And unlocking with one stdin line works the same way.
     pipe(&["test-passphrase"], &a, b"line secret\n");
-}
-
-/// Run `nbdcrypt ARGS` on a pseudo-terminal (util-linux `script`) typing `input`.
-fn on_terminal(args: &str, input: &str) -> std::process::Output {
-    use std::io::Write;
-    use std::process::Stdio;
-    let cmd = format!("{} {args}", env!("CARGO_BIN_EXE_nbdcrypt"));
-    let mut child = Command::new(require("script", "bsdutils"))
-        .args(["-qec", &cmd, "/dev/null"])
-        .env("NBDCRYPT_LOG", "warn")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
 }
 
 /// At a terminal: `format` asks twice and refuses a mismatch (creating nothing); unlocking

@@ -4,9 +4,8 @@
 //! checked against 0-31, and terminal prompts in cryptsetup's words.
 
 use std::path::Path;
-use std::process::Command;
 
-use crate::common::{format_cheap, key_file, nbdcrypt, require, run, tempdir};
+use crate::common::{format_cheap, key_file, nbdcrypt, on_terminal, run, tempdir};
 
 /// cryptsetup's exit codes: wrong parameters, wrong device.
 const EXIT_INVALID: i32 = 1;
@@ -100,26 +99,10 @@ fn keyslot_numbers_beyond_31_are_out_of_range() {
     }
 }
 
-/// Runs `nbdcrypt ARGS` on a pseudo-terminal (util-linux `script`), typing `input`; returns
-/// (exit code, everything the terminal showed).
-fn on_terminal(args: &[&str], input: &str) -> (i32, String) {
-    let script = require("script", "bsdutils");
-    let bin = env!("CARGO_BIN_EXE_nbdcrypt");
-    let line = std::iter::once(bin)
-        .chain(args.iter().copied())
-        .map(|a| format!("'{a}'"))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let mut child = Command::new(script)
-        .args(["-qec", &line, "/dev/null"])
-        .env("NBDCRYPT_LOG", "warn")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("script");
-    std::io::Write::write_all(child.stdin.as_mut().unwrap(), input.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
+/// Runs `nbdcrypt ARGS` on a pseudo-terminal typing `input`; returns (exit code, everything
+/// the terminal showed).
+fn terminal(args: &[&str], input: &str) -> (i32, String) {
+    let out = on_terminal(&args.join(" "), input);
     (
         out.status.code().expect("exit code"),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -157,7 +140,7 @@ fn prompts_say_which_passphrase_is_wanted() {
         ]
     };
 
-    let (code, screen) = on_terminal(&cheap("add-key"), &format!("{pass}\nsecond\nsecond\n"));
+    let (code, screen) = terminal(&cheap("add-key"), &format!("{pass}\nsecond\nsecond\n"));
     assert_eq!(code, 0, "{screen}");
     assert_eq!(
         prompts(&screen),
@@ -169,7 +152,7 @@ fn prompts_say_which_passphrase_is_wanted() {
         "{screen}"
     );
 
-    let (code, screen) = on_terminal(&cheap("change-key"), "second\nthird\nthird\n");
+    let (code, screen) = terminal(&cheap("change-key"), "second\nthird\nthird\n");
     assert_eq!(code, 0, "{screen}");
     assert_eq!(
         prompts(&screen),
@@ -183,7 +166,7 @@ fn prompts_say_which_passphrase_is_wanted() {
 
     // kill-slot 1 with slot 1's own passphrase, three times: refused, and the hint is about
     // keyslots, not about key files (nothing was read from a file).
-    let (code, screen) = on_terminal(&["kill-slot", img_s, "1"], "third\nthird\nthird\n");
+    let (code, screen) = terminal(&["kill-slot", img_s, "1"], "third\nthird\nthird\n");
     assert_eq!(code, 2, "{screen}");
     assert_eq!(
         prompts(&screen),
@@ -193,7 +176,7 @@ fn prompts_say_which_passphrase_is_wanted() {
     assert!(!screen.contains("key-file"), "{screen}");
     assert!(screen.contains("lists the keyslots"), "{screen}");
 
-    let (code, screen) = on_terminal(&["remove-key", img_s], "third\n");
+    let (code, screen) = terminal(&["remove-key", img_s], "third\n");
     assert_eq!(code, 0, "{screen}");
     assert_eq!(
         prompts(&screen),
@@ -201,7 +184,7 @@ fn prompts_say_which_passphrase_is_wanted() {
         "{screen}"
     );
 
-    let (code, screen) = on_terminal(&["test-passphrase", img_s], &format!("{pass}\n"));
+    let (code, screen) = terminal(&["test-passphrase", img_s], &format!("{pass}\n"));
     assert_eq!(code, 0, "{screen}");
     let want = format!("Enter passphrase for {}:", Path::new(img_s).display());
     assert_eq!(prompts(&screen), [want.as_str()], "{screen}");

@@ -33,6 +33,22 @@ pub fn require(tool: &str, package: &str) -> PathBuf {
     panic!("{tool} is not installed: run the README's test command (apt-get install {package})");
 }
 
+/// Run `nbdcrypt ARGS` (one shell word string: quote paths with spaces) on a pseudo-terminal
+/// (util-linux `script`) typing `input`; stdout holds everything the terminal showed.
+pub fn on_terminal(args: &str, input: &str) -> Output {
+    let cmd = format!("{} {args}", env!("CARGO_BIN_EXE_nbdcrypt"));
+    let mut child = Command::new(require("script", "bsdutils"))
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("NBDCRYPT_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run script: {e}"));
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), input.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 /// Run a command, returning its output; panics if it cannot start.
 pub fn run(cmd: &mut Command) -> Output {
     cmd.stdin(Stdio::null())
