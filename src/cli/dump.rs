@@ -213,10 +213,12 @@ pub fn render(lh: &LoadedHeader) -> String {
     o
 }
 
-/// What `dump` says on stderr when discards leak, or have leaked, the volume's usage: the
-/// header's persistent `allow-discards` flag (cryptsetup `--persistent --allow-discards`) is
-/// set, and/or the data segment has holes in the image file (never written, or discarded with
-/// `open --discard passdown`); then cryptsetup's warning. Empty when neither applies.
+/// What `dump` says on stderr when the image shows, or will show, which parts of the volume
+/// are unused: the data segment has holes in the image file (never written — every fresh
+/// sparse volume — or discarded with `open --discard passdown`): one line saying what that
+/// means and its remedy (`nbdcrypt wipe`); and the header's persistent `allow-discards` flag
+/// (cryptsetup `--persistent --allow-discards`), with cryptsetup's discard warning, which is
+/// quoted only then (discards were enabled). Empty when neither applies.
 ///
 /// Errors: [`VolumeError::Io`] when the holes cannot be looked up.
 pub fn discard_warnings(
@@ -225,26 +227,22 @@ pub fn discard_warnings(
     lh: &LoadedHeader,
 ) -> Result<Vec<String>, VolumeError> {
     let mut w = Vec::new();
-    if lh.allow_discards() {
-        w.push(
-            "the header has the persistent flag allow-discards: cryptsetup opens this volume \
-             with discards passed down (nbdcrypt only with open --discard passdown)"
-                .to_string(),
-        );
-    }
     let holes = volume::segment_hole_bytes(file, image, lh)?;
     if holes > 0 {
+        let shown = crate::format::escape_for_terminal(&image.display().to_string()).into_owned();
         w.push(format!(
-            "{holes} of the {} bytes of the data segment are holes in the image file \
-             (never written, or discarded with open --discard passdown): anyone who can read \
-             the image sees, without a key, which parts of the volume are unused",
+            "{holes} of the {} bytes of the data segment are holes in the image file (never \
+             written, or discarded), so a reader of the file sees which parts of the volume \
+             are unused; `nbdcrypt wipe {shown}` fills them (and open without --discard \
+             passdown keeps them filled)",
             lh.segment.size
         ));
     }
-    if !w.is_empty() {
+    if lh.allow_discards() {
         w.push(format!(
-            "cryptsetup on discards (--allow-discards): \"{}\"",
-            CRYPTSETUP_DISCARD_WARNING
+            "the header has the persistent flag allow-discards: cryptsetup opens this volume \
+             with discards passed down (nbdcrypt only with open --discard passdown); \
+             cryptsetup on discards: \"{CRYPTSETUP_DISCARD_WARNING}\""
         ));
     }
     Ok(w)

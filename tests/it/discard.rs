@@ -371,8 +371,9 @@ fn trims_and_writes_from_two_connections_lose_nothing() {
     }
 }
 
-/// `dump` prints luksDump's text on stdout and, on stderr only, what discards leak: holes in
-/// the data segment, the persistent `allow-discards` flag, and cryptsetup's warning.
+/// `dump` prints luksDump's text on stdout and, on stderr only, what the image leaks: holes in
+/// the data segment (one line with its remedy, `nbdcrypt wipe`), the persistent
+/// `allow-discards` flag with cryptsetup's warning (quoted only then).
 /// `open --help` and `demo --help` carry the same warning.
 #[test]
 fn dump_and_help_warn_about_what_passdown_leaks() {
@@ -397,7 +398,9 @@ fn dump_and_help_warn_about_what_passdown_leaks() {
         err.contains(&format!("{} of the {} bytes", 4 * MIB, 4 * MIB)),
         "{err}"
     );
-    assert!(err.contains(quote), "{err}");
+    assert!(err.contains("nbdcrypt wipe"), "the remedy is named: {err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(!err.contains(quote), "no discards were enabled: {err}");
     // Fully written: nothing leaks, nothing said.
     fill(&img, &key, &pattern(4 << 20, 3));
     assert_eq!(dump(&img), "");
