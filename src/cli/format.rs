@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::format::escape_for_terminal;
 use crate::format::probe::Signature;
+use crate::format::DEFAULT_DATA_OFFSET;
 use crate::volume::{self, Access, FormatOptions, VolumeError};
 
 use super::args::{parse_sector_size, parse_size, HeaderArg, KdfArgs};
@@ -23,9 +24,15 @@ pub struct FormatArgs {
     image: PathBuf,
     #[command(flatten)]
     header: HeaderArg,
-    /// Create or extend the image to this size (bytes, or with K/M/G/T suffix, binary units).
+    /// Create or extend the image to this size (bytes, or with K/M/G/T suffix, binary units);
+    /// the volume is this minus the 16 MiB header (as cryptsetup on a file).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     size: Option<u64>,
+    /// Make the volume this big (bytes, or K/M/G/T, binary units): the image file is created
+    /// or extended to the volume plus the 16 MiB header (with --header, the volume alone), so
+    /// a 1 GiB disk copied in fits (as `qemu-img create -f luks` sizes).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, conflicts_with = "size")]
+    volume_size: Option<u64>,
     /// Passphrase file, used byte for byte (`-` = all of stdin).
     #[arg(long, short = 'd', value_name = "FILE")]
     key_file: Option<PathBuf>,
@@ -64,16 +71,39 @@ impl FormatArgs {
             escrow::preflight(&args)?;
             Some(args)
         };
+        let size = match self.volume_size {
+            Some(v) if self.header.header.is_some() => Some(v),
+            Some(v) => Some(
+                v.checked_add(DEFAULT_DATA_OFFSET)
+                    .ok_or_else(|| CliError::Usage(format!("--volume-size {v} is too large")))?,
+            ),
+            None => self.size,
+        };
+        if size.is_none() && !image.exists() {
+            return Err(CliError::Hinted(
+                Box::new(CliError::Usage(format!(
+                    "{} does not exist and no size was given",
+                    escape_for_terminal(&image.display().to_string())
+                ))),
+                "give --volume-size SIZE (the volume, e.g. 1G) or --size SIZE (the whole file, header included)".into(),
+            ));
+        }
         let pass = read_passphrase(self.key_file.as_deref(), Prompt::New(&image))?;
         let opts = FormatOptions {
-            size: self.size,
+            size,
             sector_size: self.sector_size,
             kdf: self.kdf.choice(),
             label: self.label,
             header: self.header.header,
         };
         let uuid = volume::format(&image, &opts, pass.expose())?;
-        eprintln!("formatted {} as LUKS2 (UUID {uuid})", image.display());
+        let (_, lh) = open_loaded(&image, opts.header.as_deref(), Access::Inspect)?;
+        let bytes = lh.segment.size;
+        eprintln!(
+            "formatted {} as LUKS2 (UUID {uuid}): volume {} ({bytes} bytes)",
+            image.display(),
+            indicatif::HumanBytes(bytes)
+        );
         if let Some(args) = &escrow_to {
             escrow::after_format(
                 &image,

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use crate::common::{format_cheap, key_file, nbdcrypt, on_terminal, run, tempdir};
+use crate::common::{format_cheap, key_file, nbdcrypt, on_terminal, run, stderr, tempdir};
 
 /// cryptsetup's exit codes: wrong parameters, wrong device.
 const EXIT_INVALID: i32 = 1;
@@ -188,4 +188,54 @@ fn prompts_say_which_passphrase_is_wanted() {
     assert_eq!(code, 0, "{screen}");
     let want = format!("Enter passphrase for {}:", Path::new(img_s).display());
     assert_eq!(prompts(&screen), [want.as_str()], "{screen}");
+}
+
+#[test]
+fn format_says_the_volume_size_and_takes_volume_size() {
+    let dir = tempdir();
+    let key = key_file(dir.path());
+    let cheap = ["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"];
+    let format = |img: &Path, size: &[&str]| {
+        let out = run(nbdcrypt()
+            .arg("format")
+            .arg(img)
+            .args(size)
+            .args(cheap)
+            .arg("--key-file")
+            .arg(&key));
+        assert!(out.status.success(), "{}", stderr(&out));
+        stderr(&out)
+    };
+    // --volume-size: the volume is exactly that, the file that plus the 16 MiB header.
+    let img = dir.path().join("v.img");
+    let said = format(&img, &["--volume-size", "64M"]);
+    assert!(said.contains("volume 64.00 MiB (67108864 bytes)"), "{said}");
+    assert_eq!(std::fs::metadata(&img).unwrap().len(), (64 + 16) << 20);
+    // --size: the file is that, the volume 16 MiB less (as cryptsetup), and it says so.
+    let img = dir.path().join("s.img");
+    let said = format(&img, &["--size", "64M"]);
+    assert!(said.contains("volume 48.00 MiB (50331648 bytes)"), "{said}");
+    // With a detached header the data file is the volume.
+    let (data, hdr) = (dir.path().join("d.img"), dir.path().join("h.img"));
+    let out = run(nbdcrypt()
+        .arg("format")
+        .arg(&data)
+        .arg("--header")
+        .arg(&hdr)
+        .args(["--volume-size", "8M"])
+        .args(cheap)
+        .arg("--key-file")
+        .arg(&key));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::metadata(&data).unwrap().len(), 8 << 20);
+    // No file and no size: refused before any passphrase is read, with the way out.
+    let img = dir.path().join("new.img");
+    let out = run(nbdcrypt().arg("format").arg(&img));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(EXIT_INVALID), "{err}");
+    assert!(
+        err.contains("does not exist") && err.contains("--volume-size"),
+        "{err}"
+    );
+    assert!(!img.exists());
 }
