@@ -98,9 +98,10 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # --- build --------------------------------------------------------------------------------
-log "cargo build --release"
-cargo build --release --locked -q
-NBDCRYPT="$PWD/target/release/nbdcrypt"
+# The release code with line tables, for perf's DWARF call graphs (Cargo.toml [profile.profiling]).
+log "cargo build --profile profiling"
+cargo build --profile profiling --locked -q
+NBDCRYPT="$PWD/target/profiling/nbdcrypt"
 
 # --- work directory, cleanup --------------------------------------------------------------
 WORK=$(mktemp -d /dev/shm/nbdcrypt-e2e.XXXXXX)

@@ -9,6 +9,7 @@
 pub mod cli;
 pub mod export;
 pub mod keyd;
+mod sigpipe;
 
 pub use nbdcrypt_keyservice as keyservice;
 pub use nbdcrypt_luks2::{crypto, format, volume};

@@ -186,6 +186,14 @@ pub fn main() -> i32 {
         Err(e) => return usage_error(&e),
     };
     init_logging(cli.log_format);
+    // Servers keep SIGPIPE ignored (a client's hang-up is its connection's EPIPE); every
+    // other command ends quietly on a closed pipe (`nbdcrypt dump IMAGE | head`).
+    if !matches!(
+        cli.command,
+        Command::Open(_) | Command::Serve(_) | Command::Demo(_) | Command::Close(_)
+    ) {
+        crate::sigpipe::quiet_on_closed_pipe();
+    }
     if let Err(e) = non_dumpable {
         tracing::warn!(
             "could not make the process non-dumpable ({e}): a core file could hold keys"

@@ -278,6 +278,30 @@ pub(super) fn serve_with(
     run_server(listeners, vols, options, banner, ready)
 }
 
+/// The first pair of exports (earlier, later) that name the same image file (same device and
+/// inode, whatever the path) where either is read-write: its lock would refuse the second as
+/// "in use by another process" though it is this one. Images that cannot be looked up are
+/// left to the open that follows (which names what is wrong).
+fn same_image_twice(exports: &[ImageExport]) -> Option<(usize, usize)> {
+    use std::os::unix::fs::MetadataExt;
+    let ids: Vec<Option<(u64, u64)>> = exports
+        .iter()
+        .map(|x| std::fs::metadata(&x.image).ok().map(|m| (m.dev(), m.ino())))
+        .collect();
+    let writable: Vec<bool> = exports.iter().map(|x| !x.read_only).collect();
+    first_conflict(&ids, &writable)
+}
+
+/// [`same_image_twice`]'s decision: the first (i, j), i < j, with `ids[i] == ids[j]` (both
+/// known) and `writable[i] || writable[j]`.
+fn first_conflict(ids: &[Option<(u64, u64)>], writable: &[bool]) -> Option<(usize, usize)> {
+    (1..ids.len()).find_map(|j| {
+        (0..j).find_map(|i| {
+            (ids[i].is_some() && ids[i] == ids[j] && (writable[i] || writable[j])).then_some((i, j))
+        })
+    })
+}
+
 /// Open and lock every image (a missing, busy or invalid one is refused before any passphrase
 /// is asked for), then unlock them in turn; `named`: errors name the export (`serve`). `tls`
 /// only goes into the log line. Returns each export's configuration and volume.
@@ -286,6 +310,15 @@ pub(super) fn unlock_all(
     named: bool,
     tls: TlsMode,
 ) -> Result<Vec<(ExportConfig, Arc<Volume>)>, CliError> {
+    if let Some((first, again)) = same_image_twice(exports) {
+        let (a, b) = (&exports[first], &exports[again]);
+        return Err(CliError::Usage(format!(
+            "export {}: {} is already export {} of this server; an image can be served read-write by one export only",
+            crate::format::escape_for_terminal(&b.name),
+            crate::format::escape_for_terminal(&b.image.display().to_string()),
+            crate::format::escape_for_terminal(&a.name),
+        )));
+    }
     let mut opened = Vec::with_capacity(exports.len());
     for x in exports {
         let access = if x.read_only {
@@ -336,7 +369,7 @@ pub(super) fn unlock_all(
             keyslot = vol.keyslot(),
             export = %x.name,
             read_only = x.read_only,
-            discard = ?x.discard,
+            discard = %x.discard,
             tls = %tls,
             "volume unlocked"
         );
@@ -566,9 +599,33 @@ pub fn serve_exports(
 #[cfg(test)]
 mod tests {
     use super::{
-        export_description, parse_named_text, serve_exports, set_description, stdin_readers,
-        ImageExport,
+        export_description, first_conflict, parse_named_text, serve_exports, set_description,
+        stdin_readers, ImageExport,
     };
+
+    #[test]
+    fn one_image_twice_conflicts_unless_both_exports_are_read_only() {
+        let (a, b) = (Some((1, 10)), Some((1, 11)));
+        assert_eq!(
+            first_conflict(&[a, b, a], &[true, true, false]),
+            Some((0, 2))
+        );
+        assert_eq!(
+            first_conflict(&[a, b, a], &[false, true, true]),
+            Some((0, 2))
+        );
+        assert_eq!(first_conflict(&[a, b, a], &[false, true, false]), None);
+        assert_eq!(
+            first_conflict(&[a, b, b], &[false, false, true]),
+            Some((1, 2))
+        );
+        assert_eq!(
+            first_conflict(&[None, None], &[true, true]),
+            None,
+            "unknown: left to open"
+        );
+        assert_eq!(first_conflict(&[a], &[true]), None);
+    }
     use crate::cli::service_args::ServiceIdentity;
     use crate::cli::unlock::KeySource;
     use crate::volume::Discard;

@@ -405,6 +405,11 @@ pub fn main() -> i32 {
     ) {
         crate::crypto::secret::lock_all_memory();
     }
+    // `serve` keeps SIGPIPE ignored (a client's hang-up is its connection's EPIPE); the
+    // administration commands end quietly on a closed pipe (`audit list | head`).
+    if !matches!(cli.cmd, Cmd::Serve { .. }) {
+        crate::sigpipe::quiet_on_closed_pipe();
+    }
     match run(cli) {
         Ok(()) => 0,
         Err(e) => {

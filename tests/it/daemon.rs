@@ -194,6 +194,7 @@ fn log_format_json() {
         messages.push(v["fields"]["message"].as_str().unwrap().to_string());
         if v["fields"]["message"] == "volume unlocked" {
             assert_eq!(v["fields"]["sector_size"], 512, "{line}");
+            assert_eq!(v["fields"]["discard"], "ignore", "the flag's word: {line}");
         }
     }
     for m in [

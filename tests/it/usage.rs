@@ -239,3 +239,25 @@ fn format_says_the_volume_size_and_takes_volume_size() {
     );
     assert!(!img.exists());
 }
+
+#[test]
+fn a_closed_pipe_ends_a_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempdir();
+    let key = key_file(dir.path());
+    let img = dir.path().join("p.img");
+    format_cheap(&img, &key, "17M", 512, "pbkdf2");
+    // stdout is a pipe whose reading end is already closed (`nbdcrypt dump | true`): the
+    // first write ends the process by SIGPIPE, as `cat`'s, not a "Broken pipe" panic.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = nbdcrypt()
+        .arg("dump")
+        .arg(&img)
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}", out.status);
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+}

@@ -27,6 +27,16 @@ pub enum Discard {
     Passdown,
 }
 
+impl std::fmt::Display for Discard {
+    /// The `--discard` flag's word: `ignore` or `passdown` (for log lines).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Discard::Ignore => "ignore",
+            Discard::Passdown => "passdown",
+        })
+    }
+}
+
 /// A run of the volume with one allocation state, from [`super::Volume::allocation`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Run {
