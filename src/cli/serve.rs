@@ -255,9 +255,6 @@ pub(super) fn serve_with(
         ));
     }
     check_stdin_readers(&exports)?;
-    // Before any thread exists and before the images are locked.
-    let ready = super::daemon::fork_if(fork)?;
-    let vols = unlock_all(&exports, named, tls.mode())?;
     let listeners: Vec<Listen> = if inherited.is_empty() {
         if listen.is_empty() && socket.is_empty() {
             listen.push(DEFAULT_LISTEN.parse().expect("valid default address"));
@@ -268,6 +265,14 @@ pub(super) fn serve_with(
     } else {
         inherited
     };
+    // A busy port or an unwritable pid file is said before the passphrase and its KDF.
+    nbd::preflight::check_listeners(&listeners)?;
+    if let Some(p) = &pid_file {
+        nbd::preflight::check_pid_file(p)?;
+    }
+    // Before any thread exists and before the images are locked.
+    let ready = super::daemon::fork_if(fork)?;
+    let vols = unlock_all(&exports, named, tls.mode())?;
     let options = ServerOptions {
         max_connections,
         pid_file,

@@ -633,3 +633,42 @@ fn sighup_is_a_clean_stop() {
     assert!(!pid.exists(), "pid file removed");
     assert!(!srv.socket.exists(), "socket removed");
 }
+
+/// A busy port, a socket path another server answers on, and an unwritable pid file are
+/// reported before any passphrase is read (here: none could be, stdin is empty) and before any
+/// KDF runs.
+#[test]
+fn listeners_and_pid_file_are_checked_before_the_passphrase() {
+    let dir = tempdir();
+    let (img, _) = volume(dir.path(), "A", "20M", 512, b"passphrase of A");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = taken.local_addr().unwrap().to_string();
+    let live = dir.path().join("live.sock");
+    let _server = std::os::unix::net::UnixListener::bind(&live).unwrap();
+    let pid = dir.path().join("no-such-dir/a.pid");
+    for (args, needle) in [
+        (
+            vec!["--listen".into(), busy.clone()],
+            "cannot listen on tcp:",
+        ),
+        (
+            vec!["--socket".into(), live.display().to_string()],
+            "live.sock",
+        ),
+        (
+            vec![
+                "--listen".into(),
+                "127.0.0.1:0".into(),
+                "--pid-file".into(),
+                pid.display().to_string(),
+            ],
+            "pid file",
+        ),
+    ] {
+        let out = run(nbdcrypt().arg("open").arg(&img).args(&args));
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!err.contains("passphrase"), "{args:?}: asked first: {err}");
+    }
+}

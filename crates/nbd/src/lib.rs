@@ -48,6 +48,7 @@ pub mod buffers;
 pub mod error;
 pub mod export;
 pub mod kernel;
+pub mod preflight;
 pub mod proto;
 pub mod server;
 pub mod session;

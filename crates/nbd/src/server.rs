@@ -8,7 +8,6 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
-use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -139,19 +138,12 @@ fn bind_err(l: &Listen, source: io::Error) -> NbdError {
     }
 }
 
-/// Prepare a Unix socket path: replace a stale socket, refuse a live one or a non-socket.
+/// Prepare a Unix socket path: replace a stale socket, refuse a live one or a non-socket
+/// ([`crate::preflight::unix_path_state`]).
 fn clear_unix_path(path: &Path) -> Result<(), NbdError> {
-    match std::fs::symlink_metadata(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(NbdError::Bind {
-            addr: format!("unix:{}", path.display()),
-            source: e,
-        }),
-        Ok(m) if !m.file_type().is_socket() => Err(NbdError::NotASocket(path.to_owned())),
-        Ok(_) => {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(NbdError::SocketInUse(path.to_owned()));
-            }
+    match crate::preflight::unix_path_state(path)? {
+        crate::preflight::UnixPath::Free => Ok(()),
+        crate::preflight::UnixPath::Stale => {
             debug!(path = %path.display(), "removing stale socket");
             std::fs::remove_file(path).map_err(|e| NbdError::Bind {
                 addr: format!("unix:{}", path.display()),
