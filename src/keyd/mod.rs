@@ -419,6 +419,9 @@ pub fn main() -> i32 {
             | Cmd::Kek {
                 cmd: KekCmd::Create { .. } | KekCmd::Rotate { .. }
             }
+            | Cmd::Audit {
+                cmd: AuditCmd::Prune { .. } | AuditCmd::Checkpoint { new: true }
+            }
     ) {
         crate::crypto::secret::lock_all_memory();
     }

@@ -123,10 +123,13 @@ impl Store {
     ///
     /// Errors: database.
     pub fn audit(&mut self, entry: AuditEntry) -> Result<i64, StoreError> {
-        self.with_audit(entry, |_, _| Ok(()))?;
-        self.conn
-            .query_row("SELECT max(seq) FROM audit", [], |r| r.get(0))
-            .map_err(db("reading the audit chain"))
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db("starting a transaction"))?;
+        let seq = append_audit(&tx, &entry)?;
+        tx.commit().map_err(db("committing"))?;
+        Ok(seq)
     }
 
     /// Audit rows with `seq > after`, at most `limit`, in order.

@@ -18,6 +18,7 @@ use rusqlite::{OptionalExtension, Transaction, TransactionBehavior};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
 use super::audit::{append_audit_at, audit_head, AuditEntry};
 use super::conn::{now_ms, Store, CA_FILE};
@@ -133,8 +134,10 @@ pub(super) fn unhex(s: &str) -> Option<Vec<u8>> {
 
 /// ECDSA P-256 SHA-256 (ASN.1 DER) signature of `msg` by the CA key (PKCS#8 PEM).
 fn sign(ca_key_pem: &str, msg: &[u8]) -> Result<Vec<u8>, StoreError> {
-    let der = PrivatePkcs8KeyDer::from_pem_slice(ca_key_pem.as_bytes())
-        .map_err(|e| StoreError::Checkpoint(format!("CA key: {e}")))?;
+    let der = Zeroizing::new(
+        PrivatePkcs8KeyDer::from_pem_slice(ca_key_pem.as_bytes())
+            .map_err(|e| StoreError::Checkpoint(format!("CA key: {e}")))?,
+    );
     let rng = SystemRandom::new();
     let key = EcdsaKeyPair::from_pkcs8(
         &ECDSA_P256_SHA256_ASN1_SIGNING,
