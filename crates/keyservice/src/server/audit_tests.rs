@@ -174,3 +174,13 @@ fn the_tick_writes_ended_windows_and_checkpoints() {
     assert_eq!(rows.len(), 5);
     assert!(rows[4].detail.starts_with("×1 more"), "{:?}", rows[4]);
 }
+
+#[test]
+fn only_callers_without_an_identity_are_aggregated() {
+    use super::audit::unauthenticated;
+    assert!(unauthenticated("anonymous"));
+    assert!(unauthenticated("join:hostJ"));
+    for actor in ["host:hostA", "token:olga(officer)", "cli", "server"] {
+        assert!(!unauthenticated(actor), "{actor}");
+    }
+}
