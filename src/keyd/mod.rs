@@ -3,12 +3,13 @@
 //! writing the store directly (SQLite allows this while `serve` runs; changes apply to the
 //! server's next request).
 //!
-//! The parser and the dispatch are here; `join` (run on a host, not on the service) is in
-//! `join.rs`, the files this command line reads and writes in `files.rs`, its errors in
+//! The parser and the dispatch are here; `audit ...` is in `audit.rs`, `join` (run on a host,
+//! not on the service) in `join.rs`, the files this command line reads and writes in `files.rs`, its errors in
 //! `error.rs`.
 //!
 //! Exit status: 0 success, 1 failure (including `audit verify` finding a bad row), 2 usage.
 
+mod audit;
 mod error;
 mod files;
 mod join;
@@ -17,9 +18,10 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::keyservice::store::{RootKey, RootSource, Store};
+use crate::keyservice::store::{AuditPolicy, RootKey, RootSource, Store};
 use crate::keyservice::{server, Role};
 
+use audit::AuditCmd;
 use error::KeydError;
 use files::{read_passphrase, write_file};
 use join::join;
@@ -59,6 +61,20 @@ enum Cmd {
         /// Address to listen on (port 0: any free port, printed).
         #[arg(long, default_value = "127.0.0.1:8443")]
         listen: String,
+        /// Sign an audit checkpoint once this many rows follow the last one.
+        #[arg(long, value_name = "ROWS", default_value_t = 1000)]
+        audit_checkpoint_rows: i64,
+        /// Sign an audit checkpoint once this many seconds passed since the last one, if rows
+        /// followed it.
+        #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+        audit_checkpoint_secs: u64,
+        /// Unauthenticated refusals of one source, action and kind within this many seconds
+        /// after the first (written at once) are counted and written as one row.
+        #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+        audit_refusal_window: u64,
+        /// At most this many sources aggregated at once (the oldest is written out first).
+        #[arg(long, value_name = "N", default_value_t = 1024)]
+        audit_refusal_sources: usize,
     },
     /// Host identities (client certificates).
     Host {
@@ -195,18 +211,6 @@ enum OfficerCmd {
     },
 }
 
-#[derive(Subcommand)]
-enum AuditCmd {
-    /// Print rows as JSON lines.
-    List {
-        /// Only rows after this sequence number.
-        #[arg(long, default_value_t = 0)]
-        after: i64,
-    },
-    /// Check the hash chain; exit 1 naming the first bad row.
-    Verify,
-}
-
 /// The store's root key: from `--root-passphrase-file` when given, else the root key file.
 fn unlock(cli: &Cli, store: &Store) -> Result<RootKey, KeydError> {
     let p = match &cli.root_passphrase_file {
@@ -214,6 +218,14 @@ fn unlock(cli: &Cli, store: &Store) -> Result<RootKey, KeydError> {
         None => None,
     };
     Ok(store.unlock(p.as_deref().map(|v| &v[..]))?)
+}
+
+/// Signs an audit checkpoint after a command that unlocked the root key. The command's change
+/// is committed already, so a failure is a warning, not the command's failure.
+fn seal(store: &mut Store, root: &RootKey) {
+    if let Err(e) = store.audit_checkpoint(root, "cli") {
+        eprintln!("nbdcrypt-keyd: warning: no audit checkpoint written: {e}");
+    }
 }
 
 fn run(cli: Cli) -> Result<(), KeydError> {
@@ -230,6 +242,9 @@ fn run(cli: Cli) -> Result<(), KeydError> {
                 None => RootSource::KeyFile,
             };
             let out = Store::init(dir, &root, &names)?;
+            let mut store = Store::open(dir)?;
+            let key = unlock(&cli, &store)?;
+            seal(&mut store, &key);
             println!("store created in {}", dir.display());
             println!(
                 "CA certificate: {}",
@@ -240,9 +255,24 @@ fn run(cli: Cli) -> Result<(), KeydError> {
                 &*out.admin_token
             );
         }
-        Cmd::Serve { listen } => {
-            let store = Store::open(dir)?;
+        Cmd::Serve {
+            listen,
+            audit_checkpoint_rows,
+            audit_checkpoint_secs,
+            audit_refusal_window,
+            audit_refusal_sources,
+        } => {
+            let mut store = Store::open(dir)?;
+            store.set_audit_policy(AuditPolicy {
+                checkpoint_rows: *audit_checkpoint_rows,
+                checkpoint_secs: *audit_checkpoint_secs,
+                refusal_window_secs: *audit_refusal_window,
+                refusal_sources: *audit_refusal_sources,
+            });
             let root = unlock(&cli, &store)?;
+            // The start checkpoint seals the log as the server finds it (and the rows of a
+            // store made before checkpoints); failing it fails the start.
+            store.audit_checkpoint(&root, "server")?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -259,6 +289,7 @@ fn run(cli: Cli) -> Result<(), KeydError> {
                 HostCmd::Add { name, out_dir } => {
                     let root = unlock(&cli, &store)?;
                     let issued = store.host_add(&root, name)?;
+                    seal(&mut store, &root);
                     let cert = out_dir.join(format!("{name}.pem"));
                     let key = out_dir.join(format!("{name}.key"));
                     write_file(&key, issued.key_pem.as_bytes(), 0o600)?;
@@ -299,11 +330,13 @@ fn run(cli: Cli) -> Result<(), KeydError> {
                 KekCmd::Create { name } => {
                     let root = unlock(&cli, &store)?;
                     store.kek_create(&root, name)?;
+                    seal(&mut store, &root);
                     println!("KEK {name} version 1");
                 }
                 KekCmd::Rotate { name } => {
                     let root = unlock(&cli, &store)?;
                     let v = store.kek_rotate(&root, name)?;
+                    seal(&mut store, &root);
                     println!("KEK {name} version {v}");
                 }
                 KekCmd::Show { name } => {
@@ -348,23 +381,7 @@ fn run(cli: Cli) -> Result<(), KeydError> {
             };
             join(url, &token, ca, out, *timeout)?
         }
-        Cmd::Audit { cmd } => {
-            let store = Store::open(dir)?;
-            match cmd {
-                AuditCmd::List { after } => {
-                    for r in store.audit_list(*after, i64::MAX)? {
-                        println!("{}", serde_json::to_string(&r).unwrap_or_default());
-                    }
-                }
-                AuditCmd::Verify => {
-                    let r = store.audit_verify()?;
-                    if let (Some(seq), Some(problem)) = (r.bad_seq, r.problem) {
-                        return Err(KeydError::AuditBroken { seq, problem });
-                    }
-                    println!("audit chain ok: {} rows", r.rows);
-                }
-            }
-        }
+        Cmd::Audit { cmd } => audit::run(&cli, cmd)?,
     }
     Ok(())
 }
@@ -401,6 +418,9 @@ pub fn main() -> i32 {
             }
             | Cmd::Kek {
                 cmd: KekCmd::Create { .. } | KekCmd::Rotate { .. }
+            }
+            | Cmd::Audit {
+                cmd: AuditCmd::Prune { .. } | AuditCmd::Checkpoint { new: true }
             }
     ) {
         crate::crypto::secret::lock_all_memory();

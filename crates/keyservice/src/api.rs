@@ -251,16 +251,50 @@ pub struct AuditListReply {
 }
 
 /// Reply of `GET /v1/audit/verify` (admin, auditor), and what `audit verify` checks.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VerifyReport {
     /// Rows checked.
     pub rows: i64,
-    /// `true` when every row's hash and link are right and the numbers have no gap.
+    /// `true` when every row's hash and link are right, the numbers have no gap, every
+    /// checkpoint's signature holds, and the log starts where the last checkpoint says.
     pub ok: bool,
     /// The first row that is wrong, if any.
     pub bad_seq: Option<i64>,
     /// Why it is wrong.
     pub problem: Option<String>,
+    /// The first row present (1, or the anchor checkpoint's row after a prune).
+    #[serde(default)]
+    pub first: i64,
+    /// Checkpoint rows whose signature was checked.
+    #[serde(default)]
+    pub checkpoints: i64,
+    /// The last row sealed by a checkpoint (the row before the newest checkpoint row).
+    #[serde(default)]
+    pub sealed_through: Option<i64>,
+    /// Rows after the newest checkpoint's own row: hash-chained but not yet under a
+    /// signature, so cutting them off is only seen against a checkpoint kept elsewhere.
+    #[serde(default)]
+    pub unsealed: i64,
+}
+
+/// A signed audit checkpoint (`docs/keyservice-api.md` "Audit log"): the row count (as the
+/// last row's `seq`) and head hash the store's CA key signed, as `audit checkpoint` prints it
+/// for off-host storage and `audit verify --checkpoint FILE` reads it back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditCheckpoint {
+    /// The last row it seals: every row up to this one.
+    pub seq: i64,
+    /// Hex SHA-256 `hash` of row `seq`.
+    pub head: String,
+    /// The first row of the log when it was signed (1 until a prune).
+    pub first: i64,
+    /// When it was signed (its own row's `time_ms`), Unix milliseconds.
+    pub time_ms: i64,
+    /// The checkpoint's own row (`seq + 1`).
+    pub row: i64,
+    /// Base64 of the ECDSA P-256 SHA-256 signature (ASN.1 DER) by the CA key, verified with
+    /// `ca.pem` (message: `store/checkpoint.rs`).
+    pub signature: String,
 }
 
 /// The body of every refusal: `application/problem+json` (RFC 9457 §3), field order as sent.

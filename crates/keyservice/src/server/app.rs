@@ -3,24 +3,39 @@
 //! it owns the volume, and whether the body and UUID parse. Each refusal is written to the
 //! audit log here ([`App::refuse`]) before its reply is built.
 
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::http::{header, HeaderMap};
 use serde::Deserialize;
 
+use super::audit::AuditState;
 use super::problem::Problem;
 use crate::refusal::Refusal;
-use crate::store::{AuditEntry, Role, RootKey, Store};
+use crate::store::{Role, RootKey, Store};
 
 /// Shared state of the handlers.
 pub struct App {
     pub(super) store: Mutex<Store>,
     pub(super) root: RootKey,
+    pub(super) audit: AuditState,
 }
 
-/// The client certificate fingerprint of a connection (hex SHA-256), if one was presented.
+/// Who is at the other end of a connection, as the accept loop saw it.
 #[derive(Clone)]
-pub(super) struct Peer(pub(super) Option<String>);
+pub struct Peer {
+    /// The client certificate's fingerprint (hex SHA-256), if one was presented.
+    pub(super) fingerprint: Option<String>,
+    /// The peer's IP address (the source of unauthenticated refusals, see `audit.rs`).
+    pub(super) ip: Option<IpAddr>,
+}
+
+impl Peer {
+    /// A peer with certificate fingerprint `fingerprint` (if any) connecting from `ip`.
+    pub fn new(fingerprint: Option<String>, ip: Option<IpAddr>) -> Peer {
+        Peer { fingerprint, ip }
+    }
+}
 
 /// Who is calling.
 pub(super) enum Caller {
@@ -66,13 +81,15 @@ impl App {
     /// State over an open store and its unlocked root key.
     pub fn new(store: Store, root: RootKey) -> App {
         App {
+            audit: AuditState::new(&store),
             store: Mutex::new(store),
             root,
         }
     }
 
-    /// Writes the refusal's audit row (if the refusal is audited) and returns the problem to
-    /// send (500 if the audit write itself fails).
+    /// Writes the refusal's audit row (if the refusal is audited), one row, committed, and
+    /// returns the problem to send (500 if the audit write itself fails). For callers that
+    /// proved an identity; unauthenticated ones go through [`App::refuse_from`].
     pub(super) fn refuse(
         &self,
         actor: &str,
@@ -81,20 +98,7 @@ impl App {
         refusal: Refusal,
         detail: String,
     ) -> Problem {
-        let Some(outcome) = refusal.audit_outcome() else {
-            return Problem::new(refusal, detail, None);
-        };
-        let entry = AuditEntry {
-            actor: actor.into(),
-            action: action.into(),
-            target: target.into(),
-            outcome,
-            detail: detail.clone(),
-        };
-        match self.store.lock().unwrap().audit(entry) {
-            Ok(seq) => Problem::new(refusal, detail, Some(seq)),
-            Err(e) => Problem::internal(format!("audit write failed: {e}")),
-        }
+        self.refuse_from(None, actor, action, target, refusal, detail)
     }
 
     /// Identifies the caller, or refuses (audited).
@@ -105,7 +109,7 @@ impl App {
         action: &str,
         target: &str,
     ) -> Result<Caller, Problem> {
-        if let Some(fpr) = &peer.0 {
+        if let Some(fpr) = &peer.fingerprint {
             let found = self.store.lock().unwrap().host_by_fingerprint(fpr)?;
             return match found {
                 Some((name, false)) => Ok(Caller::Host(name)),
@@ -116,7 +120,8 @@ impl App {
                     Refusal::HostRevoked,
                     format!("host {name} is revoked"),
                 )),
-                None => Err(self.refuse(
+                None => Err(self.refuse_from(
+                    Some(peer),
                     "anonymous",
                     action,
                     target,
@@ -130,7 +135,8 @@ impl App {
                 let found = self.store.lock().unwrap().token_lookup(t)?;
                 match found {
                     Some((name, role)) => Ok(Caller::Person(name, role)),
-                    None => Err(self.refuse(
+                    None => Err(self.refuse_from(
+                        Some(peer),
                         "anonymous",
                         action,
                         target,
@@ -139,7 +145,8 @@ impl App {
                     )),
                 }
             }
-            None => Err(self.refuse(
+            None => Err(self.refuse_from(
+                Some(peer),
                 "anonymous",
                 action,
                 target,
@@ -221,7 +228,7 @@ impl App {
         }
     }
 
-    /// The JSON request body as `T`, or a 400 `bad-request` (audited).
+    /// The JSON request body as `T`, or a 400 `bad-request` (audited, one row).
     pub(super) fn parse<T: for<'de> Deserialize<'de>>(
         &self,
         actor: &str,
@@ -229,8 +236,22 @@ impl App {
         target: &str,
         body: &[u8],
     ) -> Result<T, Problem> {
+        self.parse_from(None, actor, action, target, body)
+    }
+
+    /// [`App::parse`], the refusal aggregated by `peer`'s source when the actor is
+    /// unauthenticated ([`App::refuse_from`]).
+    pub(super) fn parse_from<T: for<'de> Deserialize<'de>>(
+        &self,
+        peer: Option<&Peer>,
+        actor: &str,
+        action: &str,
+        target: &str,
+        body: &[u8],
+    ) -> Result<T, Problem> {
         serde_json::from_slice(body).map_err(|e| {
-            self.refuse(
+            self.refuse_from(
+                peer,
                 actor,
                 action,
                 target,
@@ -242,12 +263,19 @@ impl App {
 
     /// The volume UUID `uuid` in its one spelling, lower case (as LUKS2 headers write it), so
     /// that one volume is never registered, wrapped for or escrowed under two spellings.
-    /// Refuses (400 `bad-request`, audited as `anonymous`) a `uuid` that is no volume UUID.
-    pub(super) fn check_uuid(&self, uuid: &str, action: &str) -> Result<String, Problem> {
+    /// Refuses (400 `bad-request`, audited as `anonymous`, aggregated by `peer`'s source) a
+    /// `uuid` that is no volume UUID.
+    pub(super) fn check_uuid(
+        &self,
+        peer: &Peer,
+        uuid: &str,
+        action: &str,
+    ) -> Result<String, Problem> {
         if is_volume_uuid(uuid) {
             Ok(uuid.to_ascii_lowercase())
         } else {
-            Err(self.refuse(
+            Err(self.refuse_from(
+                Some(peer),
                 "anonymous",
                 action,
                 "",

@@ -6,19 +6,23 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::Json;
+use axum::{Extension, Json};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 
-use super::app::{blocking, App};
+use super::app::{blocking, App, Peer};
 use super::problem::Reply;
 use crate::api::{JoinReply, JoinRequest};
 use crate::store::JoinOutcome;
 
 /// `POST /v1/join`: the certificate for the token's host, or the audited refusal.
-pub(super) async fn join(State(app): State<Arc<App>>, body: Bytes) -> Reply<JoinReply> {
+pub(super) async fn join(
+    State(app): State<Arc<App>>,
+    Extension(peer): Extension<Peer>,
+    body: Bytes,
+) -> Reply<JoinReply> {
     blocking(app, move |app| {
-        let req: JoinRequest = app.parse("anonymous", "join", "", &body)?;
+        let req: JoinRequest = app.parse_from(Some(&peer), "anonymous", "join", "", &body)?;
         let point = B64.decode(req.public_key.as_bytes()).unwrap_or_default();
         let outcome = app
             .store
@@ -36,7 +40,7 @@ pub(super) async fn join(State(app): State<Arc<App>>, body: Bytes) -> Reply<Join
                 detail,
             } => {
                 let target = actor.strip_prefix("join:").unwrap_or("").to_string();
-                Err(app.refuse(&actor, "join", &target, refusal, detail))
+                Err(app.refuse_from(Some(&peer), &actor, "join", &target, refusal, detail))
             }
         }
     })

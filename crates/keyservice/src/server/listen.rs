@@ -93,8 +93,8 @@ pub async fn serve(store: Store, root: RootKey, listen: &str) -> Result<(), Serv
         source,
     })?;
     eprintln!("nbdcrypt-keyd: listening on https://{local}");
-    let app = Arc::new(App::new(store, root));
-    let routes = router(app);
+    let app = App::start(store, root);
+    let routes = router(app.clone());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| ServeError::Tls(format!("signal handler: {e}")))?;
     loop {
@@ -131,7 +131,8 @@ pub async fn serve(store: Store, root: RootKey, listen: &str) -> Result<(), Serv
                 .peer_certificates()
                 .and_then(|c| c.first())
                 .map(|c| pki::fingerprint(c));
-            let svc = TowerToHyperService::new(routes.layer(Extension(Peer(fpr))));
+            let svc =
+                TowerToHyperService::new(routes.layer(Extension(Peer::new(fpr, Some(addr.ip())))));
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tls), svc)
                 .await
@@ -140,6 +141,7 @@ pub async fn serve(store: Store, root: RootKey, listen: &str) -> Result<(), Serv
             }
         });
     }
+    app.shutdown();
     eprintln!("nbdcrypt-keyd: stopped");
     Ok(())
 }

@@ -10,12 +10,15 @@
 //! if the audit write fails the request fails with 500 and nothing is released.
 //!
 //! Files: [`listen`] (TLS configuration and accept loop), [`routes`] (the route table),
-//! `app` (shared state, caller identification and the audited refusal), `problem` (the
+//! `app` (shared state, caller identification and the audited refusal), `audit` (aggregated
+//! refusals, the checkpoint tick, shutdown), `aggregate` (the pure aggregation state), `problem` (the
 //! refusal reply), and the handlers by area: `volumes` (host endpoints), `people` (officers,
 //! KEKs, audit), `join`. Request and reply bodies are [`crate::api`]; refusals
 //! [`crate::refusal::Refusal`].
 
+mod aggregate;
 mod app;
+mod audit;
 mod join;
 pub mod listen;
 mod people;
@@ -24,9 +27,11 @@ pub mod routes;
 mod volumes;
 
 #[cfg(test)]
+mod audit_tests;
+#[cfg(test)]
 mod tests;
 
-pub use app::App;
+pub use app::{App, Peer};
 pub use listen::{serve, tls_config, ServeError};
 pub use problem::Problem;
 pub use routes::router;

@@ -72,7 +72,9 @@ impl Fixture {
             req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
         }
         let req = req.body(Body::from(Bytes::from(body.to_string()))).unwrap();
-        let svc = TowerToHyperService::new(router(self.app.clone()).layer(Extension(Peer(fpr))));
+        let svc = TowerToHyperService::new(
+            router(self.app.clone()).layer(Extension(Peer::new(fpr, None))),
+        );
         self.rt.block_on(async {
             let resp = svc.call(req).await.unwrap();
             let status = resp.status().as_u16();

@@ -44,7 +44,7 @@ pub(super) async fn register(
         let host = app.host(&peer, &headers, "register", "")?;
         let actor = format!("host:{host}");
         let req: RegisterRequest = app.parse(&actor, "register", "", &body)?;
-        let uuid = app.check_uuid(&req.uuid, "register")?;
+        let uuid = app.check_uuid(&peer, &req.uuid, "register")?;
         let owner = app.store.lock().unwrap().volume_owner(&uuid)?;
         match owner {
             Some(o) if o != host => Err(app.refuse(
@@ -105,7 +105,7 @@ pub(super) async fn wrap_secret(
     body: Bytes,
 ) -> Reply<WrapReply> {
     blocking(app, move |app| {
-        let uuid = app.check_uuid(&uuid, "wrap")?;
+        let uuid = app.check_uuid(&peer, &uuid, "wrap")?;
         let host = app.host(&peer, &headers, "wrap", &uuid)?;
         let actor = format!("host:{host}");
         app.owned(&host, &uuid, "wrap")?;
@@ -151,7 +151,7 @@ pub(super) async fn unwrap_secret(
     body: Bytes,
 ) -> Reply<UnwrapReply> {
     blocking(app, move |app| {
-        let uuid = app.check_uuid(&uuid, "unwrap")?;
+        let uuid = app.check_uuid(&peer, &uuid, "unwrap")?;
         let host = app.host(&peer, &headers, "unwrap", &uuid)?;
         let actor = format!("host:{host}");
         app.owned(&host, &uuid, "unwrap")?;
@@ -230,7 +230,7 @@ pub(super) async fn escrow_store(
     body: Bytes,
 ) -> Reply<EscrowStoreReply> {
     blocking(app, move |app| {
-        let uuid = app.check_uuid(&uuid, "escrow-store")?;
+        let uuid = app.check_uuid(&peer, &uuid, "escrow-store")?;
         let host = app.host(&peer, &headers, "escrow-store", &uuid)?;
         let actor = format!("host:{host}");
         app.owned(&host, &uuid, "escrow-store")?;
@@ -265,7 +265,7 @@ pub(super) async fn escrow_fetch(
     UrlPath(uuid): UrlPath<String>,
 ) -> Reply<EscrowFetchReply> {
     blocking(app, move |app| {
-        let uuid = app.check_uuid(&uuid, "escrow-fetch")?;
+        let uuid = app.check_uuid(&peer, &uuid, "escrow-fetch")?;
         let who = app.person(&peer, &headers, "escrow-fetch", &uuid, &[Role::Officer])?;
         let actor = format!("token:{who}(officer)");
         let entry = ok_entry(actor.clone(), "escrow-fetch", &uuid, String::new());

@@ -1,14 +1,17 @@
 //! The audit chain (`docs/keyservice-api.md` "Audit log"): appending a row in the same
-//! transaction as the change it records ([`Store::with_audit`]), listing rows, and verifying the
-//! hash chain. `hash` = SHA-256 over `prev ‖ seq ‖ time ‖ actor ‖ action ‖ target ‖ outcome ‖
-//! detail` (integers 8-byte big endian, text 4-byte big-endian length then UTF-8).
+//! transaction as the change it records ([`Store::with_audit`]), with every field capped
+//! ([`cap_field`]), and listing rows. `hash` = SHA-256 over `prev ‖ seq ‖ time ‖ actor ‖ action
+//! ‖ target ‖ outcome ‖ detail` (integers 8-byte big endian, text 4-byte big-endian length then
+//! UTF-8). Checkpoints: `checkpoint.rs`; verifying: `audit_verify.rs`; pruning:
+//! `audit_prune.rs`; the table's triggers: `audit_schema.rs`.
 
-use rusqlite::{params, OptionalExtension, Transaction, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use sha2::{Digest, Sha256};
 
+use super::audit_fields::cap_field;
 use super::conn::{now_ms, Store};
 use super::error::{db, StoreError};
-use crate::api::{AuditRow, VerifyReport};
+use crate::api::AuditRow;
 use crate::pki;
 
 /// One audit row to append.
@@ -38,7 +41,7 @@ pub(super) fn cli_entry(action: &str, target: &str, detail: &str) -> AuditEntry 
 }
 
 /// SHA-256 of an audit row (see the module documentation for the layout).
-fn row_hash(prev: &[u8], seq: i64, time_ms: i64, fields: [&str; 5]) -> Vec<u8> {
+pub(super) fn row_hash(prev: &[u8], seq: i64, time_ms: i64, fields: [&str; 5]) -> Vec<u8> {
     let mut h = Sha256::new();
     h.update(prev);
     h.update(seq.to_be_bytes());
@@ -50,33 +53,47 @@ fn row_hash(prev: &[u8], seq: i64, time_ms: i64, fields: [&str; 5]) -> Vec<u8> {
     h.finalize().to_vec()
 }
 
-/// Appends `e` to the audit chain inside `tx`; returns its sequence number.
+/// Appends `e` to the audit chain inside `tx`, stamped now; returns its sequence number.
 pub(super) fn append_audit(tx: &Transaction<'_>, e: &AuditEntry) -> Result<i64, StoreError> {
-    let last: Option<(i64, Vec<u8>)> = tx
-        .query_row(
-            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()
-        .map_err(db("reading the audit chain"))?;
-    let (seq, prev) = match last {
+    append_audit_at(tx, e, now_ms())
+}
+
+/// The last row's `seq` and `hash` (`None` for an empty log).
+pub(super) fn audit_head(conn: &Connection) -> Result<Option<(i64, Vec<u8>)>, StoreError> {
+    conn.query_row(
+        "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .optional()
+    .map_err(db("reading the audit chain"))
+}
+
+/// Appends `e` stamped `t` (Unix ms) inside `tx`, each field capped ([`cap_field`]); returns
+/// its sequence number. The next `seq` follows the last row (1 for an empty log), and `prev`
+/// is its hash (32 zero bytes for row 1).
+pub(super) fn append_audit_at(
+    tx: &Transaction<'_>,
+    e: &AuditEntry,
+    t: i64,
+) -> Result<i64, StoreError> {
+    let (seq, prev) = match audit_head(tx)? {
         Some((s, h)) => (s + 1, h),
         None => (1, vec![0u8; 32]),
     };
-    let t = now_ms();
     let fields = [
-        e.actor.as_str(),
-        e.action.as_str(),
-        e.target.as_str(),
-        e.outcome.as_str(),
-        e.detail.as_str(),
+        cap_field(&e.actor),
+        cap_field(&e.action),
+        cap_field(&e.target),
+        cap_field(&e.outcome),
+        cap_field(&e.detail),
     ];
-    let hash = row_hash(&prev, seq, t, fields);
+    let hash = row_hash(&prev, seq, t, fields.each_ref().map(|f| f.as_ref()));
+    let [actor, action, target, outcome, detail] = &fields;
     tx.execute(
         "INSERT INTO audit (seq, time_ms, actor, action, target, outcome, detail, prev, hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        params![seq, t, e.actor, e.action, e.target, e.outcome, e.detail, prev, hash],
+        params![seq, t, actor, action, target, outcome, detail, prev, hash],
     )
     .map_err(db("writing the audit row"))?;
     Ok(seq)
@@ -106,10 +123,13 @@ impl Store {
     ///
     /// Errors: database.
     pub fn audit(&mut self, entry: AuditEntry) -> Result<i64, StoreError> {
-        self.with_audit(entry, |_, _| Ok(()))?;
-        self.conn
-            .query_row("SELECT max(seq) FROM audit", [], |r| r.get(0))
-            .map_err(db("reading the audit chain"))
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db("starting a transaction"))?;
+        let seq = append_audit(&tx, &entry)?;
+        tx.commit().map_err(db("committing"))?;
+        Ok(seq)
     }
 
     /// Audit rows with `seq > after`, at most `limit`, in order.
@@ -140,62 +160,5 @@ impl Store {
             .map_err(db("reading the audit log"))?;
         rows.collect::<Result<_, _>>()
             .map_err(db("reading the audit log"))
-    }
-
-    /// Checks the whole chain: numbers 1, 2, ... without gaps, each `prev` equal to the
-    /// previous row's `hash`, each `hash` recomputed from the row. Reports the first bad row.
-    ///
-    /// Errors: database.
-    pub fn audit_verify(&self) -> Result<VerifyReport, StoreError> {
-        let mut st = self
-            .conn
-            .prepare(
-                "SELECT seq, time_ms, actor, action, target, outcome, detail, prev, hash
-                 FROM audit ORDER BY seq",
-            )
-            .map_err(db("reading the audit log"))?;
-        let mut rows = st.query([]).map_err(db("reading the audit log"))?;
-        let mut expect_prev = vec![0u8; 32];
-        let mut n = 0i64;
-        let bad = |seq: i64, n: i64, why: String| VerifyReport {
-            rows: n,
-            ok: false,
-            bad_seq: Some(seq),
-            problem: Some(why),
-        };
-        while let Some(r) = rows.next().map_err(db("reading the audit log"))? {
-            let get = |i| -> Result<String, StoreError> {
-                r.get::<_, String>(i).map_err(db("reading the audit log"))
-            };
-            let seq: i64 = r.get(0).map_err(db("reading the audit log"))?;
-            let time_ms: i64 = r.get(1).map_err(db("reading the audit log"))?;
-            let fields = [get(2)?, get(3)?, get(4)?, get(5)?, get(6)?];
-            let prev: Vec<u8> = r.get(7).map_err(db("reading the audit log"))?;
-            let hash: Vec<u8> = r.get(8).map_err(db("reading the audit log"))?;
-            n += 1;
-            if seq != n {
-                return Ok(bad(n, n, format!("row {n} is missing (next row is {seq})")));
-            }
-            if prev != expect_prev {
-                return Ok(bad(seq, n, "its link to the previous row is wrong".into()));
-            }
-            let f = [
-                fields[0].as_str(),
-                fields[1].as_str(),
-                fields[2].as_str(),
-                fields[3].as_str(),
-                fields[4].as_str(),
-            ];
-            if row_hash(&prev, seq, time_ms, f) != hash {
-                return Ok(bad(seq, n, "its content does not match its hash".into()));
-            }
-            expect_prev = hash;
-        }
-        Ok(VerifyReport {
-            rows: n,
-            ok: true,
-            bad_seq: None,
-            problem: None,
-        })
     }
 }

@@ -26,6 +26,7 @@ pub const SERVER_KEY_FILE: &str = "server.key";
 pub struct Store {
     pub(super) conn: Connection,
     pub(super) dir: PathBuf,
+    pub(super) audit_policy: super::audit_policy::AuditPolicy,
 }
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).

@@ -58,6 +58,18 @@ pub enum StoreError {
     /// Sealing or opening under the root key failed.
     #[error("root-key sealing: {0}")]
     Wrap(#[from] WrapError),
+    /// An audit checkpoint could not be made, read or checked (the CA key or certificate is
+    /// unusable, the log is empty, a checkpoint file does not parse).
+    #[error("audit checkpoint: {0}")]
+    Checkpoint(String),
+    /// The audit chain is broken where an operation needs it whole (`audit prune`).
+    #[error("audit chain broken at row {seq}: {problem}")]
+    AuditBroken {
+        /// The first bad row.
+        seq: i64,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// Certificate generation failed.
     #[error(transparent)]
     Pki(#[from] PkiError),

@@ -9,6 +9,8 @@ use rusqlite::{params, TransactionBehavior};
 use zeroize::Zeroizing;
 
 use super::audit::{append_audit, AuditEntry};
+use super::audit_policy::AuditPolicy;
+use super::audit_schema::{ensure_audit_guards, AUDIT_GUARDS};
 use super::conn::{
     now_ms, write_new, Store, CA_FILE, DB_FILE, ROOT_KEY_FILE, SERVER_CERT_FILE, SERVER_KEY_FILE,
 };
@@ -25,7 +27,8 @@ pub struct InitOutput {
     pub admin_token: Zeroizing<String>,
 }
 
-/// The tables of a new store (join tokens: [`join::ensure_schema`]).
+/// The tables of a new store (join tokens: [`join::ensure_schema`]; the audit table's
+/// triggers: [`AUDIT_GUARDS`]).
 const SCHEMA: &str = "
 CREATE TABLE meta (k TEXT PRIMARY KEY, v BLOB NOT NULL);
 CREATE TABLE hosts (name TEXT PRIMARY KEY, fingerprint TEXT NOT NULL UNIQUE,
@@ -44,10 +47,6 @@ CREATE TABLE officers (name TEXT PRIMARY KEY, recipient TEXT NOT NULL);
 CREATE TABLE audit (seq INTEGER PRIMARY KEY, time_ms INTEGER NOT NULL, actor TEXT NOT NULL,
     action TEXT NOT NULL, target TEXT NOT NULL, outcome TEXT NOT NULL, detail TEXT NOT NULL,
     prev BLOB NOT NULL, hash BLOB NOT NULL);
-CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
-    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
-    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 ";
 
 impl Store {
@@ -74,6 +73,8 @@ impl Store {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db("starting init"))?;
         tx.execute_batch(SCHEMA).map_err(db("creating tables"))?;
+        tx.execute_batch(AUDIT_GUARDS)
+            .map_err(db("creating the audit table's triggers"))?;
         let key = match root {
             RootSource::KeyFile => {
                 let k = Zeroizing::new(
@@ -139,7 +140,8 @@ impl Store {
         Ok(InitOutput { admin_token: token })
     }
 
-    /// Opens the store in `dir`.
+    /// Opens the store in `dir`, adding what later versions added to the schema (join tokens,
+    /// the audit table's INSERT guard; see `audit_schema.rs`).
     ///
     /// Errors: [`StoreError::NotInitialised`], database.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
@@ -148,9 +150,11 @@ impl Store {
         }
         let conn = Store::connect(dir)?;
         join::ensure_schema(&conn)?;
+        ensure_audit_guards(&conn)?;
         Ok(Store {
             conn,
             dir: dir.to_path_buf(),
+            audit_policy: AuditPolicy::default(),
         })
     }
 }

@@ -211,7 +211,11 @@ fn audit_chain_verifies_and_refuses_updates() {
             rows: 5,
             ok: true,
             bad_seq: None,
-            problem: None
+            problem: None,
+            first: 1,
+            checkpoints: 0,
+            sealed_through: None,
+            unsealed: 5,
         }
     );
     // The triggers refuse edits and deletions.
