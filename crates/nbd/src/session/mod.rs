@@ -64,8 +64,10 @@ pub use transmission::{MAX_BUFFERED_BYTES, MAX_IN_FLIGHT};
 
 use handshake::{negotiate, Handshake, Upgrade};
 use stream::wait_shutdown;
-use transmission::transmission;
+use transmission::{transmission, Limits};
 
+use crate::admission::HandshakeTicket;
+use crate::budget::MemoryBudget;
 use crate::export::{BlockExport, Exports};
 use crate::proto::Negotiated;
 use crate::tls::TlsConfig;
@@ -87,6 +89,25 @@ pub struct SessionOptions {
     /// where an inline request would hold up the connection's next requests for the disk's
     /// latency). `None` (the default): each export's [`BlockExport::inline_limit`].
     pub inline_limit: Option<u32>,
+    /// In the transmission phase, close a connection that has sent no request for this long
+    /// while none of its requests was in flight ([`SessionEnd::Idle`]). `None` (the default,
+    /// as qemu-nbd): never.
+    pub idle_limit: Option<std::time::Duration>,
+    /// The server-wide budget of READ/WRITE buffer bytes ([`crate::budget`]): a request that
+    /// fits neither the connection's floor nor the shared pool waits, and the connection's
+    /// reader with it. `None` (the default): only the per-connection limits
+    /// ([`MAX_BUFFERED_BYTES`], [`MAX_IN_FLIGHT`]).
+    pub budget: Option<MemoryBudget>,
+}
+
+impl SessionOptions {
+    fn limits(&self) -> Limits {
+        Limits {
+            inline_limit: self.inline_limit,
+            idle_limit: self.idle_limit,
+            budget: self.budget.clone(),
+        }
+    }
 }
 
 /// Serve one connection until the client disconnects, the protocol is violated or `shutdown`
@@ -105,11 +126,35 @@ pub async fn run_session<S>(
     exports: Arc<Exports>,
     stats: Arc<SessionStats>,
     opts: SessionOptions,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<SessionEnd, SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    run_admitted(stream, exports, stats, opts, shutdown, None).await
+}
+
+/// [`run_session`] for a connection holding a handshake slot (`ticket`, from the server's
+/// [`Admission`](crate::admission::Admission)): the handshake ends
+/// ([`SessionEnd::Evicted`]) if a newcomer evicts it, and at its end the connection trades the
+/// slot for an established one, or closes ([`SessionEnd::Refused`]).
+pub(crate) async fn run_admitted<S>(
+    stream: S,
+    exports: Arc<Exports>,
+    stats: Arc<SessionStats>,
+    opts: SessionOptions,
+    mut shutdown: watch::Receiver<bool>,
+    ticket: Option<HandshakeTicket>,
+) -> Result<SessionEnd, SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let evicted = async {
+        match &ticket {
+            Some(t) => t.evicted().await,
+            None => std::future::pending().await,
+        }
+    };
     let handshake = async {
         let n = negotiate(stream, &exports, &opts.tls);
         match opts.handshake_limit {
@@ -125,15 +170,30 @@ where
             debug!("shutdown during handshake");
             return Ok(SessionEnd::Shutdown);
         }
+        _ = evicted => {
+            debug!("evicted during the handshake");
+            return Ok(SessionEnd::Evicted);
+        }
     };
-    match negotiated {
-        Upgrade::Plain(s, outcome) => {
-            finish(s, outcome, &exports, stats, shutdown, opts.inline_limit).await
-        }
-        Upgrade::Tls(s, outcome) => {
+    let outcome = match &negotiated {
+        Upgrade::Plain(_, o) => o,
+        Upgrade::Tls(_, o) => {
             stats.tls.store(true, Ordering::Relaxed);
-            finish(s, outcome, &exports, stats, shutdown, opts.inline_limit).await
+            o
         }
+    };
+    // Only a connection about to serve needs an established slot.
+    let _slot = match (ticket, outcome) {
+        (Some(t), Handshake::Transmission(..)) => match t.establish() {
+            Ok(slot) => Some(slot),
+            Err(_) => return Ok(SessionEnd::Refused),
+        },
+        _ => None,
+    };
+    let limits = opts.limits();
+    match negotiated {
+        Upgrade::Plain(s, outcome) => finish(s, outcome, &exports, stats, shutdown, limits).await,
+        Upgrade::Tls(s, outcome) => finish(s, outcome, &exports, stats, shutdown, limits).await,
     }
 }
 
@@ -157,16 +217,11 @@ where
 {
     let _ = stats.export.set(name.to_string());
     let neg = Negotiated::default();
-    transmission(
-        stream,
-        export,
-        read_only,
-        neg,
-        stats,
-        shutdown,
+    let limits = Limits {
         inline_limit,
-    )
-    .await
+        ..Limits::default()
+    };
+    transmission(stream, export, read_only, neg, stats, shutdown, limits).await
 }
 
 /// After the handshake: ABORT, hang-up, or the transmission phase on the chosen export.
@@ -176,7 +231,7 @@ async fn finish<S>(
     exports: &Exports,
     stats: Arc<SessionStats>,
     shutdown: watch::Receiver<bool>,
-    inline_limit: Option<u32>,
+    limits: Limits,
 ) -> Result<SessionEnd, SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -196,16 +251,7 @@ where
                 .meta_context
                 .store(neg.base_allocation, Ordering::Relaxed);
             let (export, read_only) = (e.export.clone(), e.config.read_only);
-            transmission(
-                stream,
-                export,
-                read_only,
-                neg,
-                stats,
-                shutdown,
-                inline_limit,
-            )
-            .await
+            transmission(stream, export, read_only, neg, stats, shutdown, limits).await
         }
     }
 }
