@@ -241,6 +241,9 @@ pub(super) fn serve_with(
         max_connections,
         handshake_limit,
         inline_limit,
+        max_handshakes,
+        idle_limit,
+        max_buffered,
         tls,
         fork,
     } = server;
@@ -273,6 +276,12 @@ pub(super) fn serve_with(
         tls,
         handshake_limit: (handshake_limit > 0).then(|| Duration::from_secs(handshake_limit)),
         inline_limit: Some(inline_limit),
+        max_handshakes,
+        idle_limit: (idle_limit > 0).then(|| Duration::from_secs(idle_limit)),
+        max_buffered: Some(match max_buffered {
+            Some(b) => usize::try_from(b).unwrap_or(usize::MAX),
+            None => nbd::budget::default_max_buffered(),
+        }),
     };
     run_server(listeners, vols, options, banner, ready)
 }
