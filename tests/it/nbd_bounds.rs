@@ -108,6 +108,12 @@ fn stalled_readers_stay_within_max_buffered_and_a_normal_client_is_served() {
     done.store(true, Ordering::Relaxed);
     sampler.join().unwrap();
     let peak = peak.load(Ordering::Relaxed);
+    eprintln!(
+        "RSS: baseline {} MiB, peak {} MiB, bound {} MiB",
+        base / MIB,
+        peak / MIB,
+        bound / MIB
+    );
     assert!(
         peak <= bound,
         "server RSS peaked at {} MiB, over the bound of {} MiB (baseline {} MiB)",
@@ -126,12 +132,13 @@ fn stalled_readers_stay_within_max_buffered_and_a_normal_client_is_served() {
 /// until `stop`.
 fn stalled_sockets(sock: &Path, n: usize, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<usize> {
     let sock = sock.to_owned();
+    // None once the server is gone.
     let open = move || {
-        let s = UnixStream::connect(&sock).unwrap();
+        let s = UnixStream::connect(&sock).ok()?;
         s.set_nonblocking(true).unwrap();
-        s
+        Some(s)
     };
-    let mut socks: Vec<UnixStream> = (0..n).map(|_| open()).collect();
+    let mut socks: Vec<UnixStream> = (0..n).map(|_| open().unwrap()).collect();
     std::thread::spawn(move || {
         let mut reopened = 0;
         let mut buf = [0u8; 256];
@@ -147,7 +154,10 @@ fn stalled_sockets(sock: &Path, n: usize, stop: Arc<AtomicBool>) -> std::thread:
                     }
                 };
                 if closed {
-                    *s = open();
+                    match open() {
+                        Some(new) => *s = new,
+                        None => return reopened,
+                    }
                     reopened += 1;
                 }
             }
