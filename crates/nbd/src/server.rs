@@ -514,7 +514,7 @@ fn raise_nofile(needed: u64) -> u64 {
             rl.rlim_cur = rl.rlim_max;
         }
     }
-    let soft = rl.rlim_cur as u64;
+    let soft: u64 = rl.rlim_cur;
     if needed > soft {
         warn!(
             open_files = soft,
