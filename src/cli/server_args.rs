@@ -166,10 +166,10 @@ pub struct ServerFlags {
     #[arg(long, value_name = "SECONDS", default_value_t = 0)]
     pub idle_limit: u64,
     /// Most bytes of READ/WRITE buffers held by all connections together (e.g. 512M, 2G;
-    /// smaller values are raised to 32M), on top of 4 MiB guaranteed to each connection: past
-    /// it the server
-    /// stops reading requests from connections that want more until replies are sent.
-    /// Default: a quarter of RAM, between 32 MiB and 2 GiB.
+    /// smaller than 32M is raised to 32M), on top of 4 MiB guaranteed to each connection:
+    /// past it the server stops reading requests from connections that want more until
+    /// replies are sent. In all at most SIZE + 4 MiB x --max-connections. Default: a quarter
+    /// of RAM, between 32 MiB and 2 GiB.
     #[arg(long, value_name = "SIZE", value_parser = super::args::parse_size)]
     pub max_buffered: Option<u64>,
     #[command(flatten)]

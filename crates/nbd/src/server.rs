@@ -492,10 +492,13 @@ async fn summarise_refusals(log: Arc<Mutex<RefusalLog>>, mut stop: watch::Receiv
     }
 }
 
+/// Descriptors kept out of the connection caps (listeners, the images, the runtime, logs).
+const SPARE_FDS: u64 = 64;
+
 /// Raise this process's soft limit of open descriptors (`RLIMIT_NOFILE`) to the hard limit,
-/// so the connection caps, not the descriptor limit, decide which clients are served; warn
-/// if `needed` descriptors (both caps and a margin) still do not fit. Returns the soft limit.
-fn raise_nofile(needed: u64) -> u64 {
+/// so the connection caps, not the descriptor limit, decide which clients are served.
+/// Returns the soft limit (`u64::MAX` if it cannot be read).
+fn raise_nofile() -> u64 {
     let mut rl = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -514,15 +517,23 @@ fn raise_nofile(needed: u64) -> u64 {
             rl.rlim_cur = rl.rlim_max;
         }
     }
-    let soft: u64 = rl.rlim_cur;
-    if needed > soft {
-        warn!(
-            open_files = soft,
-            needed,
-            "the open-file limit (ulimit -n) is below --max-connections + --max-handshakes + 64: descriptors may run out before the caps apply"
-        );
+    rl.rlim_cur
+}
+
+/// The handshake cap that fits under `open_files` descriptors beside `max_connections`
+/// established connections and [`SPARE_FDS`]: `max_handshakes` if it fits (0 = no limit
+/// counts as not fitting), else what is left (at least 1). `max_connections` 0 (no limit):
+/// unchanged, nothing can be reserved.
+fn fit_handshakes(max_handshakes: usize, max_connections: usize, open_files: u64) -> usize {
+    if max_connections == 0 {
+        return max_handshakes;
     }
-    soft
+    let left = open_files.saturating_sub(max_connections as u64 + SPARE_FDS);
+    let left = usize::try_from(left).unwrap_or(usize::MAX).max(1);
+    match max_handshakes {
+        0 => left,
+        n => n.min(left),
+    }
 }
 
 /// How long shutdown waits for sessions to finish their in-flight requests and send the
@@ -645,14 +656,18 @@ pub async fn serve(
         }
         None => None,
     };
-    // Both caps must bind before the descriptor limit does (0 = unlimited counts as huge).
-    let cap = |n: usize| if n == 0 { u64::MAX / 4 } else { n as u64 };
-    raise_nofile(
-        cap(options.max_connections)
-            .saturating_add(cap(options.max_handshakes))
-            .saturating_add(64),
-    );
-    let admission = Admission::new(options.max_handshakes, options.max_connections);
+    // Both caps must bind before the descriptor limit does: the handshake cap gives way.
+    let open_files = raise_nofile();
+    let max_handshakes =
+        fit_handshakes(options.max_handshakes, options.max_connections, open_files);
+    if max_handshakes != options.max_handshakes {
+        warn!(
+            open_files,
+            max_handshakes,
+            "--max-handshakes lowered to fit the open-file limit (ulimit -n) beside --max-connections"
+        );
+    }
+    let admission = Admission::new(max_handshakes, options.max_connections);
     let refusals = Arc::new(Mutex::new(RefusalLog::new(REFUSAL_LOG_INTERVAL)));
     let budget = options.max_buffered.map(MemoryBudget::new);
     if let Some(b) = &budget {
@@ -697,4 +712,18 @@ pub async fn serve(
         }
     }
     first_err.map_or(Ok(()), Err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_handshake_cap_fits_under_the_descriptor_limit() {
+        assert_eq!(fit_handshakes(1000, 100, 1_048_576), 1000);
+        assert_eq!(fit_handshakes(1000, 100, 1024), 1024 - 100 - 64);
+        assert_eq!(fit_handshakes(0, 100, 1024), 1024 - 100 - 64);
+        assert_eq!(fit_handshakes(1000, 2000, 1024), 1, "at least one");
+        assert_eq!(fit_handshakes(1000, 0, 1024), 1000, "nothing to reserve");
+    }
 }
