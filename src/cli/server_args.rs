@@ -140,8 +140,9 @@ pub struct ServerFlags {
     /// written): the command returns 0 then, or the error's exit code if it fails before.
     #[arg(long)]
     pub fork: bool,
-    /// Most client connections at once, over all sockets (0 = no limit); a connection over
-    /// the limit is closed at once.
+    /// Most client connections past the NBD handshake at once, over all sockets (0 = no
+    /// limit); connections still negotiating count toward --max-handshakes instead. Over the
+    /// limit, the client's GO is refused and the connection closed.
     #[arg(long, value_name = "N", default_value_t = crate::nbd::DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
     /// Close a connection that has not finished the NBD handshake within SECONDS (0 = no

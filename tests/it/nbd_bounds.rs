@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common;
-use common::nbd::{Raw, CMD_READ, EXPORT};
+use common::nbd::{Raw, CMD_READ, EXPORT, OPT_GO, REP_ACK};
 use common::tls::Pki;
 use common::{format_cheap, key_file, pattern, tempdir, Server};
 
@@ -209,20 +209,20 @@ fn idle_clients_holding_every_slot_are_closed_by_the_idle_limit() {
     let dir = tempdir();
     let (img, key) = volume(dir.path(), "24M");
     let srv = Server::start(&img, &key, &["--idle-limit", "1"]);
-    // 110 clients finish the handshake and then send nothing (the default 100 slots; the
-    // last ones are closed right after GO).
+    // 110 clients try to finish the handshake and then send nothing: the first 100 take
+    // every slot (the default --max-connections), the GO of the others is refused.
     let idle: Vec<Raw> = (0..110)
-        .map(|_| {
-            let (r, _, _) = Raw::go(&srv.socket);
-            r
-        })
+        .map(|_| Raw::connect(&srv.socket, 3))
+        .filter_map(|mut r| (r.info_or_go(OPT_GO).0 == REP_ACK).then_some(r))
         .collect();
+    assert_eq!(idle.len(), 100, "the default --max-connections");
     // A client retrying gets a slot once the idle limit frees them, and is served.
     let started = Instant::now();
     loop {
-        let (mut r, size, _) = Raw::go(&srv.socket);
-        r.s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        if try_round_trip(&mut r, size - MIB, &pattern(MIB as usize, 3)).is_ok() {
+        let mut r = Raw::connect(&srv.socket, 3);
+        if r.info_or_go(OPT_GO).0 == REP_ACK {
+            let size = 8 * MIB; // a 24M image: 8 MiB of data after the 16 MiB header
+            try_round_trip(&mut r, size - MIB, &pattern(MIB as usize, 3)).expect("served");
             break;
         }
         assert!(

@@ -7,9 +7,10 @@
 //!    if it has received no byte for at least [`EVICT_SILENCE`] ([`pick_victim`]); otherwise
 //!    the newcomer is closed at once. A client going through a handshake sends bytes within
 //!    milliseconds of each server message, so only stalled sockets are evicted.
-//! 2. At the end of the handshake the connection gives its handshake slot back and needs one
-//!    of `max_connections` established slots, held until it closes; if none is free it is
-//!    closed.
+//! 2. When GO or EXPORT_NAME chooses an export, before the reply, the connection gives its
+//!    handshake slot back and needs one of `max_connections` established slots, held until it
+//!    closes; if none is free, GO is answered `NBD_REP_ERR_POLICY` (EXPORT_NAME has no error
+//!    reply) and the connection is closed.
 //!
 //! [`Admission`] keeps the slots; a connection's [`HandshakeTicket`] is its handshake slot,
 //! and [`Watched`] wraps its stream to note when it last received a byte.
@@ -169,6 +170,16 @@ pub struct HandshakeTicket {
     evict: Arc<Notify>,
 }
 
+/// Waits for a connection's eviction ([`HandshakeTicket::eviction`]).
+pub struct Eviction(Arc<Notify>);
+
+impl Eviction {
+    /// Resolves once a newcomer has evicted the connection.
+    pub async fn wait(&self) {
+        self.0.notified().await
+    }
+}
+
 /// An established slot, held until the connection closes (`None` inside: no limit).
 pub struct EstablishedSlot(#[allow(dead_code)] Option<OwnedSemaphorePermit>);
 
@@ -181,6 +192,12 @@ impl HandshakeTicket {
     /// Resolves once a newcomer has evicted this connection (its slot is already gone).
     pub async fn evicted(&self) {
         self.evict.notified().await
+    }
+
+    /// A handle that waits for this connection's eviction ([`Eviction::wait`]), usable while
+    /// the ticket itself is lent elsewhere.
+    pub fn eviction(&self) -> Eviction {
+        Eviction(self.evict.clone())
     }
 
     /// The handshake is over: give the handshake slot back and take an established one.

@@ -68,8 +68,8 @@ pub struct ServerOptions {
     /// Most client connections past the handshake at once, over all listeners (under
     /// `TlsMode::Require` with a client CA: authenticated ones). Connections still in the
     /// handshake are counted apart ([`ServerOptions::max_handshakes`]), so they cannot take
-    /// these slots. A connection that finishes its handshake while all are taken is closed at
-    /// once ([`crate::admission`]); refusals are logged, rate-limited
+    /// these slots. When all are taken, a client's GO is answered `NBD_REP_ERR_POLICY` and the
+    /// connection closed ([`crate::admission`]); refusals are logged, rate-limited
     /// ([`crate::refusals`]). 0 = no limit. Default [`DEFAULT_MAX_CONNECTIONS`].
     pub max_connections: usize,
     /// Most connections in the handshake at once, over all listeners. When all these slots

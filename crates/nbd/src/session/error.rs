@@ -26,8 +26,8 @@ pub enum SessionEnd {
     /// Still in the handshake, silent, and evicted for a newcomer when every handshake slot
     /// was taken ([`crate::admission`]).
     Evicted,
-    /// The handshake finished but every established slot was taken (`--max-connections`):
-    /// closed right away.
+    /// GO or EXPORT_NAME chose an export but every established slot was taken
+    /// (`--max-connections`): GO was answered `NBD_REP_ERR_POLICY`, and the connection closed.
     Refused,
 }
 

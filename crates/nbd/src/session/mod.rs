@@ -62,7 +62,7 @@ pub use error::{SessionEnd, SessionError};
 pub use stats::SessionStats;
 pub use transmission::{MAX_BUFFERED_BYTES, MAX_IN_FLIGHT};
 
-use handshake::{negotiate, Handshake, Upgrade};
+use handshake::{negotiate, Gate, Handshake, Upgrade};
 use stream::wait_shutdown;
 use transmission::{transmission, Limits};
 
@@ -136,8 +136,9 @@ where
 
 /// [`run_session`] for a connection holding a handshake slot (`ticket`, from the server's
 /// [`Admission`](crate::admission::Admission)): the handshake ends
-/// ([`SessionEnd::Evicted`]) if a newcomer evicts it, and at its end the connection trades the
-/// slot for an established one, or closes ([`SessionEnd::Refused`]).
+/// ([`SessionEnd::Evicted`]) if a newcomer evicts it, and when GO or EXPORT_NAME chooses an
+/// export the connection trades the slot for an established one, or is refused (GO gets
+/// `NBD_REP_ERR_POLICY`) and closes ([`SessionEnd::Refused`]).
 pub(crate) async fn run_admitted<S>(
     stream: S,
     exports: Arc<Exports>,
@@ -149,14 +150,17 @@ pub(crate) async fn run_admitted<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    let eviction = ticket.as_ref().map(HandshakeTicket::eviction);
     let evicted = async {
-        match &ticket {
-            Some(t) => t.evicted().await,
+        match &eviction {
+            Some(e) => e.wait().await,
             None => std::future::pending().await,
         }
     };
+    // The gate trades the handshake slot for an established one before GO is answered.
+    let mut gate = Gate::new(ticket);
     let handshake = async {
-        let n = negotiate(stream, &exports, &opts.tls);
+        let n = negotiate(stream, &exports, &opts.tls, &mut gate);
         match opts.handshake_limit {
             Some(limit) => tokio::time::timeout(limit, n)
                 .await
@@ -175,25 +179,15 @@ where
             return Ok(SessionEnd::Evicted);
         }
     };
-    let outcome = match &negotiated {
-        Upgrade::Plain(_, o) => o,
-        Upgrade::Tls(_, o) => {
-            stats.tls.store(true, Ordering::Relaxed);
-            o
-        }
-    };
-    // Only a connection about to serve needs an established slot.
-    let _slot = match (ticket, outcome) {
-        (Some(t), Handshake::Transmission(..)) => match t.establish() {
-            Ok(slot) => Some(slot),
-            Err(_) => return Ok(SessionEnd::Refused),
-        },
-        _ => None,
-    };
+    // Held until the session ends (none unless the handshake reached transmission).
+    let _slot = gate.into_slot();
     let limits = opts.limits();
     match negotiated {
         Upgrade::Plain(s, outcome) => finish(s, outcome, &exports, stats, shutdown, limits).await,
-        Upgrade::Tls(s, outcome) => finish(s, outcome, &exports, stats, shutdown, limits).await,
+        Upgrade::Tls(s, outcome) => {
+            stats.tls.store(true, Ordering::Relaxed);
+            finish(s, outcome, &exports, stats, shutdown, limits).await
+        }
     }
 }
 
@@ -243,6 +237,10 @@ where
         }
         // `negotiate` turns StartTls into the upgrade, so it never gets here.
         Handshake::HungUp | Handshake::StartTls => Ok(SessionEnd::ClientClosed),
+        Handshake::Refused => {
+            let _ = stream.shutdown().await;
+            Ok(SessionEnd::Refused)
+        }
         Handshake::Transmission(neg, index) => {
             let e = exports.get(index);
             let _ = stats.export.set(e.config.name.clone());
