@@ -241,9 +241,7 @@ pub(super) fn serve_with(
         max_connections,
         handshake_limit,
         inline_limit,
-        max_handshakes,
-        idle_limit,
-        max_buffered,
+        bounds,
         tls,
         fork,
     } = server;
@@ -276,9 +274,9 @@ pub(super) fn serve_with(
         tls,
         handshake_limit: (handshake_limit > 0).then(|| Duration::from_secs(handshake_limit)),
         inline_limit: Some(inline_limit),
-        max_handshakes,
-        idle_limit: (idle_limit > 0).then(|| Duration::from_secs(idle_limit)),
-        max_buffered: Some(match max_buffered {
+        max_handshakes: bounds.max_handshakes,
+        idle_limit: (bounds.idle_limit > 0).then(|| Duration::from_secs(bounds.idle_limit)),
+        max_buffered: Some(match bounds.max_buffered {
             Some(b) => usize::try_from(b).unwrap_or(usize::MAX),
             None => nbd::budget::default_max_buffered(),
         }),
