@@ -20,7 +20,8 @@
 //! connection.
 //!
 //! Transmission ("Transmission", "Ordering of messages and writes"): a reader parses requests
-//! (bounded by [`MAX_IN_FLIGHT`] requests and [`MAX_BUFFERED_BYTES`] of buffers). READs and
+//! (bounded by [`MAX_IN_FLIGHT`] requests and [`MAX_BUFFERED_BYTES`] of buffers, and by the
+//! server-wide [`SessionOptions::budget`]: without room it stops reading requests). READs and
 //! WRITEs of at most [`BlockExport::inline_limit`] bytes (or
 //! [`SessionOptions::inline_limit`]) it serves itself, on its runtime thread (no thread
 //! hand-off); larger READs and WRITEs go straight to a blocking-pool thread, which queues the
