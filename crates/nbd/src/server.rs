@@ -606,8 +606,10 @@ impl Drop for PidFileGuard {
 /// client is accepted; a binding failure returns a typed error naming the address
 /// ([`NbdError::Bind`], [`NbdError::NotASocket`], [`NbdError::SocketInUse`],
 /// [`NbdError::NotAListener`]) and nothing is served. Then the pid file, if any, is written
-/// ([`NbdError::PidFile`]). Each client runs in its own task ([`run_session`]), up to
-/// `options.max_connections` at once; a misbehaving client loses only its own connection, and
+/// ([`NbdError::PidFile`]). Each client runs in its own task
+/// ([`run_session`](crate::session::run_session)), up to `options.max_handshakes` in the
+/// handshake and `options.max_connections` past it ([`crate::admission`]), their buffers
+/// within `options.max_buffered` ([`crate::budget`]); a misbehaving client loses only its own connection, and
 /// each connection ends with one info-level log line (peer, export, negotiated options,
 /// duration, bytes, requests, how it ended).
 ///
