@@ -609,9 +609,9 @@ impl Drop for PidFileGuard {
 /// ([`NbdError::PidFile`]). Each client runs in its own task
 /// ([`run_session`](crate::session::run_session)), up to `options.max_handshakes` in the
 /// handshake and `options.max_connections` past it ([`crate::admission`]), their buffers
-/// within `options.max_buffered` ([`crate::budget`]); a misbehaving client loses only its own connection, and
-/// each connection ends with one info-level log line (peer, export, negotiated options,
-/// duration, bytes, requests, how it ended).
+/// within `options.max_buffered` ([`crate::budget`]); a misbehaving client loses only its
+/// own connection, and each connection ends with one info-level log line (peer, export,
+/// negotiated options, duration, bytes, requests, how it ended).
 ///
 /// When `shutdown` completes: stop accepting, let in-flight requests finish (their replies are
 /// sent; connections still busy after [`SHUTDOWN_GRACE`] are dropped), close every connection
