@@ -13,7 +13,7 @@ use super::args::{DiscardArg, DISCARD_LONG_HELP};
 use super::error::CliError;
 use super::passphrase::{read_passphrase, Prompt};
 use super::serve::{serve_with, ImageExport};
-use super::server_args::{ServerArgs, TlsArgs};
+use super::server_args::{BoundsFlags, ServerArgs, TlsArgs};
 use super::unlock::KeySource;
 
 /// `nbdcrypt demo`.
@@ -29,20 +29,34 @@ pub struct DemoArgs {
     #[arg(long, value_enum, value_name = "POLICY", default_value = "ignore", long_help = DISCARD_LONG_HELP)]
     discard: DiscardArg,
     #[command(flatten)]
+    bounds: BoundsFlags,
+    #[command(flatten)]
     tls: TlsArgs,
 }
 
 impl DemoArgs {
     /// Runs `demo`.
     pub fn run(self) -> Result<(), CliError> {
-        demo(&self.dir, self.listen, self.discard.policy(), self.tls)
+        demo(
+            &self.dir,
+            self.listen,
+            self.discard.policy(),
+            self.bounds,
+            self.tls,
+        )
     }
 }
 
 /// Quick start: create `DIR/demo.img` (64 MiB file, 48 MiB volume, Argon2id with modest cost)
 /// and `DIR/demo.key` once, then serve it on `listen` as export `demo` with discard policy
 /// `discard` (and `tls` as `open` takes it), printing how to attach it once it is listening.
-fn demo(dir: &Path, listen: SocketAddr, discard: Discard, tls: TlsArgs) -> Result<(), CliError> {
+fn demo(
+    dir: &Path,
+    listen: SocketAddr,
+    discard: Discard,
+    bounds: BoundsFlags,
+    tls: TlsArgs,
+) -> Result<(), CliError> {
     let tls_mode = tls.resolve()?.map(|(m, _)| m);
     tls.load()?; // bad TLS files fail before the image is created (serve_with loads them again)
     let image = dir.join("demo.img");
@@ -125,6 +139,7 @@ fn demo(dir: &Path, listen: SocketAddr, discard: Discard, tls: TlsArgs) -> Resul
             max_connections: nbd::DEFAULT_MAX_CONNECTIONS,
             handshake_limit: nbd::DEFAULT_HANDSHAKE_LIMIT.as_secs(),
             inline_limit: crate::export::VOLUME_INLINE_LIMIT,
+            bounds,
             tls,
             fork: false,
         },

@@ -242,6 +242,7 @@ pub(super) fn serve_with(
         max_connections,
         handshake_limit,
         inline_limit,
+        bounds,
         tls,
         fork,
     } = server;
@@ -279,6 +280,12 @@ pub(super) fn serve_with(
         tls,
         handshake_limit: (handshake_limit > 0).then(|| Duration::from_secs(handshake_limit)),
         inline_limit: Some(inline_limit),
+        max_handshakes: bounds.max_handshakes,
+        idle_limit: (bounds.idle_limit > 0).then(|| Duration::from_secs(bounds.idle_limit)),
+        max_buffered: Some(match bounds.max_buffered {
+            Some(b) => usize::try_from(b).unwrap_or(usize::MAX),
+            None => nbd::budget::default_max_buffered(),
+        }),
     };
     run_server(listeners, vols, options, banner, ready)
 }

@@ -23,6 +23,8 @@ pub struct ServerArgs {
     pub handshake_limit: u64,
     /// `--inline-limit` in bytes (0 = nothing served inline).
     pub inline_limit: u32,
+    /// `--max-handshakes`, `--idle-limit`, `--max-buffered`.
+    pub bounds: BoundsFlags,
     /// `--tls`, `--tls-cert`, `--tls-key`, `--tls-ca`.
     pub tls: TlsArgs,
     /// `--fork`: run in the background once listening (`daemon.rs`).
@@ -117,6 +119,39 @@ impl TlsArgs {
     }
 }
 
+/// The server's resource bounds beyond `--max-connections` (`open`, `serve` and `demo`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct BoundsFlags {
+    /// Most connections still in the NBD handshake (under --tls require: not yet
+    /// authenticated) at once, counted apart from --max-connections (0 = no limit). When all
+    /// are taken, a newcomer replaces the handshake silent longest (1 s or more), else is
+    /// closed at once.
+    #[arg(long, value_name = "N", default_value_t = crate::nbd::DEFAULT_MAX_HANDSHAKES)]
+    pub max_handshakes: usize,
+    /// Close a connection that has sent no request for SECONDS while none of its requests
+    /// was in flight (0 = never, the default, as qemu-nbd).
+    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+    pub idle_limit: u64,
+    /// Most bytes of READ/WRITE buffers held by all connections together (e.g. 512M, 2G;
+    /// smaller than 32M is raised to 32M), on top of 4 MiB guaranteed to each connection:
+    /// past it the server stops reading requests from connections that want more until
+    /// replies are sent. In all at most SIZE + 4 MiB x --max-connections. Default: a quarter
+    /// of RAM, between 32 MiB and 2 GiB.
+    #[arg(long, value_name = "SIZE", value_parser = super::args::parse_size)]
+    pub max_buffered: Option<u64>,
+}
+
+impl Default for BoundsFlags {
+    /// The defaults of the flags.
+    fn default() -> BoundsFlags {
+        BoundsFlags {
+            max_handshakes: crate::nbd::DEFAULT_MAX_HANDSHAKES,
+            idle_limit: 0,
+            max_buffered: None,
+        }
+    }
+}
+
 /// Listener and server flags shared by `open` and `serve`.
 #[derive(clap::Args)]
 pub struct ServerFlags {
@@ -134,8 +169,9 @@ pub struct ServerFlags {
     /// written): the command returns 0 then, or the error's exit code if it fails before.
     #[arg(long)]
     pub fork: bool,
-    /// Most client connections at once, over all sockets (0 = no limit); a connection over
-    /// the limit is closed at once.
+    /// Most client connections past the NBD handshake at once, over all sockets (0 = no
+    /// limit); connections still negotiating count toward --max-handshakes instead. Over the
+    /// limit, the client's GO is refused and the connection closed.
     #[arg(long, value_name = "N", default_value_t = crate::nbd::DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
     /// Close a connection that has not finished the NBD handshake within SECONDS (0 = no
@@ -150,6 +186,8 @@ pub struct ServerFlags {
     #[arg(long, value_name = "BYTES", default_value_t = crate::export::VOLUME_INLINE_LIMIT)]
     pub inline_limit: u32,
     #[command(flatten)]
+    pub bounds: BoundsFlags,
+    #[command(flatten)]
     pub tls: TlsArgs,
 }
 
@@ -162,6 +200,7 @@ impl ServerFlags {
             max_connections: self.max_connections,
             handshake_limit: self.handshake_limit,
             inline_limit: self.inline_limit,
+            bounds: self.bounds,
             tls: self.tls,
             fork: self.fork,
         }

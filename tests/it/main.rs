@@ -29,6 +29,7 @@ mod keyservice_join;
 mod keyservice_rewrap;
 mod keyslots;
 mod migration;
+mod nbd_bounds;
 mod nbd_clients;
 mod nbd_exports;
 mod nbd_kernel_session;

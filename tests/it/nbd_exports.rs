@@ -372,8 +372,11 @@ fn duplicate_empty_and_overlong_names_are_refused_before_serving() {
     srv.stop();
 }
 
+/// `NBD_REP_ERR_POLICY`: GO refused because every established slot is taken.
+const REP_ERR_POLICY: u32 = (1 << 31) | 2;
+
 #[test]
-fn max_connections_closes_only_the_connection_over_the_limit() {
+fn max_connections_counts_only_connections_past_the_handshake() {
     let srv = TestServer::start_many(
         vec![(cfg(EXPORT, None, false), MemExport::new(4 * MIB, 512))],
         ServerOptions {
@@ -381,29 +384,55 @@ fn max_connections_closes_only_the_connection_over_the_limit() {
             ..ServerOptions::default()
         },
     );
-    // (the start-up probe's connection may hold a slot for a moment)
     let mut one = Raw::connect_when_admitted(&srv.sock, 3);
     assert_eq!(one.info_or_go(OPT_GO).0, REP_ACK);
-    let mut two = Raw::connect_when_admitted(&srv.sock, 3); // still negotiating: counts too
-    assert!(
-        !Raw::greeted(&srv.sock),
-        "the third connection is closed at once"
-    );
-    assert!(!Raw::greeted(&srv.sock), "and so is the next one");
+    // Connections still negotiating do not take established slots: many more are greeted.
+    let negotiating: Vec<Raw> = (0..5).map(|_| Raw::connect(&srv.sock, 3)).collect();
+    let mut two = Raw::connect(&srv.sock, 3);
+    assert_eq!(two.info_or_go(OPT_GO).0, REP_ACK);
+    // Both slots are taken: the third GO is refused (ERR_POLICY) and the connection closed.
+    let mut three = Raw::connect(&srv.sock, 3);
+    assert_eq!(three.info_or_go(OPT_GO), (REP_ERR_POLICY, None));
+    assert!(three.closed(), "the third connection is closed");
     // the first two carry on
     one.write(1, 0, &[7; 4096]);
     assert_eq!(one.reply().unwrap(), (0, 1));
-    assert_eq!(two.info_or_go(OPT_GO).0, REP_ACK);
     assert_eq!(two.read(0, 4096), vec![7; 4096]);
     // closing one frees its slot (the server notices the close asynchronously)
     one.request(0, CMD_DISC, 0, 0, 0);
     assert!(one.closed());
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !Raw::greeted(&srv.sock) {
+    while Raw::connect(&srv.sock, 3).info_or_go(OPT_GO).0 != REP_ACK {
         assert!(Instant::now() < deadline, "the freed slot was never reused");
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(two.read(0, 4096), vec![7; 4096]);
+    drop(negotiating);
+    srv.stop();
+}
+
+#[test]
+fn max_handshakes_refuses_newcomers_and_evicts_a_silent_handshake() {
+    let srv = TestServer::start_many(
+        vec![(cfg(EXPORT, None, false), MemExport::new(MIB, 512))],
+        ServerOptions {
+            max_handshakes: 1,
+            ..ServerOptions::default()
+        },
+    );
+    // (the start-up probe's connection may hold the slot for a moment)
+    let mut first = Raw::connect_when_admitted(&srv.sock, 3);
+    // Its handshake slot is the only one and it just spoke: a newcomer is closed at once.
+    assert!(!Raw::greeted(&srv.sock), "over --max-handshakes: closed");
+    // Once it has been silent for a second, a newcomer takes its slot and it is closed.
+    std::thread::sleep(Duration::from_millis(1200));
+    let mut second = Raw::connect(&srv.sock, 3);
+    assert!(first.closed(), "the silent handshake was evicted");
+    // The newcomer finishes its handshake and is served; its handshake slot is free again.
+    assert_eq!(second.info_or_go(OPT_GO).0, REP_ACK);
+    second.write(1, 0, &[3; 4096]);
+    assert_eq!(second.reply().unwrap(), (0, 1));
+    assert_serving(&srv.sock);
     srv.stop();
 }
 

@@ -17,6 +17,11 @@
 //!   or the NBD ioctls, the server side starting at transmission ([`run_transmission`]);
 //! - [`tls`]: the TLS mode and the rustls acceptor built from PEM files ([`TlsConfig`]);
 //! - [`buffers`]: the server-wide pool of reused READ/WRITE data buffers;
+//! - [`budget`]: the server-wide budget of buffered READ/WRITE bytes (`--max-buffered`), a
+//!   floor per connection plus a shared pool, enforced by backpressure;
+//! - [`admission`]: handshake slots (`--max-handshakes`, evicting the longest-silent
+//!   handshake when full) apart from established slots (`--max-connections`);
+//! - [`refusals`]: rate-limited warnings about refused connections;
 //! - [`error`]: configuration and listener errors ([`NbdError`]).
 //!
 //! Exports ([`Exports`]): any number, each an [`ExportConfig`] and an `Arc<dyn BlockExport>`,
@@ -44,16 +49,21 @@
 //! LUKS: the `nbdcrypt` package adapts its volume to [`BlockExport`].
 
 pub mod activation;
+pub mod admission;
+pub mod budget;
 pub mod buffers;
 pub mod error;
 pub mod export;
 pub mod kernel;
 pub mod preflight;
 pub mod proto;
+pub mod refusals;
 pub mod server;
 pub mod session;
 pub mod tls;
 
+pub use admission::DEFAULT_MAX_HANDSHAKES;
+pub use budget::MemoryBudget;
 pub use error::NbdError;
 pub use export::{BlockExport, Export, ExportConfig, Exports};
 pub use proto::{Errno, Extent};

@@ -10,17 +10,20 @@ use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn, Instrument};
 
+use crate::admission::{Admission, Refusal, Watched, DEFAULT_MAX_HANDSHAKES};
+use crate::budget::MemoryBudget;
 pub use crate::error::NbdError;
 use crate::export::{BlockExport, ExportConfig, Exports};
-use crate::session::{run_session, SessionEnd, SessionError, SessionOptions, SessionStats};
+use crate::refusals::{Note, RefusalLog, REFUSAL_LOG_INTERVAL};
+use crate::session::{run_admitted, SessionEnd, SessionError, SessionOptions, SessionStats};
 use crate::tls::TlsConfig;
 
 /// Where to listen.
@@ -61,12 +64,27 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 100;
 /// Server-wide settings of [`serve`] (new ones are added here, not to `serve`'s signature).
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
-    /// Most client connections open at once, over all listeners, counting connections still
-    /// in the handshake. A connection over the limit is accepted and closed at once, before
-    /// the greeting (as nbdkit's limit filter does; qemu-nbd instead leaves it waiting in the
-    /// listen backlog), and logged; other connections are unaffected. 0 = no limit. Default
-    /// [`DEFAULT_MAX_CONNECTIONS`].
+    /// Most client connections past the handshake at once, over all listeners (under
+    /// `TlsMode::Require` with a client CA: authenticated ones). Connections still in the
+    /// handshake are counted apart ([`ServerOptions::max_handshakes`]), so they cannot take
+    /// these slots. When all are taken, a client's GO is answered `NBD_REP_ERR_POLICY` and the
+    /// connection closed ([`crate::admission`]); refusals are logged, rate-limited
+    /// ([`crate::refusals`]). 0 = no limit. Default [`DEFAULT_MAX_CONNECTIONS`].
     pub max_connections: usize,
+    /// Most connections in the handshake at once, over all listeners. When all these slots
+    /// are taken, a newcomer evicts the handshaking connection silent longest (no byte for
+    /// [`EVICT_SILENCE`](crate::admission::EVICT_SILENCE) or more), or else is closed before
+    /// the greeting. 0 = no limit. Default [`DEFAULT_MAX_HANDSHAKES`].
+    pub max_handshakes: usize,
+    /// Close connections in the transmission phase that send no request for this long while
+    /// none is in flight ([`SessionOptions::idle_limit`]). `None` (the default): never.
+    pub idle_limit: Option<Duration>,
+    /// The server-wide budget of buffered READ/WRITE bytes, in bytes ([`crate::budget`]):
+    /// request and reply buffers stay under this plus
+    /// [`CONN_FLOOR_BYTES`](crate::budget::CONN_FLOOR_BYTES) per connection. `None`: only the
+    /// per-connection limits. Default [`default_max_buffered`](crate::budget::default_max_buffered)
+    /// (a quarter of RAM, 32 MiB to 2 GiB).
+    pub max_buffered: Option<usize>,
     /// Write this process's id (decimal, newline-terminated) to this file once every listener
     /// is bound, so a reader of the file knows the sockets accept; removed when [`serve`]
     /// returns. Written atomically (a temporary file renamed over it).
@@ -95,6 +113,9 @@ impl Default for ServerOptions {
             tls: TlsConfig::off(),
             handshake_limit: Some(DEFAULT_HANDSHAKE_LIMIT),
             inline_limit: None,
+            max_handshakes: DEFAULT_MAX_HANDSHAKES,
+            idle_limit: None,
+            max_buffered: Some(crate::budget::default_max_buffered()),
         }
     }
 }
@@ -251,6 +272,9 @@ fn end_text(r: &Result<SessionEnd, SessionError>) -> (&'static str, Option<Strin
         Ok(SessionEnd::Aborted) => ("abort", None),
         Ok(SessionEnd::ClientClosed) => ("client-closed", None),
         Ok(SessionEnd::Shutdown) => ("shutdown", None),
+        Ok(SessionEnd::Idle) => ("idle", None),
+        Ok(SessionEnd::Evicted) => ("evicted", None),
+        Ok(SessionEnd::Refused) => ("refused", None),
         Err(SessionError::Io(e)) => ("io-error", Some(e.to_string())),
         Err(e) => ("protocol-error", Some(e.to_string())),
     }
@@ -312,11 +336,13 @@ fn log_connection(
 }
 
 /// Accept loop of one listener; returns after shutdown once all its sessions have ended.
-/// `limit` holds one permit per allowed connection (shared by every listener).
+/// `admission` holds the handshake and established slots, `refusals` the rate limiter of the
+/// refusal warnings (both shared by every listener).
 async fn accept_loop(
     bound: Bound,
     exports: Arc<Exports>,
-    limit: Option<(Arc<Semaphore>, usize)>,
+    admission: Arc<Admission>,
+    refusals: Arc<Mutex<RefusalLog>>,
     session_opts: SessionOptions,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -350,40 +376,46 @@ async fn accept_loop(
                 continue;
             }
         };
-        let permit: Option<OwnedSemaphorePermit> = match &limit {
-            None => None,
-            Some((sem, max)) => match sem.clone().try_acquire_owned() {
-                Ok(p) => Some(p),
-                Err(_) => {
-                    warn!(
-                        peer = %peer,
-                        max_connections = max,
-                        "connection refused: too many connections (--max-connections)"
-                    );
-                    drop(conn); // closed before the greeting
-                    continue;
+        let ticket = match admission.admit() {
+            Ok((t, evicted)) => {
+                if evicted {
+                    debug!(peer = %peer, "evicted the longest-silent handshake (--max-handshakes)");
                 }
-            },
+                t
+            }
+            Err(r) => {
+                note_refusal(&refusals, &admission, r, &peer);
+                drop(conn); // closed before the greeting
+                continue;
+            }
         };
         next_id += 1;
         let span = tracing::debug_span!("nbd_conn", id = next_id, peer = %peer);
         let (exports, shutdown) = (exports.clone(), shutdown.clone());
         let session_opts = session_opts.clone();
+        let (admission, refusals) = (admission.clone(), refusals.clone());
         sessions.spawn(
             async move {
                 debug!("connected");
                 let stats = Arc::new(SessionStats::default());
                 let start = Instant::now();
+                let clock = ticket.clock();
+                let (st, t) = (stats.clone(), Some(ticket));
+                // The session holds its slots and gives them back as it ends.
                 let r = match conn {
                     Conn::Tcp(s) => {
-                        run_session(s, exports, stats.clone(), session_opts, shutdown).await
+                        let s = Watched::new(s, clock);
+                        run_admitted(s, exports, st, session_opts, shutdown, t).await
                     }
                     Conn::Unix(s) => {
-                        run_session(s, exports, stats.clone(), session_opts, shutdown).await
+                        let s = Watched::new(s, clock);
+                        run_admitted(s, exports, st, session_opts, shutdown, t).await
                     }
                 };
+                if matches!(r, Ok(SessionEnd::Refused)) {
+                    note_refusal(&refusals, &admission, Refusal::Connections, &peer);
+                }
                 log_connection(&peer, &stats, start.elapsed(), &r);
-                drop(permit); // the connection is closed: its slot is free again
             }
             .instrument(span),
         );
@@ -401,6 +433,98 @@ async fn accept_loop(
         warn!("sessions still busy after the shutdown grace period; dropping them");
         sessions.abort_all();
         while sessions.join_next().await.is_some() {}
+    }
+}
+
+/// Log a refused connection: the first at once, later ones in one summary per
+/// [`REFUSAL_LOG_INTERVAL`] ([`RefusalLog`]).
+fn note_refusal(log: &Mutex<RefusalLog>, admission: &Admission, why: Refusal, peer: &str) {
+    let now = std::time::Instant::now();
+    let (note, summary) = {
+        let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+        let summary = log.tick(now);
+        (log.refuse(now, why.flag()), summary)
+    };
+    if let Some(s) = summary {
+        warn!("{s}");
+    }
+    if note == Note::Log {
+        let (max_handshakes, max_connections) = admission.limits();
+        let what = match why {
+            Refusal::Handshakes => "too many connections in the handshake",
+            Refusal::Connections => "too many connections",
+        };
+        warn!(
+            peer = %peer,
+            max_handshakes,
+            max_connections,
+            "connection refused: {what} ({}); further refusals are summarised every {} s",
+            why.flag(),
+            REFUSAL_LOG_INTERVAL.as_secs()
+        );
+    }
+}
+
+/// Emit the refusal summary of each window that ended (every second, until `stop`).
+async fn summarise_refusals(log: Arc<Mutex<RefusalLog>>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|v| *v) => return,
+            _ = tick.tick() => {}
+        }
+        let summary = log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .tick(std::time::Instant::now());
+        if let Some(s) = summary {
+            warn!("{s}");
+        }
+    }
+}
+
+/// Descriptors kept out of the connection caps (listeners, the images, the runtime, logs).
+const SPARE_FDS: u64 = 64;
+
+/// Raise this process's soft limit of open descriptors (`RLIMIT_NOFILE`) to the hard limit,
+/// so the connection caps, not the descriptor limit, decide which clients are served.
+/// Returns the soft limit (`u64::MAX` if it cannot be read).
+fn raise_nofile() -> u64 {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: rl is a valid rlimit for getrlimit to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
+        return u64::MAX;
+    }
+    if rl.rlim_cur < rl.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: rl.rlim_max,
+            rlim_max: rl.rlim_max,
+        };
+        // SAFETY: a valid rlimit; raising the soft limit up to the hard one is always allowed.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            rl.rlim_cur = rl.rlim_max;
+        }
+    }
+    rl.rlim_cur
+}
+
+/// The handshake cap that fits under `open_files` descriptors beside `max_connections`
+/// established connections and [`SPARE_FDS`]: `max_handshakes` if it fits (0 = no limit
+/// counts as not fitting), else what is left (at least 1). `max_connections` 0 (no limit):
+/// unchanged, nothing can be reserved.
+fn fit_handshakes(max_handshakes: usize, max_connections: usize, open_files: u64) -> usize {
+    if max_connections == 0 {
+        return max_handshakes;
+    }
+    let left = open_files.saturating_sub(max_connections as u64 + SPARE_FDS);
+    let left = usize::try_from(left).unwrap_or(usize::MAX).max(1);
+    match max_handshakes {
+        0 => left,
+        n => n.min(left),
     }
 }
 
@@ -474,10 +598,12 @@ impl Drop for PidFileGuard {
 /// client is accepted; a binding failure returns a typed error naming the address
 /// ([`NbdError::Bind`], [`NbdError::NotASocket`], [`NbdError::SocketInUse`],
 /// [`NbdError::NotAListener`]) and nothing is served. Then the pid file, if any, is written
-/// ([`NbdError::PidFile`]). Each client runs in its own task ([`run_session`]), up to
-/// `options.max_connections` at once; a misbehaving client loses only its own connection, and
-/// each connection ends with one info-level log line (peer, export, negotiated options,
-/// duration, bytes, requests, how it ended).
+/// ([`NbdError::PidFile`]). Each client runs in its own task
+/// ([`run_session`](crate::session::run_session)), up to `options.max_handshakes` in the
+/// handshake and `options.max_connections` past it ([`crate::admission`]), their buffers
+/// within `options.max_buffered` ([`crate::budget`]); a misbehaving client loses only its
+/// own connection, and each connection ends with one info-level log line (peer, export,
+/// negotiated options, duration, bytes, requests, how it ended).
 ///
 /// When `shutdown` completes: stop accepting, let in-flight requests finish (their replies are
 /// sent; connections still busy after [`SHUTDOWN_GRACE`] are dropped), close every connection
@@ -524,27 +650,42 @@ pub async fn serve(
         }
         None => None,
     };
-    let limit = (options.max_connections > 0).then(|| {
-        (
-            Arc::new(Semaphore::new(options.max_connections)),
-            options.max_connections,
-        )
-    });
+    // Both caps must bind before the descriptor limit does: the handshake cap gives way.
+    let open_files = raise_nofile();
+    let max_handshakes =
+        fit_handshakes(options.max_handshakes, options.max_connections, open_files);
+    if max_handshakes != options.max_handshakes {
+        warn!(
+            open_files,
+            max_handshakes,
+            "--max-handshakes lowered to fit the open-file limit (ulimit -n) beside --max-connections"
+        );
+    }
+    let admission = Admission::new(max_handshakes, options.max_connections);
+    let refusals = Arc::new(Mutex::new(RefusalLog::new(REFUSAL_LOG_INTERVAL)));
+    let budget = options.max_buffered.map(MemoryBudget::new);
+    if let Some(b) = &budget {
+        debug!(max_buffered = b.capacity(), "server-wide buffer budget");
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut loops = JoinSet::new();
     for b in bound {
         loops.spawn(accept_loop(
             b,
             exports.clone(),
-            limit.clone(),
+            admission.clone(),
+            refusals.clone(),
             SessionOptions {
                 tls: options.tls.clone(),
                 handshake_limit: options.handshake_limit,
                 inline_limit: options.inline_limit,
+                idle_limit: options.idle_limit,
+                budget: budget.clone(),
             },
             stop_rx.clone(),
         ));
     }
+    loops.spawn(summarise_refusals(refusals, stop_rx.clone()));
     shutdown.await;
     info!("shutting down");
     let _ = stop_tx.send(true);
@@ -565,4 +706,18 @@ pub async fn serve(
         }
     }
     first_err.map_or(Ok(()), Err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_handshake_cap_fits_under_the_descriptor_limit() {
+        assert_eq!(fit_handshakes(1000, 100, 1_048_576), 1000);
+        assert_eq!(fit_handshakes(1000, 100, 1024), 1024 - 100 - 64);
+        assert_eq!(fit_handshakes(0, 100, 1024), 1024 - 100 - 64);
+        assert_eq!(fit_handshakes(1000, 2000, 1024), 1, "at least one");
+        assert_eq!(fit_handshakes(1000, 0, 1024), 1000, "nothing to reserve");
+    }
 }

@@ -19,6 +19,16 @@ pub enum SessionEnd {
     ClientClosed,
     /// The server is shutting down; in-flight requests were finished and the export flushed.
     Shutdown,
+    /// The client sent no request for the idle limit while nothing was in flight
+    /// ([`SessionOptions::idle_limit`](super::SessionOptions::idle_limit)); the export was
+    /// flushed.
+    Idle,
+    /// Still in the handshake, silent, and evicted for a newcomer when every handshake slot
+    /// was taken ([`crate::admission`]).
+    Evicted,
+    /// GO or EXPORT_NAME chose an export but every established slot was taken
+    /// (`--max-connections`): GO was answered `NBD_REP_ERR_POLICY`, and the connection closed.
+    Refused,
 }
 
 /// Why a session ended abnormally. Only this connection is affected.

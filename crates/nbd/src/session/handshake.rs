@@ -12,6 +12,7 @@ use tracing::debug;
 use super::error::SessionError;
 use super::negotiation::{ClientFlags, Intake, Negotiation, Next, Reply};
 use super::stream::discard;
+use crate::admission::{EstablishedSlot, HandshakeTicket};
 use crate::export::Exports;
 use crate::proto::{self, Negotiated};
 use crate::tls::TlsConfig;
@@ -26,6 +27,47 @@ pub(super) enum Handshake {
     HungUp,
     /// `STARTTLS` was acknowledged; the TLS handshake comes next.
     StartTls,
+    /// GO or EXPORT_NAME chose an export but the [`Gate`] had no established slot: GO got
+    /// `NBD_REP_ERR_POLICY` (EXPORT_NAME cannot be refused with a reply); the connection
+    /// closes.
+    Refused,
+}
+
+/// `NBD_REP_ERR_POLICY`: the option is valid but server policy forbids it (proto.md "Option
+/// reply types"); the reply to a GO when every established slot is taken.
+const REP_ERR_POLICY: u32 = (1 << 31) | 2;
+
+/// What a connection must get before it enters transmission: an established slot of the
+/// server's [`Admission`](crate::admission::Admission), traded for its handshake slot. No
+/// ticket (a session outside the server): always admitted.
+pub(super) struct Gate {
+    ticket: Option<HandshakeTicket>,
+    slot: Option<EstablishedSlot>,
+}
+
+impl Gate {
+    pub(super) fn new(ticket: Option<HandshakeTicket>) -> Gate {
+        Gate { ticket, slot: None }
+    }
+
+    /// Take the established slot (once); `false` if every one is taken.
+    fn admit(&mut self) -> bool {
+        match self.ticket.take() {
+            None => true,
+            Some(t) => match t.establish() {
+                Ok(slot) => {
+                    self.slot = Some(slot);
+                    true
+                }
+                Err(_) => false,
+            },
+        }
+    }
+
+    /// The established slot, to hold for the rest of the connection.
+    pub(super) fn into_slot(self) -> Option<EstablishedSlot> {
+        self.slot
+    }
 }
 
 /// The stream the handshake ended on, and how it ended.
@@ -41,6 +83,7 @@ pub(super) async fn negotiate<S>(
     mut s: S,
     exports: &Exports,
     tls: &TlsConfig,
+    gate: &mut Gate,
 ) -> Result<Upgrade<S>, SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -49,7 +92,7 @@ where
         return Ok(Upgrade::Plain(s, Handshake::HungUp));
     };
     let mut negotiation = Negotiation::new(exports, client, tls.mode());
-    let outcome = options(&mut s, &mut negotiation).await?;
+    let outcome = options(&mut s, &mut negotiation, gate).await?;
     let Handshake::StartTls = outcome else {
         return Ok(Upgrade::Plain(s, outcome));
     };
@@ -61,7 +104,7 @@ where
         .await
         .map_err(SessionError::TlsHandshake)?;
     debug!(version = ?t.get_ref().1.protocol_version(), "TLS established");
-    let outcome = options(&mut t, &mut negotiation).await?;
+    let outcome = options(&mut t, &mut negotiation, gate).await?;
     Ok(Upgrade::Tls(Box::new(t), outcome))
 }
 
@@ -109,8 +152,12 @@ async fn send<S: AsyncWrite + Unpin>(s: &mut S, replies: &[Reply]) -> io::Result
 
 /// Option haggling (proto.md "Fixed newstyle negotiation"), in plain text or over TLS: read
 /// each option header and, as `negotiation` says, its data; send the replies it returns; stop
-/// where it says.
-async fn options<S>(s: &mut S, negotiation: &mut Negotiation<'_>) -> Result<Handshake, SessionError>
+/// where it says. Before entering transmission the connection passes the `gate`.
+async fn options<S>(
+    s: &mut S,
+    negotiation: &mut Negotiation<'_>,
+    gate: &mut Gate,
+) -> Result<Handshake, SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -153,6 +200,19 @@ where
                 send(s, &step.replies).await?;
                 s.flush().await?;
                 return Ok(Handshake::StartTls);
+            }
+            Next::Transmission { .. } if !gate.admit() => {
+                debug!("every established slot is taken (--max-connections)");
+                if hdr.opt != proto::OPT_EXPORT_NAME {
+                    let refusal = Reply::Option {
+                        opt: hdr.opt,
+                        rtype: REP_ERR_POLICY,
+                        data: b"too many connections (--max-connections)".to_vec(),
+                    };
+                    send(s, &[refusal]).await?;
+                    s.flush().await?;
+                }
+                return Ok(Handshake::Refused);
             }
             Next::Transmission { export, negotiated } => {
                 send(s, &step.replies).await?;

@@ -20,7 +20,8 @@
 //! connection.
 //!
 //! Transmission ("Transmission", "Ordering of messages and writes"): a reader parses requests
-//! (bounded by [`MAX_IN_FLIGHT`] requests and [`MAX_BUFFERED_BYTES`] of buffers). READs and
+//! (bounded by [`MAX_IN_FLIGHT`] requests and [`MAX_BUFFERED_BYTES`] of buffers, and by the
+//! server-wide [`SessionOptions::budget`]: without room it stops reading requests). READs and
 //! WRITEs of at most [`BlockExport::inline_limit`] bytes (or
 //! [`SessionOptions::inline_limit`]) it serves itself, on its runtime thread (no thread
 //! hand-off); larger READs and WRITEs go straight to a blocking-pool thread, which queues the
@@ -62,10 +63,12 @@ pub use error::{SessionEnd, SessionError};
 pub use stats::SessionStats;
 pub use transmission::{MAX_BUFFERED_BYTES, MAX_IN_FLIGHT};
 
-use handshake::{negotiate, Handshake, Upgrade};
+use handshake::{negotiate, Gate, Handshake, Upgrade};
 use stream::wait_shutdown;
-use transmission::transmission;
+use transmission::{transmission, Limits};
 
+use crate::admission::HandshakeTicket;
+use crate::budget::MemoryBudget;
 use crate::export::{BlockExport, Exports};
 use crate::proto::Negotiated;
 use crate::tls::TlsConfig;
@@ -87,6 +90,25 @@ pub struct SessionOptions {
     /// where an inline request would hold up the connection's next requests for the disk's
     /// latency). `None` (the default): each export's [`BlockExport::inline_limit`].
     pub inline_limit: Option<u32>,
+    /// In the transmission phase, close a connection that has sent no request for this long
+    /// while none of its requests was in flight ([`SessionEnd::Idle`]). `None` (the default,
+    /// as qemu-nbd): never.
+    pub idle_limit: Option<std::time::Duration>,
+    /// The server-wide budget of READ/WRITE buffer bytes ([`crate::budget`]): a request that
+    /// fits neither the connection's floor nor the shared pool waits, and the connection's
+    /// reader with it. `None` (the default): only the per-connection limits
+    /// ([`MAX_BUFFERED_BYTES`], [`MAX_IN_FLIGHT`]).
+    pub budget: Option<MemoryBudget>,
+}
+
+impl SessionOptions {
+    fn limits(&self) -> Limits {
+        Limits {
+            inline_limit: self.inline_limit,
+            idle_limit: self.idle_limit,
+            budget: self.budget.clone(),
+        }
+    }
 }
 
 /// Serve one connection until the client disconnects, the protocol is violated or `shutdown`
@@ -105,13 +127,41 @@ pub async fn run_session<S>(
     exports: Arc<Exports>,
     stats: Arc<SessionStats>,
     opts: SessionOptions,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<SessionEnd, SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    run_admitted(stream, exports, stats, opts, shutdown, None).await
+}
+
+/// [`run_session`] for a connection holding a handshake slot (`ticket`, from the server's
+/// [`Admission`](crate::admission::Admission)): the handshake ends
+/// ([`SessionEnd::Evicted`]) if a newcomer evicts it, and when GO or EXPORT_NAME chooses an
+/// export the connection trades the slot for an established one, or is refused (GO gets
+/// `NBD_REP_ERR_POLICY`) and closes ([`SessionEnd::Refused`]).
+pub(crate) async fn run_admitted<S>(
+    stream: S,
+    exports: Arc<Exports>,
+    stats: Arc<SessionStats>,
+    opts: SessionOptions,
+    mut shutdown: watch::Receiver<bool>,
+    ticket: Option<HandshakeTicket>,
+) -> Result<SessionEnd, SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let eviction = ticket.as_ref().map(HandshakeTicket::eviction);
+    let evicted = async {
+        match &eviction {
+            Some(e) => e.wait().await,
+            None => std::future::pending().await,
+        }
+    };
+    // The gate trades the handshake slot for an established one before GO is answered.
+    let mut gate = Gate::new(ticket);
     let handshake = async {
-        let n = negotiate(stream, &exports, &opts.tls);
+        let n = negotiate(stream, &exports, &opts.tls, &mut gate);
         match opts.handshake_limit {
             Some(limit) => tokio::time::timeout(limit, n)
                 .await
@@ -125,14 +175,19 @@ where
             debug!("shutdown during handshake");
             return Ok(SessionEnd::Shutdown);
         }
-    };
-    match negotiated {
-        Upgrade::Plain(s, outcome) => {
-            finish(s, outcome, &exports, stats, shutdown, opts.inline_limit).await
+        _ = evicted => {
+            debug!("evicted during the handshake");
+            return Ok(SessionEnd::Evicted);
         }
+    };
+    // Held until the session ends (none unless the handshake reached transmission).
+    let _slot = gate.into_slot();
+    let limits = opts.limits();
+    match negotiated {
+        Upgrade::Plain(s, outcome) => finish(s, outcome, &exports, stats, shutdown, limits).await,
         Upgrade::Tls(s, outcome) => {
             stats.tls.store(true, Ordering::Relaxed);
-            finish(s, outcome, &exports, stats, shutdown, opts.inline_limit).await
+            finish(s, outcome, &exports, stats, shutdown, limits).await
         }
     }
 }
@@ -157,16 +212,11 @@ where
 {
     let _ = stats.export.set(name.to_string());
     let neg = Negotiated::default();
-    transmission(
-        stream,
-        export,
-        read_only,
-        neg,
-        stats,
-        shutdown,
+    let limits = Limits {
         inline_limit,
-    )
-    .await
+        ..Limits::default()
+    };
+    transmission(stream, export, read_only, neg, stats, shutdown, limits).await
 }
 
 /// After the handshake: ABORT, hang-up, or the transmission phase on the chosen export.
@@ -176,7 +226,7 @@ async fn finish<S>(
     exports: &Exports,
     stats: Arc<SessionStats>,
     shutdown: watch::Receiver<bool>,
-    inline_limit: Option<u32>,
+    limits: Limits,
 ) -> Result<SessionEnd, SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -188,6 +238,10 @@ where
         }
         // `negotiate` turns StartTls into the upgrade, so it never gets here.
         Handshake::HungUp | Handshake::StartTls => Ok(SessionEnd::ClientClosed),
+        Handshake::Refused => {
+            let _ = stream.shutdown().await;
+            Ok(SessionEnd::Refused)
+        }
         Handshake::Transmission(neg, index) => {
             let e = exports.get(index);
             let _ = stats.export.set(e.config.name.clone());
@@ -196,16 +250,7 @@ where
                 .meta_context
                 .store(neg.base_allocation, Ordering::Relaxed);
             let (export, read_only) = (e.export.clone(), e.config.read_only);
-            transmission(
-                stream,
-                export,
-                read_only,
-                neg,
-                stats,
-                shutdown,
-                inline_limit,
-            )
-            .await
+            transmission(stream, export, read_only, neg, stats, shutdown, limits).await
         }
     }
 }

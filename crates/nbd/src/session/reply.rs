@@ -18,7 +18,16 @@ pub(super) struct Reply {
     pub(super) head: Vec<u8>,
     /// READ data, sent after `head`.
     pub(super) data: Vec<u8>,
-    pub(super) _permits: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
+    pub(super) _permits: Option<Permits>,
+}
+
+/// What a request holds until its reply is written: its in-flight slot, its bytes of the
+/// connection's budget and, when the server has one, its bytes of the server-wide budget
+/// ([`crate::budget`]).
+pub(super) struct Permits {
+    pub(super) _request: OwnedSemaphorePermit,
+    pub(super) _bytes: OwnedSemaphorePermit,
+    pub(super) _shared: Option<OwnedSemaphorePermit>,
 }
 
 impl Reply {

@@ -6,6 +6,7 @@
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{
     AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter,
@@ -14,9 +15,10 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn, Instrument};
 
 use super::error::{SessionEnd, SessionError};
-use super::reply::{errno_of, errno_of_write, write_reply, Reply};
+use super::reply::{errno_of, errno_of_write, write_reply, Permits, Reply};
 use super::stats::SessionStats;
 use super::stream::{discard, wait_shutdown};
+use crate::budget::{units_of, ConnBudget, MemoryBudget, BUDGET_UNIT};
 use crate::buffers::BufferPool;
 use crate::export::BlockExport;
 use crate::proto::{self, Command, Errno, Negotiated, Request, Verdict};
@@ -25,8 +27,19 @@ use crate::proto::{self, Command, Errno, Negotiated, Request, Verdict};
 pub const MAX_IN_FLIGHT: usize = 64;
 /// Most bytes of READ/WRITE buffers held by one connection (requests plus unsent replies).
 pub const MAX_BUFFERED_BYTES: usize = 256 << 20;
-/// Unit of the byte budget semaphore.
-const BUDGET_UNIT: usize = 1024;
+
+/// Per-connection limits of [`transmission`] (from [`super::SessionOptions`]).
+#[derive(Debug, Clone, Default)]
+pub(super) struct Limits {
+    /// READs/WRITEs of at most this many bytes are served inline (`None`: the export's
+    /// [`BlockExport::inline_limit`]; `Some(0)`: none).
+    pub(super) inline_limit: Option<u32>,
+    /// Close the connection once it has sent no request for this long while nothing was in
+    /// flight (`None`: never).
+    pub(super) idle_limit: Option<Duration>,
+    /// The server-wide buffer budget (`None`: only the per-connection limits).
+    pub(super) budget: Option<MemoryBudget>,
+}
 
 /// Serve a READ of `req.length` > 0 bytes now, on this thread: the reply with the data (from
 /// the [`BufferPool`], returned to it once sent), or an `EIO` error reply.
@@ -202,19 +215,35 @@ enum ReaderEnd {
     Eof,
     Shutdown,
     WriterGone,
+    /// No request for the idle limit while nothing was in flight.
+    Idle,
     Error(SessionError),
 }
 
-/// Wait for one request permit and `units` buffer units. While waiting (the connection has
-/// [`MAX_IN_FLIGHT`] requests or [`MAX_BUFFERED_BYTES`] in flight), watch the socket: if the
-/// client hangs up meanwhile, return [`ReaderEnd::Eof`] (or the error) at once, so the session
-/// marks itself abandoned before its queued writes run, rather than after they have drained.
+/// Wait for one request permit and `units` buffer units of the connection's budget, then of
+/// the server-wide one (`shared`, if any; [`ConnBudget::take`]). While waiting (the
+/// connection has [`MAX_IN_FLIGHT`] requests or [`MAX_BUFFERED_BYTES`] in flight, or the
+/// server's budget is spent), watch the socket: if the client hangs up meanwhile, return
+/// [`ReaderEnd::Eof`] (or the error) at once, so the session marks itself abandoned before its
+/// queued writes run, rather than after they have drained.
 async fn permits<R: AsyncRead + Unpin>(
     rd: &mut BufReader<R>,
     requests: &Arc<Semaphore>,
     bytes: &Arc<Semaphore>,
+    shared: Option<&ConnBudget>,
     units: u32,
-) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), ReaderEnd> {
+) -> Result<Permits, ReaderEnd> {
+    // The fast path: everything free now (uncontended try_acquires, no await).
+    if let (Ok(r), Ok(b)) = (
+        requests.clone().try_acquire_owned(),
+        bytes.clone().try_acquire_many_owned(units),
+    ) {
+        match shared.map(|c| c.try_take(units)) {
+            None => return Ok(permits_of(r, b, None)),
+            Some(Some(s)) => return Ok(permits_of(r, b, Some(s))),
+            Some(None) => {} // dropped; taken again below, in order
+        }
+    }
     let wanted = async {
         let (Ok(p1), Ok(p2)) = (
             requests.clone().acquire_owned().await,
@@ -222,7 +251,11 @@ async fn permits<R: AsyncRead + Unpin>(
         ) else {
             unreachable!("semaphores are never closed")
         };
-        (p1, p2)
+        let p3 = match shared {
+            Some(c) => Some(c.take(units).await),
+            None => None,
+        };
+        permits_of(p1, p2, p3)
     };
     tokio::pin!(wanted);
     // Only an empty buffer can tell EOF; with bytes buffered the next request is already here.
@@ -239,8 +272,47 @@ async fn permits<R: AsyncRead + Unpin>(
     }
 }
 
-/// Transmission phase (proto.md "Transmission"); READs/WRITEs of at most `inline_limit` bytes
-/// (`None`: the export's [`BlockExport::inline_limit`]; `Some(0)`: none) are served inline.
+fn permits_of(
+    request: OwnedSemaphorePermit,
+    bytes: OwnedSemaphorePermit,
+    shared: Option<OwnedSemaphorePermit>,
+) -> Permits {
+    Permits {
+        _request: request,
+        _bytes: bytes,
+        _shared: shared,
+    }
+}
+
+/// Wait until the next request's first byte is buffered (`Ok(true)`), the client closed the
+/// connection (`Ok(false)`), or, with an idle limit, that long passed without a request while
+/// nothing was in flight ([`ReaderEnd::Idle`]). Cancel-safe (`fill_buf` consumes nothing).
+async fn next_request<R: AsyncRead + Unpin>(
+    rd: &mut BufReader<R>,
+    idle_limit: Option<Duration>,
+    requests: &Semaphore,
+) -> Result<bool, ReaderEnd> {
+    let Some(idle) = idle_limit else {
+        return Ok(true); // read_exact tells EOF itself
+    };
+    loop {
+        tokio::select! {
+            r = rd.fill_buf() => return match r {
+                Ok([]) => Ok(false),
+                Ok(_) => Ok(true),
+                Err(e) => Err(ReaderEnd::Error(e.into())),
+            },
+            _ = tokio::time::sleep(idle) => {
+                if requests.available_permits() == MAX_IN_FLIGHT {
+                    return Err(ReaderEnd::Idle);
+                }
+                // Requests still in flight: not idle; look again one period later.
+            }
+        }
+    }
+}
+
+/// Transmission phase (proto.md "Transmission") under `limits` ([`Limits`]).
 pub(super) async fn transmission<S>(
     stream: S,
     export: Arc<dyn BlockExport>,
@@ -248,12 +320,13 @@ pub(super) async fn transmission<S>(
     neg: Negotiated,
     stats: Arc<SessionStats>,
     mut shutdown: watch::Receiver<bool>,
-    inline_limit: Option<u32>,
+    limits: Limits,
 ) -> Result<SessionEnd, SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let inline_limit = inline_limit.unwrap_or_else(|| export.inline_limit());
+    let inline_limit = limits.inline_limit.unwrap_or_else(|| export.inline_limit());
+    let shared = limits.budget.as_ref().map(MemoryBudget::connection);
     let (rd, wr) = tokio::io::split(stream);
     let mut rd = BufReader::with_capacity(64 << 10, rd);
     let wr = BufWriter::with_capacity(256 << 10, wr);
@@ -272,7 +345,16 @@ where
         loop {
             let mut hb = [0u8; proto::REQUEST_LEN];
             let read = tokio::select! {
-                r = rd.read_exact(&mut hb) => r,
+                r = async {
+                    match next_request(&mut rd, limits.idle_limit, &requests).await {
+                        Ok(true) => Ok(rd.read_exact(&mut hb).await),
+                        Ok(false) => Err(ReaderEnd::Eof),
+                        Err(end) => Err(end),
+                    }
+                } => match r {
+                    Ok(r) => r,
+                    Err(end) => return end,
+                },
                 _ = wait_shutdown(&mut shutdown) => return ReaderEnd::Shutdown,
                 _ = wait_shutdown(&mut dead_rx) => return ReaderEnd::WriterGone,
             };
@@ -299,12 +381,12 @@ where
                     }
                     // Error replies count against the in-flight limit too, so a client that
                     // sends bad requests and never reads replies cannot grow the queue.
-                    let (p1, p2) = match permits(&mut rd, &requests, &bytes, 1).await {
+                    let p = match permits(&mut rd, &requests, &bytes, shared.as_ref(), 1).await {
                         Ok(p) => p,
                         Err(end) => return end,
                     };
                     let mut reply = Reply::error(neg.structured, err, req.cookie);
-                    reply._permits = Some((p1, p2));
+                    reply._permits = Some(p);
                     let _ = tx.send(reply);
                 }
                 Verdict::Serve => {
@@ -312,8 +394,9 @@ where
                         Command::Read | Command::Write => req.length as usize,
                         _ => 0,
                     };
-                    let units = buffered.div_ceil(BUDGET_UNIT).max(1) as u32;
-                    let (p1, p2) = match permits(&mut rd, &requests, &bytes, units).await {
+                    let units = units_of(buffered);
+                    let p = match permits(&mut rd, &requests, &bytes, shared.as_ref(), units).await
+                    {
                         Ok(p) => p,
                         Err(end) => return end,
                     };
@@ -328,7 +411,7 @@ where
                         // Small READ/WRITE: served right here, no task and no thread hand-off.
                         let mut reply =
                             serve_data(&*export, &req, payload, &neg, &stats, &abandoned);
-                        reply._permits = Some((p1, p2));
+                        reply._permits = Some(p);
                         let _ = tx.send(reply);
                         continue;
                     }
@@ -345,7 +428,7 @@ where
                             let _conn = span.enter();
                             let mut reply =
                                 serve_data(&*export, &req, payload, &neg, &stats, &abandoned);
-                            reply._permits = Some((p1, p2));
+                            reply._permits = Some(p);
                             let _ = tx.send(reply);
                         });
                         continue;
@@ -356,7 +439,7 @@ where
                     tokio::spawn(
                         async move {
                             let mut reply = handle(export, req, neg, abandoned).await;
-                            reply._permits = Some((p1, p2));
+                            reply._permits = Some(p);
                             let _ = tx.send(reply);
                         }
                         .in_current_span(),
@@ -427,6 +510,10 @@ where
             Ok(SessionEnd::ClientClosed)
         }
         ReaderEnd::Shutdown => Ok(SessionEnd::Shutdown),
+        ReaderEnd::Idle => {
+            debug!("idle limit reached");
+            Ok(SessionEnd::Idle)
+        }
         ReaderEnd::Error(e) => Err(e),
     }
 }
