@@ -77,9 +77,25 @@ pub fn try_unlock(
     passphrase: &[u8],
     keyslot: Option<u32>,
 ) -> Result<UnlockedKey, VolumeError> {
+    if ANNOUNCE_KDF.take() {
+        if let Some(ms) = volume::unlock_time_ms(lh, keyslot).filter(|ms| *ms >= ANNOUNCE_MIN_MS) {
+            eprintln!("deriving key, about {} s", ms.div_ceil(1000));
+        }
+    }
     let limit = MEMORY_LIMIT.get().copied().flatten();
     volume::unlock_limited(file, image, lh, passphrase, keyslot, limit, time_limit())
 }
+
+thread_local! {
+    /// Set by [`unlock_with_tries`] right after a passphrase was typed at the terminal: the
+    /// next [`try_unlock`] says how long its KDF will take, so the pause after the prompt is
+    /// not mistaken for a hang.
+    static ANNOUNCE_KDF: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Shortest KDF that [`try_unlock`] announces after a prompt, ms (a shorter one goes
+/// unnoticed).
+const ANNOUNCE_MIN_MS: u64 = 1000;
 
 /// `--unlock-time-limit`, or its default.
 fn time_limit() -> u64 {
@@ -187,7 +203,10 @@ pub fn unlock_with_tries<T>(
         } else {
             read_passphrase(file, prompt)?
         };
-        match unlock(pass.expose()) {
+        ANNOUNCE_KDF.set(tries > 1);
+        let r = unlock(pass.expose());
+        ANNOUNCE_KDF.set(false);
+        match r {
             Err(VolumeError::WrongPassphrase) if attempt < tries => {
                 eprintln!("{}", VolumeError::WrongPassphrase);
                 attempt += 1;

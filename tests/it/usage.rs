@@ -188,6 +188,47 @@ fn prompts_say_which_passphrase_is_wanted() {
     assert_eq!(code, 0, "{screen}");
     let want = format!("Enter passphrase for {}:", Path::new(img_s).display());
     assert_eq!(prompts(&screen), [want.as_str()], "{screen}");
+    assert!(
+        !screen.contains("deriving key"),
+        "a cheap KDF is not announced: {screen}"
+    );
+}
+
+/// After a terminal prompt, a KDF of a second or more is announced with this machine's
+/// estimate, so the pause is not taken for a hang.
+#[test]
+fn a_long_kdf_after_a_prompt_says_so() {
+    let dir = tempdir();
+    let key = key_file(dir.path());
+    let img = dir.path().join("slow.img");
+    // cryptsetup's PBKDF2 calibration for 1.5 s on this machine.
+    let out = run(nbdcrypt()
+        .arg("format")
+        .arg(&img)
+        .args(["--size", "17M", "--pbkdf", "pbkdf2", "--iter-time", "1500"])
+        .arg("--key-file")
+        .arg(&key));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let pass = String::from_utf8(std::fs::read(&key).unwrap()).unwrap();
+    let (code, screen) = terminal(
+        &["test-passphrase", img.to_str().unwrap()],
+        &format!("{pass}\n"),
+    );
+    assert_eq!(code, 0, "{screen}");
+    let said = screen
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("deriving key, about "))
+        .unwrap_or_else(|| panic!("no announcement: {screen}"));
+    let secs: u64 = said.trim_end_matches(" s").parse().expect(said);
+    assert!((1..=10).contains(&secs), "{said}");
+    // A key file is no prompt: nothing is announced.
+    let out = run(nbdcrypt()
+        .arg("test-passphrase")
+        .arg(&img)
+        .arg("--key-file")
+        .arg(&key));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("deriving key"), "{}", stderr(&out));
 }
 
 #[test]

@@ -223,6 +223,71 @@ fn next_probe(cur: u64, elapsed: Duration, probe_budget: Duration, max: u64) -> 
     cur.saturating_mul(factor).min(max)
 }
 
+/// This machine's KDF speed, measured once (about 40 ms) the first time [`local_ms`] asks:
+/// PBKDF2-HMAC-SHA256 per iteration and block, Argon2id per KiB and pass on one lane.
+struct LocalRates {
+    pbkdf2_ns_per_iteration: f64,
+    argon2_ns_per_kib_pass: f64,
+    cpus: u32,
+}
+
+fn local_rates() -> Option<&'static LocalRates> {
+    static RATES: std::sync::OnceLock<Option<LocalRates>> = std::sync::OnceLock::new();
+    RATES
+        .get_or_init(|| {
+            const ITERATIONS: u32 = 20_000;
+            const MEMORY_KIB: u32 = 16 << 10;
+            let mut out = Zeroizing::new([0u8; 32]);
+            let start = Instant::now();
+            pbkdf2_into(
+                HashAlg::Sha256,
+                ITERATIONS,
+                BENCH_PASSWORD,
+                &BENCH_SALT,
+                &mut *out,
+            )
+            .ok()?;
+            let pbkdf2 = start.elapsed().as_nanos() as f64 / f64::from(ITERATIONS);
+            let argon2 = time_argon2(Argon2Variant::Argon2id, 1, MEMORY_KIB, 1).ok()?;
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+            Some(LocalRates {
+                pbkdf2_ns_per_iteration: pbkdf2.max(1e-3),
+                argon2_ns_per_kib_pass: (argon2.as_nanos() as f64 / f64::from(MEMORY_KIB))
+                    .max(1e-3),
+                cpus,
+            })
+        })
+        .as_ref()
+}
+
+/// How long one derivation of `out_len` bytes with `params` takes on this machine, in
+/// milliseconds: from a measurement of this machine made once ([`LocalRates`]), scaled
+/// linearly (PBKDF2 by iterations and output blocks; Argon2 by passes × KiB over the lanes
+/// this machine runs at once). For telling a user how long to wait ("deriving key, about
+/// 2 s"), not for a limit ([`estimated_ms`] is the limit's measure). `None` when the
+/// measurement itself failed.
+pub fn local_ms(params: &KdfParams, out_len: usize) -> Option<u64> {
+    let r = local_rates()?;
+    let ns = match params {
+        KdfParams::Pbkdf2 {
+            hash, iterations, ..
+        } => {
+            let blocks = out_len.div_ceil(hash.output_len()).max(1) as f64;
+            f64::from(*iterations) * blocks * r.pbkdf2_ns_per_iteration
+        }
+        KdfParams::Argon2 {
+            time,
+            memory_kib,
+            parallel,
+            ..
+        } => {
+            let lanes = f64::from((*parallel).clamp(1, r.cpus.max(1)));
+            f64::from(*time) * f64::from(*memory_kib) * r.argon2_ns_per_kib_pass / lanes
+        }
+    };
+    Some((ns / 1e6).min(u64::MAX as f64) as u64)
+}
+
 /// Finds Argon2 costs so that one derivation takes about `iter_time_ms` milliseconds here.
 ///
 /// Like cryptsetup (luks2-facts 1.3): `parallel` (1..=4 threads) is kept; memory starts at
@@ -329,6 +394,33 @@ pub fn benchmark_pbkdf2(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_estimates_scale_with_the_work_and_the_lanes() {
+        let pbkdf2 = |iterations| KdfParams::Pbkdf2 {
+            hash: HashAlg::Sha256,
+            iterations,
+            salt: vec![0; 32],
+        };
+        let argon2 = |time, parallel| KdfParams::Argon2 {
+            variant: Argon2Variant::Argon2id,
+            time,
+            memory_kib: 1 << 20,
+            parallel,
+            salt: vec![0; 32],
+        };
+        let ms = |p: &KdfParams, len| local_ms(p, len).expect("measured");
+        let one = ms(&pbkdf2(10_000_000), 32);
+        assert!(one > 0);
+        assert!(ms(&pbkdf2(20_000_000), 32).abs_diff(2 * one) <= 1);
+        assert!(ms(&pbkdf2(10_000_000), 64).abs_diff(2 * one) <= 1, "two output blocks");
+        let a = ms(&argon2(4, 1), 64);
+        assert!(a > 0 && ms(&argon2(8, 1), 64).abs_diff(2 * a) <= 1);
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if cpus >= 2 {
+            assert!(ms(&argon2(4, 2), 64).abs_diff(a / 2) <= 1, "two lanes at once");
+        }
+    }
 
     #[test]
     fn estimated_cost_separates_real_from_hostile_headers() {

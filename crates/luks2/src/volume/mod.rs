@@ -62,7 +62,8 @@ pub use keyslot_create::{KdfChoice, KdfKind};
 pub use relock::update_held_header;
 pub use store::{FAULT_IO_ENV, FAULT_STEP_ENV};
 pub use unlock::{
-    unlock, unlock_limited, verify_volume_key, verify_volume_key_limited, UnlockedKey,
+    unlock, unlock_limited, unlock_time_ms, verify_volume_key, verify_volume_key_limited,
+    UnlockedKey,
 };
 pub use wipe::{
     read_wipe_state, remove_wipe_state, wipe, wipe_state_path, write_wipe_state, WipeState,

@@ -96,6 +96,57 @@ pub fn unlock(
     )
 }
 
+/// The keyslots an unlock tries, in order: those of `bound` (the segment digest's) that exist,
+/// preferred ones first, priority-0 ones only when named by `only` (and only `only` when
+/// given); each once.
+fn candidate_keyslots(lh: &LoadedHeader, bound: &[u32], only: Option<u32>) -> Vec<u32> {
+    let mut candidates: Vec<(i64, u32)> = Vec::new();
+    for id in bound {
+        if only.is_some_and(|o| o != *id) {
+            continue;
+        }
+        let prio = lh
+            .metadata
+            .keyslots
+            .get(&format::metadata::Id(*id))
+            .map(|k| k.priority.unwrap_or(1))
+            .unwrap_or(-1);
+        if prio < 0 || (prio == 0 && only.is_none()) {
+            continue;
+        }
+        candidates.push((-prio, *id));
+    }
+    candidates.sort();
+    // A slot listed twice is tried once (the format layer refuses such digests anyway).
+    candidates.dedup();
+    candidates.into_iter().map(|(_, id)| id).collect()
+}
+
+/// How long one try of a keyslot takes on this machine (its KDF and the digest check), in
+/// milliseconds: the most of the keyslots [`unlock`] would try with `only`, from
+/// [`crate::crypto::kdf::local_ms`]. For "deriving key, about N s" after a prompt; `None`
+/// when there is nothing to estimate.
+pub fn unlock_time_ms(lh: &LoadedHeader, only: Option<u32>) -> Option<u64> {
+    let digest = format::segment_digest(&lh.metadata).ok()?;
+    let digest_ms = crate::crypto::kdf::local_ms(
+        &KdfParams::Pbkdf2 {
+            hash: HashAlg::Sha256,
+            iterations: digest.iterations,
+            salt: Vec::new(),
+        },
+        HashAlg::Sha256.output_len(),
+    )?;
+    candidate_keyslots(lh, &digest.keyslots, only)
+        .into_iter()
+        .filter_map(|id| format::keyslot_profile(&lh.metadata, id).ok())
+        .filter_map(|ks| {
+            let p = keyslot_params(&ks);
+            crate::crypto::kdf::local_ms(&p.kdf, p.area_key_size)
+        })
+        .max()
+        .map(|ms| ms.saturating_add(digest_ms))
+}
+
 /// [`unlock`] with a bound on the estimated time of one try ([`estimated_ms`] of the keyslot's
 /// KDF plus the digest's PBKDF2), `time_limit_secs`: slots above it are skipped before their
 /// KDF runs, and a digest above it alone is refused at once.
@@ -123,25 +174,7 @@ pub fn unlock_limited(
             limit_secs: time_limit_secs,
         });
     }
-    let mut candidates: Vec<(i64, u32)> = Vec::new();
-    for id in &digest.keyslots {
-        if only.is_some_and(|o| o != *id) {
-            continue;
-        }
-        let prio = lh
-            .metadata
-            .keyslots
-            .get(&format::metadata::Id(*id))
-            .map(|k| k.priority.unwrap_or(1))
-            .unwrap_or(-1);
-        if prio < 0 || (prio == 0 && only.is_none()) {
-            continue;
-        }
-        candidates.push((-prio, *id));
-    }
-    candidates.sort();
-    // A slot listed twice is tried once (the format layer refuses such digests anyway).
-    candidates.dedup();
+    let candidates = candidate_keyslots(lh, &digest.keyslots, only);
     if candidates.is_empty() {
         return Err(VolumeError::NoUsableKeyslot {
             path: path.to_owned(),
@@ -151,7 +184,7 @@ pub fn unlock_limited(
     let mut unsupported: Option<String> = None;
     let mut over_limit: Option<VolumeError> = None;
     let mut tried = 0;
-    for (_, id) in candidates {
+    for id in candidates {
         let ks = match format::keyslot_profile(&lh.metadata, id) {
             Ok(ks) => ks,
             Err(e) => {
