@@ -39,7 +39,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "tests/run.sh: cargo test"
 cargo test --workspace --locked
-# The XTS paths this CPU does not pick by itself (README "Performance"): the fused AES-NI path
+# The XTS paths this CPU does not pick by itself (docs/performance.md): the fused AES-NI path
 # without VAES, and the portable one over the `aes` crate, against the same KATs and OpenSSL.
 for impl in aesni portable; do
     echo "tests/run.sh: XTS known answers with NBDCRYPT_XTS_IMPL=$impl"

@@ -188,7 +188,7 @@ impl CliError {
                 Some("connecting and disconnecting NBD devices needs root (CAP_SYS_ADMIN)")
             }
             CliError::Tls(_) => Some(
-                "--tls-cert, --tls-key and --tls-ca take PEM files as openssl writes them (see the README's TLS section)",
+                "--tls-cert, --tls-key and --tls-ca take PEM files as openssl writes them (see docs/tls.md)",
             ),
             _ => None,
         }

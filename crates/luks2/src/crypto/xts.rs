@@ -18,7 +18,7 @@ pub const IV_SECTOR_SIZE: usize = 512;
 /// about 0.2 ms of one core, so that a hand-off to another core (a wake-up, tens of µs) is
 /// worth it when a core is idle; when none is (many requests in flight on a busy machine),
 /// each split costs CPU time for nothing, and smaller requests are many (benches/e2e.sh,
-/// README "End to end").
+/// docs/performance.md "End to end").
 pub const PARALLEL_THRESHOLD: usize = 1024 * 1024;
 
 /// Pieces of a split buffer are whole multiples of this many bytes (a multiple of every
