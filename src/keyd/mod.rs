@@ -14,6 +14,7 @@ mod files;
 mod join;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -59,6 +60,22 @@ enum Cmd {
         /// Address to listen on (port 0: any free port, printed).
         #[arg(long, default_value = "127.0.0.1:8443")]
         listen: String,
+        /// Open connections at most (lowered, with a warning, to the open-file limit minus
+        /// 64; at the cap a newcomer evicts the connection stalled longest in its TLS
+        /// handshake or first request header, if any for 1 s, else it is refused).
+        #[arg(long, value_name = "N", default_value_t = server::limits::DEFAULT_MAX_CONNECTIONS,
+              value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+        max_connections: usize,
+        /// Seconds a client may take to complete the TLS handshake.
+        #[arg(long, value_name = "SECONDS", default_value_t = 5, value_parser = secs)]
+        tls_handshake_timeout: u64,
+        /// Seconds a client may take to send a complete request header, from when the server
+        /// starts waiting for it (after the handshake or the previous reply).
+        #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = secs)]
+        header_read_timeout: u64,
+        /// Seconds a connection may stay silent between requests before it is closed.
+        #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = secs)]
+        idle_timeout: u64,
     },
     /// Host identities (client certificates).
     Host {
@@ -207,6 +224,14 @@ enum AuditCmd {
     Verify,
 }
 
+/// A timeout flag: 1 to 3600 seconds.
+fn secs(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(v) if (1..=3600).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a number of seconds from 1 to 3600")),
+    }
+}
+
 /// The store's root key: from `--root-passphrase-file` when given, else the root key file.
 fn unlock(cli: &Cli, store: &Store) -> Result<RootKey, KeydError> {
     let p = match &cli.root_passphrase_file {
@@ -240,7 +265,19 @@ fn run(cli: Cli) -> Result<(), KeydError> {
                 &*out.admin_token
             );
         }
-        Cmd::Serve { listen } => {
+        Cmd::Serve {
+            listen,
+            max_connections,
+            tls_handshake_timeout,
+            header_read_timeout,
+            idle_timeout,
+        } => {
+            let limits = server::ServeLimits {
+                max_connections: *max_connections,
+                handshake_timeout: Duration::from_secs(*tls_handshake_timeout),
+                header_read_timeout: Duration::from_secs(*header_read_timeout),
+                idle_timeout: Duration::from_secs(*idle_timeout),
+            };
             let store = Store::open(dir)?;
             let root = unlock(&cli, &store)?;
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -251,7 +288,7 @@ fn run(cli: Cli) -> Result<(), KeydError> {
                     path: "tokio runtime".into(),
                     source,
                 })?;
-            rt.block_on(server::serve(store, root, listen))?;
+            rt.block_on(server::serve(store, root, listen, limits))?;
         }
         Cmd::Host { cmd } => {
             let mut store = Store::open(dir)?;

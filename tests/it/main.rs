@@ -24,6 +24,7 @@ mod dump_json;
 mod faults;
 mod header_ops;
 mod keyservice;
+mod keyservice_conn;
 mod keyservice_join;
 mod keyservice_rewrap;
 mod keyslots;

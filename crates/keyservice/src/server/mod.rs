@@ -9,14 +9,19 @@
 //! Every key release and every refusal is an audit row committed before the reply is sent;
 //! if the audit write fails the request fails with 500 and nothing is released.
 //!
-//! Files: [`listen`] (TLS configuration and accept loop), [`routes`] (the route table),
+//! Files: [`listen`] (TLS configuration and accept loop), [`conn_table`] (who gets a
+//! connection slot at the cap), `connection` (one connection's task and timeouts),
+//! [`limits`] (the connection bounds and the descriptor limit), [`routes`] (the route table),
 //! `app` (shared state, caller identification and the audited refusal), `problem` (the
 //! refusal reply), and the handlers by area: `volumes` (host endpoints), `people` (officers,
 //! KEKs, audit), `join`. Request and reply bodies are [`crate::api`]; refusals
 //! [`crate::refusal::Refusal`].
 
 mod app;
+pub mod conn_table;
+mod connection;
 mod join;
+pub mod limits;
 pub mod listen;
 mod people;
 mod problem;
@@ -27,6 +32,7 @@ mod volumes;
 mod tests;
 
 pub use app::App;
+pub use limits::ServeLimits;
 pub use listen::{serve, tls_config, ServeError};
 pub use problem::Problem;
 pub use routes::router;
