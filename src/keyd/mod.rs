@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use crate::keyservice::pki::{self, Validity};
 use crate::keyservice::store::{RootKey, RootSource, Store};
 use crate::keyservice::{server, Role};
 
@@ -54,6 +55,10 @@ enum Cmd {
         /// localhost, 127.0.0.1 and ::1).
         #[arg(long = "server-name")]
         server_names: Vec<String>,
+        /// Days the server certificate (the CA: 3650) is valid for (1 to 3650).
+        #[arg(long, value_name = "DAYS", default_value_t = pki::DEFAULT_CERT_DAYS,
+              value_parser = clap::value_parser!(u32).range(1..=i64::from(pki::MAX_CERT_DAYS)))]
+        cert_days: u32,
     },
     /// Serve the HTTPS API.
     Serve {
@@ -81,6 +86,16 @@ enum Cmd {
     Host {
         #[command(subcommand)]
         cmd: HostCmd,
+    },
+    /// The server's TLS certificate.
+    ServerCert {
+        #[command(subcommand)]
+        cmd: ServerCertCmd,
+    },
+    /// Volume ownership: which host may wrap, unwrap and escrow each volume.
+    Volume {
+        #[command(subcommand)]
+        cmd: VolumeCmd,
     },
     /// Bearer tokens of people.
     Token {
@@ -140,6 +155,24 @@ enum HostCmd {
         /// Directory for the certificate and key.
         #[arg(long, default_value = ".")]
         out_dir: PathBuf,
+        /// Days the certificate is valid for (1 to 3650).
+        #[arg(long, value_name = "DAYS", default_value_t = pki::DEFAULT_CERT_DAYS,
+              value_parser = clap::value_parser!(u32).range(1..=i64::from(pki::MAX_CERT_DAYS)))]
+        cert_days: u32,
+    },
+    /// Issue a new key and certificate for existing host NAME (same name: its volumes keep
+    /// working); writes NAME.pem and NAME.key (0600) into --out-dir (neither may exist); the
+    /// old certificate is refused from the next request on.
+    Renew {
+        /// Host name.
+        name: String,
+        /// Directory for the certificate and key.
+        #[arg(long, default_value = ".")]
+        out_dir: PathBuf,
+        /// Days the certificate is valid for (1 to 3650).
+        #[arg(long, value_name = "DAYS", default_value_t = pki::DEFAULT_CERT_DAYS,
+              value_parser = clap::value_parser!(u32).range(1..=i64::from(pki::MAX_CERT_DAYS)))]
+        cert_days: u32,
     },
     /// Refuse the host's certificate from the next request on.
     Revoke {
@@ -155,6 +188,37 @@ enum HostCmd {
         #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
         ttl: u64,
     },
+}
+
+#[derive(Subcommand)]
+enum ServerCertCmd {
+    /// Replace server.pem and server.key with a new key and certificate from the store's CA;
+    /// restart `serve` to use them (clients keep trusting ca.pem).
+    Renew {
+        /// DNS name or IP address clients use to reach the server (repeatable; default
+        /// localhost, 127.0.0.1 and ::1, as `init`).
+        #[arg(long = "server-name")]
+        server_names: Vec<String>,
+        /// Days the certificate is valid for (1 to 3650).
+        #[arg(long, value_name = "DAYS", default_value_t = pki::DEFAULT_CERT_DAYS,
+              value_parser = clap::value_parser!(u32).range(1..=i64::from(pki::MAX_CERT_DAYS)))]
+        cert_days: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum VolumeCmd {
+    /// Make HOST the owner of volume UUID (registering it if needed): for a host refused
+    /// with 409 not-owner because another host registered its volume first.
+    Assign {
+        /// The volume's LUKS2 UUID (`nbdcrypt dump IMAGE` or `cryptsetup luksUUID IMAGE`).
+        uuid: String,
+        /// The host that owns the volume from now on.
+        #[arg(long)]
+        host: String,
+    },
+    /// Every registered volume as JSON lines: uuid, owner, created_ms, escrow_stored_by.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -232,6 +296,34 @@ fn secs(s: &str) -> Result<u64, String> {
     }
 }
 
+/// `--server-name` values, or localhost, 127.0.0.1 and ::1 when none is given.
+fn default_names(names: &[String]) -> Vec<String> {
+    if names.is_empty() {
+        vec!["localhost".into(), "127.0.0.1".into(), "::1".into()]
+    } else {
+        names.to_vec()
+    }
+}
+
+/// Writes host `name`'s new key (0600) and certificate into `out_dir` and says where.
+fn write_host_files(
+    name: &str,
+    out_dir: &std::path::Path,
+    issued: &pki::Issued,
+    days: u32,
+) -> Result<(), KeydError> {
+    let cert = out_dir.join(format!("{name}.pem"));
+    let key = out_dir.join(format!("{name}.key"));
+    write_file(&key, issued.key_pem.as_bytes(), 0o600)?;
+    write_file(&cert, issued.cert_pem.as_bytes(), 0o644)?;
+    println!(
+        "host {name}: certificate {} key {} (valid {days} days)",
+        cert.display(),
+        key.display()
+    );
+    Ok(())
+}
+
 /// The store's root key: from `--root-passphrase-file` when given, else the root key file.
 fn unlock(cli: &Cli, store: &Store) -> Result<RootKey, KeydError> {
     let p = match &cli.root_passphrase_file {
@@ -244,17 +336,16 @@ fn unlock(cli: &Cli, store: &Store) -> Result<RootKey, KeydError> {
 fn run(cli: Cli) -> Result<(), KeydError> {
     let dir = &cli.data_dir;
     match &cli.cmd {
-        Cmd::Init { server_names } => {
-            let names = if server_names.is_empty() {
-                vec!["localhost".into(), "127.0.0.1".into(), "::1".into()]
-            } else {
-                server_names.clone()
-            };
+        Cmd::Init {
+            server_names,
+            cert_days,
+        } => {
+            let names = default_names(server_names);
             let root = match &cli.root_passphrase_file {
                 Some(f) => RootSource::Passphrase(read_passphrase(f)?),
                 None => RootSource::KeyFile,
             };
-            let out = Store::init(dir, &root, &names)?;
+            let out = Store::init_valid(dir, &root, &names, &Validity::days(*cert_days))?;
             println!("store created in {}", dir.display());
             println!(
                 "CA certificate: {}",
@@ -293,18 +384,33 @@ fn run(cli: Cli) -> Result<(), KeydError> {
         Cmd::Host { cmd } => {
             let mut store = Store::open(dir)?;
             match cmd {
-                HostCmd::Add { name, out_dir } => {
+                HostCmd::Add {
+                    name,
+                    out_dir,
+                    cert_days,
+                } => {
                     let root = unlock(&cli, &store)?;
-                    let issued = store.host_add(&root, name)?;
-                    let cert = out_dir.join(format!("{name}.pem"));
-                    let key = out_dir.join(format!("{name}.key"));
-                    write_file(&key, issued.key_pem.as_bytes(), 0o600)?;
-                    write_file(&cert, issued.cert_pem.as_bytes(), 0o644)?;
-                    println!(
-                        "host {name}: certificate {} key {}",
-                        cert.display(),
-                        key.display()
-                    );
+                    let issued = store.host_add_valid(&root, name, &Validity::days(*cert_days))?;
+                    write_host_files(name, out_dir, &issued, *cert_days)?;
+                }
+                HostCmd::Renew {
+                    name,
+                    out_dir,
+                    cert_days,
+                } => {
+                    let root = unlock(&cli, &store)?;
+                    for f in [format!("{name}.pem"), format!("{name}.key")] {
+                        let p = out_dir.join(f);
+                        if p.exists() {
+                            return Err(KeydError::Io {
+                                path: p,
+                                source: std::io::ErrorKind::AlreadyExists.into(),
+                            });
+                        }
+                    }
+                    let issued = store.host_renew(&root, name, &Validity::days(*cert_days))?;
+                    write_host_files(name, out_dir, &issued, *cert_days)?;
+                    println!("the previous certificate of host {name} is no longer accepted");
                 }
                 HostCmd::Revoke { name } => {
                     store.host_revoke(name)?;
@@ -314,6 +420,42 @@ fn run(cli: Cli) -> Result<(), KeydError> {
                     let t = store.join_token_add(name, *ttl)?;
                     eprintln!("join token for host {name}, valid {ttl} s (shown once):");
                     println!("{}", &*t);
+                }
+            }
+        }
+        Cmd::ServerCert { cmd } => {
+            let mut store = Store::open(dir)?;
+            match cmd {
+                ServerCertCmd::Renew {
+                    server_names,
+                    cert_days,
+                } => {
+                    let root = unlock(&cli, &store)?;
+                    let names = default_names(server_names);
+                    store.server_cert_renew(&root, &names, &Validity::days(*cert_days))?;
+                    println!(
+                        "server certificate for {} renewed, valid {cert_days} days; restart \
+                         `nbdcrypt-keyd serve` to use it",
+                        names.join(", ")
+                    );
+                }
+            }
+        }
+        Cmd::Volume { cmd } => {
+            let mut store = Store::open(dir)?;
+            match cmd {
+                VolumeCmd::Assign { uuid, host } => {
+                    let previous = store.volume_assign(uuid, host)?;
+                    let uuid = uuid.to_ascii_lowercase();
+                    match previous {
+                        Some(p) => println!("volume {uuid}: owner {host} (was {p})"),
+                        None => println!("volume {uuid}: owner {host} (newly registered)"),
+                    }
+                }
+                VolumeCmd::List => {
+                    for v in store.volume_list()? {
+                        println!("{}", serde_json::to_string(&v).unwrap_or_default());
+                    }
                 }
             }
         }
@@ -434,8 +576,9 @@ pub fn main() -> i32 {
         Cmd::Init { .. }
             | Cmd::Serve { .. }
             | Cmd::Host {
-                cmd: HostCmd::Add { .. }
+                cmd: HostCmd::Add { .. } | HostCmd::Renew { .. }
             }
+            | Cmd::ServerCert { .. }
             | Cmd::Kek {
                 cmd: KekCmd::Create { .. } | KekCmd::Rotate { .. }
             }

@@ -30,7 +30,10 @@ mod volumes;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tls_tests;
 
+pub(crate) use app::is_volume_uuid;
 pub use app::App;
 pub use limits::ServeLimits;
 pub use listen::{serve, tls_config, ServeError};

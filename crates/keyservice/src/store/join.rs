@@ -156,7 +156,12 @@ impl Store {
             );
         }
         let ca_key = self.ca_key(root)?;
-        let (cert_pem, der) = match pki::host_cert_for_key(&ca_key, &host, point) {
+        let (cert_pem, der) = match pki::host_cert_for_key(
+            &ca_key,
+            &host,
+            point,
+            &pki::Validity::days(pki::DEFAULT_CERT_DAYS),
+        ) {
             Ok(c) => c,
             Err(e) => return refused(actor, Refusal::BadRequest, e.to_string()),
         };

@@ -17,7 +17,8 @@
 //! Files, one concern each: `conn` (the open store, its files, shared helpers), `error`,
 //! `init` (schema, creating and opening), `root` (root key and CA key), `audit` (the chain),
 //! `tokens` (people's bearer tokens and [`Role`]), `identities` (hosts and officers), `keks`
-//! (KEK versions and usage), `volumes` (owners and escrow), `join` (one-time join tokens).
+//! (KEK versions and usage), `volumes` (owners, assignment and escrow), `join` (one-time join
+//! tokens), `server_cert` (renewing the server certificate).
 //! None imports this file; it only re-exports.
 
 mod audit;
@@ -28,9 +29,12 @@ mod init;
 mod join;
 mod keks;
 mod root;
+mod server_cert;
 mod tokens;
 mod volumes;
 
+#[cfg(test)]
+mod ownership_tests;
 #[cfg(test)]
 mod tests;
 
@@ -43,4 +47,4 @@ pub use join::{JoinOutcome, JOIN_PREFIX};
 pub use keks::record_usage;
 pub use root::{RootKey, RootSource};
 pub use tokens::{Role, TOKEN_PREFIX};
-pub use volumes::{register_volume, store_escrow};
+pub use volumes::{register_volume, store_escrow, VolumeInfo};
