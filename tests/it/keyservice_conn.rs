@@ -52,8 +52,19 @@ fn five_hundred_stalled_connections_leave_room_for_a_host() {
     let mut k = Keyd::init(dir.path());
     k.admin(&["kek", "create", "k1"]);
     k.host("hostA");
-    // 256 descriptors: without a cap fitted under them, 500 connections exhaust them.
-    k.serve_args(keyd_with_fd_limit(256), &[]);
+    // 256 descriptors: without a cap fitted under them, 500 connections exhaust them. The
+    // timeouts are an hour, so only the cap and eviction can make room.
+    k.serve_args(
+        keyd_with_fd_limit(256),
+        &[
+            "--tls-handshake-timeout",
+            "3600",
+            "--header-read-timeout",
+            "3600",
+            "--idle-timeout",
+            "3600",
+        ],
+    );
     let r = k.as_host("hostA", "POST", "/v1/volumes", &json!({ "uuid": VOL }));
     assert_eq!(r.status, 200, "{r:?}");
     let secret = "c2VjcmV0LXNlY3JldC1zZWNyZXQ=";
