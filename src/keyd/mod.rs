@@ -187,6 +187,10 @@ enum HostCmd {
         /// Seconds the token stays valid (1 to 2592000).
         #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
         ttl: u64,
+        /// Days the certificate issued for the token is valid (1 to 3650).
+        #[arg(long, value_name = "DAYS", default_value_t = pki::DEFAULT_CERT_DAYS,
+              value_parser = clap::value_parser!(u32).range(1..=i64::from(pki::MAX_CERT_DAYS)))]
+        cert_days: u32,
     },
 }
 
@@ -416,8 +420,12 @@ fn run(cli: Cli) -> Result<(), KeydError> {
                     store.host_revoke(name)?;
                     println!("host {name} revoked");
                 }
-                HostCmd::JoinToken { name, ttl } => {
-                    let t = store.join_token_add(name, *ttl)?;
+                HostCmd::JoinToken {
+                    name,
+                    ttl,
+                    cert_days,
+                } => {
+                    let t = store.join_token_add_days(name, *ttl, *cert_days)?;
                     eprintln!("join token for host {name}, valid {ttl} s (shown once):");
                     println!("{}", &*t);
                 }

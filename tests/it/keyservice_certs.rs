@@ -132,3 +132,32 @@ fn server_cert_renew_replaces_the_server_certificate() {
         .iter()
         .any(|r| r["action"] == "server-cert-renew"));
 }
+
+#[test]
+fn a_joined_host_gets_the_join_tokens_certificate_lifetime() {
+    let dir = tempdir();
+    let mut k = Keyd::init(dir.path());
+    let short = k
+        .admin(&["host", "join-token", "hostJ", "--cert-days", "20"])
+        .trim()
+        .to_string();
+    let default = k.admin(&["host", "join-token", "hostD"]).trim().to_string();
+    k.serve();
+    for (host, token, days) in [("hostJ", &short, 20), ("hostD", &default, 365)] {
+        let out_dir = dir.path().join(host);
+        let file = dir.path().join(format!("{host}.token"));
+        std::fs::write(&file, format!("{token}\n")).unwrap();
+        let out = crate::common::run(
+            crate::common::keyd::keyd()
+                .args(["join", &k.url, "--ca"])
+                .arg(k.data.join("ca.pem"))
+                .arg("--out")
+                .arg(&out_dir)
+                .arg("--token-file")
+                .arg(&file),
+        );
+        assert!(out.status.success(), "{out:?}");
+        let d = days_left(&out_dir.join("host.pem"));
+        assert!((days - 1..=days).contains(&d), "{host}: {d} days");
+    }
+}

@@ -112,3 +112,31 @@ fn renewing_a_host_replaces_its_certificate_and_keeps_its_name() {
         .unwrap();
     assert_eq!(renews, 1);
 }
+
+#[test]
+fn a_join_token_table_without_cert_days_gets_the_column() {
+    let (mut store, _root, _dir) = new_store();
+    store.join_token_add_days("hostJ", 60, 20).unwrap();
+    let path = store.dir().to_path_buf();
+    drop(store);
+    // A store made before join tokens carried a certificate lifetime.
+    let db = rusqlite::Connection::open(path.join(DB_FILE)).unwrap();
+    db.execute_batch("ALTER TABLE join_tokens DROP COLUMN cert_days;")
+        .unwrap();
+    drop(db);
+    let mut store = Store::open(&path).unwrap();
+    store.join_token_add("hostK", 60).unwrap();
+    let days: Vec<Option<i64>> = rusqlite::Connection::open(path.join(DB_FILE))
+        .unwrap()
+        .prepare("SELECT cert_days FROM join_tokens ORDER BY host")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(days, vec![None, Some(365)]);
+    assert!(matches!(
+        store.join_token_add_days("hostL", 60, 0),
+        Err(StoreError::Invalid(_))
+    ));
+}
