@@ -1,20 +1,24 @@
 //! The `nbdcrypt-keyd` command line (`docs/keyservice-api.md` "Administration"): creates the
-//! store, serves the API, and administers hosts, tokens, KEKs, officers and the audit log by
+//! store, serves the API, and administers hosts, the server certificate, volume ownership,
+//! tokens, KEKs, officers and the audit log by
 //! writing the store directly (SQLite allows this while `serve` runs; changes apply to the
 //! server's next request).
 //!
 //! The parser and the dispatch are here; `join` (run on a host, not on the service) is in
-//! `join.rs`, the files this command line reads and writes in `files.rs`, its errors in
-//! `error.rs`.
+//! `join.rs`, `serve`'s flags in `serve.rs`, certificate lifetimes and `server-cert` in
+//! `certs.rs`, `volume` in `volumes.rs`, the files this command line reads and writes in
+//! `files.rs`, its errors in `error.rs`.
 //!
 //! Exit status: 0 success, 1 failure (including `audit verify` finding a bad row), 2 usage.
 
+mod certs;
 mod error;
 mod files;
 mod join;
+mod serve;
+mod volumes;
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -22,9 +26,12 @@ use crate::keyservice::pki::{self, Validity};
 use crate::keyservice::store::{RootKey, RootSource, Store};
 use crate::keyservice::{server, Role};
 
+use certs::{cert_days, check_host_files_free, default_names, write_host_files, ServerCertCmd};
 use error::KeydError;
-use files::{read_passphrase, write_file};
+use files::read_passphrase;
 use join::join;
+use serve::ServeArgs;
+use volumes::VolumeCmd;
 
 /// `join`'s examples (the token from a file or stdin, never on the command line).
 const EX_JOIN: &str = "Examples:
@@ -55,33 +62,13 @@ enum Cmd {
         /// localhost, 127.0.0.1 and ::1).
         #[arg(long = "server-name")]
         server_names: Vec<String>,
-        /// Days the server certificate (the CA: 3650) is valid for (1 to 3650).
+        /// Days the server certificate is valid for (1 to 3650; the CA is valid for 3650).
         #[arg(long, value_name = "DAYS", default_value_t = pki::DEFAULT_CERT_DAYS,
-              value_parser = clap::value_parser!(u32).range(1..=i64::from(pki::MAX_CERT_DAYS)))]
+              value_parser = cert_days)]
         cert_days: u32,
     },
     /// Serve the HTTPS API.
-    Serve {
-        /// Address to listen on (port 0: any free port, printed).
-        #[arg(long, default_value = "127.0.0.1:8443")]
-        listen: String,
-        /// Open connections at most (lowered, with a warning, to the open-file limit minus
-        /// 64; at the cap a newcomer evicts the connection stalled longest in its TLS
-        /// handshake or first request header, if any for 1 s, else it is refused).
-        #[arg(long, value_name = "N", default_value_t = server::limits::DEFAULT_MAX_CONNECTIONS,
-              value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
-        max_connections: usize,
-        /// Seconds a client may take to complete the TLS handshake.
-        #[arg(long, value_name = "SECONDS", default_value_t = 5, value_parser = secs)]
-        tls_handshake_timeout: u64,
-        /// Seconds a client may take to send a complete request header, from when the server
-        /// starts waiting for it (after the handshake or the previous reply).
-        #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = secs)]
-        header_read_timeout: u64,
-        /// Seconds a connection may stay silent between requests before it is closed.
-        #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = secs)]
-        idle_timeout: u64,
-    },
+    Serve(ServeArgs),
     /// Host identities (client certificates).
     Host {
         #[command(subcommand)]
@@ -157,7 +144,7 @@ enum HostCmd {
         out_dir: PathBuf,
         /// Days the certificate is valid for (1 to 3650).
         #[arg(long, value_name = "DAYS", default_value_t = pki::DEFAULT_CERT_DAYS,
-              value_parser = clap::value_parser!(u32).range(1..=i64::from(pki::MAX_CERT_DAYS)))]
+              value_parser = cert_days)]
         cert_days: u32,
     },
     /// Issue a new key and certificate for existing host NAME (same name: its volumes keep
@@ -171,7 +158,7 @@ enum HostCmd {
         out_dir: PathBuf,
         /// Days the certificate is valid for (1 to 3650).
         #[arg(long, value_name = "DAYS", default_value_t = pki::DEFAULT_CERT_DAYS,
-              value_parser = clap::value_parser!(u32).range(1..=i64::from(pki::MAX_CERT_DAYS)))]
+              value_parser = cert_days)]
         cert_days: u32,
     },
     /// Refuse the host's certificate from the next request on.
@@ -189,40 +176,9 @@ enum HostCmd {
         ttl: u64,
         /// Days the certificate issued for the token is valid (1 to 3650).
         #[arg(long, value_name = "DAYS", default_value_t = pki::DEFAULT_CERT_DAYS,
-              value_parser = clap::value_parser!(u32).range(1..=i64::from(pki::MAX_CERT_DAYS)))]
+              value_parser = cert_days)]
         cert_days: u32,
     },
-}
-
-#[derive(Subcommand)]
-enum ServerCertCmd {
-    /// Replace server.pem and server.key with a new key and certificate from the store's CA;
-    /// restart `serve` to use them (clients keep trusting ca.pem).
-    Renew {
-        /// DNS name or IP address clients use to reach the server (repeatable; default
-        /// localhost, 127.0.0.1 and ::1, as `init`).
-        #[arg(long = "server-name")]
-        server_names: Vec<String>,
-        /// Days the certificate is valid for (1 to 3650).
-        #[arg(long, value_name = "DAYS", default_value_t = pki::DEFAULT_CERT_DAYS,
-              value_parser = clap::value_parser!(u32).range(1..=i64::from(pki::MAX_CERT_DAYS)))]
-        cert_days: u32,
-    },
-}
-
-#[derive(Subcommand)]
-enum VolumeCmd {
-    /// Make HOST the owner of volume UUID (registering it if needed): for a host refused
-    /// with 409 not-owner because another host registered its volume first.
-    Assign {
-        /// The volume's LUKS2 UUID (`nbdcrypt dump IMAGE` or `cryptsetup luksUUID IMAGE`).
-        uuid: String,
-        /// The host that owns the volume from now on.
-        #[arg(long)]
-        host: String,
-    },
-    /// Every registered volume as JSON lines: uuid, owner, created_ms, escrow_stored_by.
-    List,
 }
 
 #[derive(Subcommand)]
@@ -292,42 +248,6 @@ enum AuditCmd {
     Verify,
 }
 
-/// A timeout flag: 1 to 3600 seconds.
-fn secs(s: &str) -> Result<u64, String> {
-    match s.parse::<u64>() {
-        Ok(v) if (1..=3600).contains(&v) => Ok(v),
-        _ => Err(format!("{s:?} is not a number of seconds from 1 to 3600")),
-    }
-}
-
-/// `--server-name` values, or localhost, 127.0.0.1 and ::1 when none is given.
-fn default_names(names: &[String]) -> Vec<String> {
-    if names.is_empty() {
-        vec!["localhost".into(), "127.0.0.1".into(), "::1".into()]
-    } else {
-        names.to_vec()
-    }
-}
-
-/// Writes host `name`'s new key (0600) and certificate into `out_dir` and says where.
-fn write_host_files(
-    name: &str,
-    out_dir: &std::path::Path,
-    issued: &pki::Issued,
-    days: u32,
-) -> Result<(), KeydError> {
-    let cert = out_dir.join(format!("{name}.pem"));
-    let key = out_dir.join(format!("{name}.key"));
-    write_file(&key, issued.key_pem.as_bytes(), 0o600)?;
-    write_file(&cert, issued.cert_pem.as_bytes(), 0o644)?;
-    println!(
-        "host {name}: certificate {} key {} (valid {days} days)",
-        cert.display(),
-        key.display()
-    );
-    Ok(())
-}
-
 /// The store's root key: from `--root-passphrase-file` when given, else the root key file.
 fn unlock(cli: &Cli, store: &Store) -> Result<RootKey, KeydError> {
     let p = match &cli.root_passphrase_file {
@@ -360,19 +280,8 @@ fn run(cli: Cli) -> Result<(), KeydError> {
                 &*out.admin_token
             );
         }
-        Cmd::Serve {
-            listen,
-            max_connections,
-            tls_handshake_timeout,
-            header_read_timeout,
-            idle_timeout,
-        } => {
-            let limits = server::ServeLimits {
-                max_connections: *max_connections,
-                handshake_timeout: Duration::from_secs(*tls_handshake_timeout),
-                header_read_timeout: Duration::from_secs(*header_read_timeout),
-                idle_timeout: Duration::from_secs(*idle_timeout),
-            };
+        Cmd::Serve(args) => {
+            let limits = args.limits();
             let store = Store::open(dir)?;
             let root = unlock(&cli, &store)?;
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -383,7 +292,7 @@ fn run(cli: Cli) -> Result<(), KeydError> {
                     path: "tokio runtime".into(),
                     source,
                 })?;
-            rt.block_on(server::serve(store, root, listen, limits))?;
+            rt.block_on(server::serve(store, root, &args.listen, limits))?;
         }
         Cmd::Host { cmd } => {
             let mut store = Store::open(dir)?;
@@ -403,15 +312,7 @@ fn run(cli: Cli) -> Result<(), KeydError> {
                     cert_days,
                 } => {
                     let root = unlock(&cli, &store)?;
-                    for f in [format!("{name}.pem"), format!("{name}.key")] {
-                        let p = out_dir.join(f);
-                        if p.exists() {
-                            return Err(KeydError::Io {
-                                path: p,
-                                source: std::io::ErrorKind::AlreadyExists.into(),
-                            });
-                        }
-                    }
+                    check_host_files_free(name, out_dir)?;
                     let issued = store.host_renew(&root, name, &Validity::days(*cert_days))?;
                     write_host_files(name, out_dir, &issued, *cert_days)?;
                     println!("the previous certificate of host {name} is no longer accepted");
@@ -433,40 +334,10 @@ fn run(cli: Cli) -> Result<(), KeydError> {
         }
         Cmd::ServerCert { cmd } => {
             let mut store = Store::open(dir)?;
-            match cmd {
-                ServerCertCmd::Renew {
-                    server_names,
-                    cert_days,
-                } => {
-                    let root = unlock(&cli, &store)?;
-                    let names = default_names(server_names);
-                    store.server_cert_renew(&root, &names, &Validity::days(*cert_days))?;
-                    println!(
-                        "server certificate for {} renewed, valid {cert_days} days; restart \
-                         `nbdcrypt-keyd serve` to use it",
-                        names.join(", ")
-                    );
-                }
-            }
+            let root = unlock(&cli, &store)?;
+            certs::server_cert(cmd, &mut store, &root)?;
         }
-        Cmd::Volume { cmd } => {
-            let mut store = Store::open(dir)?;
-            match cmd {
-                VolumeCmd::Assign { uuid, host } => {
-                    let previous = store.volume_assign(uuid, host)?;
-                    let uuid = uuid.to_ascii_lowercase();
-                    match previous {
-                        Some(p) => println!("volume {uuid}: owner {host} (was {p})"),
-                        None => println!("volume {uuid}: owner {host} (newly registered)"),
-                    }
-                }
-                VolumeCmd::List => {
-                    for v in store.volume_list()? {
-                        println!("{}", serde_json::to_string(&v).unwrap_or_default());
-                    }
-                }
-            }
-        }
+        Cmd::Volume { cmd } => volumes::run(cmd, &mut Store::open(dir)?)?,
         Cmd::Token { cmd } => {
             let mut store = Store::open(dir)?;
             match cmd {
@@ -582,7 +453,7 @@ pub fn main() -> i32 {
     if matches!(
         cli.cmd,
         Cmd::Init { .. }
-            | Cmd::Serve { .. }
+            | Cmd::Serve(_)
             | Cmd::Host {
                 cmd: HostCmd::Add { .. } | HostCmd::Renew { .. }
             }
