@@ -1,30 +1,39 @@
 //! The `nbdcrypt-keyd` command line (`docs/keyservice-api.md` "Administration"): creates the
-//! store, serves the API, and administers hosts, tokens, KEKs, officers and the audit log by
+//! store, serves the API, and administers hosts, the server certificate, volume ownership,
+//! tokens, KEKs, officers and the audit log by
 //! writing the store directly (SQLite allows this while `serve` runs; changes apply to the
 //! server's next request).
 //!
 //! The parser and the dispatch are here; `audit ...` is in `audit.rs`, `join` (run on a host,
-//! not on the service) in `join.rs`, the files this command line reads and writes in `files.rs`, its errors in
-//! `error.rs`.
+//! not on the service) in `join.rs`, `serve`'s flags in `serve.rs`, certificate lifetimes and
+//! `server-cert` in `certs.rs`, `volume` in `volumes.rs`, the files this command line reads and
+//! writes in `files.rs`, its errors in `error.rs`.
 //!
 //! Exit status: 0 success, 1 failure (including `audit verify` finding a bad row), 2 usage.
 
 mod audit;
+mod certs;
 mod error;
 mod files;
 mod join;
+mod serve;
+mod volumes;
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::keyservice::store::{AuditPolicy, RootKey, RootSource, Store};
+use crate::keyservice::pki::{self, Validity};
+use crate::keyservice::store::{RootKey, RootSource, Store};
 use crate::keyservice::{server, Role};
 
 use audit::AuditCmd;
+use certs::{cert_days, check_host_files_free, default_names, write_host_files, ServerCertCmd};
 use error::KeydError;
-use files::{read_passphrase, write_file};
+use files::read_passphrase;
 use join::join;
+use serve::ServeArgs;
+use volumes::VolumeCmd;
 
 /// `join`'s examples (the token from a file or stdin, never on the command line).
 const EX_JOIN: &str = "Examples:
@@ -55,31 +64,27 @@ enum Cmd {
         /// localhost, 127.0.0.1 and ::1).
         #[arg(long = "server-name")]
         server_names: Vec<String>,
+        /// Days the server certificate is valid for (1 to 3650; the CA is valid for 3650).
+        #[arg(long, value_name = "DAYS", default_value_t = pki::DEFAULT_CERT_DAYS,
+              value_parser = cert_days)]
+        cert_days: u32,
     },
     /// Serve the HTTPS API.
-    Serve {
-        /// Address to listen on (port 0: any free port, printed).
-        #[arg(long, default_value = "127.0.0.1:8443")]
-        listen: String,
-        /// Sign an audit checkpoint once this many rows follow the last one.
-        #[arg(long, value_name = "ROWS", default_value_t = 1000)]
-        audit_checkpoint_rows: i64,
-        /// Sign an audit checkpoint once this many seconds passed since the last one, if rows
-        /// followed it.
-        #[arg(long, value_name = "SECONDS", default_value_t = 300)]
-        audit_checkpoint_secs: u64,
-        /// Unauthenticated refusals of one source, action and kind within this many seconds
-        /// after the first (written at once) are counted and written as one row.
-        #[arg(long, value_name = "SECONDS", default_value_t = 60)]
-        audit_refusal_window: u64,
-        /// At most this many sources aggregated at once (the oldest is written out first).
-        #[arg(long, value_name = "N", default_value_t = 1024)]
-        audit_refusal_sources: usize,
-    },
+    Serve(ServeArgs),
     /// Host identities (client certificates).
     Host {
         #[command(subcommand)]
         cmd: HostCmd,
+    },
+    /// The server's TLS certificate.
+    ServerCert {
+        #[command(subcommand)]
+        cmd: ServerCertCmd,
+    },
+    /// Volume ownership: which host may wrap, unwrap and escrow each volume.
+    Volume {
+        #[command(subcommand)]
+        cmd: VolumeCmd,
     },
     /// Bearer tokens of people.
     Token {
@@ -139,6 +144,24 @@ enum HostCmd {
         /// Directory for the certificate and key.
         #[arg(long, default_value = ".")]
         out_dir: PathBuf,
+        /// Days the certificate is valid for (1 to 3650).
+        #[arg(long, value_name = "DAYS", default_value_t = pki::DEFAULT_CERT_DAYS,
+              value_parser = cert_days)]
+        cert_days: u32,
+    },
+    /// Issue a new key and certificate for existing host NAME (same name: its volumes keep
+    /// working); writes NAME.pem and NAME.key (0600) into --out-dir (neither may exist); the
+    /// old certificate is refused from the next request on.
+    Renew {
+        /// Host name.
+        name: String,
+        /// Directory for the certificate and key.
+        #[arg(long, default_value = ".")]
+        out_dir: PathBuf,
+        /// Days the certificate is valid for (1 to 3650).
+        #[arg(long, value_name = "DAYS", default_value_t = pki::DEFAULT_CERT_DAYS,
+              value_parser = cert_days)]
+        cert_days: u32,
     },
     /// Refuse the host's certificate from the next request on.
     Revoke {
@@ -153,6 +176,10 @@ enum HostCmd {
         /// Seconds the token stays valid (1 to 2592000).
         #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
         ttl: u64,
+        /// Days the certificate issued for the token is valid (1 to 3650).
+        #[arg(long, value_name = "DAYS", default_value_t = pki::DEFAULT_CERT_DAYS,
+              value_parser = cert_days)]
+        cert_days: u32,
     },
 }
 
@@ -231,17 +258,16 @@ fn seal(store: &mut Store, root: &RootKey) {
 fn run(cli: Cli) -> Result<(), KeydError> {
     let dir = &cli.data_dir;
     match &cli.cmd {
-        Cmd::Init { server_names } => {
-            let names = if server_names.is_empty() {
-                vec!["localhost".into(), "127.0.0.1".into(), "::1".into()]
-            } else {
-                server_names.clone()
-            };
+        Cmd::Init {
+            server_names,
+            cert_days,
+        } => {
+            let names = default_names(server_names);
             let root = match &cli.root_passphrase_file {
                 Some(f) => RootSource::Passphrase(read_passphrase(f)?),
                 None => RootSource::KeyFile,
             };
-            let out = Store::init(dir, &root, &names)?;
+            let out = Store::init_valid(dir, &root, &names, &Validity::days(*cert_days))?;
             let mut store = Store::open(dir)?;
             let key = unlock(&cli, &store)?;
             seal(&mut store, &key);
@@ -255,20 +281,10 @@ fn run(cli: Cli) -> Result<(), KeydError> {
                 &*out.admin_token
             );
         }
-        Cmd::Serve {
-            listen,
-            audit_checkpoint_rows,
-            audit_checkpoint_secs,
-            audit_refusal_window,
-            audit_refusal_sources,
-        } => {
+        Cmd::Serve(args) => {
+            let limits = args.limits();
             let mut store = Store::open(dir)?;
-            store.set_audit_policy(AuditPolicy {
-                checkpoint_rows: *audit_checkpoint_rows,
-                checkpoint_secs: *audit_checkpoint_secs,
-                refusal_window_secs: *audit_refusal_window,
-                refusal_sources: *audit_refusal_sources,
-            });
+            store.set_audit_policy(args.audit_policy());
             let root = unlock(&cli, &store)?;
             // The start checkpoint seals the log as the server finds it (and the rows of a
             // store made before checkpoints); failing it fails the start.
@@ -281,36 +297,55 @@ fn run(cli: Cli) -> Result<(), KeydError> {
                     path: "tokio runtime".into(),
                     source,
                 })?;
-            rt.block_on(server::serve(store, root, listen))?;
+            rt.block_on(server::serve(store, root, &args.listen, limits))?;
         }
         Cmd::Host { cmd } => {
             let mut store = Store::open(dir)?;
             match cmd {
-                HostCmd::Add { name, out_dir } => {
+                HostCmd::Add {
+                    name,
+                    out_dir,
+                    cert_days,
+                } => {
                     let root = unlock(&cli, &store)?;
-                    let issued = store.host_add(&root, name)?;
+                    let issued = store.host_add_valid(&root, name, &Validity::days(*cert_days))?;
                     seal(&mut store, &root);
-                    let cert = out_dir.join(format!("{name}.pem"));
-                    let key = out_dir.join(format!("{name}.key"));
-                    write_file(&key, issued.key_pem.as_bytes(), 0o600)?;
-                    write_file(&cert, issued.cert_pem.as_bytes(), 0o644)?;
-                    println!(
-                        "host {name}: certificate {} key {}",
-                        cert.display(),
-                        key.display()
-                    );
+                    write_host_files(name, out_dir, &issued, *cert_days)?;
+                }
+                HostCmd::Renew {
+                    name,
+                    out_dir,
+                    cert_days,
+                } => {
+                    let root = unlock(&cli, &store)?;
+                    check_host_files_free(name, out_dir)?;
+                    let issued = store.host_renew(&root, name, &Validity::days(*cert_days))?;
+                    seal(&mut store, &root);
+                    write_host_files(name, out_dir, &issued, *cert_days)?;
+                    println!("the previous certificate of host {name} is no longer accepted");
                 }
                 HostCmd::Revoke { name } => {
                     store.host_revoke(name)?;
                     println!("host {name} revoked");
                 }
-                HostCmd::JoinToken { name, ttl } => {
-                    let t = store.join_token_add(name, *ttl)?;
+                HostCmd::JoinToken {
+                    name,
+                    ttl,
+                    cert_days,
+                } => {
+                    let t = store.join_token_add_days(name, *ttl, *cert_days)?;
                     eprintln!("join token for host {name}, valid {ttl} s (shown once):");
                     println!("{}", &*t);
                 }
             }
         }
+        Cmd::ServerCert { cmd } => {
+            let mut store = Store::open(dir)?;
+            let root = unlock(&cli, &store)?;
+            certs::server_cert(cmd, &mut store, &root)?;
+            seal(&mut store, &root);
+        }
+        Cmd::Volume { cmd } => volumes::run(cmd, &mut Store::open(dir)?)?,
         Cmd::Token { cmd } => {
             let mut store = Store::open(dir)?;
             match cmd {
@@ -412,10 +447,11 @@ pub fn main() -> i32 {
     if matches!(
         cli.cmd,
         Cmd::Init { .. }
-            | Cmd::Serve { .. }
+            | Cmd::Serve(_)
             | Cmd::Host {
-                cmd: HostCmd::Add { .. }
+                cmd: HostCmd::Add { .. } | HostCmd::Renew { .. }
             }
+            | Cmd::ServerCert { .. }
             | Cmd::Kek {
                 cmd: KekCmd::Create { .. } | KekCmd::Rotate { .. }
             }

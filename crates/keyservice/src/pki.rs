@@ -3,13 +3,54 @@
 //!
 //! The CA's private key is kept sealed under the root key in the store; its certificate is
 //! `ca.pem` in the data directory, the trust anchor for clients and for host certificates.
+//!
+//! Lifetimes: the CA is valid for [`CA_DAYS`] (10 years), the server and host certificates for
+//! a [`Validity`] the administrator chooses (default [`DEFAULT_CERT_DAYS`], one year), each
+//! starting an hour in the past to absorb clock skew. A certificate near its end is renewed
+//! (`host renew`, `server-cert renew`) without re-enrolling volumes: a host is known by name.
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
 };
 use sha2::{Digest, Sha256};
+use time::{Duration, OffsetDateTime};
 use zeroize::Zeroizing;
+
+/// Days the CA certificate is valid for (10 years).
+pub const CA_DAYS: u32 = 3650;
+
+/// Default days a server or host certificate is valid for (`--cert-days`).
+pub const DEFAULT_CERT_DAYS: u32 = 365;
+
+/// Longest `--cert-days` accepted (the CA's own lifetime).
+pub const MAX_CERT_DAYS: u32 = CA_DAYS;
+
+/// The period a certificate is valid in (UTC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Validity {
+    /// First instant it is valid.
+    pub not_before: OffsetDateTime,
+    /// Last instant it is valid.
+    pub not_after: OffsetDateTime,
+}
+
+impl Validity {
+    /// From an hour ago (clock skew between the service and its clients) to `days` days from
+    /// now.
+    pub fn days(days: u32) -> Validity {
+        let now = OffsetDateTime::now_utc();
+        Validity {
+            not_before: now - Duration::hours(1),
+            not_after: now + Duration::days(i64::from(days)),
+        }
+    }
+
+    fn apply(&self, p: &mut CertificateParams) {
+        p.not_before = self.not_before;
+        p.not_after = self.not_after;
+    }
+}
 
 /// A certificate and its private key, both PEM.
 pub struct Issued {
@@ -53,13 +94,14 @@ fn serial() -> Result<SerialNumber, PkiError> {
     Ok(SerialNumber::from_slice(&s))
 }
 
-/// A new self-signed CA.
+/// A new self-signed CA, valid for [`CA_DAYS`].
 ///
 /// Errors: [`PkiError`].
 pub fn new_ca() -> Result<Issued, PkiError> {
     let key = KeyPair::generate().map_err(err)?;
     let mut p = ca_params();
     p.serial_number = Some(serial()?);
+    Validity::days(CA_DAYS).apply(&mut p);
     let cert = p.self_signed(&key).map_err(err)?;
     Ok(Issued {
         cert_pem: cert.pem(),
@@ -68,11 +110,12 @@ pub fn new_ca() -> Result<Issued, PkiError> {
     })
 }
 
-fn issue(ca_key_pem: &str, mut p: CertificateParams) -> Result<Issued, PkiError> {
+fn issue(ca_key_pem: &str, mut p: CertificateParams, v: &Validity) -> Result<Issued, PkiError> {
     let ca_key = KeyPair::from_pem(ca_key_pem).map_err(err)?;
     let issuer = Issuer::new(ca_params(), ca_key);
     let key = KeyPair::generate().map_err(err)?;
     p.serial_number = Some(serial()?);
+    v.apply(&mut p);
     let cert = p.signed_by(&key, &issuer).map_err(err)?;
     Ok(Issued {
         cert_pem: cert.pem(),
@@ -81,23 +124,24 @@ fn issue(ca_key_pem: &str, mut p: CertificateParams) -> Result<Issued, PkiError>
     })
 }
 
-/// The server certificate for `names` (DNS names or IP addresses, as clients will dial them).
+/// The server certificate for `names` (DNS names or IP addresses, as clients will dial them),
+/// valid in `v`.
 ///
 /// Errors: [`PkiError`] (a name that is neither a DNS name nor an IP address, ...).
-pub fn server_cert(ca_key_pem: &str, names: &[String]) -> Result<Issued, PkiError> {
+pub fn server_cert(ca_key_pem: &str, names: &[String], v: &Validity) -> Result<Issued, PkiError> {
     let mut p = CertificateParams::new(names.to_vec()).map_err(err)?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, "nbdcrypt-keyd");
     p.distinguished_name = dn;
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    issue(ca_key_pem, p)
+    issue(ca_key_pem, p, v)
 }
 
-/// A client certificate for host `name` (subject CN = `name`).
+/// A client certificate and a new key for host `name` (subject CN = `name`), valid in `v`.
 ///
 /// Errors: [`PkiError`].
-pub fn host_cert(ca_key_pem: &str, name: &str) -> Result<Issued, PkiError> {
-    issue(ca_key_pem, host_params(name))
+pub fn host_cert(ca_key_pem: &str, name: &str, v: &Validity) -> Result<Issued, PkiError> {
+    issue(ca_key_pem, host_params(name), v)
 }
 
 /// Certificate parameters of host `name`: subject CN = `name`, client authentication only.
@@ -151,7 +195,7 @@ pub fn check_p256_point(point: &[u8]) -> Result<(), PkiError> {
 }
 
 /// A client certificate for host `name` over the host's own P-256 public key `point`
-/// (uncompressed, 65 bytes): PEM and DER.
+/// (uncompressed, 65 bytes), valid in `v`: PEM and DER.
 ///
 /// Errors: [`PkiError`] for a key that is not an uncompressed P-256 point on the curve
 /// ([`check_p256_point`]).
@@ -159,12 +203,14 @@ pub fn host_cert_for_key(
     ca_key_pem: &str,
     name: &str,
     point: &[u8],
+    v: &Validity,
 ) -> Result<(String, Vec<u8>), PkiError> {
     check_p256_point(point)?;
     let ca_key = KeyPair::from_pem(ca_key_pem).map_err(err)?;
     let issuer = Issuer::new(ca_params(), ca_key);
     let mut p = host_params(name);
     p.serial_number = Some(serial()?);
+    v.apply(&mut p);
     let cert = p.signed_by(&P256Public(point), &issuer).map_err(err)?;
     Ok((cert.pem(), cert.der().to_vec()))
 }
@@ -205,7 +251,8 @@ pub(crate) mod tests {
         let ca = new_ca().unwrap();
         let mut zero = vec![0u8; 65];
         zero[0] = 4;
-        assert!(host_cert_for_key(&ca.key_pem, "h", &zero).is_err());
-        host_cert_for_key(&ca.key_pem, "h", valid.public_key_raw()).unwrap();
+        let v = Validity::days(1);
+        assert!(host_cert_for_key(&ca.key_pem, "h", &zero, &v).is_err());
+        host_cert_for_key(&ca.key_pem, "h", valid.public_key_raw(), &v).unwrap();
     }
 }

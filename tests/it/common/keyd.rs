@@ -113,12 +113,18 @@ impl Keyd {
 
     /// [`Keyd::serve`] with `cmd` (the key service binary, or a wrapper that executes it) in
     /// place of [`keyd`].
-    pub fn serve_with(&mut self, mut cmd: Command) {
+    pub fn serve_with(&mut self, cmd: Command) {
+        self.serve_args(cmd, &[])
+    }
+
+    /// [`Keyd::serve_with`] with `extra` flags of `serve` (bounds, timeouts).
+    pub fn serve_args(&mut self, mut cmd: Command, extra: &[&str]) {
         assert!(self.child.is_none(), "already serving");
         let mut child = cmd
             .arg("--data-dir")
             .arg(&self.data)
             .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -154,9 +160,14 @@ impl Keyd {
 
     /// `curl` to `PATH` of the server with `args` (method, data, identity) before the URL.
     pub fn curl(&self, path: &str, args: &[&str]) -> Reply {
+        self.curl_within(20, path, args)
+    }
+
+    /// [`Keyd::curl`] giving up after `max_secs` seconds (status 0 then).
+    pub fn curl_within(&self, max_secs: u32, path: &str, args: &[&str]) -> Reply {
         let curl = require("curl", "curl");
         let out = run(Command::new(curl)
-            .args(["-sS", "--max-time", "20", "--cacert"])
+            .args(["-sS", "--max-time", &max_secs.to_string(), "--cacert"])
             .arg(self.data.join("ca.pem"))
             .args(["-w", "\n%{http_code} %{content_type}"])
             .args(args)

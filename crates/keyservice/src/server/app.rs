@@ -66,7 +66,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 /// Whether `uuid` is a volume UUID as LUKS2 headers write it: 36 characters, hex digits with
 /// `-` at offsets 8, 13, 18 and 23.
-pub(super) fn is_volume_uuid(uuid: &str) -> bool {
+pub(crate) fn is_volume_uuid(uuid: &str) -> bool {
     uuid.len() == 36
         && uuid.bytes().enumerate().all(|(i, b)| {
             if [8, 13, 18, 23].contains(&i) {

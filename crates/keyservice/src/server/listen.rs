@@ -5,12 +5,9 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use axum::Extension;
-use hyper_util::rt::TokioIo;
-use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
@@ -18,9 +15,11 @@ use rustls::{RootCertStore, ServerConfig};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use super::app::{App, Peer};
+use super::app::App;
+use super::conn_table::Admission;
+use super::connection::{serve_connection, Conns};
+use super::limits::{fit_to_fd_limit, ServeLimits};
 use super::routes::router;
-use crate::pki;
 use crate::store::{self, RootKey, Store};
 
 /// Why the server could not start.
@@ -76,11 +75,18 @@ pub fn tls_config(dir: &Path) -> Result<Arc<ServerConfig>, ServeError> {
     Ok(Arc::new(config))
 }
 
-/// Serves the API on `listen` until SIGINT or SIGTERM. Prints `listening on https://ADDR`
-/// to stderr once the socket is bound (port 0 picks a free port, printed).
+/// Serves the API on `listen` until SIGINT or SIGTERM, within `limits` (the connection cap
+/// fitted under the descriptor limit first, [`fit_to_fd_limit`]). Prints `listening on
+/// https://ADDR` to stderr once the socket is bound (port 0 picks a free port, printed).
 ///
 /// Errors: [`ServeError`] before serving starts.
-pub async fn serve(store: Store, root: RootKey, listen: &str) -> Result<(), ServeError> {
+pub async fn serve(
+    store: Store,
+    root: RootKey,
+    listen: &str,
+    limits: ServeLimits,
+) -> Result<(), ServeError> {
+    let limits = fit_to_fd_limit(limits);
     let acceptor = TlsAcceptor::from(tls_config(store.dir())?);
     let listener = TcpListener::bind(listen)
         .await
@@ -95,6 +101,7 @@ pub async fn serve(store: Store, root: RootKey, listen: &str) -> Result<(), Serv
     eprintln!("nbdcrypt-keyd: listening on https://{local}");
     let app = App::start(store, root);
     let routes = router(app.clone());
+    let conns = Arc::new(Mutex::new(Conns::new(limits.max_connections)));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| ServeError::Tls(format!("signal handler: {e}")))?;
     loop {
@@ -110,36 +117,43 @@ pub async fn serve(store: Store, root: RootKey, listen: &str) -> Result<(), Serv
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
         };
-        let acceptor = acceptor.clone();
-        let routes = routes.clone();
-        tokio::spawn(async move {
-            let tls =
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(t)) => t,
-                    Ok(Err(e)) => {
-                        tracing::info!("{addr}: TLS handshake failed: {e}");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::info!("{addr}: TLS handshake timed out");
-                        return;
-                    }
-                };
-            let fpr = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .map(|c| pki::fingerprint(c));
-            let svc =
-                TowerToHyperService::new(routes.layer(Extension(Peer::new(fpr, Some(addr.ip())))));
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tls), svc)
-                .await
-            {
-                tracing::debug!("{addr}: {e}");
+        let now = Instant::now();
+        let mut c = conns.lock().unwrap_or_else(|e| e.into_inner());
+        let admission = c.table.admit(now);
+        if let Some(s) = c.log.note(admission, now) {
+            tracing::warn!(
+                "connection cap {} reached: {} stalled connections closed for newcomers, \
+                 {} newcomers refused",
+                limits.max_connections,
+                s.evicted,
+                s.refused
+            );
+        }
+        let id = match admission {
+            Admission::Admit(id) => id,
+            Admission::Evict { victim, new } => {
+                if let Some(h) = c.aborts.remove(&victim) {
+                    h.abort();
+                }
+                new
             }
-        });
+            Admission::Refuse => {
+                tracing::debug!("{addr}: refused, connection cap reached");
+                continue;
+            }
+        };
+        let task = tokio::spawn(serve_connection(
+            tcp,
+            addr,
+            acceptor.clone(),
+            routes.clone(),
+            limits,
+            conns.clone(),
+            id,
+        ));
+        if c.table.contains(id) {
+            c.aborts.insert(id, task.abort_handle());
+        }
     }
     app.shutdown();
     eprintln!("nbdcrypt-keyd: stopped");

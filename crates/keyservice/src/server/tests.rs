@@ -168,7 +168,11 @@ fn refusals_have_their_status_type_and_audit_row() {
             &register,
             Refusal::VolumeTaken,
             "host:hostB",
-            format!("volume {UUID} belongs to host hostA"),
+            format!(
+                "volume {UUID} is registered to host hostA; if it is this host's volume, ask \
+                 the key service's administrator to run `nbdcrypt-keyd volume assign {UUID} \
+                 --host hostB`"
+            ),
         ),
         (
             Who::Cert(&f.host_b),

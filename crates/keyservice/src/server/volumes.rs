@@ -52,7 +52,11 @@ pub(super) async fn register(
                 "register",
                 &uuid,
                 Refusal::VolumeTaken,
-                format!("volume {uuid} belongs to host {o}"),
+                format!(
+                    "volume {uuid} is registered to host {o}; if it is this host's volume, \
+                     ask the key service's administrator to run \
+                     `nbdcrypt-keyd volume assign {uuid} --host {host}`"
+                ),
             )),
             _ => {
                 let entry = ok_entry(actor, "register", &uuid, String::new());

@@ -8,16 +8,29 @@ use super::audit::cli_entry;
 use super::conn::{check_name, now_ms, Store};
 use super::error::{db, StoreError};
 use super::root::RootKey;
-use crate::pki::{self, Issued};
+use crate::pki::{self, Issued, Validity};
 
 impl Store {
-    /// Issues a client certificate for a new host `name` and records its fingerprint.
+    /// [`Store::host_add_valid`] for [`pki::DEFAULT_CERT_DAYS`].
+    ///
+    /// Errors: as [`Store::host_add_valid`].
+    pub fn host_add(&mut self, root: &RootKey, name: &str) -> Result<Issued, StoreError> {
+        self.host_add_valid(root, name, &Validity::days(pki::DEFAULT_CERT_DAYS))
+    }
+
+    /// Issues a client certificate (valid in `v`) and key for a new host `name` and records
+    /// its fingerprint.
     ///
     /// Errors: [`StoreError::Exists`], [`StoreError::Invalid`] name, database, certificate.
-    pub fn host_add(&mut self, root: &RootKey, name: &str) -> Result<Issued, StoreError> {
+    pub fn host_add_valid(
+        &mut self,
+        root: &RootKey,
+        name: &str,
+        v: &Validity,
+    ) -> Result<Issued, StoreError> {
         check_name("host", name)?;
         let ca_key = self.ca_key(root)?;
-        let issued = pki::host_cert(&ca_key, name)?;
+        let issued = pki::host_cert(&ca_key, name, v)?;
         let fpr = pki::fingerprint(&issued.cert_der);
         self.with_audit(cli_entry("host-add", name, &fpr), |tx, _| {
             let n = tx
@@ -32,6 +45,54 @@ impl Store {
                     name: name.into(),
                 });
             }
+            Ok(())
+        })?;
+        Ok(issued)
+    }
+
+    /// Renews host `name`'s certificate: a new key and certificate (valid in `v`) replace the
+    /// old ones, which are refused from the next request on. The host keeps its name, so the
+    /// volumes it owns and their wrapped secrets keep working with the new certificate.
+    /// Audited (`host-renew`, the new fingerprint).
+    ///
+    /// Errors: [`StoreError::NotFound`]; [`StoreError::Invalid`] for a revoked host (renewal
+    /// does not undo a revocation); database, certificate.
+    pub fn host_renew(
+        &mut self,
+        root: &RootKey,
+        name: &str,
+        v: &Validity,
+    ) -> Result<Issued, StoreError> {
+        let revoked: Option<bool> = self
+            .conn
+            .query_row("SELECT revoked FROM hosts WHERE name = ?1", [name], |r| {
+                Ok(r.get::<_, i64>(0)? != 0)
+            })
+            .optional()
+            .map_err(db("looking up the host"))?;
+        match revoked {
+            None => {
+                return Err(StoreError::NotFound {
+                    what: "host",
+                    name: name.into(),
+                })
+            }
+            Some(true) => {
+                return Err(StoreError::Invalid(format!(
+                    "host {name} is revoked; a revoked host is not renewed"
+                )))
+            }
+            Some(false) => {}
+        }
+        let ca_key = self.ca_key(root)?;
+        let issued = pki::host_cert(&ca_key, name, v)?;
+        let fpr = pki::fingerprint(&issued.cert_der);
+        self.with_audit(cli_entry("host-renew", name, &fpr), |tx, _| {
+            tx.execute(
+                "UPDATE hosts SET fingerprint = ?1 WHERE name = ?2 AND revoked = 0",
+                params![fpr, name],
+            )
+            .map_err(db("renewing the host"))?;
             Ok(())
         })?;
         Ok(issued)

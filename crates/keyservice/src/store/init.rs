@@ -60,6 +60,24 @@ impl Store {
         root: &RootSource,
         server_names: &[String],
     ) -> Result<InitOutput, StoreError> {
+        Store::init_valid(
+            dir,
+            root,
+            server_names,
+            &pki::Validity::days(pki::DEFAULT_CERT_DAYS),
+        )
+    }
+
+    /// [`Store::init`] with the server certificate valid in `server_validity` (the CA for
+    /// [`pki::CA_DAYS`]).
+    ///
+    /// Errors: as [`Store::init`].
+    pub fn init_valid(
+        dir: &Path,
+        root: &RootSource,
+        server_names: &[String],
+        server_validity: &pki::Validity,
+    ) -> Result<InitOutput, StoreError> {
         fs::create_dir_all(dir).map_err(io(dir))?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io(dir))?;
         if dir.join(DB_FILE).exists() {
@@ -109,7 +127,7 @@ impl Store {
         let sealed_ca = wrap::seal(&key.0, ca_key_aad(), ca.key_pem.as_bytes())?;
         tx.execute("INSERT INTO meta VALUES ('ca_key', ?1)", [&sealed_ca])
             .map_err(db("writing meta"))?;
-        let server = pki::server_cert(&ca.key_pem, server_names)?;
+        let server = pki::server_cert(&ca.key_pem, server_names, server_validity)?;
         write_new(&dir.join(CA_FILE), ca.cert_pem.as_bytes(), 0o644)?;
         write_new(
             &dir.join(SERVER_CERT_FILE),

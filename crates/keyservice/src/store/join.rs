@@ -17,13 +17,28 @@ use crate::refusal::Refusal;
 /// Prefix of join tokens as printed (`nbj_` + 43 base64url characters).
 pub const JOIN_PREFIX: &str = "nbj_";
 
-/// Creates the join token table in stores made before it existed.
+/// Creates the join token table in stores made before it existed, and its `cert_days` column
+/// (days the certificate issued for the token is valid; NULL: the default) in tables made
+/// before that.
 pub(super) fn ensure_schema(conn: &Connection) -> Result<(), StoreError> {
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS join_tokens (digest BLOB PRIMARY KEY, host TEXT NOT NULL,
-             expires_ms INTEGER NOT NULL, used_ms INTEGER, created_ms INTEGER NOT NULL);",
+             expires_ms INTEGER NOT NULL, used_ms INTEGER, created_ms INTEGER NOT NULL,
+             cert_days INTEGER);",
     )
-    .map_err(db("creating the join token table"))
+    .map_err(db("creating the join token table"))?;
+    let has_days: bool = conn
+        .query_row(
+            "SELECT count(*) FROM pragma_table_info('join_tokens') WHERE name = 'cert_days'",
+            [],
+            |r| Ok(r.get::<_, i64>(0)? > 0),
+        )
+        .map_err(db("reading the join token table"))?;
+    if !has_days {
+        conn.execute_batch("ALTER TABLE join_tokens ADD COLUMN cert_days INTEGER;")
+            .map_err(db("adding cert_days to the join token table"))?;
+    }
+    Ok(())
 }
 
 /// What redeeming a join token gave.
@@ -57,7 +72,26 @@ impl Store {
         name: &str,
         ttl_secs: u64,
     ) -> Result<Zeroizing<String>, StoreError> {
+        self.join_token_add_days(name, ttl_secs, pki::DEFAULT_CERT_DAYS)
+    }
+
+    /// [`Store::join_token_add`] whose certificate, once redeemed, is valid `cert_days` days
+    /// (1 to [`pki::MAX_CERT_DAYS`]).
+    ///
+    /// Errors: as [`Store::join_token_add`]; [`StoreError::Invalid`] days.
+    pub fn join_token_add_days(
+        &mut self,
+        name: &str,
+        ttl_secs: u64,
+        cert_days: u32,
+    ) -> Result<Zeroizing<String>, StoreError> {
         check_name("host", name)?;
+        if cert_days == 0 || cert_days > pki::MAX_CERT_DAYS {
+            return Err(StoreError::Invalid(format!(
+                "--cert-days takes 1 to {} days",
+                pki::MAX_CERT_DAYS
+            )));
+        }
         if ttl_secs == 0 || ttl_secs > 30 * 86400 {
             return Err(StoreError::Invalid(
                 "--ttl takes 1 to 2592000 seconds (30 days)".into(),
@@ -82,12 +116,13 @@ impl Store {
             action: "join-token-add".into(),
             target: name.into(),
             outcome: "ok".into(),
-            detail: format!("expires in {ttl_secs} s"),
+            detail: format!("expires in {ttl_secs} s; certificate {cert_days} days"),
         };
         self.with_audit(entry, |tx, _| {
             tx.execute(
-                "INSERT INTO join_tokens (digest, host, expires_ms, created_ms) VALUES (?1, ?2, ?3, ?4)",
-                params![digest, name, expires, now],
+                "INSERT INTO join_tokens (digest, host, expires_ms, created_ms, cert_days)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![digest, name, expires, now, cert_days],
             )
             .map_err(db("storing the join token"))?;
             Ok(())
@@ -110,12 +145,12 @@ impl Store {
         point: &[u8],
     ) -> Result<JoinOutcome, StoreError> {
         let digest = token_digest(token);
-        let row: Option<(String, i64, Option<i64>)> = self
+        let row: Option<(String, i64, Option<i64>, Option<u32>)> = self
             .conn
             .query_row(
-                "SELECT host, expires_ms, used_ms FROM join_tokens WHERE digest = ?1",
+                "SELECT host, expires_ms, used_ms, cert_days FROM join_tokens WHERE digest = ?1",
                 [&digest],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .optional()
             .map_err(db("looking up the join token"))?;
@@ -126,7 +161,7 @@ impl Store {
                 detail,
             })
         };
-        let Some((host, expires, used)) = row else {
+        let Some((host, expires, used, cert_days)) = row else {
             return refused(
                 "anonymous".into(),
                 Refusal::BadJoinToken,
@@ -156,7 +191,12 @@ impl Store {
             );
         }
         let ca_key = self.ca_key(root)?;
-        let (cert_pem, der) = match pki::host_cert_for_key(&ca_key, &host, point) {
+        let (cert_pem, der) = match pki::host_cert_for_key(
+            &ca_key,
+            &host,
+            point,
+            &pki::Validity::days(cert_days.unwrap_or(pki::DEFAULT_CERT_DAYS)),
+        ) {
             Ok(c) => c,
             Err(e) => return refused(actor, Refusal::BadRequest, e.to_string()),
         };

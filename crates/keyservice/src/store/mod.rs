@@ -22,7 +22,8 @@
 //! `audit_fields` (the field cap), `audit_schema` (the table's triggers), `checkpoint` (signed
 //! checkpoints), `audit_verify`, `audit_prune`, `audit_policy` (the server's audit bounds),
 //! `tokens` (people's bearer tokens and [`Role`]), `identities` (hosts and officers), `keks`
-//! (KEK versions and usage), `volumes` (owners and escrow), `join` (one-time join tokens).
+//! (KEK versions and usage), `volumes` (owners, assignment and escrow), `join` (one-time join
+//! tokens), `server_cert` (renewing the server certificate).
 //! None imports this file; it only re-exports.
 
 mod audit;
@@ -39,11 +40,14 @@ mod init;
 mod join;
 mod keks;
 mod root;
+mod server_cert;
 mod tokens;
 mod volumes;
 
 #[cfg(test)]
 mod audit_tests;
+#[cfg(test)]
+mod ownership_tests;
 #[cfg(test)]
 mod tests;
 
@@ -60,4 +64,4 @@ pub use join::{JoinOutcome, JOIN_PREFIX};
 pub use keks::record_usage;
 pub use root::{RootKey, RootSource};
 pub use tokens::{Role, TOKEN_PREFIX};
-pub use volumes::{register_volume, store_escrow};
+pub use volumes::{register_volume, store_escrow, VolumeInfo};
