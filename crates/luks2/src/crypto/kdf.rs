@@ -413,12 +413,18 @@ mod tests {
         let one = ms(&pbkdf2(10_000_000), 32);
         assert!(one > 0);
         assert!(ms(&pbkdf2(20_000_000), 32).abs_diff(2 * one) <= 1);
-        assert!(ms(&pbkdf2(10_000_000), 64).abs_diff(2 * one) <= 1, "two output blocks");
+        assert!(
+            ms(&pbkdf2(10_000_000), 64).abs_diff(2 * one) <= 1,
+            "two output blocks"
+        );
         let a = ms(&argon2(4, 1), 64);
         assert!(a > 0 && ms(&argon2(8, 1), 64).abs_diff(2 * a) <= 1);
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         if cpus >= 2 {
-            assert!(ms(&argon2(4, 2), 64).abs_diff(a / 2) <= 1, "two lanes at once");
+            assert!(
+                ms(&argon2(4, 2), 64).abs_diff(a / 2) <= 1,
+                "two lanes at once"
+            );
         }
     }
 
