@@ -183,15 +183,21 @@ fn keyslot_selection_and_priority() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let out = test_passphrase(&img, &key2, &["--key-slot", "1"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    for slot in ["5", "40"] {
-        let out = test_passphrase(&img, &key2, &["--key-slot", slot]);
-        assert_eq!(out.status.code(), Some(1), "slot {slot}: {}", stderr(&out));
-        assert!(
-            stderr(&out).contains("No usable keyslot"),
-            "{}",
-            stderr(&out)
-        );
-    }
+    let out = test_passphrase(&img, &key2, &["--key-slot", "5"]);
+    assert_eq!(out.status.code(), Some(1), "slot 5: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("No usable keyslot"),
+        "{}",
+        stderr(&out)
+    );
+    // Beyond LUKS2's 32 keyslots: a usage error, as cryptsetup's "Key slot 40 is invalid".
+    let out = test_passphrase(&img, &key2, &["--key-slot", "40"]);
+    assert_eq!(out.status.code(), Some(1), "slot 40: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("out of range 0-31"),
+        "{}",
+        stderr(&out)
+    );
     ok(cryptsetup()
         .args(["config", "--priority", "ignore", "--key-slot", "1"])
         .arg(&img));

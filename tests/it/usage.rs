@@ -201,11 +201,14 @@ fn a_long_kdf_after_a_prompt_says_so() {
     let dir = tempdir();
     let key = key_file(dir.path());
     let img = dir.path().join("slow.img");
-    // cryptsetup's PBKDF2 calibration for 1.5 s on this machine.
+    // Argon2id, 4 passes over 512 MiB on one lane: seconds on any machine, however loaded
+    // (the estimate comes from this machine's speed measured at the time of the unlock).
     let out = run(nbdcrypt()
         .arg("format")
         .arg(&img)
-        .args(["--size", "17M", "--pbkdf", "pbkdf2", "--iter-time", "1500"])
+        .args(["--size", "17M", "--pbkdf", "argon2id"])
+        .args(["--pbkdf-force-iterations", "4", "--pbkdf-memory", "524288"])
+        .args(["--pbkdf-parallel", "1"])
         .arg("--key-file")
         .arg(&key));
     assert!(out.status.success(), "{}", stderr(&out));
@@ -220,7 +223,7 @@ fn a_long_kdf_after_a_prompt_says_so() {
         .find_map(|l| l.trim().strip_prefix("deriving key, about "))
         .unwrap_or_else(|| panic!("no announcement: {screen}"));
     let secs: u64 = said.trim_end_matches(" s").parse().expect(said);
-    assert!((1..=10).contains(&secs), "{said}");
+    assert!((1..=60).contains(&secs), "{said}");
     // A key file is no prompt: nothing is announced.
     let out = run(nbdcrypt()
         .arg("test-passphrase")
