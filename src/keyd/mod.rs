@@ -285,6 +285,7 @@ fn run(cli: Cli) -> Result<(), KeydError> {
             let limits = args.limits();
             let mut store = Store::open(dir)?;
             store.set_audit_policy(args.audit_policy());
+            store.set_registration(args.registration);
             let root = unlock(&cli, &store)?;
             // The start checkpoint seals the log as the server finds it (and the rows of a
             // store made before checkpoints); failing it fails the start.

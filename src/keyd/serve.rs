@@ -8,7 +8,7 @@ use clap::Args;
 
 use crate::keyservice::server::limits::DEFAULT_MAX_CONNECTIONS;
 use crate::keyservice::server::ServeLimits;
-use crate::keyservice::store::AuditPolicy;
+use crate::keyservice::store::{AuditPolicy, Registration};
 
 /// A timeout flag: 1 to 3600 seconds.
 fn secs(s: &str) -> Result<u64, String> {
@@ -54,6 +54,20 @@ pub struct ServeArgs {
     /// At most this many sources aggregated at once (the oldest is written out first).
     #[arg(long, value_name = "N", default_value_t = 1024)]
     pub audit_refusal_sources: usize,
+    /// Who registers volumes to hosts: `open` (the first host that registers a UUID owns it;
+    /// `volume assign` gives a squatted one back) or `admin` (only `volume assign` does; a
+    /// host may register only a volume assigned to it, so none can take a UUID first).
+    #[arg(long, value_name = "WHO", default_value = "open", value_parser = registration)]
+    pub registration: Registration,
+}
+
+/// `--registration`: `open` or `admin`.
+fn registration(s: &str) -> Result<Registration, String> {
+    match s {
+        "open" => Ok(Registration::Open),
+        "admin" => Ok(Registration::Admin),
+        _ => Err(format!("{s:?} is neither open nor admin")),
+    }
 }
 
 impl ServeArgs {

@@ -81,3 +81,52 @@ fn a_squatted_uuid_is_assigned_back_by_the_admin_and_the_squatter_cannot_unwrap(
         .iter()
         .any(|r| r["action"] == "volume-assign" && r["target"] == uuid.as_str()));
 }
+
+/// `serve --registration admin`: no host can register a UUID by itself, so none can take
+/// another's first; the administrator's `volume assign` registers, and the owner then enrolls.
+#[test]
+fn under_admin_registration_no_host_takes_a_uuid_first() {
+    let dir = tempdir();
+    let mut k = Keyd::init(dir.path());
+    k.admin(&["kek", "create", "k1"]);
+    k.host("hostA");
+    k.host("hostB");
+    k.serve_args(crate::common::keyd::keyd(), &["--registration", "admin"]);
+    let image = dir.path().join("vol.img");
+    let key = key_file(dir.path());
+    format_cheap(&image, &key, "20M", 512, "pbkdf2");
+    let uuid = ok(cryptsetup().arg("luksUUID").arg(&image))
+        .trim()
+        .to_string();
+
+    // The squatter's registration is refused and registers nothing.
+    let r = k.as_host("hostB", "POST", "/v1/volumes", &json!({ "uuid": uuid }));
+    assert_eq!(r.status, 403, "{r:?}");
+    assert_eq!(r.body["type"], "urn:nbdcrypt:keyd:not-assigned");
+    assert_eq!(
+        k.admin(&["volume", "list"]).trim(),
+        "",
+        "nothing registered"
+    );
+    // So is the owner's, until the administrator assigns the volume; then it enrolls.
+    let add_key = || {
+        let mut c = nbdcrypt();
+        c.arg("add-key").arg(&image).arg("--key-file").arg(&key);
+        c.args(["--key-service", &k.url, "--kek", "k1"]);
+        k.host_flags(&mut c, "hostA");
+        run(&mut c)
+    };
+    let out = add_key();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("volume assign {uuid} --host hostA")),
+        "{err}"
+    );
+    k.admin(&["volume", "assign", &uuid, "--host", "hostA"]);
+    let out = add_key();
+    assert!(out.status.success(), "{out:?}");
+    // The squatter still cannot register it.
+    let r = k.as_host("hostB", "POST", "/v1/volumes", &json!({ "uuid": uuid }));
+    assert_eq!(r.status, 409, "{r:?}");
+}

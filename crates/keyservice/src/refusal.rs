@@ -32,6 +32,9 @@ pub enum Refusal {
     NotOwner,
     /// 409 `not-owner`: `POST /v1/volumes` for a volume another host registered.
     VolumeTaken,
+    /// 403 `not-assigned`: `POST /v1/volumes` for a volume the administrator has not assigned
+    /// to this host, under `serve --registration admin`.
+    NotAssigned,
     /// 404 `unknown-volume`: the volume is not registered.
     UnknownVolume,
     /// 404 `unknown-kek`: no KEK of that name.
@@ -72,7 +75,7 @@ pub struct RefusalSpec {
 
 impl Refusal {
     /// Every refusal, for tests and documentation checks.
-    pub const ALL: [Refusal; 21] = [
+    pub const ALL: [Refusal; 22] = [
         Refusal::BadRequest,
         Refusal::NoCredentials,
         Refusal::BadToken,
@@ -82,6 +85,7 @@ impl Refusal {
         Refusal::Role,
         Refusal::NotOwner,
         Refusal::VolumeTaken,
+        Refusal::NotAssigned,
         Refusal::UnknownVolume,
         Refusal::UnknownKek,
         Refusal::UnknownKekVersion,
@@ -109,6 +113,7 @@ impl Refusal {
             Role => (403, "role", true),
             NotOwner => (403, "not-owner", true),
             VolumeTaken => (409, "not-owner", true),
+            NotAssigned => (403, "not-assigned", true),
             UnknownVolume => (404, "unknown-volume", true),
             UnknownKek => (404, "unknown-kek", true),
             UnknownKekVersion => (404, "unknown-kek-version", true),
@@ -272,6 +277,7 @@ mod tests {
                 | Refusal::Role
                 | Refusal::NotOwner
                 | Refusal::VolumeTaken
+                | Refusal::NotAssigned
                 | Refusal::UnknownVolume
                 | Refusal::UnknownKek
                 | Refusal::UnknownKekVersion

@@ -45,8 +45,21 @@ pub(super) async fn register(
         let actor = format!("host:{host}");
         let req: RegisterRequest = app.parse(&actor, "register", "", &body)?;
         let uuid = app.check_uuid(&peer, &req.uuid, "register")?;
-        let owner = app.store.lock().unwrap().volume_owner(&uuid)?;
+        let (owner, registration) = {
+            let s = app.store.lock().unwrap();
+            (s.volume_owner(&uuid)?, s.registration())
+        };
         match owner {
+            None if registration == store::Registration::Admin => Err(app.refuse(
+                &actor,
+                "register",
+                &uuid,
+                Refusal::NotAssigned,
+                format!(
+                    "volumes are registered by the key service's administrator here; ask for \
+                     `nbdcrypt-keyd volume assign {uuid} --host {host}`"
+                ),
+            )),
             Some(o) if o != host => Err(app.refuse(
                 &actor,
                 "register",

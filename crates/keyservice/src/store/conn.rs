@@ -27,6 +27,34 @@ pub struct Store {
     pub(super) conn: Connection,
     pub(super) dir: PathBuf,
     pub(super) audit_policy: super::audit_policy::AuditPolicy,
+    /// Whether hosts may register volumes themselves ([`Registration`]).
+    pub(super) registration: Registration,
+}
+
+/// Who registers a volume to a host (`serve --registration`, `docs/keyservice-api.md`
+/// "Volume ownership").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Registration {
+    /// The first host that registers a UUID owns it; a squatted UUID is given back by the
+    /// administrator's `volume assign`.
+    #[default]
+    Open,
+    /// Only the administrator registers (`volume assign UUID --host H`); a host's
+    /// `POST /v1/volumes` succeeds only for a volume already assigned to it, so no host can
+    /// take a UUID first.
+    Admin,
+}
+
+impl Store {
+    /// Who may register volumes ([`Registration::Open`] unless set).
+    pub fn registration(&self) -> Registration {
+        self.registration
+    }
+
+    /// Sets who may register volumes (the `serve` command's `--registration`).
+    pub fn set_registration(&mut self, r: Registration) {
+        self.registration = r;
+    }
 }
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).

@@ -173,6 +173,7 @@ impl Store {
             conn,
             dir: dir.to_path_buf(),
             audit_policy: AuditPolicy::default(),
+            registration: super::conn::Registration::default(),
         })
     }
 }

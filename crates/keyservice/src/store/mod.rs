@@ -57,6 +57,7 @@ pub use audit_fields::{cap_field, FIELD_CAP};
 pub use audit_policy::AuditPolicy;
 pub use audit_prune::{PruneReport, PruneRule};
 pub use checkpoint::CheckpointVerifier;
+pub use conn::Registration;
 pub use conn::{Store, CA_FILE, DB_FILE, ROOT_KEY_FILE, SERVER_CERT_FILE, SERVER_KEY_FILE};
 pub use error::StoreError;
 pub use init::InitOutput;
