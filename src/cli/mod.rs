@@ -186,12 +186,11 @@ pub fn main() -> i32 {
         Err(e) => return usage_error(&e),
     };
     init_logging(cli.log_format);
-    // Servers keep SIGPIPE ignored (a client's hang-up is its connection's EPIPE); every
-    // other command ends quietly on a closed pipe (`nbdcrypt dump IMAGE | head`).
-    if !matches!(
-        cli.command,
-        Command::Open(_) | Command::Serve(_) | Command::Demo(_) | Command::Close(_)
-    ) {
+    // Commands that only print end quietly on a closed pipe (`nbdcrypt dump IMAGE | head`).
+    // Every other one keeps SIGPIPE ignored: it may talk to a key service or serve clients,
+    // and a peer's hang-up must be an EPIPE error there (rustls writes with writev, which has
+    // no MSG_NOSIGNAL), never a silent death.
+    if matches!(cli.command, Command::Dump(_) | Command::Benchmark(_)) {
         crate::sigpipe::quiet_on_closed_pipe();
     }
     if let Err(e) = non_dumpable {

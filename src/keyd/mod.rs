@@ -462,9 +462,10 @@ pub fn main() -> i32 {
     ) {
         crate::crypto::secret::lock_all_memory();
     }
-    // `serve` keeps SIGPIPE ignored (a client's hang-up is its connection's EPIPE); the
-    // administration commands end quietly on a closed pipe (`audit list | head`).
-    if !matches!(cli.cmd, Cmd::Serve { .. }) {
+    // The administration commands end quietly on a closed pipe (`audit list | head`); `serve`
+    // and `join` keep SIGPIPE ignored, so a peer's hang-up is an EPIPE error on their sockets
+    // (rustls writes with writev, which has no MSG_NOSIGNAL), never a silent death.
+    if !matches!(cli.cmd, Cmd::Serve { .. } | Cmd::Join { .. }) {
         crate::sigpipe::quiet_on_closed_pipe();
     }
     match run(cli) {

@@ -34,6 +34,20 @@ pub fn run(cmd: &VolumeCmd, store: &mut Store) -> Result<(), KeydError> {
                 Some(p) => println!("volume {uuid}: owner {host} (was {p})"),
                 None => println!("volume {uuid}: owner {host} (newly registered)"),
             }
+            // An escrow package another host stored stays (it may be the previous, rightful
+            // owner's); say so, since a squatter's would be worthless.
+            let stored_by = store
+                .volume_list()?
+                .into_iter()
+                .find(|v| v.uuid == uuid)
+                .and_then(|v| v.escrow_stored_by);
+            if let Some(by) = stored_by.filter(|by| by != host) {
+                eprintln!(
+                    "warning: volume {uuid}'s escrow package was stored by host {by}; recovery \
+                     checks a package against the volume's header, but store a fresh one from \
+                     {host} with `nbdcrypt escrow IMAGE --key-service URL`"
+                );
+            }
         }
         VolumeCmd::List => {
             for v in store.volume_list()? {

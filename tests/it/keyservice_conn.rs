@@ -190,3 +190,46 @@ fn a_silent_connection_is_closed_after_the_idle_timeout_and_a_busy_one_is_not() 
         std::thread::sleep(Duration::from_millis(500));
     }
 }
+
+/// Clients without a certificate that send a request now and then (`GET /v1/health`, open to
+/// anyone) and keep their connections cannot hold every slot from hosts: between requests they
+/// are evictable at the cap, a host's connection is not.
+#[test]
+fn anonymous_clients_that_call_now_and_then_leave_room_for_a_host() {
+    let dir = tempdir();
+    let mut k = Keyd::init(dir.path());
+    k.host("hostA");
+    k.serve_args(
+        keyd(),
+        &["--max-connections", "20", "--idle-timeout", "3600"],
+    );
+    let mut held = Vec::new();
+    for _ in 0..40 {
+        let Some(mut s) = tls(&k) else { continue };
+        if s.write_all(b"GET /v1/health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .is_err()
+        {
+            continue;
+        }
+        let mut buf = [0u8; 512];
+        if matches!(s.read(&mut buf), Ok(n) if n > 0 && buf.starts_with(b"HTTP/1.1 200")) {
+            held.push(s); // served, kept alive, idle
+        }
+    }
+    assert!(
+        held.len() >= 10,
+        "only {} anonymous clients were served",
+        held.len()
+    );
+    // They have been idle for more than a second: a host gets a slot and an answer.
+    std::thread::sleep(Duration::from_millis(1200));
+    let t0 = Instant::now();
+    let r = k.as_host("hostA", "POST", "/v1/volumes", &json!({ "uuid": VOL }));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        t0.elapsed()
+    );
+    drop(held);
+}

@@ -67,17 +67,20 @@ pub fn check_pid_file(path: &Path) -> Result<(), NbdError> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(format!(".{}.check", std::process::id()));
-    let r = std::fs::OpenOptions::new()
+    let created = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&tmp);
+        .open(&tmp)
+        .map_err(|source| NbdError::PidFile {
+            path: path.to_owned(),
+            source,
+        })?;
+    drop(created);
+    // Only the file this call created is removed (a failed create_new removes nothing).
     let _ = std::fs::remove_file(&tmp);
-    r.map(drop).map_err(|source| NbdError::PidFile {
-        path: path.to_owned(),
-        source,
-    })
+    Ok(())
 }
 
 #[cfg(test)]

@@ -4,10 +4,13 @@
 //! unit-tested without a socket; the accept loop (`listen.rs`) acts on it.
 //!
 //! At the cap, a newcomer evicts the connection that has been *stalled* longest: still in its
-//! TLS handshake or still sending its first request header, for at least `min_stall`. A
-//! connection that has had a request served is never evicted (it is a client that talks). If
-//! no connection is stalled long enough the newcomer is refused, so a burst of new connections
-//! cannot evict each other before any had a chance to send a request.
+//! TLS handshake or still sending its first request header, for at least `min_stall`; failing
+//! that, the one *idle without a certificate* longest (served before, no request in progress,
+//! no client certificate, for at least `min_stall`), so clients without a certificate that send
+//! a request now and then (any can call `/v1/health`) cannot keep every slot from hosts. A
+//! connection with a client certificate, or one in the middle of a request, is never evicted.
+//! If no connection qualifies the newcomer is refused, so a burst of new connections cannot
+//! evict each other before any had a chance to send a request.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -19,8 +22,12 @@ pub enum Phase {
     Handshake,
     /// TLS is up; no complete request header has arrived yet.
     FirstHeader,
-    /// At least one request was received.
+    /// At least one request was received, and either a request is in progress or the client
+    /// presented a certificate.
     Served,
+    /// Served before, no client certificate, and no request in progress: evictable once idle
+    /// for `min_stall` (after every stalled connection).
+    IdleAnonymous,
 }
 
 /// What to do with a newly accepted connection.
@@ -87,7 +94,10 @@ impl ConnTable {
         let victim = if self.slots.len() < self.cap {
             None
         } else {
-            match self.longest_stalled(now) {
+            match self
+                .longest_in(now, &[Phase::Handshake, Phase::FirstHeader])
+                .or_else(|| self.longest_in(now, &[Phase::IdleAnonymous]))
+            {
                 Some(v) => {
                     self.slots.remove(&v);
                     Some(v)
@@ -110,12 +120,12 @@ impl ConnTable {
         }
     }
 
-    /// The connection stalled (handshake or first header) longest, if for at least
-    /// `min_stall`; ties go to the lowest id (the one accepted first).
-    fn longest_stalled(&self, now: Instant) -> Option<u64> {
+    /// The connection in one of `phases` longest, if for at least `min_stall`; ties go to the
+    /// lowest id (the one accepted first).
+    fn longest_in(&self, now: Instant, phases: &[Phase]) -> Option<u64> {
         self.slots
             .iter()
-            .filter(|(_, s)| s.phase != Phase::Served)
+            .filter(|(_, s)| phases.contains(&s.phase))
             .filter(|(_, s)| now.saturating_duration_since(s.since) >= self.min_stall)
             .min_by_key(|(id, s)| (s.since, **id))
             .map(|(id, _)| *id)
@@ -241,6 +251,28 @@ mod tests {
             t.set_phase(id, Phase::Served, t0);
         }
         assert_eq!(t.admit(t0 + 1000 * S), Admission::Refuse);
+    }
+
+    #[test]
+    fn idle_connections_without_a_certificate_go_after_the_stalled_ones() {
+        // Every slot held by clients without a certificate that call now and then (between
+        // calls: IdleAnonymous): a newcomer evicts the one idle longest, a stalled one first.
+        let t0 = Instant::now();
+        let mut t = ConnTable::new(3, S);
+        for id in 0..3 {
+            t.admit(t0);
+            t.set_phase(id, Phase::Served, t0);
+        }
+        t.set_phase(0, Phase::IdleAnonymous, t0 + S);
+        t.set_phase(1, Phase::IdleAnonymous, t0 + 2 * S);
+        // 2 is in a request (Served): never evicted. 0 is idle longest.
+        assert_eq!(t.admit(t0 + 5 * S), Admission::Evict { victim: 0, new: 3 });
+        // 3 is stalled in its handshake for 2 s: it goes before the idle 1.
+        assert_eq!(t.admit(t0 + 7 * S), Admission::Evict { victim: 3, new: 4 });
+        assert_eq!(t.admit(t0 + 7 * S), Admission::Evict { victim: 1, new: 5 });
+        // An anonymous client idle for less than min_stall is kept.
+        t.set_phase(2, Phase::IdleAnonymous, t0 + 7 * S);
+        assert_eq!(t.admit(t0 + 7 * S), Admission::Refuse);
     }
 
     #[test]

@@ -163,6 +163,13 @@ pub(super) async fn serve_connection(
         last_ms: AtomicU64::new(0),
         in_flight: AtomicUsize::new(0),
     });
+    // Between requests a connection without a client certificate may be evicted at the cap
+    // (conn_table.rs); one with a certificate (a host) never is.
+    let idle_phase = if fpr.is_some() {
+        Phase::Served
+    } else {
+        Phase::IdleAnonymous
+    };
     let inner = TowerToHyperService::new(routes.layer(Extension(Peer::new(fpr, Some(addr.ip())))));
     let slot = Arc::new(slot);
     let svc = {
@@ -173,10 +180,13 @@ pub(super) async fn serve_connection(
             slot.phase(Phase::Served);
             let reply = inner.call(req);
             let activity = activity.clone();
+            let slot = slot.clone();
             async move {
                 let r = reply.await;
                 activity.touch();
-                activity.in_flight.fetch_sub(1, Ordering::Relaxed);
+                if activity.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+                    slot.phase(idle_phase);
+                }
                 r
             }
         })
