@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common;
-use common::nbd::{Raw, CMD_READ, EXPORT, OPT_GO, REP_ACK};
+use common::nbd::{Raw, CMD_READ, CMD_WRITE, EXPORT, OPT_GO, REP_ACK};
 use common::tls::Pki;
 use common::{format_cheap, key_file, pattern, tempdir, Server};
 
@@ -236,4 +236,37 @@ fn idle_clients_holding_every_slot_are_closed_by_the_idle_limit() {
         r.s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         assert!(r.closed(), "an idle client is closed");
     }
+}
+
+/// With `--idle-limit`, a client that stalls in the middle of a request (half a header, or a
+/// WRITE header followed by a trickle that stops) is closed like an idle one, releasing its
+/// slot and the WRITE payload's share of the buffer budget.
+#[test]
+fn clients_stalled_in_the_middle_of_a_request_are_closed_by_the_idle_limit() {
+    let dir = tempdir();
+    let (img, key) = volume(dir.path(), "24M");
+    let srv = Server::start(&img, &key, &["--idle-limit", "1"]);
+    let stalled = |what: &str, bytes: &dyn Fn(&mut Raw)| {
+        let mut r = Raw::connect(&srv.socket, 3);
+        assert_eq!(r.info_or_go(OPT_GO).0, REP_ACK);
+        bytes(&mut r);
+        r.s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let t0 = Instant::now();
+        assert!(r.closed(), "{what}: still open");
+        assert!(
+            t0.elapsed() < Duration::from_secs(4),
+            "{what}: {:?}",
+            t0.elapsed()
+        );
+    };
+    // 10 of a request header's 28 bytes.
+    stalled("half a header", &|r| {
+        r.s.write_all(&[0x25, 0x60, 0x95, 0x13, 0, 0, 0, 1, 0, 0])
+            .unwrap()
+    });
+    // A 4 MiB WRITE with 100 bytes of its payload.
+    stalled("a WRITE payload that stops", &|r| {
+        r.try_request(0, CMD_WRITE, 7, 0, 4 << 20, &[0u8; 100])
+            .unwrap()
+    });
 }

@@ -8,16 +8,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{
-    AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter,
-};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn, Instrument};
 
 use super::error::{SessionEnd, SessionError};
 use super::reply::{errno_of, errno_of_write, write_reply, Permits, Reply};
 use super::stats::SessionStats;
-use super::stream::{discard, wait_shutdown};
+use super::stream::{discard_within, read_exact_within, wait_shutdown};
 use crate::budget::{units_of, ConnBudget, MemoryBudget, BUDGET_UNIT};
 use crate::buffers::BufferPool;
 use crate::export::BlockExport;
@@ -209,13 +207,24 @@ async fn handle(
     }
 }
 
+/// A read error in the middle of a request: [`ReaderEnd::Idle`] for a client that stalled
+/// past the idle limit ([`read_exact_within`]), else the error.
+fn stalled_or(e: io::Error) -> ReaderEnd {
+    if e.kind() == io::ErrorKind::TimedOut {
+        ReaderEnd::Idle
+    } else {
+        ReaderEnd::Error(e.into())
+    }
+}
+
 /// Why the reader stopped.
 enum ReaderEnd {
     Disc,
     Eof,
     Shutdown,
     WriterGone,
-    /// No request for the idle limit while nothing was in flight.
+    /// No request for the idle limit while nothing was in flight, or no byte for the idle
+    /// limit in the middle of a request.
     Idle,
     Error(SessionError),
 }
@@ -347,7 +356,7 @@ where
             let read = tokio::select! {
                 r = async {
                     match next_request(&mut rd, limits.idle_limit, &requests).await {
-                        Ok(true) => Ok(rd.read_exact(&mut hb).await),
+                        Ok(true) => Ok(read_exact_within(&mut rd, &mut hb, limits.idle_limit).await),
                         Ok(false) => Err(ReaderEnd::Eof),
                         Err(end) => Err(end),
                     }
@@ -359,10 +368,10 @@ where
                 _ = wait_shutdown(&mut dead_rx) => return ReaderEnd::WriterGone,
             };
             if let Err(e) = read {
-                return if e.kind() == io::ErrorKind::UnexpectedEof {
-                    ReaderEnd::Eof
-                } else {
-                    ReaderEnd::Error(e.into())
+                return match e.kind() {
+                    io::ErrorKind::UnexpectedEof => ReaderEnd::Eof,
+                    io::ErrorKind::TimedOut => ReaderEnd::Idle,
+                    _ => ReaderEnd::Error(e.into()),
                 };
             }
             let req = match proto::parse_request(&hb) {
@@ -376,8 +385,9 @@ where
                 Verdict::Close => return ReaderEnd::Error(SessionError::WriteTooLarge(req.length)),
                 Verdict::Error(err) => {
                     debug!(cookie = req.cookie, ?req.command, err = err.value(), "request refused");
-                    if let Err(e) = discard(&mut rd, u64::from(req.payload_len())).await {
-                        return ReaderEnd::Error(e.into());
+                    let len = u64::from(req.payload_len());
+                    if let Err(e) = discard_within(&mut rd, len, limits.idle_limit).await {
+                        return stalled_or(e);
                     }
                     // Error replies count against the in-flight limit too, so a client that
                     // sends bad requests and never reads replies cannot grow the queue.
@@ -403,8 +413,9 @@ where
                     let mut payload = Vec::new();
                     if req.command == Command::Write {
                         payload = BufferPool::global().take(req.length as usize);
-                        if let Err(e) = rd.read_exact(&mut payload).await {
-                            return ReaderEnd::Error(e.into());
+                        let read = read_exact_within(&mut rd, &mut payload, limits.idle_limit);
+                        if let Err(e) = read.await {
+                            return stalled_or(e);
                         }
                     }
                     if moves_data(&req) && req.length <= inline_limit {
