@@ -28,9 +28,10 @@ pub enum ServerCertCmd {
     /// Replace server.pem and server.key with a new key and certificate from the store's CA;
     /// restart `serve` to use them (clients keep trusting ca.pem).
     Renew {
-        /// DNS name or IP address clients use to reach the server (repeatable; default
-        /// localhost, 127.0.0.1 and ::1, as `init`).
-        #[arg(long = "server-name")]
+        /// DNS name or IP address clients use to reach the server (repeatable, required: a
+        /// renewal must not change the names clients connect by; the current ones: `openssl
+        /// x509 -noout -ext subjectAltName -in DATA-DIR/server.pem`).
+        #[arg(long = "server-name", required = true)]
         server_names: Vec<String>,
         /// Days the certificate is valid for (1 to 3650).
         #[arg(long, value_name = "DAYS", default_value_t = pki::DEFAULT_CERT_DAYS,
@@ -52,7 +53,7 @@ pub fn server_cert(
             server_names,
             cert_days,
         } => {
-            let names = default_names(server_names);
+            let names = server_names.clone();
             store.server_cert_renew(root, &names, &Validity::days(*cert_days))?;
             println!(
                 "server certificate for {} renewed, valid {cert_days} days; restart \

@@ -117,7 +117,25 @@ fn server_cert_renew_replaces_the_server_certificate() {
     let dir = tempdir();
     let mut k = Keyd::init(dir.path());
     let before = std::fs::read(k.data.join("server.pem")).unwrap();
-    let out = k.admin(&["server-cert", "renew", "--cert-days", "10"]);
+    // The names clients connect by are given, never silently replaced by defaults.
+    let refused = crate::common::run(
+        crate::common::keyd::keyd()
+            .arg("--data-dir")
+            .arg(&k.data)
+            .args(["server-cert", "renew", "--cert-days", "10"]),
+    );
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    assert_eq!(before, std::fs::read(k.data.join("server.pem")).unwrap());
+    let out = k.admin(&[
+        "server-cert",
+        "renew",
+        "--cert-days",
+        "10",
+        "--server-name",
+        "localhost",
+        "--server-name",
+        "127.0.0.1",
+    ]);
     assert!(out.contains("restart"), "{out}");
     let after = std::fs::read(k.data.join("server.pem")).unwrap();
     assert_ne!(before, after);
