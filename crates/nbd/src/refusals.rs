@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-/// Length of a refusal log window: at most one line per limit at once, then one summary line
-/// per window.
+/// Length of a refusal log window: the first refusal of a window is logged at once, the rest
+/// (under any limit) are counted into one summary line per window.
 pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// What to log for a refusal just recorded.
