@@ -49,6 +49,19 @@ pub(super) async fn register(
             let s = app.store.lock().unwrap();
             (s.volume_owner(&uuid)?, s.registration())
         };
+        let taken = |o: &str| {
+            app.refuse(
+                &actor,
+                "register",
+                &uuid,
+                Refusal::VolumeTaken,
+                format!(
+                    "volume {uuid} is registered to host {o}; if it is this host's volume, \
+                     ask the key service's administrator to run \
+                     `nbdcrypt-keyd volume assign {uuid} --host {host}`"
+                ),
+            )
+        };
         match owner {
             None if registration == store::Registration::Admin => Err(app.refuse(
                 &actor,
@@ -60,24 +73,23 @@ pub(super) async fn register(
                      `nbdcrypt-keyd volume assign {uuid} --host {host}`"
                 ),
             )),
-            Some(o) if o != host => Err(app.refuse(
-                &actor,
-                "register",
-                &uuid,
-                Refusal::VolumeTaken,
-                format!(
-                    "volume {uuid} is registered to host {o}; if it is this host's volume, \
-                     ask the key service's administrator to run \
-                     `nbdcrypt-keyd volume assign {uuid} --host {host}`"
-                ),
-            )),
+            Some(o) if o != host => Err(taken(&o)),
             _ => {
-                let entry = ok_entry(actor, "register", &uuid, String::new());
-                app.store
+                let entry = ok_entry(actor.clone(), "register", &uuid, String::new());
+                let r = app
+                    .store
                     .lock()
                     .unwrap()
-                    .with_audit(entry, |tx, _| store::register_volume(tx, &uuid, &host))?;
-                Ok(Json(RegisterReply { uuid, owner: host }))
+                    .with_audit(entry, |tx, _| store::register_volume(tx, &uuid, &host));
+                match r {
+                    Ok(()) => Ok(Json(RegisterReply {
+                        uuid: uuid.clone(),
+                        owner: host.clone(),
+                    })),
+                    // Another host registered it between the look-up and the insert.
+                    Err(StoreError::Exists { name: o, .. }) => Err(taken(&o)),
+                    Err(e) => Err(e.into()),
+                }
             }
         }
     })

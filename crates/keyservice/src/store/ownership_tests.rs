@@ -36,8 +36,22 @@ fn the_admin_assigns_a_squatted_volume_to_its_owner() {
     store.host_add(&root, "hostA").unwrap();
     store.host_add(&root, "hostB").unwrap();
     register(&mut store, UUID, "hostB");
-    // Registering again as A changes nothing (first come).
-    register(&mut store, UUID, "hostA");
+    // Registering again as A is refused inside the transaction (first come; two hosts
+    // racing cannot both be told they own it), and leaves no "ok" audit row.
+    let rows_before = store.audit_list(0, i64::MAX).unwrap().len();
+    let entry = AuditEntry {
+        actor: "host:hostA".into(),
+        action: "register".into(),
+        target: UUID.into(),
+        outcome: "ok".into(),
+        detail: String::new(),
+    };
+    let r = store.with_audit(entry, |tx, _| register_volume(tx, UUID, "hostA"));
+    assert!(
+        matches!(&r, Err(StoreError::Exists { name, .. }) if name == "hostB"),
+        "{r:?}"
+    );
+    assert_eq!(store.audit_list(0, i64::MAX).unwrap().len(), rows_before);
     assert_eq!(store.volume_owner(UUID).unwrap().as_deref(), Some("hostB"));
     let prev = store.volume_assign(&UUID.to_uppercase(), "hostA").unwrap();
     assert_eq!(prev.as_deref(), Some("hostB"));

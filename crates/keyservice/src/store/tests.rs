@@ -409,10 +409,14 @@ fn officers_and_escrow() {
     store
         .with_audit(entry.clone(), |tx, _| register_volume(tx, uuid, "a"))
         .unwrap();
-    // Registering again (by anyone) keeps the first owner.
+    // Registering again by its owner is a no-op; by another host, refused: the first owner
+    // stays.
     store
-        .with_audit(entry.clone(), |tx, _| register_volume(tx, uuid, "b"))
+        .with_audit(entry.clone(), |tx, _| register_volume(tx, uuid, "a"))
         .unwrap();
+    assert!(store
+        .with_audit(entry.clone(), |tx, _| register_volume(tx, uuid, "b"))
+        .is_err());
     assert_eq!(store.volume_owner(uuid).unwrap().as_deref(), Some("a"));
     assert_eq!(store.escrow_package(uuid).unwrap(), None);
     for package in ["first", "second"] {

@@ -111,15 +111,28 @@ impl Store {
     }
 }
 
-/// Registers volume `uuid` for `host` inside `tx` (no-op if already its own).
+/// Registers volume `uuid` for `host` inside `tx` (no-op if already its own). The owner is
+/// read back in the same transaction, so of two hosts registering at once only one succeeds.
 ///
-/// Errors: database.
+/// Errors: [`StoreError::Exists`] (`what` "volume", `name` the owner) when another host owns
+/// it; database.
 pub fn register_volume(tx: &Transaction<'_>, uuid: &str, host: &str) -> Result<(), StoreError> {
     tx.execute(
         "INSERT OR IGNORE INTO volumes (uuid, owner, created_ms) VALUES (?1, ?2, ?3)",
         params![uuid, host, now_ms()],
     )
     .map_err(db("registering the volume"))?;
+    let owner: String = tx
+        .query_row("SELECT owner FROM volumes WHERE uuid = ?1", [uuid], |r| {
+            r.get(0)
+        })
+        .map_err(db("registering the volume"))?;
+    if owner != host {
+        return Err(StoreError::Exists {
+            what: "volume",
+            name: owner,
+        });
+    }
     Ok(())
 }
 
