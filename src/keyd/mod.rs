@@ -28,7 +28,7 @@ use crate::keyservice::store::{RootKey, RootSource, Store};
 use crate::keyservice::{server, Role};
 
 use audit::AuditCmd;
-use certs::{cert_days, check_host_files_free, default_names, write_host_files, ServerCertCmd};
+use certs::{cert_days, default_names, issue_host, HostFiles, ServerCertCmd};
 use error::KeydError;
 use files::read_passphrase;
 use join::join;
@@ -137,12 +137,14 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum HostCmd {
-    /// Issue a client certificate: writes NAME.pem and NAME.key (0600) into --out-dir.
+    /// Issue a client certificate: writes host.pem, host.key (0600) and ca.pem into --out-dir
+    /// (created 0700 if missing; none of them may exist), the layout `nbdcrypt` reads by
+    /// default from /etc/nbdcrypt/keyservice. The host is recorded only once they are written.
     Add {
         /// Host name (A-Z a-z 0-9 - _ .).
         name: String,
-        /// Directory for the certificate and key.
-        #[arg(long, default_value = ".")]
+        /// Directory for host.pem, host.key and ca.pem.
+        #[arg(long, value_name = "DIR", default_value = ".")]
         out_dir: PathBuf,
         /// Days the certificate is valid for (1 to 3650).
         #[arg(long, value_name = "DAYS", default_value_t = pki::DEFAULT_CERT_DAYS,
@@ -150,13 +152,13 @@ enum HostCmd {
         cert_days: u32,
     },
     /// Issue a new key and certificate for existing host NAME (same name: its volumes keep
-    /// working); writes NAME.pem and NAME.key (0600) into --out-dir (neither may exist); the
-    /// old certificate is refused from the next request on.
+    /// working); writes host.pem, host.key (0600) and ca.pem into --out-dir as `host add`
+    /// does; the old certificate is refused from the next request on.
     Renew {
         /// Host name.
         name: String,
-        /// Directory for the certificate and key.
-        #[arg(long, default_value = ".")]
+        /// Directory for host.pem, host.key and ca.pem.
+        #[arg(long, value_name = "DIR", default_value = ".")]
         out_dir: PathBuf,
         /// Days the certificate is valid for (1 to 3650).
         #[arg(long, value_name = "DAYS", default_value_t = pki::DEFAULT_CERT_DAYS,
@@ -307,23 +309,27 @@ fn run(cli: Cli) -> Result<(), KeydError> {
                     name,
                     out_dir,
                     cert_days,
-                } => {
-                    let root = unlock(&cli, &store)?;
-                    let issued = store.host_add_valid(&root, name, &Validity::days(*cert_days))?;
-                    seal(&mut store, &root);
-                    write_host_files(name, out_dir, &issued, *cert_days)?;
                 }
-                HostCmd::Renew {
+                | HostCmd::Renew {
                     name,
                     out_dir,
                     cert_days,
                 } => {
+                    let renew = matches!(cmd, HostCmd::Renew { .. });
                     let root = unlock(&cli, &store)?;
-                    check_host_files_free(name, out_dir)?;
-                    let issued = store.host_renew(&root, name, &Validity::days(*cert_days))?;
+                    let ca = dir.join(crate::keyservice::store::CA_FILE);
+                    let ca_pem =
+                        std::fs::read(&ca).map_err(|source| KeydError::Io { path: ca, source })?;
+                    let files = HostFiles {
+                        dir: out_dir.clone(),
+                    };
+                    let v = Validity::days(*cert_days);
+                    issue_host(&mut store, &root, name, &v, &files, &ca_pem, renew)?;
                     seal(&mut store, &root);
-                    write_host_files(name, out_dir, &issued, *cert_days)?;
-                    println!("the previous certificate of host {name} is no longer accepted");
+                    files.announce(name, *cert_days);
+                    if renew {
+                        println!("the previous certificate of host {name} is no longer accepted");
+                    }
                 }
                 HostCmd::Revoke { name } => {
                     store.host_revoke(name)?;

@@ -24,6 +24,7 @@ mod dump_json;
 mod faults;
 mod header_ops;
 mod keyservice;
+mod keyservice_admin;
 mod keyservice_audit;
 mod keyservice_certs;
 mod keyservice_conn;
