@@ -165,6 +165,14 @@ enum HostCmd {
               value_parser = cert_days)]
         cert_days: u32,
     },
+    /// Every host as JSON lines: name, fingerprint, revoked, created_ms, volumes (owned).
+    List,
+    /// Remove host NAME: its certificate is refused and the name is free again. Refused while
+    /// it owns volumes (`volume assign` them to another host first).
+    Remove {
+        /// Host name.
+        name: String,
+    },
     /// Refuse the host's certificate from the next request on.
     Revoke {
         /// Host name.
@@ -200,6 +208,8 @@ enum TokenCmd {
         /// Token name.
         name: String,
     },
+    /// Every token as JSON lines: name, role, revoked, created_ms (never the token).
+    List,
 }
 
 #[derive(Subcommand)]
@@ -238,6 +248,14 @@ enum OfficerCmd {
         /// The officer's age recipient.
         recipient: String,
     },
+    /// Every officer as JSON lines: name, recipient.
+    List,
+    /// Remove officer NAME: escrow packages sealed from now on leave them out (packages
+    /// sealed before still open with their identity).
+    Remove {
+        /// Officer name.
+        name: String,
+    },
 }
 
 /// The store's root key: from `--root-passphrase-file` when given, else the root key file.
@@ -254,6 +272,13 @@ fn unlock(cli: &Cli, store: &Store) -> Result<RootKey, KeydError> {
 fn seal(store: &mut Store, root: &RootKey) {
     if let Err(e) = store.audit_checkpoint(root, "cli") {
         eprintln!("nbdcrypt-keyd: warning: no audit checkpoint written: {e}");
+    }
+}
+
+/// Prints `items` as JSON lines (`host list`, `token list`, `officer list`).
+fn print_lines<T: serde::Serialize>(items: &[T]) {
+    for i in items {
+        println!("{}", serde_json::to_string(i).unwrap_or_default());
     }
 }
 
@@ -331,6 +356,11 @@ fn run(cli: Cli) -> Result<(), KeydError> {
                         println!("the previous certificate of host {name} is no longer accepted");
                     }
                 }
+                HostCmd::List => print_lines(&store.host_list()?),
+                HostCmd::Remove { name } => {
+                    store.host_remove(name)?;
+                    println!("host {name} removed");
+                }
                 HostCmd::Revoke { name } => {
                     store.host_revoke(name)?;
                     println!("host {name} revoked");
@@ -364,6 +394,7 @@ fn run(cli: Cli) -> Result<(), KeydError> {
                     store.token_revoke(name)?;
                     println!("token {name} revoked");
                 }
+                TokenCmd::List => print_lines(&store.token_list()?),
             }
         }
         Cmd::Kek { cmd } => {
@@ -403,6 +434,11 @@ fn run(cli: Cli) -> Result<(), KeydError> {
                 OfficerCmd::Add { name, recipient } => {
                     store.officer_add(name, recipient)?;
                     println!("officer {name} added");
+                }
+                OfficerCmd::List => print_lines(&store.officer_list()?),
+                OfficerCmd::Remove { name } => {
+                    store.officer_remove(name)?;
+                    println!("officer {name} removed");
                 }
             }
         }

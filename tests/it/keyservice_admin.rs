@@ -69,3 +69,68 @@ fn a_failed_host_add_does_not_burn_the_name() {
         .iter()
         .any(|r| r["action"] == "host-add" && r["target"] == "hostA" && r["outcome"] == "ok"));
 }
+
+/// The JSON lines `ARGS` prints.
+fn lines(k: &Keyd, args: &[&str]) -> Vec<serde_json::Value> {
+    k.admin(args)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn host_token_and_officer_lists_and_removals() {
+    let dir = tempdir();
+    let k = Keyd::init(dir.path());
+    k.host("hostA");
+    k.host("hostB");
+    let vol = "7c1d2e3f-4a5b-4c6d-8e7f-a0b1c2d3e4f5";
+    k.admin(&["volume", "assign", vol, "--host", "hostA"]);
+    let hosts = lines(&k, &["host", "list"]);
+    assert_eq!(hosts.len(), 2, "{hosts:?}");
+    assert_eq!(hosts[0]["name"], "hostA");
+    assert_eq!(hosts[0]["volumes"], 1);
+    assert_eq!(hosts[1]["revoked"], false);
+
+    // A host that owns a volume is not removed; once its volume is assigned away, it is.
+    let r = admin_run(&k, &["host", "remove", "hostA"]);
+    assert_eq!(r.status.code(), Some(1), "{r:?}");
+    assert!(stderr(&r).contains("volume assign"), "{}", stderr(&r));
+    k.admin(&["volume", "assign", vol, "--host", "hostB"]);
+    k.admin(&["host", "remove", "hostA"]);
+    let hosts = lines(&k, &["host", "list"]);
+    assert_eq!(hosts.len(), 1, "{hosts:?}");
+    assert_eq!(hosts[0]["name"], "hostB");
+    let r = admin_run(&k, &["host", "remove", "nobody"]);
+    assert_eq!(r.status.code(), Some(1), "{r:?}");
+
+    // Tokens: listed without the token.
+    let t = k.token("ann", "auditor");
+    let listing = k.admin(&["token", "list"]);
+    assert!(
+        !listing.contains(&t) && !listing.contains("nbk_"),
+        "{listing}"
+    );
+    let tokens = lines(&k, &["token", "list"]);
+    let names: Vec<_> = tokens.iter().map(|t| t["name"].clone()).collect();
+    assert_eq!(names, ["admin", "ann"], "{tokens:?}");
+    assert_eq!(tokens[1]["role"], "auditor");
+
+    // Officers.
+    let recipient = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p";
+    k.admin(&["officer", "add", "olga", recipient]);
+    let officers = lines(&k, &["officer", "list"]);
+    assert_eq!(officers.len(), 1);
+    assert_eq!(officers[0]["recipient"], recipient);
+    k.admin(&["officer", "remove", "olga"]);
+    assert!(lines(&k, &["officer", "list"]).is_empty());
+
+    let rows = k.audit_rows();
+    for (action, target) in [("host-remove", "hostA"), ("officer-remove", "olga")] {
+        assert!(
+            rows.iter()
+                .any(|r| r["action"] == action && r["target"] == target && r["outcome"] == "ok"),
+            "{action}: {rows:?}"
+        );
+    }
+}
