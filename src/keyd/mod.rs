@@ -58,7 +58,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Create the store: database, root key, CA, server certificate; print the admin token once.
+    /// Create the store: database, root key, CA, server certificate; print the admin token once
+    /// (alone on stdout, so `TOKEN=$(nbdcrypt-keyd init)` takes it; the rest goes to stderr).
     Init {
         /// DNS name or IP address clients use to reach the server (repeatable; default
         /// localhost, 127.0.0.1 and ::1).
@@ -298,15 +299,14 @@ fn run(cli: Cli) -> Result<(), KeydError> {
             let mut store = Store::open(dir)?;
             let key = unlock(&cli, &store)?;
             seal(&mut store, &key);
-            println!("store created in {}", dir.display());
-            println!(
+            // The token alone on stdout (`T=$(nbdcrypt-keyd init)`), the sentences on stderr.
+            eprintln!("store created in {}", dir.display());
+            eprintln!(
                 "CA certificate: {}",
                 dir.join(crate::keyservice::store::CA_FILE).display()
             );
-            println!(
-                "admin token (shown once, store it now): {}",
-                &*out.admin_token
-            );
+            eprintln!("admin token (shown once, store it now):");
+            println!("{}", &*out.admin_token);
         }
         Cmd::Serve(args) => {
             let limits = args.limits();

@@ -134,3 +134,16 @@ fn host_token_and_officer_lists_and_removals() {
         );
     }
 }
+
+#[test]
+fn init_prints_the_bare_admin_token_on_stdout() {
+    // `Keyd::init` asserts stdout is the token and a newline, and the sentence on stderr.
+    let dir = tempdir();
+    let k = Keyd::init(dir.path());
+    assert_eq!(
+        k.admin_token.len(),
+        "nbk_".len() + 43,
+        "{:?}",
+        k.admin_token
+    );
+}

@@ -39,13 +39,19 @@ impl Keyd {
     /// `nbdcrypt-keyd init` in `dir/data` (key-file root key); not yet serving.
     pub fn init(dir: &Path) -> Keyd {
         let data = dir.join("data");
-        let out = ok(keyd().arg("--data-dir").arg(&data).arg("init"));
-        let admin_token = out
-            .lines()
-            .find_map(|l| l.split("admin token (shown once, store it now): ").nth(1))
-            .expect("init prints the admin token")
-            .trim()
+        let out = run(keyd().arg("--data-dir").arg(&data).arg("init"));
+        assert!(out.status.success(), "{out:?}");
+        // The token alone on stdout, the sentences on stderr.
+        let admin_token = String::from_utf8(out.stdout)
+            .unwrap()
+            .strip_suffix('\n')
+            .expect("init prints the admin token and a newline")
             .to_string();
+        assert!(
+            admin_token.starts_with("nbk_") && !admin_token.contains(char::is_whitespace),
+            "stdout is the bare token: {admin_token:?}"
+        );
+        assert!(String::from_utf8_lossy(&out.stderr).contains("admin token (shown once"));
         Keyd {
             dir: dir.to_path_buf(),
             data,
