@@ -21,7 +21,9 @@ use crate::volume::{self, LoadedHeader, VolumeError};
 use super::args::{HeaderArg, Unlocker};
 use super::error::CliError;
 use super::passphrase::Prompt;
-use super::service_args::{call_lenient, first_ok, register, ServiceArgs, ServiceIdentityArgs};
+use super::service_args::{
+    call_lenient, first_ok, host_client, register, ServiceArgs, ServiceIdentityArgs,
+};
 use super::unlock::{open_loaded, try_unlock, unlock_with_tries, KeySource};
 
 /// `nbdcrypt escrow`.
@@ -158,8 +160,7 @@ fn officer_recipients(reply: serde_json::Value) -> Vec<String> {
 /// Errors: [`CliError::NoEndpoint`] naming each endpoint's failure; [`CliError::Usage`] when
 /// there are no officers.
 pub fn preflight(service: &ServiceArgs<'_>) -> Result<(), CliError> {
-    let client = Client::new(&service.identity, service.timeout)
-        .map_err(|e| CliError::Usage(e.to_string()))?;
+    let client = host_client(&service.identity, service.timeout).map_err(CliError::Usage)?;
     let (url, list) = first_ok(service.urls, |u| officers(&client, u))?;
     if list.is_empty() {
         return Err(no_officers(&url));
@@ -186,8 +187,7 @@ pub fn escrow_volume(
     recovery: Option<RecoveryEntry>,
     service: &ServiceArgs<'_>,
 ) -> Result<(String, usize), CliError> {
-    let client = Client::new(&service.identity, service.timeout)
-        .map_err(|e| CliError::Usage(e.to_string()))?;
+    let client = host_client(&service.identity, service.timeout).map_err(CliError::Usage)?;
     let (url, list) = first_ok(service.urls, |u| {
         register(&client, u, uuid)?;
         officers(&client, u)

@@ -29,6 +29,7 @@ mod keyservice_audit;
 mod keyservice_certs;
 mod keyservice_conn;
 mod keyservice_guide;
+mod keyservice_hints;
 mod keyservice_join;
 mod keyservice_rewrap;
 mod keyservice_volumes;
