@@ -166,7 +166,7 @@ pub(super) const EX_COMPLETIONS: &str = "Examples:
 
 pub(super) const EX_RECOVER: &str = "Examples:
   nbdcrypt recover vol.img --key-service https://keyd:8443 --token-file olga.token \\
-      --identity officer.key                    # prompts for the new passphrase
+      --identity officer.key --key-service-ca ca.pem   # prompts for the new passphrase
   nbdcrypt recover data.img --header data.hdr --key-service https://keyd:8443 \\
       --token-file - --identity officer.key --new-keyfile new.txt \\
       --key-service-ca ca.pem < olga.token   # the token on stdin";

@@ -21,7 +21,10 @@ use crate::volume::{self, LoadedHeader, VolumeError};
 use super::args::{HeaderArg, Unlocker};
 use super::error::CliError;
 use super::passphrase::Prompt;
-use super::service_args::{call_lenient, first_ok, register, ServiceArgs, ServiceIdentityArgs};
+use super::service_args::{
+    call_lenient, first_ok, host_client, register, ServiceArgs, ServiceIdentity,
+    ServiceIdentityArgs,
+};
 use super::unlock::{open_loaded, try_unlock, unlock_with_tries, KeySource};
 
 /// `nbdcrypt escrow`.
@@ -48,6 +51,7 @@ impl EscrowArgs {
             self.header.header.as_deref(),
             &self.unlock.source(),
             &self.service.args(&self.key_service)?,
+            &self.service.identity()?,
         )
     }
 }
@@ -158,8 +162,7 @@ fn officer_recipients(reply: serde_json::Value) -> Vec<String> {
 /// Errors: [`CliError::NoEndpoint`] naming each endpoint's failure; [`CliError::Usage`] when
 /// there are no officers.
 pub fn preflight(service: &ServiceArgs<'_>) -> Result<(), CliError> {
-    let client = Client::new(&service.identity, service.timeout)
-        .map_err(|e| CliError::Usage(e.to_string()))?;
+    let client = host_client(&service.identity, service.timeout).map_err(CliError::Usage)?;
     let (url, list) = first_ok(service.urls, |u| officers(&client, u))?;
     if list.is_empty() {
         return Err(no_officers(&url));
@@ -186,8 +189,7 @@ pub fn escrow_volume(
     recovery: Option<RecoveryEntry>,
     service: &ServiceArgs<'_>,
 ) -> Result<(String, usize), CliError> {
-    let client = Client::new(&service.identity, service.timeout)
-        .map_err(|e| CliError::Usage(e.to_string()))?;
+    let client = host_client(&service.identity, service.timeout).map_err(CliError::Usage)?;
     let (url, list) = first_ok(service.urls, |u| {
         register(&client, u, uuid)?;
         officers(&client, u)
@@ -219,7 +221,9 @@ pub fn escrow_volume(
     Ok((url, list.len()))
 }
 
-/// `escrow IMAGE --key-service URL...`: unlocks the volume and escrows its volume key and UUID,
+/// `escrow IMAGE --key-service URL...`: unlocks the volume (without a key flag, through its
+/// key-service keyslot when it has one, as `open` does, on the host that owns it; else, or
+/// when that fails at a terminal, with the passphrase) and escrows its volume key and UUID,
 /// plus the recovery key when the volume was unlocked with one (`--recovery-key`). When a
 /// recovery keyslot exists but its key is not known, says so: the new package, which replaces
 /// any earlier one, does not hold it.
@@ -231,15 +235,33 @@ fn escrow(
     header: Option<&Path>,
     source: &KeySource,
     service: &ServiceArgs<'_>,
+    identity: &ServiceIdentity,
 ) -> Result<(), CliError> {
     let (o, lh) = open_loaded(image, header, volume::Access::Inspect)?;
+    let mut via_service = None;
+    if matches!(source, KeySource::Prompt) {
+        let access = volume::Access::Inspect;
+        match super::keyservice::unlock(&o.header, &o.header_path, &lh, None, identity, access) {
+            Ok(k) => via_service = k,
+            Err(failures) => {
+                let msg = format!("unlock through the key service failed:\n  {failures}");
+                if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                    return Err(CliError::KeyService(msg));
+                }
+                eprintln!("{msg}\nFalling back to the passphrase.");
+            }
+        }
+    }
     let mut used: Zeroizing<Vec<u8>> = Zeroizing::new(Vec::new());
-    let unlocked = unlock_with_tries(source, image, Prompt::Unlock(image), |p| {
-        let k = try_unlock(&o.header, &o.header_path, &lh, p, None)?;
-        used.clear();
-        used.extend_from_slice(p);
-        Ok(k)
-    })?;
+    let unlocked = match via_service {
+        Some(k) => k,
+        None => unlock_with_tries(source, image, Prompt::Unlock(image), |p| {
+            let k = try_unlock(&o.header, &o.header_path, &lh, p, None)?;
+            used.clear();
+            used.extend_from_slice(p);
+            Ok(k)
+        })?,
+    };
     let recovery = match (source, recovery_id_of(&lh, unlocked.keyslot)) {
         (KeySource::Recovery(_), Some(recovery_id)) => Some(RecoveryEntry {
             keyslot: unlocked.keyslot,

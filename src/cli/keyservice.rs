@@ -10,7 +10,6 @@ use serde_json::json;
 use crate::crypto::SecretBytes;
 use crate::format;
 use crate::keyservice::api::{SecretString, UnwrapRequest, WrapRequest};
-use crate::keyservice::client::Client;
 use crate::volume::{
     self, Access, KdfChoice, KdfKind, LoadedHeader, NewKeyslot, UnlockedKey, VolumeError,
 };
@@ -18,7 +17,7 @@ use zeroize::Zeroizing;
 
 use super::error::CliError;
 use super::passphrase::Prompt;
-use super::service_args::{first_ok, register, ServiceArgs, ServiceIdentity};
+use super::service_args::{first_ok, host_client, register, ServiceArgs, ServiceIdentity};
 use super::unlock::{open_for_update, try_unlock, unlock_with_tries, KeySource};
 
 /// Length of a key-service keyslot's random secret, bytes.
@@ -78,8 +77,7 @@ pub fn add_key(
     };
     let uuid = lh.header.uuid.clone();
     let secret = SecretBytes::random(SECRET_LEN).map_err(VolumeError::from)?;
-    let client = Client::new(&service.identity, service.timeout)
-        .map_err(|e| CliError::Usage(e.to_string()))?;
+    let client = host_client(&service.identity, service.timeout).map_err(CliError::Usage)?;
     let encoded = SecretString(Zeroizing::new(B64.encode(secret.expose())));
     let (url, wrapped) = first_ok(service.urls, |u| {
         register(&client, u, &uuid)?;
@@ -174,10 +172,10 @@ pub fn unlock(
         if slot.is_some_and(|s| s != ks) {
             continue;
         }
-        let client = match Client::new(&service.identity, service.timeout) {
+        let client = match host_client(&service.identity, service.timeout) {
             Ok(c) => c,
             Err(e) => {
-                failures.push(e.to_string());
+                failures.push(e);
                 break;
             }
         };

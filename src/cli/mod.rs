@@ -123,7 +123,8 @@ enum Command {
     #[command(after_help = docs::EX_ADD_KEY)]
     AddKey(keyslots::AddKeyArgs),
     /// Seal the volume key and UUID with age to the key service's recovery officers and
-    /// upload the package (docs/keyservice-api.md).
+    /// upload the package (docs/keyservice-api.md). Without a key flag, unlocks through the
+    /// volume's key-service keyslot as `open` does.
     #[command(after_help = docs::EX_ESCROW)]
     Escrow(escrow::EscrowArgs),
     /// As a recovery officer: fetch the volume's escrow package from the key service, open it

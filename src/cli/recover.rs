@@ -17,7 +17,7 @@ use crate::volume::{self, KdfChoice};
 use super::args::{HeaderArg, KdfArgs};
 use super::error::CliError;
 use super::escrow::{EscrowPackage, ESCROW_FORMAT};
-use super::service_args::{call_lenient, first_ok, ServiceTlsArgs};
+use super::service_args::{call_lenient, first_ok, OfficerTlsArgs};
 use super::unlock::open_for_update;
 
 /// `nbdcrypt recover`.
@@ -42,7 +42,7 @@ pub struct RecoverArgs {
     #[arg(long, value_name = "OFFICER.key")]
     identity: PathBuf,
     #[command(flatten)]
-    tls: ServiceTlsArgs,
+    tls: OfficerTlsArgs,
     /// The new passphrase, from FILE byte for byte (default: prompt; `-` = all of stdin).
     #[arg(long, value_name = "FILE", visible_alias = "key-file")]
     new_keyfile: Option<PathBuf>,

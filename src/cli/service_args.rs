@@ -34,8 +34,8 @@ pub struct ServiceIdentityArgs {
     tls: ServiceTlsArgs,
 }
 
-/// Which CA the key service's certificate must chain to, and how long each endpoint may take:
-/// for hosts ([`ServiceIdentityArgs`]) and for officers (`recover`).
+/// Which CA the key service's certificate must chain to, and how long each endpoint may take,
+/// for hosts ([`ServiceIdentityArgs`]).
 #[derive(clap::Args)]
 pub struct ServiceTlsArgs {
     /// The key service's CA certificate (PEM).
@@ -55,14 +55,41 @@ impl ServiceTlsArgs {
     ///
     /// Errors: [`CliError::Usage`] for any other value.
     pub fn timeout(&self) -> Result<Duration, CliError> {
-        let secs = self.key_service_timeout;
-        if !(secs > 0.0 && secs <= 3600.0) {
-            return Err(CliError::Usage(
-                "--key-service-timeout takes seconds, more than 0 and at most 3600".into(),
-            ));
-        }
-        Ok(Duration::from_secs_f64(secs))
+        check_timeout(self.key_service_timeout)
     }
+}
+
+/// The key service for an officer (`recover`): the CA has no default, since an officer's
+/// machine is not a host and `/etc/nbdcrypt/keyservice/ca.pem` may be another service's.
+#[derive(clap::Args)]
+pub struct OfficerTlsArgs {
+    /// The key service's CA certificate (PEM; its `ca.pem`, from the administrator).
+    #[arg(long, value_name = "FILE", required = true)]
+    pub key_service_ca: PathBuf,
+    /// Seconds each endpoint may take (connect, TLS, reply) before the next is tried.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
+    key_service_timeout: f64,
+}
+
+impl OfficerTlsArgs {
+    /// `--key-service-timeout SECONDS`, more than 0 and at most 3600.
+    ///
+    /// Errors: [`CliError::Usage`] for any other value.
+    pub fn timeout(&self) -> Result<Duration, CliError> {
+        check_timeout(self.key_service_timeout)
+    }
+}
+
+/// `--key-service-timeout SECONDS`: more than 0 and at most 3600.
+///
+/// Errors: [`CliError::Usage`] for any other value.
+fn check_timeout(secs: f64) -> Result<Duration, CliError> {
+    if !(secs > 0.0 && secs <= 3600.0) {
+        return Err(CliError::Usage(
+            "--key-service-timeout takes seconds, more than 0 and at most 3600".into(),
+        ));
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 /// The key service settings of a command.
@@ -108,6 +135,32 @@ impl ServiceIdentityArgs {
             timeout: id.timeout,
         })
     }
+}
+
+/// A client with this host's identity ([`Client::new`]); when one of its files does not
+/// exist, the error says how a host gets them.
+///
+/// Errors: [`Client::new`]'s, as text, with the hint for a missing file.
+pub fn host_client(id: &Identity, timeout: Duration) -> Result<Client, String> {
+    Client::new(id, timeout).map_err(|e| match missing_identity_hint(id) {
+        Some(hint) => format!("{e}; {hint}"),
+        None => e.to_string(),
+    })
+}
+
+/// How to get this host's identity files, when one of `id`'s does not exist: the flags, or
+/// `nbdcrypt-keyd join` / `host add`, which write the default layout.
+pub fn missing_identity_hint(id: &Identity) -> Option<String> {
+    let missing = [&id.cert, &id.key, &id.ca]
+        .into_iter()
+        .find(|p| !p.exists())?;
+    Some(format!(
+        "{} does not exist: give this host's files with --key-service-cert, --key-service-key \
+         and --key-service-ca, or put them in /etc/nbdcrypt/keyservice (`nbdcrypt-keyd join URL \
+         --token-file T --ca ca.pem` on this host, or the directory `nbdcrypt-keyd host add NAME \
+         --out-dir DIR` wrote on the service)",
+        missing.display()
+    ))
 }
 
 /// Calls `f` on each URL in order until one succeeds; all failures are listed otherwise.

@@ -1,15 +1,16 @@
 //! Certificates on the `nbdcrypt-keyd` command line (`docs/keyservice-api.md` "Certificate
-//! lifetimes"): the `--cert-days` flag, writing a host's new key and certificate, and
+//! lifetimes"): the `--cert-days` flag, writing a host's new key and certificate (committed to
+//! the store only once its files are written), and
 //! `server-cert renew`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
 
 use super::error::KeydError;
 use super::files::write_file;
 use crate::keyservice::pki::{self, Issued, Validity};
-use crate::keyservice::store::{RootKey, Store};
+use crate::keyservice::store::{RootKey, Store, StoreError, CA_FILE};
 
 /// `--cert-days DAYS`: 1 to [`pki::MAX_CERT_DAYS`].
 pub fn cert_days(s: &str) -> Result<u32, String> {
@@ -74,39 +75,122 @@ pub fn default_names(names: &[String]) -> Vec<String> {
     }
 }
 
-/// Refuses before anything changes if `out_dir` already has host `name`'s files.
-///
-/// Errors: [`KeydError::Io`] (already exists) naming the file.
-pub fn check_host_files_free(name: &str, out_dir: &Path) -> Result<(), KeydError> {
-    for f in [format!("{name}.pem"), format!("{name}.key")] {
-        let p = out_dir.join(f);
-        if p.exists() {
-            return Err(KeydError::Io {
-                path: p,
-                source: std::io::ErrorKind::AlreadyExists.into(),
-            });
-        }
-    }
-    Ok(())
+/// The files `host add` and `host renew` write into `--out-dir`, the layout `nbdcrypt` reads
+/// by default from `/etc/nbdcrypt/keyservice` and `join` writes: `host.key` (0600),
+/// `host.pem` and `ca.pem`.
+pub struct HostFiles {
+    /// The directory (created 0700 when missing).
+    pub dir: PathBuf,
 }
 
-/// Writes host `name`'s new key (0600) and certificate into `out_dir` and says where.
+impl HostFiles {
+    /// The files in `dir`: (key, certificate, CA).
+    fn paths(&self) -> [PathBuf; 3] {
+        [
+            self.dir.join("host.key"),
+            self.dir.join("host.pem"),
+            self.dir.join(CA_FILE),
+        ]
+    }
+
+    /// Refuses before anything changes if one of the files exists (or is a symlink).
+    ///
+    /// Errors: [`KeydError::Io`] (already exists) naming the file.
+    pub fn check_free(&self) -> Result<(), KeydError> {
+        for p in self.paths() {
+            if p.symlink_metadata().is_ok() {
+                return Err(KeydError::Io {
+                    path: p,
+                    source: std::io::ErrorKind::AlreadyExists.into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the directory (0700, with its parents) if missing and writes the key (0600),
+    /// the certificate and the CA certificate `ca_pem`, each created new without following a
+    /// symlink. On failure the files written so far are removed again.
+    ///
+    /// Errors: [`KeydError::Io`] naming the directory or file.
+    pub fn write(&self, issued: &Issued, ca_pem: &[u8]) -> Result<(), KeydError> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .map_err(|source| KeydError::Io {
+                path: self.dir.clone(),
+                source,
+            })?;
+        let [key, cert, ca] = self.paths();
+        let files: [(&Path, &[u8], u32); 3] = [
+            (&key, issued.key_pem.as_bytes(), 0o600),
+            (&cert, issued.cert_pem.as_bytes(), 0o644),
+            (&ca, ca_pem, 0o644),
+        ];
+        for (n, (path, bytes, mode)) in files.iter().enumerate() {
+            if let Err(e) = write_file(path, bytes, *mode) {
+                self.remove(n);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the first `n` files (after a failure: the store did not record them).
+    pub fn remove(&self, n: usize) {
+        for p in self.paths().iter().take(n) {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+
+    /// Says where the files are.
+    pub fn announce(&self, name: &str, days: u32) {
+        let [key, cert, ca] = self.paths();
+        println!(
+            "host {name}: certificate {} key {} CA {} (valid {days} days)",
+            cert.display(),
+            key.display(),
+            ca.display()
+        );
+    }
+}
+
+/// Issues (`renew` false: `host add`) or renews host `name`'s certificate, writing its files
+/// into `files` before the store commits: a failed write leaves the store unchanged (no host
+/// recorded, no audit row, the name still free), and a failed commit removes the files.
 ///
-/// Errors: [`KeydError::Io`].
-pub fn write_host_files(
+/// Errors: the files' ([`KeydError::Io`]) or the store's ([`KeydError::Store`]).
+pub fn issue_host(
+    store: &mut Store,
+    root: &RootKey,
     name: &str,
-    out_dir: &Path,
-    issued: &Issued,
-    days: u32,
+    v: &Validity,
+    files: &HostFiles,
+    ca_pem: &[u8],
+    renew: bool,
 ) -> Result<(), KeydError> {
-    let cert = out_dir.join(format!("{name}.pem"));
-    let key = out_dir.join(format!("{name}.key"));
-    write_file(&key, issued.key_pem.as_bytes(), 0o600)?;
-    write_file(&cert, issued.cert_pem.as_bytes(), 0o644)?;
-    println!(
-        "host {name}: certificate {} key {} (valid {days} days)",
-        cert.display(),
-        key.display()
-    );
+    files.check_free()?;
+    let written = std::cell::Cell::new(false);
+    let deliver = |issued: &Issued| {
+        files.write(issued, ca_pem).map_err(|e| match e {
+            KeydError::Io { path, source } => StoreError::Io { path, source },
+            other => StoreError::Invalid(other.to_string()),
+        })?;
+        written.set(true);
+        Ok(())
+    };
+    let r = if renew {
+        store.host_renew_with(root, name, v, deliver)
+    } else {
+        store.host_add_with(root, name, v, deliver)
+    };
+    if let Err(e) = r {
+        if written.get() {
+            files.remove(3);
+        }
+        return Err(e.into());
+    }
     Ok(())
 }

@@ -28,7 +28,7 @@ use crate::keyservice::store::{RootKey, RootSource, Store};
 use crate::keyservice::{server, Role};
 
 use audit::AuditCmd;
-use certs::{cert_days, check_host_files_free, default_names, write_host_files, ServerCertCmd};
+use certs::{cert_days, default_names, issue_host, HostFiles, ServerCertCmd};
 use error::KeydError;
 use files::read_passphrase;
 use join::join;
@@ -58,7 +58,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Create the store: database, root key, CA, server certificate; print the admin token once.
+    /// Create the store: database, root key, CA, server certificate; print the admin token once
+    /// (alone on stdout, so `TOKEN=$(nbdcrypt-keyd init)` takes it; the rest goes to stderr).
     Init {
         /// DNS name or IP address clients use to reach the server (repeatable; default
         /// localhost, 127.0.0.1 and ::1).
@@ -137,12 +138,14 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum HostCmd {
-    /// Issue a client certificate: writes NAME.pem and NAME.key (0600) into --out-dir.
+    /// Issue a client certificate: writes host.pem, host.key (0600) and ca.pem into --out-dir
+    /// (created 0700 if missing; none of them may exist), the layout `nbdcrypt` reads by
+    /// default from /etc/nbdcrypt/keyservice. The host is recorded only once they are written.
     Add {
         /// Host name (A-Z a-z 0-9 - _ .).
         name: String,
-        /// Directory for the certificate and key.
-        #[arg(long, default_value = ".")]
+        /// Directory for host.pem, host.key and ca.pem.
+        #[arg(long, value_name = "DIR", default_value = ".")]
         out_dir: PathBuf,
         /// Days the certificate is valid for (1 to 3650).
         #[arg(long, value_name = "DAYS", default_value_t = pki::DEFAULT_CERT_DAYS,
@@ -150,18 +153,26 @@ enum HostCmd {
         cert_days: u32,
     },
     /// Issue a new key and certificate for existing host NAME (same name: its volumes keep
-    /// working); writes NAME.pem and NAME.key (0600) into --out-dir (neither may exist); the
-    /// old certificate is refused from the next request on.
+    /// working); writes host.pem, host.key (0600) and ca.pem into --out-dir as `host add`
+    /// does; the old certificate is refused from the next request on.
     Renew {
         /// Host name.
         name: String,
-        /// Directory for the certificate and key.
-        #[arg(long, default_value = ".")]
+        /// Directory for host.pem, host.key and ca.pem.
+        #[arg(long, value_name = "DIR", default_value = ".")]
         out_dir: PathBuf,
         /// Days the certificate is valid for (1 to 3650).
         #[arg(long, value_name = "DAYS", default_value_t = pki::DEFAULT_CERT_DAYS,
               value_parser = cert_days)]
         cert_days: u32,
+    },
+    /// Every host as JSON lines: name, fingerprint, revoked, created_ms, volumes (owned).
+    List,
+    /// Remove host NAME: its certificate is refused and the name is free again. Refused while
+    /// it owns volumes (`volume assign` them to another host first).
+    Remove {
+        /// Host name.
+        name: String,
     },
     /// Refuse the host's certificate from the next request on.
     Revoke {
@@ -198,6 +209,8 @@ enum TokenCmd {
         /// Token name.
         name: String,
     },
+    /// Every token as JSON lines: name, role, revoked, created_ms (never the token).
+    List,
 }
 
 #[derive(Subcommand)]
@@ -236,6 +249,14 @@ enum OfficerCmd {
         /// The officer's age recipient.
         recipient: String,
     },
+    /// Every officer as JSON lines: name, recipient.
+    List,
+    /// Remove officer NAME: escrow packages sealed from now on leave them out (packages
+    /// sealed before still open with their identity).
+    Remove {
+        /// Officer name.
+        name: String,
+    },
 }
 
 /// The store's root key: from `--root-passphrase-file` when given, else the root key file.
@@ -255,6 +276,13 @@ fn seal(store: &mut Store, root: &RootKey) {
     }
 }
 
+/// Prints `items` as JSON lines (`host list`, `token list`, `officer list`).
+fn print_lines<T: serde::Serialize>(items: &[T]) {
+    for i in items {
+        println!("{}", serde_json::to_string(i).unwrap_or_default());
+    }
+}
+
 fn run(cli: Cli) -> Result<(), KeydError> {
     let dir = &cli.data_dir;
     match &cli.cmd {
@@ -271,15 +299,14 @@ fn run(cli: Cli) -> Result<(), KeydError> {
             let mut store = Store::open(dir)?;
             let key = unlock(&cli, &store)?;
             seal(&mut store, &key);
-            println!("store created in {}", dir.display());
-            println!(
+            // The token alone on stdout (`T=$(nbdcrypt-keyd init)`), the sentences on stderr.
+            eprintln!("store created in {}", dir.display());
+            eprintln!(
                 "CA certificate: {}",
                 dir.join(crate::keyservice::store::CA_FILE).display()
             );
-            println!(
-                "admin token (shown once, store it now): {}",
-                &*out.admin_token
-            );
+            eprintln!("admin token (shown once, store it now):");
+            println!("{}", &*out.admin_token);
         }
         Cmd::Serve(args) => {
             let limits = args.limits();
@@ -307,23 +334,32 @@ fn run(cli: Cli) -> Result<(), KeydError> {
                     name,
                     out_dir,
                     cert_days,
-                } => {
-                    let root = unlock(&cli, &store)?;
-                    let issued = store.host_add_valid(&root, name, &Validity::days(*cert_days))?;
-                    seal(&mut store, &root);
-                    write_host_files(name, out_dir, &issued, *cert_days)?;
                 }
-                HostCmd::Renew {
+                | HostCmd::Renew {
                     name,
                     out_dir,
                     cert_days,
                 } => {
+                    let renew = matches!(cmd, HostCmd::Renew { .. });
                     let root = unlock(&cli, &store)?;
-                    check_host_files_free(name, out_dir)?;
-                    let issued = store.host_renew(&root, name, &Validity::days(*cert_days))?;
+                    let ca = dir.join(crate::keyservice::store::CA_FILE);
+                    let ca_pem =
+                        std::fs::read(&ca).map_err(|source| KeydError::Io { path: ca, source })?;
+                    let files = HostFiles {
+                        dir: out_dir.clone(),
+                    };
+                    let v = Validity::days(*cert_days);
+                    issue_host(&mut store, &root, name, &v, &files, &ca_pem, renew)?;
                     seal(&mut store, &root);
-                    write_host_files(name, out_dir, &issued, *cert_days)?;
-                    println!("the previous certificate of host {name} is no longer accepted");
+                    files.announce(name, *cert_days);
+                    if renew {
+                        println!("the previous certificate of host {name} is no longer accepted");
+                    }
+                }
+                HostCmd::List => print_lines(&store.host_list()?),
+                HostCmd::Remove { name } => {
+                    store.host_remove(name)?;
+                    println!("host {name} removed");
                 }
                 HostCmd::Revoke { name } => {
                     store.host_revoke(name)?;
@@ -358,6 +394,7 @@ fn run(cli: Cli) -> Result<(), KeydError> {
                     store.token_revoke(name)?;
                     println!("token {name} revoked");
                 }
+                TokenCmd::List => print_lines(&store.token_list()?),
             }
         }
         Cmd::Kek { cmd } => {
@@ -397,6 +434,11 @@ fn run(cli: Cli) -> Result<(), KeydError> {
                 OfficerCmd::Add { name, recipient } => {
                     store.officer_add(name, recipient)?;
                     println!("officer {name} added");
+                }
+                OfficerCmd::List => print_lines(&store.officer_list()?),
+                OfficerCmd::Remove { name } => {
+                    store.officer_remove(name)?;
+                    println!("officer {name} removed");
                 }
             }
         }

@@ -370,9 +370,9 @@ fn add_key_through_the_service_keeps_the_volume_valid_for_cryptsetup() {
         }
         c.args(["--kek", "k1", "--key-service-timeout", "5"])
             .arg("--key-service-cert")
-            .arg(dir.path().join(format!("{host}.pem")))
+            .arg(dir.path().join(host).join("host.pem"))
             .arg("--key-service-key")
-            .arg(dir.path().join(format!("{host}.key")))
+            .arg(dir.path().join(host).join("host.key"))
             .arg("--key-service-ca")
             .arg(&ca);
         run(&mut c)
@@ -440,9 +440,9 @@ fn open_unlocks_through_the_service_past_a_silent_and_a_refusing_endpoint() {
     let ca = k.data.join("ca.pem");
     let identity = |c: &mut Command| {
         c.arg("--key-service-cert")
-            .arg(dir.path().join("hostA.pem"))
+            .arg(dir.path().join("hostA").join("host.pem"))
             .arg("--key-service-key")
-            .arg(dir.path().join("hostA.key"))
+            .arg(dir.path().join("hostA").join("host.key"))
             .arg("--key-service-ca")
             .arg(&ca)
             .args(["--key-service-timeout", "2"]);
@@ -950,9 +950,9 @@ fn a_token_with_hundreds_of_dead_urls_is_bounded() {
         .arg("--socket")
         .arg(dir.path().join("vol.sock"))
         .arg("--key-service-cert")
-        .arg(dir.path().join("hostA.pem"))
+        .arg(dir.path().join("hostA").join("host.pem"))
         .arg("--key-service-key")
-        .arg(dir.path().join("hostA.key"))
+        .arg(dir.path().join("hostA").join("host.key"))
         .arg("--key-service-ca")
         .arg(k.data.join("ca.pem"))
         .args(["--key-service-timeout", "1"]);

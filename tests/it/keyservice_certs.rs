@@ -68,8 +68,8 @@ fn certificates_end_and_a_renewed_host_still_unwraps_its_volume() {
     let unwrap_path = format!("/v1/volumes/{VOL}/unwrap");
 
     // Renew while serving: a new key pair, the same host name, 30 days.
+    // The directory is created as host add creates it.
     let renewed = dir.path().join("renewed");
-    std::fs::create_dir(&renewed).unwrap();
     let out = k.admin(&[
         "host",
         "renew",
@@ -80,7 +80,7 @@ fn certificates_end_and_a_renewed_host_still_unwraps_its_volume() {
         "30",
     ]);
     assert!(out.contains("valid 30 days"), "{out}");
-    let (new_cert, new_key) = (renewed.join("hostA.pem"), renewed.join("hostA.key"));
+    let (new_cert, new_key) = (renewed.join("host.pem"), renewed.join("host.key"));
     let d = days_left(&new_cert);
     assert!((29..=30).contains(&d), "renewed: {d} days");
     assert_ne!(

@@ -97,8 +97,8 @@ fn five_hundred_stalled_connections_leave_room_for_a_host() {
     // A stalled connection is evictable after a second.
     std::thread::sleep(Duration::from_millis(1200));
 
-    let cert = k.dir.join("hostA.pem");
-    let key = k.dir.join("hostA.key");
+    let cert = k.host_dir("hostA").join("host.pem");
+    let key = k.host_dir("hostA").join("host.key");
     let body = json!({"slot": 1, "kek": "k1", "version": 1, "blob": w.body["blob"]}).to_string();
     let t0 = Instant::now();
     let r = k.curl_within(

@@ -39,13 +39,19 @@ impl Keyd {
     /// `nbdcrypt-keyd init` in `dir/data` (key-file root key); not yet serving.
     pub fn init(dir: &Path) -> Keyd {
         let data = dir.join("data");
-        let out = ok(keyd().arg("--data-dir").arg(&data).arg("init"));
-        let admin_token = out
-            .lines()
-            .find_map(|l| l.split("admin token (shown once, store it now): ").nth(1))
-            .expect("init prints the admin token")
-            .trim()
+        let out = run(keyd().arg("--data-dir").arg(&data).arg("init"));
+        assert!(out.status.success(), "{out:?}");
+        // The token alone on stdout, the sentences on stderr.
+        let admin_token = String::from_utf8(out.stdout)
+            .unwrap()
+            .strip_suffix('\n')
+            .expect("init prints the admin token and a newline")
             .to_string();
+        assert!(
+            admin_token.starts_with("nbk_") && !admin_token.contains(char::is_whitespace),
+            "stdout is the bare token: {admin_token:?}"
+        );
+        assert!(String::from_utf8_lossy(&out.stderr).contains("admin token (shown once"));
         Keyd {
             dir: dir.to_path_buf(),
             data,
@@ -74,13 +80,16 @@ impl Keyd {
         ok(keyd().arg("--data-dir").arg(&self.data).args(args))
     }
 
-    /// `host add NAME` into `dir`; returns (cert, key).
+    /// The directory `host add NAME` writes into: `dir/NAME` (host.pem, host.key, ca.pem).
+    pub fn host_dir(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// `host add NAME --out-dir dir/NAME`; returns (cert, key).
     pub fn host(&self, name: &str) -> (PathBuf, PathBuf) {
-        self.admin(&["host", "add", name, "--out-dir", self.dir.to_str().unwrap()]);
-        (
-            self.dir.join(format!("{name}.pem")),
-            self.dir.join(format!("{name}.key")),
-        )
+        let out = self.host_dir(name);
+        self.admin(&["host", "add", name, "--out-dir", out.to_str().unwrap()]);
+        (out.join("host.pem"), out.join("host.key"))
     }
 
     /// The volume CLI's identity flags for host `name` (its [`Keyd::host`] files and this
@@ -89,9 +98,9 @@ impl Keyd {
         let f = |p: PathBuf| p.to_str().unwrap().to_string();
         vec![
             "--key-service-cert".into(),
-            f(self.dir.join(format!("{name}.pem"))),
+            f(self.host_dir(name).join("host.pem")),
             "--key-service-key".into(),
-            f(self.dir.join(format!("{name}.key"))),
+            f(self.host_dir(name).join("host.key")),
             "--key-service-ca".into(),
             f(self.data.join("ca.pem")),
             "--key-service-timeout".into(),
@@ -186,8 +195,8 @@ impl Keyd {
 
     /// POST/PUT JSON as host `name` (its `host add` files in `dir`).
     pub fn as_host(&self, name: &str, method: &str, path: &str, body: &Value) -> Reply {
-        let cert = self.dir.join(format!("{name}.pem"));
-        let key = self.dir.join(format!("{name}.key"));
+        let cert = self.host_dir(name).join("host.pem");
+        let key = self.host_dir(name).join("host.key");
         let b = body.to_string();
         self.curl(
             path,
@@ -208,8 +217,8 @@ impl Keyd {
 
     /// GET as host `name`.
     pub fn get_as_host(&self, name: &str, path: &str) -> Reply {
-        let cert = self.dir.join(format!("{name}.pem"));
-        let key = self.dir.join(format!("{name}.key"));
+        let cert = self.host_dir(name).join("host.pem");
+        let key = self.host_dir(name).join("host.key");
         self.curl(
             path,
             &[
@@ -236,9 +245,9 @@ impl Keyd {
     /// `dir`) to an `nbdcrypt` command.
     pub fn host_flags<'c>(&self, c: &'c mut Command, host: &str) -> &'c mut Command {
         c.arg("--key-service-cert")
-            .arg(self.dir.join(format!("{host}.pem")))
+            .arg(self.host_dir(host).join("host.pem"))
             .arg("--key-service-key")
-            .arg(self.dir.join(format!("{host}.key")))
+            .arg(self.host_dir(host).join("host.key"))
             .arg("--key-service-ca")
             .arg(self.data.join("ca.pem"))
     }

@@ -28,6 +28,21 @@ impl Store {
         name: &str,
         v: &Validity,
     ) -> Result<Issued, StoreError> {
+        self.host_add_with(root, name, v, |_| Ok(()))
+    }
+
+    /// [`Store::host_add_valid`] that calls `deliver` with the new key and certificate (to
+    /// write them out) after the host's row is inserted and before it is committed: if
+    /// `deliver` fails, nothing is recorded or audited and the name stays free.
+    ///
+    /// Errors: as [`Store::host_add_valid`], and `deliver`'s.
+    pub fn host_add_with(
+        &mut self,
+        root: &RootKey,
+        name: &str,
+        v: &Validity,
+        deliver: impl FnOnce(&Issued) -> Result<(), StoreError>,
+    ) -> Result<Issued, StoreError> {
         check_name("host", name)?;
         let ca_key = self.ca_key(root)?;
         let issued = pki::host_cert(&ca_key, name, v)?;
@@ -45,7 +60,7 @@ impl Store {
                     name: name.into(),
                 });
             }
-            Ok(())
+            deliver(&issued)
         })?;
         Ok(issued)
     }
@@ -62,6 +77,20 @@ impl Store {
         root: &RootKey,
         name: &str,
         v: &Validity,
+    ) -> Result<Issued, StoreError> {
+        self.host_renew_with(root, name, v, |_| Ok(()))
+    }
+
+    /// [`Store::host_renew`] that calls `deliver` with the new key and certificate before the
+    /// change is committed: if `deliver` fails, the old certificate stays the host's.
+    ///
+    /// Errors: as [`Store::host_renew`], and `deliver`'s.
+    pub fn host_renew_with(
+        &mut self,
+        root: &RootKey,
+        name: &str,
+        v: &Validity,
+        deliver: impl FnOnce(&Issued) -> Result<(), StoreError>,
     ) -> Result<Issued, StoreError> {
         let revoked: Option<bool> = self
             .conn
@@ -93,7 +122,7 @@ impl Store {
                 params![fpr, name],
             )
             .map_err(db("renewing the host"))?;
-            Ok(())
+            deliver(&issued)
         })?;
         Ok(issued)
     }

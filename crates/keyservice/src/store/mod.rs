@@ -21,7 +21,8 @@
 //! `init` (schema, creating and opening), `root` (root key and CA key), `audit` (the chain),
 //! `audit_fields` (the field cap), `audit_schema` (the table's triggers), `checkpoint` (signed
 //! checkpoints), `audit_verify`, `audit_prune`, `audit_policy` (the server's audit bounds),
-//! `tokens` (people's bearer tokens and [`Role`]), `identities` (hosts and officers), `keks`
+//! `tokens` (people's bearer tokens and [`Role`]), `identities` (hosts and officers),
+//! `inventory` (listing hosts, tokens and officers; removing hosts and officers), `keks`
 //! (KEK versions and usage), `volumes` (owners, assignment and escrow), `join` (one-time join
 //! tokens), `server_cert` (renewing the server certificate).
 //! None imports this file; it only re-exports.
@@ -37,6 +38,7 @@ mod conn;
 mod error;
 mod identities;
 mod init;
+mod inventory;
 mod join;
 mod keks;
 mod root;
@@ -61,6 +63,7 @@ pub use conn::Registration;
 pub use conn::{Store, CA_FILE, DB_FILE, ROOT_KEY_FILE, SERVER_CERT_FILE, SERVER_KEY_FILE};
 pub use error::StoreError;
 pub use init::InitOutput;
+pub use inventory::{HostInfo, OfficerInfo, TokenInfo};
 pub use join::{JoinOutcome, JOIN_PREFIX};
 pub use keks::record_usage;
 pub use root::{RootKey, RootSource};
