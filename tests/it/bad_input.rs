@@ -90,6 +90,14 @@ fn not_luks_missing_truncated() {
     let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
     f.set_len(8192).unwrap();
     refused(&img, &key, 1, "truncated");
+    // The hint names nbdcrypt's own remedies, not cryptsetup's.
+    let err = stderr(&run(nbdcrypt().arg("dump").arg(&img)));
+    assert!(
+        err.contains("hint:")
+            && err.contains("nbdcrypt repair")
+            && !err.contains("cryptsetup repair"),
+        "{err}"
+    );
     // Truncated before the data segment: the segment is outside the file.
     let img = fresh(dir.path(), "t2.img", &key);
     let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
