@@ -221,6 +221,13 @@ pub fn unlock_with_tries<T>(
                     ),
                 ));
             }
+            // One line of a piped stdin: the key-file hint does not apply either.
+            Err(VolumeError::WrongPassphrase) if file.is_none() && !source.is_recovery() => {
+                return Err(CliError::Hinted(
+                    Box::new(VolumeError::WrongPassphrase.into()),
+                    "check the passphrase: without --key-file, one line of stdin is read, without its newline".into(),
+                ));
+            }
             Err(VolumeError::WrongPassphrase)
                 if !source.is_recovery() && pass.expose().ends_with(b"\n") =>
             {

@@ -468,9 +468,11 @@ fn run(cli: Cli) -> Result<(), KeydError> {
 pub fn main() -> i32 {
     let filter = tracing_subscriber::EnvFilter::try_from_env("NBDCRYPT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only on a terminal: a log file or the journal gets plain text, as nbdcrypt's.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
     // The root key and KEKs live in this process: no core file, no ptrace or /proc/PID/mem

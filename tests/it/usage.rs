@@ -305,3 +305,26 @@ fn a_closed_pipe_ends_a_command_quietly() {
     assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}", out.status);
     assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
 }
+
+/// A wrong passphrase piped on stdin (no --key-file) gets a hint about stdin's one line, not
+/// the key-file hint.
+#[test]
+fn a_wrong_piped_passphrase_gets_the_stdin_hint() {
+    let dir = tempdir();
+    let key = key_file(dir.path());
+    let img = dir.path().join("p.img");
+    format_cheap(&img, &key, "17M", 512, "pbkdf2");
+    let mut child = nbdcrypt()
+        .arg("test-passphrase")
+        .arg(&img)
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"nope\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("one line of stdin"), "{err}");
+    assert!(!err.contains("--key-file is used byte for byte"), "{err}");
+}

@@ -145,6 +145,8 @@ impl Keyd {
             assert!(Instant::now() < deadline, "nbdcrypt-keyd did not start");
             match lines.next() {
                 Some(Ok(l)) => {
+                    // stderr is a pipe here: plain text, no terminal colours.
+                    assert!(!l.contains('\x1b'), "colour codes in a log line: {l:?}");
                     if let Some(u) = l.split("listening on ").nth(1) {
                         break u.trim().to_string();
                     }
